@@ -1,0 +1,1 @@
+"""agentd: the OTP-style agent runtime (behaviours, supervision trees, mailboxes, isolation)."""

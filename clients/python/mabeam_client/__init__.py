@@ -1,0 +1,1 @@
+"""The mabeam Python SDK: async clients (with a thin sync face) for the mabeam gRPC services, and ``meshctl``."""

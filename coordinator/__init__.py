@@ -1,0 +1,1 @@
+"""coordinator: MABEAM coordination — auctions, negotiation, votes, markets and variables."""
