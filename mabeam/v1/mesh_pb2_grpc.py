@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from mabeam.v1 import dataplane_pb2 as mabeam_dot_v1_dot_dataplane__pb2
 from mabeam.v1 import mesh_pb2 as mabeam_dot_v1_dot_mesh__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -98,6 +99,21 @@ class MeshServiceStub:
                 '/mabeam.v1.MeshService/ListGroups',
                 request_serializer=mabeam_dot_v1_dot_mesh__pb2.ListGroupsRequest.SerializeToString,
                 response_deserializer=mabeam_dot_v1_dot_mesh__pb2.ListGroupsResponse.FromString,
+                _registered_method=True)
+        self.Send = channel.unary_unary(
+                '/mabeam.v1.MeshService/Send',
+                request_serializer=mabeam_dot_v1_dot_dataplane__pb2.SendRequest.SerializeToString,
+                response_deserializer=mabeam_dot_v1_dot_dataplane__pb2.SendResponse.FromString,
+                _registered_method=True)
+        self.Call = channel.unary_unary(
+                '/mabeam.v1.MeshService/Call',
+                request_serializer=mabeam_dot_v1_dot_dataplane__pb2.CallRequest.SerializeToString,
+                response_deserializer=mabeam_dot_v1_dot_dataplane__pb2.CallResponse.FromString,
+                _registered_method=True)
+        self.Subscribe = channel.unary_stream(
+                '/mabeam.v1.MeshService/Subscribe',
+                request_serializer=mabeam_dot_v1_dot_dataplane__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=mabeam_dot_v1_dot_dataplane__pb2.SubscribeResponse.FromString,
                 _registered_method=True)
 
 
@@ -195,6 +211,27 @@ class MeshServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Send(self, request, context):
+        """Data plane: send a one-way message (or a reply) from this node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Call(self, request, context):
+        """Data plane: a call that waits for one reply (DEADLINE_EXCEEDED, NOT_FOUND, UNAVAILABLE as status).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Subscribe(self, request, context):
+        """Data plane: open an endpoint on this node and stream the messages it receives.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -262,6 +299,21 @@ def add_MeshServiceServicer_to_server(servicer, server):
                     servicer.ListGroups,
                     request_deserializer=mabeam_dot_v1_dot_mesh__pb2.ListGroupsRequest.FromString,
                     response_serializer=mabeam_dot_v1_dot_mesh__pb2.ListGroupsResponse.SerializeToString,
+            ),
+            'Send': grpc.unary_unary_rpc_method_handler(
+                    servicer.Send,
+                    request_deserializer=mabeam_dot_v1_dot_dataplane__pb2.SendRequest.FromString,
+                    response_serializer=mabeam_dot_v1_dot_dataplane__pb2.SendResponse.SerializeToString,
+            ),
+            'Call': grpc.unary_unary_rpc_method_handler(
+                    servicer.Call,
+                    request_deserializer=mabeam_dot_v1_dot_dataplane__pb2.CallRequest.FromString,
+                    response_serializer=mabeam_dot_v1_dot_dataplane__pb2.CallResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=mabeam_dot_v1_dot_dataplane__pb2.SubscribeRequest.FromString,
+                    response_serializer=mabeam_dot_v1_dot_dataplane__pb2.SubscribeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -615,6 +667,87 @@ class MeshService:
             '/mabeam.v1.MeshService/ListGroups',
             mabeam_dot_v1_dot_mesh__pb2.ListGroupsRequest.SerializeToString,
             mabeam_dot_v1_dot_mesh__pb2.ListGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Send(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mabeam.v1.MeshService/Send',
+            mabeam_dot_v1_dot_dataplane__pb2.SendRequest.SerializeToString,
+            mabeam_dot_v1_dot_dataplane__pb2.SendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Call(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mabeam.v1.MeshService/Call',
+            mabeam_dot_v1_dot_dataplane__pb2.CallRequest.SerializeToString,
+            mabeam_dot_v1_dot_dataplane__pb2.CallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mabeam.v1.MeshService/Subscribe',
+            mabeam_dot_v1_dot_dataplane__pb2.SubscribeRequest.SerializeToString,
+            mabeam_dot_v1_dot_dataplane__pb2.SubscribeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ MeshService: membership, leader election and the name/group registry of one mesh
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from mabeam.v1 import dataplane_pb2 as _dataplane_pb2
 from mabeam.v1 import mesh_pb2 as _mesh_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -57,6 +58,12 @@ class MeshServiceStub:
     """The members of a group across the cluster, from this node's cache."""
     ListGroups: _grpc.UnaryUnaryMultiCallable[_mesh_pb2.ListGroupsRequest, _mesh_pb2.ListGroupsResponse]
     """The groups of a tenant with their member counts."""
+    Send: _grpc.UnaryUnaryMultiCallable[_dataplane_pb2.SendRequest, _dataplane_pb2.SendResponse]
+    """Data plane: send a one-way message (or a reply) from this node."""
+    Call: _grpc.UnaryUnaryMultiCallable[_dataplane_pb2.CallRequest, _dataplane_pb2.CallResponse]
+    """Data plane: a call that waits for one reply (DEADLINE_EXCEEDED, NOT_FOUND, UNAVAILABLE as status)."""
+    Subscribe: _grpc.UnaryStreamMultiCallable[_dataplane_pb2.SubscribeRequest, _dataplane_pb2.SubscribeResponse]
+    """Data plane: open an endpoint on this node and stream the messages it receives."""
 
 @_typing.type_check_only
 class MeshServiceAsyncStub(MeshServiceStub):
@@ -87,6 +94,12 @@ class MeshServiceAsyncStub(MeshServiceStub):
     """The members of a group across the cluster, from this node's cache."""
     ListGroups: _aio.UnaryUnaryMultiCallable[_mesh_pb2.ListGroupsRequest, _mesh_pb2.ListGroupsResponse]  # type: ignore[assignment]
     """The groups of a tenant with their member counts."""
+    Send: _aio.UnaryUnaryMultiCallable[_dataplane_pb2.SendRequest, _dataplane_pb2.SendResponse]  # type: ignore[assignment]
+    """Data plane: send a one-way message (or a reply) from this node."""
+    Call: _aio.UnaryUnaryMultiCallable[_dataplane_pb2.CallRequest, _dataplane_pb2.CallResponse]  # type: ignore[assignment]
+    """Data plane: a call that waits for one reply (DEADLINE_EXCEEDED, NOT_FOUND, UNAVAILABLE as status)."""
+    Subscribe: _aio.UnaryStreamMultiCallable[_dataplane_pb2.SubscribeRequest, _dataplane_pb2.SubscribeResponse]  # type: ignore[assignment]
+    """Data plane: open an endpoint on this node and stream the messages it receives."""
 
 class MeshServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -192,5 +205,29 @@ class MeshServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_mesh_pb2.ListGroupsResponse, _abc.Awaitable[_mesh_pb2.ListGroupsResponse]]:
         """The groups of a tenant with their member counts."""
+
+    @_abc_1.abstractmethod
+    def Send(
+        self,
+        request: _dataplane_pb2.SendRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dataplane_pb2.SendResponse, _abc.Awaitable[_dataplane_pb2.SendResponse]]:
+        """Data plane: send a one-way message (or a reply) from this node."""
+
+    @_abc_1.abstractmethod
+    def Call(
+        self,
+        request: _dataplane_pb2.CallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dataplane_pb2.CallResponse, _abc.Awaitable[_dataplane_pb2.CallResponse]]:
+        """Data plane: a call that waits for one reply (DEADLINE_EXCEEDED, NOT_FOUND, UNAVAILABLE as status)."""
+
+    @_abc_1.abstractmethod
+    def Subscribe(
+        self,
+        request: _dataplane_pb2.SubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_dataplane_pb2.SubscribeResponse], _abc.AsyncIterator[_dataplane_pb2.SubscribeResponse]]:
+        """Data plane: open an endpoint on this node and stream the messages it receives."""
 
 def add_MeshServiceServicer_to_server(servicer: MeshServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
