@@ -1,0 +1,222 @@
+"""The common shape of every mechanism: validated events and an injected time in, actions out.
+
+A mechanism is a deterministic state machine in the style of etcd-io/raft's
+``Step``: the caller owns the clock, the network and the disk, and feeds
+events one at a time with ``apply(event, now)``. The mechanism either accepts
+the event (its state advances and it returns a list of actions for the caller
+to carry out) or raises a :class:`~coordinator.mechanisms.errors.MechanismError`
+and leaves its state exactly as it was.
+
+Replay contract (what the coordinator service relies on for failover):
+the state after events ``e1..en`` is a pure function of the configuration and
+the accepted ``(now, event)`` pairs in order, so persisting every *accepted*
+event and calling :meth:`Mechanism.replay` rebuilds it. Rejected events are
+never persisted. Time is only what ``now`` says; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from coordinator.mechanisms.errors import InvalidConfig, InvalidEvent, MechanismClosed, MechanismError
+from coordinator.mechanisms.receipts import Receipt, make_receipt
+
+#: Largest amount accepted anywhere: keeps every sum exact in a float64 solver (< 2**53).
+MAX_AMOUNT = 10**12
+
+#: A non-negative amount in the smallest unit of account (integers only: see receipts).
+Amount = Annotated[int, Field(strict=True, ge=0, le=MAX_AMOUNT)]
+#: A strictly positive amount or quantity.
+PositiveAmount = Annotated[int, Field(strict=True, gt=0, le=MAX_AMOUNT)]
+#: A point in time or a duration, in the caller's clock ticks (e.g. milliseconds).
+Time = Annotated[int, Field(strict=True, ge=0)]
+#: A participant, item, option or order identifier.
+Ident = Annotated[str, Field(strict=True, min_length=1, max_length=256)]
+
+
+class Model(BaseModel):
+    """Base of all configs, events, actions and outcomes: immutable, no unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Tick(Model):
+    """Time has passed: lets deadlines, quiet periods and clocks take effect at ``now``."""
+
+    type: Literal["tick"] = "tick"
+
+
+class Close(Model):
+    """The operator ends the mechanism now (where the mechanism allows an explicit close)."""
+
+    type: Literal["close"] = "close"
+
+
+class Action(Model):
+    """Something the caller should do after an accepted event (send, schedule, publish)."""
+
+    type: str
+
+
+class ScheduleTick(Action):
+    """Deliver a :class:`Tick` at time ``at`` or later: the next deadline this mechanism knows of."""
+
+    type: Literal["schedule_tick"] = "schedule_tick"
+    at: int
+
+
+class Concluded(Action):
+    """The mechanism reached its final outcome; ``receipt_hash`` identifies the receipt."""
+
+    type: Literal["concluded"] = "concluded"
+    mechanism: str
+    receipt_hash: str
+
+
+class Accepted(Model):
+    """One accepted event with the time it was applied: the unit of persistence and replay."""
+
+    now: int
+    event: dict[str, Any]
+
+
+ConfigT = TypeVar("ConfigT", bound=Model)
+OutcomeT = TypeVar("OutcomeT", bound=Model)
+
+_REGISTRY: dict[str, type[Mechanism[Any, Any]]] = {}
+
+
+def mechanism_class(kind: str) -> type[Mechanism[Any, Any]]:
+    """The mechanism class registered under ``kind`` (e.g. ``"sealed"``); KeyError if unknown."""
+    # Importing the package registers every family, so a bare verifier finds them all.
+    import coordinator.mechanisms  # noqa: F401
+
+    return _REGISTRY[kind]
+
+
+def registered_kinds() -> list[str]:
+    """All registered mechanism kinds, sorted."""
+    import coordinator.mechanisms  # noqa: F401
+
+    return sorted(_REGISTRY)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming each offending field and why, from a pydantic error."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "<root>"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+class Mechanism(ABC, Generic[ConfigT, OutcomeT]):
+    """Base class: validation, time monotonicity, the accepted-event log, receipts and replay.
+
+    Subclasses set ``kind``, ``config_type``, ``event_type`` (a discriminated
+    union of event models) and ``outcome_type``, and implement :meth:`_step`,
+    which must check everything *before* mutating anything, so that a raised
+    error leaves the state untouched.
+    """
+
+    kind: ClassVar[str]
+    config_type: ClassVar[type[Model]]
+    event_type: ClassVar[Any]
+    outcome_type: ClassVar[type[Model]]
+    _event_adapter: ClassVar[TypeAdapter[Any]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            if cls.kind in _REGISTRY:
+                raise RuntimeError(f"mechanism kind {cls.kind!r} registered twice")
+            _REGISTRY[cls.kind] = cls
+            cls._event_adapter = TypeAdapter(cls.event_type)
+
+    def __init__(self, config: ConfigT | Mapping[str, Any]) -> None:
+        try:
+            validated = self.config_type.model_validate(
+                config.model_dump() if isinstance(config, BaseModel) else config)
+        except ValidationError as error:
+            raise InvalidConfig(f"{self.kind} config: {describe_validation_error(error)}") from None
+        self.config: ConfigT = validated  # type: ignore[assignment]
+        self._log: list[Accepted] = []
+        self._now: int | None = None
+        self._outcome: OutcomeT | None = None
+        self._check_config()
+
+    # -- hooks -------------------------------------------------------------
+
+    def _check_config(self) -> None:  # noqa: B027 - optional hook, most mechanisms need none
+        """Cross-field configuration checks pydantic cannot express; raise InvalidConfig."""
+
+    @abstractmethod
+    def _step(self, event: Any, now: int) -> list[Action]:
+        """Apply one parsed event at ``now``: validate fully, then mutate; set ``_outcome`` when final."""
+
+    # -- the public interface ---------------------------------------------
+
+    def parse_event(self, event: BaseModel | Mapping[str, Any]) -> Model:
+        """Validate an event (a model or its JSON form) against this mechanism's event union."""
+        try:
+            # Model instances pass through the union without a dump/re-validate round trip.
+            parsed: Model = self._event_adapter.validate_python(event)
+        except ValidationError as error:
+            raise InvalidEvent(f"{self.kind} event: {describe_validation_error(error)}") from None
+        return parsed
+
+    def apply(self, event: BaseModel | Mapping[str, Any], now: int) -> list[Action]:
+        """Apply one event at time ``now``; return the actions, or raise and change nothing."""
+        parsed = self.parse_event(event)
+        if type(now) is not int or now < 0:
+            raise InvalidEvent(f"now must be a non-negative integer, got {now!r}")
+        if self._now is not None and now < self._now:
+            raise InvalidEvent(f"time went backwards: now={now} after {self._now}")
+        if self._outcome is not None:
+            raise MechanismClosed(f"{self.kind} has concluded; {parsed.model_dump()['type']} refused")
+        actions = self._step(parsed, now)
+        self._log.append(Accepted(now=now, event=parsed.model_dump(mode="json")))
+        self._now = now
+        if self._outcome is not None:
+            actions.append(Concluded(mechanism=self.kind, receipt_hash=self.receipt().hash))
+        return actions
+
+    @property
+    def concluded(self) -> bool:
+        """Whether the final outcome is known (every further event raises MechanismClosed)."""
+        return self._outcome is not None
+
+    @property
+    def now(self) -> int | None:
+        """The time of the last accepted event, or None before the first."""
+        return self._now
+
+    def outcome(self) -> OutcomeT | None:
+        """The final outcome, or None while the mechanism is still running."""
+        return self._outcome
+
+    def accepted_events(self) -> list[Accepted]:
+        """Every accepted event in order: persist these to rebuild the state with :meth:`replay`."""
+        return list(self._log)
+
+    def receipt(self) -> Receipt:
+        """The final outcome with its inputs and hash; MechanismError if not concluded yet."""
+        if self._outcome is None:
+            raise MechanismError(f"{self.kind} has no outcome yet")
+        return make_receipt(self.kind, self.config.model_dump(mode="json"),
+                            [entry.model_dump(mode="json") for entry in self._log],
+                            self._outcome.model_dump(mode="json"))
+
+    @classmethod
+    def replay(cls, config: Model | Mapping[str, Any],
+               events: Sequence[Accepted | Mapping[str, Any]]) -> Self:
+        """Rebuild a mechanism by applying accepted ``(now, event)`` records in order."""
+        mechanism = cls(config)  # type: ignore[arg-type]
+        for entry in events:
+            record = entry if isinstance(entry, Accepted) else Accepted.model_validate(entry)
+            mechanism.apply(record.event, record.now)
+        return mechanism
