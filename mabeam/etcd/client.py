@@ -1,0 +1,318 @@
+"""A small typed async client for the etcd v3 API.
+
+Why not aetcd's own ``Client``: it has no lease keepalive stream and does not
+resume a watch after etcd goes away (see STACK-NOTES). We use aetcd only for
+its generated gRPC stubs (``aetcd.rpc``) and keep the whole etcd boundary in
+this module: every gRPC error from etcd is translated here, once, into the
+:class:`EtcdError` tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from aetcd import rpc
+
+
+class EtcdError(Exception):
+    """Any failure talking to etcd."""
+
+
+class EtcdUnavailable(EtcdError):
+    """etcd could not be reached (connection refused, closed, timed out)."""
+
+
+class EtcdCompacted(EtcdError):
+    """A watch asked for a revision that etcd has already compacted."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted; oldest available is {compact_revision}")
+        self.compact_revision = compact_revision
+
+
+class LeaseNotFound(EtcdError):
+    """The lease does not exist (expired, revoked, or etcd lost it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    """One key as etcd stores it."""
+
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """A put or delete seen by a watch; ``kv.value`` is empty for deletes."""
+
+    kind: str  # "put" | "delete"
+    kv: KeyValue
+    prev: KeyValue | None
+
+
+@dataclass(frozen=True, slots=True)
+class WatchBatch:
+    """The events of one watch response and the revision they bring the watcher to."""
+
+    revision: int
+    events: tuple[WatchEvent, ...]
+
+
+def _kv(raw: rpc.KeyValue) -> KeyValue:
+    return KeyValue(raw.key, raw.value, raw.create_revision, raw.mod_revision, raw.version, raw.lease)
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range end that makes [prefix, end) cover exactly the keys starting with prefix."""
+    end = bytearray(prefix)
+    for i in range(len(end) - 1, -1, -1):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"
+
+
+def _translate(error: grpc.aio.AioRpcError) -> EtcdError:
+    """The one place etcd's gRPC errors become EtcdError subclasses."""
+    code, details = error.code(), error.details() or ""
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+        return EtcdUnavailable(f"etcd unavailable: {code.name}: {details}")
+    if code == grpc.StatusCode.NOT_FOUND and "lease" in details:
+        return LeaseNotFound(details)
+    if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
+        return EtcdCompacted(0)
+    return EtcdError(f"etcd error {code.name}: {details}")
+
+
+# --- transaction building blocks (etcd's Compare and RequestOp messages) ---
+
+
+def cmp_create_revision(key: bytes, value: int, result: str = "EQUAL") -> rpc.Compare:
+    """Compare a key's create revision (0 means the key does not exist)."""
+    return rpc.Compare(key=key, target=rpc.Compare.CREATE, result=getattr(rpc.Compare, result),
+                       create_revision=value)
+
+
+def cmp_mod_revision(key: bytes, value: int, result: str = "EQUAL") -> rpc.Compare:
+    """Compare a key's last modification revision."""
+    return rpc.Compare(key=key, target=rpc.Compare.MOD, result=getattr(rpc.Compare, result), mod_revision=value)
+
+
+def cmp_value(key: bytes, value: bytes, result: str = "EQUAL") -> rpc.Compare:
+    """Compare a key's value."""
+    return rpc.Compare(key=key, target=rpc.Compare.VALUE, result=getattr(rpc.Compare, result), value=value)
+
+
+def cmp_lease(key: bytes, lease: int, result: str = "EQUAL") -> rpc.Compare:
+    """Compare the lease a key is attached to."""
+    return rpc.Compare(key=key, target=rpc.Compare.LEASE, result=getattr(rpc.Compare, result), lease=lease)
+
+
+def op_put(key: bytes, value: bytes, lease: int = 0) -> rpc.RequestOp:
+    """A put inside a transaction."""
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
+
+
+def op_delete(key: bytes, prefix: bool = False) -> rpc.RequestOp:
+    """A delete (of one key, or of a prefix) inside a transaction."""
+    end = prefix_end(key) if prefix else b""
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key, range_end=end))
+
+
+def op_get(key: bytes, prefix: bool = False) -> rpc.RequestOp:
+    """A range read inside a transaction."""
+    end = prefix_end(key) if prefix else b""
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=key, range_end=end))
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    """Whether the transaction's compares held, its revision, and any ranges it read."""
+
+    succeeded: bool
+    revision: int
+    ranges: tuple[tuple[KeyValue, ...], ...]
+
+
+def _target(endpoints: Sequence[str]) -> str:
+    # gRPC's ipv4: scheme takes several addresses; pick_first fails over between them.
+    if len(endpoints) == 1:
+        return endpoints[0]
+    return "ipv4:" + ",".join(endpoints)
+
+
+class EtcdClient:
+    """An async etcd v3 client on one gRPC channel.
+
+    ``timeout`` bounds every unary call. ``on_latency`` (if given) is called with
+    (operation, seconds) after each unary call, for metrics.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        timeout: float = 5.0,
+        on_latency: Callable[[str, float], None] | None = None,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("at least one etcd endpoint (host:port) is required")
+        self.endpoints = list(endpoints)
+        self.timeout = timeout
+        self._on_latency = on_latency
+        self._channel = grpc.aio.insecure_channel(
+            _target(self.endpoints),
+            options=[
+                # Reconnect quickly after an outage instead of backing off for up to 2 minutes.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
+        )
+        self._kv = rpc.KVStub(self._channel)
+        self._lease = rpc.LeaseStub(self._channel)
+        self._watch = rpc.WatchStub(self._channel)
+        self._maintenance = rpc.MaintenanceStub(self._channel)
+
+    async def close(self) -> None:
+        """Close the channel; open watches and keepalives end."""
+        await self._channel.close()
+
+    async def _unary(self, name: str, call: Callable[..., object], request: object, timeout: float | None = None):
+        start = time.perf_counter()
+        try:
+            # wait_for_ready: during a brief etcd restart, wait (bounded by timeout) instead of failing at once.
+            return await call(request, timeout=timeout or self.timeout, wait_for_ready=True)  # type: ignore[misc]
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error) from None
+        finally:
+            if self._on_latency is not None:
+                self._on_latency(name, time.perf_counter() - start)
+
+    # --- KV ---
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        """The key's current value, or None."""
+        resp = await self._unary("range", self._kv.Range, rpc.RangeRequest(key=key))
+        return _kv(resp.kvs[0]) if resp.kvs else None
+
+    async def get_prefix(self, prefix: bytes) -> tuple[list[KeyValue], int]:
+        """All keys under a prefix and the store revision they were read at."""
+        resp = await self._unary("range", self._kv.Range, rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix)))
+        return [_kv(kv) for kv in resp.kvs], resp.header.revision
+
+    async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        """Write a key; returns the new store revision."""
+        resp = await self._unary("put", self._kv.Put, rpc.PutRequest(key=key, value=value, lease=lease))
+        return int(resp.header.revision)
+
+    async def delete(self, key: bytes, prefix: bool = False) -> int:
+        """Delete a key (or a prefix); returns how many keys were deleted."""
+        end = prefix_end(key) if prefix else b""
+        resp = await self._unary("delete", self._kv.DeleteRange, rpc.DeleteRangeRequest(key=key, range_end=end))
+        return int(resp.deleted)
+
+    async def txn(
+        self,
+        compare: Sequence[rpc.Compare],
+        success: Sequence[rpc.RequestOp] = (),
+        failure: Sequence[rpc.RequestOp] = (),
+    ) -> TxnResult:
+        """An etcd transaction: if all compares hold run `success`, else `failure`."""
+        resp = await self._unary(
+            "txn", self._kv.Txn, rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
+        )
+        ranges = tuple(
+            tuple(_kv(kv) for kv in r.response_range.kvs)
+            for r in resp.responses
+            if r.WhichOneof("response") == "response_range"
+        )
+        return TxnResult(bool(resp.succeeded), int(resp.header.revision), ranges)
+
+    async def revision(self) -> int:
+        """The store's current revision."""
+        resp = await self._unary("range", self._kv.Range, rpc.RangeRequest(key=b"\0", limit=1, count_only=True))
+        return int(resp.header.revision)
+
+    # --- leases ---
+
+    async def grant(self, ttl: int) -> tuple[int, int]:
+        """A new lease; returns (lease id, granted ttl)."""
+        resp = await self._unary("lease_grant", self._lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl))
+        if resp.error:
+            raise EtcdError(f"lease grant failed: {resp.error}")
+        return int(resp.ID), int(resp.TTL)
+
+    async def revoke(self, lease_id: int, timeout: float | None = None) -> None:
+        """Revoke a lease, deleting every key attached to it (no error if already gone)."""
+        try:
+            await self._unary("lease_revoke", self._lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id), timeout)
+        except LeaseNotFound:
+            pass
+
+    def keepalive_stream(self) -> grpc.aio.StreamStreamCall:
+        """A raw LeaseKeepAlive bidi stream (the session owns its lifecycle)."""
+        return self._lease.LeaseKeepAlive()
+
+    # --- watch ---
+
+    async def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
+        """Every change under `prefix` from `start_revision` on, in order, until cancelled.
+
+        Raises EtcdUnavailable when the stream breaks (aetcd does not resume;
+        the caller re-reads and watches again) and EtcdCompacted when the start
+        revision is gone.
+        """
+        call = self._watch.Watch(wait_for_ready=True)
+        try:
+            await call.write(
+                rpc.WatchRequest(
+                    create_request=rpc.WatchCreateRequest(
+                        key=prefix, range_end=prefix_end(prefix), start_revision=start_revision,
+                        prev_kv=True, progress_notify=True,
+                    )
+                )
+            )
+            while True:
+                resp = await call.read()
+                if resp is grpc.aio.EOF:
+                    raise EtcdUnavailable("etcd closed the watch stream")
+                if resp.compact_revision:
+                    raise EtcdCompacted(int(resp.compact_revision))
+                if resp.canceled:
+                    raise EtcdUnavailable(f"etcd cancelled the watch: {resp.cancel_reason}")
+                if resp.created and not resp.events:
+                    continue
+                events = tuple(
+                    WatchEvent(
+                        "delete" if ev.type == rpc.Event.DELETE else "put",
+                        _kv(ev.kv),
+                        _kv(ev.prev_kv) if ev.HasField("prev_kv") else None,
+                    )
+                    for ev in resp.events
+                )
+                yield WatchBatch(int(resp.header.revision), events)
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error) from None
+        finally:
+            call.cancel()
+
+    async def wait_connected(self, timeout: float) -> None:
+        """Wait until a status call succeeds, or raise EtcdUnavailable after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self._unary("status", self._maintenance.Status, rpc.StatusRequest(), timeout=1.0)
+                return
+            except EtcdUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.1)

@@ -1,0 +1,53 @@
+"""The etcd key layout, in one place (documented in docs/architecture.md).
+
+Everything of one cluster lives under ``/mabeam/<cluster>/``:
+
+- ``members/<node_id>`` → NodeInfo, under the node's lease
+- ``tenants/<tenant>`` → Tenant (no lease: tenants outlive nodes)
+- ``names/<tenant>/<name>`` → NameEntry, under the owning node's lease
+- ``groups/<tenant>/<group>/<node_id>/<agent_id>`` → GroupMember, under the owning node's lease
+- ``election/<role>/<lease id, 16 hex digits>`` → LeaderInfo of a candidate, under its lease
+
+Identifiers never contain ``/`` (validation enforces it), so splitting a key
+on ``/`` is unambiguous.
+"""
+
+from __future__ import annotations
+
+
+def root(cluster: str) -> bytes:
+    """The prefix of every key of `cluster`."""
+    return f"/mabeam/{cluster}/".encode()
+
+
+def member(cluster: str, node_id: str) -> bytes:
+    """A node's membership key."""
+    return root(cluster) + f"members/{node_id}".encode()
+
+
+def tenant(cluster: str, tenant_id: str) -> bytes:
+    """A tenant's definition key."""
+    return root(cluster) + f"tenants/{tenant_id}".encode()
+
+
+def name(cluster: str, tenant_id: str, name_: str) -> bytes:
+    """A registered name's key."""
+    return root(cluster) + f"names/{tenant_id}/{name_}".encode()
+
+
+def group_member(cluster: str, tenant_id: str, group: str, node_id: str, agent_id: str) -> bytes:
+    """One agent's membership in a group."""
+    return root(cluster) + f"groups/{tenant_id}/{group}/{node_id}/{agent_id}".encode()
+
+
+def election(cluster: str, role: str) -> bytes:
+    """The prefix under which candidates for `role` put their keys."""
+    return root(cluster) + f"election/{role}/".encode()
+
+
+def split(cluster: str, key: bytes) -> list[str] | None:
+    """A key's parts below the cluster root (e.g. ["names", "default", "x"]), or None if outside it."""
+    prefix = root(cluster)
+    if not key.startswith(prefix):
+        return None
+    return key[len(prefix):].decode(errors="replace").split("/")

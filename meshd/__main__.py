@@ -1,0 +1,26 @@
+"""``meshd`` command: parse config (file, MESHD_* env, flags) and run the daemon."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from meshd import config as configuration
+from meshd.daemon import run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``meshd`` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    file, overrides = configuration.parse_args(argv)
+    try:
+        config = configuration.load(file, overrides=overrides)
+    except configuration.ConfigError as error:
+        print(f"meshd: {error}", file=sys.stderr)
+        return 2
+    return run(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The meshd process: config → gRPC server (MeshService, health, reflection) → metrics → join the cluster.
+
+Health: service ``""`` and ``mabeam.v1.MeshService`` are SERVING once the node
+has joined; service ``etcd`` is NOT_SERVING while etcd is unreachable (cached
+lookups keep working meanwhile). SIGTERM/SIGINT leave the cluster at once by
+revoking the node's lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from mabeam.v1 import mesh_pb2, mesh_pb2_grpc
+from meshd.config import MeshdConfig
+from meshd.metrics import MeshdMetrics
+from meshd.node import MeshNode, StartupError
+from meshd.service import MeshServicer
+
+log = logging.getLogger("meshd")
+
+SERVICE_NAME = mesh_pb2.DESCRIPTOR.services_by_name["MeshService"].full_name
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class Daemon:
+    """One meshd: its node, its gRPC server and its metrics endpoint."""
+
+    def __init__(self, config: MeshdConfig) -> None:
+        self.config = config
+        self.metrics = MeshdMetrics()
+        self.node = MeshNode(config, self.metrics)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(options=[
+            ("grpc.so_reuseport", 0),  # a second meshd on the same port must fail, not share it
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ])
+        self._metrics_server = None
+        self._connected_changed = asyncio.Event()
+
+    async def start_servers(self) -> None:
+        """Bind the gRPC and metrics ports and publish their addresses in the node info."""
+        mesh_pb2_grpc.add_MeshServiceServicer_to_server(MeshServicer(self.node), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        address = f"{self.config.grpc_host}:{self.config.grpc_port}"
+        try:
+            port = self.server.add_insecure_port(address)
+        except RuntimeError:
+            port = 0
+        if not port:
+            raise StartupError(f"cannot bind gRPC on {address}: the port is in use or the address is not local")
+        self.node.info.grpc_address = f"{self.config.advertised}:{port}"
+        if self.config.metrics_port is not None:
+            try:
+                self._metrics_server, _ = start_http_server(self.config.metrics_port, addr=self.config.grpc_host,
+                                                            registry=self.metrics.registry)
+            except OSError as error:
+                raise StartupError(f"cannot bind metrics on {self.config.grpc_host}:{self.config.metrics_port}: "
+                                   f"{error.strerror}") from None
+            self.node.info.metrics_address = f"{self.config.advertised}:{self._metrics_server.server_port}"
+        for name in ("", SERVICE_NAME, "etcd"):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+
+    async def _health_loop(self) -> None:
+        await self.node.ready.wait()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        while True:
+            status = (health_pb2.HealthCheckResponse.SERVING if self.node.etcd_connected
+                      else health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.health.set("etcd", status)
+            self._connected_changed.clear()
+            await self._connected_changed.wait()
+
+    async def _announce(self) -> None:
+        await self.node.ready.wait()
+        info = self.node.info
+        # One parseable line: `mabeam up` and scripts wait for it.
+        print(f"meshd ready node_id={info.node_id} grpc={info.grpc_address} metrics={info.metrics_address or '-'}",
+              flush=True)
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT or :meth:`stop`."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        self.node.on_connected_change = lambda _connected: self._connected_changed.set()
+        await self.start_servers()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                health_task = tg.create_task(self._health_loop())
+                announce = tg.create_task(self._announce())
+                await self.node.run()
+                health_task.cancel()
+                announce.cancel()
+        finally:
+            await self.server.stop(self.config.shutdown_grace)
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+                self._metrics_server.server_close()
+
+    def stop(self) -> None:
+        """Leave the cluster and shut down."""
+        self.node.stop()
+
+
+def run(config: MeshdConfig) -> int:
+    """Run meshd to completion; returns the process exit code."""
+    import uvloop
+
+    async def main() -> None:
+        await Daemon(config).run()
+
+    try:
+        uvloop.run(main())
+    except (StartupError, BaseExceptionGroup) as error:
+        startup = _startup_errors(error)
+        if not startup:
+            raise
+        for problem in startup:
+            print(f"meshd: {problem}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _startup_errors(error: BaseException) -> list[StartupError]:
+    if isinstance(error, StartupError):
+        return [error]
+    if isinstance(error, BaseExceptionGroup):
+        return [e for sub in error.exceptions for e in _startup_errors(sub)]
+    return []

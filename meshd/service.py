@@ -1,0 +1,233 @@
+"""MeshService over gRPC: validate the request, ask the node, answer from its view.
+
+Every method validates its input first (INVALID_ARGUMENT naming each bad
+field), reads are served from the watch-fed cache (never an etcd round trip),
+and every error leaves through :func:`mabeam.errors.abort` with rich details.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from mabeam.errors import FieldViolation, ServiceError, abort, invalid_argument
+from mabeam.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc
+from meshd.node import MESH_ROLE, MeshNode, Subscription
+from meshd.validation import check_agent_id, check_id, check_metadata, check_name, tenant_or_default
+from meshd.view import LeaderChange, MemberChange
+
+
+def _raise_if(violations: list[FieldViolation]) -> None:
+    if violations:
+        raise invalid_argument(violations)
+
+
+def _check_target(field: str, ref: common_pb2.AgentRef, tenant: str, node_id: str,
+                  violations: list[FieldViolation]) -> None:
+    check_agent_id(f"{field}.agent_id", ref.agent_id, violations)
+    if ref.node_id and ref.node_id != node_id:
+        violations.append(FieldViolation(
+            f"{field}.node_id", f"is {ref.node_id!r} but this is node {node_id!r}; register through the agent's own meshd"))
+    if ref.tenant and ref.tenant != tenant:
+        violations.append(FieldViolation(f"{field}.tenant", f"is {ref.tenant!r} but the request's tenant is {tenant!r}"))
+
+
+class MeshServicer(mesh_pb2_grpc.MeshServiceServicer):
+    """The gRPC face of one :class:`MeshNode`."""
+
+    def __init__(self, node: MeshNode) -> None:
+        self.node = node
+
+    # --- identity and membership ---
+
+    async def Ping(self, request: mesh_pb2.PingRequest, context: grpc.aio.ServicerContext) -> mesh_pb2.PingResponse:
+        return mesh_pb2.PingResponse(node=self.node.info, etcd_connected=self.node.etcd_connected,
+                                     server_time_unix_ms=int(time.time() * 1000))
+
+    async def ListMembers(self, request: mesh_pb2.ListMembersRequest,
+                          context: grpc.aio.ServicerContext) -> mesh_pb2.ListMembersResponse:
+        view = self.node.view
+        return mesh_pb2.ListMembersResponse(members=[view.members[k] for k in sorted(view.members)],
+                                            revision=view.revision)
+
+    async def WatchMembers(self, request: mesh_pb2.WatchMembersRequest,
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[mesh_pb2.MemberEvent]:
+        # Subscribe before the snapshot so no change between the two is missed (a duplicate is harmless).
+        sub = self.node.subscribe_members()
+        try:
+            view = self.node.view
+            for node_id in sorted(view.members):
+                yield mesh_pb2.MemberEvent(type=mesh_pb2.MemberEvent.SNAPSHOT, node=view.members[node_id],
+                                           revision=view.revision)
+            yield mesh_pb2.MemberEvent(type=mesh_pb2.MemberEvent.SNAPSHOT_DONE, revision=view.revision)
+            while True:
+                change = await self._next(sub, context)
+                assert isinstance(change, MemberChange)
+                yield mesh_pb2.MemberEvent(type=change.type, node=change.node, revision=change.revision)  # type: ignore[arg-type]
+        finally:
+            self.node.unsubscribe(sub)
+
+    async def _next(self, sub: Subscription, context: grpc.aio.ServicerContext) -> MemberChange | LeaderChange:
+        try:
+            return await sub.next()
+        except OverflowError as error:
+            await abort(context, ServiceError(grpc.StatusCode.ABORTED, str(error)))
+
+    # --- leaders ---
+
+    def _role(self, role: str) -> str:
+        violations: list[FieldViolation] = []
+        check_id("role", role, violations, required=False)
+        _raise_if(violations)
+        return role or MESH_ROLE
+
+    async def GetLeader(self, request: mesh_pb2.GetLeaderRequest,
+                        context: grpc.aio.ServicerContext) -> mesh_pb2.GetLeaderResponse:
+        try:
+            role = self._role(request.role)
+        except ServiceError as error:
+            await abort(context, error)
+        return mesh_pb2.GetLeaderResponse(leader=self.node.view.leader(role))
+
+    async def WatchLeader(self, request: mesh_pb2.WatchLeaderRequest,
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[mesh_pb2.LeaderEvent]:
+        try:
+            role = self._role(request.role)
+        except ServiceError as error:
+            await abort(context, error)
+        sub = self.node.subscribe_leader(role)
+        try:
+            yield mesh_pb2.LeaderEvent(leader=self.node.view.leader(role))
+            while True:
+                change = await self._next(sub, context)
+                assert isinstance(change, LeaderChange)
+                yield mesh_pb2.LeaderEvent(leader=change.leader)
+        finally:
+            self.node.unsubscribe(sub)
+
+    # --- names ---
+
+    async def RegisterName(self, request: mesh_pb2.RegisterNameRequest,
+                           context: grpc.aio.ServicerContext) -> mesh_pb2.RegisterNameResponse:
+        tenant = tenant_or_default(request.tenant)
+        violations: list[FieldViolation] = []
+        check_id("tenant", tenant, violations)
+        check_name("name", request.name, violations)
+        _check_target("target", request.target, tenant, self.node.node_id, violations)
+        check_metadata("metadata", request.metadata, violations)
+        try:
+            _raise_if(violations)
+            entry = await self.node.register_name(tenant, request.name, request.target.agent_id,
+                                                  dict(request.metadata))
+        except ServiceError as error:
+            await abort(context, error)
+        return mesh_pb2.RegisterNameResponse(entry=entry)
+
+    async def UnregisterName(self, request: mesh_pb2.UnregisterNameRequest,
+                             context: grpc.aio.ServicerContext) -> mesh_pb2.UnregisterNameResponse:
+        tenant = tenant_or_default(request.tenant)
+        violations: list[FieldViolation] = []
+        check_id("tenant", tenant, violations)
+        check_name("name", request.name, violations)
+        try:
+            _raise_if(violations)
+            await self.node.unregister_name(tenant, request.name)
+        except ServiceError as error:
+            await abort(context, error)
+        return mesh_pb2.UnregisterNameResponse()
+
+    async def Lookup(self, request: mesh_pb2.LookupRequest,
+                     context: grpc.aio.ServicerContext) -> mesh_pb2.LookupResponse:
+        tenant = tenant_or_default(request.tenant)
+        violations: list[FieldViolation] = []
+        check_id("tenant", tenant, violations)
+        check_name("name", request.name, violations)
+        try:
+            _raise_if(violations)
+            self.node.require_tenant(tenant)
+            entry = self.node.view.names.get((tenant, request.name))
+            if entry is None:
+                raise ServiceError(grpc.StatusCode.NOT_FOUND,
+                                   f"no name {request.name!r} is registered in tenant {tenant!r}", "NOT_REGISTERED")
+        except ServiceError as error:
+            await abort(context, error)
+        return mesh_pb2.LookupResponse(entry=entry)
+
+    async def ListNames(self, request: mesh_pb2.ListNamesRequest,
+                        context: grpc.aio.ServicerContext) -> mesh_pb2.ListNamesResponse:
+        tenant = tenant_or_default(request.tenant)
+        violations: list[FieldViolation] = []
+        check_id("tenant", tenant, violations)
+        if len(request.prefix) > 128:
+            violations.append(FieldViolation("prefix", "is longer than 128 characters"))
+        try:
+            _raise_if(violations)
+            self.node.require_tenant(tenant)
+        except ServiceError as error:
+            await abort(context, error)
+        names = self.node.view.names
+        entries = [names[k] for k in sorted(names) if k[0] == tenant and k[1].startswith(request.prefix)]
+        return mesh_pb2.ListNamesResponse(entries=entries)
+
+    # --- groups ---
+
+    def _group_request(self, tenant: str, group: str, member: common_pb2.AgentRef,
+                       metadata: dict[str, str] | None = None) -> None:
+        violations: list[FieldViolation] = []
+        check_id("tenant", tenant, violations)
+        check_name("group", group, violations)
+        _check_target("member", member, tenant, self.node.node_id, violations)
+        if metadata is not None:
+            check_metadata("metadata", metadata, violations)
+        _raise_if(violations)
+
+    async def JoinGroup(self, request: mesh_pb2.JoinGroupRequest,
+                        context: grpc.aio.ServicerContext) -> mesh_pb2.JoinGroupResponse:
+        tenant = tenant_or_default(request.tenant)
+        try:
+            self._group_request(tenant, request.group, request.member, dict(request.metadata))
+            await self.node.join_group(tenant, request.group, request.member.agent_id, dict(request.metadata))
+        except ServiceError as error:
+            await abort(context, error)
+        return mesh_pb2.JoinGroupResponse()
+
+    async def LeaveGroup(self, request: mesh_pb2.LeaveGroupRequest,
+                         context: grpc.aio.ServicerContext) -> mesh_pb2.LeaveGroupResponse:
+        tenant = tenant_or_default(request.tenant)
+        try:
+            self._group_request(tenant, request.group, request.member)
+            removed = await self.node.leave_group(tenant, request.group, request.member.agent_id)
+        except ServiceError as error:
+            await abort(context, error)
+        return mesh_pb2.LeaveGroupResponse(removed=removed)
+
+    async def GroupMembers(self, request: mesh_pb2.GroupMembersRequest,
+                           context: grpc.aio.ServicerContext) -> mesh_pb2.GroupMembersResponse:
+        tenant = tenant_or_default(request.tenant)
+        violations: list[FieldViolation] = []
+        check_id("tenant", tenant, violations)
+        check_name("group", request.group, violations)
+        try:
+            _raise_if(violations)
+            self.node.require_tenant(tenant)
+        except ServiceError as error:
+            await abort(context, error)
+        return mesh_pb2.GroupMembersResponse(members=self.node.view.group_members(tenant, request.group))
+
+    async def ListGroups(self, request: mesh_pb2.ListGroupsRequest,
+                         context: grpc.aio.ServicerContext) -> mesh_pb2.ListGroupsResponse:
+        tenant = tenant_or_default(request.tenant)
+        violations: list[FieldViolation] = []
+        check_id("tenant", tenant, violations)
+        try:
+            _raise_if(violations)
+            self.node.require_tenant(tenant)
+        except ServiceError as error:
+            await abort(context, error)
+        groups = self.node.view.groups
+        return mesh_pb2.ListGroupsResponse(groups=[
+            mesh_pb2.GroupSummary(tenant=t, group=g, member_count=len(groups[(t, g)]))
+            for (t, g) in sorted(groups) if t == tenant
+        ])
