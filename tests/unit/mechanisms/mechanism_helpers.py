@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import copy
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+from pydantic import BaseModel
 
 from coordinator.mechanisms.base import Mechanism
 from coordinator.mechanisms.errors import MechanismError
@@ -18,9 +19,24 @@ PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def state_of(mechanism: Mechanism[Any, Any]) -> dict[str, Any]:
-    """A deep copy of everything the mechanism holds, for before/after comparisons."""
-    return copy.deepcopy(vars(mechanism))
+def plain(value: Any) -> Any:
+    """A structural copy of a value: models, containers and helper objects become plain data."""
+    if isinstance(value, BaseModel):
+        return (type(value).__name__, plain(value.model_dump()))
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | deque):
+        return [plain(item) for item in value]
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        return (type(value).__name__, plain(vars(value)))
+    return value
+
+
+def state_of(mechanism: Mechanism[Any, Any]) -> Any:
+    """Everything the mechanism holds, as plain data, for before/after comparisons."""
+    return plain(vars(mechanism))
 
 
 def rejects(mechanism: Mechanism[Any, Any], event: Any, now: int, error: type[MechanismError],
