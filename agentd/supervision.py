@@ -276,3 +276,17 @@ def _remove(state: SupervisorState, ids: Sequence[str]) -> SupervisorState:
     gone = set(ids)
     return replace(state, children=tuple(s for s in state.children if s.id not in gone),
                    running=state.running - gone)
+
+
+def replace_spec(state: SupervisorState, spec: ChildSpec) -> SupervisorState:
+    """The same supervisor with one child's spec replaced (a restart policy changed its start args)."""
+    return replace(state, children=tuple(spec if s.id == spec.id else s for s in state.children))
+
+
+def dynamic_exit(restart: Restart, reason: str, restarts: tuple[float, ...], now: float,
+                 flags: SupervisorFlags) -> tuple[Literal["restart", "remove", "give_up"], tuple[float, ...]]:
+    """A dynamic supervisor's decision for one child's exit (one_for_one; children not restarted are removed)."""
+    if not should_restart(restart, reason):
+        return "remove", restarts
+    ok, recorded = add_restart(restarts, now, flags.max_restarts, flags.max_seconds)
+    return ("restart" if ok else "give_up"), recorded
