@@ -1,0 +1,118 @@
+"""Chunking of large messages on ``bulk`` and their reassembly. Pure logic, clock injected.
+
+A payload above the chunk size is sent as ``ceil(size / chunk_size)`` envelopes
+flagged ``ENVELOPE_FLAG_CHUNK`` that share the message id and carry
+``chunk_index``, ``chunk_count`` and ``total_size``. The receiver keeps partial
+messages keyed by (sending node, message id), bounded in total bytes and age,
+and hands the payload on when the last chunk arrives. Chunks of one message
+travel in order on one socket, so reassembly expects them in order and drops
+the message on any gap (a lost chunk means the whole message is lost, which
+keeps at-most-once delivery).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+
+def split_payload(payload: bytes | memoryview, chunk_size: int) -> list[memoryview]:
+    """Zero-copy slices of ``payload`` of at most ``chunk_size`` bytes (one slice for an empty payload)."""
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    view = memoryview(payload)
+    if len(view) == 0:
+        return [view]
+    return [view[i:i + chunk_size] for i in range(0, len(view), chunk_size)]
+
+
+@dataclass
+class _Partial:
+    count: int
+    total: int
+    started: float
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+
+class Reassembler:
+    """Collects chunks into whole payloads, bounded by ``max_bytes`` in flight and ``timeout`` seconds."""
+
+    def __init__(self, max_message: int, max_bytes: int, timeout: float) -> None:
+        self.max_message = max_message
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self._partials: dict[Hashable, _Partial] = {}
+        self._bytes = 0
+        self.dropped = 0
+
+    @property
+    def bytes_pending(self) -> int:
+        """Bytes held in partial messages."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._partials)
+
+    def add(self, key: Hashable, index: int, count: int, total: int, data: bytes, now: float) -> bytes | None:
+        """Add one chunk; returns the whole payload when complete, else None.
+
+        Inconsistent chunks (wrong order, size, count, or over a limit) drop the
+        partial message and raise ``ValueError`` naming why.
+        """
+        partial = self._partials.get(key)
+        if partial is not None and index == 0:
+            # A retransmission (acknowledged mode) restarts the message from its first chunk.
+            self._bytes -= partial.total
+            del self._partials[key]
+            partial = None
+        if partial is None:
+            if index != 0:
+                self.dropped += 1
+                raise ValueError("chunk_gap")
+            if count < 1 or total > self.max_message:
+                self.dropped += 1
+                raise ValueError("chunk_bad")
+            if self._bytes + total > self.max_bytes:
+                self.dropped += 1
+                raise ValueError("chunk_memory")
+            partial = _Partial(count=count, total=total, started=now)
+            self._partials[key] = partial
+            self._bytes += total
+        elif index != len(partial.parts) or count != partial.count or total != partial.total:
+            self._drop(key)
+            raise ValueError("chunk_gap")
+        partial.parts.append(data)
+        partial.size += len(data)
+        if partial.size > partial.total:
+            self._drop(key)
+            raise ValueError("chunk_bad")
+        if len(partial.parts) < partial.count:
+            return None
+        del self._partials[key]
+        self._bytes -= partial.total
+        if partial.size != partial.total:
+            self.dropped += 1
+            raise ValueError("chunk_bad")
+        return b"".join(partial.parts)
+
+    def _drop(self, key: Hashable) -> None:
+        partial = self._partials.pop(key, None)
+        if partial is not None:
+            self._bytes -= partial.total
+            self.dropped += 1
+
+    def expire(self, now: float) -> int:
+        """Drop partial messages older than the timeout; returns how many."""
+        old = [key for key, p in self._partials.items() if now - p.started > self.timeout]
+        for key in old:
+            self._drop(key)
+        return len(old)
+
+    def drop_where(self, predicate: object) -> int:
+        """Drop partials whose key satisfies ``predicate`` (e.g. all from a node that went down)."""
+        assert callable(predicate)
+        keys = [key for key in self._partials if predicate(key)]
+        for key in keys:
+            self._drop(key)
+        return len(keys)

@@ -1,0 +1,49 @@
+"""Prometheus metrics of the data plane, defined once per process; labelled children cached.
+
+Hot paths update these once per batch (STACK-NOTES: a labelled-series lookup
+costs ~1.2 µs, an inc ~250 ns), through :class:`ChannelMetrics`, which holds
+the resolved children of one channel.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES = Counter("mabeam_dataplane_messages_total", "Envelopes sent or received on a channel.",
+                   ["channel", "direction"])
+BYTES = Counter("mabeam_dataplane_bytes_total", "Payload bytes sent or received on a channel.",
+                ["channel", "direction"])
+QUEUE_DEPTH = Gauge("mabeam_dataplane_queue_depth", "Envelopes queued for sending on a channel (all peers).",
+                    ["channel"])
+BATCH_SIZE = Histogram("mabeam_dataplane_batch_size", "Envelopes per ZeroMQ message sent on a channel.",
+                       ["channel"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096))
+DROPS = Counter("mabeam_dataplane_drops_total", "Messages or frames dropped, by reason.", ["channel", "reason"])
+LATENCY = Histogram("mabeam_dataplane_latency_seconds",
+                    "Send-to-deliver latency on a channel (sampled: first envelope of each batch).",
+                    ["channel"],
+                    buckets=(5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 2.5))
+
+
+class ChannelMetrics:
+    """The cached labelled series of one channel."""
+
+    __slots__ = ("name", "messages_in", "messages_out", "bytes_in", "bytes_out", "queue_depth",
+                 "batch_size", "latency", "_drops")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.messages_in = MESSAGES.labels(name, "in")
+        self.messages_out = MESSAGES.labels(name, "out")
+        self.bytes_in = BYTES.labels(name, "in")
+        self.bytes_out = BYTES.labels(name, "out")
+        self.queue_depth = QUEUE_DEPTH.labels(name)
+        self.batch_size = BATCH_SIZE.labels(name)
+        self.latency = LATENCY.labels(name)
+        self._drops: dict[str, Counter] = {}
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        """Count dropped messages (child cached per reason)."""
+        child = self._drops.get(reason)
+        if child is None:
+            child = self._drops[reason] = DROPS.labels(self.name, reason)
+        child.inc(count)

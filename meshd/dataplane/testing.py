@@ -1,0 +1,174 @@
+"""Helpers for tests and benches: condition waits, linked data planes, a data-plane peer process.
+
+``python -m meshd.dataplane.testing NODE_ID [--role echo|sink|silent] [--curve]`` runs a
+:class:`DataPlane` with a static in-memory registry as a plain process: it
+prints one JSON line ``{"node_id", "addresses", "curve_public_key"}`` on stdout,
+then reads JSON lines on stdin — ``{"peer_up": {...}}``, ``{"peer_down": id}``,
+``{"name": n, "agent_id": a, "node_id": x}`` (a static registry entry),
+``{"stats": true}`` (prints statistics) and ``{"exit": true}``.
+Its endpoint ``svc`` (registered as name ``svc``) behaves per role:
+``echo`` replies to calls with the payload and counts casts, ``sink`` counts,
+``silent`` never replies. This is what fault tests kill -9, and what benches
+run as the remote meshd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from meshd.dataplane.config import DataPlaneConfig
+from meshd.dataplane.endpoint import Message
+from meshd.dataplane.plane import DataPlane
+from meshd.dataplane.registry import AgentRef, InMemoryRegistry
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll ``condition`` on every loop turn (backing off to 5 ms) until true; TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(delay)
+        delay = min(0.005, delay + 0.0005)
+
+
+def link(*planes: DataPlane) -> None:
+    """Make every plane a peer of every other (what the membership watch does in meshd)."""
+    for a in planes:
+        for b in planes:
+            if a is not b:
+                a.peer_up(b.node_id, b.addresses, b.curve_public_key)
+
+
+async def started_planes(count: int, registry: InMemoryRegistry | None = None,
+                         config: DataPlaneConfig | None = None, prefix: str = "n") -> list[DataPlane]:
+    """Start ``count`` linked planes sharing one registry."""
+    registry = registry if registry is not None else InMemoryRegistry()
+    planes = [DataPlane(f"{prefix}{i}", config or DataPlaneConfig(), registry) for i in range(count)]
+    for plane in planes:
+        await plane.start()
+    link(*planes)
+    return planes
+
+
+class PeerProcess:
+    """A data-plane peer in its own OS process (see the module docstring for the protocol)."""
+
+    def __init__(self, node_id: str, role: str = "echo", curve: bool = False, extra: list[str] | None = None) -> None:
+        args = [sys.executable, "-m", "meshd.dataplane.testing", node_id, "--role", role]
+        if curve:
+            args.append("--curve")
+        self.node_id = node_id
+        self.proc = subprocess.Popen([*args, *(extra or [])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"peer process {node_id} failed to start")
+        info = json.loads(line)
+        self.addresses: dict[str, str] = info["addresses"]
+        self.curve_public_key: str | None = info["curve_public_key"]
+
+    def command(self, **message: Any) -> None:
+        """Send one JSON command line."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(message) + "\n")
+        self.proc.stdin.flush()
+
+    def stats(self) -> dict[str, Any]:
+        """Ask for and read the peer's statistics (blocking; call from a thread in async code)."""
+        self.command(stats=True)
+        assert self.proc.stdout is not None
+        return dict(json.loads(self.proc.stdout.readline()))
+
+    def kill(self) -> None:
+        """kill -9."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def close(self) -> None:
+        """Ask it to exit, then make sure it is gone."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                self.command(exit=True)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+async def _serve(node_id: str, role: str, curve: bool, config_json: str) -> None:
+    registry = InMemoryRegistry()
+    config = DataPlaneConfig(curve=curve, **json.loads(config_json))
+    plane = DataPlane(node_id, config, registry)
+    await plane.start()
+    counters = {"casts": 0, "calls": 0, "bytes": 0}
+
+    def handle(message: Message) -> None:
+        counters["bytes"] += len(message.payload)
+        if message.is_call:
+            counters["calls"] += 1
+            if role == "echo":
+                endpoint.reply(message, message.payload)
+        else:
+            counters["casts"] += 1
+
+    endpoint = plane.open_endpoint("svc", handler=handle)
+    registry.set_name("default", "svc", endpoint.ref)
+    print(json.dumps({"node_id": node_id, "addresses": plane.addresses,
+                      "curve_public_key": plane.curve_public_key}), flush=True)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    try:
+        while line := await reader.readline():
+            command = json.loads(line)
+            if "peer_up" in command:
+                up = command["peer_up"]
+                plane.peer_up(up["node_id"], up["addresses"], up.get("curve_public_key"))
+            elif "peer_down" in command:
+                plane.peer_down(command["peer_down"])
+            elif "name" in command:
+                registry.set_name("default", command["name"],
+                                  AgentRef("default", command["node_id"], command["agent_id"]))
+            elif "stats" in command:
+                print(json.dumps({**plane.statistics(), **counters}), flush=True)
+            elif "exit" in command:
+                break
+    finally:
+        await plane.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the peer process."""
+    parser = argparse.ArgumentParser(prog="python -m meshd.dataplane.testing")
+    parser.add_argument("node_id")
+    parser.add_argument("--role", choices=["echo", "sink", "silent"], default="echo")
+    parser.add_argument("--curve", action="store_true")
+    parser.add_argument("--config", default="{}", help="DataPlaneConfig fields as JSON")
+    args = parser.parse_args(argv)
+    runner: Callable[[], Awaitable[None]] = lambda: _serve(args.node_id, args.role, args.curve, args.config)  # noqa: E731
+    try:
+        import uvloop
+
+        uvloop.run(runner())
+    except ImportError:
+        asyncio.run(runner())
+
+
+if __name__ == "__main__":
+    main()
