@@ -60,6 +60,68 @@ async def started_planes(count: int, registry: InMemoryRegistry | None = None,
     return planes
 
 
+class TcpProxy:
+    """A loopback TCP forwarder whose connections a test can cut (``drop``) to simulate a dropped link."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.removeprefix("tcp://").rsplit(":", 1)
+        self.target = (host, int(port))
+        self.address = ""
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        """Listen on an ephemeral loopback port; returns ``tcp://127.0.0.1:PORT``."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.address = f"tcp://127.0.0.1:{port}"
+        return self.address
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_writer))
+        pipes = [asyncio.create_task(self._pipe(reader, up_writer)), asyncio.create_task(self._pipe(up_reader, writer))]
+        self._tasks.update(pipes)
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        for task in pipes:
+            task.cancel()
+        for w in (writer, up_writer):
+            w.close()
+            self._writers.discard(w)
+        self._tasks.difference_update(pipes)
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+    def drop(self) -> int:
+        """Abort every open connection (data in flight is lost); returns how many were cut."""
+        writers = list(self._writers)
+        for w in writers:
+            w.transport.abort()
+        self._writers.clear()
+        return len(writers)
+
+    async def close(self) -> None:
+        """Stop listening and cut everything."""
+        self.drop()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
 class PeerProcess:
     """A data-plane peer in its own OS process (see the module docstring for the protocol)."""
 
