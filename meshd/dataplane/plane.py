@@ -368,14 +368,16 @@ class DataPlane:
     async def send(self, sender: AgentRef | None, to: Destination, payload: bytes, *,
                    channel: int | str | None = None, acknowledged: bool = False, traceparent: str = ""
                    ) -> list[int]:
-        """Like :meth:`send_nowait`, but waits for outbound queue space instead of raising."""
+        """Like :meth:`send_nowait`, but waits for outbound queue (and unacknowledged-window) space."""
         while True:
             try:
                 return self.send_nowait(sender, to, payload, channel=channel, acknowledged=acknowledged,
                                         traceparent=traceparent)
             except _QueueFull as full:
                 full.peer.space.clear()
-                await full.peer.space.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await full.peer.space.wait()
 
     async def call(self, sender: AgentRef | None, to: Destination, payload: bytes, *,
                    timeout: float | None = None, channel: int | str | None = None, traceparent: str = ""
@@ -508,7 +510,7 @@ class DataPlane:
             raise _QueueFull(peer)
         if env.flags & wire.FLAG_ACK:
             if len(peer.unacked) >= cfg.max_unacked:
-                raise ResourceExhausted(f"{len(peer.unacked)} unacknowledged messages to {peer.node_id}")
+                raise _QueueFull(peer, f"{len(peer.unacked)} unacknowledged messages to {peer.node_id}")
             peer.unacked[env.id] = [ch, items, self.clock()]
         queue.extend(items)
         if len(queue) >= cfg.max_batch or len(items) > 1:
@@ -656,6 +658,7 @@ class DataPlane:
             if env.system_op == pb.SYSTEM_OP_ACK and peer is not None:
                 for acked in env.acked_ids:
                     peer.unacked.pop(acked, None)
+                peer.space.set()
             return
         flags = env.flags
         if flags & wire.FLAG_CHUNK:
@@ -793,8 +796,8 @@ class DataPlane:
 class _QueueFull(ResourceExhausted):
     """Outbound queue to a peer is full (``send`` waits on ``peer.space``; ``send_nowait`` raises)."""
 
-    def __init__(self, peer: _Peer) -> None:
-        super().__init__(f"outbound queue to {peer.node_id} is full")
+    def __init__(self, peer: _Peer, why: str = "") -> None:
+        super().__init__(why or f"outbound queue to {peer.node_id} is full")
         self.peer = peer
 
 
