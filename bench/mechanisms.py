@@ -20,7 +20,7 @@ from typing import Any
 from coordinator.mechanisms.base import Close
 from coordinator.mechanisms.combinatorial import BundleBid, BundleOffer, CombinatorialAuction
 from coordinator.mechanisms.errors import MechanismError
-from coordinator.mechanisms.market import Cancel, DoubleAuction, LimitOrder, MarketOrder, Trade
+from coordinator.mechanisms.market import Cancel, DoubleAuction, LimitOrder, MarketOrder, Side, Trade
 from coordinator.mechanisms.sealed import Bid, SealedBidAuction
 
 
@@ -50,7 +50,7 @@ def vcg_instance(seed: int, items: int = 20, bundles: int = 200) -> Combinatoria
     while placed < bundles:
         wanted = min(rng.randint(1, 4), bundles - placed)
         seen: set[frozenset[str]] = set()
-        offers = []
+        offers: list[BundleOffer] = []
         while len(offers) < wanted:
             bundle = frozenset(rng.sample(names, rng.randint(1, 5)))
             if bundle not in seen:
@@ -78,7 +78,7 @@ def _cda(orders: int) -> dict[str, float]:
     events: list[Any] = []
     for index in range(orders):
         roll = rng.random()
-        side = "buy" if rng.random() < 0.5 else "sell"
+        side: Side = "buy" if rng.random() < 0.5 else "sell"
         trader = f"t{rng.randint(0, 99)}"
         if roll < 0.1 and index:
             events.append(Cancel(order_id=f"o{rng.randrange(index)}", trader=trader))
