@@ -448,10 +448,20 @@ class DataPlane:
         """Answer a call with ``payload`` (does nothing for a message that is not a call)."""
         if request.kind != wire.CALL:
             return
+        self.send_reply(sender, AgentRef.from_proto(request.envelope.sender), request.id, payload,
+                        channel=request.channel)
+
+    def send_reply(self, sender: AgentRef | None, caller: AgentRef, call_id: int, payload: bytes, *,
+                   channel: int | str | None = None) -> int:
+        """Send the REPLY to call ``call_id`` made by ``caller`` (the gRPC face's Send with reply_to_id)."""
         src = self._anonymous(sender)
-        env = self._envelope(src, wire.REPLY, request.channel, AgentRef.from_proto(request.envelope.sender))
-        env.correlation_id = request.id
+        if len(payload) > self.config.max_message_size:
+            raise MessageTooLarge(f"{len(payload)} bytes is above the maximum {self.config.max_message_size}")
+        target = AgentRef(tenant_or_default(caller.tenant), caller.node_id or self.node_id, caller.agent_id)
+        env = self._envelope(src, wire.REPLY, wire.parse_channel(channel), target)
+        env.correlation_id = call_id
         self._route(env, payload)
+        return env.id
 
     def originate(self, env: pb.Envelope, payload: bytes, to: Destination, caller: AgentRef | None = None,
                   timeout: float = 0.0) -> None:

@@ -1,0 +1,142 @@
+"""The gRPC face of the data plane: ``MeshService.Send``, ``Call`` and ``Subscribe``.
+
+meshd's MeshService servicer either inherits :class:`DataPlaneServicerMixin`
+(put it before the generated ``MeshServiceServicer`` base so its methods win)
+and sets ``self.dataplane``, or calls :func:`send`, :func:`call` and
+:func:`subscribe` from its own methods. Typed data-plane errors become gRPC
+status codes in one place, :func:`abort_with`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+
+from mabeam.v1 import dataplane_pb2 as pb
+from meshd.dataplane.endpoint import Destination, Group
+from meshd.dataplane.errors import DataPlaneError, InvalidArgument
+from meshd.dataplane.plane import DataPlane
+from meshd.dataplane.registry import AgentRef, tenant_or_default
+
+MAX_PENDING_LIMIT = 65536
+
+
+async def abort_with(context: grpc.aio.ServicerContext, error: DataPlaneError) -> None:
+    """Translate a typed data-plane error into the RPC's status (raises, like ``context.abort``)."""
+    await context.abort(error.code, error.message or error.code.name)
+
+
+def destination(request: pb.SendRequest | pb.CallRequest, tenant: str) -> Destination:
+    """The destination the request's ``to`` oneof names."""
+    which = request.WhichOneof("to")
+    if which == "to_name":
+        return request.to_name
+    if which == "to_agent":
+        ref = request.to_agent
+        return AgentRef(tenant_or_default(ref.tenant or tenant), ref.node_id, ref.agent_id)
+    if which == "to_group":
+        return Group(request.to_group.group, "one" if request.to_group.mode == pb.GROUP_MODE_ONE else "all")
+    raise InvalidArgument("the request names no destination (to_name, to_agent or to_group)")
+
+
+def _sender(plane: DataPlane, tenant: str, agent_id: str) -> AgentRef:
+    return AgentRef(tenant, plane.node_id, agent_id)
+
+
+async def send(plane: DataPlane, request: pb.SendRequest, context: grpc.aio.ServicerContext) -> pb.SendResponse:
+    """MeshService.Send: a cast (or, with ``reply_to_id``, the reply to a call)."""
+    tenant = tenant_or_default(request.tenant)
+    try:
+        sender = _sender(plane, tenant, request.sender_agent_id)
+        if request.reply_to_id:
+            if request.WhichOneof("to") != "to_agent":
+                raise InvalidArgument("a reply (reply_to_id) must name the caller in to_agent")
+            caller = destination(request, tenant)
+            assert isinstance(caller, AgentRef)
+            message_id = plane.send_reply(sender, caller, request.reply_to_id, request.payload,
+                                          channel=request.channel)
+            return pb.SendResponse(message_ids=[message_id])
+        ids = await plane.send(sender, destination(request, tenant), request.payload, channel=request.channel,
+                               acknowledged=request.acknowledged, traceparent=request.traceparent)
+        return pb.SendResponse(message_ids=ids)
+    except DataPlaneError as exc:
+        await abort_with(context, exc)
+        raise  # unreachable: abort raises
+
+
+async def call(plane: DataPlane, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallResponse:
+    """MeshService.Call: wait for one reply; the RPC deadline bounds the call's deadline."""
+    tenant = tenant_or_default(request.tenant)
+    timeout = request.timeout_ms / 1000 if request.timeout_ms else plane.config.default_call_timeout
+    remaining = context.time_remaining()
+    if remaining is not None:
+        timeout = min(timeout, max(0.001, remaining))
+    try:
+        reply = await plane.call(_sender(plane, tenant, request.sender_agent_id), destination(request, tenant),
+                                 request.payload, timeout=timeout, channel=request.channel,
+                                 traceparent=request.traceparent)
+    except DataPlaneError as exc:
+        await abort_with(context, exc)
+        raise
+    return pb.CallResponse(payload=reply.payload, responder=reply.envelope.sender, message_id=reply.id)
+
+
+async def subscribe(plane: DataPlane, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
+                    ) -> AsyncIterator[pb.SubscribeResponse]:
+    """MeshService.Subscribe: open an endpoint, register its names and groups, stream its messages.
+
+    The endpoint, its names and its groups are removed when the stream ends.
+    """
+    tenant = tenant_or_default(request.tenant)
+    max_pending = min(request.max_pending or plane.config.default_max_pending, MAX_PENDING_LIMIT)
+    try:
+        endpoint = plane.open_endpoint(request.agent_id or None, tenant, max_pending=max_pending)
+    except DataPlaneError as exc:
+        await abort_with(context, exc)
+        raise
+    names: list[str] = []
+    groups: list[str] = []
+    try:
+        try:
+            for name in request.names:
+                await plane.registry.register_name(tenant, name, endpoint.ref)
+                names.append(name)
+            for group in request.groups:
+                await plane.registry.join_group(tenant, group, endpoint.ref)
+                groups.append(group)
+        except DataPlaneError as exc:
+            await abort_with(context, exc)
+        yield pb.SubscribeResponse(endpoint=endpoint.ref.to_proto())
+        while True:
+            message = await endpoint.receive()
+            yield pb.SubscribeResponse(envelope=message.envelope, payload=message.payload)
+    finally:
+        endpoint.close()
+        for name in names:
+            with contextlib.suppress(Exception):
+                await plane.registry.unregister_name(tenant, name, endpoint.ref)
+        for group in groups:
+            with contextlib.suppress(Exception):
+                await plane.registry.leave_group(tenant, group, endpoint.ref)
+
+
+class DataPlaneServicerMixin:
+    """Send/Call/Subscribe for the MeshService servicer; the class using it sets ``self.dataplane``."""
+
+    dataplane: DataPlane
+
+    async def Send(self, request: pb.SendRequest, context: grpc.aio.ServicerContext) -> pb.SendResponse:  # noqa: N802
+        """MeshService.Send."""
+        return await send(self.dataplane, request, context)
+
+    async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallResponse:  # noqa: N802
+        """MeshService.Call."""
+        return await call(self.dataplane, request, context)
+
+    async def Subscribe(self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext  # noqa: N802
+                        ) -> AsyncIterator[pb.SubscribeResponse]:
+        """MeshService.Subscribe."""
+        async for response in subscribe(self.dataplane, request, context):
+            yield response
