@@ -109,6 +109,7 @@ class DataPlane:
         self._calls: dict[int, _PendingCall] = {}
         self._ids = itertools.count(random.getrandbits(62) | 1)
         self._prefix = wire.batch_prefix(node_id)
+        self._chunk_channel = wire.NORMAL if self.config.single_channel else wire.BULK
         self._scheduler = FairScheduler(dict(zip(wire.CHANNELS, self.config.quanta, strict=True)))
         self._reassembler = Reassembler(self.config.max_message_size, self.config.max_reassembly_bytes,
                                         self.config.reassembly_timeout)
@@ -629,12 +630,23 @@ class DataPlane:
 
     def _drain(self, ch: int, sock: zmq.Socket, credit: int) -> tuple[int, bool]:
         taken = 0
+        # Chunks land zero-copy and are copied once, into the reassembly buffer (STACK-NOTES: copy=False
+        # pays above ~64 KiB, which is what the chunk channel carries).
+        zero_copy = ch == self._chunk_channel
         while taken < credit:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                if zero_copy:
+                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    frames: list[Any] = [parts[1].bytes, *(p.buffer for p in parts[2:])]
+                else:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)[1:]
             except zmq.Again:
                 return taken, True
-            taken += self._on_wire(ch, frames[1:])
+            except IndexError:
+                self.rejected["frame_count"] += 1
+                taken += 1
+                continue
+            taken += self._on_wire(ch, frames)
         return taken, False
 
     def _on_wire(self, ch: int, frames: list[bytes]) -> int:
@@ -681,6 +693,8 @@ class DataPlane:
             if whole is None:
                 return
             payload = whole
+        elif type(payload) is memoryview:
+            payload = payload.tobytes()
         if flags & wire.FLAG_ACK:
             if peer is not None:
                 peer.acks_due.append(env.id)
