@@ -156,6 +156,7 @@ class MeshNode:
             self.session = session
             self.info.lease_id = session.lease_id
             try:
+                await self._ensure_tenants()  # again: an etcd replaced empty has lost them too
                 await self._claim_membership(session, first)
                 await self._reregister_owned(session)
             except EtcdError as error:
@@ -311,13 +312,23 @@ class MeshNode:
 
     # --- registry writes (validated by the caller) ---
 
-    def _live_session(self) -> Session:
-        session = self.session
-        if session is None or session.lost.is_set() or session.expired_locally:
-            raise ServiceError(grpc.StatusCode.UNAVAILABLE,
-                               "this node is not registered in etcd right now (etcd outage?); retry shortly",
+    async def _live_session(self, wait: float = 2.0) -> Session:
+        """The current session once it is alive; waits up to `wait` s right after an outage, then UNAVAILABLE."""
+        if not self.etcd_connected:
+            # Fail fast rather than hold the caller while gRPC waits for etcd to come back.
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "etcd is unreachable right now; retry shortly",
                                "ETCD_UNAVAILABLE", retry_after_s=1.0)
-        return session
+        deadline = self._clock() + wait
+        while True:
+            session = self.session
+            if session is not None and not session.lost.is_set() and not session.expired_locally:
+                return session
+            if self._clock() >= deadline:
+                raise ServiceError(grpc.StatusCode.UNAVAILABLE,
+                                   "this node is not registered in etcd right now (etcd outage?); retry shortly",
+                                   "ETCD_UNAVAILABLE", retry_after_s=1.0)
+            # Just after etcd returns, the keepalive (or re-registration) is a moment behind the watch.
+            await asyncio.sleep(0.05)
 
     def require_tenant(self, tenant: str) -> None:
         """NOT_FOUND unless the tenant is defined in the cluster."""
@@ -331,7 +342,7 @@ class MeshNode:
                             metadata: dict[str, str]) -> mesh_pb2.NameEntry:
         """Claim a cluster-unique name for an agent on this node (one etcd transaction)."""
         self.require_tenant(tenant)
-        session = self._live_session()
+        session = await self._live_session()
         entry = mesh_pb2.NameEntry(tenant=tenant, name=name, metadata=metadata,
                                    target=common_pb2.AgentRef(tenant=tenant, node_id=self.node_id, agent_id=agent_id))
         key = keys.name(self.config.cluster, tenant, name)
@@ -361,7 +372,7 @@ class MeshNode:
     async def unregister_name(self, tenant: str, name: str) -> None:
         """Remove a name this node owns (NOT_FOUND if absent, FAILED_PRECONDITION if another node owns it)."""
         self.require_tenant(tenant)
-        session = self._live_session()
+        session = await self._live_session()
         key = keys.name(self.config.cluster, tenant, name)
         try:
             result = await self.client.txn([cmp_lease(key, session.lease_id)], [op_delete(key)], [op_get(key)])
@@ -384,7 +395,7 @@ class MeshNode:
     async def join_group(self, tenant: str, group: str, agent_id: str, metadata: dict[str, str]) -> None:
         """Add an agent of this node to a group (idempotent)."""
         self.require_tenant(tenant)
-        session = self._live_session()
+        session = await self._live_session()
         member = mesh_pb2.GroupMember(tenant=tenant, group=group, metadata=metadata,
                                       member=common_pb2.AgentRef(tenant=tenant, node_id=self.node_id,
                                                                  agent_id=agent_id))
@@ -400,7 +411,7 @@ class MeshNode:
     async def leave_group(self, tenant: str, group: str, agent_id: str) -> bool:
         """Remove an agent of this node from a group; False if it was not a member."""
         self.require_tenant(tenant)
-        self._live_session()
+        await self._live_session()
         key = keys.group_member(self.config.cluster, tenant, group, self.node_id, agent_id)
         self._owned_groups.pop(key, None)
         try:

@@ -32,3 +32,26 @@ def private_etcd() -> Iterator[EmbeddedEtcd]:
 def cluster_name() -> str:
     """A unique cluster name, so tests sharing one etcd never see each other's keys."""
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def dev_cluster(etcd_server: EmbeddedEtcd, cluster_name: str):
+    """Factory for clusters of real meshd processes on free loopback ports; all stopped at teardown.
+
+    ``own_etcd=True`` gives the cluster an embedded etcd of its own (for tests that stop it).
+    """
+    from mabeam.devcluster import DevCluster
+    from mabeam.testing import free_port_block
+
+    clusters: list[DevCluster] = []
+
+    def make(nodes: int = 3, lease_ttl: int = 2, own_etcd: bool = False) -> DevCluster:
+        base = free_port_block(10 * (nodes + 1) + 2)
+        cluster = DevCluster(nodes, base, etcd=None if own_etcd else etcd_server.endpoint, cluster=cluster_name,
+                             lease_ttl=lease_ttl)
+        clusters.append(cluster)
+        return cluster.start()
+
+    yield make
+    for cluster in clusters:
+        cluster.close()

@@ -302,6 +302,9 @@ class EtcdClient:
                 yield WatchBatch(int(resp.header.revision), events)
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from None
+        except asyncio.InvalidStateError:
+            # grpc.aio refuses writes once the server has closed the stream.
+            raise EtcdUnavailable("etcd closed the watch stream") from None
         finally:
             call.cancel()
 

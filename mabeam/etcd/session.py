@@ -71,7 +71,8 @@ class Session:
                         return
                     self.last_renewed = self._clock()
                     await asyncio.sleep(interval)
-            except (grpc.aio.AioRpcError, TimeoutError, EtcdError) as error:
+            except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError, EtcdError) as error:
+                # InvalidStateError: grpc.aio refuses writes once etcd has closed the stream.
                 log.debug("keepalive for lease %x interrupted: %s", self.lease_id, error)
             finally:
                 call.cancel()
