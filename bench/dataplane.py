@@ -1,0 +1,166 @@
+"""Data-plane throughput and call latency across two processes, with raw pyzmq baselines in the same run.
+
+``python -m bench dataplane [--quick] [--json]``. The bench process hosts a
+sending DataPlane; a child process (``python -m meshd.dataplane.testing``, role
+echo) hosts the receiving one, with an in-process handler endpoint ``svc``.
+Throughput: N one-way casts on ``normal``, then one call on the same channel as
+a FIFO barrier (its reply proves every earlier cast was delivered). Baselines:
+sync pyzmq PUSH/PULL (one message per frame, blocking send/recv) and REQ/REP
+between this process and a child. Each mode runs in its own processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from bench.common import percentile
+
+SIZES = {"100b": 100, "1kib": 1024, "64kib": 64 << 10, "1mib": 1 << 20}
+
+
+def _counts(quick: bool) -> dict[str, int]:
+    scale = 1 if quick else 3
+    return {"100b": 200_000 * scale, "1kib": 100_000 * scale, "64kib": 8_000 * scale, "1mib": 600 * scale}
+
+
+# ---------------------------------------------------------------- raw pyzmq baselines
+
+def _child(role: str, count: int) -> None:
+    ctx = zmq.Context()
+    if role == "pull":
+        sock = ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+    else:
+        sock = ctx.socket(zmq.REP)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    print(port, flush=True)
+    if role == "pull":
+        for _ in range(count):
+            sock.recv(copy=False)
+        print("done", flush=True)
+    else:
+        for _ in range(count):
+            sock.send(sock.recv())
+    sock.close(linger=0)
+    ctx.term()
+
+
+def _spawn(role: str, count: int) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen([sys.executable, "-m", "bench.dataplane", role, str(count)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
+def raw_push_pull(size: int, count: int) -> float:
+    """Messages/s of plain pyzmq PUSH→PULL between two processes."""
+    proc, port = _spawn("pull", count)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    payload = b"x" * size
+    started = time.perf_counter()
+    for _ in range(count):
+        sock.send(payload, copy=size <= 65536)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    elapsed = time.perf_counter() - started
+    proc.wait(timeout=30)
+    sock.close(linger=0)
+    ctx.term()
+    return count / elapsed
+
+
+def raw_req_rep(count: int) -> list[float]:
+    """Round-trip times (µs) of plain pyzmq REQ/REP, 64 B."""
+    proc, port = _spawn("rep", count)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REQ)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    times = []
+    for _ in range(count):
+        started = time.perf_counter_ns()
+        sock.send(b"x" * 64)
+        sock.recv()
+        times.append((time.perf_counter_ns() - started) / 1000)
+    proc.wait(timeout=30)
+    sock.close(linger=0)
+    ctx.term()
+    return times
+
+
+# ---------------------------------------------------------------- the mesh
+
+async def _mesh(quick: bool) -> dict[str, Any]:
+    from meshd.dataplane import AgentRef, DataPlane, DataPlaneConfig, ResourceExhausted
+    from meshd.dataplane.testing import PeerProcess
+
+    peer = PeerProcess("bench-rx", role="echo")
+    plane = DataPlane("bench-tx", DataPlaneConfig())
+    await plane.start()
+    out: dict[str, Any] = {}
+    try:
+        plane.peer_up(peer.node_id, peer.addresses)
+        peer.command(peer_up={"node_id": plane.node_id, "addresses": plane.addresses})
+        target = AgentRef("default", peer.node_id, "svc")
+        await plane.call(None, target, b"warm-up", timeout=10)
+        for key, count in _counts(quick).items():
+            payload = b"x" * SIZES[key]
+            started = time.perf_counter()
+            for i in range(count):
+                try:
+                    plane.send_nowait(None, target, payload)
+                except ResourceExhausted:
+                    await plane.send(None, target, payload)
+                if i & 511 == 511:
+                    await asyncio.sleep(0)
+            await plane.call(None, target, b"barrier", timeout=120)
+            elapsed = time.perf_counter() - started
+            out[f"mesh_{key}_msgs_per_s"] = round(count / elapsed)
+            out[f"mesh_{key}_mb_per_s"] = round(count * SIZES[key] / elapsed / 1e6, 1)
+        rtts = []
+        for _ in range(2000 if quick else 10000):
+            started_ns = time.perf_counter_ns()
+            await plane.call(None, target, b"x" * 64, timeout=10)
+            rtts.append((time.perf_counter_ns() - started_ns) / 1000)
+        out["mesh_call_p50_us"] = round(percentile(rtts, 50), 1)
+        out["mesh_call_p99_us"] = round(percentile(rtts, 99), 1)
+    finally:
+        await plane.stop()
+        peer.close()
+    return out
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Mesh throughput per size and call latency, then the raw pyzmq baselines; ratios."""
+    try:
+        import uvloop
+
+        mesh = uvloop.run(_mesh(quick))
+    except ImportError:
+        mesh = asyncio.run(_mesh(quick))
+    result: dict[str, Any] = dict(mesh)
+    for key, count in _counts(quick).items():
+        rate = raw_push_pull(SIZES[key], count)
+        result[f"raw_{key}_msgs_per_s"] = round(rate)
+        result[f"ratio_{key}"] = round(result[f"mesh_{key}_msgs_per_s"] / rate, 3)
+    rtts = raw_req_rep(2000 if quick else 10000)
+    result["raw_reqrep_p50_us"] = round(percentile(rtts, 50), 1)
+    result["raw_reqrep_p99_us"] = round(percentile(rtts, 99), 1)
+    result["ratio_call_p50"] = round(result["mesh_call_p50_us"] / result["raw_reqrep_p50_us"], 2)
+    result["notes"] = ("mesh: DataPlane (uvloop) -> child DataPlane handler endpoint, casts on normal, "
+                       "FIFO call barrier; raw: sync pyzmq, one frame per message")
+    return result
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], int(sys.argv[2]))
+    json.dumps({})
