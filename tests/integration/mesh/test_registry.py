@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from mabeam.testing import wait_until
+from mabeam.testing import async_wait_until, wait_until
 from mabeam_client.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mabeam_client.mesh import MeshClient, SyncMeshClient
 
@@ -25,9 +25,11 @@ async def test_twenty_concurrent_registrations_have_exactly_one_winner(dev_clust
 
         results = await asyncio.gather(*(attempt(i) for i in range(20)))
         assert results.count("won") == 1 and results.count("lost") == 19
-        winner = (await clients[0].lookup("the-one")).target
-        for client in clients:  # every node's cache agrees on the winner
-            entry = await client.lookup("the-one")
+        winner_index = results.index("won")
+        winner = (await clients[winner_index % 3].lookup("the-one")).target  # read-your-writes on its node
+        assert winner.agent_id == f"agent-{winner_index}"
+        for client in clients:  # every node's cache converges on the same winner
+            entry = await async_wait_until(lambda c=client: c.lookup("the-one"), 2.0, what="name visible")
             assert (entry.target.node_id, entry.target.agent_id) == (winner.node_id, winner.agent_id)
     finally:
         for client in clients:
