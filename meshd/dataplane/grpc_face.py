@@ -80,7 +80,7 @@ async def call(plane: DataPlane, request: pb.CallRequest, context: grpc.aio.Serv
     except DataPlaneError as exc:
         await abort_with(context, exc)
         raise
-    return pb.CallResponse(payload=reply.payload, responder=reply.envelope.sender, message_id=reply.id)
+    return pb.CallResponse(payload=bytes(reply.payload), responder=reply.envelope.sender, message_id=reply.id)
 
 
 async def subscribe(plane: DataPlane, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
@@ -111,7 +111,7 @@ async def subscribe(plane: DataPlane, request: pb.SubscribeRequest, context: grp
         yield pb.SubscribeResponse(endpoint=endpoint.ref.to_proto())
         while True:
             message = await endpoint.receive()
-            yield pb.SubscribeResponse(envelope=message.envelope, payload=message.payload)
+            yield pb.SubscribeResponse(envelope=message.envelope, payload=bytes(message.payload))
     finally:
         endpoint.close()
         for name in names:
