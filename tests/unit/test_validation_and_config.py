@@ -70,3 +70,10 @@ def test_unreadable_config_file(tmp_path) -> None:
     bad.write_text("node_id = \n")
     with pytest.raises(configuration.ConfigError, match="not valid TOML"):
         configuration.load(bad, env={})
+
+
+def test_production_example_config_is_valid() -> None:
+    from pathlib import Path
+
+    cfg = configuration.load(Path(__file__).parents[2] / "deploy" / "meshd.production.toml", env={})
+    assert cfg.cluster == "prod" and len(cfg.etcd) == 3 and cfg.advertised == "host-a.internal"
