@@ -107,6 +107,10 @@ class Router(Protocol):
         """An agent of this runtime gave up a name (it exited)."""
         ...
 
+    def agent_removed(self, agent_id: str) -> None:
+        """An agent was removed from its supervisor for good (it will not be restarted)."""
+        ...
+
 
 class LocalOnly:
     """The router of a stand-alone runtime: nothing exists outside it."""
@@ -124,6 +128,9 @@ class LocalOnly:
 
     def name_unregistered(self, name: str, ref: AgentRef) -> None:
         """Nothing to publish."""
+
+    def agent_removed(self, agent_id: str) -> None:
+        """Nothing to forget."""
 
 
 @dataclass(frozen=True)
@@ -343,6 +350,7 @@ class Runtime:
     def delete_checkpoint(self, agent_id: str) -> None:
         """Forget a checkpoint (the agent was removed from its supervisor for good)."""
         self.store.delete(agent_id)
+        self.router.agent_removed(agent_id)
 
     # --- introspection and metrics ------------------------------------------------------------
 

@@ -29,10 +29,19 @@ class CheckpointStore:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        # Switching to WAL takes an exclusive lock and does not wait on the busy handler:
+        # several workers opening a new file at once retry here.
+        for attempt in range(100):
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 99:
+                    raise
+                time.sleep(0.01)
         # NORMAL in WAL mode: durable against process crashes (kill -9), not against power loss.
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
         self._db.execute(_SCHEMA)
 
     def put(self, agent_id: str, codec: str, data: bytes) -> int:

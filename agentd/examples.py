@@ -1,0 +1,95 @@
+"""Example agent types: the demo, the benchmarks and the multi-process tests start these.
+
+They are registered only when the config asks for them (``examples = true``), like
+any other allow-listed type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from agentd.behaviour import Agent
+from agentd.runtime import AgentRegistry
+
+
+class Echo(Agent):
+    """Replies to a call with the message; ignores casts. The smallest useful agent (benchmarks)."""
+
+    async def init(self, args: dict[str, Any]) -> Any:
+        return None
+
+    async def handle_call(self, msg: Any, state: Any) -> tuple[Any, Any]:
+        return msg, state
+
+
+class Counter(Agent):
+    """Adds each cast to ``n`` and checkpoints it; calls: ``get``, ``pid``, ``restarts``, ``crash``,
+    ``{"sleep": s}``, ``{"block": s}`` (blocks the worker loop: watchdog demo), ``hang`` (stuck: handling-timeout demo)."""
+
+    handle_timeout = 5.0
+
+    async def init(self, args: dict[str, Any]) -> Any:
+        return {"n": int(args.get("start", 0)), "args": args}
+
+    async def handle_cast(self, msg: Any, state: Any) -> Any:
+        if msg == "crash":
+            raise RuntimeError("crashed on request")
+        if msg == "hang":
+            await asyncio.sleep(3600)
+        state = {**state, "n": state["n"] + int(msg)}
+        await self.ctx.checkpoint(state)
+        return state
+
+    async def handle_call(self, msg: Any, state: Any) -> tuple[Any, Any]:
+        if msg == "pid":
+            return os.getpid(), state
+        if msg == "restarts":
+            return self.ctx.restarts, state
+        if msg == "args":
+            return state.get("args", {}), state
+        if msg == "crash":
+            raise RuntimeError("crashed on request")
+        if msg == "hang":
+            await asyncio.sleep(3600)
+        if isinstance(msg, dict) and "sleep" in msg:
+            await asyncio.sleep(float(msg["sleep"]))
+            return "slept", state
+        if isinstance(msg, dict) and "block" in msg:
+            time.sleep(float(msg["block"]))  # noqa: ASYNC251 -- on purpose: the watchdog must name us
+            return "unblocked", state
+        if isinstance(msg, dict) and "add" in msg:
+            state = {**state, "n": state["n"] + int(msg["add"])}
+            await self.ctx.checkpoint(state)
+        return state["n"], state
+
+
+class Relay(Agent):
+    """Forwards each call to the agent named in the message (``{"to": name, "msg": m}``): cross-process calls."""
+
+    async def init(self, args: dict[str, Any]) -> Any:
+        return None
+
+    async def handle_call(self, msg: Any, state: Any) -> tuple[Any, Any]:
+        return await self.ctx.call(msg["to"], msg["msg"], timeout=float(msg.get("timeout", 5.0))), state
+
+
+class Escalating(Counter):
+    """A Counter whose restart policy switches to ``model: large`` from the third restart on."""
+
+    @classmethod
+    def restart_policy(cls, spec: Any, attempt: int, last_reason: str) -> dict[str, Any] | None:
+        if attempt >= 3:
+            return {**spec.start.args, "model": "large", "attempt": attempt}
+        return None
+
+
+EXAMPLES: dict[str, type[Agent]] = {"echo": Echo, "counter": Counter, "relay": Relay, "escalating": Escalating}
+
+
+def register_examples(registry: AgentRegistry) -> None:
+    """Allow the example types."""
+    for name, cls in EXAMPLES.items():
+        registry.register(name, cls)

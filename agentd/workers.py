@@ -1,0 +1,410 @@
+"""The agentd main process's side of isolation: it starts, routes to, watches and restarts worker processes.
+
+Each worker is a fresh interpreter (``python -m agentd.worker``; spawn, never a fork
+of this process, so starting one after gRPC is safe). Agents run in shared
+workers (one per core by default) or, with ``isolation="process"``, in a worker of
+their own. The pool remembers every spawn it sent to a worker; when the worker
+dies (kill -9, segfault, MemoryError) or is killed by the watchdog because its
+loop stayed blocked, the pool starts a new one and re-sends those spawns in
+order: the agents come back from their last checkpoints (same SQLite store).
+Worker restarts obey a restart intensity like any OTP supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentd.errors import AgentError, AlreadyExists, CallTimeout, NoSuchAgent, Unavailable, error_from_code
+from agentd.ipc import FrameReader, pack, read_frame
+from agentd.process import TaskScope
+from agentd.store import CheckpointStore
+from agentd.supervision import ChildSpec, add_restart
+
+log = logging.getLogger("agentd.workers")
+
+
+@dataclass
+class WorkerEvents:
+    """Counters the metrics read: watchdog events and worker restarts."""
+
+    blocked: int = 0
+    killed: int = 0
+    worker_restarts: int = 0
+    last_blocked_agent: str = ""
+    blocked_agents: list[tuple[str, str, float]] = field(default_factory=list)  # (worker, agent, seconds)
+
+
+class WorkerHandle:
+    """One worker process as the main process sees it."""
+
+    def __init__(self, worker_id: str, dedicated: bool) -> None:
+        self.worker_id = worker_id
+        self.dedicated = dedicated
+        self.process: asyncio.subprocess.Process | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.ready = asyncio.Event()
+        self.alive = False
+        self.pid = 0
+        self.last_heartbeat = time.monotonic()
+        self.stats: dict[str, Any] = {}
+        #: Spawns sent to this worker, in order: (child id, spec, supervisor) -- re-sent after a restart.
+        self.spawns: dict[str, tuple[ChildSpec, str | None]] = {}
+        self.restarts: tuple[float, ...] = ()
+        self.generation = 0
+        self.watchdog_sock: socket.socket | None = None
+        self.retired = False  # a dedicated worker whose agent is gone: not restarted
+
+    def write(self, frame: list[Any]) -> None:
+        """Queue a frame to the worker."""
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(pack(frame))
+
+
+class WorkerPool:
+    """Starts and supervises worker processes and routes requests to the agents they host."""
+
+    def __init__(self, config: dict[str, Any], *, workers: int | None = None, block_kill_s: float = 5.0,
+                 max_restarts: int = 10, max_seconds: float = 60.0,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        self.config = config
+        self.shared_count = workers or os.cpu_count() or 1
+        self.block_kill_s = block_kill_s
+        self.max_restarts = max_restarts
+        self.max_seconds = max_seconds
+        self.on_event = on_event
+        self.workers: dict[str, WorkerHandle] = {}
+        self.names: dict[str, str] = {}  # name -> agent id
+        self.owner: dict[str, str] = {}  # top-level child id -> worker id
+        self.events = WorkerEvents()
+        self._rids = itertools.count(1)
+        self._dedicated_ids = itertools.count(1)
+        self._next_shared = 0
+        self._scope = TaskScope()
+        self._closing = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the shared workers and the watchdog; returns when every worker said hello."""
+        if self.config.get("store_path"):
+            CheckpointStore(self.config["store_path"]).close()  # creates the file in WAL mode once
+        for index in range(self.shared_count):
+            handle = WorkerHandle(f"w{index}", dedicated=False)
+            self.workers[handle.worker_id] = handle
+            await self._launch(handle)
+        self._scope.start(self._watch_heartbeats())
+        await asyncio.gather(*(self._wait_ready(h) for h in self.workers.values()))
+
+    async def _wait_ready(self, handle: WorkerHandle, timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            await handle.ready.wait()
+
+    async def close(self) -> None:
+        """Shut every worker down (agents terminate in reverse order), then stop watching."""
+        self._closing = True
+        for handle in self.workers.values():
+            handle.write(["shutdown"])
+        for handle in list(self.workers.values()):
+            if handle.process is not None:
+                try:
+                    async with asyncio.timeout(10):
+                        await handle.process.wait()
+                except TimeoutError:
+                    handle.process.kill()
+        await self._scope.aclose()
+
+    async def _launch(self, handle: WorkerHandle) -> None:
+        """Start (or restart) the worker process behind a handle."""
+        parent_sock, child_sock = socket.socketpair()
+        watch_parent, watch_child = socket.socketpair()
+        config = {**self.config, "worker_id": handle.worker_id}
+        handle.ready = asyncio.Event()
+        handle.generation += 1
+        handle.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agentd.worker", "--fd", str(child_sock.fileno()),
+            "--watchdog-fd", str(watch_child.fileno()), "--config", json.dumps(config),
+            pass_fds=(child_sock.fileno(), watch_child.fileno()))
+        child_sock.close()
+        watch_child.close()
+        reader, handle.writer = await asyncio.open_unix_connection(sock=parent_sock)
+        handle.watchdog_sock = watch_parent
+        handle.alive = True
+        handle.pid = handle.process.pid
+        handle.last_heartbeat = time.monotonic()
+        self._scope.start(self._read(handle, reader, handle.generation))
+        self._scope.start(self._read_watchdog(handle, watch_parent))
+
+    # --- reading from workers -----------------------------------------------------------------
+
+    async def _read(self, handle: WorkerHandle, reader: asyncio.StreamReader, generation: int) -> None:
+        """Serve one worker incarnation's frames; its end means the worker died (or was shut down)."""
+        frames = FrameReader(reader)
+        while True:
+            batch = await frames.next_batch()
+            if batch is None:
+                break
+            for frame in batch:
+                self._on_frame(handle, frame)
+        process = handle.process
+        if process is not None:
+            code = await process.wait()
+        else:
+            code = None
+        if handle.writer is not None:
+            handle.writer.close()
+        handle.alive = False
+        error = Unavailable(f"worker {handle.worker_id} exited")
+        for future in handle.pending.values():
+            if not future.done():
+                future.set_exception(error)
+        handle.pending.clear()
+        for name, agent_id in list(self.names.items()):
+            if self.owner.get(agent_id.split("/", 1)[0]) == handle.worker_id:
+                del self.names[name]
+        if handle.retired:
+            self.workers.pop(handle.worker_id, None)
+            return
+        if self._closing or generation != handle.generation:
+            return
+        log.error("worker %s (pid %s) exited with %s; restarting it", handle.worker_id, handle.pid, code)
+        await self._restart(handle)
+
+    async def _restart(self, handle: WorkerHandle) -> None:
+        ok, handle.restarts = add_restart(handle.restarts, time.monotonic(), self.max_restarts, self.max_seconds)
+        if not ok:
+            log.critical("worker %s restarted too often; giving up on it", handle.worker_id)
+            self._emit("worker_gave_up", {"worker": handle.worker_id})
+            return
+        self.events.worker_restarts += 1
+        await self._launch(handle)
+        await self._wait_ready(handle)
+        for child_id, (spec, supervisor) in list(handle.spawns.items()):
+            try:
+                await self._request(handle, ["spawn", 0, spec.model_dump(mode="json"), supervisor], 60.0)
+            except AgentError as exc:
+                log.error("worker %s: could not bring back %s: %s", handle.worker_id, child_id, exc)
+        self._emit("worker_restarted", {"worker": handle.worker_id, "agents": len(handle.spawns)})
+
+    def _on_frame(self, handle: WorkerHandle, frame: list[Any]) -> None:
+        op = frame[0]
+        if op in ("ok", "err"):
+            future = handle.pending.pop(frame[1], None)
+            if future is not None and not future.done():
+                if op == "ok":
+                    future.set_result(frame[2])
+                else:
+                    future.set_exception(error_from_code(frame[2], frame[3]))
+        elif op == "stats":
+            handle.stats = frame[1]
+            handle.last_heartbeat = time.monotonic()
+        elif op == "hello":
+            handle.pid = int(frame[2])
+            handle.last_heartbeat = time.monotonic()
+            handle.ready.set()
+        elif op == "name+":
+            self.names[frame[1]] = frame[2]
+        elif op == "name-":
+            if self.names.get(frame[1]) == frame[2]:
+                del self.names[frame[1]]
+        elif op == "removed":
+            self._forget(handle, frame[1])
+        elif op == "cast":
+            _, _, to, msg, sender = frame
+            try:
+                self.cast_nowait(to, msg, sender=sender, origin=handle)
+            except AgentError as exc:
+                if sender:
+                    handle.write(["cast-failed", sender, to, exc.code, exc.message])
+        elif op == "call":
+            self._scope.start(self._forward_call(handle, frame))
+        elif op == "cast-failed":
+            sender = frame[1]
+            target = self._worker_of(sender)
+            if target is not None:
+                target.write(frame)
+
+    def _forget(self, handle: WorkerHandle, agent_id: str) -> None:
+        """An agent is gone for good: do not bring it back with its worker."""
+        top, _, rest = agent_id.partition("/")
+        handle.spawns.pop(agent_id, None)
+        if not rest and self.owner.get(top) == handle.worker_id:
+            del self.owner[top]
+            if handle.dedicated and not handle.spawns:
+                handle.retired = True
+                handle.write(["shutdown"])
+
+    async def _forward_call(self, origin: WorkerHandle, frame: list[Any]) -> None:
+        _, rid, to, msg, timeout = frame
+        try:
+            result = await self.call(to, msg, timeout=float(timeout))
+        except AgentError as exc:
+            origin.write(["err", rid, exc.code, exc.message])
+        else:
+            origin.write(["ok", rid, result])
+
+    async def _read_watchdog(self, handle: WorkerHandle, sock: socket.socket) -> None:
+        """Blocked-loop reports from the worker's watchdog thread."""
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        try:
+            while True:
+                frame = await read_frame(reader)
+                if frame is None:
+                    return
+                if frame[0] == "blocked":
+                    agent, seconds = str(frame[1]), float(frame[2])
+                    self.events.blocked += 1
+                    self.events.last_blocked_agent = agent
+                    self.events.blocked_agents.append((handle.worker_id, agent, seconds))
+                    log.warning("watchdog: worker %s loop blocked %.2f s by agent %s", handle.worker_id,
+                                seconds, agent or "(none)")
+                    self._emit("blocked", {"worker": handle.worker_id, "agent": agent, "seconds": seconds})
+        finally:
+            writer.close()
+
+    async def _watch_heartbeats(self) -> None:
+        """Kill a worker whose loop has not sent a heartbeat for ``block_kill_s`` (the death path restarts it)."""
+        period = min(0.1, self.block_kill_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for handle in list(self.workers.values()):
+                if (handle.alive and handle.ready.is_set() and handle.process is not None
+                        and now - handle.last_heartbeat > self.block_kill_s):
+                    log.error("watchdog: worker %s silent for %.1f s (last blocked by %s): killing it",
+                              handle.worker_id, now - handle.last_heartbeat, self.events.last_blocked_agent)
+                    self.events.killed += 1
+                    self._emit("killed", {"worker": handle.worker_id})
+                    handle.alive = False
+                    try:
+                        os.kill(handle.process.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, data)
+
+    # --- routing ------------------------------------------------------------------------------
+
+    def _worker_of(self, to: str) -> WorkerHandle | None:
+        """The worker hosting an agent id or a registered name."""
+        agent_id = self.names.get(to, to)
+        worker_id = self.owner.get(agent_id.split("/", 1)[0])
+        return None if worker_id is None else self.workers.get(worker_id)
+
+    def resolve(self, to: str) -> str:
+        """The agent id for a name or an id."""
+        return self.names.get(to, to)
+
+    async def _request(self, handle: WorkerHandle, frame: list[Any], timeout: float) -> Any:
+        if not handle.alive:
+            await self._wait_ready(handle, timeout)
+        rid = next(self._rids)
+        frame[1] = rid
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        handle.pending[rid] = future
+        handle.write(frame)
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise CallTimeout(f"worker {handle.worker_id} did not answer within {timeout} s") from None
+        finally:
+            handle.pending.pop(rid, None)
+
+    def _target(self, to: str) -> WorkerHandle:
+        handle = self._worker_of(to)
+        if handle is None:
+            raise NoSuchAgent(f"no agent {to}")
+        return handle
+
+    async def call(self, to: str, msg: Any, timeout: float = 5.0) -> Any:
+        """Call an agent in whichever worker hosts it."""
+        return await self._request(self._target(to), ["call", 0, self.resolve(to), msg, timeout], timeout + 1.0)
+
+    async def cast(self, to: str, msg: Any) -> None:
+        """Cast with acknowledgement: MailboxFull / NoSuchAgent come back as errors."""
+        await self._request(self._target(to), ["cast", 0, self.resolve(to), msg, None], 10.0)
+
+    def cast_nowait(self, to: str, msg: Any, sender: str | None = None, origin: WorkerHandle | None = None) -> None:
+        """Forward a cast without waiting; failures go back to ``sender`` as DeliveryFailed."""
+        handle = self._target(to)
+        handle.write(["cast", 0, self.resolve(to), msg, sender])
+
+    async def spawn(self, spec: ChildSpec, supervisor: str | None = None) -> str:
+        """Start an agent in a worker: its supervisor's, a dedicated one, or the least loaded shared one."""
+        if spec.name is not None and spec.name in self.names:
+            raise AlreadyExists(f"name {spec.name!r} is registered by {self.names[spec.name]}")
+        if supervisor:
+            handle = self._target(supervisor)
+            supervisor = self.resolve(supervisor)
+        elif spec.isolation == "process":
+            if spec.id in self.owner:
+                raise AlreadyExists(f"child id {spec.id!r} already exists")
+            handle = WorkerHandle(f"p{next(self._dedicated_ids)}", dedicated=True)
+            self.workers[handle.worker_id] = handle
+            await self._launch(handle)
+            await self._wait_ready(handle)
+        else:
+            if spec.id in self.owner:
+                raise AlreadyExists(f"child id {spec.id!r} already exists")
+            shared = [h for h in self.workers.values() if not h.dedicated]
+            handle = min(shared, key=lambda h: (len(h.spawns), h.worker_id))
+        agent_id: str = await self._request(handle, ["spawn", 0, spec.model_dump(mode="json"), supervisor], 60.0)
+        if not supervisor:
+            self.owner[spec.id] = handle.worker_id
+        handle.spawns[agent_id] = (spec, supervisor)
+        return agent_id
+
+    async def stop_agent(self, to: str) -> None:
+        """Stop an agent for good (through its supervisor)."""
+        handle = self._target(to)
+        await self._request(handle, ["stop", 0, self.resolve(to)], 120.0)
+
+    async def info(self, to: str) -> dict[str, Any]:
+        """One agent's snapshot."""
+        handle = self._target(to)
+        result: dict[str, Any] = await self._request(handle, ["info", 0, self.resolve(to)], 10.0)
+        result["worker"] = handle.worker_id
+        return result
+
+    async def list_agents(self) -> list[dict[str, Any]]:
+        """Every agent of every live worker."""
+        out: list[dict[str, Any]] = []
+        for handle in list(self.workers.values()):
+            if not handle.alive:
+                continue
+            for info in await self._request(handle, ["list", 0], 30.0):
+                info["worker"] = handle.worker_id
+                out.append(info)
+        return out
+
+    async def tree(self, root: str | None = None) -> list[dict[str, Any]]:
+        """The supervision tree of each worker (or of one supervisor)."""
+        if root:
+            handle = self._target(root)
+            return [{"worker": handle.worker_id,
+                     **(await self._request(handle, ["tree", 0, self.resolve(root)], 30.0))}]
+        trees = []
+        for handle in list(self.workers.values()):
+            if handle.alive:
+                trees.append({"worker": handle.worker_id, **(await self._request(handle, ["tree", 0, None], 30.0))})
+        return trees
+
+    def kill_worker(self, worker_id: str) -> int:
+        """kill -9 a worker (tests, chaos); returns its pid."""
+        handle = self.workers[worker_id]
+        os.kill(handle.pid, signal.SIGKILL)
+        return handle.pid
