@@ -25,7 +25,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -52,45 +52,14 @@ from meshd.dataplane.errors import (
 )
 from meshd.dataplane.failure import FailureDetector, PeerState
 from meshd.dataplane.metrics import ChannelMetrics
+from meshd.dataplane.peers import Peer, PendingCall, QueueFull, copy_with_new_id
+from meshd.dataplane.receiving import ReceiveSide
 from meshd.dataplane.registry import AgentRef, InMemoryRegistry, RegistryView, tenant_or_default
 from meshd.dataplane.scheduler import FairScheduler
 
 log = logging.getLogger(__name__)
 
-_YIELD_EVERY = 512  # envelopes handled between yields to the loop in the receive task
-
-
-class _Peer:
-    """Outbound state for one peer node: its DEALERs, per-channel queues, unacked messages."""
-
-    def __init__(self, node_id: str, addresses: Mapping[str, str], curve_key: str | None) -> None:
-        self.node_id = node_id
-        self.addresses = dict(addresses)
-        self.curve_key = curve_key or None
-        self.sockets: dict[int, zmq.Socket] = {}
-        self.queues: dict[int, deque[tuple[bytes, bytes | memoryview]]] = {ch: deque() for ch in wire.CHANNELS}
-        self.blocked: set[int] = set()
-        # id -> [channel, [(envelope bytes, payload), ...], last sent]
-        self.unacked: dict[int, list[Any]] = {}
-        self.acks_due: list[int] = []
-        self.down = False
-        self.space = asyncio.Event()
-
-
-class _PendingCall:
-    """A call waiting for its reply: a future (in-process caller) or an attached caller's address."""
-
-    __slots__ = ("id", "future", "caller", "node_id", "timer")
-
-    def __init__(self, call_id: int, future: asyncio.Future[Message] | None, caller: AgentRef, node_id: str) -> None:
-        self.id = call_id
-        self.future = future
-        self.caller = caller
-        self.node_id = node_id
-        self.timer: asyncio.TimerHandle | None = None
-
-
-class DataPlane:
+class DataPlane(ReceiveSide):
     """One node's data plane. See the module docstring and docs/dataplane.md for the contract."""
 
     def __init__(self, node_id: str, config: DataPlaneConfig | None = None, registry: RegistryView | None = None,
@@ -103,10 +72,10 @@ class DataPlane:
         self.attach_address = ""
         self.curve_public_key: str | None = None
         self._curve_secret: bytes | None = None
-        self._peers: dict[str, _Peer] = {}
+        self._peers: dict[str, Peer] = {}
         self._allowed_keys: set[str] = set()
         self.endpoints: dict[tuple[str, str], Any] = {}
-        self._calls: dict[int, _PendingCall] = {}
+        self._calls: dict[int, PendingCall] = {}
         self._ids = itertools.count(random.getrandbits(62) | 1)
         self._prefix = wire.batch_prefix(node_id)
         self._chunk_channel = wire.NORMAL if self.config.single_channel else wire.BULK
@@ -117,7 +86,7 @@ class DataPlane:
         self._detector = FailureDetector(self.config.suspect_after, self.config.down_after)
         self._metrics = {ch: ChannelMetrics(wire.channel_name(ch)) for ch in wire.CHANNELS}
         self._rr: dict[tuple[str, str], int] = {}
-        self._dirty: set[tuple[_Peer, int]] = set()
+        self._dirty: set[tuple[Peer, int]] = set()
         self._flush_scheduled = False
         self.rejected: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
@@ -222,7 +191,7 @@ class DataPlane:
             if existing.addresses == dict(data_addresses) and existing.curve_key == (curve_public_key or None):
                 return
             self._close_peer(existing)
-        peer = _Peer(node_id, data_addresses, curve_public_key)
+        peer = Peer(node_id, data_addresses, curve_public_key)
         if self.config.curve and not curve_public_key:
             log.warning("peer %s has no CURVE key; not connecting", node_id)
             return
@@ -255,7 +224,7 @@ class DataPlane:
         """What the failure detector thinks of a peer (None when not a peer)."""
         return self._detector.state(node_id)
 
-    def _close_peer(self, peer: _Peer) -> None:
+    def _close_peer(self, peer: Peer) -> None:
         for sock in peer.sockets.values():
             sock.close(linger=0)
         peer.sockets.clear()
@@ -374,7 +343,7 @@ class DataPlane:
             try:
                 return self.send_nowait(sender, to, payload, channel=channel, acknowledged=acknowledged,
                                         traceparent=traceparent)
-            except _QueueFull as full:
+            except QueueFull as full:
                 full.peer.space.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
@@ -414,14 +383,14 @@ class DataPlane:
             self._forget_call(pending)
 
     def _register_call(self, env: pb.Envelope, future: asyncio.Future[Message] | None, caller: AgentRef,
-                       node_id: str, timeout: float) -> _PendingCall:
-        pending = _PendingCall(env.id, future, caller, node_id)
+                       node_id: str, timeout: float) -> PendingCall:
+        pending = PendingCall(env.id, future, caller, node_id)
         self._calls[env.id] = pending
         assert self._loop is not None
         pending.timer = self._loop.call_later(timeout, self._expire_call, env.id)
         return pending
 
-    def _forget_call(self, pending: _PendingCall) -> None:
+    def _forget_call(self, pending: PendingCall) -> None:
         self._calls.pop(pending.id, None)
         if pending.timer is not None:
             pending.timer.cancel()
@@ -431,7 +400,7 @@ class DataPlane:
         if pending is not None:
             self._fail_call(pending, DeadlineExceeded("no reply before the deadline"))
 
-    def _fail_call(self, pending: _PendingCall, error: DataPlaneError) -> None:
+    def _fail_call(self, pending: PendingCall, error: DataPlaneError) -> None:
         if pending.timer is not None:
             pending.timer.cancel()
         if pending.future is not None:
@@ -474,7 +443,7 @@ class DataPlane:
             raise MessageTooLarge(f"{len(payload)} bytes is above the maximum {self.config.max_message_size}")
         targets = self._resolve(tenant_or_default(env.tenant), to)
         for index, target in enumerate(targets):
-            copy = env if index == 0 else _copy_with_new_id(env, next(self._ids))
+            copy = env if index == 0 else copy_with_new_id(env, next(self._ids))
             copy.to_agent.CopyFrom(target.to_proto())
             if copy.kind == wire.CALL and caller is not None:
                 pending = self._register_call(copy, None, caller, target.node_id, timeout)
@@ -502,14 +471,14 @@ class DataPlane:
     def _wire_channel(self, channel: int) -> int:
         return wire.NORMAL if self.config.single_channel else channel
 
-    def _enqueue(self, peer: _Peer, env: pb.Envelope, payload: bytes | memoryview) -> None:
+    def _enqueue(self, peer: Peer, env: pb.Envelope, payload: bytes | memoryview) -> None:
         cfg = self.config
         if len(payload) > cfg.chunk_size:
             ch = self._wire_channel(wire.BULK)
             chunks = split_payload(payload, cfg.chunk_size)
             items: list[tuple[bytes, bytes | memoryview]] = []
             for index, chunk in enumerate(chunks):
-                part = _copy_with_new_id(env, env.id)
+                part = copy_with_new_id(env, env.id)
                 part.flags |= wire.FLAG_CHUNK
                 part.chunk_index, part.chunk_count, part.total_size = index, len(chunks), len(payload)
                 items.append((part.SerializeToString(), chunk))
@@ -518,10 +487,10 @@ class DataPlane:
             items = [(env.SerializeToString(), payload)]
         queue = peer.queues[ch]
         if len(queue) >= cfg.max_outbound:
-            raise _QueueFull(peer)
+            raise QueueFull(peer)
         if env.flags & wire.FLAG_ACK:
             if len(peer.unacked) >= cfg.max_unacked:
-                raise _QueueFull(peer, f"{len(peer.unacked)} unacknowledged messages to {peer.node_id}")
+                raise QueueFull(peer, f"{len(peer.unacked)} unacknowledged messages to {peer.node_id}")
             peer.unacked[env.id] = [ch, items, self.clock()]
         queue.extend(items)
         if len(queue) >= cfg.max_batch or len(items) > 1:
@@ -551,7 +520,7 @@ class DataPlane:
         for peer, ch in dirty:
             self._flush_queue(peer, ch)
 
-    def _flush_queue(self, peer: _Peer, ch: int) -> None:
+    def _flush_queue(self, peer: Peer, ch: int) -> None:
         if ch in peer.blocked or not peer.sockets:
             return
         cfg = self.config
@@ -587,7 +556,7 @@ class DataPlane:
             metrics.batch_size.observe(len(envs))
         peer.space.set()
 
-    async def _unblock(self, peer: _Peer, ch: int) -> None:
+    async def _unblock(self, peer: Peer, ch: int) -> None:
         sock = peer.sockets.get(ch)
         if sock is not None:
             with contextlib.suppress(zmq.ZMQError):
@@ -595,124 +564,6 @@ class DataPlane:
         peer.blocked.discard(ch)
         if self._peers.get(peer.node_id) is peer:
             self._flush_queue(peer, ch)
-
-    # ----------------------------------------------------------------- receiving
-
-    async def _receive_loop(self) -> None:
-        assert self._readiness is not None
-        event = self._readiness.event
-        routers = list(self._routers.items())
-        scheduler = self._scheduler
-        handled = 0
-        last_yield = time.monotonic()
-        while True:
-            # Readiness of every channel is re-read before each step (EVENTS, ~1 µs each), so an urgent
-            # message is seen between two bulk chunks instead of after the bulk socket runs dry.
-            ready = [ch for ch, sock in routers if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN]
-            if not ready:
-                if self._flush_scheduled:
-                    # Replies produced by this pass go out now, not one loop turn later.
-                    self._flush_all()
-                event.clear()
-                ready = [ch for ch, sock in routers if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN]
-                if not ready:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(0.25):
-                            await event.wait()
-                    handled = 0
-                    last_yield = time.monotonic()
-                    continue
-            ch = scheduler.next_channel(ready)
-            assert ch is not None
-            taken, _ = self._drain(ch, self._routers[ch], scheduler.credit(ch))
-            scheduler.consumed(ch, max(taken, 1))
-            handled += taken
-            if self._flush_scheduled:
-                self._flush_all()
-            if handled >= _YIELD_EVERY or time.monotonic() - last_yield > 0.002:
-                handled = 0
-                await asyncio.sleep(0)
-                last_yield = time.monotonic()
-
-    def _drain(self, ch: int, sock: zmq.Socket, credit: int) -> tuple[int, bool]:
-        taken = 0
-        # Chunks land zero-copy and are copied once, into the reassembly buffer (STACK-NOTES: copy=False
-        # pays above ~64 KiB, which is what the chunk channel carries).
-        zero_copy = ch == self._chunk_channel
-        while taken < credit:
-            # EVENTS instead of recv-until-EAGAIN: pyzmq's Again exception costs ~5 µs, which the idle
-            # re-check pass over four sockets paid on every wake-up (bench/dataplane.py call latency).
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                return taken, True
-            try:
-                if zero_copy:
-                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    frames: list[Any] = [parts[1].bytes, *(p.buffer for p in parts[2:])]
-                else:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)[1:]
-            except zmq.Again:
-                return taken, True
-            except IndexError:
-                self.rejected["frame_count"] += 1
-                taken += 1
-                continue
-            taken += self._on_wire(ch, frames)
-        return taken, False
-
-    def _on_wire(self, ch: int, frames: list[bytes]) -> int:
-        metrics = self._metrics[ch]
-        try:
-            batch, payloads = wire.decode_frames(frames)
-        except wire.FrameError as exc:
-            self.rejected[exc.reason] += 1
-            metrics.drop("rejected_" + exc.reason)
-            return 1
-        origin = batch.sender_node
-        peer = self._peers.get(origin)
-        if peer is not None and self._detector.heard(origin, self.clock()) is not None:
-            peer.down = False
-        envelopes = batch.envelopes
-        size = 0
-        for env, payload in zip(envelopes, payloads, strict=True):
-            size += len(payload)
-            self._on_wire_envelope(env, payload, origin, peer)
-        count = len(envelopes)
-        self.received += count
-        metrics.messages_in.inc(count)
-        metrics.bytes_in.inc(size)
-        sent_ns = envelopes[0].sent_unix_ns
-        if sent_ns:
-            metrics.latency.observe(max(0.0, (time.time_ns() - sent_ns) / 1e9))
-        return count
-
-    def _on_wire_envelope(self, env: pb.Envelope, payload: bytes, origin: str, peer: _Peer | None) -> None:
-        if env.kind == wire.SYSTEM:
-            if env.system_op == pb.SYSTEM_OP_ACK and peer is not None:
-                for acked in env.acked_ids:
-                    peer.unacked.pop(acked, None)
-                peer.space.set()
-            return
-        flags = env.flags
-        if flags & wire.FLAG_CHUNK:
-            try:
-                whole = self._reassembler.add((origin, env.id), env.chunk_index, env.chunk_count, env.total_size,
-                                              payload, self.clock())
-            except ValueError as exc:
-                self.drops[str(exc)] += 1
-                return
-            if whole is None:
-                return
-            payload = whole
-        elif type(payload) is memoryview:
-            payload = payload.tobytes()
-        if flags & wire.FLAG_ACK:
-            if peer is not None:
-                peer.acks_due.append(env.id)
-                self._schedule_flush()
-            if not self._dedup.check_and_add((origin, env.id)):
-                self.drops["duplicate"] += 1
-                return
-        self._deliver(env, payload)
 
     def _deliver(self, env: pb.Envelope, payload: bytes) -> None:
         """Deliver to a local endpoint or a waiting call; bounce NOT_FOUND / RESOURCE_EXHAUSTED."""
@@ -825,19 +676,3 @@ class DataPlane:
             "scheduler_rounds": self._scheduler.rounds,
             "reassembly_bytes": self._reassembler.bytes_pending,
         }
-
-
-class _QueueFull(ResourceExhausted):
-    """Outbound queue to a peer is full (``send`` waits on ``peer.space``; ``send_nowait`` raises)."""
-
-    def __init__(self, peer: _Peer, why: str = "") -> None:
-        super().__init__(why or f"outbound queue to {peer.node_id} is full")
-        self.peer = peer
-
-
-def _copy_with_new_id(env: pb.Envelope, new_id: int) -> pb.Envelope:
-    copy = pb.Envelope()
-    copy.CopyFrom(env)
-    copy.id = new_id
-    return copy
-

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from mabeam_client import cli_dataplane
 
 from mabeam.v1 import common_pb2, dataplane_pb2, mesh_pb2_grpc
+from mabeam_client import cli_dataplane
 from meshd.dataplane import DataPlane
 from meshd.dataplane.grpc_face import DataPlaneServicerMixin
 from meshd.dataplane.testing import wait_until

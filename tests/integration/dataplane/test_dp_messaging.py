@@ -144,3 +144,24 @@ async def test_tenants_cannot_address_each_other(pair: Pair) -> None:
     other = b.open_endpoint("x", tenant="acme")
     with pytest.raises(NotFound):
         await a.open_endpoint("me").send(other.ref, b"x")
+
+
+async def test_metrics_per_channel_are_updated(pair: Pair) -> None:
+    # Messages, bytes and batch sizes per channel, and drops by reason, reach Prometheus.
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    a, b = pair
+    rx = b.open_endpoint("m", handler=lambda m: None)
+    before_in = sample("mabeam_dataplane_messages_total", channel="high", direction="in")
+    before_bytes = sample("mabeam_dataplane_bytes_total", channel="high", direction="out")
+    before_batches = sample("mabeam_dataplane_batch_size_count", channel="high")
+    for _ in range(100):
+        a.send_nowait(None, rx.ref, b"x" * 10, channel="high")
+    await wait_until(lambda: sample("mabeam_dataplane_messages_total", channel="high", direction="in")
+                     >= before_in + 100, 3, "metrics")
+    assert sample("mabeam_dataplane_bytes_total", channel="high", direction="out") == before_bytes + 1000
+    assert 0 < sample("mabeam_dataplane_batch_size_count", channel="high") - before_batches < 100
+    assert sample("mabeam_dataplane_latency_seconds_count", channel="high") > 0
