@@ -25,7 +25,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentd.errors import AgentError, AlreadyExists, CallTimeout, NoSuchAgent, Unavailable, error_from_code
+from agentd.errors import (
+    AgentError,
+    AlreadyExists,
+    CallTimeout,
+    InvalidArgument,
+    NoSuchAgent,
+    Unavailable,
+    error_from_code,
+)
 from agentd.ipc import FrameReader, pack, read_frame
 from agentd.process import TaskScope
 from agentd.store import CheckpointStore
@@ -93,6 +101,10 @@ class WorkerPool:
         self._next_shared = 0
         self._scope = TaskScope()
         self._closing = False
+        from agentd.worker import build_registry
+
+        #: The allow-list as the workers will load it (the same config builds both).
+        self.allowed_types = set(build_registry(config).names())
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -402,6 +414,15 @@ class WorkerPool:
             if handle.alive:
                 trees.append({"worker": handle.worker_id, **(await self._request(handle, ["tree", 0, None], 30.0))})
         return trees
+
+    def next_serial(self) -> int:
+        """A fresh number for generated child ids."""
+        return next(self._rids)
+
+    def check_type(self, agent_type: str) -> None:
+        """InvalidArgument unless the type is on the allow-list (checked before any worker is involved)."""
+        if agent_type not in self.allowed_types:
+            raise InvalidArgument(f"unknown agent type {agent_type!r}; allowed: {sorted(self.allowed_types)}")
 
     def kill_worker(self, worker_id: str) -> int:
         """kill -9 a worker (tests, chaos); returns its pid."""

@@ -1,0 +1,42 @@
+"""``agentd``: run the agent daemon (``python -m agentd --config agentd.toml``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from agentd.config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, load the config (file, AGENTD_* env, flags), run until SIGTERM."""
+    parser = argparse.ArgumentParser(prog="agentd", description="mabeam agent runtime daemon")
+    parser.add_argument("--config", help="TOML config file")
+    parser.add_argument("--grpc-address")
+    parser.add_argument("--metrics-address")
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--data-dir")
+    parser.add_argument("--node-id")
+    parser.add_argument("--examples", action="store_true", default=None, help="allow the example agent types")
+    parser.add_argument("--log-level")
+    args = parser.parse_args(argv)
+    overrides = {"grpc_address": args.grpc_address, "metrics_address": args.metrics_address,
+                 "workers": args.workers, "data_dir": args.data_dir, "node_id": args.node_id,
+                 "examples": args.examples, "log_level": args.log_level}
+    try:
+        config = load_config(args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"agentd: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    import uvloop
+
+    from agentd.daemon import Daemon
+
+    uvloop.run(Daemon(config).run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

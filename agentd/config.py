@@ -1,0 +1,82 @@
+"""agentd's configuration: one pydantic model, from a TOML file, then ``AGENTD_*`` environment, then flags.
+
+A bad value stops startup with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the field."""
+
+
+class AgentdConfig(BaseModel):
+    """Every setting of the agentd daemon."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    node_id: str = Field(default="", max_length=64)
+    #: gRPC AgentService address; port 0 picks a free one (loopback by default).
+    grpc_address: str = "127.0.0.1:7300"
+    #: Prometheus /metrics address; empty disables it.
+    metrics_address: str = ""
+    #: Shared worker processes; 0 means one per core.
+    workers: int = Field(default=0, ge=0, le=256)
+    #: Directory for the checkpoint store; empty means a temporary directory.
+    data_dir: str = ""
+    codec: Literal["msgpack", "json"] = "msgpack"
+    mailbox_capacity: int = Field(default=1000, ge=1, le=10_000_000)
+    #: The watchdog names the agent holding a worker loop longer than this...
+    block_warn_s: float = Field(default=0.5, gt=0)
+    #: ...and kills and restarts the worker when its loop is silent longer than this.
+    block_kill_s: float = Field(default=10.0, gt=0)
+    #: The allow-list: agent type name -> "package.module:Class" (installed entry points are added).
+    agent_types: dict[str, str] = Field(default_factory=dict)
+    #: Also allow the example types (echo, counter, relay, escalating).
+    examples: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("grpc_address", "metrics_address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value and (":" not in value or not value.rsplit(":", 1)[1].isdigit()):
+            raise ValueError("must look like host:port")
+        return value
+
+    @field_validator("agent_types")
+    @classmethod
+    def _paths(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, path in value.items():
+            if ":" not in path:
+                raise ValueError(f"agent type {name!r}: {path!r} must look like 'package.module:Class'")
+        return value
+
+
+def load_config(path: str | None = None, env: dict[str, str] | None = None,
+                overrides: dict[str, Any] | None = None) -> AgentdConfig:
+    """Merge file, ``AGENTD_<FIELD>`` environment variables and flag overrides; ConfigError names the field."""
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data.update(tomllib.loads(Path(path).read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    environ = os.environ if env is None else env
+    for field in AgentdConfig.model_fields:
+        value = environ.get(f"AGENTD_{field.upper()}")
+        if value is not None:
+            data[field] = json.loads(value) if value.startswith("{") else value
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return AgentdConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid agentd config: {problems}") from None

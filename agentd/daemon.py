@@ -1,0 +1,96 @@
+"""The agentd daemon: the worker pool, the gRPC AgentService (with health and reflection), /metrics.
+
+Create gRPC objects inside the running loop (``uvloop.run``); workers are spawned
+as fresh interpreters, so starting them after gRPC is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import tempfile
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from agentd import metrics
+from agentd.config import AgentdConfig
+from agentd.service import AgentService
+from agentd.workers import WorkerPool
+from mabeam.v1 import agent_pb2, agent_pb2_grpc
+
+log = logging.getLogger("agentd")
+SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+
+
+class Daemon:
+    """One agentd: start it, serve until stopped, stop it."""
+
+    def __init__(self, config: AgentdConfig) -> None:
+        self.config = config
+        self.pool: WorkerPool | None = None
+        self.server: grpc.aio.Server | None = None
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start workers, then the gRPC server; ``grpc_port`` is the bound port."""
+        config = self.config
+        data_dir = config.data_dir
+        if not data_dir:
+            self._tmp = tempfile.TemporaryDirectory(prefix="agentd-")
+            data_dir = self._tmp.name
+        os.makedirs(data_dir, exist_ok=True)
+        worker_config = {"node_id": config.node_id, "store_path": str(Path(data_dir) / "checkpoints.sqlite"),
+                         "codec": config.codec, "mailbox_capacity": config.mailbox_capacity,
+                         "block_warn_s": config.block_warn_s, "agent_types": config.agent_types,
+                         "examples": config.examples, "log_level": config.log_level}
+        self.pool = WorkerPool(worker_config, workers=config.workers or None, block_kill_s=config.block_kill_s)
+        metrics.track(self.pool)
+        await self.pool.start()
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(self.pool), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        self.grpc_port = server.add_insecure_port(config.grpc_address)
+        if self.grpc_port == 0:
+            raise RuntimeError(f"could not bind gRPC to {config.grpc_address}")
+        await server.start()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self.server = server
+        if config.metrics_address:
+            host, port = config.metrics_address.rsplit(":", 1)
+            metrics_server, _ = start_http_server(int(port), addr=host)
+            self.metrics_port = metrics_server.server_port
+        log.info("agentd serving AgentService on %s:%d with %d workers",
+                 config.grpc_address.rsplit(":", 1)[0], self.grpc_port, self.pool.shared_count)
+
+    async def stop(self) -> None:
+        """Stop serving, then shut every worker (and agent) down."""
+        if self.server is not None:
+            await self.server.stop(grace=2.0)
+        if self.pool is not None:
+            await self.pool.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+        self._stopped.set()
+
+    async def run(self) -> None:
+        """Start, print the ready line, serve until SIGTERM/SIGINT, stop."""
+        await self.start()
+        print(f"agentd ready grpc=127.0.0.1:{self.grpc_port} metrics={self.metrics_port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await self.stop()

@@ -1,0 +1,79 @@
+"""Prometheus metrics of agentd: one collector, registered once, reading every live worker pool.
+
+Workers report their counts in their heartbeat frames; the collector sums them at
+scrape time, so no metric object is created per runtime (several daemons can live
+in one test process).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from agentd.runtime import LATENCY_BUCKETS
+
+if TYPE_CHECKING:
+    from agentd.workers import WorkerPool
+
+_POOLS: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+
+
+def track(pool: WorkerPool) -> None:
+    """Include a pool in the metrics (until it is garbage collected)."""
+    _POOLS.add(pool)
+
+
+class AgentdCollector:
+    """agents by state, restarts by reason, mailbox depth, handling latency, watchdog events, worker restarts."""
+
+    def collect(self) -> Iterator[Metric]:
+        """Sum every tracked pool's worker statistics."""
+        agents = GaugeMetricFamily("agentd_agents", "Live agents by state", labels=["state"])
+        restarts = CounterMetricFamily("agentd_restarts", "Agent restarts by reason", labels=["reason"])
+        depth = GaugeMetricFamily("agentd_mailbox_depth", "Messages queued in all mailboxes")
+        watchdog = CounterMetricFamily("agentd_watchdog_events", "Watchdog events by kind", labels=["kind"])
+        worker_restarts = CounterMetricFamily("agentd_worker_restarts", "Worker processes restarted")
+        by_state: dict[str, int] = {}
+        by_reason: dict[str, int] = {}
+        queued = 0
+        buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        total = 0.0
+        blocked = killed = restarted = 0
+        for pool in list(_POOLS):
+            blocked += pool.events.blocked
+            killed += pool.events.killed
+            restarted += pool.events.worker_restarts
+            for handle in pool.workers.values():
+                stats: dict[str, Any] = handle.stats
+                for state, count in stats.get("agents", {}).items():
+                    by_state[state] = by_state.get(state, 0) + count
+                for reason, count in stats.get("restarts", {}).items():
+                    by_reason[reason] = by_reason.get(reason, 0) + count
+                queued += max(0, stats.get("mailbox_depth", 0))
+                for index, count in enumerate(stats.get("latency_counts", [])):
+                    buckets[index] += count
+                total += stats.get("latency_sum", 0.0)
+        for state, count in sorted(by_state.items()):
+            agents.add_metric([state], count)
+        for reason, count in sorted(by_reason.items()):
+            restarts.add_metric([reason], count)
+        depth.add_metric([], queued)
+        watchdog.add_metric(["blocked"], blocked)
+        watchdog.add_metric(["killed"], killed)
+        worker_restarts.add_metric([], restarted)
+        cumulative = []
+        running = 0
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), buckets, strict=True):
+            running += count
+            cumulative.append(("+Inf" if bound == float("inf") else str(bound), running))
+        latency = HistogramMetricFamily("agentd_handling_seconds", "Time agents spend in one callback",
+                                        buckets=cumulative, sum_value=total)
+        yield from (agents, restarts, depth, latency, watchdog, worker_restarts)
+
+
+_COLLECTOR = AgentdCollector()
+REGISTRY.register(_COLLECTOR)  # type: ignore[arg-type]

@@ -1,0 +1,101 @@
+"""Client for AgentService: spawn, stop, inspect and message the agents of one agentd.
+
+``AgentClient`` is async; ``SyncAgentClient`` is the same API, blocking::
+
+    async with AgentClient("127.0.0.1:7300") as agents:
+        info = await agents.spawn("counter", {"start": 1}, name="c1", restart="permanent")
+        await agents.cast("c1", 5)
+        assert await agents.call("c1", "get") == 6
+
+Messages, arguments and replies are JSON values. Errors raise the
+:mod:`mabeam_client.errors` tree: ``InvalidArgument`` (unknown type, bad args),
+``NotFound``, ``AlreadyExists``, ``ResourceExhausted`` (mailbox full),
+``DeadlineExceeded``, ``Aborted`` (the agent exited before replying).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from mabeam.v1 import agent_pb2, agent_pb2_grpc
+from mabeam_client.errors import translate
+from mabeam_client.sync import SyncFace
+
+T = TypeVar("T")
+
+
+class AgentClient:
+    """Async AgentService client on one gRPC channel to one agentd (``host:port``)."""
+
+    def __init__(self, endpoint: str, timeout: float = 30.0) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(endpoint)
+        self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> AgentClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None = None) -> T:
+        try:
+            return await method(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise translate(error) from None
+
+    async def spawn(self, agent_type: str, args: dict[str, Any] | None = None, *, name: str = "",
+                    supervisor: str = "", isolation: str = "shared", restart: str = "temporary",
+                    child_id: str = "", shutdown_seconds: float = 0.0,
+                    brutal_kill: bool = False) -> agent_pb2.AgentInfo:
+        """Start an agent of an allow-listed type; returns its info."""
+        request = agent_pb2.SpawnAgentRequest(
+            type=agent_type, args_json=json.dumps(args or {}), name=name, supervisor=supervisor,
+            isolation=isolation, restart=restart, child_id=child_id, shutdown_seconds=shutdown_seconds,
+            brutal_kill=brutal_kill)
+        response = await self._call(self._stub.SpawnAgent, request)
+        return response.agent
+
+    async def stop(self, agent: str) -> None:
+        """Stop an agent (id or name) for good."""
+        await self._call(self._stub.StopAgent, agent_pb2.StopAgentRequest(agent=agent))
+
+    async def get(self, agent: str) -> agent_pb2.AgentInfo:
+        """One agent's info."""
+        return (await self._call(self._stub.GetAgent, agent_pb2.GetAgentRequest(agent=agent))).agent
+
+    async def list(self, agent_type: str = "") -> list[agent_pb2.AgentInfo]:
+        """Every agent (optionally of one type)."""
+        response = await self._call(self._stub.ListAgents, agent_pb2.ListAgentsRequest(type=agent_type))
+        return list(response.agents)
+
+    async def tree(self, root: str = "") -> list[agent_pb2.TreeNode]:
+        """The supervision trees (one per worker) or the subtree under ``root``."""
+        response = await self._call(self._stub.SupervisionTree, agent_pb2.SupervisionTreeRequest(root=root))
+        return list(response.roots)
+
+    async def cast(self, agent: str, message: Any) -> None:
+        """Enqueue a JSON message (ResourceExhausted when the mailbox is full)."""
+        await self._call(self._stub.Cast, agent_pb2.AgentCastRequest(agent=agent, message_json=json.dumps(message)))
+
+    async def call(self, agent: str, message: Any, timeout: float = 5.0) -> Any:
+        """Call an agent with a JSON message; its JSON reply."""
+        request = agent_pb2.AgentCallRequest(agent=agent, message_json=json.dumps(message), timeout_seconds=timeout)
+        response = await self._call(self._stub.Call, request, timeout=timeout + 5.0)
+        return json.loads(response.reply_json) if response.reply_json else None
+
+
+class SyncAgentClient(SyncFace):
+    """The same API as :class:`AgentClient`, blocking."""
+
+    def __init__(self, endpoint: str, timeout: float = 30.0) -> None:
+        super().__init__(lambda: AgentClient(endpoint, timeout))
