@@ -3,7 +3,8 @@
 Used by ``mabeam up``, the demo, the integration tests and the benchmarks, so
 they all run the real daemons as separate OS processes. Port plan from a base
 port P: embedded etcd on P (client) and P+1 (peer); node i (1-based) serves
-gRPC on P+10·i and metrics on P+10·i+1.
+gRPC on P+10·i, metrics on P+10·i+1, the data plane's four channels on
+P+10·i+2 … P+10·i+5, and local attach on ``ipc://<run dir>/<node>.attach``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class NodeProcess:
     def endpoint(self) -> str:
         """gRPC host:port of this node's meshd."""
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def attach_address(self) -> str:
+        """Where processes on this host attach to this node's data plane."""
+        return f"ipc://{self.log_path.parent / (self.node_id + '.attach')}"
 
     @property
     def alive(self) -> bool:
@@ -91,7 +97,8 @@ class DevCluster:
         node.args = [
             sys.executable, "-m", "meshd", "--node-id", node.node_id, "--cluster", self.cluster,
             "--etcd", self.etcd_endpoint, "--grpc-port", str(node.grpc_port),
-            "--metrics-port", str(node.metrics_port), "--lease-ttl", str(self.lease_ttl), *self.extra_args,
+            "--metrics-port", str(node.metrics_port), "--lease-ttl", str(self.lease_ttl),
+            "--data-port", str(node.grpc_port + 2), "--attach", node.attach_address, *self.extra_args,
         ]
         node.ready = threading.Event()
         node.exit_reported = False

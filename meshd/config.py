@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from meshd.dataplane.config import DataPlaneConfig
 from meshd.validation import ID_RE, ID_RULE
 
 
@@ -52,6 +53,8 @@ class MeshdConfig(BaseModel):
     tenants: list[str] = Field(default_factory=lambda: ["default"],
                                description="Tenants this node makes sure exist at startup.")
     shutdown_grace: float = Field(2.0, ge=0, le=60, description="Seconds in-flight calls get at shutdown.")
+    dataplane: DataPlaneConfig = Field(default_factory=DataPlaneConfig,
+                                       description="The ZeroMQ data plane ([dataplane] table; see docs/dataplane.md).")
 
     @field_validator("node_id", "cluster")
     @classmethod
@@ -121,7 +124,13 @@ def load(file: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
         raw = env.get(f"MESHD_{name.upper()}")
         if raw is not None:
             data[name] = _env_value(name, raw)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "dataplane" and isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
     try:
         return MeshdConfig.model_validate(data)
     except ValidationError as error:
@@ -151,10 +160,18 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[str | None, dict[str,
     parser.add_argument("--metrics-port", dest="metrics_port")
     parser.add_argument("--lease-ttl", dest="lease_ttl")
     parser.add_argument("--label", action="append", default=[], help="KEY=VALUE (repeatable)")
+    parser.add_argument("--data-port", dest="data_port", help="first of the 4 data-plane ports (0: ephemeral)")
+    parser.add_argument("--attach", dest="attach", help="local attach address (ipc://PATH or tcp://127.0.0.1:PORT)")
+    parser.add_argument("--curve", action="store_true", default=None, help="CurveZMQ on the data plane")
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in {"config", "label"} and v is not None}
+    dataplane_flags = {"data_port": "base_port", "attach": "attach_address", "curve": "curve"}
+    overrides: dict[str, Any] = {k: v for k, v in vars(args).items()
+                                 if k not in {"config", "label", *dataplane_flags} and v is not None}
     if args.label:
         overrides["labels"] = dict(item.split("=", 1) for item in args.label if "=" in item)
+    dataplane = {field: getattr(args, flag) for flag, field in dataplane_flags.items() if getattr(args, flag) is not None}
+    if dataplane:
+        overrides["dataplane"] = dataplane
     return args.config, overrides
 
 

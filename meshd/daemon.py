@@ -20,9 +20,12 @@ from prometheus_client import start_http_server
 
 from mabeam.v1 import mesh_pb2, mesh_pb2_grpc
 from meshd.config import MeshdConfig
+from meshd.dataplane import DataPlane, DataPlaneError
 from meshd.metrics import MeshdMetrics
 from meshd.node import MeshNode, StartupError
+from meshd.registry_view import NodeRegistryView
 from meshd.service import MeshServicer
+from meshd.view import MemberChange
 
 log = logging.getLogger("meshd")
 
@@ -37,6 +40,7 @@ class Daemon:
         self.config = config
         self.metrics = MeshdMetrics()
         self.node = MeshNode(config, self.metrics)
+        self.dataplane = DataPlane(config.node_id, config.dataplane, NodeRegistryView(self.node))
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=[
             ("grpc.so_reuseport", 0),  # a second meshd on the same port must fail, not share it
@@ -47,7 +51,15 @@ class Daemon:
 
     async def start_servers(self) -> None:
         """Bind the gRPC and metrics ports and publish their addresses in the node info."""
-        mesh_pb2_grpc.add_MeshServiceServicer_to_server(MeshServicer(self.node), self.server)
+        # The data plane binds first: its addresses go into the NodeInfo this node publishes.
+        try:
+            await self.dataplane.start()
+        except Exception as error:  # zmq.ZMQError (port in use) and friends
+            raise StartupError(f"cannot start the data plane: {error}") from None
+        self.node.info.data_addresses.update(self.dataplane.addresses)
+        self.node.info.curve_public_key = self.dataplane.curve_public_key or ""
+        self.node.on_member_change = self._on_member_change
+        mesh_pb2_grpc.add_MeshServiceServicer_to_server(MeshServicer(self.node, self.dataplane), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         address = f"{self.config.grpc_host}:{self.config.grpc_port}"
@@ -70,6 +82,19 @@ class Daemon:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
 
+    def _on_member_change(self, change: MemberChange) -> None:
+        # etcd membership is the authority for join and leave; the data plane follows it.
+        node = change.node
+        if node.node_id == self.config.node_id:
+            return
+        if change.type == mesh_pb2.MemberEvent.LEFT:
+            self.dataplane.peer_down(node.node_id)
+            return
+        try:
+            self.dataplane.peer_up(node.node_id, dict(node.data_addresses), node.curve_public_key or None)
+        except DataPlaneError as error:
+            log.warning("cannot connect the data plane to %s: %s", node.node_id, error)
+
     async def _health_loop(self) -> None:
         await self.node.ready.wait()
         for name in ("", SERVICE_NAME):
@@ -85,8 +110,8 @@ class Daemon:
         await self.node.ready.wait()
         info = self.node.info
         # One parseable line: `mabeam up` and scripts wait for it.
-        print(f"meshd ready node_id={info.node_id} grpc={info.grpc_address} metrics={info.metrics_address or '-'}",
-              flush=True)
+        print(f"meshd ready node_id={info.node_id} grpc={info.grpc_address} metrics={info.metrics_address or '-'} "
+              f"attach={self.dataplane.attach_address}", flush=True)
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT or :meth:`stop`."""
@@ -104,6 +129,7 @@ class Daemon:
                 announce.cancel()
         finally:
             await self.server.stop(self.config.shutdown_grace)
+            await self.dataplane.stop()
             if self._metrics_server is not None:
                 self._metrics_server.shutdown()
                 self._metrics_server.server_close()

@@ -110,6 +110,7 @@ class MeshNode:
         self._member_subs: set[Subscription] = set()
         self._leader_subs: dict[str, set[Subscription]] = {}
         self.on_connected_change: Callable[[bool], None] | None = None
+        self.on_member_change: Callable[[MemberChange], None] | None = None
 
     # --- lifecycle ---
 
@@ -255,6 +256,8 @@ class MeshNode:
     async def _publish(self, changes: list[Change]) -> None:
         for change in changes:
             if isinstance(change, MemberChange):
+                if self.on_member_change is not None:
+                    self.on_member_change(change)
                 for sub in list(self._member_subs):
                     sub.push(change)
             elif isinstance(change, LeaderChange):

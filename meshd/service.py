@@ -14,6 +14,8 @@ import grpc
 
 from mabeam.errors import FieldViolation, ServiceError, abort, invalid_argument
 from mabeam.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc
+from meshd.dataplane import DataPlane
+from meshd.dataplane.grpc_face import DataPlaneServicerMixin
 from meshd.node import MESH_ROLE, MeshNode, Subscription
 from meshd.validation import check_agent_id, check_id, check_metadata, check_name, tenant_or_default
 from meshd.view import LeaderChange, MemberChange
@@ -34,11 +36,12 @@ def _check_target(field: str, ref: common_pb2.AgentRef, tenant: str, node_id: st
         violations.append(FieldViolation(f"{field}.tenant", f"is {ref.tenant!r} but the request's tenant is {tenant!r}"))
 
 
-class MeshServicer(mesh_pb2_grpc.MeshServiceServicer):
-    """The gRPC face of one :class:`MeshNode`."""
+class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
+    """The gRPC face of one :class:`MeshNode` and its data plane (Send, Call, Subscribe)."""
 
-    def __init__(self, node: MeshNode) -> None:
+    def __init__(self, node: MeshNode, dataplane: DataPlane) -> None:
         self.node = node
+        self.dataplane = dataplane
 
     # --- identity and membership ---
 

@@ -47,7 +47,7 @@ _CHANNELS = {"control": 1, "high": 2, "normal": 3, "bulk": 4}
 
 
 def _address(args: argparse.Namespace) -> str:
-    return (getattr(args, "meshd", None) or getattr(args, "address", None) or os.environ.get("MABEAM_MESHD")
+    return (getattr(args, "meshd", None) or getattr(args, "endpoint", None) or getattr(args, "address", None) or os.environ.get("MABEAM_MESHD")
             or DEFAULT_ADDRESS)
 
 
