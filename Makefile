@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTOS := $(wildcard proto/mabeam/v1/*.proto)
 
-.PHONY: setup demo test test-fast proto proto-check lint bench clean
+.PHONY: setup demo test test-fast proto proto-check lint typecheck bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/python -m mabeam.demo
 
-test: setup proto-check lint
+test: setup proto-check lint typecheck
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: setup
@@ -35,6 +35,11 @@ proto-check: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# mypy --strict on the pure cores (STYLE.md); the daemons' I/O shells are checked by tests.
+STRICT := mabeam/keys.py mabeam/errors.py mabeam/etcd meshd/view.py meshd/validation.py coordinator/mechanisms agentd/supervision.py
+typecheck: setup
+	$(BIN)/mypy --strict $(STRICT)
 
 bench: setup
 	$(BIN)/python -m bench $(BENCH)

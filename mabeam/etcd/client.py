@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from aetcd import rpc
@@ -186,11 +187,11 @@ class EtcdClient:
         """Close the channel; open watches and keepalives end."""
         await self._channel.close()
 
-    async def _unary(self, name: str, call: Callable[..., object], request: object, timeout: float | None = None):
+    async def _unary(self, name: str, call: Callable[..., Any], request: object, timeout: float | None = None) -> Any:
         start = time.perf_counter()
         try:
             # wait_for_ready: during a brief etcd restart, wait (bounded by timeout) instead of failing at once.
-            return await call(request, timeout=timeout or self.timeout, wait_for_ready=True)  # type: ignore[misc]
+            return await call(request, timeout=timeout or self.timeout, wait_for_ready=True)
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from None
         finally:

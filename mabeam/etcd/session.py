@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 import grpc
 from aetcd import rpc
@@ -34,7 +35,8 @@ class Session:
     raises nothing for etcd outages, which it rides out.
     """
 
-    def __init__(self, client: EtcdClient, lease_id: int, ttl: int, clock=time.monotonic) -> None:
+    def __init__(self, client: EtcdClient, lease_id: int, ttl: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.lease_id = lease_id
         self.ttl = ttl
