@@ -1,0 +1,293 @@
+"""Client for CoordinatorService: auctions, negotiations, votes, markets, variables and the ledger.
+
+``CoordinatorClient`` is async; ``SyncCoordinatorClient`` is the same API, blocking::
+
+    async with CoordinatorClient(["127.0.0.1:7200", "127.0.0.1:7201"]) as coord:
+        auction = await coord.create_auction("sealed", {"pricing": "second"})
+        await coord.submit_bid(auction.id, {"type": "bid", "bidder": "a", "amount": 5})
+        await coord.close_instance(auction.id)
+
+Any node can be given: a standby answers WRONG_NODE with the leader's address
+and the client follows it. While a failover is under way (no leader, or a
+write that was not confirmed durable) calls are retried until
+``failover_timeout``. Retries are safe because every mutating call carries an
+idempotency key the client generates once per call (``client_event_id``,
+``client_op_id``, ``instance_id``); ``set_variable`` is a compare-and-set, so
+a retried set whose first attempt landed reports a version mismatch.
+Errors raise the :mod:`mabeam_client.errors` tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from mabeam.v1 import coordinator_pb2 as pb
+from mabeam.v1 import coordinator_pb2_grpc
+from mabeam_client.errors import MabeamError, translate
+from mabeam_client.sync import SyncFace
+
+RETRYABLE_REASONS = {"WRONG_NODE", "NOT_DURABLE", "ETCD_UNAVAILABLE", ""}
+
+
+def leader_hint(error: grpc.RpcError) -> str | None:
+    """The leader address a WRONG_NODE error carries in ErrorInfo metadata (None if absent or empty)."""
+    metadata = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    for key, value in metadata or ():
+        if key != "grpc-status-details-bin":
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                if info.reason == "WRONG_NODE":
+                    return info.metadata.get("leader") or None
+    return None
+
+
+def _json(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+class CoordinatorClient:
+    """Async CoordinatorService client that finds and follows the active coordinator."""
+
+    def __init__(self, endpoints: str | Sequence[str], timeout: float = 10.0, failover_timeout: float = 15.0) -> None:
+        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        if not self.endpoints:
+            raise ValueError("at least one coordinator endpoint is required")
+        self.timeout = timeout
+        self.failover_timeout = failover_timeout
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._current = self.endpoints[0]
+        self.redirects = 0
+
+    def _stub(self, endpoint: str) -> coordinator_pb2_grpc.CoordinatorServiceStub:
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            channel = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint)
+        return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+    async def __aenter__(self) -> CoordinatorClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, method: str, request: Any) -> Any:
+        deadline = time.monotonic() + self.failover_timeout
+        tried = 0
+        while True:
+            endpoint = self._current
+            try:
+                return await getattr(self._stub(endpoint), method)(request, timeout=self.timeout)
+            except grpc.RpcError as error:
+                translated = translate(error)
+                if error.code() != grpc.StatusCode.UNAVAILABLE or translated.reason not in RETRYABLE_REASONS \
+                        or time.monotonic() >= deadline:
+                    raise translated from None
+                hint = leader_hint(error)
+                if hint and hint != endpoint:
+                    self._current = hint
+                    self.redirects += 1
+                    continue
+                if translated.reason in ("", "ETCD_UNAVAILABLE") or not hint:
+                    tried += 1
+                    self._current = self.endpoints[tried % len(self.endpoints)]
+                await asyncio.sleep(min(0.05 * tried, 0.2) if tried else 0.05)
+
+    async def _stream(self, method: str, request: Any) -> AsyncIterator[Any]:
+        # Watches are served by every node from etcd: no redirect is needed.
+        call = getattr(self._stub(self._current), method)(request)
+        try:
+            async for item in call:
+                yield item
+        except grpc.RpcError as error:
+            raise translate(error) from None
+        finally:
+            call.cancel()
+
+    async def leader(self) -> pb.GetCoordinatorLeaderResponse:
+        """Who leads the coordinator role (answered by any node)."""
+        return await self._call("GetCoordinatorLeader", pb.GetCoordinatorLeaderRequest())
+
+    # -- instances ----------------------------------------------------------------
+
+    def _create_request(self, kind: str, config: Any, tenant: str, instance_id: str | None, escrow: bool,
+                        seller: str, bind_variable: str, bind_field: str) -> pb.CreateInstanceRequest:
+        return pb.CreateInstanceRequest(tenant=tenant, kind=kind, config_json=_json(config),
+                                        instance_id=instance_id or uuid.uuid4().hex[:16], escrow=escrow,
+                                        seller=seller, bind_variable=bind_variable, bind_field=bind_field)
+
+    async def create_auction(self, kind: str, config: Any, tenant: str = "", instance_id: str | None = None,
+                             escrow: bool = False, seller: str = "", bind_variable: str = "",
+                             bind_field: str = "") -> pb.Instance:
+        """Create an auction (sealed, english, dutch, multi_unit, combinatorial); times are absolute ms."""
+        return await self._call("CreateAuction", self._create_request(kind, config, tenant, instance_id, escrow,
+                                                                      seller, bind_variable, bind_field))
+
+    async def create_negotiation(self, kind: str, config: Any, tenant: str = "",
+                                 instance_id: str | None = None) -> pb.Instance:
+        """Create a contract_net, alternating_offers or mediated_bargaining session."""
+        return await self._call("CreateNegotiation",
+                                self._create_request(kind, config, tenant, instance_id, False, "", "", ""))
+
+    async def create_vote(self, config: Any, tenant: str = "", instance_id: str | None = None,
+                          bind_variable: str = "", bind_field: str = "decision") -> pb.Instance:
+        """Create a vote; with ``bind_variable`` its decision sets that variable."""
+        return await self._call("CreateVote", self._create_request(
+            "vote", config, tenant, instance_id, False, "", bind_variable, bind_field if bind_variable else ""))
+
+    async def create_market(self, kind: str, config: Any | None = None, tenant: str = "",
+                            instance_id: str | None = None, escrow: bool = False) -> pb.Instance:
+        """Create a double_auction or call_market."""
+        return await self._call("CreateMarket", self._create_request(kind, config or {}, tenant, instance_id,
+                                                                     escrow, "", "", ""))
+
+    async def get(self, instance_id: str, family: str = "auction") -> pb.Instance:
+        """An instance's state, outcome and receipt (family: auction, negotiation, vote, market)."""
+        method = {"auction": "GetAuction", "negotiation": "GetNegotiation", "vote": "GetVote",
+                  "market": "GetMarket"}[family]
+        return await self._call(method, pb.GetInstanceRequest(id=instance_id))
+
+    async def get_auction(self, instance_id: str) -> pb.Instance:
+        """An auction's state, outcome and receipt."""
+        return await self.get(instance_id, "auction")
+
+    async def list_instances(self, tenant: str = "", state: str = "") -> list[pb.Instance]:
+        """Every instance of a tenant, optionally by state."""
+        return list((await self._call("ListAuctions", pb.ListInstancesRequest(tenant=tenant, state=state))).instances)
+
+    async def cancel(self, instance_id: str, reason: str = "") -> pb.Instance:
+        """Cancel an open instance (escrow released)."""
+        return await self._call("CancelAuction", pb.CancelInstanceRequest(id=instance_id, reason=reason))
+
+    async def close_instance(self, instance_id: str) -> pb.Instance:
+        """Close an instance now (explicit Close)."""
+        return await self._call("CloseInstance", pb.CloseInstanceRequest(id=instance_id))
+
+    async def _submit(self, method: str, instance_id: str, event: Any,
+                      client_event_id: str | None) -> pb.SubmitEventResponse:
+        request = pb.SubmitEventRequest(id=instance_id, event_json=_json(event),
+                                        client_event_id=client_event_id or uuid.uuid4().hex)
+        return await self._call(method, request)
+
+    async def submit_bid(self, instance_id: str, event: Any, client_event_id: str | None = None
+                         ) -> pb.SubmitEventResponse:
+        """Submit a bid; acknowledged only once durable; safe to retry with the same client_event_id."""
+        return await self._submit("SubmitBid", instance_id, event, client_event_id)
+
+    async def negotiate(self, instance_id: str, event: Any, client_event_id: str | None = None
+                        ) -> pb.SubmitEventResponse:
+        """One negotiation event."""
+        return await self._submit("Negotiate", instance_id, event, client_event_id)
+
+    async def cast_vote(self, instance_id: str, event: Any, client_event_id: str | None = None
+                        ) -> pb.SubmitEventResponse:
+        """One ballot, e.g. {"type": "cast", "voter": "a", "choice": "x"}."""
+        return await self._submit("CastVote", instance_id, event, client_event_id)
+
+    async def place_order(self, instance_id: str, event: Any, client_event_id: str | None = None
+                          ) -> pb.SubmitEventResponse:
+        """A limit or market order (or clear)."""
+        return await self._submit("PlaceOrder", instance_id, event, client_event_id)
+
+    async def cancel_order(self, instance_id: str, order_id: str, trader: str,
+                           client_event_id: str | None = None) -> pb.SubmitEventResponse:
+        """Cancel a resting order."""
+        return await self._call("CancelOrder", pb.CancelOrderRequest(
+            id=instance_id, order_id=order_id, trader=trader, client_event_id=client_event_id or uuid.uuid4().hex))
+
+    async def book(self, instance_id: str) -> pb.BookSnapshot:
+        """A market's price levels."""
+        return await self._call("GetBook", pb.GetInstanceRequest(id=instance_id))
+
+    async def watch(self, instance_id: str, from_seq: int = 0) -> AsyncIterator[pb.InstanceEvent]:
+        """Accepted events, then a final message with final_state set."""
+        async for item in self._stream("WatchAuction", pb.WatchInstanceRequest(id=instance_id, from_seq=from_seq)):
+            yield item
+
+    async def watch_trades(self, instance_id: str, from_seq: int = 0) -> AsyncIterator[pb.TradeEvent]:
+        """A market's trades."""
+        async for item in self._stream("WatchTrades", pb.WatchInstanceRequest(id=instance_id, from_seq=from_seq)):
+            yield item
+
+    # -- variables -------------------------------------------------------------------
+
+    async def create_variable(self, name: str, schema: Any, initial: Any, tenant: str = "",
+                              history_limit: int = 0) -> pb.Variable:
+        """Create a typed variable at version 1."""
+        return await self._call("CreateVariable", pb.CreateVariableRequest(
+            tenant=tenant, name=name, schema_json=_json(schema), initial_json=json.dumps(initial),
+            history_limit=history_limit))
+
+    async def get_variable(self, name: str, tenant: str = "") -> pb.Variable:
+        """The current version."""
+        return await self._call("GetVariable", pb.GetVariableRequest(tenant=tenant, name=name))
+
+    async def list_variables(self, tenant: str = "") -> list[pb.Variable]:
+        """A tenant's variables."""
+        return list((await self._call("ListVariables", pb.ListVariablesRequest(tenant=tenant))).variables)
+
+    async def set_variable(self, name: str, value: Any, expected_version: int, tenant: str = "") -> pb.Variable:
+        """Compare-and-set; raises Aborted (reason VERSION_MISMATCH) when the version is stale."""
+        return await self._call("SetVariable", pb.SetVariableRequest(
+            tenant=tenant, name=name, value_json=json.dumps(value), expected_version=expected_version))
+
+    async def variable_history(self, name: str, tenant: str = "") -> list[pb.Variable]:
+        """Kept versions, oldest first."""
+        return list((await self._call("VariableHistory", pb.VariableHistoryRequest(tenant=tenant, name=name)))
+                    .versions)
+
+    async def watch_variable(self, name: str, from_version: int = 0, tenant: str = "") -> AsyncIterator[pb.Variable]:
+        """Versions from ``from_version`` (0: current), then each new one, in order."""
+        request = pb.WatchVariableRequest(tenant=tenant, name=name, from_version=from_version)
+        async for item in self._stream("WatchVariable", request):
+            yield item
+
+    # -- ledger -------------------------------------------------------------------------
+
+    async def deposit(self, agent: str, amount: int, tenant: str = "", client_op_id: str | None = None
+                      ) -> pb.Balance:
+        """Credit an account."""
+        return await self._call("Deposit", pb.DepositRequest(tenant=tenant, agent=agent, amount=amount,
+                                                             client_op_id=client_op_id or uuid.uuid4().hex))
+
+    async def transfer(self, from_agent: str, to_agent: str, amount: int, tenant: str = "",
+                       client_op_id: str | None = None) -> pb.TransferResponse:
+        """Move credit; raises FailedPrecondition (INSUFFICIENT_FUNDS) rather than overdraw."""
+        return await self._call("Transfer", pb.TransferRequest(
+            tenant=tenant, from_agent=from_agent, to_agent=to_agent, amount=amount,
+            client_op_id=client_op_id or uuid.uuid4().hex))
+
+    async def balance(self, agent: str, tenant: str = "") -> pb.Balance:
+        """An account's available and held credit."""
+        return await self._call("GetBalance", pb.GetBalanceRequest(tenant=tenant, agent=agent))
+
+    async def balances(self, tenant: str = "") -> list[pb.Balance]:
+        """Every account of a tenant."""
+        return list((await self._call("ListBalances", pb.ListBalancesRequest(tenant=tenant))).balances)
+
+
+class SyncCoordinatorClient(SyncFace):
+    """The blocking face of :class:`CoordinatorClient` (same methods, same arguments)."""
+
+    def __init__(self, endpoints: str | Sequence[str], timeout: float = 10.0, failover_timeout: float = 15.0) -> None:
+        super().__init__(lambda: CoordinatorClient(endpoints, timeout, failover_timeout))
+
+
+__all__ = ["CoordinatorClient", "MabeamError", "SyncCoordinatorClient", "leader_hint"]

@@ -1,0 +1,115 @@
+"""The coordinator process: gRPC server (CoordinatorService, health, reflection) + the active/standby node.
+
+Prints one line ``coordinator ready node_id=... grpc=HOST:PORT`` on stdout once
+it serves (as a standby or the leader); ``mabeam up`` and tests wait for it.
+Health service ``mabeam.v1.CoordinatorService`` is SERVING on the leader and
+NOT_SERVING on a standby; ``""`` is SERVING whenever the process serves.
+SIGTERM/SIGINT resign (the standby takes over at once) and exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from coordinator.config import CoordinatorConfig
+from coordinator.node import CoordinatorNode
+from coordinator.service import CoordinatorServicer
+from mabeam.etcd.client import EtcdUnavailable
+from mabeam.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+log = logging.getLogger("coordinator")
+
+SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class StartupError(Exception):
+    """The daemon cannot start (port in use, etcd unreachable)."""
+
+
+class Daemon:
+    """One coordinator process."""
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        self.node = CoordinatorNode(config)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(options=[
+            ("grpc.so_reuseport", 0),  # a second coordinator on the same port must fail, not share it
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ])
+
+    async def start_server(self) -> str:
+        """Bind the gRPC port; returns the advertised address."""
+        coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(CoordinatorServicer(self.node), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        address = f"{self.config.grpc_host}:{self.config.grpc_port}"
+        try:
+            port = self.server.add_insecure_port(address)
+        except RuntimeError:
+            port = 0
+        if not port:
+            raise StartupError(f"cannot bind gRPC on {address}: the port is in use or the address is not local")
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        return f"{self.config.advertised}:{port}"
+
+    async def _announce(self) -> None:
+        await self.node.ready.wait()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        print(f"coordinator ready node_id={self.config.node_id} grpc={self.node.address}", flush=True)
+        leading = None
+        while True:  # keep the service's health equal to "this node leads"
+            now = self.node.leading is not None
+            if now != leading:
+                leading = now
+                await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING if now
+                                      else health_pb2.HealthCheckResponse.NOT_SERVING)
+            await asyncio.sleep(0.1)
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.node.stop)
+        self.node.address = await self.start_server()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                announce = tg.create_task(self._announce())
+                try:
+                    await self.node.run()
+                except EtcdUnavailable as error:
+                    raise StartupError(f"etcd {','.join(self.config.etcd)} unreachable: {error}") from None
+                finally:
+                    announce.cancel()
+        finally:
+            await self.server.stop(self.config.shutdown_grace)
+
+
+def run(config: CoordinatorConfig) -> int:
+    """Run the coordinator to completion; returns the exit code."""
+    import uvloop
+
+    async def main() -> None:
+        await Daemon(config).run()  # gRPC objects must be created inside the running loop
+
+    try:
+        uvloop.run(main())
+    except (StartupError, BaseExceptionGroup) as error:
+        problems = [error] if isinstance(error, StartupError) else [
+            e for e in error.exceptions if isinstance(e, StartupError)]  # type: ignore[union-attr]
+        if not problems:
+            raise
+        for problem in problems:
+            print(f"coordinator: {problem}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,453 @@
+"""CoordinatorService: request validation and translation between protobuf and the engine.
+
+Unary calls need the active coordinator: on a standby they fail with
+UNAVAILABLE / WRONG_NODE naming the leader (see :class:`~coordinator.node.WrongNode`).
+Watch streams are served by every node straight from etcd (the durable log
+is the source of truth), so they survive a failover of the leader unchanged.
+Every method validates its input first and answers a typed status with a
+readable message; nothing changes on a refused request.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from coordinator.engine import Engine
+from coordinator.instances import FAMILIES, Instance
+from coordinator.ledger import Account
+from coordinator.node import CoordinatorNode
+from coordinator.variables import DEFAULT_HISTORY, MAX_SCHEMA_BYTES, VariableError, VariableRecord, parse_json
+from mabeam.errors import FieldViolation, ServiceError, abort, invalid_argument
+from mabeam.etcd.client import EtcdError
+from mabeam.v1 import coordinator_pb2 as pb
+from mabeam.v1 import coordinator_pb2_grpc
+
+ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+MAX_JSON_BYTES = 256 * 1024
+MAX_AMOUNT = 10**12
+
+T = TypeVar("T")
+
+
+def _id(value: str, field: str, violations: list[FieldViolation], required: bool = True) -> str:
+    if not value:
+        if required:
+            violations.append(FieldViolation(field, "is required"))
+        return value
+    if not ID_RE.match(value):
+        violations.append(FieldViolation(field, f"{value[:80]!r} is not a valid id: 1-64 of letters, digits, _.- "
+                                                 "starting with a letter, digit or _"))
+    return value
+
+
+def _tenant(value: str, violations: list[FieldViolation]) -> str:
+    return _id(value, "tenant", violations, required=False) or "default"
+
+
+def _json_object(text: str, field: str, violations: list[FieldViolation], limit: int = MAX_JSON_BYTES) -> Any:
+    try:
+        value = parse_json(text, field, limit)
+    except VariableError as error:
+        violations.append(FieldViolation(field, str(error)))
+        return None
+    if not isinstance(value, dict):
+        violations.append(FieldViolation(field, "must be a JSON object"))
+        return None
+    return value
+
+
+def _json_value(text: str, field: str, violations: list[FieldViolation]) -> Any:
+    if not text:
+        violations.append(FieldViolation(field, "is required (JSON text)"))
+        return None
+    try:
+        return parse_json(text, field)
+    except VariableError as error:
+        violations.append(FieldViolation(field, str(error)))
+        return None
+
+
+def _check(violations: list[FieldViolation]) -> None:
+    if violations:
+        raise invalid_argument(violations)
+
+
+def _client_id(value: str, field: str, violations: list[FieldViolation]) -> str:
+    if value and not CLIENT_ID_RE.match(value):
+        violations.append(FieldViolation(field, "1-128 of letters, digits and _.:-"))
+    return value
+
+
+def instance_message(instance: Instance, engine: Engine, with_receipt: bool = True) -> pb.Instance:
+    """The protobuf view of an instance."""
+    end = instance.end or {}
+    receipt = ""
+    if with_receipt and instance.state == "concluded" and instance.mechanism.concluded:
+        receipt = instance.mechanism.receipt().model_dump_json()
+    outcome = end.get("outcome")
+    meta = instance.meta
+    return pb.Instance(
+        id=instance.id, tenant=instance.tenant, kind=instance.kind, family=instance.family,
+        config_json=json.dumps(meta["config"]), state=instance.state,
+        outcome_json=json.dumps(outcome) if outcome is not None else "", receipt_json=receipt,
+        receipt_hash=str(end.get("receipt_hash", "")), event_count=instance.seq, created_at_ms=meta["created_at"],
+        escrow=instance.escrow, seller=meta.get("seller", ""), bind_variable=meta.get("bind_variable", ""),
+        bind_field=meta.get("bind_field", ""), status_json=json.dumps(instance.status(engine.clock())),
+        next_tick_ms=instance.mechanism_tick or 0)
+
+
+def variable_message(record: VariableRecord) -> pb.Variable:
+    """The protobuf view of a variable version."""
+    return pb.Variable(tenant=record.tenant, name=record.name, schema_json=json.dumps(record.schema),
+                       value_json=json.dumps(record.value), version=record.version,
+                       updated_at_ms=record.updated_at_ms, set_by=record.set_by, history_limit=record.history_limit)
+
+
+def balance_message(tenant: str, agent: str, account: Account) -> pb.Balance:
+    """The protobuf view of an account."""
+    return pb.Balance(tenant=tenant, agent=agent, available=account.available, held=account.held)
+
+
+def leader_call(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Run a unary method with the engine, or answer WRONG_NODE; ServiceErrors become rich statuses."""
+
+    @functools.wraps(method)
+    async def wrapper(self: CoordinatorServicer, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            engine = self.node.leading
+            if engine is None:
+                raise await self.node.redirect()
+            return await method(self, engine, request)
+        except ServiceError as error:
+            await abort(context, error)
+        except EtcdError as error:
+            await abort(context, ServiceError(grpc.StatusCode.UNAVAILABLE, f"etcd unavailable: {error}",
+                                              "ETCD_UNAVAILABLE", retry_after_s=0.5))
+
+    return wrapper
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
+    """The gRPC face of one coordinator node (active or standby)."""
+
+    def __init__(self, node: CoordinatorNode) -> None:
+        self.node = node
+
+    @property
+    def cluster(self) -> str:
+        """The cluster name."""
+        return self.node.config.cluster
+
+    async def GetCoordinatorLeader(self, request: pb.GetCoordinatorLeaderRequest,
+                                   context: grpc.aio.ServicerContext) -> pb.GetCoordinatorLeaderResponse:
+        """Who leads (from etcd), and whether this node does."""
+        try:
+            node, address, term = await self.node.leader()
+        except EtcdError as error:
+            await abort(context, ServiceError(grpc.StatusCode.UNAVAILABLE, str(error), "ETCD_UNAVAILABLE"))
+        return pb.GetCoordinatorLeaderResponse(leader_node_id=node, leader_address=address, term=term,
+                                               node_id=self.node.config.node_id,
+                                               is_leader=self.node.leading is not None)
+
+    # -- instances -----------------------------------------------------------------
+
+    async def _create(self, engine: Engine, request: pb.CreateInstanceRequest, family: str) -> pb.Instance:
+        violations: list[FieldViolation] = []
+        tenant = _tenant(request.tenant, violations)
+        if request.kind not in FAMILIES:
+            violations.append(FieldViolation("kind", f"unknown kind {request.kind!r}; one of {sorted(FAMILIES)}"))
+        config = _json_object(request.config_json or "{}", "config_json", violations)
+        _id(request.instance_id, "instance_id", violations, required=False)
+        _id(request.seller, "seller", violations, required=False)
+        _id(request.bind_variable, "bind_variable", violations, required=False)
+        if request.bind_field and not request.bind_variable:
+            violations.append(FieldViolation("bind_field", "needs bind_variable"))
+        if len(request.bind_field) > 256:
+            violations.append(FieldViolation("bind_field", "at most 256 characters"))
+        _check(violations)
+        instance = await engine.create(family, tenant, request.kind, config, request.instance_id, request.escrow,
+                                       request.seller, request.bind_variable, request.bind_field)
+        return instance_message(instance, engine)
+
+    async def _get(self, engine: Engine, request: pb.GetInstanceRequest, family: str | None) -> pb.Instance:
+        violations: list[FieldViolation] = []
+        _id(request.id, "id", violations)
+        _check(violations)
+        return instance_message(engine.instance(request.id, family), engine)
+
+    async def _submit(self, engine: Engine, request: pb.SubmitEventRequest, family: str) -> pb.SubmitEventResponse:
+        violations: list[FieldViolation] = []
+        _id(request.id, "id", violations)
+        _client_id(request.client_event_id, "client_event_id", violations)
+        event = _json_object(request.event_json, "event_json", violations)
+        _check(violations)
+        cid = request.client_event_id or f"auto-{engine.clock()}-{id(request)}"
+        ack, duplicate = await engine.submit(request.id, family, cid, event)
+        return pb.SubmitEventResponse(seq=ack.seq, duplicate=duplicate, actions_json=json.dumps(ack.actions),
+                                      state=ack.state, now_ms=ack.now)
+
+    @leader_call
+    async def CreateAuction(self, engine: Engine, request: pb.CreateInstanceRequest) -> pb.Instance:
+        """Create an auction."""
+        return await self._create(engine, request, "auction")
+
+    @leader_call
+    async def GetAuction(self, engine: Engine, request: pb.GetInstanceRequest) -> pb.Instance:
+        """An auction's state, outcome and receipt."""
+        return await self._get(engine, request, "auction")
+
+    @leader_call
+    async def ListAuctions(self, engine: Engine, request: pb.ListInstancesRequest) -> pb.ListInstancesResponse:
+        """Instances of a tenant (every family), optionally by state."""
+        violations: list[FieldViolation] = []
+        tenant = _tenant(request.tenant, violations)
+        if request.state and request.state not in ("open", "concluded", "cancelled"):
+            violations.append(FieldViolation("state", "one of open, concluded, cancelled"))
+        _check(violations)
+        chosen = [i for i in engine.instances.values()
+                  if i.tenant == tenant and (not request.state or i.state == request.state)]
+        chosen.sort(key=lambda i: (i.meta["created_at"], i.id))
+        return pb.ListInstancesResponse(instances=[instance_message(i, engine, False) for i in chosen])
+
+    @leader_call
+    async def CancelAuction(self, engine: Engine, request: pb.CancelInstanceRequest) -> pb.Instance:
+        """Cancel any open instance; escrow is released."""
+        violations: list[FieldViolation] = []
+        _id(request.id, "id", violations)
+        if len(request.reason) > 1024:
+            violations.append(FieldViolation("reason", "at most 1024 characters"))
+        _check(violations)
+        return instance_message(await engine.cancel(request.id, request.reason), engine)
+
+    @leader_call
+    async def CloseInstance(self, engine: Engine, request: pb.CloseInstanceRequest) -> pb.Instance:
+        """Close an instance now (explicit Close event)."""
+        violations: list[FieldViolation] = []
+        _id(request.id, "id", violations)
+        _check(violations)
+        return instance_message(await engine.close(request.id), engine)
+
+    @leader_call
+    async def SubmitBid(self, engine: Engine, request: pb.SubmitEventRequest) -> pb.SubmitEventResponse:
+        """A bid (or accept) on an auction, durable before it is acknowledged."""
+        return await self._submit(engine, request, "auction")
+
+    @leader_call
+    async def CreateNegotiation(self, engine: Engine, request: pb.CreateInstanceRequest) -> pb.Instance:
+        """Create a contract-net or bargaining session."""
+        return await self._create(engine, request, "negotiation")
+
+    @leader_call
+    async def GetNegotiation(self, engine: Engine, request: pb.GetInstanceRequest) -> pb.Instance:
+        """A negotiation's state."""
+        return await self._get(engine, request, "negotiation")
+
+    @leader_call
+    async def Negotiate(self, engine: Engine, request: pb.SubmitEventRequest) -> pb.SubmitEventResponse:
+        """One negotiation event."""
+        return await self._submit(engine, request, "negotiation")
+
+    @leader_call
+    async def CreateVote(self, engine: Engine, request: pb.CreateInstanceRequest) -> pb.Instance:
+        """Create a vote."""
+        return await self._create(engine, request, "vote")
+
+    @leader_call
+    async def GetVote(self, engine: Engine, request: pb.GetInstanceRequest) -> pb.Instance:
+        """A vote's state and decision."""
+        return await self._get(engine, request, "vote")
+
+    @leader_call
+    async def CastVote(self, engine: Engine, request: pb.SubmitEventRequest) -> pb.SubmitEventResponse:
+        """One ballot."""
+        return await self._submit(engine, request, "vote")
+
+    @leader_call
+    async def CreateMarket(self, engine: Engine, request: pb.CreateInstanceRequest) -> pb.Instance:
+        """Create a market."""
+        return await self._create(engine, request, "market")
+
+    @leader_call
+    async def GetMarket(self, engine: Engine, request: pb.GetInstanceRequest) -> pb.Instance:
+        """A market's state."""
+        return await self._get(engine, request, "market")
+
+    @leader_call
+    async def PlaceOrder(self, engine: Engine, request: pb.SubmitEventRequest) -> pb.SubmitEventResponse:
+        """A limit/market order or a clear."""
+        return await self._submit(engine, request, "market")
+
+    @leader_call
+    async def CancelOrder(self, engine: Engine, request: pb.CancelOrderRequest) -> pb.SubmitEventResponse:
+        """Cancel a resting order (its escrow returns)."""
+        violations: list[FieldViolation] = []
+        _id(request.id, "id", violations)
+        _client_id(request.client_event_id, "client_event_id", violations)
+        _id(request.order_id, "order_id", violations)
+        _id(request.trader, "trader", violations)
+        _check(violations)
+        submit = pb.SubmitEventRequest(id=request.id, client_event_id=request.client_event_id, event_json=json.dumps(
+            {"type": "cancel", "order_id": request.order_id, "trader": request.trader}))
+        return await self._submit(engine, submit, "market")
+
+    @leader_call
+    async def GetBook(self, engine: Engine, request: pb.GetInstanceRequest) -> pb.BookSnapshot:
+        """Resting orders per price level."""
+        violations: list[FieldViolation] = []
+        _id(request.id, "id", violations)
+        _check(violations)
+        bids, asks = engine.book(request.id)
+        return pb.BookSnapshot(id=request.id, event_count=engine.instance(request.id).seq,
+                               bids=[pb.BookLevel(price=p, quantity=q, orders=n) for p, q, n in bids],
+                               asks=[pb.BookLevel(price=p, quantity=q, orders=n) for p, q, n in asks])
+
+    # -- variables -------------------------------------------------------------------
+
+    @leader_call
+    async def CreateVariable(self, engine: Engine, request: pb.CreateVariableRequest) -> pb.Variable:
+        """Create a typed variable at version 1."""
+        violations: list[FieldViolation] = []
+        tenant = _tenant(request.tenant, violations)
+        _id(request.name, "name", violations)
+        schema = _json_object(request.schema_json or "{}", "schema_json", violations, MAX_SCHEMA_BYTES)
+        value = _json_value(request.initial_json, "initial_json", violations)
+        _check(violations)
+        record = await engine.create_variable(tenant, request.name, schema, value,
+                                              request.history_limit or DEFAULT_HISTORY)
+        return variable_message(record)
+
+    @leader_call
+    async def GetVariable(self, engine: Engine, request: pb.GetVariableRequest) -> pb.Variable:
+        """The current version."""
+        violations: list[FieldViolation] = []
+        tenant = _tenant(request.tenant, violations)
+        _id(request.name, "name", violations)
+        _check(violations)
+        return variable_message(engine.variable(tenant, request.name))
+
+    @leader_call
+    async def ListVariables(self, engine: Engine, request: pb.ListVariablesRequest) -> pb.ListVariablesResponse:
+        """A tenant's variables."""
+        violations: list[FieldViolation] = []
+        tenant = _tenant(request.tenant, violations)
+        _check(violations)
+        chosen = sorted((r for (t, _), r in engine.variables.items() if t == tenant), key=lambda r: r.name)
+        return pb.ListVariablesResponse(variables=[variable_message(r) for r in chosen])
+
+    @leader_call
+    async def SetVariable(self, engine: Engine, request: pb.SetVariableRequest) -> pb.Variable:
+        """Compare-and-set on version."""
+        violations: list[FieldViolation] = []
+        tenant = _tenant(request.tenant, violations)
+        _id(request.name, "name", violations)
+        value = _json_value(request.value_json, "value_json", violations)
+        if request.expected_version < 1:
+            violations.append(FieldViolation("expected_version", "must be the version you last read (>= 1)"))
+        _check(violations)
+        return variable_message(await engine.set_variable(tenant, request.name, request.expected_version, value))
+
+    @leader_call
+    async def VariableHistory(self, engine: Engine,
+                              request: pb.VariableHistoryRequest) -> pb.VariableHistoryResponse:
+        """The kept versions, oldest first."""
+        violations: list[FieldViolation] = []
+        tenant = _tenant(request.tenant, violations)
+        _id(request.name, "name", violations)
+        _check(violations)
+        engine.variable(tenant, request.name)
+        kept = engine.history.get((tenant, request.name), [])
+        return pb.VariableHistoryResponse(versions=[variable_message(r) for r in kept])
+
+    # -- ledger -------------------------------------------------------------------------
+
+    @staticmethod
+    def _amount(value: int, violations: list[FieldViolation]) -> None:
+        if not 0 < value <= MAX_AMOUNT:
+            violations.append(FieldViolation("amount", f"must be 1..{MAX_AMOUNT}"))
+
+    @leader_call
+    async def Deposit(self, engine: Engine, request: pb.DepositRequest) -> pb.Balance:
+        """Credit an account."""
+        violations: list[FieldViolation] = []
+        tenant = _tenant(request.tenant, violations)
+        _id(request.agent, "agent", violations)
+        self._amount(request.amount, violations)
+        _client_id(request.client_op_id, "client_op_id", violations)
+        _check(violations)
+        account, _ = await engine.deposit(tenant, request.agent, request.amount, request.client_op_id)
+        return balance_message(tenant, request.agent, account)
+
+    @leader_call
+    async def Transfer(self, engine: Engine, request: pb.TransferRequest) -> pb.TransferResponse:
+        """Move available credit between two agents of a tenant."""
+        violations: list[FieldViolation] = []
+        tenant = _tenant(request.tenant, violations)
+        _id(request.from_agent, "from_agent", violations)
+        _id(request.to_agent, "to_agent", violations)
+        self._amount(request.amount, violations)
+        _client_id(request.client_op_id, "client_op_id", violations)
+        _check(violations)
+        src, dst, duplicate = await engine.transfer(tenant, request.from_agent, request.to_agent, request.amount,
+                                                    request.client_op_id)
+        return pb.TransferResponse(from_balance=balance_message(tenant, request.from_agent, src),
+                                   to_balance=balance_message(tenant, request.to_agent, dst), duplicate=duplicate)
+
+    @leader_call
+    async def GetBalance(self, engine: Engine, request: pb.GetBalanceRequest) -> pb.Balance:
+        """An account's available and held credit (zero for an unknown agent)."""
+        violations: list[FieldViolation] = []
+        tenant = _tenant(request.tenant, violations)
+        _id(request.agent, "agent", violations)
+        _check(violations)
+        return balance_message(tenant, request.agent, engine.ledger.balance(tenant, request.agent))
+
+    @leader_call
+    async def ListBalances(self, engine: Engine, request: pb.ListBalancesRequest) -> pb.ListBalancesResponse:
+        """Every account of a tenant."""
+        violations: list[FieldViolation] = []
+        tenant = _tenant(request.tenant, violations)
+        _check(violations)
+        chosen = sorted((a, acct) for (t, a), acct in engine.ledger.accounts.items() if t == tenant)
+        return pb.ListBalancesResponse(balances=[balance_message(tenant, a, acct) for a, acct in chosen])
+
+    # -- streams (any node, from etcd) ------------------------------------------------
+
+    async def WatchAuction(self, request: pb.WatchInstanceRequest, context: grpc.aio.ServicerContext):
+        """Accepted events of an instance from ``from_seq``, then live, ending with its final state."""
+        from coordinator.watch import watch_instance
+
+        async for item in self._guard_stream(context, watch_instance(self.node.client, self.cluster, request)):
+            yield item
+
+    async def WatchTrades(self, request: pb.WatchInstanceRequest, context: grpc.aio.ServicerContext):
+        """A market's trades, re-derived by replaying its durable events."""
+        from coordinator.watch import watch_trades
+
+        async for item in self._guard_stream(context, watch_trades(self.node.client, self.cluster, request)):
+            yield item
+
+    async def WatchVariable(self, request: pb.WatchVariableRequest, context: grpc.aio.ServicerContext):
+        """Every version of a variable in order."""
+        from coordinator.watch import watch_variable
+
+        async for item in self._guard_stream(context, watch_variable(self.node.client, self.cluster, request)):
+            yield item
+
+    @staticmethod
+    async def _guard_stream(context: grpc.aio.ServicerContext, source: Any):
+        try:
+            async for item in source:
+                yield item
+        except ServiceError as error:
+            await abort(context, error)
+        except EtcdError as error:
+            await abort(context, ServiceError(grpc.StatusCode.UNAVAILABLE, f"etcd unavailable: {error}",
+                                              "ETCD_UNAVAILABLE", retry_after_s=0.5))
+
