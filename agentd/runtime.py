@@ -218,9 +218,8 @@ class Runtime:
         if spec.name is not None:
             self._names[spec.name] = agent_id
             self.router.name_registered(spec.name, proc.self_ref)
-        task = scope.start(proc.run())
-        proc.task = task
-        task.add_done_callback(proc.on_task_done)
+        proc.owner_scope = scope
+        proc.task = scope.start_agent(proc)
         return proc
 
     def unregister(self, proc: AgentProcess) -> None:
@@ -321,7 +320,8 @@ class Runtime:
         sup = self._supervisor(supervisor)
         if not sup.agent.is_supervisor:
             raise InvalidArgument(f"{sup.agent_id} is not a supervisor")
-        result: AgentRef = await sup.call_local(("start_child", spec), timeout=60.0)
+        # No deadline of our own: the child's init is bounded by its handle_timeout.
+        result: AgentRef = await sup.call_local(("start_child", spec), timeout=None)
         return result
 
     async def stop_agent(self, to: AgentRef | str, timeout: float = 60.0) -> None:

@@ -43,6 +43,9 @@ class CheckpointStore:
         # NORMAL in WAL mode: durable against process crashes (kill -9), not against power loss.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
+        # Ids with a checkpoint, read once: a fresh agent's start then needs no query
+        # (each agent is written by one process at a time: the worker hosting it).
+        self._ids = {row[0] for row in self._db.execute("SELECT agent_id FROM checkpoints")}
 
     def put(self, agent_id: str, codec: str, data: bytes) -> int:
         """Store an agent's checkpoint; returns its version (1 for the first)."""
@@ -51,17 +54,22 @@ class CheckpointStore:
             "ON CONFLICT(agent_id) DO UPDATE SET codec=excluded.codec, data=excluded.data, "
             "version=checkpoints.version+1, updated_ms=excluded.updated_ms RETURNING version",
             (agent_id, codec, data, int(time.time() * 1000))).fetchone()
+        self._ids.add(agent_id)
         return int(row[0])
 
     def get(self, agent_id: str) -> tuple[str, bytes, int] | None:
         """(codec, data, version) of an agent's last checkpoint, or None."""
+        if agent_id not in self._ids:
+            return None
         row = self._db.execute("SELECT codec, data, version FROM checkpoints WHERE agent_id=?",
                                (agent_id,)).fetchone()
         return None if row is None else (str(row[0]), bytes(row[1]), int(row[2]))
 
     def delete(self, agent_id: str) -> None:
         """Forget an agent's checkpoint (it was stopped for good)."""
-        self._db.execute("DELETE FROM checkpoints WHERE agent_id=?", (agent_id,))
+        if agent_id in self._ids:
+            self._db.execute("DELETE FROM checkpoints WHERE agent_id=?", (agent_id,))
+            self._ids.discard(agent_id)
 
     def count(self) -> int:
         """How many agents have a checkpoint."""

@@ -202,7 +202,20 @@ class WorkerPool:
         self.events.worker_restarts += 1
         await self._launch(handle)
         await self._wait_ready(handle)
-        for child_id, (spec, supervisor) in list(handle.spawns.items()):
+        entries = list(handle.spawns.items())
+        # Top-level agents are independent: pipeline their spawns (one IPC round trip each
+        # would dominate recovery). Agents under a supervisor follow in order, after it exists.
+        top = [(cid, spec) for cid, (spec, sup) in entries if sup is None]
+        nested = [(cid, spec, sup) for cid, (spec, sup) in entries if sup is not None]
+        for start in range(0, len(top), 512):
+            chunk = top[start:start + 512]
+            results = await asyncio.gather(
+                *(self._request(handle, ["spawn", 0, spec.model_dump(mode="json"), None], 60.0)
+                  for _, spec in chunk), return_exceptions=True)
+            for (child_id, _), result in zip(chunk, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.error("worker %s: could not bring back %s: %s", handle.worker_id, child_id, result)
+        for child_id, spec, supervisor in nested:
             try:
                 await self._request(handle, ["spawn", 0, spec.model_dump(mode="json"), supervisor], 60.0)
             except AgentError as exc:
