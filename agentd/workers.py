@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from agentd.errors import (
     AgentError,
@@ -51,6 +51,28 @@ class WorkerEvents:
     worker_restarts: int = 0
     last_blocked_agent: str = ""
     blocked_agents: list[tuple[str, str, float]] = field(default_factory=list)  # (worker, agent, seconds)
+
+
+class MeshBridge(Protocol):
+    """Where the mesh plugs in (issue 4, item 7): names out to the registry, unknown destinations out
+    to the data plane. Inbound messages from the data plane come in through ``WorkerPool.cast``
+    and ``WorkerPool.call``."""
+
+    def name_registered(self, name: str, agent_id: str) -> None:
+        """An agent here took a name: register it in meshd (under this node's lease)."""
+        ...
+
+    def name_unregistered(self, name: str, agent_id: str) -> None:
+        """An agent here exited or was stopped: remove its name from meshd."""
+        ...
+
+    def cast(self, to: str, msg: Any, sender: str | None) -> None:
+        """Send to an agent on another node (NoSuchAgent if the name is unknown cluster-wide)."""
+        ...
+
+    async def call(self, to: str, msg: Any, timeout: float) -> Any:
+        """Call an agent on another node; its reply or a typed AgentError."""
+        ...
 
 
 class WorkerHandle:
@@ -101,6 +123,8 @@ class WorkerPool:
         self._next_shared = 0
         self._scope = TaskScope()
         self._closing = False
+        #: The mesh's hooks; None keeps every message on this host (see MeshBridge).
+        self.mesh: MeshBridge | None = None
         from agentd.worker import build_registry
 
         #: The allow-list as the workers will load it (the same config builds both).
@@ -240,9 +264,13 @@ class WorkerPool:
             handle.ready.set()
         elif op == "name+":
             self.names[frame[1]] = frame[2]
+            if self.mesh is not None:
+                self.mesh.name_registered(frame[1], frame[2])
         elif op == "name-":
             if self.names.get(frame[1]) == frame[2]:
                 del self.names[frame[1]]
+                if self.mesh is not None:
+                    self.mesh.name_unregistered(frame[1], frame[2])
         elif op == "removed":
             self._forget(handle, frame[1])
         elif op == "cast":
@@ -356,7 +384,9 @@ class WorkerPool:
         return handle
 
     async def call(self, to: str, msg: Any, timeout: float = 5.0) -> Any:
-        """Call an agent in whichever worker hosts it."""
+        """Call an agent in whichever worker hosts it (or through the mesh when none here does)."""
+        if self.mesh is not None and self._worker_of(to) is None:
+            return await self.mesh.call(to, msg, timeout)
         return await self._request(self._target(to), ["call", 0, self.resolve(to), msg, timeout], timeout + 1.0)
 
     async def cast(self, to: str, msg: Any) -> None:
@@ -365,6 +395,9 @@ class WorkerPool:
 
     def cast_nowait(self, to: str, msg: Any, sender: str | None = None, origin: WorkerHandle | None = None) -> None:
         """Forward a cast without waiting; failures go back to ``sender`` as DeliveryFailed."""
+        if self.mesh is not None and self._worker_of(to) is None:
+            self.mesh.cast(to, msg, sender)
+            return
         handle = self._target(to)
         handle.write(["cast", 0, self.resolve(to), msg, sender])
 

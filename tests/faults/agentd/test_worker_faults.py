@@ -112,3 +112,41 @@ async def test_full_mailbox_in_a_worker_is_resource_exhausted_at_the_caller(pool
     finally:
         assert await caller == "slept"
     assert os.getpid() != await pool.call("busy", "pid")
+
+
+class FakeMesh:
+    """A stand-in for the meshd wiring: records names, answers calls for 'remote-*' names."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.casts: list[tuple[str, Any]] = []
+
+    def name_registered(self, name: str, agent_id: str) -> None:
+        self.names[name] = agent_id
+
+    def name_unregistered(self, name: str, agent_id: str) -> None:
+        self.names.pop(name, None)
+
+    def cast(self, to: str, msg: Any, sender: str | None) -> None:
+        self.casts.append((to, msg))
+
+    async def call(self, to: str, msg: Any, timeout: float) -> Any:
+        if not to.startswith("remote-"):
+            from agentd.errors import NoSuchAgent
+
+            raise NoSuchAgent(f"no agent {to} in the cluster")
+        return {"from": to, "echo": msg}
+
+
+async def test_mesh_bridge_gets_names_and_unknown_destinations(pool: WorkerPool) -> None:
+    mesh = FakeMesh()
+    pool.mesh = mesh
+    await pool.spawn(counter("named"))
+    await wait_for(lambda: mesh.names.get("named") == "named")
+    await pool.spawn(ChildSpec(id="relay2", start=StartSpec(type="relay")))
+    # An agent's call to a name no worker hosts leaves through the bridge.
+    assert await pool.call("relay2", {"to": "remote-x", "msg": 7}) == {"from": "remote-x", "echo": 7}
+    with pytest.raises(AgentError, match="in the cluster"):
+        await pool.call("relay2", {"to": "nowhere", "msg": 1})
+    await pool.stop_agent("named")  # names removed when an agent stops
+    await wait_for(lambda: "named" not in mesh.names)
