@@ -76,4 +76,4 @@ class AgentdCollector:
 
 
 _COLLECTOR = AgentdCollector()
-REGISTRY.register(_COLLECTOR)  # type: ignore[arg-type]
+REGISTRY.register(_COLLECTOR)

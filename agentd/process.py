@@ -56,7 +56,7 @@ class TaskScope:
         try:
             return await coro
         finally:
-            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._tasks.discard(asyncio.current_task())
 
     def discard(self, task: asyncio.Task[Any] | None) -> None:
         """Forget a task that ended."""
@@ -121,7 +121,7 @@ class AgentProcess:
         self.state: Any = None
         self.owner_scope: TaskScope | None = None
         self._running = False
-        agent.ctx = self  # type: ignore[assignment]
+        agent.ctx = self
 
     # --- the loop ---------------------------------------------------------------------------
 

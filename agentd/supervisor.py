@@ -133,7 +133,7 @@ class _SupervisorBase(Agent):
         if not waits:
             return
         longest = max((p.spec.shutdown for p in procs if p.spec.shutdown != "brutal_kill"), default=0.0)
-        _, pending = await asyncio.wait(waits, timeout=float(longest))  # type: ignore[arg-type]
+        _, pending = await asyncio.wait(waits, timeout=float(longest))
         for proc in procs:
             if proc.task in pending:
                 proc.kill(KILLED)
