@@ -76,7 +76,9 @@ class Committer:
             pending.done.exception()  # mark retrieved: nobody may be waiting
             return pending.done
         if len(group) > self.max_ops:
-            raise ValueError(f"write group of {len(group)} keys exceeds {self.max_ops} operations")
+            # The caller's memory already holds the change: breaking makes the node reload from etcd.
+            self._break([pending], CommitFailed(f"write group of {len(group)} keys exceeds {self.max_ops}"))
+            return pending.done
         self._queue.append(pending)
         self._wake.set()
         return pending.done
