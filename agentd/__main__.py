@@ -20,10 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-id")
     parser.add_argument("--examples", action="store_true", default=None, help="allow the example agent types")
     parser.add_argument("--log-level")
+    parser.add_argument("--meshd-attach", help="attach to this meshd (ipc://PATH or tcp://127.0.0.1:PORT)")
     args = parser.parse_args(argv)
     overrides = {"grpc_address": args.grpc_address, "metrics_address": args.metrics_address,
                  "workers": args.workers, "data_dir": args.data_dir, "node_id": args.node_id,
-                 "examples": args.examples, "log_level": args.log_level}
+                 "examples": args.examples, "log_level": args.log_level, "meshd_attach": args.meshd_attach}
     try:
         config = load_config(args.config, overrides=overrides)
     except ConfigError as exc:

@@ -42,6 +42,8 @@ class AgentdConfig(BaseModel):
     agent_types: dict[str, str] = Field(default_factory=dict)
     #: Also allow the example types (echo, counter, relay, escalating).
     examples: bool = False
+    #: The host meshd's local attach address (ipc://... or tcp://127.0.0.1:PORT); empty runs agentd off the mesh.
+    meshd_attach: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("grpc_address", "metrics_address")

@@ -20,6 +20,7 @@ from prometheus_client import start_http_server
 
 from agentd import metrics
 from agentd.config import AgentdConfig
+from agentd.mesh import MeshLink
 from agentd.service import AgentService
 from agentd.workers import WorkerPool
 from mabeam.v1 import agent_pb2, agent_pb2_grpc
@@ -34,6 +35,7 @@ class Daemon:
     def __init__(self, config: AgentdConfig) -> None:
         self.config = config
         self.pool: WorkerPool | None = None
+        self.mesh: MeshLink | None = None
         self.server: grpc.aio.Server | None = None
         self.grpc_port = 0
         self.metrics_port = 0
@@ -55,6 +57,14 @@ class Daemon:
         self.pool = WorkerPool(worker_config, workers=config.workers or None, block_kill_s=config.block_kill_s)
         metrics.track(self.pool)
         await self.pool.start()
+        if config.meshd_attach:
+            self.mesh = MeshLink(self.pool, config.meshd_attach)
+            try:
+                await self.mesh.start()
+            except Exception as error:  # noqa: BLE001 - reported as a startup failure naming the address
+                await self.pool.close()
+                raise RuntimeError(f"cannot attach to meshd at {config.meshd_attach}: {error}") from None
+            self.pool.mesh = self.mesh
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(self.pool), server)
         health_servicer = health.aio.HealthServicer()
@@ -78,6 +88,8 @@ class Daemon:
         """Stop serving, then shut every worker (and agent) down."""
         if self.server is not None:
             await self.server.stop(grace=2.0)
+        if self.mesh is not None:
+            await self.mesh.close()  # detach first: meshd drops this agentd's names at once
         if self.pool is not None:
             await self.pool.close()
         if self._tmp is not None:

@@ -377,6 +377,10 @@ class WorkerPool:
         finally:
             handle.pending.pop(rid, None)
 
+    def hosts(self, to: str) -> bool:
+        """True when a worker of this pool hosts the agent (name or id) `to`."""
+        return self._worker_of(to) is not None
+
     def _target(self, to: str) -> WorkerHandle:
         handle = self._worker_of(to)
         if handle is None:
@@ -390,7 +394,13 @@ class WorkerPool:
         return await self._request(self._target(to), ["call", 0, self.resolve(to), msg, timeout], timeout + 1.0)
 
     async def cast(self, to: str, msg: Any) -> None:
-        """Cast with acknowledgement: MailboxFull / NoSuchAgent come back as errors."""
+        """Cast with acknowledgement: MailboxFull / NoSuchAgent come back as errors.
+
+        For an agent on another node the acknowledgement is that the mesh took it (casts are one-way there).
+        """
+        if self.mesh is not None and self._worker_of(to) is None:
+            self.mesh.cast(to, msg, None)
+            return
         await self._request(self._target(to), ["cast", 0, self.resolve(to), msg, None], 10.0)
 
     def cast_nowait(self, to: str, msg: Any, sender: str | None = None, origin: WorkerHandle | None = None) -> None:

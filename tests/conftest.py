@@ -38,17 +38,19 @@ def cluster_name() -> str:
 def dev_cluster(etcd_server: EmbeddedEtcd, cluster_name: str):
     """Factory for clusters of real meshd processes on free loopback ports; all stopped at teardown.
 
-    ``own_etcd=True`` gives the cluster an embedded etcd of its own (for tests that stop it).
+    ``own_etcd=True`` gives the cluster an embedded etcd of its own (for tests that stop it);
+    ``agentd``/``coordinator`` add those daemons to every node.
     """
     from mabeam.devcluster import DevCluster
     from mabeam.testing import free_port_block
 
     clusters: list[DevCluster] = []
 
-    def make(nodes: int = 3, lease_ttl: int = 2, own_etcd: bool = False) -> DevCluster:
+    def make(nodes: int = 3, lease_ttl: int = 2, own_etcd: bool = False, agentd: bool = False,
+             coordinator: bool = False) -> DevCluster:
         base = free_port_block(10 * (nodes + 1) + 2)
         cluster = DevCluster(nodes, base, etcd=None if own_etcd else etcd_server.endpoint, cluster=cluster_name,
-                             lease_ttl=lease_ttl)
+                             lease_ttl=lease_ttl, agentd=agentd, coordinator=coordinator)
         clusters.append(cluster)
         return cluster.start()
 
