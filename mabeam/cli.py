@@ -18,7 +18,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     cluster = DevCluster(nodes=args.nodes, base_port=args.base_port, etcd=args.etcd, cluster=args.cluster,
-                         lease_ttl=args.lease_ttl, run_dir=args.run_dir)
+                         lease_ttl=args.lease_ttl, run_dir=args.run_dir, agentd=not args.mesh_only,
+                         coordinator=not args.mesh_only)
     try:
         cluster.start()
     except (ClusterError, EtcdStartError) as error:
@@ -27,18 +28,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     print(f"etcd      {cluster.etcd_endpoint}{' (embedded)' if cluster.embedded else ''}")
     for node in cluster.nodes:
-        print(f"{node.node_id:9s} grpc {node.endpoint}  metrics http://127.0.0.1:{node.metrics_port}/metrics  "
+        print(f"{node.node_id:9s} meshd {node.endpoint}  metrics http://127.0.0.1:{node.metrics_port}/metrics  "
               f"pid {node.proc.pid if node.proc else '-'}")
+        for daemon in node.daemons[1:]:
+            print(f"{'':9s} {daemon.kind} {daemon.endpoint}  pid {daemon.proc.pid if daemon.proc else '-'}")
     print(f"logs      {cluster.run_dir}")
     print(f"try       meshctl --endpoint {cluster.endpoints[0]} members")
+    if cluster.nodes[0].agentd is not None:
+        print(f"          meshctl agents --agentd {cluster.nodes[0].agentd.endpoint}")
     print("Ctrl-C stops everything.", flush=True)
     try:
         while not stop.wait(0.5):
-            for node in cluster.nodes:
-                if not node.alive and not node.exit_reported:
-                    node.exit_reported = True
-                    print(f"{node.node_id} exited with {node.proc.returncode if node.proc else '?'}; "
-                          f"see {node.log_path}", flush=True)
+            for daemon in (d for node in cluster.nodes for d in node.daemons):
+                if not daemon.alive and not daemon.exit_reported:
+                    daemon.exit_reported = True
+                    print(f"{daemon.kind} of {daemon.node_id} exited with "
+                          f"{daemon.proc.returncode if daemon.proc else '?'}; see {daemon.log_path}", flush=True)
     finally:
         print("stopping...", flush=True)
         cluster.stop()
@@ -57,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--cluster", default="dev", help="cluster name (etcd key prefix)")
     up.add_argument("--lease-ttl", type=int, default=3, help="membership lease TTL in seconds")
     up.add_argument("--run-dir", default=None, help="where logs and embedded etcd data go (default: a temp dir)")
+    up.add_argument("--mesh-only", action="store_true", help="run only meshd on each node (no agentd, coordinator)")
     up.set_defaults(func=cmd_up)
     args = parser.parse_args(argv)
     if getattr(args, "nodes", 1) < 1:

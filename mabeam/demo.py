@@ -1,19 +1,24 @@
-"""The scripted tour behind ``make demo``: a real 3-node dev cluster, driven through the SDK.
+"""The scripted tour behind ``make demo``: a real 3-node dev cluster, driven through the SDKs.
 
-Embedded etcd and three meshd processes start on free loopback ports; the tour
-shows membership, the leader, a name registered on one node and resolved on
-another, a group spanning nodes, and a node killed with -9 and seen leaving
-(with its names) and the leadership moving.
+Embedded etcd and three nodes (meshd, agentd, coordinator each) start on free
+loopback ports. The tour shows a supervised team of agents (a crash restored
+from its checkpoint, a hang killed by its timeout, a call across nodes by
+name), an English auction surviving a kill -9 of the active coordinator, then
+membership, the leader, a name registered on one node and resolved on another,
+a group spanning nodes, and a node killed with -9 and seen leaving (with its
+names) while the leadership moves.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 
 from rich.console import Console
 from rich.table import Table
 
+from mabeam import demo_scenes
 from mabeam.devcluster import DevCluster
 from mabeam.testing import free_port_block, wait_until
 from mabeam_client.mesh import SyncMeshClient
@@ -41,17 +46,17 @@ def tour(cluster: DevCluster) -> None:
     clients = [SyncMeshClient(e) for e in cluster.endpoints]
     try:
         n1, n2, n3 = clients
-        step("1. three meshd processes joined through etcd")
+        step("7. three meshd processes joined through etcd")
         wait_until(lambda: len(n1.members()) == 3, 5.0, what="three members")
         console.print(members_table(n1))
 
-        step("2. the leader of role 'mesh' (same answer from every node)")
+        step("8. the leader of role 'mesh' (same answer from every node)")
         for client in clients:
             leader = client.leader()
             console.print(f"asked {client.ping().node.node_id}: leader is [bold]{leader.node_id}[/bold] "
                           f"(term {leader.term})")
 
-        step("3. a name registered on node-1, looked up on node-3")
+        step("9. a name registered on node-1, looked up on node-3")
         entry = n1.register_name("planner", "agent-7", metadata={"model": "large"})
         started = time.perf_counter()
         found = wait_until(lambda: n3.lookup("planner"), 2.0, interval=0.001, what="name visible on node-3")
@@ -63,14 +68,14 @@ def tour(cluster: DevCluster) -> None:
         except Exception as error:  # noqa: BLE001 - the point is to show the error
             console.print(f"node-2 tried to take 'planner' too: [yellow]{error}[/yellow]")
 
-        step("4. a group spanning nodes (Erlang :pg style)")
+        step("10. a group spanning nodes (Erlang :pg style)")
         n2.join_group("workers", "w-2")
         n3.join_group("workers", "w-3")
         wait_until(lambda: len(n1.group_members("workers")) == 2, 2.0, what="group visible")
         console.print("workers: " + ", ".join(f"{m.member.agent_id}@{m.member.node_id}"
                                               for m in n1.group_members("workers")))
 
-        step("5. kill -9 the leader: it leaves when its lease expires; a new leader takes over")
+        step("11. kill -9 the leader: it leaves when its lease expires; a new leader takes over")
         victim = n1.leader().node_id  # kill the leader, so leadership has to move
         index = int(victim.split("-")[1]) - 1
         witness = clients[(index + 1) % 3]
@@ -95,10 +100,14 @@ def tour(cluster: DevCluster) -> None:
 def main() -> int:
     """Start the cluster, run the tour, stop everything."""
     base = free_port_block(42)
-    console.print(f"[bold]mabeam demo[/bold]: embedded etcd + 3 meshd on 127.0.0.1 ports {base}–{base + 41}")
-    cluster = DevCluster(nodes=3, base_port=base, lease_ttl=2)
+    console.print(f"[bold]mabeam demo[/bold]: embedded etcd + 3 nodes (meshd, agentd, coordinator) on 127.0.0.1 "
+                  f"ports {base}–{base + 41}")
+    cluster = DevCluster(nodes=3, base_port=base, lease_ttl=2, agentd=True, coordinator=True)
     try:
         cluster.start()
+        # Agents and the auction first, on the whole cluster; the mesh scenes end by killing a node.
+        asyncio.run(demo_scenes.agents_scene(cluster, step))
+        asyncio.run(demo_scenes.auction_scene(cluster, step))
         tour(cluster)
     finally:
         cluster.close()
