@@ -5,17 +5,12 @@ A bad value stops startup with a message naming the field.
 
 from __future__ import annotations
 
-import json
-import os
-import tomllib
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-
-class ConfigError(Exception):
-    """The configuration is invalid; the message names the field."""
+from mabeam.config import ConfigError as ConfigError  # re-exported: callers catch agentd.config.ConfigError
+from mabeam.config import load_model
 
 
 class AgentdConfig(BaseModel):
@@ -65,20 +60,4 @@ class AgentdConfig(BaseModel):
 def load_config(path: str | None = None, env: dict[str, str] | None = None,
                 overrides: dict[str, Any] | None = None) -> AgentdConfig:
     """Merge file, ``AGENTD_<FIELD>`` environment variables and flag overrides; ConfigError names the field."""
-    data: dict[str, Any] = {}
-    if path:
-        try:
-            data.update(tomllib.loads(Path(path).read_text()))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"config file {path}: {exc}") from None
-    environ = os.environ if env is None else env
-    for field in AgentdConfig.model_fields:
-        value = environ.get(f"AGENTD_{field.upper()}")
-        if value is not None:
-            data[field] = json.loads(value) if value.startswith("{") else value
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return AgentdConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid agentd config: {problems}") from None
+    return load_model(AgentdConfig, daemon="agentd", env_prefix="AGENTD", file=path, env=env, overrides=overrides)

@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
-import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-ID_RULE = "1-64 characters of letters, digits and _.-, starting with a letter, digit or _"
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; the message names each bad field."""
+from mabeam.config import (
+    ConfigError as ConfigError,  # re-exported: callers catch coordinator.config.ConfigError
+)
+from mabeam.config import check_endpoints, check_identifier, load_model
 
 
 class CoordinatorConfig(BaseModel):
@@ -44,23 +40,12 @@ class CoordinatorConfig(BaseModel):
     @field_validator("node_id", "cluster")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        if not ID_RE.match(value):
-            raise ValueError(f"{value!r} is not a valid id: use {ID_RULE}")
-        return value
+        return check_identifier(value)
 
     @field_validator("etcd", mode="before")
     @classmethod
     def _endpoints(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("at least one etcd endpoint is required")
-            for endpoint in value:
-                host, _, port = str(endpoint).rpartition(":")
-                if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                    raise ValueError(f"{endpoint!r} is not HOST:PORT")
-        return value
+        return check_endpoints(value)
 
     @property
     def advertised(self) -> str:
@@ -68,36 +53,11 @@ class CoordinatorConfig(BaseModel):
         return self.advertise_host or self.grpc_host
 
 
-def _describe(error: ValidationError) -> str:
-    lines = []
-    for problem in error.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "(config)"
-        lines.append(f"  {where}: {problem['msg']} (got {problem.get('input')!r})")
-    return "invalid coordinator config:\n" + "\n".join(lines)
-
-
 def load(file: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
          overrides: Mapping[str, Any] | None = None) -> CoordinatorConfig:
     """Build the config from a TOML file, ``COORDINATOR_*`` variables and explicit overrides."""
-    data: dict[str, Any] = {}
-    if file:
-        try:
-            with open(file, "rb") as handle:
-                data.update(tomllib.load(handle))
-        except OSError as error:
-            raise ConfigError(f"cannot read config file {file}: {error.strerror}") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"config file {file} is not valid TOML: {error}") from None
-    env = os.environ if env is None else env
-    for name in CoordinatorConfig.model_fields:
-        raw = env.get(f"COORDINATOR_{name.upper()}")
-        if raw is not None:
-            data[name] = raw
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return CoordinatorConfig.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(_describe(error)) from None
+    return load_model(CoordinatorConfig, daemon="coordinator", env_prefix="COORDINATOR", file=file, env=env,
+                      overrides=overrides)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[str | None, dict[str, Any]]:

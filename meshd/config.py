@@ -10,24 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mabeam.config import ID_RE, ID_RULE, check_endpoints, check_identifier, default_env_value, load_model
+from mabeam.config import ConfigError as ConfigError  # re-exported: callers catch meshd.config.ConfigError
 from meshd.dataplane.config import DataPlaneConfig
-from meshd.validation import ID_RE, ID_RULE
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; the message names each bad field."""
-
-
-def _parse_endpoints(value: Any) -> Any:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
 
 
 class MeshdConfig(BaseModel):
@@ -59,9 +49,7 @@ class MeshdConfig(BaseModel):
     @field_validator("node_id", "cluster")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        if not ID_RE.match(value):
-            raise ValueError(f"{value!r} is not a valid id: use {ID_RULE}")
-        return value
+        return check_identifier(value)
 
     @field_validator("tenants")
     @classmethod
@@ -74,15 +62,7 @@ class MeshdConfig(BaseModel):
     @field_validator("etcd", mode="before")
     @classmethod
     def _endpoints(cls, value: Any) -> Any:
-        value = _parse_endpoints(value)
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("at least one etcd endpoint is required")
-            for endpoint in value:
-                host, _, port = str(endpoint).rpartition(":")
-                if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                    raise ValueError(f"{endpoint!r} is not HOST:PORT")
-        return value
+        return check_endpoints(value)
 
     @field_validator("labels")
     @classmethod
@@ -97,44 +77,11 @@ class MeshdConfig(BaseModel):
         return self.advertise_host or self.grpc_host
 
 
-def _describe(error: ValidationError) -> str:
-    lines = []
-    for problem in error.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "(config)"
-        got = problem.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {where}: {problem['msg']}{shown}")
-    return "invalid meshd config:\n" + "\n".join(lines)
-
-
 def load(file: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
          overrides: Mapping[str, Any] | None = None) -> MeshdConfig:
     """Build the config from a TOML file, ``MESHD_*`` environment variables and explicit overrides."""
-    data: dict[str, Any] = {}
-    if file:
-        try:
-            with open(file, "rb") as handle:
-                data.update(tomllib.load(handle))
-        except OSError as error:
-            raise ConfigError(f"cannot read config file {file}: {error.strerror}") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"config file {file} is not valid TOML: {error}") from None
-    env = os.environ if env is None else env
-    for name in MeshdConfig.model_fields:
-        raw = env.get(f"MESHD_{name.upper()}")
-        if raw is not None:
-            data[name] = _env_value(name, raw)
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key == "dataplane" and isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    try:
-        return MeshdConfig.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(_describe(error)) from None
+    return load_model(MeshdConfig, daemon="meshd", env_prefix="MESHD", file=file, env=env, overrides=overrides,
+                      env_value=_env_value)
 
 
 def _env_value(name: str, raw: str) -> Any:
@@ -144,7 +91,7 @@ def _env_value(name: str, raw: str) -> Any:
         return [part for part in raw.split(",") if part]
     if name == "metrics_port" and raw.lower() in {"", "none", "off"}:
         return None
-    return raw
+    return default_env_value(name, raw)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[str | None, dict[str, Any]]:

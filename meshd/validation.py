@@ -8,17 +8,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from mabeam.config import ID_RE, ID_RULE
 from mabeam.errors import FieldViolation
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}$")
-ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 METADATA_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_BYTES = 4096
 DEFAULT_TENANT = "default"
 
 NAME_RULE = "1-128 characters of letters, digits and _.:@-, starting with a letter, digit or _"
-ID_RULE = "1-64 characters of letters, digits and _.-, starting with a letter, digit or _"
 
 
 def check_name(field: str, value: str, violations: list[FieldViolation]) -> None:

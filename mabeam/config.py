@@ -1,0 +1,106 @@
+"""Daemon configuration, the same way for every daemon.
+
+Each daemon has one pydantic model; :func:`load_model` builds it from a TOML
+file, ``<PREFIX>_<FIELD>`` environment variables and explicit overrides (flags),
+in rising precedence, merging nested tables (``[dataplane]``) key by key. A bad
+value raises :class:`ConfigError` whose message has one line per bad field,
+naming it — the daemons print it and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+#: Node ids, cluster names, tenants and roles: they become etcd key segments, so never ``/``.
+ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+ID_RULE = "1-64 characters of letters, digits and _.-, starting with a letter, digit or _"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names each bad field."""
+
+
+def describe(daemon: str, error: ValidationError) -> str:
+    """One line per problem, naming the field (dotted for nested tables) and the value given."""
+    lines = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "(config)"
+        given = problem.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"  {where}: {problem['msg']}{shown}")
+    return f"invalid {daemon} config:\n" + "\n".join(lines)
+
+
+def default_env_value(name: str, raw: str) -> Any:
+    """An environment value: JSON for objects and lists (``{"a": 1}``, ``[1, 2]``), else the raw string."""
+    if raw[:1] in "{[":
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_model(model: type[M], *, daemon: str, env_prefix: str, file: str | os.PathLike[str] | None = None,
+               env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None,
+               env_value: Callable[[str, str], Any] = default_env_value) -> M:
+    """Build `model` from a TOML file, ``<env_prefix>_<FIELD>`` variables and overrides; ConfigError on failure."""
+    data: dict[str, Any] = {}
+    if file:
+        try:
+            with open(file, "rb") as handle:
+                data = tomllib.load(handle)
+        except OSError as error:
+            raise ConfigError(f"cannot read {daemon} config file {file}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{daemon} config file {file} is not valid TOML: {error}") from None
+    environ = os.environ if env is None else env
+    from_env = {name: env_value(name, raw) for name in model.model_fields
+                if (raw := environ.get(f"{env_prefix}_{name.upper()}")) is not None}
+    data = _merge(_merge(data, from_env), overrides or {})
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(describe(daemon, error)) from None
+
+
+def check_endpoints(value: Any) -> Any:
+    """A pydantic before-validator body for ``HOST:PORT[,HOST:PORT...]`` lists (etcd endpoints)."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("at least one endpoint is required")
+        for endpoint in value:
+            host, _, port = str(endpoint).rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{endpoint!r} is not HOST:PORT")
+    return value
+
+
+def check_identifier(value: str) -> str:
+    """A pydantic validator body for ids (node, cluster, tenant, role)."""
+    if not ID_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid id: use {ID_RULE}")
+    return value
