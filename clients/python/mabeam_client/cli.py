@@ -188,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError:
             continue
         module.add_commands(sub)
+    # The global options work after the subcommand too (`meshctl members --json`); SUPPRESS keeps a value
+    # given before the subcommand from being overwritten by the subparser's default.
+    for command in sub.choices.values():
+        option_strings = {opt for action in command._actions for opt in action.option_strings}
+        if "--json" not in option_strings:
+            command.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+        if "--endpoint" not in option_strings:
+            command.add_argument("--endpoint", default=argparse.SUPPRESS, help="meshd gRPC HOST:PORT")
     return parser
 
 

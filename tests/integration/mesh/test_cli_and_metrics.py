@@ -18,8 +18,9 @@ def meshctl(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_meshctl_json_and_errors(dev_cluster) -> None:
     cluster = dev_cluster(2)
     endpoint = cluster.endpoints[0]
-    members = json.loads(meshctl(endpoint, "--json", "members").stdout)
+    members = json.loads(meshctl(endpoint, "members", "--json").stdout)  # --json after the subcommand
     assert sorted(m["node_id"] for m in members) == ["node-1", "node-2"]
+    assert json.loads(meshctl(endpoint, "--json", "members").stdout) == members  # and before it
     leader = wait_until(lambda: json.loads(meshctl(endpoint, "--json", "leader").stdout)["node_id"], 5.0,
                         what="a leader")
     assert leader in {"node-1", "node-2"}
