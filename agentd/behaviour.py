@@ -106,6 +106,20 @@ class Context(Protocol):
         """Start a temporary agent under a dynamic supervisor (the root one by default)."""
         ...
 
+    def join_group(self, group: str) -> None:
+        """Join a process group (Erlang ``pg``; cluster-wide on the mesh). A restarted agent is a new
+        member only if it joins again (e.g. in ``init``): membership ends when the agent exits."""
+        ...
+
+    def leave_group(self, group: str) -> None:
+        """Leave a process group (no error when not a member)."""
+        ...
+
+    def send_group(self, group: str, msg: Any, mode: str = "all") -> None:
+        """Cast to every member of ``group`` cluster-wide ("all") or to one, round-robin ("one").
+        Members that cannot take it come back as :class:`DeliveryFailed` info messages."""
+        ...
+
     def send_after(self, delay: float, msg: Any, to: AgentRef | str | None = None) -> TimerRef:
         """Deliver ``msg`` to ``to`` (default: this agent's ``handle_info``) after ``delay`` seconds."""
         ...

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from agentd.behaviour import Agent
+from agentd.behaviour import Agent, DeliveryFailed
 from agentd.runtime import AgentRegistry
 
 
@@ -76,6 +76,41 @@ class Relay(Agent):
         return await self.ctx.call(msg["to"], msg["msg"], timeout=float(msg.get("timeout", 5.0))), state
 
 
+class Member(Agent):
+    """A process-group member: joins ``args["groups"]`` in ``init`` and keeps what it receives.
+
+    Calls: ``seen`` (casts received, in order), ``failed`` (DeliveryFailed infos as
+    ``[to, code]``), ``{"join": g}``, ``{"leave": g}``, ``{"send_group": g, "msg": m, "mode": "all"|"one"}``.
+    """
+
+    async def init(self, args: dict[str, Any]) -> Any:
+        for group in args.get("groups", []):
+            self.ctx.join_group(group)
+        return {"seen": [], "failed": []}
+
+    async def handle_cast(self, msg: Any, state: Any) -> Any:
+        state["seen"].append(msg)
+        return state
+
+    async def handle_info(self, msg: Any, state: Any) -> Any:
+        if isinstance(msg, DeliveryFailed):
+            state["failed"].append([msg.to, msg.code])
+        return state
+
+    async def handle_call(self, msg: Any, state: Any) -> tuple[Any, Any]:
+        if msg == "seen":
+            return list(state["seen"]), state
+        if msg == "failed":
+            return list(state["failed"]), state
+        if isinstance(msg, dict) and "join" in msg:
+            self.ctx.join_group(msg["join"])
+        elif isinstance(msg, dict) and "leave" in msg:
+            self.ctx.leave_group(msg["leave"])
+        elif isinstance(msg, dict) and "send_group" in msg:
+            self.ctx.send_group(msg["send_group"], msg.get("msg"), msg.get("mode", "all"))
+        return "ok", state
+
+
 class Escalating(Counter):
     """A Counter whose restart policy switches to ``model: large`` from the third restart on."""
 
@@ -86,7 +121,8 @@ class Escalating(Counter):
         return None
 
 
-EXAMPLES: dict[str, type[Agent]] = {"echo": Echo, "counter": Counter, "relay": Relay, "escalating": Escalating}
+EXAMPLES: dict[str, type[Agent]] = {"echo": Echo, "counter": Counter, "relay": Relay, "escalating": Escalating,
+                                     "member": Member}
 
 
 def register_examples(registry: AgentRegistry) -> None:

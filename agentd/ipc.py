@@ -11,7 +11,8 @@ Operations (``rid`` is a request id; 0 means no reply is wanted):
   ``call rid to msg timeout``, ``info rid agent``, ``list rid``, ``tree rid``, ``shutdown``
 - worker -> main: ``hello worker_id pid``, ``stats {...}`` (also the heartbeat),
   ``cast 0 to msg sender`` and ``call rid to msg timeout`` (for agents elsewhere),
-  ``name+ name agent_id``, ``name- name agent_id``, ``removed agent_id``
+  ``name+ name agent_id``, ``name- name agent_id``, ``removed agent_id``,
+  ``group+ group agent_id``, ``group- group agent_id``, ``gcast group msg mode sender``
 - both ways: ``ok rid value``, ``err rid code message``
 - watchdog socket, worker -> main: ``blocked agent_id seconds``
 """

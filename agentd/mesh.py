@@ -13,6 +13,15 @@ a cast carries ``{"to": name, "msg": m, "sender": s}``, a call
 ``{"to": name, "msg": m}``; a call's reply is ``{"ok": value}`` or
 ``{"error": {"code": "NOT_FOUND", "message": ...}}``, turned back into the
 typed :mod:`agentd.errors` exception on the calling side.
+
+Process groups: when the first agent here joins a group, this agentd's endpoint
+joins meshd's group of the same name; when the last one leaves (or exits), it
+leaves. A group cast travels to meshd's group as ``{"group": g, "mode": m, "msg":
+m, "sender": s, "origin": o}``; the receiving agentd delivers to its own members
+only (all of them, or one in round-robin turn). In mode ``all`` meshd also hands
+the sending agentd its own copy: ``origin`` (random per link) lets it drop that,
+since it delivered to its members directly. A cast meshd bounces (unknown name,
+empty group, full mailbox) comes back to the sending agent as DeliveryFailed.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from typing import Any
 
@@ -28,13 +38,15 @@ import msgpack
 from agentd.errors import AgentError, CallTimeout, NoSuchAgent, Unavailable, error_from_code
 from agentd.workers import WorkerPool
 from meshd.dataplane.attach import AttachedEndpoint
-from meshd.dataplane.endpoint import Message
+from meshd.dataplane.endpoint import Group, Message
 from meshd.dataplane.errors import DataPlaneError, DeadlineExceeded, NotFound
 
 log = logging.getLogger(__name__)
 
 ENDPOINT_ID = "agentd"
 MAX_INFLIGHT_CALLS = 256
+#: Casts remembered (by envelope id) so that a bounce from meshd reaches their sender.
+MAX_REMEMBERED_CASTS = 4096
 
 
 def _pack(value: Any) -> bytes:
@@ -69,6 +81,8 @@ class MeshLink:
         self._group: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self._inflight = asyncio.Semaphore(MAX_INFLIGHT_CALLS)
+        self._sent: dict[int, tuple[str, str]] = {}  # envelope id -> (sending agent, destination)
+        self.origin = os.urandom(8)
         self.failures = 0
 
     async def start(self) -> None:
@@ -108,6 +122,18 @@ class MeshLink:
         """Send to a named agent on another node (errors are logged and counted: casts are one-way)."""
         self._outbox.put_nowait(("cast", (to, msg, sender)))
 
+    def group_joined(self, group: str) -> None:
+        """Join this agentd's endpoint to meshd's group (its first local member joined)."""
+        self._outbox.put_nowait(("join", group))
+
+    def group_left(self, group: str) -> None:
+        """Leave meshd's group (its last local member left)."""
+        self._outbox.put_nowait(("leave", group))
+
+    def send_group(self, group: str, msg: Any, mode: str, sender: str | None) -> None:
+        """A group cast to every agentd in meshd's group ("all") or to one of them ("one")."""
+        self._outbox.put_nowait(("gcast", (group, msg, mode, sender)))
+
     async def call(self, to: str, msg: Any, timeout: float) -> Any:
         """Call a named agent on another node; its reply or the typed error."""
         if self.endpoint is None:
@@ -132,12 +158,45 @@ class MeshLink:
                     await self.endpoint.register_name(arg)
                 elif op == "unregister":
                     await self.endpoint.unregister_name(arg)
+                elif op == "join":
+                    await self.endpoint.join_group(arg)
+                elif op == "leave":
+                    await self.endpoint.leave_group(arg)
+                elif op == "gcast":
+                    group, msg, mode, sender = arg
+                    body = {"group": group, "mode": mode, "msg": msg, "sender": sender, "origin": self.origin}
+                    self._remember(await self.endpoint.send(Group(group, mode), _pack(body)),
+                                   sender, f"group:{group}")
                 else:
                     to, msg, sender = arg
-                    await self.endpoint.send(to, _pack({"to": to, "msg": msg, "sender": sender}))
+                    self._remember(await self.endpoint.send(to, _pack({"to": to, "msg": msg, "sender": sender})),
+                                   sender, to)
             except (DataPlaneError, TimeoutError) as error:
                 self.failures += 1
-                log.warning("mesh %s %r failed: %s", op, arg if op != "cast" else arg[0], error)
+                log.warning("mesh %s %r failed: %s", op, arg[0] if op in ("cast", "gcast") else arg, error)
+                if op in ("cast", "gcast") and arg[-1]:
+                    code = error.code.name if isinstance(error, DataPlaneError) else "UNAVAILABLE"
+                    self.pool.delivery_failed(arg[-1], arg[0], code, str(error))
+
+    def _remember(self, envelope_id: int, sender: str | None, to: str) -> None:
+        """Keep who sent a cast until meshd might bounce it (bounded: the oldest are forgotten)."""
+        if sender:
+            sent = self._sent
+            sent[envelope_id] = (sender, to)
+            if len(sent) > MAX_REMEMBERED_CASTS:
+                del sent[next(iter(sent))]
+
+    def _bounced(self, message: Message) -> None:
+        """meshd (or a peer) bounced one of our casts: tell the sending agent, never drop it silently."""
+        self.failures += 1
+        error = message.error
+        assert error is not None
+        origin = self._sent.pop(message.envelope.correlation_id, None)
+        if origin is None:
+            log.warning("mesh bounced an anonymous cast: %s", error.message)
+            return
+        sender, to = origin
+        self.pool.delivery_failed(sender, to, error.code.name, error.message)
 
     async def _inbound(self) -> None:
         assert self.endpoint is not None and self._group is not None
@@ -145,9 +204,14 @@ class MeshLink:
             if message.is_call:
                 await self._inflight.acquire()
                 self._group.create_task(self._answer(message))
+            elif message.error is not None:
+                self._bounced(message)
             else:
                 try:
                     body = _unpack(bytes(message.payload))
+                    if "group" in body:
+                        self._deliver_group(body)
+                        continue
                     name = body["to"]
                     if not self.pool.hosts(name):
                         raise NoSuchAgent(f"no agent named {name!r} on this node")
@@ -155,6 +219,13 @@ class MeshLink:
                 except (AgentError, ValueError, KeyError, TypeError) as error:
                     self.failures += 1
                     log.warning("inbound cast dropped: %s", error)
+
+    def _deliver_group(self, body: dict[str, Any]) -> None:
+        """An inbound group cast: to this agentd's members only (never back into the mesh)."""
+        mode = body["mode"]
+        if mode == "all" and body.get("origin") == self.origin:
+            return  # our own copy: the members here got it directly
+        self.pool.deliver_group(body["group"], body["msg"], "one" if mode == "one" else "all")
 
     async def _answer(self, request: Message) -> None:
         assert self.endpoint is not None

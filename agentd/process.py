@@ -344,6 +344,18 @@ class AgentProcess:
         """Call an agent and wait for the reply until the deadline."""
         return await self.runtime.call(to, msg, timeout=timeout)
 
+    def join_group(self, group: str) -> None:
+        """Join a process group (cluster-wide on the mesh); membership ends when this agent exits."""
+        self.runtime.join_group(group, self)
+
+    def leave_group(self, group: str) -> None:
+        """Leave a process group (nothing happens when this agent was not in it)."""
+        self.runtime.leave_group(group, self)
+
+    def send_group(self, group: str, msg: Any, mode: str = "all") -> None:
+        """Cast to every member of ``group`` ("all") or to one, in round-robin turn ("one")."""
+        self.runtime.send_group(group, msg, mode, sender=self)
+
     async def spawn(self, agent_type: str, args: dict[str, Any] | None = None, *, name: str | None = None,
                     link: bool = False, supervisor: AgentRef | str | None = None) -> AgentRef:
         """Start a temporary agent under a dynamic supervisor (the root one by default)."""

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from agentd.behaviour import Agent, AgentRef, DeliveryFailed
 from agentd.codec import Codec, codec
 from agentd.errors import AgentError, AlreadyExists, InvalidArgument, NoSuchAgent, Unavailable
+from agentd.groups import GROUP_MODES, GroupTable
 from agentd.process import CAST, INFO, AgentProcess, TaskScope
 from agentd.store import CheckpointStore
 from agentd.supervision import ChildSpec, Restart, StartSpec
@@ -111,6 +112,18 @@ class Router(Protocol):
         """An agent was removed from its supervisor for good (it will not be restarted)."""
         ...
 
+    def group_joined(self, group: str, ref: AgentRef) -> None:
+        """An agent of this runtime joined a process group."""
+        ...
+
+    def group_left(self, group: str, ref: AgentRef) -> None:
+        """An agent of this runtime left a process group (or exited while in it)."""
+        ...
+
+    def send_group(self, group: str, msg: Any, mode: str, sender: AgentRef | None) -> None:
+        """Cast to a group's members wherever they are (``mode`` "all" or "one")."""
+        ...
+
 
 class LocalOnly:
     """The router of a stand-alone runtime: nothing exists outside it."""
@@ -131,6 +144,16 @@ class LocalOnly:
 
     def agent_removed(self, agent_id: str) -> None:
         """Nothing to forget."""
+
+    def group_joined(self, group: str, ref: AgentRef) -> None:
+        """Nothing to publish."""
+
+    def group_left(self, group: str, ref: AgentRef) -> None:
+        """Nothing to publish."""
+
+    def send_group(self, group: str, msg: Any, mode: str, sender: AgentRef | None) -> None:
+        """Unused: a stand-alone runtime delivers group casts itself."""
+        raise NoSuchAgent(f"no members in group {group!r}")
 
 
 @dataclass(frozen=True)
@@ -173,6 +196,8 @@ class Runtime:
         self.restart_reasons: dict[str, int] = {}
         self._procs: dict[str, AgentProcess] = {}
         self._names: dict[str, str] = {}
+        #: Process groups of this runtime's agents (members: agent ids).
+        self.groups: GroupTable[str] = GroupTable()
         self._ids = itertools.count(1)
         self._scope = TaskScope()
         self._root_args = {"max_restarts": root_max_restarts, "max_seconds": root_max_seconds}
@@ -230,6 +255,9 @@ class Runtime:
             if name is not None and self._names.get(name) == proc.agent_id:
                 del self._names[name]
                 self.router.name_unregistered(name, proc.self_ref)
+            if proc.agent_id in self.groups:  # membership ends with the agent, like a name
+                for group in self.groups.leave_all(proc.agent_id):
+                    self.router.group_left(group, proc.self_ref)
 
     # --- addressing ---------------------------------------------------------------------------
 
@@ -280,6 +308,60 @@ class Runtime:
         proc = self.local_process(sender)
         if proc is not None:
             proc.mailbox.put_system((INFO, DeliveryFailed(to, error.code, error.message), None))
+
+    # --- process groups (Erlang pg) -----------------------------------------------------------
+
+    def join_group(self, group: str, proc: AgentProcess) -> None:
+        """Make an agent a member of ``group`` (again: no change); published through the router."""
+        if not group or not isinstance(group, str):
+            raise InvalidArgument("group: a non-empty string is required")
+        if self.groups.join(group, proc.agent_id):
+            self.router.group_joined(group, proc.self_ref)
+
+    def leave_group(self, group: str, proc: AgentProcess) -> None:
+        """End an agent's membership of ``group`` (no error when it was not a member)."""
+        if self.groups.leave(group, proc.agent_id):
+            self.router.group_left(group, proc.self_ref)
+
+    def group_members(self, group: str) -> list[AgentRef]:
+        """This runtime's members of ``group``, sorted by agent id."""
+        return [AgentRef(agent_id, self.node_id) for agent_id in self.groups.members(group)]
+
+    def send_group(self, group: str, msg: Any, mode: str = "all", sender: AgentProcess | None = None) -> None:
+        """Cast to every member of ``group`` (``all``) or to the next one in turn (``one``).
+
+        Inside a worker the router delivers (the agentd main process knows the members of
+        every worker and of the mesh). A stand-alone runtime delivers itself: NoSuchAgent
+        for an empty group; a member's full mailbox comes back to ``sender`` as
+        DeliveryFailed (without a sender, the first such error is raised after the others got it).
+        """
+        if mode not in GROUP_MODES:
+            raise InvalidArgument(f"mode: {mode!r} is not one of {GROUP_MODES}")
+        sender_ref = sender.self_ref if sender is not None else None
+        if not isinstance(self.router, LocalOnly):
+            self.router.send_group(group, msg, mode, sender_ref)
+            return
+        if mode == "one":
+            picked = self.groups.pick(group)
+            targets = [] if picked is None else [picked]
+        else:
+            targets = self.groups.members(group)
+        if not targets:
+            raise NoSuchAgent(f"no members in group {group!r}")
+        failure: AgentError | None = None
+        for agent_id in targets:
+            proc = self._procs.get(agent_id)
+            if proc is None:
+                continue
+            try:
+                proc.mailbox.put_nowait((CAST, msg, None))
+            except AgentError as exc:
+                if sender_ref is not None:
+                    self.delivery_failed(sender_ref, agent_id, exc)
+                elif failure is None:
+                    failure = exc
+        if failure is not None:
+            raise failure
 
     async def call(self, to: AgentRef | str, msg: Any, timeout: float = 5.0) -> Any:
         """Call an agent (local or through the router) and return its reply."""

@@ -68,7 +68,7 @@ async def translated(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
 
 
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
-    """SpawnAgent, StopAgent, GetAgent, ListAgents, SupervisionTree, Cast, Call."""
+    """SpawnAgent, StopAgent, GetAgent, ListAgents, SupervisionTree, Cast, Call, CastGroup, GroupMembers."""
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
@@ -143,3 +143,19 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             reply = await self.pool.call(request.agent, msg, timeout=request.timeout_seconds or 5.0)
             return agent_pb2.AgentCallResponse(reply_json=json.dumps(reply))
         raise AssertionError("unreachable")
+
+    async def CastGroup(self, request: agent_pb2.AgentCastGroupRequest,  # noqa: N802
+                        context: grpc.aio.ServicerContext) -> agent_pb2.AgentCastGroupResponse:
+        """Cast to a process group (all members cluster-wide, or one in turn)."""
+        async with translated(context):
+            if not request.group:
+                raise InvalidArgument("group: required")
+            msg = _json(request.message_json, "message_json", None)
+            delivered = self.pool.send_group(request.group, msg, request.mode or "all")
+            return agent_pb2.AgentCastGroupResponse(local_deliveries=delivered)
+        raise AssertionError("unreachable")
+
+    async def GroupMembers(self, request: agent_pb2.AgentGroupMembersRequest,  # noqa: N802
+                           context: grpc.aio.ServicerContext) -> agent_pb2.AgentGroupMembersResponse:
+        """This agentd's members of a group."""
+        return agent_pb2.AgentGroupMembersResponse(agent_ids=self.pool.group_members(request.group))

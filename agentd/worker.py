@@ -80,6 +80,18 @@ class WorkerRouter:
         """Tell the main process not to bring this agent back after a worker restart."""
         self.worker.write(["removed", agent_id])
 
+    def group_joined(self, group: str, ref: AgentRef) -> None:
+        """Tell the main process (it keeps every worker's members and joins the mesh group)."""
+        self.worker.write(["group+", group, ref.agent_id])
+
+    def group_left(self, group: str, ref: AgentRef) -> None:
+        """Tell the main process the membership ended."""
+        self.worker.write(["group-", group, ref.agent_id])
+
+    def send_group(self, group: str, msg: Any, mode: str, sender: AgentRef | None) -> None:
+        """Forward a group cast: the main process delivers to its members and to the mesh."""
+        self.worker.write(["gcast", group, msg, mode, sender.agent_id if sender else None])
+
 
 class Worker:
     """The worker's side of the IPC: requests in, replies and events out."""

@@ -34,6 +34,7 @@ from agentd.errors import (
     Unavailable,
     error_from_code,
 )
+from agentd.groups import GROUP_MODES, GroupTable
 from agentd.ipc import FrameReader, pack, read_frame
 from agentd.process import TaskScope
 from agentd.store import CheckpointStore
@@ -72,6 +73,20 @@ class MeshBridge(Protocol):
 
     async def call(self, to: str, msg: Any, timeout: float) -> Any:
         """Call an agent on another node; its reply or a typed AgentError."""
+        ...
+
+    def group_joined(self, group: str) -> None:
+        """The first agent here joined ``group``: join this agentd to meshd's group."""
+        ...
+
+    def group_left(self, group: str) -> None:
+        """The last agent here left ``group`` (or exited, or its worker died): leave meshd's group."""
+        ...
+
+    def send_group(self, group: str, msg: Any, mode: str, sender: str | None) -> None:
+        """A group cast through meshd. "all": every agentd in the group gets a copy, and the
+        sending one must ignore its own (it delivered to its members already); "one": meshd
+        picks the agentd, which delivers to one of its members."""
         ...
 
 
@@ -116,6 +131,8 @@ class WorkerPool:
         self.on_event = on_event
         self.workers: dict[str, WorkerHandle] = {}
         self.names: dict[str, str] = {}  # name -> agent id
+        #: Process groups of every worker's agents: members are (worker id, agent id).
+        self.groups: GroupTable[tuple[str, str]] = GroupTable()
         self.owner: dict[str, str] = {}  # top-level child id -> worker id
         self.events = WorkerEvents()
         self._rids = itertools.count(1)
@@ -209,6 +226,10 @@ class WorkerPool:
         for name, agent_id in list(self.names.items()):
             if self.owner.get(agent_id.split("/", 1)[0]) == handle.worker_id:
                 del self.names[name]
+        worker_id = handle.worker_id
+        for group in self.groups.remove_where(lambda member: member[0] == worker_id):
+            if self.mesh is not None:
+                self.mesh.group_left(group)
         if handle.retired:
             self.workers.pop(handle.worker_id, None)
             return
@@ -273,6 +294,21 @@ class WorkerPool:
                     self.mesh.name_unregistered(frame[1], frame[2])
         elif op == "removed":
             self._forget(handle, frame[1])
+        elif op == "group+":
+            if self.groups.join(frame[1], (handle.worker_id, frame[2])) and self.groups.size(frame[1]) == 1:
+                if self.mesh is not None:
+                    self.mesh.group_joined(frame[1])
+        elif op == "group-":
+            if self.groups.leave(frame[1], (handle.worker_id, frame[2])) and self.groups.size(frame[1]) == 0:
+                if self.mesh is not None:
+                    self.mesh.group_left(frame[1])
+        elif op == "gcast":
+            _, group, msg, mode, sender = frame
+            try:
+                self.send_group(group, msg, mode, sender=sender)
+            except AgentError as exc:
+                if sender:
+                    handle.write(["cast-failed", sender, f"group:{group}", exc.code, exc.message])
         elif op == "cast":
             _, _, to, msg, sender = frame
             try:
@@ -283,10 +319,13 @@ class WorkerPool:
         elif op == "call":
             self._scope.start(self._forward_call(handle, frame))
         elif op == "cast-failed":
-            sender = frame[1]
-            target = self._worker_of(sender)
-            if target is not None:
-                target.write(frame)
+            self.delivery_failed(*frame[1:])
+
+    def delivery_failed(self, sender: str, to: str, code: str, message: str) -> None:
+        """Tell an agent here that its cast to ``to`` failed (a DeliveryFailed info message)."""
+        target = self._worker_of(sender)
+        if target is not None:
+            target.write(["cast-failed", sender, to, code, message])
 
     def _forget(self, handle: WorkerHandle, agent_id: str) -> None:
         """An agent is gone for good: do not bring it back with its worker."""
@@ -410,6 +449,53 @@ class WorkerPool:
             return
         handle = self._target(to)
         handle.write(["cast", 0, self.resolve(to), msg, sender])
+
+    # --- process groups ------------------------------------------------------------------------
+
+    def group_members(self, group: str) -> list[str]:
+        """The agent ids of this agentd's members of ``group`` (sorted by worker, then agent id)."""
+        return [agent_id for _, agent_id in self.groups.members(group)]
+
+    def send_group(self, group: str, msg: Any, mode: str = "all", sender: str | None = None) -> int:
+        """Cast to a group: local members directly, remote ones through the mesh; returns local deliveries.
+
+        ``all``: every member here, and a copy to every other agentd in meshd's group.
+        ``one``: with a mesh, meshd picks the agentd (round-robin over the group's nodes) and
+        that agentd picks one of its members; without one, the next member here in turn.
+        NoSuchAgent when nobody can be reached (no members here and no mesh). A member's
+        full mailbox comes back to ``sender`` as DeliveryFailed.
+        """
+        if mode not in GROUP_MODES:
+            raise InvalidArgument(f"mode: {mode!r} is not one of {GROUP_MODES}")
+        if self.mesh is not None and mode == "one":
+            self.mesh.send_group(group, msg, mode, sender)
+            return 0
+        try:
+            delivered = self.deliver_group(group, msg, mode, sender)
+        except NoSuchAgent:
+            if self.mesh is None:
+                raise
+            delivered = 0
+        if self.mesh is not None:
+            self.mesh.send_group(group, msg, mode, sender)
+        return delivered
+
+    def deliver_group(self, group: str, msg: Any, mode: str, sender: str | None = None) -> int:
+        """Deliver a group cast to this agentd's members only (the mesh's inbound path); returns how many."""
+        if mode == "one":
+            picked = self.groups.pick(group)
+            targets = [] if picked is None else [picked]
+        else:
+            targets = self.groups.members(group)
+        delivered = 0
+        for worker_id, agent_id in targets:
+            handle = self.workers.get(worker_id)
+            if handle is not None and handle.alive:
+                handle.write(["cast", 0, agent_id, msg, sender])
+                delivered += 1
+        if not delivered:
+            raise NoSuchAgent(f"no members in group {group!r} on this node")
+        return delivered
 
     async def spawn(self, spec: ChildSpec, supervisor: str | None = None) -> str:
         """Start an agent in a worker: its supervisor's, a dedicated one, or the least loaded shared one."""

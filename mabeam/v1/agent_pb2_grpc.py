@@ -69,6 +69,16 @@ class AgentServiceStub:
                 request_serializer=mabeam_dot_v1_dot_agent__pb2.AgentCallRequest.SerializeToString,
                 response_deserializer=mabeam_dot_v1_dot_agent__pb2.AgentCallResponse.FromString,
                 _registered_method=True)
+        self.CastGroup = channel.unary_unary(
+                '/mabeam.v1.AgentService/CastGroup',
+                request_serializer=mabeam_dot_v1_dot_agent__pb2.AgentCastGroupRequest.SerializeToString,
+                response_deserializer=mabeam_dot_v1_dot_agent__pb2.AgentCastGroupResponse.FromString,
+                _registered_method=True)
+        self.GroupMembers = channel.unary_unary(
+                '/mabeam.v1.AgentService/GroupMembers',
+                request_serializer=mabeam_dot_v1_dot_agent__pb2.AgentGroupMembersRequest.SerializeToString,
+                response_deserializer=mabeam_dot_v1_dot_agent__pb2.AgentGroupMembersResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -124,6 +134,21 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CastGroup(self, request, context):
+        """Cast to a process group: every member cluster-wide ("all") or one in round-robin turn ("one").
+        NOT_FOUND when nobody can be reached (no members here and no mesh); INVALID_ARGUMENT for a bad mode.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GroupMembers(self, request, context):
+        """This agentd's members of a process group (other nodes' members: meshd's GroupMembers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +186,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Call,
                     request_deserializer=mabeam_dot_v1_dot_agent__pb2.AgentCallRequest.FromString,
                     response_serializer=mabeam_dot_v1_dot_agent__pb2.AgentCallResponse.SerializeToString,
+            ),
+            'CastGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.CastGroup,
+                    request_deserializer=mabeam_dot_v1_dot_agent__pb2.AgentCastGroupRequest.FromString,
+                    response_serializer=mabeam_dot_v1_dot_agent__pb2.AgentCastGroupResponse.SerializeToString,
+            ),
+            'GroupMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.GroupMembers,
+                    request_deserializer=mabeam_dot_v1_dot_agent__pb2.AgentGroupMembersRequest.FromString,
+                    response_serializer=mabeam_dot_v1_dot_agent__pb2.AgentGroupMembersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -352,6 +387,60 @@ class AgentService:
             '/mabeam.v1.AgentService/Call',
             mabeam_dot_v1_dot_agent__pb2.AgentCallRequest.SerializeToString,
             mabeam_dot_v1_dot_agent__pb2.AgentCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CastGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mabeam.v1.AgentService/CastGroup',
+            mabeam_dot_v1_dot_agent__pb2.AgentCastGroupRequest.SerializeToString,
+            mabeam_dot_v1_dot_agent__pb2.AgentCastGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GroupMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mabeam.v1.AgentService/GroupMembers',
+            mabeam_dot_v1_dot_agent__pb2.AgentGroupMembersRequest.SerializeToString,
+            mabeam_dot_v1_dot_agent__pb2.AgentGroupMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,12 @@ class AgentServiceStub:
     """Put a message in an agent's mailbox (RESOURCE_EXHAUSTED when it is full)."""
     Call: _grpc.UnaryUnaryMultiCallable[_agent_pb2.AgentCallRequest, _agent_pb2.AgentCallResponse]
     """Call an agent and return its reply (DEADLINE_EXCEEDED after the timeout; ABORTED if it exited)."""
+    CastGroup: _grpc.UnaryUnaryMultiCallable[_agent_pb2.AgentCastGroupRequest, _agent_pb2.AgentCastGroupResponse]
+    """Cast to a process group: every member cluster-wide ("all") or one in round-robin turn ("one").
+    NOT_FOUND when nobody can be reached (no members here and no mesh); INVALID_ARGUMENT for a bad mode.
+    """
+    GroupMembers: _grpc.UnaryUnaryMultiCallable[_agent_pb2.AgentGroupMembersRequest, _agent_pb2.AgentGroupMembersResponse]
+    """This agentd's members of a process group (other nodes' members: meshd's GroupMembers)."""
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -67,6 +73,12 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """Put a message in an agent's mailbox (RESOURCE_EXHAUSTED when it is full)."""
     Call: _aio.UnaryUnaryMultiCallable[_agent_pb2.AgentCallRequest, _agent_pb2.AgentCallResponse]  # type: ignore[assignment]
     """Call an agent and return its reply (DEADLINE_EXCEEDED after the timeout; ABORTED if it exited)."""
+    CastGroup: _aio.UnaryUnaryMultiCallable[_agent_pb2.AgentCastGroupRequest, _agent_pb2.AgentCastGroupResponse]  # type: ignore[assignment]
+    """Cast to a process group: every member cluster-wide ("all") or one in round-robin turn ("one").
+    NOT_FOUND when nobody can be reached (no members here and no mesh); INVALID_ARGUMENT for a bad mode.
+    """
+    GroupMembers: _aio.UnaryUnaryMultiCallable[_agent_pb2.AgentGroupMembersRequest, _agent_pb2.AgentGroupMembersResponse]  # type: ignore[assignment]
+    """This agentd's members of a process group (other nodes' members: meshd's GroupMembers)."""
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -126,5 +138,23 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.AgentCallResponse, _abc.Awaitable[_agent_pb2.AgentCallResponse]]:
         """Call an agent and return its reply (DEADLINE_EXCEEDED after the timeout; ABORTED if it exited)."""
+
+    @_abc_1.abstractmethod
+    def CastGroup(
+        self,
+        request: _agent_pb2.AgentCastGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.AgentCastGroupResponse, _abc.Awaitable[_agent_pb2.AgentCastGroupResponse]]:
+        """Cast to a process group: every member cluster-wide ("all") or one in round-robin turn ("one").
+        NOT_FOUND when nobody can be reached (no members here and no mesh); INVALID_ARGUMENT for a bad mode.
+        """
+
+    @_abc_1.abstractmethod
+    def GroupMembers(
+        self,
+        request: _agent_pb2.AgentGroupMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.AgentGroupMembersResponse, _abc.Awaitable[_agent_pb2.AgentGroupMembersResponse]]:
+        """This agentd's members of a process group (other nodes' members: meshd's GroupMembers)."""
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

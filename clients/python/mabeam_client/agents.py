@@ -93,6 +93,17 @@ class AgentClient:
         response = await self._call(self._stub.Call, request, timeout=timeout + 5.0)
         return json.loads(response.reply_json) if response.reply_json else None
 
+    async def cast_group(self, group: str, message: Any, mode: str = "all") -> int:
+        """Cast a JSON message to a process group: every member cluster-wide ("all") or one in
+        round-robin turn ("one"); returns how many members of this agentd it was handed to."""
+        request = agent_pb2.AgentCastGroupRequest(group=group, message_json=json.dumps(message), mode=mode)
+        return (await self._call(self._stub.CastGroup, request)).local_deliveries
+
+    async def group_members(self, group: str) -> list[str]:
+        """This agentd's members of a process group (agent ids); meshd lists the nodes."""
+        response = await self._call(self._stub.GroupMembers, agent_pb2.AgentGroupMembersRequest(group=group))
+        return list(response.agent_ids)
+
 
 class SyncAgentClient(SyncFace):
     """The same API as :class:`AgentClient`, blocking."""

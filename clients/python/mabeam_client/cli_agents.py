@@ -107,6 +107,15 @@ async def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_cast_group(args: argparse.Namespace) -> int:
+    """Cast a JSON message to a process group (all members, or one in turn)."""
+    async with AgentClient(_address(args)) as client:
+        local = await client.cast_group(args.group, json.loads(args.message), mode=args.mode)
+    print(json.dumps({"group": args.group, "local_deliveries": local}) if _json(args)
+          else f"sent to group {args.group} ({local} local member(s))")
+    return 0
+
+
 def add_commands(subparsers: Any) -> None:
     """Add the agentd subcommands to meshctl."""
     def add(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
@@ -130,5 +139,9 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("agent", help="agent id or registered name")
     p.add_argument("message", help="JSON message")
     p.add_argument("--timeout", type=float, default=5.0)
+    p = add("agent-cast-group", cmd_cast_group, "cast a JSON message to a process group of agents")
+    p.add_argument("group")
+    p.add_argument("message", help="JSON message")
+    p.add_argument("--mode", choices=["all", "one"], default="all")
     p = add("agent-stop", cmd_stop, "stop an agent for good")
     p.add_argument("agent")

@@ -149,6 +149,13 @@ def test_cli_commands(agentd: dict[str, str], capsys: pytest.CaptureFixture[str]
     assert any(a["agent_id"] == "cli1" for a in json.loads(run("agents", "--json")))
     assert "cli1" in run("tree")
     assert "stopped cli1" in run("agent-stop", "cli1")
+    # Process groups over gRPC: a member spawned with a group, a cast to it, its local membership.
+    run("spawn", "member", '{"groups": ["cli-crew"]}', "--name", "cli-m")
+    assert json.loads(run("agent-cast-group", "cli-crew", '"hi"', "--json")) == {"group": "cli-crew",
+                                                                                 "local_deliveries": 1}
+    assert json.loads(run("agent-call", "cli-m", '"seen"')) == ["hi"]
+    with pytest.raises(errors.NotFound):
+        run("agent-cast-group", "nobody", '"hi"')
 
 
 def test_bad_config_stops_startup_naming_the_field(tmp_path: Path) -> None:
