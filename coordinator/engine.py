@@ -39,7 +39,7 @@ from coordinator.instances import FAMILIES, Ack, Instance, check_sequence, new_m
 from coordinator.ledger import Account, InsufficientFunds, Ledger, LedgerError
 from coordinator.mechanisms import MechanismClosed, MechanismError
 from coordinator.mechanisms.base import ScheduleTick, mechanism_class
-from coordinator.store import CommitFailed, Committer
+from coordinator.store import CommitFailed, Committer, read_prefix
 from coordinator.variables import (
     VariableError,
     VariableRecord,
@@ -103,7 +103,7 @@ class Engine:
 
     async def load(self) -> int:
         """Read every coordinator key in one consistent range and rebuild the state; returns the revision."""
-        kvs, revision = await self.client.get_prefix(keys.base(self.cluster))
+        kvs, revision = await read_prefix(self.client, keys.base(self.cluster))
         base = keys.base(self.cluster)
         metas: dict[str, dict[str, Any]] = {}
         events: dict[str, list[tuple[int, dict[str, Any]]]] = {}
@@ -247,16 +247,27 @@ class Engine:
     async def submit(self, instance_id: str, family: str | None, client_event_id: str,
                      event: dict[str, Any]) -> tuple[Ack, bool]:
         """Apply one client event durably; returns (ack, duplicate)."""
+        ack, duplicate, done = self.stage_submit(instance_id, family, client_event_id, event)
+        if done is not None:
+            try:
+                await done
+            except CommitFailed as error:
+                raise not_durable(error) from None
+        return ack, duplicate
+
+    def stage_submit(self, instance_id: str, family: str | None, client_event_id: str,
+                     event: dict[str, Any]) -> tuple[Ack, bool, asyncio.Future[int] | None]:
+        """Apply one client event and stage its write group without waiting: (ack, duplicate, durable).
+
+        The ack may be given to the client only once ``durable`` (None: already durable) has a
+        result; if it raises CommitFailed the event is not (surely) durable. Refusals raise
+        ServiceError with nothing changed.
+        """
         instance = self.instance(instance_id, family)
         seen = instance.acks.get(client_event_id)
         if seen is not None:
             ack, done = seen
-            if done is not None:
-                try:
-                    await done
-                except CommitFailed as error:
-                    raise not_durable(error) from None
-            return ack, True
+            return ack, True, done
         if instance.state != "open":
             raise _error(grpc.StatusCode.FAILED_PRECONDITION, f"instance {instance_id!r} is {instance.state}",
                          "INSTANCE_CLOSED")
@@ -264,11 +275,7 @@ class Engine:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "ticks are delivered by the coordinator's clock",
                                "INVALID_FIELD")
         ack, done = self._accept(instance, event, client_event_id)
-        try:
-            await done
-        except CommitFailed as error:
-            raise not_durable(error) from None
-        return ack, False
+        return ack, False, done
 
     def _accept(self, instance: Instance, event: dict[str, Any], cid: str | None) -> tuple[Ack, asyncio.Future[int]]:
         """Validate and apply one event, stage its write group; raises ServiceError with nothing changed."""

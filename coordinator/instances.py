@@ -35,6 +35,10 @@ class Ack:
     state: str
     now: int
 
+    def actions_json(self) -> str:
+        """The actions as JSON text (what a submit answers in ``actions_json``)."""
+        return json.dumps(self.actions) if self.actions else "[]"
+
     def to_json(self) -> bytes:
         """The stored form (the idempotency record)."""
         return json.dumps({"seq": self.seq, "actions": self.actions, "state": self.state, "now": self.now}).encode()

@@ -24,9 +24,40 @@ from dataclasses import dataclass, field
 from aetcd import rpc
 
 from coordinator.batching import MAX_TXN_OPS, WriteGroup, take_fitting
-from mabeam.etcd.client import EtcdClient, EtcdError, op_delete, op_put
+from mabeam.etcd.client import EtcdClient, EtcdError, KeyValue, op_delete, op_put, prefix_end
 
 log = logging.getLogger(__name__)
+
+
+#: Keys per page when loading: one unpaged range of a large state exceeds gRPC's 4 MiB receive limit.
+LOAD_PAGE = 2000
+
+
+async def read_prefix(client: EtcdClient, prefix: bytes, page: int = LOAD_PAGE) -> tuple[list[KeyValue], int]:
+    """Every key under ``prefix`` read in pages at one revision (a consistent snapshot); returns (kvs, revision).
+
+    ``EtcdClient.get_prefix`` answers in one message, which fails (RESOURCE_EXHAUSTED, larger than
+    4 MiB) once the coordinator holds a few tens of thousands of events, so a takeover could never
+    load. Pages are read at the first page's revision; a page too large for one message is retried
+    with half as many keys.
+    """
+    kvs: list[KeyValue] = []
+    start, end, revision = prefix, prefix_end(prefix), 0
+    while True:
+        request = rpc.RangeRequest(key=start, range_end=end, limit=page, revision=revision)
+        try:
+            response = await client._unary("range", client._kv.Range, request)  # noqa: SLF001 - paging
+        except EtcdError as error:
+            if "RESOURCE_EXHAUSTED" in str(error) and page > 1:
+                page //= 2
+                continue
+            raise
+        revision = revision or int(response.header.revision)
+        kvs.extend(KeyValue(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
+                   for kv in response.kvs)
+        if not response.more or not response.kvs:
+            return kvs, revision
+        start = response.kvs[-1].key + b"\0"
 
 
 class CommitFailed(Exception):

@@ -16,6 +16,7 @@ import grpc
 
 from coordinator import keys
 from coordinator.mechanisms.base import mechanism_class
+from coordinator.store import read_prefix
 from coordinator.variables import VariableRecord
 from mabeam.errors import FieldViolation, ServiceError, invalid_argument
 from mabeam.etcd.client import EtcdClient
@@ -39,7 +40,7 @@ async def _instance_records(client: EtcdClient, cluster: str, instance_id: str
     prefix = keys.instance(cluster, instance_id)
     event_prefix = keys.events(cluster, instance_id)
     end_key = keys.end(cluster, instance_id)
-    kvs, revision = await client.get_prefix(prefix)
+    kvs, revision = await read_prefix(client, prefix)
     last = 0
     end: Any = None
     for kv in kvs:
@@ -117,7 +118,7 @@ async def watch_variable(client: EtcdClient, cluster: str, request: pb.WatchVari
     current = await client.get(key)
     if current is None:
         raise ServiceError(grpc.StatusCode.NOT_FOUND, f"variable {request.name!r} does not exist", "NOT_REGISTERED")
-    kvs, revision = await client.get_prefix(keys.history_prefix(cluster, tenant, request.name))
+    kvs, revision = await read_prefix(client, keys.history_prefix(cluster, tenant, request.name))
     head = VariableRecord.from_json(current.value)
     start = request.from_version or head.version
     last = start - 1

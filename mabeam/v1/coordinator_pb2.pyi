@@ -362,6 +362,112 @@ class SubmitEventResponse(_message.Message):
 Global___SubmitEventResponse: _TypeAlias = SubmitEventResponse  # noqa: Y015
 
 @_typing.final
+class SubmitBidsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BIDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bids(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitEventRequest]:
+        """One or more bids; each must carry a client_event_id."""
+
+    def __init__(
+        self,
+        *,
+        bids: _abc.Iterable[Global___SubmitEventRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bids", b"bids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitBidsRequest: _TypeAlias = SubmitBidsRequest  # noqa: Y015
+
+@_typing.final
+class BidError(_message.Message):
+    """Why one bid of a SubmitBids stream was refused (nothing changed); same codes and reasons as SubmitBid."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """A google.rpc.Code value (e.g. 3 INVALID_ARGUMENT, 5 NOT_FOUND, 9 FAILED_PRECONDITION)."""
+    message: _builtins.str
+    reason: _builtins.str
+    """The mabeam ErrorReason (INVALID_FIELD, INVALID_EVENT, INSTANCE_CLOSED, INSUFFICIENT_FUNDS, ...)."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BidError: _TypeAlias = BidError  # noqa: Y015
+
+@_typing.final
+class BidAck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CLIENT_EVENT_ID_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The instance id and client_event_id of the bid this answers."""
+    client_event_id: _builtins.str
+    @_builtins.property
+    def result(self) -> Global___SubmitEventResponse:
+        """Accepted (or a duplicate of an accepted bid): durable in etcd."""
+
+    @_builtins.property
+    def error(self) -> Global___BidError: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        client_event_id: _builtins.str = ...,
+        result: Global___SubmitEventResponse | None = ...,
+        error: Global___BidError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_event_id", b"client_event_id", "error", b"error", "id", b"id", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["result", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___BidAck: _TypeAlias = BidAck  # noqa: Y015
+
+@_typing.final
+class SubmitBidsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___BidAck]: ...
+    def __init__(
+        self,
+        *,
+        acks: _abc.Iterable[Global___BidAck] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitBidsResponse: _TypeAlias = SubmitBidsResponse  # noqa: Y015
+
+@_typing.final
 class CancelOrderRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -64,6 +64,11 @@ class CoordinatorServiceStub:
                 request_serializer=mabeam_dot_v1_dot_coordinator__pb2.SubmitEventRequest.SerializeToString,
                 response_deserializer=mabeam_dot_v1_dot_coordinator__pb2.SubmitEventResponse.FromString,
                 _registered_method=True)
+        self.SubmitBids = channel.stream_stream(
+                '/mabeam.v1.CoordinatorService/SubmitBids',
+                request_serializer=mabeam_dot_v1_dot_coordinator__pb2.SubmitBidsRequest.SerializeToString,
+                response_deserializer=mabeam_dot_v1_dot_coordinator__pb2.SubmitBidsResponse.FromString,
+                _registered_method=True)
         self.WatchAuction = channel.unary_stream(
                 '/mabeam.v1.CoordinatorService/WatchAuction',
                 request_serializer=mabeam_dot_v1_dot_coordinator__pb2.WatchInstanceRequest.SerializeToString,
@@ -224,6 +229,19 @@ class CoordinatorServiceServicer:
 
     def SubmitBid(self, request, context):
         """Submit a bid (event_json, e.g. {"type":"bid","bidder":"a","amount":5}); idempotent by client_event_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitBids(self, request_iterator, context):
+        """A stream of bids (any auction, any number per message) answered by per-bid acks. Each bid needs a
+        client_event_id (its idempotency key and how its ack is matched) and is acknowledged only after its
+        etcd transaction (with the leader's fence) committed; a refused bid gets an ack with `error` and the
+        stream goes on. Acks come in completion order, several per message when ready together. The stream
+        itself ends with UNAVAILABLE when this node does not (or no longer) lead (reason WRONG_NODE, the
+        leader's address in ErrorInfo metadata["leader"]) or a commit failed (NOT_DURABLE): the client then
+        resends every unacknowledged bid, with the same ids, on a new stream to the leader.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -418,6 +436,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.SubmitBid,
                     request_deserializer=mabeam_dot_v1_dot_coordinator__pb2.SubmitEventRequest.FromString,
                     response_serializer=mabeam_dot_v1_dot_coordinator__pb2.SubmitEventResponse.SerializeToString,
+            ),
+            'SubmitBids': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitBids,
+                    request_deserializer=mabeam_dot_v1_dot_coordinator__pb2.SubmitBidsRequest.FromString,
+                    response_serializer=mabeam_dot_v1_dot_coordinator__pb2.SubmitBidsResponse.SerializeToString,
             ),
             'WatchAuction': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchAuction,
@@ -702,6 +725,33 @@ class CoordinatorService:
             '/mabeam.v1.CoordinatorService/SubmitBid',
             mabeam_dot_v1_dot_coordinator__pb2.SubmitEventRequest.SerializeToString,
             mabeam_dot_v1_dot_coordinator__pb2.SubmitEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitBids(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mabeam.v1.CoordinatorService/SubmitBids',
+            mabeam_dot_v1_dot_coordinator__pb2.SubmitBidsRequest.SerializeToString,
+            mabeam_dot_v1_dot_coordinator__pb2.SubmitBidsResponse.FromString,
             options,
             channel_credentials,
             insecure,

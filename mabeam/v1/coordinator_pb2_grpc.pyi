@@ -53,6 +53,15 @@ class CoordinatorServiceStub:
     """Cancel an open auction: no outcome, every escrow hold is released."""
     SubmitBid: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.SubmitEventRequest, _coordinator_pb2.SubmitEventResponse]
     """Submit a bid (event_json, e.g. {"type":"bid","bidder":"a","amount":5}); idempotent by client_event_id."""
+    SubmitBids: _grpc.StreamStreamMultiCallable[_coordinator_pb2.SubmitBidsRequest, _coordinator_pb2.SubmitBidsResponse]
+    """A stream of bids (any auction, any number per message) answered by per-bid acks. Each bid needs a
+    client_event_id (its idempotency key and how its ack is matched) and is acknowledged only after its
+    etcd transaction (with the leader's fence) committed; a refused bid gets an ack with `error` and the
+    stream goes on. Acks come in completion order, several per message when ready together. The stream
+    itself ends with UNAVAILABLE when this node does not (or no longer) lead (reason WRONG_NODE, the
+    leader's address in ErrorInfo metadata["leader"]) or a commit failed (NOT_DURABLE): the client then
+    resends every unacknowledged bid, with the same ids, on a new stream to the leader.
+    """
     WatchAuction: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.WatchInstanceRequest, _coordinator_pb2.InstanceEvent]
     """Every accepted event of an instance from `from_seq`, then each new one, until it ends."""
     CreateNegotiation: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CreateInstanceRequest, _coordinator_pb2.Instance]
@@ -104,6 +113,15 @@ class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
     """Cancel an open auction: no outcome, every escrow hold is released."""
     SubmitBid: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.SubmitEventRequest, _coordinator_pb2.SubmitEventResponse]  # type: ignore[assignment]
     """Submit a bid (event_json, e.g. {"type":"bid","bidder":"a","amount":5}); idempotent by client_event_id."""
+    SubmitBids: _aio.StreamStreamMultiCallable[_coordinator_pb2.SubmitBidsRequest, _coordinator_pb2.SubmitBidsResponse]  # type: ignore[assignment]
+    """A stream of bids (any auction, any number per message) answered by per-bid acks. Each bid needs a
+    client_event_id (its idempotency key and how its ack is matched) and is acknowledged only after its
+    etcd transaction (with the leader's fence) committed; a refused bid gets an ack with `error` and the
+    stream goes on. Acks come in completion order, several per message when ready together. The stream
+    itself ends with UNAVAILABLE when this node does not (or no longer) lead (reason WRONG_NODE, the
+    leader's address in ErrorInfo metadata["leader"]) or a commit failed (NOT_DURABLE): the client then
+    resends every unacknowledged bid, with the same ids, on a new stream to the leader.
+    """
     WatchAuction: _aio.UnaryStreamMultiCallable[_coordinator_pb2.WatchInstanceRequest, _coordinator_pb2.InstanceEvent]  # type: ignore[assignment]
     """Every accepted event of an instance from `from_seq`, then each new one, until it ends."""
     CreateNegotiation: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CreateInstanceRequest, _coordinator_pb2.Instance]  # type: ignore[assignment]
@@ -188,6 +206,21 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.SubmitEventResponse, _abc.Awaitable[_coordinator_pb2.SubmitEventResponse]]:
         """Submit a bid (event_json, e.g. {"type":"bid","bidder":"a","amount":5}); idempotent by client_event_id."""
+
+    @_abc_1.abstractmethod
+    def SubmitBids(
+        self,
+        request_iterator: _MaybeAsyncIterator[_coordinator_pb2.SubmitBidsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.SubmitBidsResponse], _abc.AsyncIterator[_coordinator_pb2.SubmitBidsResponse]]:
+        """A stream of bids (any auction, any number per message) answered by per-bid acks. Each bid needs a
+        client_event_id (its idempotency key and how its ack is matched) and is acknowledged only after its
+        etcd transaction (with the leader's fence) committed; a refused bid gets an ack with `error` and the
+        stream goes on. Acks come in completion order, several per message when ready together. The stream
+        itself ends with UNAVAILABLE when this node does not (or no longer) lead (reason WRONG_NODE, the
+        leader's address in ErrorInfo metadata["leader"]) or a commit failed (NOT_DURABLE): the client then
+        resends every unacknowledged bid, with the same ids, on a new stream to the leader.
+        """
 
     @_abc_1.abstractmethod
     def WatchAuction(

@@ -31,7 +31,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from mabeam.v1 import coordinator_pb2 as pb
 from mabeam.v1 import coordinator_pb2_grpc
-from mabeam_client.errors import MabeamError, translate
+from mabeam_client.errors import _BY_CODE, MabeamError, translate
 from mabeam_client.sync import SyncFace
 
 RETRYABLE_REASONS = {"WRONG_NODE", "NOT_DURABLE", "ETCD_UNAVAILABLE", ""}
@@ -191,6 +191,14 @@ class CoordinatorClient:
         """Submit a bid; acknowledged only once durable; safe to retry with the same client_event_id."""
         return await self._submit("SubmitBid", instance_id, event, client_event_id)
 
+    def bid_stream(self) -> BidStream:
+        """A SubmitBids stream: many bids in flight on one call, each acknowledged once durable.
+
+        Use as ``async with coord.bid_stream() as bids: await bids.submit(auction_id, event)``;
+        concurrent ``submit`` calls share the stream (what is queued goes out in one message).
+        """
+        return BidStream(self)
+
     async def negotiate(self, instance_id: str, event: Any, client_event_id: str | None = None
                         ) -> pb.SubmitEventResponse:
         """One negotiation event."""
@@ -283,6 +291,150 @@ class CoordinatorClient:
         return list((await self._call("ListBalances", pb.ListBalancesRequest(tenant=tenant))).balances)
 
 
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def bid_error(error: pb.BidError) -> MabeamError:
+    """The SDK exception for a refused bid of a SubmitBids stream."""
+    code = _CODES.get(error.code, grpc.StatusCode.UNKNOWN)
+    return _BY_CODE.get(code, MabeamError)(error.message, error.reason, code=code)
+
+
+class BidStream:
+    """Bids over one SubmitBids stream that follows the leader (see :meth:`CoordinatorClient.bid_stream`).
+
+    Every bid carries a client_event_id (generated if not given). Bids submitted while a message is
+    being written are sent together in the next one (at most ``MAX_BATCH``). When the stream ends
+    with UNAVAILABLE (WRONG_NODE, NOT_DURABLE, ETCD_UNAVAILABLE, or the node is gone) the stream is
+    reopened on the leader (following the WRONG_NODE hint) and every unacknowledged bid is sent again
+    with the same id, which the coordinator answers once (a retry of a durable bid comes back marked
+    ``duplicate``); this is retried until the client's ``failover_timeout`` passes without progress.
+    A refused bid raises the SDK error for its code on that ``submit`` only.
+    """
+
+    MAX_BATCH = 256
+
+    def __init__(self, client: CoordinatorClient) -> None:
+        self.client = client
+        self.reconnects = 0
+        self._pending: dict[tuple[str, str], tuple[pb.SubmitEventRequest, asyncio.Future[pb.SubmitEventResponse]]] \
+            = {}
+        self._outbox: list[pb.SubmitEventRequest] = []
+        self._send_wake = asyncio.Event()
+        self._closing = False
+        self._runner: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> BidStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def submit(self, instance_id: str, event: Any, client_event_id: str | None = None
+                     ) -> pb.SubmitEventResponse:
+        """Submit one bid; returns once it is durable (or raises why it was refused)."""
+        if self._closing:
+            raise RuntimeError("the bid stream is closed")
+        request = pb.SubmitEventRequest(id=instance_id, event_json=_json(event),
+                                        client_event_id=client_event_id or uuid.uuid4().hex)
+        key = (request.id, request.client_event_id)
+        known = self._pending.get(key)
+        if known is not None:
+            future = known[1]
+        else:
+            future = asyncio.get_running_loop().create_future()
+            self._pending[key] = (request, future)
+            self._outbox.append(request)
+            self._send_wake.set()
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._run())
+        return await asyncio.shield(future)
+
+    async def close(self) -> None:
+        """Wait for every submitted bid's answer, half-close the stream and let it end."""
+        self._closing = True
+        if self._pending:
+            await asyncio.gather(*(f for _, f in self._pending.values()), return_exceptions=True)
+        self._send_wake.set()
+        runner = self._runner
+        if runner is not None and not runner.done():
+            try:
+                await asyncio.wait_for(runner, self.client.timeout)
+            except (TimeoutError, MabeamError):
+                pass
+
+    def _fail_all(self, error: MabeamError) -> None:
+        for _, future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # retrieved: its submitter may have gone
+        self._pending.clear()
+        self._outbox = []
+
+    def _answer(self, ack: pb.BidAck) -> None:
+        entry = self._pending.pop((ack.id, ack.client_event_id), None)
+        if entry is None or entry[1].done():
+            return
+        if ack.WhichOneof("outcome") == "error":
+            entry[1].set_exception(bid_error(ack.error))
+        else:
+            entry[1].set_result(ack.result)
+
+    async def _send(self, call: Any) -> None:
+        try:
+            while True:
+                if not self._outbox:
+                    if self._closing and not self._pending:
+                        await call.done_writing()
+                        return
+                    self._send_wake.clear()
+                    await self._send_wake.wait()
+                    continue
+                batch, self._outbox = self._outbox[:self.MAX_BATCH], self._outbox[self.MAX_BATCH:]
+                await call.write(pb.SubmitBidsRequest(bids=batch))
+        except (grpc.RpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+            pass  # the call ended: the reading side sees its status and reopens or fails
+
+    async def _run(self) -> None:
+        client = self.client
+        deadline: float | None = None
+        tried = 0
+        while self._pending or not self._closing:
+            endpoint = client._current
+            call = client._stub(endpoint).SubmitBids()
+            self._outbox = [request for request, _ in self._pending.values()]  # all unacked, same ids
+            self._send_wake.set()
+            sender = asyncio.create_task(self._send(call))
+            try:
+                async for response in call:
+                    deadline, tried = None, 0
+                    for ack in response.acks:
+                        self._answer(ack)
+                if not self._pending:
+                    return  # ended after our half-close with everything answered
+            except grpc.RpcError as error:
+                translated = translate(error)
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + client.failover_timeout
+                if error.code() != grpc.StatusCode.UNAVAILABLE or translated.reason not in RETRYABLE_REASONS \
+                        or now >= deadline:
+                    self._fail_all(translated)
+                    return
+                self.reconnects += 1
+                hint = leader_hint(error)
+                if hint and hint != endpoint:
+                    client._current = hint
+                    client.redirects += 1
+                    continue
+                if translated.reason in ("", "ETCD_UNAVAILABLE") or not hint:
+                    tried += 1
+                    client._current = client.endpoints[tried % len(client.endpoints)]
+                await asyncio.sleep(min(0.05 * tried, 0.2) if tried else 0.05)
+            finally:
+                sender.cancel()
+                call.cancel()
+
+
 class SyncCoordinatorClient(SyncFace):
     """The blocking face of :class:`CoordinatorClient` (same methods, same arguments)."""
 
@@ -290,4 +442,4 @@ class SyncCoordinatorClient(SyncFace):
         super().__init__(lambda: CoordinatorClient(endpoints, timeout, failover_timeout))
 
 
-__all__ = ["CoordinatorClient", "MabeamError", "SyncCoordinatorClient", "leader_hint"]
+__all__ = ["BidStream", "CoordinatorClient", "MabeamError", "SyncCoordinatorClient", "leader_hint"]
