@@ -5,7 +5,9 @@ Everything runs on this machine's loopback with uvloop; the in-process figures u
 one Runtime (one event loop), the cross-process ones a WorkerPool of real worker
 processes. ``remote_call_p50_us`` runs a 2-node dev cluster (meshd + agentd per
 node): a relay agent on node-2 calls a counter on node-1 by name through the mesh,
-against the same relay calling an agent on its own node, in the same run.
+against the same relay calling an agent on its own node, in the same run. When
+ray is installed (the ``bench-peers`` extra), Ray actors are measured as a peer in
+the same run: actor spawns/s and sequential 1:1 sync calls.
 """
 
 from __future__ import annotations
@@ -159,13 +161,56 @@ async def _cross_process(quick: bool, workdir: str) -> dict[str, Any]:
     return out
 
 
-def _ray_status() -> str:
+def _ray_peer(quick: bool) -> dict[str, Any]:
+    """Ray actors as a peer, in the same run: actor spawn rate and sequential 1:1 sync calls.
+
+    Local only (``ray.init(num_cpus=2, include_dashboard=False)``), shut down at the end.
+    Needs the optional ``bench-peers`` extra; without ray the result says why not.
+    """
     try:
-        import ray  # noqa: F401
+        import ray
     except ImportError:
-        return ("not measured: ray is not installed in this environment (a ray 2.x cp311 wheel is on PyPI; "
-                "add it as an optional bench-peers extra to compare)")
-    return "installed but not measured in this run"
+        return {"ray_actors": "not measured: ray is not installed (pip install the bench-peers extra; "
+                              "a ray 2.x cp311 wheel is on PyPI)"}
+
+    @ray.remote(num_cpus=0)
+    class Echo:
+        def echo(self, msg: Any) -> Any:
+            return msg
+
+    out: dict[str, Any] = {}
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
+             configure_logging=False)
+    try:
+        probe = Echo.remote()  # type: ignore[attr-defined]
+        ray.get(probe.echo.remote(0), timeout=120)  # ray's own start-up out of the figures
+        actors = 8 if quick else 32
+        began = time.perf_counter()
+        spawned = [Echo.remote() for _ in range(actors)]  # type: ignore[attr-defined]
+        ray.get([actor.echo.remote(0) for actor in spawned], timeout=300)  # each actor up and answering
+        out["ray_actor_spawn_per_s"] = round(actors / (time.perf_counter() - began), 1)
+        for actor in spawned:
+            ray.kill(actor)
+        for i in range(200):
+            ray.get(probe.echo.remote(i))
+        calls = 2000 if quick else 10_000
+        samples = []
+        began = time.perf_counter()
+        for i in range(calls):
+            t0 = time.perf_counter()
+            ray.get(probe.echo.remote(i))
+            samples.append(time.perf_counter() - t0)
+        out["ray_sync_calls_per_s"] = round(calls / (time.perf_counter() - began))
+        out["ray_sync_call_p50_us"] = round(percentile(samples, 50) * 1e6, 1)
+        out["ray_sync_call_p99_us"] = round(percentile(samples, 99) * 1e6, 1)
+        out["ray_version"] = ray.__version__
+        out["ray_actors"] = (f"ray {ray.__version__}, local (num_cpus=2), measured in the same run: "
+                             f"{actors} actors created then each answered one call (spawn_per_s peer); "
+                             "sequential ray.get(actor.echo.remote(i)) from the driver to one actor "
+                             "(cross_process_calls_per_s peer)")
+    finally:
+        ray.shutdown()
+    return out
 
 
 async def _remote(quick: bool) -> dict[str, Any]:
@@ -216,7 +261,7 @@ def run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-agentd-") as workdir:
         result.update(uvloop.run(_cross_process(quick, workdir)))
     result.update(asyncio.run(_remote(quick)))
-    result["ray_actors"] = _ray_status()
+    result.update(_ray_peer(quick))
     result["targets"] = {"spawn_per_s": ">= 20000", "bytes_per_idle_agent": "<= 8192",
                          "restart_p99_ms": "<= 10", "cross_process_calls_per_s": ">= 10000"}
     return result
