@@ -81,7 +81,7 @@ class DataPlane(ReceiveSide):
         self._chunk_channel = wire.NORMAL if self.config.single_channel else wire.BULK
         self._scheduler = FairScheduler(dict(zip(wire.CHANNELS, self.config.quanta, strict=True)))
         self._reassembler = Reassembler(self.config.max_message_size, self.config.max_reassembly_bytes,
-                                        self.config.reassembly_timeout)
+                                        self.config.reassembly_timeout, self.config.reassembly_pool_bytes)
         self._dedup = DedupWindow(self.config.dedup_window)
         self._detector = FailureDetector(self.config.suspect_after, self.config.down_after)
         self._metrics = {ch: ChannelMetrics(wire.channel_name(ch)) for ch in wire.CHANNELS}
@@ -109,7 +109,8 @@ class DataPlane(ReceiveSide):
         """Bind the four channels and the attach socket, and start the receive and timer tasks."""
         cfg = self.config
         self._loop = asyncio.get_running_loop()
-        self._contexts = transport.ContextSet(wire.CHANNELS, cfg.context_per_channel)
+        idle = (wire.BULK,) if cfg.bulk_sched_idle and not cfg.single_channel and transport.SCHED_IDLE_OK else ()
+        self._contexts = transport.ContextSet(wire.CHANNELS, cfg.context_per_channel, idle)
         curve_keys: tuple[bytes, bytes] | None = None
         if cfg.curve:
             if cfg.curve_public_key and cfg.curve_secret_key:

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import threading
 from collections.abc import Callable
 
 import zmq
@@ -24,15 +27,45 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 
 log = logging.getLogger(__name__)
 
+SCHED_IDLE = getattr(os, "SCHED_IDLE", 5)
+
+
+def _probe_sched_idle() -> bool:
+    """Whether a thread may switch itself to SCHED_IDLE here (libzmq aborts if setting it fails)."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "sched_setscheduler"):
+        return False
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.sched_setscheduler(0, SCHED_IDLE, os.sched_param(0))  # this thread only (Linux)
+            ok.append(True)
+        except OSError:
+            ok.append(False)
+
+    thread = threading.Thread(target=probe, name="sched-idle-probe")
+    thread.start()
+    thread.join()
+    return bool(ok and ok[0])
+
+
+SCHED_IDLE_OK = _probe_sched_idle()
+
 
 class ContextSet:
     """The ZeroMQ contexts of one data plane: one per channel (or one shared), plus one for attach."""
 
-    def __init__(self, channels: tuple[int, ...], per_channel: bool) -> None:
+    def __init__(self, channels: tuple[int, ...], per_channel: bool, idle_channels: tuple[int, ...] = ()) -> None:
         shared = None if per_channel else zmq.Context(io_threads=1)
         self.by_channel: dict[int, zmq.Context] = {
             ch: (shared if shared is not None else zmq.Context(io_threads=1)) for ch in channels
         }
+        if per_channel:
+            for ch in idle_channels:
+                # SCHED_IDLE I/O thread (allowed unprivileged; set before the thread starts, i.e. before
+                # the first socket): on a busy host it runs only when no normal thread wants the CPU,
+                # so the urgent channels' threads preempt the bulk transfer. See DataPlaneConfig.
+                self.by_channel[ch].set(zmq.THREAD_SCHED_POLICY, SCHED_IDLE)
         self.attach = zmq.Context(io_threads=1)
         self._all: list[zmq.Context] = list({id(c): c for c in [*self.by_channel.values(), self.attach]}.values())
         self.authenticators: list[AsyncioAuthenticator] = []
