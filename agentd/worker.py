@@ -23,12 +23,15 @@ from typing import Any
 from agentd.behaviour import AgentRef
 from agentd.errors import AgentError, InvalidArgument, Unavailable, error_from_code
 from agentd.ipc import FrameReader, pack, send_blocking
-from agentd.process import CALL, TaskScope
+from agentd.process import CALL, AgentProcess, TaskScope
 from agentd.runtime import AgentRegistry, Runtime
 from agentd.store import CheckpointStore
 from agentd.supervision import ChildSpec
 
 log = logging.getLogger("agentd.worker")
+
+#: Exit status of a worker whose root supervisor gave up (the main process restarts it).
+ROOT_GAVE_UP_EXIT = 3
 
 #: gc thresholds for worker processes (see ``main``).
 GC_THRESHOLD = (100_000, 50, 1000)
@@ -109,10 +112,14 @@ class Worker:
         self.runtime = Runtime(build_registry(config), node_id=config.get("node_id", ""),
                                store=CheckpointStore(store_path), codec_name=config.get("codec", "msgpack"),
                                mailbox_capacity=int(config.get("mailbox_capacity", 1000)),
-                               router=WorkerRouter(self))
+                               router=WorkerRouter(self),
+                               root_max_restarts=int(config.get("root_max_restarts", 1000)),
+                               root_max_seconds=float(config.get("root_max_seconds", 1.0)))
         self.last_tick = time.monotonic()
         self.ticks = 0
         self.stopping = threading.Event()
+        #: The root supervisor gave up (restart intensity): the worker exits so the main process restarts it.
+        self.root_gave_up = False
 
     def write(self, frame: list[Any]) -> None:
         """Queue one frame to the main process."""
@@ -146,6 +153,9 @@ class Worker:
         watchdog.start()
         self.write(["hello", self.worker_id, os.getpid()])
         frames = FrameReader(reader)
+        serving = asyncio.current_task()
+        assert serving is not None and self.runtime.root is not None
+        self.scope.start(self._watch_root(self.runtime.root, serving))
         try:
             while True:
                 batch = await frames.next_batch()
@@ -153,11 +163,24 @@ class Worker:
                     break
                 for frame in batch:
                     self._dispatch(frame)
+        except asyncio.CancelledError:
+            if not self.root_gave_up:
+                raise
         finally:
             self.stopping.set()
             await self.runtime.stop()
             await self.scope.aclose()
             self.writer.close()
+
+    async def _watch_root(self, root: AgentProcess, serving: asyncio.Task[None]) -> None:
+        """When the root supervisor exits on its own (it gave up), end the worker: like an OTP node whose
+        top supervisor dies, it is restarted from outside (the main process re-sends its spawns)."""
+        await root.wait()
+        if not root.parent_stopping:
+            log.critical("worker %s: root supervisor exited (%s); exiting so the main process restarts us",
+                         self.worker_id, root.exit_reason)
+            self.root_gave_up = True
+            serving.cancel()
 
     def _tick(self, loop: asyncio.AbstractEventLoop, period: float) -> None:
         """Loop liveness: refresh the tick and send statistics (the main process's heartbeat)."""
@@ -311,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     import uvloop
 
     uvloop.run(worker.serve())
+    if worker.root_gave_up:
+        raise SystemExit(ROOT_GAVE_UP_EXIT)
 
 
 if __name__ == "__main__":

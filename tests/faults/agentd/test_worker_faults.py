@@ -150,3 +150,25 @@ async def test_mesh_bridge_gets_names_and_unknown_destinations(pool: WorkerPool)
         await pool.call("relay2", {"to": "nowhere", "msg": 1})
     await pool.stop_agent("named")  # names removed when an agent stops
     await wait_for(lambda: "named" not in mesh.names)
+
+
+async def test_a_worker_whose_root_supervisor_gives_up_is_restarted(tmp_path: Path) -> None:
+    # Root intensity 2 restarts per minute: the third crash makes the root give up; the worker exits
+    # and the main process restarts it, bringing the agent back from its checkpoint.
+    config = {"examples": True, "store_path": str(tmp_path / "c.sqlite"), "root_max_restarts": 2,
+              "root_max_seconds": 60.0}
+    workers = WorkerPool(config, workers=1)
+    await workers.start()
+    try:
+        await workers.spawn(counter("fragile"))
+        assert await workers.call("fragile", {"add": 7}) == 7
+        old_pid = await workers.call("fragile", "pid")
+        for crash in range(3):
+            await eventually(lambda: workers.cast("fragile", "crash"))
+            if crash < 2:
+                await eventually(lambda: workers.call("fragile", "get"))  # restarted by the root
+        await wait_for(lambda: workers.events.worker_restarts == 1)
+        assert await eventually(lambda: workers.call("fragile", "get")) == 7
+        assert await workers.call("fragile", "pid") != old_pid
+    finally:
+        await workers.close()
