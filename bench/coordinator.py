@@ -18,6 +18,7 @@ and whatever else runs: figures are noisy; compare runs on the same machine.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import statistics
 import time
@@ -44,19 +45,100 @@ async def _rate(worker: Any, total: int, concurrency: int) -> float:
     return total / (time.perf_counter() - started)
 
 
-async def _throughput(cluster: CoordinatorCluster, etcd_endpoint: str, quick: bool) -> dict[str, Any]:
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process used so far (all its threads), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+class _CpuMeter:
+    """CPU seconds of the leader, the standby, etcd and this (client) process over one measured phase."""
+
+    def __init__(self, cluster: CoordinatorCluster, etcd_pid: int | None) -> None:
+        leader = cluster.leader()
+        standby = next(n for n in cluster.nodes if n is not leader)
+        self.pids = {"server": leader.proc.pid if leader.proc else 0,
+                     "standby": standby.proc.pid if standby.proc else 0,
+                     "etcd": etcd_pid or 0, "client": os.getpid()}
+        self.start: dict[str, float] = {}
+        self.wall = 0.0
+
+    def __enter__(self) -> _CpuMeter:
+        self.start = {name: _cpu_s(pid) for name, pid in self.pids.items()}
+        self.wall = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.used = {name: _cpu_s(pid) - self.start[name] for name, pid in self.pids.items()}
+
+    def report(self, operations: int) -> dict[str, Any]:
+        """Wall and CPU seconds per process, and CPU microseconds per operation."""
+        out: dict[str, Any] = {"wall_s": round(self.wall, 3), "ops": operations}
+        for name, used in self.used.items():
+            out[f"{name}_cpu_s"] = round(used, 3)
+            out[f"{name}_cpu_us_per_op"] = round(used / operations * 1e6, 1)
+        out["total_cpu_s"] = round(sum(self.used.values()), 3)
+        out["cores_busy"] = round(out["total_cpu_s"] / self.wall, 2) if self.wall else 0.0
+        return out
+
+
+def _bid(i: int, tag: str) -> dict[str, Any]:
+    return {"type": "bid", "bidder": f"{tag}{i}", "amount": 1 + i % 1000}
+
+
+async def _throughput(cluster: CoordinatorCluster, etcd_endpoint: str, etcd_pid: int | None,
+                      quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    cpu: dict[str, Any] = {}
     n1, n32 = (400, 4000) if quick else (2000, 20000)
     async with CoordinatorClient(cluster.endpoints) as coord:
+        # Unary SubmitBid: one call per bid, ``conc`` calls in flight on one channel.
         for conc, total in ((1, n1), (32, n32)):
             auction = await coord.create_auction("sealed", {"pricing": "second"})
 
-            async def bid(i: int, auction_id: str = auction.id) -> None:
-                await coord.submit_bid(auction_id, {"type": "bid", "bidder": f"b{i}", "amount": 1 + i % 1000},
-                                       client_event_id=f"c{i}")
+            async def unary(i: int, auction_id: str = auction.id) -> None:
+                await coord.submit_bid(auction_id, _bid(i, "u"), client_event_id=f"u{i}")
 
-            await bid(total)  # warm the channel and the leader's path
-            out[f"bids_per_s_{conc}"] = round(await _rate(bid, total, conc))
+            await unary(total)  # warm the channel and the leader's path
+            with _CpuMeter(cluster, etcd_pid) as meter:
+                out[f"unary_bids_per_s_{conc}"] = round(await _rate(unary, total, conc))
+            cpu[f"unary_{conc}"] = meter.report(total)
+        # SubmitBids stream: ``conc`` bidders share one SDK bid stream (one call, ``conc`` bids in flight).
+        for conc, total in ((1, n1), (32, n32)):
+            auction = await coord.create_auction("sealed", {"pricing": "second"})
+            async with coord.bid_stream() as bids:
+                async def streamed(i: int, auction_id: str = auction.id, bids: Any = bids) -> None:
+                    await bids.submit(auction_id, _bid(i, "s"), client_event_id=f"s{i}")
+
+                await streamed(total)
+                with _CpuMeter(cluster, etcd_pid) as meter:
+                    out[f"stream_bids_per_s_{conc}"] = round(await _rate(streamed, total, conc))
+                cpu[f"stream_{conc}"] = meter.report(total)
+        # 32 streams (one per bidder), one bid in flight on each.
+        auction = await coord.create_auction("sealed", {"pricing": "second"})
+        streams = [coord.bid_stream() for _ in range(32)]
+        await asyncio.gather(*(s.submit(auction.id, _bid(k, "w"), f"w{k}") for k, s in enumerate(streams)))
+        lanes = iter(range(n32))
+
+        async def own_stream(bids: Any, auction_id: str = auction.id) -> None:
+            for i in lanes:
+                await bids.submit(auction_id, _bid(i, "m"), client_event_id=f"m{i}")
+
+        with _CpuMeter(cluster, etcd_pid) as meter:
+            started = time.perf_counter()
+            await asyncio.gather(*(own_stream(s) for s in streams))
+            out["streams32_bids_per_s_32"] = round(n32 / (time.perf_counter() - started))
+        cpu["streams32_32"] = meter.report(n32)
+        for bids in streams:
+            await bids.close()
     etcd = EtcdClient([etcd_endpoint])
     try:
         run = f"/bench/coord/{time.time_ns()}/".encode()
@@ -65,11 +147,20 @@ async def _throughput(cluster: CoordinatorCluster, etcd_endpoint: str, quick: bo
                 key = run + f"{c}/{i}".encode()
                 await etcd.txn([cmp_create_revision(key, 0)], [op_put(key, b"x")], [])
 
-            out[f"etcd_txn_per_s_{conc}"] = round(await _rate(txn, total, conc))
+            with _CpuMeter(cluster, etcd_pid) as meter:
+                out[f"etcd_txn_per_s_{conc}"] = round(await _rate(txn, total, conc))
+            cpu[f"etcd_txn_{conc}"] = meter.report(total)
         await etcd.delete(run, prefix=True)
     finally:
         await etcd.close()
+    # The headline keys report the SubmitBids stream (the bulk bidding path); unary figures stay beside them.
+    out["bids_per_s_1"] = out["stream_bids_per_s_1"]
+    out["bids_per_s_32"] = out["stream_bids_per_s_32"]
+    out["bids_per_s_via"] = "SubmitBids stream (bids_per_s_N: N bidders sharing one stream, N bids in flight)"
     out["ratio_bids_to_etcd"] = round(out["bids_per_s_32"] / out["etcd_txn_per_s_32"], 3)
+    out["ratio_unary_bids_to_etcd"] = round(out["unary_bids_per_s_32"] / out["etcd_txn_per_s_32"], 3)
+    out["ratio_streams32_bids_to_etcd"] = round(out["streams32_bids_per_s_32"] / out["etcd_txn_per_s_32"], 3)
+    out["cpu"] = cpu
     return out
 
 
@@ -128,7 +219,7 @@ def run(quick: bool) -> dict[str, Any]:
     try:
         cluster.start()
         # uvloop on the client side too: the client shares the two cores with the coordinator and etcd.
-        result = uvloop.run(_throughput(cluster, etcd.endpoint, quick))
+        result = uvloop.run(_throughput(cluster, etcd.endpoint, etcd.pid, quick))
         result.update(asyncio.run(_close_latency(cluster, quick)))
         result.update(asyncio.run(_cas(cluster, quick)))
         result.update(asyncio.run(_failover(cluster)))

@@ -107,7 +107,7 @@ class Engine:
         base = keys.base(self.cluster)
         metas: dict[str, dict[str, Any]] = {}
         events: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-        acks: dict[str, dict[str, Ack]] = {}
+        acks: dict[str, dict[str, Ack | bytes]] = {}
         ends: dict[str, dict[str, Any]] = {}
         for kv in kvs:
             parts = kv.key[len(base):].decode().split("/")
@@ -118,7 +118,7 @@ class Engine:
                 elif parts[2] == "ev":
                     events.setdefault(iid, []).append((int(parts[3]), json.loads(kv.value)))
                 elif parts[2] == "cid":
-                    acks.setdefault(iid, {})["/".join(parts[3:])] = Ack.from_json(kv.value)
+                    acks.setdefault(iid, {})["/".join(parts[3:])] = kv.value  # parsed when a retry needs it
                 elif parts[2] == "end":
                     ends[iid] = json.loads(kv.value)
             elif parts[0] == "acct":
@@ -267,6 +267,9 @@ class Engine:
         seen = instance.acks.get(client_event_id)
         if seen is not None:
             ack, done = seen
+            if isinstance(ack, bytes):
+                ack = Ack.from_json(ack)
+                instance.acks[client_event_id] = (ack, done)
             return ack, True, done
         if instance.state != "open":
             raise _error(grpc.StatusCode.FAILED_PRECONDITION, f"instance {instance_id!r} is {instance.state}",

@@ -38,7 +38,8 @@ async def read_prefix(client: EtcdClient, prefix: bytes, page: int = LOAD_PAGE) 
 
     ``EtcdClient.get_prefix`` answers in one message, which fails (RESOURCE_EXHAUSTED, larger than
     4 MiB) once the coordinator holds a few tens of thousands of events, so a takeover could never
-    load. Pages are read at the first page's revision; a page too large for one message is retried
+    load (found by ``python -m bench coordinator --quick``: failover_s hit its 15 s limit once the
+    stream phases had written ~19k bids). Pages are read at the first page's revision; a page too large for one message is retried
     with half as many keys.
     """
     kvs: list[KeyValue] = []
