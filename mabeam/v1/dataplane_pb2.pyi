@@ -314,29 +314,40 @@ Global___Envelope: _TypeAlias = Envelope  # noqa: Y015
 
 @_typing.final
 class Batch(_message.Message):
-    """The first frame of every data-plane ZeroMQ message: n envelopes whose payloads follow as n frames."""
+    """The first frame of every data-plane ZeroMQ message: n envelopes whose payloads follow as n frames,
+    or, when payload_sizes is set, as one frame holding the n payloads back to back.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
     SENDER_NODE_FIELD_NUMBER: _builtins.int
     ENVELOPES_FIELD_NUMBER: _builtins.int
+    PAYLOAD_SIZES_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Wire format version; 1."""
     sender_node: _builtins.str
     """Node id of the sending meshd (empty from attached endpoints)."""
     @_builtins.property
     def envelopes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Envelope]: ...
+    @_builtins.property
+    def payload_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Packed batch of small payloads: exactly one payload frame follows, the concatenation of the n
+        payloads in envelope order; payload_sizes[i] is the size of payload i (n entries, summing to
+        the frame's size). Empty: one frame per payload.
+        """
+
     def __init__(
         self,
         *,
         version: _builtins.int = ...,
         sender_node: _builtins.str = ...,
         envelopes: _abc.Iterable[Global___Envelope] | None = ...,
+        payload_sizes: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelopes", b"envelopes", "sender_node", b"sender_node", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelopes", b"envelopes", "payload_sizes", b"payload_sizes", "sender_node", b"sender_node", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,6 +31,9 @@ class DataPlaneConfig(BaseModel):
     reassembly_timeout: float = Field(default=30.0, gt=0)
     #: Envelopes per batch at most (flush on size); a batch also flushes when the loop is idle.
     max_batch: int = Field(default=64, ge=1, le=4096)
+    #: A batch whose payloads are all at most this many bytes sends them as one frame (Batch.payload_sizes);
+    #: 0 sends every payload as its own frame.
+    pack_below: int = Field(default=16 << 10, ge=0)
     #: Payload bytes per batch at most.
     max_batch_bytes: int = Field(default=256 << 10, ge=1)
     #: Default mailbox limit of an endpoint; beyond it messages bounce with RESOURCE_EXHAUSTED.
