@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from aetcd import rpc
 
 from coordinator.batching import MAX_TXN_OPS, WriteGroup, take_fitting
-from mabeam.etcd.client import EtcdClient, EtcdError, KeyValue, op_delete, op_put, prefix_end
+from mabeam.etcd.client import EtcdClient, EtcdError, KeyValue, op_delete, op_put
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +34,8 @@ LOAD_PAGE = 2000
 
 
 async def read_prefix(client: EtcdClient, prefix: bytes, page: int = LOAD_PAGE) -> tuple[list[KeyValue], int]:
-    """Every key under ``prefix`` read in pages at one revision (a consistent snapshot); returns (kvs, revision).
-
-    ``EtcdClient.get_prefix`` answers in one message, which fails (RESOURCE_EXHAUSTED, larger than
-    4 MiB) once the coordinator holds a few tens of thousands of events, so a takeover could never
-    load (found by ``python -m bench coordinator --quick``: failover_s hit its 15 s limit once the
-    stream phases had written ~19k bids). Pages are read at the first page's revision; a page too large for one message is retried
-    with half as many keys.
-    """
-    kvs: list[KeyValue] = []
-    start, end, revision = prefix, prefix_end(prefix), 0
-    while True:
-        request = rpc.RangeRequest(key=start, range_end=end, limit=page, revision=revision)
-        try:
-            response = await client._unary("range", client._kv.Range, request)  # noqa: SLF001 - paging
-        except EtcdError as error:
-            if "RESOURCE_EXHAUSTED" in str(error) and page > 1:
-                page //= 2
-                continue
-            raise
-        revision = revision or int(response.header.revision)
-        kvs.extend(KeyValue(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
-                   for kv in response.kvs)
-        if not response.more or not response.kvs:
-            return kvs, revision
-        start = response.kvs[-1].key + b"\0"
+    """Every key under ``prefix`` as one consistent snapshot (paged by ``EtcdClient.get_prefix``)."""
+    return await client.get_prefix(prefix, page)
 
 
 class CommitFailed(Exception):
