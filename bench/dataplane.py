@@ -46,6 +46,9 @@ def _counts(quick: bool) -> dict[str, int]:
 # ---------------------------------------------------------------- raw pyzmq baselines
 
 def _child(role: str, count: int) -> None:
+    if role == "aecho":
+        _asyncio_echo(count)
+        return
     ctx = zmq.Context()
     if role == "pull":
         sock = ctx.socket(zmq.PULL)
@@ -110,6 +113,83 @@ def raw_req_rep(count: int) -> list[float]:
     return times
 
 
+def _run_loop(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def _asyncio_echo(count: int) -> None:
+    """Child of the asyncio floor: a sync ROUTER whose FD wakes a uvloop reader that echoes with NOBLOCK."""
+
+    async def serve() -> None:
+        ctx = zmq.Context(io_threads=1)
+        sock = ctx.socket(zmq.ROUTER)
+        print(sock.bind_to_random_port("tcp://127.0.0.1"), flush=True)
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        seen = [0]
+
+        def on_readable() -> None:
+            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                sock.send_multipart(sock.recv_multipart(zmq.NOBLOCK), zmq.NOBLOCK)
+                seen[0] += 1
+                if seen[0] >= count and not done.done():
+                    done.set_result(None)
+
+        loop.add_reader(sock.getsockopt(zmq.FD), on_readable)
+        on_readable()
+        await done
+        loop.remove_reader(sock.getsockopt(zmq.FD))
+        sock.close(linger=100)
+        ctx.term()
+
+    _run_loop(serve())
+
+
+def asyncio_floor(count: int) -> list[float]:
+    """Round trips (µs) of the smallest asyncio request/reply two processes can do with pyzmq here.
+
+    Sync DEALER/ROUTER sockets woken through the event loop's ``add_reader`` on their FD, 64 B,
+    no envelope, no routing: the floor under any asyncio data plane's call on this machine, to
+    compare with the sync REQ/REP baseline (which blocks in libzmq and never touches a loop).
+    """
+    proc, port = _spawn("aecho", count)
+
+    async def ping() -> list[float]:
+        ctx = zmq.Context(io_threads=1)
+        sock = ctx.socket(zmq.DEALER)
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        loop = asyncio.get_running_loop()
+        waiting: list[asyncio.Future[bytes]] = []
+
+        def on_readable() -> None:
+            while waiting and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                waiting.pop().set_result(sock.recv(zmq.NOBLOCK))
+
+        loop.add_reader(sock.getsockopt(zmq.FD), on_readable)
+        times = []
+        for _ in range(count):
+            started = time.perf_counter_ns()
+            future = loop.create_future()
+            waiting.append(future)
+            sock.send(b"x" * 64, zmq.NOBLOCK)
+            on_readable()
+            await future
+            times.append((time.perf_counter_ns() - started) / 1000)
+        loop.remove_reader(sock.getsockopt(zmq.FD))
+        sock.close(linger=0)
+        ctx.term()
+        return times
+
+    times: list[float] = _run_loop(ping())
+    proc.wait(timeout=30)
+    return times
+
+
 # ---------------------------------------------------------------- the mesh
 
 async def _mesh(quick: bool) -> dict[str, Any]:
@@ -154,12 +234,7 @@ async def _mesh(quick: bool) -> dict[str, Any]:
 
 def run(quick: bool) -> dict[str, Any]:
     """Mesh throughput per size and call latency, then the raw pyzmq baselines; ratios."""
-    try:
-        import uvloop
-
-        mesh = uvloop.run(_mesh(quick))
-    except ImportError:
-        mesh = asyncio.run(_mesh(quick))
+    mesh = _run_loop(_mesh(quick))
     result: dict[str, Any] = dict(mesh)
     for key, count in _counts(quick).items():
         rate = raw_push_pull(SIZES[key], count)
@@ -169,6 +244,11 @@ def run(quick: bool) -> dict[str, Any]:
     result["raw_reqrep_p50_us"] = round(percentile(rtts, 50), 1)
     result["raw_reqrep_p99_us"] = round(percentile(rtts, 99), 1)
     result["ratio_call_p50"] = round(result["mesh_call_p50_us"] / result["raw_reqrep_p50_us"], 2)
+    floor = asyncio_floor(2000 if quick else 10000)
+    result["floor_asyncio_p50_us"] = round(percentile(floor, 50), 1)
+    result["floor_asyncio_p99_us"] = round(percentile(floor, 99), 1)
+    result["ratio_floor_p50"] = round(result["floor_asyncio_p50_us"] / result["raw_reqrep_p50_us"], 2)
+    result["ratio_call_p50_vs_floor"] = round(result["mesh_call_p50_us"] / result["floor_asyncio_p50_us"], 2)
     result["notes"] = ("mesh: DataPlane (uvloop) -> child DataPlane handler endpoint, casts on normal, "
                        "FIFO call barrier; raw: sync pyzmq, one frame per message")
     return result

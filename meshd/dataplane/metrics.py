@@ -2,12 +2,14 @@
 
 Hot paths update these once per batch (STACK-NOTES: a labelled-series lookup
 costs ~1.2 µs, an inc ~250 ns), through :class:`ChannelMetrics`, which holds
-the resolved children of one channel. Receive-side counts and latency samples
+the resolved children of one channel. Counts, batch sizes and latency samples
 are accumulated as plain ints and published by the data plane's timer every
-tick (0.1 s), off the receive path.
+tick (0.1 s), off the send and receive paths.
 """
 
 from __future__ import annotations
+
+import weakref
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -26,11 +28,25 @@ LATENCY = Histogram("mabeam_dataplane_latency_seconds",
                     buckets=(5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 2.5))
 
 
+def publish_all() -> None:
+    """Publish the accumulated figures of every live :class:`ChannelMetrics` in this process.
+
+    All at once, so a reader never sees a receive counted before the send that caused it
+    (several data planes in one process, as in tests, share the series).
+    """
+    for metrics in list(_LIVE):
+        metrics.publish()
+
+
+_LIVE: weakref.WeakSet[ChannelMetrics] = weakref.WeakSet()
+
+
 class ChannelMetrics:
     """The cached labelled series of one channel."""
 
     __slots__ = ("name", "messages_in", "messages_out", "bytes_in", "bytes_out", "queue_depth",
-                 "batch_size", "latency", "_drops", "in_messages", "in_bytes", "latencies")
+                 "batch_size", "latency", "_drops", "in_messages", "in_bytes", "latencies", "out_messages",
+                 "out_bytes", "batch_sizes", "__weakref__")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -42,13 +58,26 @@ class ChannelMetrics:
         self.batch_size = BATCH_SIZE.labels(name)
         self.latency = LATENCY.labels(name)
         self._drops: dict[str, Counter] = {}
-        # Receive-side figures accumulated as plain ints between two publish() calls.
+        # Figures accumulated as plain ints between two publish() calls (bounded sample lists).
         self.in_messages = 0
         self.in_bytes = 0
         self.latencies: list[int] = []  # send-to-deliver, ns, first envelope of each batch
+        self.out_messages = 0
+        self.out_bytes = 0
+        self.batch_sizes: list[int] = []
+        _LIVE.add(self)
 
     def publish(self) -> None:
-        """Move the accumulated receive-side figures into the prometheus series."""
+        """Move the accumulated figures into the prometheus series."""
+        if self.out_messages:
+            # Sent before anything is received, so published no later than the matching receives.
+            self.messages_out.inc(self.out_messages)
+            self.bytes_out.inc(self.out_bytes)
+            self.out_messages = self.out_bytes = 0
+        if self.batch_sizes:
+            sizes, self.batch_sizes = self.batch_sizes, []
+            for size in sizes:
+                self.batch_size.observe(size)
         if self.in_messages:
             self.messages_in.inc(self.in_messages)
             self.bytes_in.inc(self.in_bytes)

@@ -52,6 +52,7 @@ from meshd.dataplane.errors import (
 )
 from meshd.dataplane.failure import FailureDetector, PeerState
 from meshd.dataplane.metrics import ChannelMetrics
+from meshd.dataplane.metrics import publish_all as publish_metrics
 from meshd.dataplane.peers import Peer, PendingCall, QueueFull, copy_with_new_id
 from meshd.dataplane.receiving import ReceiveSide
 from meshd.dataplane.registry import AgentRef, InMemoryRegistry, RegistryView, tenant_or_default
@@ -635,9 +636,12 @@ class DataPlane(ReceiveSide):
                 log.warning("send to %s failed: %s", peer.node_id, exc)
                 return
             self.sent += len(envs)
-            metrics.messages_out.inc(len(envs))
-            metrics.bytes_out.inc(size)
-            metrics.batch_size.observe(len(envs))
+            # Published by the timer (metrics.publish_all): three prometheus updates per batch were
+            # ~1.8 µs on every call (bench/dataplane.py call p50).
+            metrics.out_messages += len(envs)
+            metrics.out_bytes += size
+            if len(metrics.batch_sizes) < 4096:
+                metrics.batch_sizes.append(len(envs))
         peer.space.set()
 
     async def _unblock(self, peer: Peer, ch: int) -> None:
@@ -730,7 +734,7 @@ class DataPlane(ReceiveSide):
             for ch in wire.CHANNELS:
                 metrics = self._metrics[ch]
                 metrics.queue_depth.set(sum(len(p.queues[ch]) for p in self._peers.values()))
-                metrics.publish()
+            publish_metrics()
             # Safety net for a missed FD edge (the reader callback normally does all the work).
             self._on_readable()
 
@@ -751,8 +755,7 @@ class DataPlane(ReceiveSide):
 
     def statistics(self) -> dict[str, Any]:
         """An immutable-by-copy snapshot of counters for tests, logs and the gRPC face."""
-        for metrics in self._metrics.values():
-            metrics.publish()
+        publish_metrics()
         return {
             "node_id": self.node_id,
             "sent": self.sent,
