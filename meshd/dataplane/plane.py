@@ -576,6 +576,8 @@ class DataPlane(ReceiveSide):
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
+            if self._pumping:
+                return  # the receive pump flushes after its step (no extra loop turn for a reply)
             assert self._loop is not None
             self._loop.call_soon(self._flush_all)
 
