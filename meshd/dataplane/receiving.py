@@ -123,13 +123,15 @@ class ReceiveSide:
         zero_copy = ch == self._chunk_channel
         recv = sock.recv
         get = sock.getsockopt
+        check = False  # the pump just read POLLIN for this socket: the first recv needs no EVENTS
         while taken < credit:
             # EVENTS instead of recv-until-EAGAIN: pyzmq's Again exception costs ~5 µs, which the idle
             # re-check pass over four sockets paid on every wake-up (bench/dataplane.py call latency).
             # Plain-int options and flags, Frame.more instead of recv_multipart's RCVMORE getsockopt
             # per part: 2.1 vs 3.4 µs for a 3-frame message, and no pyzmq enum construction.
-            if not get(_EVENTS) & _POLLIN:
+            if check and not get(_EVENTS) & _POLLIN:
                 return taken, True
+            check = True
             try:
                 frame = recv(_NOBLOCK, copy=False)  # the peer's routing id
                 parts: list[Any] = []
