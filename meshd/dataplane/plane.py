@@ -135,9 +135,9 @@ class DataPlane(ReceiveSide):
             self.addresses[wire.channel_name(ch)] = transport.bind_router(sock, cfg.bind_host, port)
             self._routers[ch] = sock
         self._router_list = list(self._routers.items())
-        self._readiness = transport.Readiness(self._on_readable)
-        for sock in self._routers.values():
-            self._readiness.watch(sock)
+        self._readiness = transport.Readiness(self._on_channel_readable)
+        for ch, sock in self._routers.items():
+            self._readiness.watch(sock, ch)
         self.attach = AttachServer(self, self._contexts.attach)
         self.attach_address = self.attach.bind(self._attach_endpoint())
         self._runner = asyncio.create_task(self._run(), name=f"dataplane-{self.node_id}")

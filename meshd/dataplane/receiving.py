@@ -63,11 +63,24 @@ class ReceiveSide:
         raise NotImplementedError
 
     def _on_readable(self) -> None:
-        """Reader callback of the four channel FDs: pump right here, no task wake-up in between."""
+        """Pump with a pass over every channel (continuations, the timer's safety net)."""
         if not self._pumping:
             self._pump()
 
-    def _pump(self) -> None:
+    def _on_channel_readable(self, ch: int) -> None:
+        """Reader callback of one channel's FD: pump right here, no task wake-up in between.
+
+        The first step looks at that channel only; every later step re-reads all four. A channel
+        not looked at keeps its FD armed (its EVENTS was read when it last went empty), so its own
+        callback follows in this loop turn: bench/dataplane.py call p50, three fewer EVENTS
+        reads (~1 µs each warm, several times that on a freshly woken process) per wake-up.
+        """
+        if not self._pumping:
+            # Not for the chunk channel: a 1 MiB chunk must not go before an urgent message whose
+            # callback merely comes second in this loop turn.
+            self._pump(ch if ch != self._chunk_channel else None)
+
+    def _pump(self, first: int | None = None) -> None:
         """Drain ready channels in priority order (fair) until none is ready or the step budget is spent.
 
         Runs directly in the FD reader callback instead of waking a receive task through an
@@ -88,7 +101,11 @@ class ReceiveSide:
             handled = 0
             started = time.monotonic()
             while True:
-                ready = [ch for ch, sock in routers if sock.getsockopt(_EVENTS) & _POLLIN]
+                if first is not None:
+                    ready = [first] if self._routers[first].getsockopt(_EVENTS) & _POLLIN else []
+                    first = None
+                else:
+                    ready = [ch for ch, sock in routers if sock.getsockopt(_EVENTS) & _POLLIN]
                 if not ready:
                     break
                 ch = scheduler.next_channel(ready)

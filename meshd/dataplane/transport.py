@@ -157,10 +157,10 @@ class Readiness:
         self._fds: list[int] = []
         self._loop = asyncio.get_running_loop()
 
-    def watch(self, sock: zmq.Socket) -> None:
-        """Call the callback (default: set :attr:`event`) whenever ``sock``'s FD signals."""
+    def watch(self, sock: zmq.Socket, *args: object) -> None:
+        """Call the callback (default: set :attr:`event`) with ``args`` whenever ``sock``'s FD signals."""
         fd = sock.getsockopt(zmq.FD)
-        self._loop.add_reader(fd, self._callback)
+        self._loop.add_reader(fd, self._callback, *args)
         self._fds.append(fd)
 
     def close(self) -> None:
