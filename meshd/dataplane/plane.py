@@ -175,6 +175,7 @@ class DataPlane(ReceiveSide):
                 ep.close()
         if self._readiness is not None:
             self._readiness.close()
+        self._router_list = []  # a pump continuation still queued after stop finds nothing to read
         for sock in self._routers.values():
             sock.close(linger=0)
         self._routers.clear()

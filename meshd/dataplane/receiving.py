@@ -64,7 +64,7 @@ class ReceiveSide:
 
     def _on_readable(self) -> None:
         """Pump with a pass over every channel (continuations, the timer's safety net)."""
-        if not self._pumping:
+        if not self._pumping and self._router_list:
             self._pump()
 
     def _on_channel_readable(self, ch: int) -> None:
@@ -75,7 +75,7 @@ class ReceiveSide:
         callback follows in this loop turn: bench/dataplane.py call p50, three fewer EVENTS
         reads (~1 µs each warm, several times that on a freshly woken process) per wake-up.
         """
-        if not self._pumping:
+        if not self._pumping and self._router_list:
             # Not for the chunk channel: a 1 MiB chunk must not go before an urgent message whose
             # callback merely comes second in this loop turn.
             self._pump(ch if ch != self._chunk_channel else None)
