@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
 import platform
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +55,16 @@ def write_result(name: str, result: dict[str, Any], quick: bool) -> Path:
     path.write_text(text + "\n")
     (RESULTS_DIR / f"latest-{name}.json").write_text(text + "\n")
     return path
+
+
+async def rate(worker: Callable[[int], Awaitable[object]], total: int, concurrency: int) -> float:
+    """Operations per second running worker(i) for i < total with ``concurrency`` calls in flight."""
+    counter = iter(range(total))
+
+    async def lane() -> None:
+        for i in counter:
+            await worker(i)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return total / (time.perf_counter() - started)

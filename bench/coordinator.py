@@ -26,24 +26,11 @@ from typing import Any
 
 import uvloop
 
+from bench.common import rate
 from coordinator.testing import CoordinatorCluster
 from mabeam.etcd.client import EtcdClient, cmp_create_revision, op_put
 from mabeam.etcd.embedded import EmbeddedEtcd
 from mabeam_client.coordinator import CoordinatorClient
-
-
-async def _rate(worker: Any, total: int, concurrency: int) -> float:
-    """Operations per second running worker(i) for i < total with ``concurrency`` in flight."""
-    counter = iter(range(total))
-
-    async def lane() -> None:
-        for i in counter:
-            await worker(i)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(lane() for _ in range(concurrency)))
-    return total / (time.perf_counter() - started)
-
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -109,7 +96,7 @@ async def _throughput(cluster: CoordinatorCluster, etcd_endpoint: str, etcd_pid:
 
             await unary(total)  # warm the channel and the leader's path
             with _CpuMeter(cluster, etcd_pid) as meter:
-                out[f"unary_bids_per_s_{conc}"] = round(await _rate(unary, total, conc))
+                out[f"unary_bids_per_s_{conc}"] = round(await rate(unary, total, conc))
             cpu[f"unary_{conc}"] = meter.report(total)
         # SubmitBids stream: ``conc`` bidders share one SDK bid stream (one call, ``conc`` bids in flight).
         for conc, total in ((1, n1), (32, n32)):
@@ -120,7 +107,7 @@ async def _throughput(cluster: CoordinatorCluster, etcd_endpoint: str, etcd_pid:
 
                 await streamed(total)
                 with _CpuMeter(cluster, etcd_pid) as meter:
-                    out[f"stream_bids_per_s_{conc}"] = round(await _rate(streamed, total, conc))
+                    out[f"stream_bids_per_s_{conc}"] = round(await rate(streamed, total, conc))
                 cpu[f"stream_{conc}"] = meter.report(total)
         # 32 streams (one per bidder), one bid in flight on each.
         auction = await coord.create_auction("sealed", {"pricing": "second"})
@@ -148,7 +135,7 @@ async def _throughput(cluster: CoordinatorCluster, etcd_endpoint: str, etcd_pid:
                 await etcd.txn([cmp_create_revision(key, 0)], [op_put(key, b"x")], [])
 
             with _CpuMeter(cluster, etcd_pid) as meter:
-                out[f"etcd_txn_per_s_{conc}"] = round(await _rate(txn, total, conc))
+                out[f"etcd_txn_per_s_{conc}"] = round(await rate(txn, total, conc))
             cpu[f"etcd_txn_{conc}"] = meter.report(total)
         await etcd.delete(run, prefix=True)
     finally:

@@ -17,26 +17,13 @@ import asyncio
 import time
 from typing import Any
 
-from bench.common import percentile
+from bench.common import percentile, rate
 from mabeam.devcluster import DevCluster
 from mabeam.etcd.client import EtcdClient, cmp_create_revision, op_put
 from mabeam.testing import free_port_block, wait_until
 from mabeam_client.errors import NotFound
 from mabeam_client.mesh import MeshClient, SyncMeshClient
 from meshd.view import ClusterView
-
-
-async def _rate(worker, total: int, concurrency: int) -> float:
-    """Operations per second running `total` calls of worker(i) with `concurrency` in flight."""
-    counter = iter(range(total))
-
-    async def lane() -> None:
-        for i in counter:
-            await worker(i)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(lane() for _ in range(concurrency)))
-    return total / (time.perf_counter() - started)
 
 
 async def _throughput(cluster: DevCluster, quick: bool) -> dict[str, Any]:
@@ -58,13 +45,13 @@ async def _throughput(cluster: DevCluster, quick: bool) -> dict[str, Any]:
                 await asyncio.sleep(0.01)
         run = f"r{int(time.time())}"
         for conc in (1, 32):
-            out[f"lookups_per_s_{conc}"] = await _rate(lambda i: other.lookup("bench-target"), n, conc)
+            out[f"lookups_per_s_{conc}"] = await rate(lambda i: other.lookup("bench-target"), n, conc)
             key = f"/mabeam/{cluster.cluster}/names/default/bench-target".encode()
-            out[f"etcd_range_per_s_{conc}"] = await _rate(lambda i, k=key: etcd.get(k), n, conc)
+            out[f"etcd_range_per_s_{conc}"] = await rate(lambda i, k=key: etcd.get(k), n, conc)
             regs = n // 4
-            out[f"registrations_per_s_{conc}"] = await _rate(
+            out[f"registrations_per_s_{conc}"] = await rate(
                 lambda i, c=conc: mesh.register_name(f"{run}-c{c}-{i}", f"agent-{i}"), regs, conc)
-            out[f"etcd_txn_per_s_{conc}"] = await _rate(
+            out[f"etcd_txn_per_s_{conc}"] = await rate(
                 lambda i, c=conc: etcd.txn([cmp_create_revision(f"/bench/{run}/{c}/{i}".encode(), 0)],
                                            [op_put(f"/bench/{run}/{c}/{i}".encode(), b"x")]), regs, conc)
         # What a send does to resolve a name: a dict lookup in the watch-fed view, no RPC at all.

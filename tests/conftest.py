@@ -57,3 +57,20 @@ def dev_cluster(etcd_server: EmbeddedEtcd, cluster_name: str):
     yield make
     for cluster in clusters:
         cluster.close()
+
+
+@pytest.fixture
+def coordinators(etcd_server: EmbeddedEtcd, cluster_name: str):
+    """Factory: start N real coordinator processes (lease TTL 2 s) on the session etcd; all stopped at teardown."""
+    from coordinator.testing import CoordinatorCluster
+
+    made: list[CoordinatorCluster] = []
+
+    def make(nodes: int = 2) -> CoordinatorCluster:
+        cluster = CoordinatorCluster(etcd_server.endpoint, cluster_name, nodes=nodes, lease_ttl=2)
+        made.append(cluster)
+        return cluster.start()
+
+    yield make
+    for cluster in made:
+        cluster.close()

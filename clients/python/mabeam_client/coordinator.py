@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 
 from mabeam.v1 import coordinator_pb2 as pb
 from mabeam.v1 import coordinator_pb2_grpc
@@ -39,18 +38,8 @@ RETRYABLE_REASONS = {"WRONG_NODE", "NOT_DURABLE", "ETCD_UNAVAILABLE", ""}
 
 def leader_hint(error: grpc.RpcError) -> str | None:
     """The leader address a WRONG_NODE error carries in ErrorInfo metadata (None if absent or empty)."""
-    metadata = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
-    for key, value in metadata or ():
-        if key != "grpc-status-details-bin":
-            continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                if info.reason == "WRONG_NODE":
-                    return info.metadata.get("leader") or None
-    return None
+    translated = translate(error)
+    return (translated.metadata.get("leader") or None) if translated.reason == "WRONG_NODE" else None
 
 
 def _json(value: Any) -> str:

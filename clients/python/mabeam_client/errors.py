@@ -3,7 +3,8 @@
 Every failed call raises a :class:`MabeamError` subclass carrying the status
 ``code``, the server's ``message``, the ``reason`` (a mabeam ErrorReason name
 from google.rpc.ErrorInfo), ``field_violations`` (field → what is wrong) and
-``retry_after`` seconds when the server suggests a retry. :func:`translate`
+``retry_after`` seconds when the server suggests a retry, and the ErrorInfo
+``metadata`` (e.g. ``leader`` on a WRONG_NODE answer from a standby). :func:`translate`
 is the one place gRPC errors become these.
 """
 
@@ -19,10 +20,12 @@ class MabeamError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
     def __init__(self, message: str, reason: str = "", field_violations: dict[str, str] | None = None,
-                 retry_after: float | None = None, code: grpc.StatusCode | None = None) -> None:
+                 retry_after: float | None = None, code: grpc.StatusCode | None = None,
+                 metadata: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason
+        self.metadata = metadata or {}
         self.field_violations = field_violations or {}
         self.retry_after = retry_after
         if code is not None:
@@ -94,7 +97,7 @@ def translate(error: grpc.RpcError) -> MabeamError:
     """The SDK exception for a gRPC error, with the rich details the server attached."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     message = (error.details() if hasattr(error, "details") else None) or str(error)
-    reason, violations, retry = "", {}, None
+    reason, violations, retry, info_metadata = "", {}, None, {}
     metadata = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
     for key, value in metadata or ():
         if key != "grpc-status-details-bin":
@@ -105,6 +108,7 @@ def translate(error: grpc.RpcError) -> MabeamError:
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)
                 reason = info.reason
+                info_metadata = dict(info.metadata)
             elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
@@ -114,4 +118,4 @@ def translate(error: grpc.RpcError) -> MabeamError:
                 detail.Unpack(info_retry)
                 retry = info_retry.retry_delay.ToNanoseconds() / 1e9
     cls = _BY_CODE.get(code, MabeamError)
-    return cls(message, reason, violations, retry, code=code)
+    return cls(message, reason, violations, retry, code=code, metadata=info_metadata)
