@@ -15,6 +15,13 @@ the priority channels. Errors come back typed: a call raises the
 :class:`DataPlaneError` subclass; a bounced cast arrives as a message whose
 ``error`` is set. The mailbox holds ``max_pending`` messages; beyond that the
 endpoint itself bounces messages to their sender with RESOURCE_EXHAUSTED.
+
+Messages on ``bulk`` or above :data:`LANE_ABOVE` bytes travel on a second connection, the bulk
+lane (own ZeroMQ context and I/O thread), in both directions, so a 64 MiB transfer never sits in
+front of urgent messages on the main connection (bench/hol.py through two meshd). FIFO holds per
+(sender, receiver, channel) as between nodes: a message above the chunk size may overtake smaller
+ones on its channel, as chunked messages travel on ``bulk`` between nodes. Large received payloads
+(above 64 KiB) are delivered as zero-copy ``memoryview``s.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import random
 import time
 from collections import deque
@@ -37,6 +45,10 @@ from meshd.dataplane.errors import DataPlaneError, DeadlineExceeded, InvalidArgu
 from meshd.dataplane.registry import AgentRef, tenant_or_default
 
 HEARTBEAT_EVERY = 1.0
+#: Payloads above this many bytes go on the bulk lane whatever their channel (meshd's default chunk size).
+LANE_ABOVE = 1 << 20
+LANE_SUFFIX = b"~bulk"  # keep equal to attach_server.LANE_SUFFIX (the client does not import the server)
+_ZERO_COPY_ABOVE = 65536
 
 
 class AttachedEndpoint:
@@ -49,15 +61,23 @@ class AttachedEndpoint:
         self.ref = AgentRef(self.tenant, "", agent_id or "")
         self.max_pending = max_pending
         self._ctx = zmq.asyncio.Context(io_threads=1)
+        routing_id = b"at" + os.urandom(8).hex().encode()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.ROUTING_ID, routing_id)
         self._sock.connect(address)
+        self._lane_ctx = zmq.asyncio.Context(io_threads=1)
+        self._lane = self._lane_ctx.socket(zmq.DEALER)
+        self._lane.setsockopt(zmq.LINGER, 0)
+        self._lane.setsockopt(zmq.ROUTING_ID, routing_id + LANE_SUFFIX)
+        self._lane.connect(address)
         self._prefix = wire.batch_prefix("")
         self._ids = itertools.count(random.getrandbits(62) | 1)
         self._waiting: dict[int, asyncio.Future[pb.Envelope | Message]] = {}
         self._mailbox: deque[Message] = deque()
         self._arrived = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
+        self._lane_reader: asyncio.Task[None] | None = None
         self.bounced = 0
         self.closed = False
 
@@ -67,6 +87,7 @@ class AttachedEndpoint:
         """Attach to the meshd at ``address`` as ``agent_id`` (generated when None)."""
         endpoint = cls(address, agent_id, tenant, max_pending)
         endpoint._reader = asyncio.create_task(endpoint._read_loop(), name=f"attach-{agent_id}")
+        endpoint._lane_reader = asyncio.create_task(endpoint._read_lane(), name=f"attach-lane-{agent_id}")
         try:
             result = await endpoint._system(pb.SYSTEM_OP_ATTACH, str(max_pending).encode(), timeout)
         except BaseException:
@@ -81,7 +102,20 @@ class AttachedEndpoint:
         if self.closed:
             raise DataPlaneError("endpoint closed")
         header = wire.encode_batch(self._prefix, [env.SerializeToString()])
-        await self._sock.send_multipart([header, payload], copy=len(payload) <= 65536)
+        sock = self._lane if env.channel == wire.BULK or len(payload) > LANE_ABOVE else self._sock
+        await sock.send_multipart([header, payload], copy=len(payload) <= _ZERO_COPY_ABOVE)
+
+    async def _read_lane(self) -> None:
+        """Receive from the bulk lane: payloads above 64 KiB zero-copy."""
+        while True:
+            parts = await self._lane.recv_multipart(copy=False)
+            frames = [p.buffer if i and len(p) > _ZERO_COPY_ABOVE else p.bytes for i, p in enumerate(parts)]
+            try:
+                batch, payloads = wire.decode_frames(frames)
+            except wire.FrameError:
+                continue
+            for env, payload in zip(batch.envelopes, payloads, strict=True):
+                await self._on_envelope(env, payload)
 
     async def _read_loop(self) -> None:
         last_beat = time.monotonic()
@@ -239,12 +273,15 @@ class AttachedEndpoint:
             with contextlib.suppress(DataPlaneError, TimeoutError, zmq.ZMQError):
                 await self._system(pb.SYSTEM_OP_DETACH, b"", timeout=1.0)
         self.closed = True
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, zmq.ZMQError):
-                await self._reader
+        for reader in (self._reader, self._lane_reader):
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, zmq.ZMQError):
+                    await reader
         for waiter in self._waiting.values():
             if not waiter.done():
                 waiter.set_exception(DataPlaneError("endpoint closed"))
         self._sock.close(linger=0)
+        self._lane.close(linger=0)
         self._ctx.term()
+        self._lane_ctx.term()

@@ -10,6 +10,14 @@ for the endpoint go back over the same connection; ROUTER_MANDATORY turns a
 full or vanished connection into RESOURCE_EXHAUSTED / NOT_FOUND for the sender.
 An endpoint silent for ``EXPIRE_AFTER`` seconds (clients heartbeat every
 second) is detached and its names and groups are removed.
+
+**Bulk lane** (bench/hol.py through two meshd): an attached process may connect a second DEALER
+whose routing id is its main one + :data:`LANE_SUFFIX`. Messages it sends there count as the
+endpoint's own; messages for the endpoint on ``bulk`` or above ``chunk_size`` go back on it (the main
+connection when the lane is not connected). One ipc connection carrying a 64 MiB message would
+otherwise hold every urgent message behind it for the whole transfer — the head-of-line blocking the
+channels remove between nodes. Frames above 64 KiB are received zero-copy (a 64 MiB copy stalled the
+loop ~15 ms), and the socket accepts messages up to ``max_message_size``.
 """
 
 from __future__ import annotations
@@ -37,6 +45,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXPIRE_AFTER = 5.0
+#: Routing-id suffix of an attached endpoint's bulk lane (see the module docstring).
+LANE_SUFFIX = b"~bulk"
+_ZERO_COPY_ABOVE = 65536
+_NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 _NAME_OPS = (pb.SYSTEM_OP_REGISTER_NAME, pb.SYSTEM_OP_UNREGISTER_NAME, pb.SYSTEM_OP_JOIN_GROUP,
              pb.SYSTEM_OP_LEAVE_GROUP)
 
@@ -54,7 +68,9 @@ class _AttachedMailbox:
 
     def offer(self, message: Message) -> bool:
         """Forward one message; False when the connection is full, NotFound when it is gone."""
-        return self.server.forward(self, message.envelope.SerializeToString(), message.payload)
+        payload = message.payload
+        lane = message.envelope.channel == wire.BULK or len(payload) > self.server.lane_above
+        return self.server.forward(self, message.envelope.SerializeToString(), payload, lane)
 
 
 def destination_of(env: pb.Envelope, tenant: str) -> Destination:
@@ -76,7 +92,8 @@ class AttachServer:
     def __init__(self, plane: DataPlane, ctx: zmq.Context) -> None:
         self.plane = plane
         self.sock = transport.make_router(ctx, rcvhwm=plane.config.rcvhwm, sndhwm=plane.config.sndhwm,
-                                          max_msg=plane.config.chunk_size + (1 << 20), mandatory=True)
+                                          max_msg=plane.config.max_message_size + (1 << 20), mandatory=True)
+        self.lane_above = plane.config.chunk_size
         self.by_routing_id: dict[bytes, _AttachedMailbox] = {}
         self._prefix = wire.batch_prefix(plane.node_id)
         self._readiness: transport.Readiness | None = None
@@ -103,9 +120,8 @@ class AttachServer:
             event.clear()
             taken = 0
             while taken < 256:
-                try:
-                    frames = self.sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
+                frames = self._recv()
+                if frames is None:
                     break
                 taken += 1
                 self._on_frames(frames, tg)
@@ -119,7 +135,22 @@ class AttachServer:
                 async with asyncio.timeout(1.0):
                     await event.wait()
 
-    def _on_frames(self, frames: list[bytes], tg: asyncio.TaskGroup) -> None:
+    def _recv(self) -> list[Any] | None:
+        """One multipart message (routing id first), frames above 64 KiB as zero-copy buffers; None when empty."""
+        sock = self.sock
+        if not sock.getsockopt(_EVENTS) & _POLLIN:
+            return None
+        try:
+            frame = sock.recv(_NOBLOCK, copy=False)
+            frames: list[Any] = [frame.bytes]
+            while frame.more:
+                frame = sock.recv(_NOBLOCK, copy=False)
+                frames.append(frame.buffer if len(frame) > _ZERO_COPY_ABOVE else frame.bytes)
+        except zmq.Again:
+            return None
+        return frames
+
+    def _on_frames(self, frames: list[Any], tg: asyncio.TaskGroup) -> None:
         routing_id = frames[0]
         try:
             batch, payloads = wire.decode_frames(frames[1:])
@@ -127,6 +158,8 @@ class AttachServer:
             self.rejected["attach_" + exc.reason] += 1
             return
         mailbox = self.by_routing_id.get(routing_id)
+        if mailbox is None and routing_id.endswith(LANE_SUFFIX):
+            mailbox = self.by_routing_id.get(routing_id[:-len(LANE_SUFFIX)])  # the endpoint's bulk lane
         if mailbox is not None:
             mailbox.last_seen = time.monotonic()
         for env, payload in zip(batch.envelopes, payloads, strict=True):
@@ -246,8 +279,21 @@ class AttachServer:
             env.to_agent.CopyFrom(ref.to_proto())
         self._send(routing_id, env.SerializeToString(), b"")
 
-    def forward(self, mailbox: _AttachedMailbox, env_bytes: bytes, payload: bytes) -> bool:
-        """Send one envelope to an attached endpoint; False when full, NotFound when it is gone."""
+    def forward(self, mailbox: _AttachedMailbox, env_bytes: bytes, payload: bytes | memoryview,
+                lane: bool = False) -> bool:
+        """Send one envelope to an attached endpoint; False when full, NotFound when it is gone.
+
+        ``lane``: on the endpoint's bulk lane when it is connected (else on the main connection).
+        """
+        if lane:
+            try:
+                self._send(mailbox.routing_id + LANE_SUFFIX, env_bytes, payload)
+                return True
+            except zmq.Again:
+                return False
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EHOSTUNREACH:
+                    raise
         try:
             self._send(mailbox.routing_id, env_bytes, payload)
         except zmq.Again:
