@@ -22,7 +22,7 @@ from typing import Any
 
 from agentd.behaviour import AgentRef
 from agentd.errors import AgentError, InvalidArgument, Unavailable, error_from_code
-from agentd.ipc import FrameReader, pack, send_blocking
+from agentd.ipc import Channel, send_blocking
 from agentd.process import CALL, AgentProcess, TaskScope
 from agentd.runtime import AgentRegistry, Runtime
 from agentd.store import CheckpointStore
@@ -104,8 +104,10 @@ class Worker:
         self.worker_id = str(config["worker_id"])
         self.sock = sock
         self.watchdog_sock = watchdog_sock
-        self.writer: asyncio.StreamWriter | None = None
-        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.channel: Channel | None = None
+        #: Requests to the main process in flight: rid -> (reply future, deadline on time.monotonic()).
+        self.pending: dict[int, tuple[asyncio.Future[Any], float]] = {}
+        self.stopped: asyncio.Future[None] | None = None
         self.next_rid = 1
         self.scope = TaskScope()
         store_path = config.get("store_path") or ":memory:"
@@ -122,47 +124,51 @@ class Worker:
         self.root_gave_up = False
 
     def write(self, frame: list[Any]) -> None:
-        """Queue one frame to the main process."""
-        if self.writer is not None and not self.writer.is_closing():
-            self.writer.write(pack(frame))
+        """Send one frame to the main process (dropped once the channel is closed)."""
+        channel = self.channel
+        if channel is not None:
+            channel.write(frame)
 
     async def request(self, frame: list[Any], timeout: float) -> Any:
-        """Send a request to the main process and wait for its ok/err."""
+        """Send a request to the main process and wait for its ok/err (the deadline is swept by ``_tick``)."""
         rid = self.next_rid
         self.next_rid += 1
         frame[1] = rid
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.pending[rid] = future
-        self.write(frame)
+        self.pending[rid] = (future, time.monotonic() + timeout)
         try:
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError:
-            raise Unavailable("the agentd main process did not answer") from None
+            self.write(frame)
+            return await future
         finally:
             self.pending.pop(rid, None)
 
+    def _expire_requests(self, now: float) -> None:
+        """Fail requests to the main process past their deadline (one sweep per tick, no timer per request)."""
+        for future, deadline in list(self.pending.values()):
+            if deadline <= now and not future.done():
+                future.set_exception(Unavailable("the agentd main process did not answer"))
+
+    def _stop_serving(self) -> None:
+        if self.stopped is not None and not self.stopped.done():
+            self.stopped.set_result(None)
+
     async def serve(self) -> None:
         """Run until the main process says shutdown or goes away."""
-        reader, self.writer = await asyncio.open_unix_connection(sock=self.sock)
-        await self.runtime.start()
         loop = asyncio.get_running_loop()
+        self.stopped = loop.create_future()
+        await self.runtime.start()
+        # Frames are dispatched in the socket's readiness callback (agentd.ipc.Channel), not by a reader task.
+        self.channel = Channel(self.sock, self._dispatch, self._stop_serving)
         heartbeat = float(self.config.get("heartbeat_s", 0.1))
         self._tick(loop, heartbeat)
         watchdog = threading.Thread(target=self._watchdog, name="agentd-watchdog", daemon=True)
         watchdog.start()
         self.write(["hello", self.worker_id, os.getpid()])
-        frames = FrameReader(reader)
         serving = asyncio.current_task()
         assert serving is not None and self.runtime.root is not None
         self.scope.start(self._watch_root(self.runtime.root, serving))
         try:
-            while True:
-                batch = await frames.next_batch()
-                if batch is None or any(frame[0] == "shutdown" for frame in batch):
-                    break
-                for frame in batch:
-                    self._dispatch(frame)
+            await self.stopped
         except asyncio.CancelledError:
             if not self.root_gave_up:
                 raise
@@ -170,7 +176,7 @@ class Worker:
             self.stopping.set()
             await self.runtime.stop()
             await self.scope.aclose()
-            self.writer.close()
+            self.channel.close()
 
     async def _watch_root(self, root: AgentProcess, serving: asyncio.Task[None]) -> None:
         """When the root supervisor exits on its own (it gave up), end the worker: like an OTP node whose
@@ -184,8 +190,10 @@ class Worker:
 
     def _tick(self, loop: asyncio.AbstractEventLoop, period: float) -> None:
         """Loop liveness: refresh the tick and send statistics (the main process's heartbeat)."""
-        self.last_tick = time.monotonic()
+        self.last_tick = now = time.monotonic()
         self.ticks += 1
+        if self.pending:
+            self._expire_requests(now)
         self.write(["stats", self.statistics()])
         loop.call_later(period, self._tick, loop, period)
 
@@ -212,7 +220,11 @@ class Worker:
                 "latency_counts": rt.latency_counts, "latency_sum": rt.latency_sum, "n": len(rt)}
 
     def _dispatch(self, frame: list[Any]) -> None:
+        if self.stopped is None or self.stopped.done():
+            return  # shutting down: later frames are not served
         op = frame[0]
+        if op == "call" and self._call_fast(frame):
+            return
         if op == "cast":
             _, rid, to, msg, sender = frame
             try:
@@ -225,14 +237,14 @@ class Worker:
                 elif sender:
                     self.write(["cast-failed", sender, to, exc.code, exc.message])
         elif op in ("ok", "err"):
-            future = self.pending.get(frame[1])
-            if future is not None and not future.done():
+            entry = self.pending.get(frame[1])
+            if entry is not None and not entry[0].done():
                 if op == "ok":
-                    future.set_result(frame[2])
+                    entry[0].set_result(frame[2])
                 else:
-                    future.set_exception(error_from_code(frame[2], frame[3]))
-        elif op == "call" and self._call_fast(frame):
-            return
+                    entry[0].set_exception(error_from_code(frame[2], frame[3]))
+        elif op == "shutdown":
+            self._stop_serving()
         elif op == "cast-failed":
             _, sender, to, code, message = frame
             self.runtime.delivery_failed(sender, to, error_from_code(code, message))
@@ -240,34 +252,20 @@ class Worker:
             self.scope.start(self._answer(frame))
 
     def _call_fast(self, frame: list[Any]) -> bool:
-        """A call to a local agent without a task: the reply future's callback writes the answer.
+        """A call to a local agent without a task or a future: the agent answers into a RemoteReply.
 
-        Saves a task and a timer per call (the caller's side keeps the deadline); measured
-        by ``python -m bench agents`` (cross-process call rate).
+        Saves a task and a timer per call (the caller's side keeps the deadline), and the
+        reply leaves in the step the agent finishes (a future's done callback wrote it one
+        loop turn later); measured by ``python -m bench agents`` (cross_process_calls_per_s).
         """
         _, rid, to, msg, _timeout = frame
         proc = self.runtime.local_process(_ref(to))
         if proc is None:
             return False
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
-            proc.mailbox.put_nowait((CALL, msg, future))
+            proc.mailbox.put_nowait((CALL, msg, RemoteReply(self, rid)))
         except AgentError as exc:
             self.write(["err", rid, exc.code, exc.message])
-            return True
-
-        def answer(done: asyncio.Future[Any]) -> None:
-            if done.cancelled():
-                return
-            error = done.exception()
-            if error is None:
-                self.write(["ok", rid, done.result()])
-            elif isinstance(error, AgentError):
-                self.write(["err", rid, error.code, error.message])
-            else:
-                self.write(["err", rid, "INTERNAL", repr(error)])
-
-        future.add_done_callback(answer)
         return True
 
     async def _answer(self, frame: list[Any]) -> None:
@@ -305,6 +303,50 @@ class Worker:
         if op == "tree":
             return rt.tree(frame[2] if len(frame) > 2 and frame[2] else None)
         raise InvalidArgument(f"unknown request {op!r}")
+
+
+class RemoteReply:
+    """Where an agent's answer to a call from the main process goes: written as ok/err at once.
+
+    It has the part of ``asyncio.Future`` an agent's loop uses for ``reply_to`` (``done``,
+    ``cancelled``, ``set_result``, ``set_exception``). A reply that is not plain data comes
+    back to the caller as INVALID_ARGUMENT instead of never arriving.
+    """
+
+    __slots__ = ("_worker", "_rid", "_done")
+
+    def __init__(self, worker: Worker, rid: int) -> None:
+        self._worker = worker
+        self._rid = rid
+        self._done = False
+
+    def done(self) -> bool:
+        """True once answered."""
+        return self._done
+
+    def cancelled(self) -> bool:
+        """Never: the caller's deadline is kept in the main process."""
+        return False
+
+    def set_result(self, value: Any) -> None:
+        """Send the reply."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._worker.write(["ok", self._rid, value])
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._worker.write(["err", self._rid, "INVALID_ARGUMENT", f"the reply cannot be encoded: {exc}"])
+
+    def set_exception(self, error: BaseException) -> None:
+        """Send an error reply (typed errors keep their code)."""
+        if self._done:
+            return
+        self._done = True
+        if isinstance(error, AgentError):
+            self._worker.write(["err", self._rid, error.code, error.message])
+        else:
+            self._worker.write(["err", self._rid, "INTERNAL", repr(error)])
 
 
 def _info_dict(info: Any) -> dict[str, Any]:
