@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agentd.errors import AgentError, MailboxFull
+from agentd.errors import AgentError, CallTimeout, MailboxFull
 from agentd.supervision import ChildSpec, StartSpec
 from agentd.workers import WorkerPool
 
@@ -112,6 +112,17 @@ async def test_full_mailbox_in_a_worker_is_resource_exhausted_at_the_caller(pool
     finally:
         assert await caller == "slept"
     assert os.getpid() != await pool.call("busy", "pid")
+
+
+async def test_a_call_past_its_deadline_is_deadline_exceeded(pool: WorkerPool) -> None:
+    # The main process keeps the deadline (timeout + 1 s for the hop), swept every <= 0.1 s.
+    await pool.spawn(counter("stuck"))
+    began = time.monotonic()
+    with pytest.raises(CallTimeout) as caught:
+        await pool.call("stuck", {"sleep": 30}, timeout=0.2)
+    assert caught.value.code == "DEADLINE_EXCEEDED"
+    assert 1.1 <= time.monotonic() - began < 3.0
+    assert not any(handle.pending for handle in pool.workers.values())
 
 
 class FakeMesh:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from agents_for_tests import CounterState, journal, wait_until
 
-from agentd.behaviour import AgentRef
+from agentd.behaviour import Agent, AgentRef
 from agentd.errors import AgentExited, AlreadyExists, CallTimeout, InvalidArgument, MailboxFull, NoSuchAgent
 from agentd.process import SHUTDOWN
 from agentd.runtime import Runtime
@@ -199,3 +200,53 @@ async def test_stop_runtime_terminates_everything(runtime: Runtime) -> None:
     assert len(runtime) == 0
     assert sorted(e[1] for e in journal("all") if e[0] == "stop") == list(range(20))
     await asyncio.sleep(0)
+
+
+class _Patient(Agent):
+    """handle_timeout 0.3 s: each cast sleeps as long as it says; a call that catches its cancellation."""
+
+    handle_timeout = 0.3
+
+    async def init(self, args: dict[str, Any]) -> Any:
+        return None
+
+    async def handle_cast(self, msg: Any, state: Any) -> Any:
+        await asyncio.sleep(msg)
+        return state
+
+    async def handle_call(self, msg: Any, state: Any) -> tuple[Any, Any]:
+        if msg == "stubborn":
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                return "ignored the deadline", state
+        return msg, state
+
+
+async def test_the_handling_deadline_is_per_message_not_cumulative(runtime: Runtime) -> None:
+    # Messages that each finish within 0.3 s, back to back for longer than 0.3 s, are not a timeout
+    # (the deadline timer armed for the first message re-arms for the one running when it fires).
+    runtime.registry.register("patient", _Patient)
+    ref = await runtime.spawn("patient", {})
+    proc = runtime.local_process(ref)
+    assert proc is not None
+    for _ in range(8):
+        runtime.send(ref, 0.1)
+    assert await runtime.call(ref, "done", timeout=5) == "done"
+    assert not proc.done
+    began = asyncio.get_running_loop().time()
+    runtime.send(ref, 3600)
+    await wait_until(lambda: proc.done, timeout=5)
+    assert proc.exit_reason == "timeout"
+    assert asyncio.get_running_loop().time() - began >= 0.29
+
+
+async def test_a_callback_that_swallows_its_cancellation_still_times_out(runtime: Runtime) -> None:
+    runtime.registry.register("patient", _Patient)
+    ref = await runtime.spawn("patient", {})
+    proc = runtime.local_process(ref)
+    assert proc is not None
+    # Its late reply is delivered, but the agent overran its deadline: it exits with reason timeout.
+    assert await runtime.call(ref, "stubborn", timeout=5) == "ignored the deadline"
+    await wait_until(lambda: proc.done, timeout=5)
+    assert proc.exit_reason == "timeout"
