@@ -1,6 +1,17 @@
-"""Data-plane throughput and call latency across two processes, with raw pyzmq baselines in the same run.
+"""Data-plane throughput and call latency across two meshd, with raw pyzmq baselines in the same run.
 
-``python -m bench dataplane [--quick] [--json]``. The bench process hosts a
+``python -m bench dataplane [--quick] [--json]``.
+
+**Headline keys (``mesh_*``): two real meshd processes** (``bench.hol.MeshPair``:
+DevCluster(2), sender attached over ipc to node-1 in this process, receiver a
+child attached to node-2). Throughput: one-way casts on ``normal`` through
+sender → meshd-1 → TCP → meshd-2 → receiver, with a call barrier every
+``window`` casts (its reply proves every earlier cast was delivered, FIFO per
+channel, and bounds what is in flight so no queue overflows); the child counts
+what it received. Call round trip: 64 B calls from the sender to the receiver,
+which echoes.
+
+**``plane_*`` keys: the data plane alone.** The bench process hosts a
 sending DataPlane; a child process (``python -m meshd.dataplane.testing``, role
 echo) hosts the receiving one, with an in-process handler endpoint ``svc``.
 Throughput: N one-way casts on ``normal``, then one call on the same channel as
@@ -190,7 +201,55 @@ def asyncio_floor(count: int) -> list[float]:
     return times
 
 
-# ---------------------------------------------------------------- the mesh
+# ---------------------------------------------------------------- through two real meshd processes
+
+async def _meshd(quick: bool) -> dict[str, Any]:
+    from bench.hol import MeshPair
+
+    pair = MeshPair(receiver="bench-rx")
+    out: dict[str, Any] = {}
+    try:
+        await pair.start()
+        assert pair.child is not None
+        sender, target = pair.sender, pair.target
+        for key, count in _counts(quick).items():
+            size = SIZES[key]
+            payload = b"x" * size
+            # Credit window: meshd-2 forwards one envelope per ZeroMQ message to the receiver and its attach
+            # socket holds 1,000 (SNDHWM); beyond that meshd bounces casts with RESOURCE_EXHAUSTED, by design.
+            window = max(4, min(500, (16 << 20) // size))
+            pair.child.report()
+            cpu_before = pair.cpu()
+            started = time.perf_counter()
+            for i in range(count):
+                await sender.send(target, payload)
+                if i % window == window - 1:
+                    await sender.call(target, b"barrier", timeout=120)
+            await sender.call(target, b"barrier", timeout=120)
+            elapsed = time.perf_counter() - started
+            cpu_after = pair.cpu()
+            received = pair.child.report()["casts"]
+            out[f"mesh_{key}_msgs_per_s"] = round(received / elapsed)
+            out[f"mesh_{key}_mb_per_s"] = round(received * size / elapsed / 1e6, 1)
+            out[f"mesh_{key}_lost"] = count - received
+            out[f"mesh_{key}_cpu_s"] = {n: round(cpu_after[n] - cpu_before[n], 2) for n in cpu_before}
+        rtts = []
+        cpu_before = pair.cpu()
+        for _ in range(2000 if quick else 10000):
+            started_ns = time.perf_counter_ns()
+            await sender.call(target, b"x" * 64, timeout=10)
+            rtts.append((time.perf_counter_ns() - started_ns) / 1000)
+        cpu_after = pair.cpu()
+        out["mesh_call_p50_us"] = round(percentile(rtts, 50), 1)
+        out["mesh_call_p99_us"] = round(percentile(rtts, 99), 1)
+        out["mesh_call_cpu_us_per_call"] = {n: round((cpu_after[n] - cpu_before[n]) / len(rtts) * 1e6, 1)
+                                            for n in cpu_before}
+    finally:
+        await pair.close()
+    return out
+
+
+# ---------------------------------------------------------------- the data plane alone (two processes)
 
 async def _mesh(quick: bool) -> dict[str, Any]:
     from meshd.dataplane import AgentRef, DataPlane, DataPlaneConfig, ResourceExhausted
@@ -233,24 +292,30 @@ async def _mesh(quick: bool) -> dict[str, Any]:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    """Mesh throughput per size and call latency, then the raw pyzmq baselines; ratios."""
-    mesh = _run_loop(_mesh(quick))
-    result: dict[str, Any] = dict(mesh)
+    """Throughput per size and call latency through two meshd, then in-plane, then raw pyzmq; ratios."""
+    result: dict[str, Any] = dict(_run_loop(_meshd(quick)))
+    plane = _run_loop(_mesh(quick))
+    result.update({"plane_" + key.removeprefix("mesh_"): value for key, value in plane.items()})
     for key, count in _counts(quick).items():
         rate = raw_push_pull(SIZES[key], count)
         result[f"raw_{key}_msgs_per_s"] = round(rate)
         result[f"ratio_{key}"] = round(result[f"mesh_{key}_msgs_per_s"] / rate, 3)
+        result[f"plane_ratio_{key}"] = round(result[f"plane_{key}_msgs_per_s"] / rate, 3)
     rtts = raw_req_rep(2000 if quick else 10000)
     result["raw_reqrep_p50_us"] = round(percentile(rtts, 50), 1)
     result["raw_reqrep_p99_us"] = round(percentile(rtts, 99), 1)
     result["ratio_call_p50"] = round(result["mesh_call_p50_us"] / result["raw_reqrep_p50_us"], 2)
+    result["plane_ratio_call_p50"] = round(result["plane_call_p50_us"] / result["raw_reqrep_p50_us"], 2)
     floor = asyncio_floor(2000 if quick else 10000)
     result["floor_asyncio_p50_us"] = round(percentile(floor, 50), 1)
     result["floor_asyncio_p99_us"] = round(percentile(floor, 99), 1)
     result["ratio_floor_p50"] = round(result["floor_asyncio_p50_us"] / result["raw_reqrep_p50_us"], 2)
     result["ratio_call_p50_vs_floor"] = round(result["mesh_call_p50_us"] / result["floor_asyncio_p50_us"], 2)
-    result["notes"] = ("mesh: DataPlane (uvloop) -> child DataPlane handler endpoint, casts on normal, "
-                       "FIFO call barrier; raw: sync pyzmq, one frame per message")
+    result["plane_ratio_call_p50_vs_floor"] = round(result["plane_call_p50_us"] / result["floor_asyncio_p50_us"], 2)
+    result["notes"] = ("mesh_*: sender attached (ipc) to meshd node-1 -> TCP -> meshd node-2 -> ipc -> receiver "
+                       "process (DevCluster(2)), casts on normal with a call barrier every window; "
+                       "plane_*: DataPlane (uvloop) -> child DataPlane handler endpoint; "
+                       "raw: sync pyzmq, one frame per message")
     return result
 
 
