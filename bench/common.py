@@ -68,3 +68,16 @@ async def rate(worker: Callable[[int], Awaitable[object]], total: int, concurren
     started = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(concurrency)))
     return total / (time.perf_counter() - started)
+
+
+async def warm_up(plane: Any, target: Any) -> None:
+    """First call, retried: the child may process its peer_up after our call arrives (its reply is then lost)."""
+    from meshd.dataplane import DeadlineExceeded
+
+    for _ in range(20):
+        try:
+            await plane.call(None, target, b"warm-up", timeout=0.5)
+            return
+        except DeadlineExceeded:
+            continue
+    raise RuntimeError("the child never answered")

@@ -31,20 +31,7 @@ from typing import Any
 
 import zmq
 
-from bench.common import percentile
-
-
-async def warm_up(plane: Any, target: Any) -> None:
-    """First call, retried: the child may process its peer_up after our call arrives (its reply is then lost)."""
-    from meshd.dataplane import DeadlineExceeded
-
-    for _ in range(20):
-        try:
-            await plane.call(None, target, b"warm-up", timeout=0.5)
-            return
-        except DeadlineExceeded:
-            continue
-    raise RuntimeError("the child never answered")
+from bench.common import percentile, warm_up
 
 SIZES = {"100b": 100, "1kib": 1024, "64kib": 64 << 10, "1mib": 1 << 20}
 

@@ -40,20 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import percentile
-
-
-async def warm_up(plane: Any, target: Any) -> None:
-    """First call, retried: the child may process its peer_up after our call arrives (its reply is then lost)."""
-    from meshd.dataplane import DeadlineExceeded
-
-    for _ in range(20):
-        try:
-            await plane.call(None, target, b"warm-up", timeout=0.5)
-            return
-        except DeadlineExceeded:
-            continue
-    raise RuntimeError("the child never answered")
+from bench.common import percentile, warm_up
 
 BULK_SIZE = 64 << 20
 URGENT_SIZE = 256

@@ -12,39 +12,19 @@ import argparse
 import asyncio
 import importlib
 import inspect
-import json
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-from rich.console import Console
 from rich.table import Table
 
 from mabeam_client.errors import MabeamError
 from mabeam_client.mesh import MeshClient
+from mabeam_client.output import emit, to_dict
 
 DEFAULT_ENDPOINT = "127.0.0.1:7110"
 PLUGINS = ("mabeam_client.cli_agents", "mabeam_client.cli_dataplane", "mabeam_client.cli_coordinator")
-
-console = Console()
-
-
-def to_dict(message: Any) -> dict[str, Any]:
-    """A protobuf message as plain JSON-able data (field names as in the proto)."""
-    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-
-
-def emit(args: argparse.Namespace, data: Any, table: Table | None = None, text: str | None = None) -> None:
-    """Print `data` as JSON with --json, else the table or text."""
-    if args.json:
-        print(json.dumps(data, indent=2, sort_keys=True))
-    elif table is not None:
-        console.print(table)
-    elif text is not None:
-        console.print(text)
-
 
 async def cmd_ping(args: argparse.Namespace) -> int:
     async with MeshClient(args.endpoint) as mesh:

@@ -19,33 +19,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-from rich.console import Console
 from rich.table import Table
 
 from mabeam_client.coordinator import CoordinatorClient
 from mabeam_client.errors import MabeamError
+from mabeam_client.output import console, emit, to_dict
 
 DEFAULT_COORDINATOR = "127.0.0.1:7200"
-console = Console()
 
 
 def _endpoints(args: argparse.Namespace) -> list[str]:
     raw = getattr(args, "coordinator", None) or os.environ.get("MABEAM_COORDINATOR") or DEFAULT_COORDINATOR
     return [part.strip() for part in raw.split(",") if part.strip()]
-
-
-def _dict(message: Any) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-
-
-def _emit(args: argparse.Namespace, data: Any, table: Table | None = None, text: str | None = None) -> None:
-    if args.json:
-        print(json.dumps(data, indent=2, sort_keys=True))
-    elif table is not None:
-        console.print(table)
-    elif text is not None:
-        console.print(text)
 
 
 def _json_arg(text: str) -> Any:
@@ -95,22 +80,22 @@ def cmd_auction(args: argparse.Namespace) -> Awaitable[int]:
                     config.setdefault("opens_at", _now_ms())
             instance = await coord.create_auction(args.kind, config, escrow=args.escrow, seller=args.seller or "",
                                                   instance_id=args.id)
-            _emit(args, _dict(instance), text=f"created {instance.kind} auction {instance.id}")
+            emit(args, to_dict(instance), text=f"created {instance.kind} auction {instance.id}")
         elif args.action == "get":
             instance = await coord.get(args.id, args.family)
-            _emit(args, _dict(instance), _instance_table([instance], "instance"))
+            emit(args, to_dict(instance), _instance_table([instance], "instance"))
         elif args.action == "list":
             instances = await coord.list_instances(state=args.state or "")
-            _emit(args, [_dict(i) for i in instances], _instance_table(instances, "instances"))
+            emit(args, [to_dict(i) for i in instances], _instance_table(instances, "instances"))
         elif args.action == "cancel":
             instance = await coord.cancel(args.id, args.reason or "")
-            _emit(args, _dict(instance), text=f"cancelled {instance.id}")
+            emit(args, to_dict(instance), text=f"cancelled {instance.id}")
         elif args.action == "close":
             instance = await coord.close_instance(args.id)
-            _emit(args, _dict(instance), text=f"{instance.id}: {instance.state} {instance.outcome_json}")
+            emit(args, to_dict(instance), text=f"{instance.id}: {instance.state} {instance.outcome_json}")
         elif args.action == "watch":
             async for item in coord.watch(args.id):
-                data = _dict(item)
+                data = to_dict(item)
                 if args.json:
                     print(json.dumps(data, sort_keys=True), flush=True)
                 elif item.final_state:
@@ -131,7 +116,7 @@ def cmd_bid(args: argparse.Namespace) -> Awaitable[int]:
             print("error: give --event JSON, or --bidder and --amount", file=sys.stderr)
             return 2
         ack = await coord.submit_bid(args.id, event, client_event_id=args.client_id)
-        _emit(args, _dict(ack), text=f"accepted as #{ack.seq} ({ack.state})" + (" [duplicate]" if ack.duplicate
+        emit(args, to_dict(ack), text=f"accepted as #{ack.seq} ({ack.state})" + (" [duplicate]" if ack.duplicate
                                                                                     else ""))
         return 0
 
@@ -148,16 +133,16 @@ def cmd_vote(args: argparse.Namespace) -> Awaitable[int]:
         if args.action == "create":
             config = args.config or {}
             instance = await coord.create_vote(config, bind_variable=args.bind or "", instance_id=args.id)
-            _emit(args, _dict(instance), text=f"created vote {instance.id}")
+            emit(args, to_dict(instance), text=f"created vote {instance.id}")
         elif args.action == "cast":
             ack = await coord.cast_vote(args.id, {"type": "cast", "voter": args.voter, "choice": args.choice})
-            _emit(args, _dict(ack), text=f"ballot #{ack.seq} ({ack.state})")
+            emit(args, to_dict(ack), text=f"ballot #{ack.seq} ({ack.state})")
         elif args.action == "close":
             instance = await coord.close_instance(args.id)
-            _emit(args, _dict(instance), text=f"{instance.id}: {instance.outcome_json}")
+            emit(args, to_dict(instance), text=f"{instance.id}: {instance.outcome_json}")
         else:
             instance = await coord.get(args.id, "vote")
-            _emit(args, _dict(instance), _instance_table([instance], "vote"))
+            emit(args, to_dict(instance), _instance_table([instance], "vote"))
         return 0
 
     return _run(args, body)
@@ -179,24 +164,24 @@ def cmd_var(args: argparse.Namespace) -> Awaitable[int]:
     async def body(coord: CoordinatorClient) -> int:
         if args.action == "create":
             var = await coord.create_variable(args.name, args.schema or {}, args.value)
-            _emit(args, _dict(var), text=f"{var.name} v{var.version} = {var.value_json}")
+            emit(args, to_dict(var), text=f"{var.name} v{var.version} = {var.value_json}")
         elif args.action == "set":
             expected = args.expected if args.expected is not None else (await coord.get_variable(args.name)).version
             var = await coord.set_variable(args.name, args.value, expected)
-            _emit(args, _dict(var), text=f"{var.name} v{var.version} = {var.value_json}")
+            emit(args, to_dict(var), text=f"{var.name} v{var.version} = {var.value_json}")
         elif args.action == "get":
             var = await coord.get_variable(args.name)
-            _emit(args, _dict(var), text=f"{var.name} v{var.version} = {var.value_json}")
+            emit(args, to_dict(var), text=f"{var.name} v{var.version} = {var.value_json}")
         elif args.action == "list":
             variables = await coord.list_variables()
-            _emit(args, [_dict(v) for v in variables], _var_table(variables, "variables"))
+            emit(args, [to_dict(v) for v in variables], _var_table(variables, "variables"))
         elif args.action == "history":
             versions = await coord.variable_history(args.name)
-            _emit(args, [_dict(v) for v in versions], _var_table(versions, f"history of {args.name}"))
+            emit(args, [to_dict(v) for v in versions], _var_table(versions, f"history of {args.name}"))
         else:
             async for var in coord.watch_variable(args.name, from_version=args.from_version):
                 if args.json:
-                    print(json.dumps(_dict(var), sort_keys=True), flush=True)
+                    print(json.dumps(to_dict(var), sort_keys=True), flush=True)
                 else:
                     console.print(f"{var.name} v{var.version} = {var.value_json}")
         return 0
@@ -213,19 +198,19 @@ def cmd_ledger(args: argparse.Namespace) -> Awaitable[int]:
     async def body(coord: CoordinatorClient) -> int:
         if args.action == "deposit":
             balance = await coord.deposit(args.agent, args.amount)
-            _emit(args, _dict(balance), text=f"{balance.agent}: {balance.available} available, {balance.held} held")
+            emit(args, to_dict(balance), text=f"{balance.agent}: {balance.available} available, {balance.held} held")
         elif args.action == "transfer":
             result = await coord.transfer(args.agent, args.to, args.amount)
-            _emit(args, _dict(result), text=f"{args.agent} → {args.to}: {args.amount}")
+            emit(args, to_dict(result), text=f"{args.agent} → {args.to}: {args.amount}")
         elif args.action == "balance":
             balance = await coord.balance(args.agent)
-            _emit(args, _dict(balance), text=f"{balance.agent}: {balance.available} available, {balance.held} held")
+            emit(args, to_dict(balance), text=f"{balance.agent}: {balance.available} available, {balance.held} held")
         else:
             balances = await coord.balances()
             table = Table("agent", "available", "held", title="balances")
             for b in balances:
                 table.add_row(b.agent, str(b.available), str(b.held))
-            _emit(args, [_dict(b) for b in balances], table)
+            emit(args, [to_dict(b) for b in balances], table)
         return 0
 
     return _run(args, body)
