@@ -16,6 +16,12 @@ the priority channels. Errors come back typed: a call raises the
 ``error`` is set. The mailbox holds ``max_pending`` messages; beyond that the
 endpoint itself bounces messages to their sender with RESOURCE_EXHAUSTED.
 
+The endpoint works like the channels between nodes (bench/dataplane.py through two meshd): plain
+ZeroMQ sockets read from their FD's reader callback with NOBLOCK (no future per receive), envelopes
+built from a cached template per flow, and outgoing messages coalesced into one batch per loop turn
+(packed when small; a call or reply on an idle connection goes at once). ``send`` returns without
+waiting unless ``max_queued`` messages are already waiting for the socket.
+
 Messages on ``bulk`` or above :data:`LANE_ABOVE` bytes travel on a second connection, the bulk
 lane (own ZeroMQ context and I/O thread), in both directions, so a 64 MiB transfer never sits in
 front of urgent messages on the main connection (bench/hol.py through two meshd). FIFO holds per
@@ -33,15 +39,22 @@ import os
 import random
 import time
 from collections import deque
+from typing import Any
 
 import grpc
 import zmq
-import zmq.asyncio
 
 from mabeam.v1 import dataplane_pb2 as pb
 from meshd.dataplane import envelope as wire
+from meshd.dataplane import transport
 from meshd.dataplane.endpoint import Destination, Group, Message
-from meshd.dataplane.errors import DataPlaneError, DeadlineExceeded, InvalidArgument, error_from_code
+from meshd.dataplane.errors import (
+    DataPlaneError,
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    error_from_code,
+)
 from meshd.dataplane.registry import AgentRef, tenant_or_default
 
 HEARTBEAT_EVERY = 1.0
@@ -49,45 +62,67 @@ HEARTBEAT_EVERY = 1.0
 LANE_ABOVE = 1 << 20
 LANE_SUFFIX = b"~bulk"  # keep equal to attach_server.LANE_SUFFIX (the client does not import the server)
 _ZERO_COPY_ABOVE = 65536
+_MAX_BATCH = 256
+_MAX_BATCH_BYTES = 256 << 10
+_PACK_BELOW = 16 << 10
+_STEP = 256  # ZeroMQ messages per receive step before the loop gets a turn
+_RETRY_BLOCKED = 0.002
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
+_NOBLOCK = int(zmq.NOBLOCK)
 
 
 class AttachedEndpoint:
     """One endpoint of an attached process; create it with :meth:`connect`."""
 
     def __init__(self, address: str, agent_id: str | None = None, tenant: str | None = None,
-                 max_pending: int = 1024) -> None:
+                 max_pending: int = 1024, max_queued: int = 65536) -> None:
         self.address = address
         self.tenant = tenant_or_default(tenant)
         self.ref = AgentRef(self.tenant, "", agent_id or "")
         self.max_pending = max_pending
-        self._ctx = zmq.asyncio.Context(io_threads=1)
+        self.max_queued = max_queued
         routing_id = b"at" + os.urandom(8).hex().encode()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.ROUTING_ID, routing_id)
-        self._sock.connect(address)
-        self._lane_ctx = zmq.asyncio.Context(io_threads=1)
-        self._lane = self._lane_ctx.socket(zmq.DEALER)
-        self._lane.setsockopt(zmq.LINGER, 0)
-        self._lane.setsockopt(zmq.ROUTING_ID, routing_id + LANE_SUFFIX)
-        self._lane.connect(address)
+        self._ctx = zmq.Context(io_threads=1)
+        self._sock = self._socket(self._ctx, routing_id)
+        self._lane_ctx = zmq.Context(io_threads=1)
+        self._lane = self._socket(self._lane_ctx, routing_id + LANE_SUFFIX)
         self._prefix = wire.batch_prefix("")
         self._ids = itertools.count(random.getrandbits(62) | 1)
+        self._templates: dict[tuple[Any, ...], bytes] = {}
         self._waiting: dict[int, asyncio.Future[pb.Envelope | Message]] = {}
         self._mailbox: deque[Message] = deque()
-        self._arrived = asyncio.Event()
-        self._reader: asyncio.Task[None] | None = None
-        self._lane_reader: asyncio.Task[None] | None = None
+        self._receivers: deque[asyncio.Future[None]] = deque()
+        self._out: deque[tuple[bytes, bytes | memoryview]] = deque()
+        self._lane_out: deque[list[Any]] = deque()
+        self._space: list[asyncio.Future[None]] = []
+        self._flush_scheduled = False
+        self._blocked = False
+        self._loop = asyncio.get_running_loop()
+        self._fds = [self._sock.getsockopt(zmq.FD), self._lane.getsockopt(zmq.FD)]
+        self._loop.add_reader(self._fds[0], self._on_readable)
+        self._loop.add_reader(self._fds[1], self._on_lane_readable)
+        self._lane_retry = False
+        self._heartbeat = self._loop.call_later(HEARTBEAT_EVERY, self._beat)
+        self._beat_bytes = pb.Envelope(version=wire.VERSION, kind=wire.SYSTEM, channel=wire.CONTROL,
+                                       system_op=pb.SYSTEM_OP_HEARTBEAT).SerializeToString()
+        self._reading = False
         self.bounced = 0
         self.closed = False
+
+    def _socket(self, ctx: zmq.Context, routing_id: bytes) -> zmq.Socket:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, routing_id)
+        sock.connect(self.address)
+        return sock
 
     @classmethod
     async def connect(cls, address: str, agent_id: str | None = None, tenant: str | None = None, *,
                       max_pending: int = 1024, timeout: float = 5.0) -> AttachedEndpoint:
         """Attach to the meshd at ``address`` as ``agent_id`` (generated when None)."""
         endpoint = cls(address, agent_id, tenant, max_pending)
-        endpoint._reader = asyncio.create_task(endpoint._read_loop(), name=f"attach-{agent_id}")
-        endpoint._lane_reader = asyncio.create_task(endpoint._read_lane(), name=f"attach-lane-{agent_id}")
         try:
             result = await endpoint._system(pb.SYSTEM_OP_ATTACH, str(max_pending).encode(), timeout)
         except BaseException:
@@ -96,83 +131,202 @@ class AttachedEndpoint:
         endpoint.ref = AgentRef.from_proto(result.to_agent)
         return endpoint
 
-    # ------------------------------------------------------------------ wire
+    # ------------------------------------------------------------------ sending
 
-    async def _write(self, env: pb.Envelope, payload: bytes) -> None:
+    def _queue(self, data: bytes, payload: bytes | memoryview, channel: int, urgent: bool = False) -> None:
+        """Queue one serialized envelope; flushed this loop turn, at once when ``urgent`` and idle."""
         if self.closed:
             raise DataPlaneError("endpoint closed")
-        header = wire.encode_batch(self._prefix, [env.SerializeToString()])
-        sock = self._lane if env.channel == wire.BULK or len(payload) > LANE_ABOVE else self._sock
-        await sock.send_multipart([header, payload], copy=len(payload) <= _ZERO_COPY_ABOVE)
+        if channel == wire.BULK or len(payload) > LANE_ABOVE:
+            self._lane_out.append([wire.encode_batch(self._prefix, [data]), payload])
+            if not self._lane_retry:
+                self._flush_lane()
+            return
+        out = self._out
+        was_empty = not out
+        out.append((data, payload))
+        if len(out) >= _MAX_BATCH or (urgent and was_empty):
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
-    async def _read_lane(self) -> None:
-        """Receive from the bulk lane: payloads above 64 KiB zero-copy."""
-        while True:
-            parts = await self._lane.recv_multipart(copy=False)
-            frames = [p.buffer if i and len(p) > _ZERO_COPY_ABOVE else p.bytes for i, p in enumerate(parts)]
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if self._blocked or self.closed:
+            return
+        sock = self._sock
+        while out:
+            envs, payloads, _, packed = wire.take_batch(out, _MAX_BATCH, _MAX_BATCH_BYTES, _PACK_BELOW)
             try:
-                batch, payloads = wire.decode_frames(frames)
-            except wire.FrameError:
-                continue
-            for env, payload in zip(batch.envelopes, payloads, strict=True):
-                await self._on_envelope(env, payload)
+                transport.send_frames(sock, wire.batch_frames(self._prefix, envs, payloads, packed))
+            except zmq.Again:
+                out.extendleft(reversed(list(zip(envs, payloads, strict=True))))
+                self._blocked = True
+                self._loop.call_later(_RETRY_BLOCKED, self._unblock)
+                return
+        self._wake_senders()
+        self._rearm(sock, self._on_readable)
 
-    async def _read_loop(self) -> None:
-        last_beat = time.monotonic()
-        beat = pb.Envelope(version=wire.VERSION, kind=wire.SYSTEM, channel=wire.CONTROL,
-                           system_op=pb.SYSTEM_OP_HEARTBEAT)
-        while True:
-            if time.monotonic() - last_beat >= HEARTBEAT_EVERY:
-                last_beat = time.monotonic()
-                await self._write(beat, b"")
-            if not await self._sock.poll(int(HEARTBEAT_EVERY * 1000), zmq.POLLIN):
-                continue
-            while True:
-                try:
-                    frames = self._sock.recv_multipart(zmq.NOBLOCK).result()  # type: ignore[union-attr]
-                except zmq.Again:
-                    break
-                try:
-                    batch, payloads = wire.decode_frames(frames)
-                except wire.FrameError:
-                    continue
-                for env, payload in zip(batch.envelopes, payloads, strict=True):
-                    await self._on_envelope(env, payload)
+    def _flush_lane(self) -> None:
+        self._lane_retry = False
+        lane = self._lane
+        while self._lane_out and not self.closed:
+            try:
+                transport.send_frames(lane, self._lane_out[0])
+            except zmq.Again:
+                if not self._lane_retry:
+                    self._lane_retry = True
+                    self._loop.call_later(_RETRY_BLOCKED, self._flush_lane)
+                return
+            self._lane_out.popleft()
+        self._wake_senders()
+        self._rearm(lane, self._on_lane_readable)
 
-    async def _on_envelope(self, env: pb.Envelope, payload: bytes) -> None:
-        if env.kind == wire.SYSTEM:
+    def _unblock(self) -> None:
+        self._blocked = False
+        self._flush()
+
+    def _wake_senders(self) -> None:
+        if self._space and len(self._out) < self.max_queued and len(self._lane_out) < self.max_queued:
+            waiters, self._space = self._space, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _wait_space(self) -> None:
+        while len(self._out) >= self.max_queued or len(self._lane_out) >= self.max_queued:
+            waiter = self._loop.create_future()
+            self._space.append(waiter)
+            await waiter
+            if self.closed:
+                raise DataPlaneError("endpoint closed")
+
+    def _rearm(self, sock: zmq.Socket, reader: Any) -> None:
+        """Sending may consume the edge of the socket's FD: read now-waiting messages on the next turn."""
+        if not self._reading and sock.getsockopt(_EVENTS) & _POLLIN:
+            self._loop.call_soon(reader)
+
+    def _beat(self) -> None:
+        if self.closed:
+            return
+        self._heartbeat = self._loop.call_later(HEARTBEAT_EVERY, self._beat)
+        self._queue(self._beat_bytes, b"", wire.CONTROL)
+
+    def _header(self, kind: int, to: Destination, channel: int, flags: int, message_id: int,
+                correlation_id: int = 0, deadline_unix_ms: int = 0) -> bytes:
+        """A serialized envelope from the flow's cached template (meshd fills in the sender)."""
+        key = (kind, to, channel, flags)
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) >= 4096:
+                self._templates.clear()
+            env = pb.Envelope(version=wire.VERSION, kind=kind, channel=channel, tenant=self.tenant, flags=flags)
+            if isinstance(to, str):
+                env.to_name = to
+            elif isinstance(to, AgentRef):
+                env.to_agent.CopyFrom(to.to_proto())
+            elif isinstance(to, Group):
+                env.to_group.CopyFrom(to.to_proto())
+            else:
+                raise InvalidArgument(f"bad destination {to!r}")
+            template = self._templates[key] = wire.header_template(env)
+        return wire.header(template, message_id, time.time_ns(), correlation_id, deadline_unix_ms)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_readable(self) -> None:
+        """Reader callback of the main connection: up to ``_STEP`` messages, handled synchronously."""
+        if self._reading or self.closed:
+            return
+        self._reading = True
+        sock = self._sock
+        try:
+            if self._blocked and sock.getsockopt(_EVENTS) & _POLLOUT:
+                self._blocked = False
+                self._flush()
+            recv = sock.recv
+            for _ in range(_STEP):
+                if not sock.getsockopt(_EVENTS) & _POLLIN:
+                    return
+                # Frame.more instead of recv_multipart's RCVMORE getsockopt per part (as the channels).
+                frame = recv(_NOBLOCK, copy=False)
+                frames: list[Any] = [frame.bytes]
+                while frame.more:
+                    frame = recv(_NOBLOCK, copy=False)
+                    frames.append(frame.buffer if len(frame) > _ZERO_COPY_ABOVE else frame.bytes)
+                self._on_frames(frames)
+            self._loop.call_soon(self._on_readable)
+        except zmq.Again:
+            return
+        except zmq.ZMQError:
+            if not self.closed:
+                raise
+        finally:
+            self._reading = False
+
+    def _on_lane_readable(self) -> None:
+        """Reader callback of the bulk lane: payloads above 64 KiB zero-copy."""
+        lane = self._lane
+        try:
+            while not self.closed and lane.getsockopt(_EVENTS) & _POLLIN:
+                parts = lane.recv_multipart(_NOBLOCK, copy=False)
+                self._on_frames([p.buffer if i and len(p) > _ZERO_COPY_ABOVE else p.bytes
+                                 for i, p in enumerate(parts)])
+        except zmq.Again:
+            return
+
+    def _on_frames(self, frames: list[Any]) -> None:
+        try:
+            batch, payloads = wire.decode_frames(frames)
+        except wire.FrameError:
+            return  # only meshd writes to this socket; nothing to count it against
+        for env, payload in zip(batch.envelopes, payloads, strict=True):
+            self._on_envelope(env, payload)
+
+    def _on_envelope(self, env: pb.Envelope, payload: bytes) -> None:
+        kind = env.kind
+        if kind == wire.SYSTEM:
             waiter = self._waiting.pop(env.correlation_id, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(env)
             return
-        if env.kind in (wire.REPLY, wire.ERROR):
+        if kind == wire.REPLY or kind == wire.ERROR:
             waiter = self._waiting.pop(env.correlation_id, None)
             if waiter is not None:
                 if not waiter.done():
                     waiter.set_result(Message(env, payload))
                 return
-            if env.kind == wire.REPLY:
+            if kind == wire.REPLY:
                 return  # a late reply: the call already failed with DEADLINE_EXCEEDED
         if len(self._mailbox) >= self.max_pending:
             self.bounced += 1
-            if env.kind in (wire.CAST, wire.CALL):
+            if kind == wire.CAST or kind == wire.CALL:
                 back = pb.Envelope(version=wire.VERSION, id=next(self._ids), kind=wire.ERROR, channel=env.channel,
                                    correlation_id=env.id, error_code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
                                    error_message=f"mailbox of {self.ref.agent_id!r} is full")
                 back.to_agent.CopyFrom(env.sender)
-                await self._write(back, b"")
+                self._queue(back.SerializeToString(), b"", env.channel)
             return
         self._mailbox.append(Message(env, payload))
-        self._arrived.set()
+        receivers = self._receivers
+        while receivers:
+            receiver = receivers.popleft()
+            if not receiver.done():
+                receiver.set_result(None)
+                break
+
+    # ------------------------------------------------------------------ operations
 
     async def _system(self, op: int, payload: bytes, timeout: float = 5.0) -> pb.Envelope:
         env = pb.Envelope(version=wire.VERSION, id=next(self._ids), kind=wire.SYSTEM, channel=wire.CONTROL,
                           system_op=op, tenant=self.tenant)
         env.sender.agent_id = self.ref.agent_id
-        future: asyncio.Future[pb.Envelope | Message] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[pb.Envelope | Message] = self._loop.create_future()
         self._waiting[env.id] = future
         try:
-            await self._write(env, payload)
+            self._queue(env.SerializeToString(), payload, wire.CONTROL, urgent=True)
             async with asyncio.timeout(timeout):
                 result = await future
         finally:
@@ -182,46 +336,45 @@ class AttachedEndpoint:
             raise error_from_code(result.error_code, result.error_message)
         return result
 
-    # ------------------------------------------------------------------ operations
-
-    def _envelope(self, kind: int, to: Destination, channel: int | str | None, acknowledged: bool = False
-                  ) -> pb.Envelope:
-        env = pb.Envelope(version=wire.VERSION, id=next(self._ids), kind=kind, channel=wire.parse_channel(channel),
-                          tenant=self.tenant, flags=wire.FLAG_ACK if acknowledged else 0,
-                          sent_unix_ns=time.time_ns())
-        if isinstance(to, str):
-            env.to_name = to
-        elif isinstance(to, AgentRef):
-            env.to_agent.CopyFrom(to.to_proto())
-        elif isinstance(to, Group):
-            env.to_group.CopyFrom(to.to_proto())
-        else:
-            raise InvalidArgument(f"bad destination {to!r}")
-        return env
+    def send_nowait(self, to: Destination, payload: bytes, *, channel: int | str | None = None,
+                    acknowledged: bool = False) -> int:
+        """Queue a cast for meshd; returns its id (ResourceExhausted when ``max_queued`` are waiting)."""
+        ch = wire.parse_channel(channel)
+        if len(self._out) >= self.max_queued or len(self._lane_out) >= self.max_queued:
+            raise ResourceExhausted(f"{self.max_queued} messages are waiting for the connection to meshd")
+        message_id = next(self._ids)
+        self._queue(self._header(wire.CAST, to, ch, wire.FLAG_ACK if acknowledged else 0, message_id), payload, ch)
+        return message_id
 
     async def send(self, to: Destination, payload: bytes, *, channel: int | str | None = None,
                    acknowledged: bool = False) -> int:
-        """Send a cast through meshd; returns its id (errors arrive later as ERROR messages)."""
-        env = self._envelope(wire.CAST, to, channel, acknowledged)
-        await self._write(env, payload)
-        return env.id
+        """Send a cast through meshd; returns its id (errors arrive later as ERROR messages).
+
+        Waits only while ``max_queued`` messages are waiting for the connection to meshd.
+        """
+        if len(self._out) >= self.max_queued or len(self._lane_out) >= self.max_queued:
+            await self._wait_space()
+        return self.send_nowait(to, payload, channel=channel, acknowledged=acknowledged)
 
     async def call(self, to: Destination, payload: bytes, *, timeout: float = 5.0,
                    channel: int | str | None = None) -> Message:
         """Call and wait for the reply; raises the typed error (DeadlineExceeded after ``timeout``)."""
-        env = self._envelope(wire.CALL, to, channel)
-        env.deadline_unix_ms = int((time.time() + timeout) * 1000)
-        future: asyncio.Future[pb.Envelope | Message] = asyncio.get_running_loop().create_future()
-        self._waiting[env.id] = future
+        ch = wire.parse_channel(channel)
+        call_id = next(self._ids)
+        deadline_ms = int((time.time() + timeout) * 1000)
+        data = self._header(wire.CALL, to, ch, 0, call_id, 0, deadline_ms)
+        if len(self._out) >= self.max_queued or len(self._lane_out) >= self.max_queued:
+            await self._wait_space()
+        future: asyncio.Future[pb.Envelope | Message] = self._loop.create_future()
+        self._waiting[call_id] = future
+        # A timer handle instead of asyncio.timeout: no cancel/uncancel of the task on expiry, less per call.
+        timer = self._loop.call_later(timeout, _expire, future)
         try:
-            await self._write(env, payload)
-            try:
-                async with asyncio.timeout(timeout):
-                    result = await future
-            except TimeoutError:
-                raise DeadlineExceeded("no reply before the deadline") from None
+            self._queue(data, payload, ch, urgent=True)
+            result = await future
         finally:
-            self._waiting.pop(env.id, None)
+            timer.cancel()
+            self._waiting.pop(call_id, None)
         assert isinstance(result, Message)
         if result.kind == wire.ERROR:
             raise error_from_code(result.envelope.error_code, result.envelope.error_message)
@@ -229,18 +382,35 @@ class AttachedEndpoint:
 
     async def reply(self, request: Message, payload: bytes) -> None:
         """Answer a call (ignored for casts)."""
+        self.reply_nowait(request, payload)
+
+    def reply_nowait(self, request: Message, payload: bytes) -> None:
+        """Answer a call without awaiting (ignored for casts)."""
         if not request.is_call:
             return
-        env = self._envelope(wire.REPLY, request.sender, request.channel)
-        env.correlation_id = request.id
-        await self._write(env, payload)
+        env = request.envelope
+        data = self._header(wire.REPLY, AgentRef.from_proto(env.sender), env.channel, 0, next(self._ids), env.id)
+        self._queue(data, payload, env.channel, urgent=True)
+
+    def receive_nowait(self) -> Message | None:
+        """The next message, or None when the mailbox is empty."""
+        return self._mailbox.popleft() if self._mailbox else None
 
     async def receive(self, timeout: float | None = None) -> Message:
         """The next message (TimeoutError after ``timeout``)."""
+        if self._mailbox:
+            return self._mailbox.popleft()
         async with asyncio.timeout(timeout):
             while not self._mailbox:
-                self._arrived.clear()
-                await self._arrived.wait()
+                if self.closed:
+                    raise DataPlaneError("endpoint closed")
+                receiver = self._loop.create_future()
+                self._receivers.append(receiver)
+                try:
+                    await receiver
+                finally:
+                    if not receiver.done():
+                        receiver.cancel()
         return self._mailbox.popleft()
 
     def __aiter__(self) -> AttachedEndpoint:
@@ -268,20 +438,27 @@ class AttachedEndpoint:
         await self._system(pb.SYSTEM_OP_LEAVE_GROUP, group.encode())
 
     async def close(self) -> None:
-        """Detach (names and groups are removed by meshd) and release the socket and context."""
-        if not self.closed and self._reader is not None and not self._reader.done():
-            with contextlib.suppress(DataPlaneError, TimeoutError, zmq.ZMQError):
-                await self._system(pb.SYSTEM_OP_DETACH, b"", timeout=1.0)
+        """Detach (names and groups are removed by meshd) and release the sockets and contexts."""
+        if self.closed:
+            return
+        with contextlib.suppress(DataPlaneError, TimeoutError, zmq.ZMQError):
+            await self._system(pb.SYSTEM_OP_DETACH, b"", timeout=1.0)
         self.closed = True
-        for reader in (self._reader, self._lane_reader):
-            if reader is not None:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, zmq.ZMQError):
-                    await reader
+        self._heartbeat.cancel()
+        for fd in self._fds:
+            self._loop.remove_reader(fd)
         for waiter in self._waiting.values():
             if not waiter.done():
                 waiter.set_exception(DataPlaneError("endpoint closed"))
+        for wakeup in [*self._space, *self._receivers]:  # they see ``closed`` and raise
+            if not wakeup.done():
+                wakeup.set_result(None)
         self._sock.close(linger=0)
         self._lane.close(linger=0)
         self._ctx.term()
         self._lane_ctx.term()
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(DeadlineExceeded("no reply before the deadline"))

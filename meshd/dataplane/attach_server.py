@@ -27,6 +27,7 @@ import contextlib
 import errno
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -51,26 +52,47 @@ _ZERO_COPY_ABOVE = 65536
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_STEP = 256  # ZeroMQ messages per receive step before the loop gets a turn
+_RETRY_BLOCKED = 0.002  # seconds before re-trying an endpoint whose connection was full
 _NAME_OPS = (pb.SYSTEM_OP_REGISTER_NAME, pb.SYSTEM_OP_UNREGISTER_NAME, pb.SYSTEM_OP_JOIN_GROUP,
              pb.SYSTEM_OP_LEAVE_GROUP)
 
 
 class _AttachedMailbox:
-    """The data plane's handle on an attached endpoint: delivering = sending over the attach socket."""
+    """The data plane's handle on an attached endpoint: delivering = queueing for the attach socket.
 
-    def __init__(self, server: AttachServer, routing_id: bytes, ref: AgentRef) -> None:
+    Messages are queued per endpoint and flushed as one batch per receive step (packed when small),
+    like the channels between nodes: forwarding one envelope per ZeroMQ message cost ~18 µs of CPU per
+    100 B cast per hop (bench/dataplane.py through two meshd). The queue holds at most ``limit``
+    messages (the endpoint's announced mailbox size, capped by ``max_outbound``); beyond it the sender
+    gets RESOURCE_EXHAUSTED.
+    """
+
+    def __init__(self, server: AttachServer, routing_id: bytes, ref: AgentRef, limit: int) -> None:
         self.server = server
         self.routing_id = routing_id
         self.ref = ref
+        self.limit = limit
+        self.queue: deque[tuple[bytes, bytes | memoryview]] = deque()
+        self.blocked = False
+        self.gone = False
         self.names: set[str] = set()
         self.groups: set[str] = set()
         self.last_seen = time.monotonic()
 
     def offer(self, message: Message) -> bool:
-        """Forward one message; False when the connection is full, NotFound when it is gone."""
+        """Queue one message; False when the queue is full, NotFound when the endpoint is gone."""
+        if self.gone:
+            raise NotFound(f"endpoint {self.ref.agent_id!r} disconnected")
         payload = message.payload
-        lane = message.envelope.channel == wire.BULK or len(payload) > self.server.lane_above
-        return self.server.forward(self, message.envelope.SerializeToString(), payload, lane)
+        server = self.server
+        if message.envelope.channel == wire.BULK or len(payload) > server.lane_above:
+            return server.send_lane(self, message.envelope.SerializeToString(), payload)
+        if len(self.queue) >= self.limit:
+            return False
+        self.queue.append((message.envelope.SerializeToString(), payload))
+        server.mark_dirty(self)
+        return True
 
 
 def destination_of(env: pb.Envelope, tenant: str) -> Destination:
@@ -87,7 +109,12 @@ def destination_of(env: pb.Envelope, tenant: str) -> Destination:
 
 
 class AttachServer:
-    """Serves attached processes for one :class:`DataPlane`."""
+    """Serves attached processes for one :class:`DataPlane`.
+
+    Driven by the socket's FD reader callback (no task wake-up per message, as the channels): each
+    step drains up to ``_STEP`` ZeroMQ messages with NOBLOCK, routes their envelopes, and flushes what
+    they produced (to peers and to attached endpoints) once at the end of the step.
+    """
 
     def __init__(self, plane: DataPlane, ctx: zmq.Context) -> None:
         self.plane = plane
@@ -97,6 +124,11 @@ class AttachServer:
         self.by_routing_id: dict[bytes, _AttachedMailbox] = {}
         self._prefix = wire.batch_prefix(plane.node_id)
         self._readiness: transport.Readiness | None = None
+        self._dirty: set[_AttachedMailbox] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._reading = False
+        self._retry_armed = False
         self.rejected = plane.rejected
 
     def bind(self, address: str) -> str:
@@ -108,32 +140,45 @@ class AttachServer:
         """Close the socket (the context is terminated by the data plane)."""
         if self._readiness is not None:
             self._readiness.close()
+            self._readiness = None
         self.sock.close(linger=0)
 
     async def run(self, tg: asyncio.TaskGroup) -> None:
-        """Drain the attach socket forever (operations needing the registry run as tasks in ``tg``)."""
-        self._readiness = transport.Readiness()
+        """Serve the attach socket until cancelled (operations needing the registry run as tasks in ``tg``)."""
+        self._tg = tg
+        self._loop = asyncio.get_running_loop()
+        self._readiness = transport.Readiness(self._on_readable)
         self._readiness.watch(self.sock)
-        event = self._readiness.event
-        last_expiry = time.monotonic()
+        self._on_readable()
         while True:
-            event.clear()
-            taken = 0
-            while taken < 256:
+            await asyncio.sleep(1.0)
+            self._expire(tg)
+            self._on_readable()  # safety net for a missed FD edge
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_readable(self) -> None:
+        """Reader callback: one step of up to ``_STEP`` messages; the rest continues next loop turn."""
+        if self._reading or self._tg is None:
+            return
+        self._reading = True
+        plane = self.plane
+        plane.hold_flush()
+        taken = 0
+        try:
+            while taken < _STEP:
                 frames = self._recv()
                 if frames is None:
                     break
                 taken += 1
-                self._on_frames(frames, tg)
-            if time.monotonic() - last_expiry > 1.0:
-                last_expiry = time.monotonic()
-                self._expire(tg)
-            if taken >= 256:
-                await asyncio.sleep(0)
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await event.wait()
+                self._on_frames(frames, self._tg)
+        except Exception:  # a bug must not silence attach: log it and keep serving
+            log.exception("attach receive step failed")
+        finally:
+            self._reading = False
+            plane.release_flush()
+        if taken >= _STEP and self._loop is not None:
+            self._loop.call_soon(self._on_readable)
 
     def _recv(self) -> list[Any] | None:
         """One multipart message (routing id first), frames above 64 KiB as zero-copy buffers; None when empty."""
@@ -173,24 +218,30 @@ class AttachServer:
 
     def _on_message(self, mailbox: _AttachedMailbox, env: pb.Envelope, payload: bytes) -> None:
         ref = mailbox.ref
-        env.tenant = ref.tenant
-        env.sender.CopyFrom(ref.to_proto())
-        env.version = wire.VERSION
-        env.flags &= wire.FLAG_ACK
-        if not env.channel:
-            env.channel = wire.NORMAL
-        timeout = self.plane.config.default_call_timeout
-        if env.kind == wire.CALL and env.deadline_unix_ms:
-            timeout = max(0.001, env.deadline_unix_ms / 1000 - time.time())
         try:
             to = destination_of(env, ref.tenant)
-            self.plane.originate(env, payload, to, caller=ref, timeout=timeout)
+            targets = self.plane.originate_fast(ref, env, payload, to)
+            if targets is None:
+                return
+            # Local destination, several group members or a chunked payload: the general path.
+            env.tenant = ref.tenant
+            env.sender.CopyFrom(ref.to_proto())
+            env.version = wire.VERSION
+            env.flags &= wire.FLAG_ACK
+            if not env.channel:
+                env.channel = wire.NORMAL
+            timeout = self.plane.config.default_call_timeout
+            if env.kind == wire.CALL and env.deadline_unix_ms:
+                timeout = max(0.001, env.deadline_unix_ms / 1000 - time.time())
+            self.plane.originate(env, payload, to, caller=ref, timeout=timeout, targets=targets)
         except DataPlaneError as exc:
             if env.kind in (wire.CAST, wire.CALL):
-                back = pb.Envelope(version=wire.VERSION, kind=wire.ERROR, channel=env.channel, tenant=ref.tenant,
-                                   correlation_id=env.id, error_code=exc.code_value, error_message=exc.message)
+                back = pb.Envelope(version=wire.VERSION, kind=wire.ERROR, channel=env.channel or wire.NORMAL,
+                                   tenant=ref.tenant, correlation_id=env.id, error_code=exc.code_value,
+                                   error_message=exc.message)
                 back.to_agent.CopyFrom(ref.to_proto())
-                self.forward(mailbox, back.SerializeToString(), b"")
+                mailbox.queue.append((back.SerializeToString(), b""))  # an error always fits: never lost
+                self.mark_dirty(mailbox)
 
     def _on_system(self, routing_id: bytes, mailbox: _AttachedMailbox | None, env: pb.Envelope, payload: bytes,
                    tg: asyncio.TaskGroup) -> None:
@@ -198,7 +249,7 @@ class AttachServer:
         if op == pb.SYSTEM_OP_HEARTBEAT:
             return
         if op == pb.SYSTEM_OP_ATTACH:
-            self._attach(routing_id, env)
+            self._attach(routing_id, env, payload)
             return
         if mailbox is None:
             self._result(routing_id, env.id, grpc.StatusCode.FAILED_PRECONDITION, "not attached")
@@ -211,7 +262,7 @@ class AttachServer:
         else:
             self._result(routing_id, env.id, grpc.StatusCode.INVALID_ARGUMENT, f"unknown system op {op}")
 
-    def _attach(self, routing_id: bytes, env: pb.Envelope) -> None:
+    def _attach(self, routing_id: bytes, env: pb.Envelope, payload: bytes) -> None:
         plane = self.plane
         tenant = tenant_or_default(env.tenant)
         agent_id = env.sender.agent_id or f"att-{routing_id.hex()}"
@@ -220,13 +271,21 @@ class AttachServer:
         if existing is not None and getattr(existing, "routing_id", None) != routing_id:
             self._result(routing_id, env.id, grpc.StatusCode.ALREADY_EXISTS, f"endpoint {agent_id!r} exists")
             return
+        try:
+            announced = int(payload or b"0")
+        except ValueError:
+            announced = 0
+        limit = min(plane.config.max_outbound, max(announced, plane.config.default_max_pending))
         ref = AgentRef(tenant, plane.node_id, agent_id)
-        mailbox = _AttachedMailbox(self, routing_id, ref)
+        mailbox = _AttachedMailbox(self, routing_id, ref, limit)
         self.by_routing_id[routing_id] = mailbox
         plane.endpoints[key] = mailbox
         self._result(routing_id, env.id, grpc.StatusCode.OK, "", ref)
 
     def _detach(self, mailbox: _AttachedMailbox, tg: asyncio.TaskGroup) -> None:
+        mailbox.gone = True
+        mailbox.queue.clear()
+        self._dirty.discard(mailbox)
         self.by_routing_id.pop(mailbox.routing_id, None)
         self.plane.close_endpoint(mailbox)
         if mailbox.names or mailbox.groups:
@@ -277,41 +336,101 @@ class AttachServer:
                           error_message=message)
         if ref is not None:
             env.to_agent.CopyFrom(ref.to_proto())
-        self._send(routing_id, env.SerializeToString(), b"")
+        with contextlib.suppress(zmq.ZMQError):  # a vanished or full requester: it times out on its side
+            self._send([routing_id, wire.encode_batch(self._prefix, [env.SerializeToString()]), b""])
 
-    def forward(self, mailbox: _AttachedMailbox, env_bytes: bytes, payload: bytes | memoryview,
-                lane: bool = False) -> bool:
-        """Send one envelope to an attached endpoint; False when full, NotFound when it is gone.
+    # ------------------------------------------------------------------ sending
 
-        ``lane``: on the endpoint's bulk lane when it is connected (else on the main connection).
-        """
-        if lane:
+    def mark_dirty(self, mailbox: _AttachedMailbox) -> None:
+        """A mailbox has queued messages: flush it with the data plane's next flush."""
+        self._dirty.add(mailbox)
+        self.plane.schedule_flush()
+
+    def flush(self) -> None:
+        """Send every dirty mailbox's queue (called from the data plane's flush)."""
+        dirty, self._dirty = self._dirty, set()
+        for mailbox in dirty:
+            self._flush_mailbox(mailbox)
+        self._rearm()
+
+    def _flush_mailbox(self, mailbox: _AttachedMailbox) -> None:
+        if mailbox.blocked or mailbox.gone:
+            return
+        cfg = self.plane.config
+        queue = mailbox.queue
+        while queue:
+            envs, payloads, _, packed = wire.take_batch(queue, cfg.max_batch, cfg.max_batch_bytes, cfg.pack_below)
+            frames = wire.batch_frames(self._prefix, envs, payloads, packed)
             try:
-                self._send(mailbox.routing_id + LANE_SUFFIX, env_bytes, payload)
-                return True
+                self._send([mailbox.routing_id, *frames])
             except zmq.Again:
-                return False
+                # Its connection is full (ROUTER_MANDATORY): keep the queue, retry shortly. ROUTER's POLLOUT
+                # says "some peer can take a message", not this one, so a timer re-tries it.
+                queue.extendleft(reversed(list(zip(envs, payloads, strict=True))))
+                mailbox.blocked = True
+                self._arm_retry()
+                return
             except zmq.ZMQError as exc:
                 if exc.errno != errno.EHOSTUNREACH:
                     raise
+                self._gone(mailbox, [*zip(envs, payloads, strict=True), *queue])
+                return
+
+    def _arm_retry(self) -> None:
+        if not self._retry_armed and self._loop is not None:
+            self._retry_armed = True
+            self._loop.call_later(_RETRY_BLOCKED, self._retry_blocked)
+
+    def _retry_blocked(self) -> None:
+        self._retry_armed = False
+        for mailbox in list(self.by_routing_id.values()):
+            if mailbox.blocked:
+                mailbox.blocked = False
+                self._flush_mailbox(mailbox)
+        self._rearm()
+
+    def _gone(self, mailbox: _AttachedMailbox, undelivered: list[tuple[bytes, Any]]) -> None:
+        """The endpoint's connection vanished: detach it; queued casts and calls bounce NOT_FOUND."""
+        mailbox.gone = True
+        mailbox.queue.clear()
+        self.by_routing_id.pop(mailbox.routing_id, None)
+        self.plane.close_endpoint(mailbox)
+        if self._tg is not None:
+            self._detach(mailbox, self._tg)
+        error = NotFound(f"endpoint {mailbox.ref.agent_id!r} disconnected")
+        for data, _ in undelivered:
+            self.plane.bounce_serialized(data, error)
+
+    def send_lane(self, mailbox: _AttachedMailbox, env_bytes: bytes, payload: bytes | memoryview) -> bool:
+        """Send one large or bulk message on the endpoint's bulk lane (the main connection when it has none).
+
+        False when the connection is full (the sender gets RESOURCE_EXHAUSTED).
+        """
+        header = wire.encode_batch(self._prefix, [env_bytes])
         try:
-            self._send(mailbox.routing_id, env_bytes, payload)
+            try:
+                self._send([mailbox.routing_id + LANE_SUFFIX, header, payload])
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EHOSTUNREACH:
+                    raise
+                self._send([mailbox.routing_id, header, payload])
         except zmq.Again:
             return False
         except zmq.ZMQError as exc:
-            if exc.errno == errno.EHOSTUNREACH:
-                self.by_routing_id.pop(mailbox.routing_id, None)
-                self.plane.close_endpoint(mailbox)
-                raise NotFound(f"endpoint {mailbox.ref.agent_id!r} disconnected") from None
-            raise
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+            self._gone(mailbox, [])
+            raise NotFound(f"endpoint {mailbox.ref.agent_id!r} disconnected") from None
+        self._rearm()
         return True
 
-    def _send(self, routing_id: bytes, env_bytes: bytes, payload: bytes | memoryview) -> None:
-        header = wire.encode_batch(self._prefix, [env_bytes])
-        transport.send_frames(self.sock, [routing_id, header, payload])
-        if self._readiness is not None:
-            # Sending may consume the edge of the socket's FD: make the loop look again.
-            self._readiness.event.set()
+    def _send(self, frames: list[Any]) -> None:
+        transport.send_frames(self.sock, frames)
+
+    def _rearm(self) -> None:
+        """Sending may consume the edge of the socket's FD: look again when a message is waiting."""
+        if self._loop is not None and not self._reading and self.sock.getsockopt(_EVENTS) & _POLLIN:
+            self._loop.call_soon(self._on_readable)
 
     def statistics(self) -> dict[str, Any]:
         """Snapshot: attached endpoints."""

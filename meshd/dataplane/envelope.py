@@ -17,7 +17,9 @@ from a socket: it never raises anything but :class:`FrameError`, whose
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -154,6 +156,38 @@ def encode_batch(prefix: bytes, envelopes: Sequence[bytes], payload_sizes: Seque
         parts.append(_varint(len(body)))
         parts.append(body)
     return b"".join(parts)
+
+
+def take_batch(queue: deque[tuple[bytes, Any]], max_batch: int, max_bytes: int, pack_below: int
+               ) -> tuple[list[bytes], list[Any], int, bool]:
+    """Pop one batch from a queue of (serialized envelope, payload): (envelopes, payloads, bytes, packable).
+
+    At most ``max_batch`` envelopes and (after the first) ``max_bytes`` payload bytes; ``packable``
+    when there are several and every payload is at most ``pack_below`` bytes (see :func:`batch_frames`).
+    """
+    envs: list[bytes] = []
+    payloads: list[Any] = []
+    size = 0
+    small = True
+    while queue and len(envs) < max_batch and (not envs or size + len(queue[0][1]) <= max_bytes):
+        data, payload = queue.popleft()
+        envs.append(data)
+        payloads.append(payload)
+        n = len(payload)
+        size += n
+        if n > pack_below:
+            small = False
+    return envs, payloads, size, small and len(envs) > 1
+
+
+def batch_frames(prefix: bytes, envs: list[bytes], payloads: list[Any], packed: bool) -> list[Any]:
+    """The frames of one batch: packed (header + one frame of all payloads) or one frame per payload.
+
+    Packing: bench/dataplane.py 100 B spent ~2.3 µs per message in the per-frame pyzmq send alone.
+    """
+    if packed:
+        return [encode_batch(prefix, envs, [len(p) for p in payloads]), b"".join(payloads)]
+    return [encode_batch(prefix, envs), *payloads]
 
 
 def decode_frames(frames: Sequence[bytes]) -> tuple[pb.Batch, Sequence[bytes]]:

@@ -324,8 +324,9 @@ class DataPlane(ReceiveSide):
         return peer
 
     def _header(self, sender: AgentRef, kind: int, channel: int, target: AgentRef, flags: int, traceparent: str,
-                message_id: int, correlation_id: int = 0, deadline_unix_ms: int = 0) -> bytes:
-        """Serialized envelope from a cached template per flow (see ``envelope.header``)."""
+                message_id: int, correlation_id: int = 0, deadline_unix_ms: int = 0, sent_unix_ns: int = 0
+                ) -> bytes:
+        """Serialized envelope from a cached template per flow (see ``envelope.header``); sent now unless given."""
         key = (sender, target, kind, channel, flags, traceparent)
         template = self._templates.get(key)
         if template is None:
@@ -338,7 +339,7 @@ class DataPlane(ReceiveSide):
             t = env.to_agent
             t.tenant, t.node_id, t.agent_id = target.tenant, target.node_id, target.agent_id
             template = self._templates[key] = wire.header_template(env)
-        return wire.header(template, message_id, time.time_ns(), correlation_id, deadline_unix_ms)
+        return wire.header(template, message_id, sent_unix_ns or time.time_ns(), correlation_id, deadline_unix_ms)
 
     def send_nowait(self, sender: AgentRef | None, to: Destination, payload: bytes, *,
                     channel: int | str | None = None, acknowledged: bool = False, traceparent: str = ""
@@ -497,15 +498,57 @@ class DataPlane(ReceiveSide):
         self._route(env, payload)
         return env.id
 
+    def originate_fast(self, sender: AgentRef, env: pb.Envelope, payload: bytes, to: Destination
+                       ) -> list[AgentRef] | None:
+        """Route an attached endpoint's message to one remote endpoint without building an Envelope.
+
+        Returns None when done, else the resolved targets (nothing sent: the destination is local,
+        a group of several, or the payload needs chunking) for :meth:`originate`, so a round-robin
+        group advances once per message. The header comes from the
+        flow's template with the sender forced to ``sender`` and the endpoint's id, sent time,
+        correlation id and deadline kept: bench/dataplane.py through two meshd spent most of
+        meshd's time per message in CopyFrom/SerializeToString of the received envelope.
+        """
+        if len(payload) > self.config.max_message_size:
+            raise MessageTooLarge(f"{len(payload)} bytes is above the maximum {self.config.max_message_size}")
+        targets = self._resolve(sender.tenant, to)
+        if len(targets) != 1:
+            return targets
+        target = targets[0]
+        peer = self._remote_peer(target, len(payload))
+        if peer is None:
+            return targets
+        kind = env.kind
+        ch = env.channel or wire.NORMAL
+        flags = env.flags & wire.FLAG_ACK
+        message_id = env.id
+        data = self._header(sender, kind, ch, target, flags, env.traceparent, message_id, env.correlation_id,
+                            env.deadline_unix_ms, env.sent_unix_ns)
+        pending = None
+        if kind == wire.CALL:
+            timeout = self.config.default_call_timeout
+            if env.deadline_unix_ms:
+                timeout = max(0.001, env.deadline_unix_ms / 1000 - time.time())
+            pending = self._register_call(message_id, None, sender, target.node_id, timeout)
+        try:
+            self._enqueue_items(peer, self._wire_channel(ch), [(data, payload)], message_id if flags else 0,
+                                urgent=kind == wire.CALL or kind == wire.REPLY)
+        except DataPlaneError:
+            if pending is not None:
+                self._forget_call(pending)
+            raise
+        return None
+
     def originate(self, env: pb.Envelope, payload: bytes, to: Destination, caller: AgentRef | None = None,
-                  timeout: float = 0.0) -> None:
+                  timeout: float = 0.0, targets: list[AgentRef] | None = None) -> None:
         """Route an envelope built elsewhere (attached endpoints): resolve ``to``, register calls, route.
 
         For a CALL, ``caller`` gets the reply (or an ERROR) as a message.
         """
         if len(payload) > self.config.max_message_size:
             raise MessageTooLarge(f"{len(payload)} bytes is above the maximum {self.config.max_message_size}")
-        targets = self._resolve(tenant_or_default(env.tenant), to)
+        if targets is None:
+            targets = self._resolve(tenant_or_default(env.tenant), to)
         for index, target in enumerate(targets):
             copy = env if index == 0 else copy_with_new_id(env, next(self._ids))
             copy.to_agent.CopyFrom(target.to_proto())
@@ -574,6 +617,20 @@ class DataPlane(ReceiveSide):
             self._dirty.add((peer, ch))
             self._schedule_flush()
 
+    def hold_flush(self) -> None:
+        """Defer flushes until :meth:`release_flush` (a receive step flushes once, at its end)."""
+        self._pumping = True
+
+    def release_flush(self) -> None:
+        """End a step started with :meth:`hold_flush`: flush what it queued, now."""
+        self._pumping = False
+        if self._flush_scheduled:
+            self._flush_all()
+
+    def schedule_flush(self) -> None:
+        """Flush queued messages when the loop goes idle (or at the end of the current receive step)."""
+        self._schedule_flush()
+
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -596,6 +653,8 @@ class DataPlane(ReceiveSide):
         dirty, self._dirty = self._dirty, set()
         for peer, ch in dirty:
             self._flush_queue(peer, ch)
+        if self.attach is not None:
+            self.attach.flush()
 
     def _flush_queue(self, peer: Peer, ch: int) -> None:
         if ch in peer.blocked or not peer.sockets:
@@ -606,25 +665,8 @@ class DataPlane(ReceiveSide):
         metrics = self._metrics[ch]
         pack_below = cfg.pack_below
         while queue:
-            envs: list[bytes] = []
-            payloads: list[bytes | memoryview] = []
-            size = 0
-            small = True
-            while queue and len(envs) < cfg.max_batch and (not envs or size + len(queue[0][1]) <= cfg.max_batch_bytes):
-                data, payload = queue.popleft()
-                envs.append(data)
-                payloads.append(payload)
-                n = len(payload)
-                size += n
-                if n > pack_below:
-                    small = False
-            frames: list[bytes | memoryview]
-            if small and len(envs) > 1:
-                # One frame for all payloads (Batch.payload_sizes): bench/dataplane.py 100 B spent
-                # ~2.3 µs per message in the per-frame pyzmq send alone.
-                frames = [wire.encode_batch(self._prefix, envs, [len(p) for p in payloads]), b"".join(payloads)]
-            else:
-                frames = [wire.encode_batch(self._prefix, envs), *payloads]
+            envs, payloads, size, packed = wire.take_batch(queue, cfg.max_batch, cfg.max_batch_bytes, pack_below)
+            frames = wire.batch_frames(self._prefix, envs, payloads, packed)
             try:
                 transport.send_frames(sock, frames)
             except zmq.Again:
@@ -706,6 +748,18 @@ class DataPlane(ReceiveSide):
             self._route(back, b"")
         except DataPlaneError:
             self.drops["bounce_failed"] += 1
+
+    def bounce_serialized(self, data: bytes, error: DataPlaneError) -> None:
+        """Bounce a queued, already-serialized envelope that could not be delivered (see :meth:`_bounce`)."""
+        try:
+            env = pb.Envelope.FromString(data)
+        except Exception:  # our own serialization: cannot fail short of a bug; never crash a flush for it
+            self.drops["bounce_failed"] += 1
+            return
+        if env.kind == wire.REPLY or env.kind == wire.ERROR:
+            self.drops[error.code.name.lower()] += 1
+            return
+        self._bounce(env, error)
 
     # ----------------------------------------------------------------- timers
 

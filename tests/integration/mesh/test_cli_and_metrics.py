@@ -7,7 +7,7 @@ import subprocess
 import sys
 import urllib.request
 
-from mabeam.testing import free_port_block, wait_until
+from mabeam.testing import ConditionTimeout, free_port_block, wait_until
 
 
 def meshctl(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -43,11 +43,21 @@ def test_metrics_endpoint_exports_the_mesh(dev_cluster) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{cluster.nodes[0].metrics_port}/metrics", timeout=2) as r:
             return r.read().decode()
 
-    text = wait_until(lambda: next((t for t in [scrape()] if "mabeam_mesh_members 2.0" in t), None), 5.0,
-                      what="members gauge at 2")
-    for series in ("mabeam_etcd_connected 1.0", 'mabeam_mesh_leader_term{role="mesh"}', "mabeam_registry_names",
-                   'mabeam_etcd_request_seconds_count{op="txn"}', "mabeam_watch_lag_seconds_count"):
-        assert series in text, series
+    series = ("mabeam_mesh_members 2.0", "mabeam_etcd_connected 1.0", 'mabeam_mesh_leader_term{role="mesh"}',
+              "mabeam_registry_names", 'mabeam_etcd_request_seconds_count{op="txn"}',
+              "mabeam_watch_lag_seconds_count")
+    # The election and the first transaction may land after the members gauge: wait for every series.
+    last: list[str] = [""]
+
+    def complete() -> bool:
+        last[0] = scrape()
+        return all(s in last[0] for s in series)
+
+    try:
+        wait_until(complete, 10.0, what="every mesh series exported")
+    except ConditionTimeout:
+        missing = [s for s in series if s not in last[0]]
+        raise AssertionError(f"missing series: {missing}") from None
 
 
 def test_mabeam_up_runs_and_stops_cleanly(etcd_server, cluster_name) -> None:
