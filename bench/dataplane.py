@@ -202,16 +202,22 @@ async def _meshd(quick: bool) -> dict[str, Any]:
         for key, count in _counts(quick).items():
             size = SIZES[key]
             payload = b"x" * size
-            # Credit window: meshd-2 forwards one envelope per ZeroMQ message to the receiver and its attach
-            # socket holds 1,000 (SNDHWM); beyond that meshd bounces casts with RESOURCE_EXHAUSTED, by design.
-            window = max(4, min(500, (16 << 20) // size))
+            # Credit window: a barrier call every ``window`` casts, and at most two windows in flight (the
+            # next window is sent while the previous barrier travels), so the pipe stays full and no queue
+            # on the path (65,536 envelopes per peer and channel, and per attached endpoint) overflows.
+            window = max(4, min(8192, (16 << 20) // size))
             pair.child.report()
             cpu_before = pair.cpu()
             started = time.perf_counter()
+            barrier: asyncio.Future[Any] | None = None
             for i in range(count):
                 await sender.send(target, payload)
                 if i % window == window - 1:
-                    await sender.call(target, b"barrier", timeout=120)
+                    if barrier is not None:
+                        await barrier
+                    barrier = asyncio.ensure_future(sender.call(target, b"barrier", timeout=120))
+            if barrier is not None:
+                await barrier
             await sender.call(target, b"barrier", timeout=120)
             elapsed = time.perf_counter() - started
             cpu_after = pair.cpu()

@@ -78,6 +78,7 @@ class _AttachedMailbox:
         self.gone = False
         self.names: set[str] = set()
         self.groups: set[str] = set()
+        self.refs: dict[tuple[str, str, str], Destination] = {}
         self.last_seen = time.monotonic()
 
     def offer(self, message: Message) -> bool:
@@ -219,7 +220,17 @@ class AttachServer:
     def _on_message(self, mailbox: _AttachedMailbox, env: pb.Envelope, payload: bytes) -> None:
         ref = mailbox.ref
         try:
-            to = destination_of(env, ref.tenant)
+            if env.WhichOneof("to") == "to_agent":
+                # The endpoint's usual peers, without building an AgentRef per message.
+                t = env.to_agent
+                key = (t.tenant, t.node_id, t.agent_id)
+                to: Destination | None = mailbox.refs.get(key)
+                if to is None:
+                    to = destination_of(env, ref.tenant)
+                    if len(mailbox.refs) < 1024:
+                        mailbox.refs[key] = to
+            else:
+                to = destination_of(env, ref.tenant)
             targets = self.plane.originate_fast(ref, env, payload, to)
             if targets is None:
                 return

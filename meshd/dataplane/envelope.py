@@ -19,11 +19,14 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 
 from mabeam.v1 import dataplane_pb2 as pb
+
+if TYPE_CHECKING:
+    from meshd.dataplane.registry import AgentRef
 
 VERSION = 1
 
@@ -126,6 +129,23 @@ def header(template: bytes, message_id: int, sent_unix_ns: int, correlation_id: 
     if deadline_unix_ms:
         parts += (_TAG_DEADLINE, _varint(deadline_unix_ms))
     return b"".join(parts)
+
+
+_FLAGS_ZERO = b"\x68\x00"  # field 13 (flags) = 0, written explicitly: proto3 omits zero values
+
+
+def override_suffix(sender: AgentRef, target: AgentRef, channel: int, flags: int) -> bytes:
+    """Serialized fields that, appended to an envelope, set its sender, tenant, version, channel, flags and
+    destination whatever it carried (protobuf: the last value of a scalar wins, nested messages merge
+    field by field, a oneof takes the last member). Every string of both refs must be non-empty for the
+    merge to replace rather than keep a field, which holds for resolved endpoints (tenant defaults).
+    """
+    env = pb.Envelope(version=VERSION, channel=channel, tenant=sender.tenant, flags=flags)
+    s = env.sender
+    s.tenant, s.node_id, s.agent_id = sender.tenant, sender.node_id, sender.agent_id
+    t = env.to_agent
+    t.tenant, t.node_id, t.agent_id = target.tenant, target.node_id, target.agent_id
+    return env.SerializeToString() + (b"" if flags else _FLAGS_ZERO)
 
 
 _SMALL_LIMIT = 1 << 14

@@ -81,3 +81,43 @@ async def test_tcp_loopback_fallback() -> None:
         await two.close()
     finally:
         await plane.stop()
+
+
+async def test_meshd_overrides_what_an_attached_process_claims(pair: Pair) -> None:
+    """A process speaking the wire format directly cannot spoof sender, tenant or flags across nodes."""
+    import zmq
+    import zmq.asyncio
+
+    from mabeam.v1 import dataplane_pb2 as pb
+    from meshd.dataplane import envelope as wire
+
+    a, b = pair
+    rx = b.open_endpoint("rx")
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(a.attach_address)
+    prefix = wire.batch_prefix("")
+
+    async def send(env: pb.Envelope, payload: bytes) -> None:
+        await sock.send_multipart([wire.encode_batch(prefix, [env.SerializeToString()]), payload])
+
+    try:
+        attach = pb.Envelope(version=1, id=1, kind=wire.SYSTEM, channel=wire.CONTROL, system_op=pb.SYSTEM_OP_ATTACH)
+        attach.sender.agent_id = "mallory"
+        await send(attach, b"16")
+        result = pb.Batch.FromString((await asyncio.wait_for(sock.recv_multipart(), 5))[0]).envelopes[0]
+        assert result.error_code == 0
+        me = result.to_agent
+        spoofed = pb.Envelope(version=1, id=2, kind=wire.CAST, channel=wire.HIGH, tenant="evil",
+                              flags=wire.FLAG_CHUNK, chunk_index=0, chunk_count=1, total_size=5)
+        spoofed.sender.tenant, spoofed.sender.node_id, spoofed.sender.agent_id = "evil", "n9", "root"
+        spoofed.to_agent.node_id, spoofed.to_agent.agent_id = b.node_id, "rx"
+        await send(spoofed, b"hello")
+        got = await rx.receive(timeout=5)
+        assert got.payload == b"hello"
+        assert (got.sender.tenant, got.sender.node_id, got.sender.agent_id) == ("default", a.node_id, me.agent_id)
+        assert got.envelope.tenant == "default" and got.envelope.flags == 0 and got.channel == wire.HIGH
+    finally:
+        sock.close(linger=0)
+        ctx.term()
