@@ -47,6 +47,9 @@ def _child(role: str, count: int) -> None:
     if role == "aecho":
         _asyncio_echo(count)
         return
+    if role == "relay":
+        _run_loop(_relay(count))
+        return
     ctx = zmq.Context()
     if role == "pull":
         sock = ctx.socket(zmq.PULL)
@@ -188,6 +191,68 @@ def asyncio_floor(count: int) -> list[float]:
     return times
 
 
+async def _relay(next_port: int) -> None:
+    """Child of the relay floor: ROUTER in, DEALER on to ``next_port``, replies back to the last requester."""
+    ctx = zmq.Context(io_threads=1)
+    front = ctx.socket(zmq.ROUTER)
+    back = ctx.socket(zmq.DEALER)
+    back.connect(f"tcp://127.0.0.1:{next_port}")
+    print(front.bind_to_random_port("tcp://127.0.0.1"), flush=True)
+    loop = asyncio.get_running_loop()
+    requester = [b""]
+
+    def pump() -> None:
+        # Both directions every time: a send on one socket may consume the other's FD edge.
+        while True:
+            moved = False
+            while front.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                requester[0], message = front.recv_multipart(zmq.NOBLOCK)
+                back.send(message, zmq.NOBLOCK)
+                moved = True
+            while back.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                front.send_multipart([requester[0], back.recv(zmq.NOBLOCK)], zmq.NOBLOCK)
+                moved = True
+            if not moved:
+                return
+
+    loop.add_reader(front.getsockopt(zmq.FD), pump)
+    loop.add_reader(back.getsockopt(zmq.FD), pump)
+    pump()
+    await loop.create_future()  # until the parent terminates us
+
+
+def relay_floor(count: int) -> list[float]:
+    """Round trips (µs) through the same four processes and hops as a call through two meshd, in bare pyzmq.
+
+    This process → relay → relay → echo and back, each relay a uvloop process reading both sockets from
+    their FD callbacks (as meshd does), 64 B, no envelope, no routing: the floor under any design that
+    puts two daemons between two processes on this machine (bench "ratio_call_p50_vs_relay_floor").
+    """
+    echo, port = _spawn("aecho", count)
+    relays = []
+    for _ in range(2):
+        relay, port = _spawn("relay", port)
+        relays.append(relay)
+    try:
+        ctx = zmq.Context(io_threads=1)
+        sock = ctx.socket(zmq.DEALER)
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        times = []
+        for _ in range(count):
+            started = time.perf_counter_ns()
+            sock.send(b"x" * 64)
+            sock.recv()
+            times.append((time.perf_counter_ns() - started) / 1000)
+        sock.close(linger=0)
+        ctx.term()
+        echo.wait(timeout=30)
+    finally:
+        for relay in relays:
+            relay.terminate()
+            relay.wait(timeout=10)
+    return times
+
+
 # ---------------------------------------------------------------- through two real meshd processes
 
 async def _meshd(quick: bool) -> dict[str, Any]:
@@ -305,6 +370,11 @@ def run(quick: bool) -> dict[str, Any]:
     result["ratio_floor_p50"] = round(result["floor_asyncio_p50_us"] / result["raw_reqrep_p50_us"], 2)
     result["ratio_call_p50_vs_floor"] = round(result["mesh_call_p50_us"] / result["floor_asyncio_p50_us"], 2)
     result["plane_ratio_call_p50_vs_floor"] = round(result["plane_call_p50_us"] / result["floor_asyncio_p50_us"], 2)
+    relay = relay_floor(2000 if quick else 10000)
+    result["floor_relay_p50_us"] = round(percentile(relay, 50), 1)
+    result["floor_relay_p99_us"] = round(percentile(relay, 99), 1)
+    result["ratio_relay_floor_p50"] = round(result["floor_relay_p50_us"] / result["raw_reqrep_p50_us"], 2)
+    result["ratio_call_p50_vs_relay_floor"] = round(result["mesh_call_p50_us"] / result["floor_relay_p50_us"], 2)
     result["notes"] = ("mesh_*: sender attached (ipc) to meshd node-1 -> TCP -> meshd node-2 -> ipc -> receiver "
                        "process (DevCluster(2)), casts on normal with a call barrier every window; "
                        "plane_*: DataPlane (uvloop) -> child DataPlane handler endpoint; "
