@@ -297,10 +297,12 @@ class MeshPair:
 
 async def _rx(address: str, agent_id: str) -> None:
     """The receiver child: attached to a meshd; casts -> one-way latency, calls -> reply (echo up to 1 KiB)."""
+    from meshd.dataplane import stallprobe
     from meshd.dataplane.attach import AttachedEndpoint
 
+    probe = stallprobe.start_from_env("receiver")
     endpoint = await AttachedEndpoint.connect(address, agent_id, max_pending=1 << 20)
-    state: dict[str, Any] = {"latencies": [], "casts": 0}
+    state: dict[str, Any] = {"latencies": [], "casts": 0, "sent_ns": []}
 
     async def serve() -> None:
         latencies: list[float] = state["latencies"]
@@ -315,6 +317,8 @@ async def _rx(address: str, agent_id: str) -> None:
                 if len(message.payload) == URGENT_SIZE:
                     latencies = state["latencies"]
                     latencies.append((now - message.envelope.sent_unix_ns) / 1000)
+                    if probe is not None:  # to line the slow ones up with the stall records
+                        state["sent_ns"].append(message.envelope.sent_unix_ns)
 
     server = asyncio.create_task(serve())
     print(json.dumps({"ready": True}), flush=True)
@@ -326,14 +330,20 @@ async def _rx(address: str, agent_id: str) -> None:
         if "report" in command:
             print(json.dumps({"latencies_us": state["latencies"], "casts": state["casts"],
                               "cpu_s": cpu_seconds()}), flush=True)
+            if probe is not None:
+                with (probe.path.parent / f"urgent-{os.getpid()}.jsonl").open("a") as out:
+                    out.write(json.dumps({"sent_ns": state["sent_ns"], "latencies_us": state["latencies"]}) + "\n")
             state["latencies"] = []
             state["casts"] = 0
+            state["sent_ns"] = []
         elif "exit" in command:
             break
     server.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await server
     await endpoint.close()
+    if probe is not None:
+        probe.stop()
 
 
 async def _mesh_urgent(pair: MeshPair, seconds: float) -> int:
@@ -382,6 +392,9 @@ async def _mesh_regime(pair: MeshPair, seconds: float, bulk_senders: int, pace: 
 
 
 async def _mesh_mode(mode: str, seconds: float) -> dict[str, Any]:
+    from meshd.dataplane import stallprobe
+
+    probe = stallprobe.start_from_env("sender")
     pair = MeshPair(single_channel=mode == "single")
     try:
         await pair.start()
@@ -392,6 +405,8 @@ async def _mesh_mode(mode: str, seconds: float) -> dict[str, Any]:
         paced = await _mesh_regime(pair, seconds, 1, pace)
     finally:
         await pair.close()
+        if probe is not None:
+            probe.stop()
     return {"idle": idle, "bulk": bulk, "paced": paced}
 
 

@@ -25,6 +25,8 @@ from collections.abc import Callable
 import zmq
 from zmq.auth.asyncio import AsyncioAuthenticator
 
+from meshd.dataplane import stallprobe
+
 log = logging.getLogger(__name__)
 
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: enum arithmetic per frame showed up in send profiles
@@ -71,6 +73,8 @@ class ContextSet:
         self.attach = zmq.Context(io_threads=1)
         self._all: list[zmq.Context] = list({id(c): c for c in [*self.by_channel.values(), self.attach]}.values())
         self.authenticators: list[AsyncioAuthenticator] = []
+        # Benchmarks only (MABEAM_STALL_PROBE): the contexts live exactly as long as the running plane.
+        self.probe = stallprobe.start_from_env("dataplane")
 
     def enable_curve_auth(self, allow: Callable[[str], bool]) -> None:
         """Start a ZAP authenticator in every channel context that accepts keys for which ``allow`` is true."""
@@ -92,6 +96,9 @@ class ContextSet:
 
     def terminate(self) -> None:
         """Stop authenticators and terminate every context (all sockets must be closed first)."""
+        if self.probe is not None:
+            self.probe.stop()
+            self.probe = None
         for auth in self.authenticators:
             auth.stop()
         self.authenticators.clear()
