@@ -61,6 +61,7 @@ HEARTBEAT_EVERY = 1.0
 #: Payloads above this many bytes go on the bulk lane whatever their channel (meshd's default chunk size).
 LANE_ABOVE = 1 << 20
 LANE_SUFFIX = b"~bulk"  # keep equal to attach_server.LANE_SUFFIX (the client does not import the server)
+LANE_ADDRESS_SUFFIX = ".bulk"  # keep equal to attach_server.LANE_ADDRESS_SUFFIX
 _ZERO_COPY_ABOVE = 65536
 _MAX_BATCH = 256
 _MAX_BATCH_BYTES = 256 << 10
@@ -87,7 +88,12 @@ class AttachedEndpoint:
         self._ctx = zmq.Context(io_threads=1)
         self._sock = self._socket(self._ctx, routing_id)
         self._lane_ctx = zmq.Context(io_threads=1)
-        self._lane = self._socket(self._lane_ctx, routing_id + LANE_SUFFIX)
+        if transport.SCHED_IDLE_OK:
+            # The lane's I/O thread writes and reads 64 MiB messages: under SCHED_IDLE it takes a core only
+            # when the urgent path's threads do not want it (bench/hol.py through two meshd).
+            self._lane_ctx.set(zmq.THREAD_SCHED_POLICY, transport.SCHED_IDLE)
+        lane_address = address + LANE_ADDRESS_SUFFIX if address.startswith("ipc://") else address
+        self._lane = self._socket(self._lane_ctx, routing_id + LANE_SUFFIX, lane_address)
         self._prefix = wire.batch_prefix("")
         self._ids = itertools.count(random.getrandbits(62) | 1)
         self._templates: dict[tuple[Any, ...], bytes] = {}
@@ -111,11 +117,11 @@ class AttachedEndpoint:
         self.bounced = 0
         self.closed = False
 
-    def _socket(self, ctx: zmq.Context, routing_id: bytes) -> zmq.Socket:
+    def _socket(self, ctx: zmq.Context, routing_id: bytes, address: str | None = None) -> zmq.Socket:
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, routing_id)
-        sock.connect(self.address)
+        sock.connect(address or self.address)
         return sock
 
     @classmethod

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 EXPIRE_AFTER = 5.0
 #: Routing-id suffix of an attached endpoint's bulk lane (see the module docstring).
 LANE_SUFFIX = b"~bulk"
+#: Suffix of the lanes' ipc address (the attach address + this).
+LANE_ADDRESS_SUFFIX = ".bulk"
 _ZERO_COPY_ABOVE = 65536
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
@@ -117,11 +119,19 @@ class AttachServer:
     they produced (to peers and to attached endpoints) once at the end of the step.
     """
 
-    def __init__(self, plane: DataPlane, ctx: zmq.Context) -> None:
+    def __init__(self, plane: DataPlane, ctx: zmq.Context, lane_ctx: zmq.Context | None = None) -> None:
         self.plane = plane
         self.sock = transport.make_router(ctx, rcvhwm=plane.config.rcvhwm, sndhwm=plane.config.sndhwm,
                                           max_msg=plane.config.max_message_size + (1 << 20), mandatory=True)
         self.lane_above = plane.config.chunk_size
+        # Bulk lanes on their own ROUTER (own context, SCHED_IDLE I/O thread; ipc only, at the attach address
+        # + LANE_ADDRESS_SUFFIX): one I/O thread reading 64 MiB messages and writing urgent ones put the urgent
+        # path behind the bulk bytes for CPU (bench/hol.py through two meshd, multi bulk p99).
+        self.lane_sock: zmq.Socket | None = None
+        if lane_ctx is not None:
+            self.lane_sock = transport.make_router(lane_ctx, rcvhwm=plane.config.rcvhwm, sndhwm=plane.config.sndhwm,
+                                                   max_msg=plane.config.max_message_size + (1 << 20),
+                                                   mandatory=True)
         self.by_routing_id: dict[bytes, _AttachedMailbox] = {}
         self._prefix = wire.batch_prefix(plane.node_id)
         self._readiness: transport.Readiness | None = None
@@ -135,6 +145,12 @@ class AttachServer:
     def bind(self, address: str) -> str:
         """Bind the attach socket; returns the concrete address."""
         self.sock.bind(address)
+        if self.lane_sock is not None:
+            if address.startswith("ipc://"):
+                self.lane_sock.bind(address + LANE_ADDRESS_SUFFIX)
+            else:  # loopback TCP: lanes share the main socket (the client connects both to one address)
+                self.lane_sock.close(linger=0)
+                self.lane_sock = None
         return self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def close(self) -> None:
@@ -143,6 +159,8 @@ class AttachServer:
             self._readiness.close()
             self._readiness = None
         self.sock.close(linger=0)
+        if self.lane_sock is not None:
+            self.lane_sock.close(linger=0)
 
     async def run(self, tg: asyncio.TaskGroup) -> None:
         """Serve the attach socket until cancelled (operations needing the registry run as tasks in ``tg``)."""
@@ -150,6 +168,8 @@ class AttachServer:
         self._loop = asyncio.get_running_loop()
         self._readiness = transport.Readiness(self._on_readable)
         self._readiness.watch(self.sock)
+        if self.lane_sock is not None:
+            self._readiness.watch(self.lane_sock)
         self._on_readable()
         while True:
             await asyncio.sleep(1.0)
@@ -168,11 +188,17 @@ class AttachServer:
         taken = 0
         try:
             while taken < _STEP:
-                frames = self._recv()
+                frames = self._recv(self.sock)
                 if frames is None:
                     break
                 taken += 1
                 self._on_frames(frames, self._tg)
+            if self.lane_sock is not None:
+                # One lane message per step, after the main socket: urgent messages first.
+                frames = self._recv(self.lane_sock)
+                if frames is not None:
+                    taken = _STEP
+                    self._on_frames(frames, self._tg)
         except Exception:  # a bug must not silence attach: log it and keep serving
             log.exception("attach receive step failed")
         finally:
@@ -181,9 +207,8 @@ class AttachServer:
         if taken >= _STEP and self._loop is not None:
             self._loop.call_soon(self._on_readable)
 
-    def _recv(self) -> list[Any] | None:
+    def _recv(self, sock: zmq.Socket) -> list[Any] | None:
         """One multipart message (routing id first), frames above 64 KiB as zero-copy buffers; None when empty."""
-        sock = self.sock
         if not sock.getsockopt(_EVENTS) & _POLLIN:
             return None
         try:
@@ -420,7 +445,8 @@ class AttachServer:
         header = wire.encode_batch(self._prefix, [env_bytes])
         try:
             try:
-                self._send([mailbox.routing_id + LANE_SUFFIX, header, payload])
+                transport.send_frames(self.lane_sock if self.lane_sock is not None else self.sock,
+                                      [mailbox.routing_id + LANE_SUFFIX, header, payload])
             except zmq.ZMQError as exc:
                 if exc.errno != errno.EHOSTUNREACH:
                     raise
@@ -440,7 +466,8 @@ class AttachServer:
 
     def _rearm(self) -> None:
         """Sending may consume the edge of the socket's FD: look again when a message is waiting."""
-        if self._loop is not None and not self._reading and self.sock.getsockopt(_EVENTS) & _POLLIN:
+        if self._loop is not None and not self._reading and any(
+                sock.getsockopt(_EVENTS) & _POLLIN for sock in (self.sock, self.lane_sock) if sock is not None):
             self._loop.call_soon(self._on_readable)
 
     def statistics(self) -> dict[str, Any]:

@@ -139,7 +139,7 @@ class DataPlane(ReceiveSide):
         self._readiness = transport.Readiness(self._on_channel_readable)
         for ch, sock in self._routers.items():
             self._readiness.watch(sock, ch)
-        self.attach = AttachServer(self, self._contexts.attach)
+        self.attach = AttachServer(self, self._contexts.attach, self._contexts.attach_lane)
         self.attach_address = self.attach.bind(self._attach_endpoint())
         self._runner = asyncio.create_task(self._run(), name=f"dataplane-{self.node_id}")
 

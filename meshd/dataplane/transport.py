@@ -71,7 +71,14 @@ class ContextSet:
                 # so the urgent channels' threads preempt the bulk transfer. See DataPlaneConfig.
                 self.by_channel[ch].set(zmq.THREAD_SCHED_POLICY, SCHED_IDLE)
         self.attach = zmq.Context(io_threads=1)
-        self._all: list[zmq.Context] = list({id(c): c for c in [*self.by_channel.values(), self.attach]}.values())
+        # The attach bulk lanes' socket has its own context: its I/O thread moves 64 MiB messages over ipc and
+        # page-faults every fresh receive buffer; at normal priority it (with the attach thread it used to share)
+        # was the largest CPU user under bulk and queued the urgent path's threads for a core (bench/hol.py).
+        self.attach_lane = zmq.Context(io_threads=1)
+        if per_channel and idle_channels:
+            self.attach_lane.set(zmq.THREAD_SCHED_POLICY, SCHED_IDLE)
+        self._all: list[zmq.Context] = list({id(c): c for c in [*self.by_channel.values(), self.attach,
+                                                                 self.attach_lane]}.values())
         self.authenticators: list[AsyncioAuthenticator] = []
         # Benchmarks only (MABEAM_STALL_PROBE): the contexts live exactly as long as the running plane.
         self.probe = stallprobe.start_from_env("dataplane")
