@@ -216,6 +216,9 @@ class ReceiveSide:
             if whole is None:
                 return
             payload = whole
+            env.flags = flags = flags & ~wire.FLAG_CHUNK  # delivered whole: not a chunk any more
+            for name in ("chunk_index", "chunk_count", "total_size"):
+                env.ClearField(name)
         elif type(payload) is memoryview:
             payload = payload.tobytes()
         if flags & wire.FLAG_ACK:
