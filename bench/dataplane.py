@@ -96,11 +96,10 @@ def raw_push_pull(size: int, count: int) -> float:
     return count / elapsed
 
 
-def raw_req_rep(count: int) -> list[float]:
-    """Round-trip times (µs) of plain pyzmq REQ/REP, 64 B."""
-    proc, port = _spawn("rep", count)
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.REQ)
+def _ping(kind: int, port: int, count: int) -> list[float]:
+    """Round-trip times (µs) of ``count`` blocking 64 B send/recv pairs on a ``kind`` socket to ``port``."""
+    ctx = zmq.Context(io_threads=1)
+    sock = ctx.socket(kind)
     sock.connect(f"tcp://127.0.0.1:{port}")
     times = []
     for _ in range(count):
@@ -108,9 +107,16 @@ def raw_req_rep(count: int) -> list[float]:
         sock.send(b"x" * 64)
         sock.recv()
         times.append((time.perf_counter_ns() - started) / 1000)
-    proc.wait(timeout=30)
     sock.close(linger=0)
     ctx.term()
+    return times
+
+
+def raw_req_rep(count: int) -> list[float]:
+    """Round-trip times (µs) of plain pyzmq REQ/REP, 64 B."""
+    proc, port = _spawn("rep", count)
+    times = _ping(zmq.REQ, port, count)
+    proc.wait(timeout=30)
     return times
 
 
@@ -234,17 +240,7 @@ def relay_floor(count: int) -> list[float]:
         relay, port = _spawn("relay", port)
         relays.append(relay)
     try:
-        ctx = zmq.Context(io_threads=1)
-        sock = ctx.socket(zmq.DEALER)
-        sock.connect(f"tcp://127.0.0.1:{port}")
-        times = []
-        for _ in range(count):
-            started = time.perf_counter_ns()
-            sock.send(b"x" * 64)
-            sock.recv()
-            times.append((time.perf_counter_ns() - started) / 1000)
-        sock.close(linger=0)
-        ctx.term()
+        times = _ping(zmq.DEALER, port, count)
         echo.wait(timeout=30)
     finally:
         for relay in relays:
