@@ -554,7 +554,8 @@ class DataPlane(ReceiveSide):
                   timeout: float = 0.0, targets: list[AgentRef] | None = None) -> None:
         """Route an envelope built elsewhere (attached endpoints): resolve ``to``, register calls, route.
 
-        For a CALL, ``caller`` gets the reply (or an ERROR) as a message.
+        For a CALL, ``caller`` gets the reply (or an ERROR) as a message. ``targets``: already resolved
+        by the caller (see :meth:`originate_fast`), so a round-robin group is not advanced twice.
         """
         if len(payload) > self.config.max_message_size:
             raise MessageTooLarge(f"{len(payload)} bytes is above the maximum {self.config.max_message_size}")
