@@ -121,3 +121,38 @@ async def test_meshd_overrides_what_an_attached_process_claims(pair: Pair) -> No
     finally:
         sock.close(linger=0)
         ctx.term()
+
+
+async def test_casts_to_a_vanished_attached_process_bounce_not_found(pair: Pair) -> None:
+    """A process that disappears without detaching: meshd notices at the next send and bounces NOT_FOUND."""
+    a, b = pair
+    alice = await AttachedEndpoint.connect(a.attach_address, "alice")
+    ghost = await AttachedEndpoint.connect(b.attach_address, "ghost")
+    try:
+        await alice.send(ghost.ref, b"before")
+        assert (await ghost.receive(timeout=2)).payload == b"before"
+        # Vanish without DETACH: the sockets close, the process "died".
+        ghost.closed = True
+        ghost._sock.close(linger=0)
+        ghost._lane.close(linger=0)
+
+        async def bounced() -> bool:
+            await alice.send(ghost.ref, b"after")
+            try:
+                message = await alice.receive(timeout=1)
+            except TimeoutError:
+                return False  # sent into the connection before meshd saw it close: lost (at-most-once)
+            return isinstance(message.error, NotFound)
+
+        deadline = asyncio.get_running_loop().time() + 5
+        while not await bounced():
+            assert asyncio.get_running_loop().time() < deadline, "no NOT_FOUND bounce within 5 s"
+        assert b.attach is not None and ghost.ref.agent_id not in {
+            m.ref.agent_id for m in b.attach.by_routing_id.values()}
+    finally:
+        await alice.close()
+        for fd in ghost._fds:
+            asyncio.get_running_loop().remove_reader(fd)
+        ghost._heartbeat.cancel()
+        ghost._ctx.term()
+        ghost._lane_ctx.term()
