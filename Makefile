@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/python -m mabeam.demo
+	$(BIN)/python -m mabeam.dev.demo
 
 test: setup proto-check lint typecheck
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

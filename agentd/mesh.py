@@ -37,9 +37,9 @@ import msgpack
 
 from agentd.errors import AgentError, CallTimeout, NoSuchAgent, Unavailable, error_from_code
 from agentd.workers import WorkerPool
-from meshd.dataplane.attach import AttachedEndpoint
-from meshd.dataplane.endpoint import Group, Message
-from meshd.dataplane.errors import DataPlaneError, DeadlineExceeded, NotFound
+from mabeam.dataplane.attach import AttachedEndpoint
+from mabeam.dataplane.errors import DataPlaneError, DeadlineExceeded, NotFound
+from mabeam.dataplane.message import Group, Message
 
 log = logging.getLogger(__name__)
 

@@ -216,8 +216,8 @@ def _ray_peer(quick: bool) -> dict[str, Any]:
 async def _remote(quick: bool) -> dict[str, Any]:
     """Agent-to-agent calls across nodes (relay on node-2 → meshd → node-1) against the same relay calling
     an agent on its own node, both driven through node-2's agentd gRPC API in one run."""
-    from mabeam.devcluster import DevCluster
-    from mabeam.testing import free_port_block
+    from mabeam.dev.cluster import DevCluster
+    from mabeam.dev.testing import free_port_block
     from mabeam_client.agents import AgentClient
 
     cluster = DevCluster(2, free_port_block(32), lease_ttl=2, cluster="bench-agents", agentd=True)

@@ -72,7 +72,7 @@ async def rate(worker: Callable[[int], Awaitable[object]], total: int, concurren
 
 async def warm_up(plane: Any, target: Any) -> None:
     """First call, retried: the child may process its peer_up after our call arrives (its reply is then lost)."""
-    from meshd.dataplane import DeadlineExceeded
+    from mabeam.dataplane.errors import DeadlineExceeded
 
     for _ in range(20):
         try:

@@ -306,7 +306,9 @@ async def _meshd(quick: bool) -> dict[str, Any]:
 # ---------------------------------------------------------------- the data plane alone (two processes)
 
 async def _mesh(quick: bool) -> dict[str, Any]:
-    from meshd.dataplane import AgentRef, DataPlane, DataPlaneConfig, ResourceExhausted
+    from mabeam.dataplane.errors import ResourceExhausted
+    from mabeam.dataplane.message import AgentRef
+    from meshd.dataplane import DataPlane, DataPlaneConfig
     from meshd.dataplane.testing import PeerProcess
 
     peer = PeerProcess("bench-rx", role="echo")

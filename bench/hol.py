@@ -52,7 +52,8 @@ def bulk_payload() -> bytes:
 
 
 async def _child(mode: str) -> None:
-    from meshd.dataplane import DataPlane, DataPlaneConfig, Message
+    from mabeam.dataplane.message import Message
+    from meshd.dataplane import DataPlane, DataPlaneConfig
 
     plane = DataPlane("hol-rx", DataPlaneConfig(single_channel=mode == "single"))
     await plane.start()
@@ -156,7 +157,8 @@ async def _regime(plane: Any, target: Any, child: _Child, seconds: float, bulk_s
 
 
 async def _mode(mode: str, seconds: float) -> dict[str, Any]:
-    from meshd.dataplane import AgentRef, DataPlane, DataPlaneConfig
+    from mabeam.dataplane.message import AgentRef
+    from meshd.dataplane import DataPlane, DataPlaneConfig
 
     child = _Child(["child", mode])
     plane = DataPlane("hol-tx", DataPlaneConfig(single_channel=mode == "single"))
@@ -233,8 +235,8 @@ class MeshPair:
     """Two meshd (DevCluster), a receiver child attached to node-2; ``sender`` attached to node-1 here."""
 
     def __init__(self, single_channel: bool = False, receiver: str = "hol-rx") -> None:
-        from mabeam.devcluster import DevCluster
-        from mabeam.testing import free_port_block
+        from mabeam.dev.cluster import DevCluster
+        from mabeam.dev.testing import free_port_block
 
         self.run_dir = Path(tempfile.mkdtemp(prefix="bench-mesh-"))
         config = self.run_dir / "meshd.toml"
@@ -246,8 +248,8 @@ class MeshPair:
         self.sender: Any = None
 
     async def start(self) -> MeshPair:
-        from meshd.dataplane import AgentRef
-        from meshd.dataplane.attach import AttachedEndpoint
+        from mabeam.dataplane.attach import AttachedEndpoint
+        from mabeam.dataplane.message import AgentRef
 
         await asyncio.to_thread(self.cluster.start)
         self.child = _Child(["rx", self.cluster.nodes[1].attach_address, self.receiver_id])
@@ -259,7 +261,7 @@ class MeshPair:
 
     async def _warm_up(self) -> None:
         """Calls until one succeeds: node-1 learns node-2's data addresses from the etcd membership watch."""
-        from meshd.dataplane import DataPlaneError
+        from mabeam.dataplane.errors import DataPlaneError
 
         deadline = time.monotonic() + 20
         while True:
@@ -297,8 +299,8 @@ class MeshPair:
 
 async def _rx(address: str, agent_id: str) -> None:
     """The receiver child: attached to a meshd; casts -> one-way latency, calls -> reply (echo up to 1 KiB)."""
-    from meshd.dataplane import stallprobe
-    from meshd.dataplane.attach import AttachedEndpoint
+    from mabeam.dataplane import stallprobe
+    from mabeam.dataplane.attach import AttachedEndpoint
 
     probe = stallprobe.start_from_env("receiver")
     endpoint = await AttachedEndpoint.connect(address, agent_id, max_pending=1 << 20)
@@ -392,7 +394,7 @@ async def _mesh_regime(pair: MeshPair, seconds: float, bulk_senders: int, pace: 
 
 
 async def _mesh_mode(mode: str, seconds: float) -> dict[str, Any]:
-    from meshd.dataplane import stallprobe
+    from mabeam.dataplane import stallprobe
 
     probe = stallprobe.start_from_env("sender")
     pair = MeshPair(single_channel=mode == "single")

@@ -18,9 +18,9 @@ import time
 from typing import Any
 
 from bench.common import percentile, rate
-from mabeam.devcluster import DevCluster
+from mabeam.dev.cluster import DevCluster
+from mabeam.dev.testing import free_port_block, wait_until
 from mabeam.etcd.client import EtcdClient, cmp_create_revision, op_put
-from mabeam.testing import free_port_block, wait_until
 from mabeam_client.errors import NotFound
 from mabeam_client.mesh import MeshClient, SyncMeshClient
 from meshd.view import ClusterView

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mabeam.testing import free_port_block, wait_until
+from mabeam.dev.testing import free_port_block, wait_until
 
 
 @dataclass

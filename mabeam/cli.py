@@ -8,7 +8,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from mabeam.devcluster import ClusterError, DevCluster
+from mabeam.dev.cluster import ClusterError, DevCluster
 from mabeam.etcd.embedded import EtcdStartError
 
 

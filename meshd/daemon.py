@@ -18,9 +18,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from mabeam.dataplane.errors import DataPlaneError
 from mabeam.v1 import mesh_pb2, mesh_pb2_grpc
 from meshd.config import MeshdConfig
-from meshd.dataplane import DataPlane, DataPlaneError
+from meshd.dataplane import DataPlane
 from meshd.metrics import MeshdMetrics
 from meshd.node import MeshNode, StartupError
 from meshd.registry_view import NodeRegistryView

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import grpc
 
+from mabeam.dataplane.errors import DataPlaneError
+from mabeam.dataplane.message import AgentRef, tenant_or_default
 from mabeam.errors import FieldViolation, ServiceError
-from meshd.dataplane.errors import DataPlaneError
-from meshd.dataplane.registry import AgentRef, tenant_or_default
 from meshd.node import MeshNode
 from meshd.validation import check_agent_id, check_name
 

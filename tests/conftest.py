@@ -41,8 +41,8 @@ def dev_cluster(etcd_server: EmbeddedEtcd, cluster_name: str):
     ``own_etcd=True`` gives the cluster an embedded etcd of its own (for tests that stop it);
     ``agentd``/``coordinator`` add those daemons to every node.
     """
-    from mabeam.devcluster import DevCluster
-    from mabeam.testing import free_port_block
+    from mabeam.dev.cluster import DevCluster
+    from mabeam.dev.testing import free_port_block
 
     clusters: list[DevCluster] = []
 

@@ -1,6 +1,6 @@
 """meshd's side of local attach: a ROUTER on ``ipc://`` (or loopback TCP) for processes on this host.
 
-An attached process (see :mod:`meshd.dataplane.attach`) connects a DEALER and
+An attached process (see :mod:`mabeam.dataplane.attach`) connects a DEALER and
 speaks the same batch format as the channels. SYSTEM envelopes carry the
 attach operations (ATTACH, DETACH, REGISTER_NAME, UNREGISTER_NAME, JOIN_GROUP,
 LEAVE_GROUP, HEARTBEAT); each is answered by a SYSTEM_OP_RESULT envelope whose
@@ -33,12 +33,11 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import zmq
 
+from mabeam.dataplane import envelope as wire
+from mabeam.dataplane.errors import DataPlaneError, NotFound
+from mabeam.dataplane.message import AgentRef, Destination, Group, Message, tenant_or_default
 from mabeam.v1 import dataplane_pb2 as pb
-from meshd.dataplane import envelope as wire
 from meshd.dataplane import transport
-from meshd.dataplane.endpoint import Destination, Group, Message
-from meshd.dataplane.errors import DataPlaneError, NotFound
-from meshd.dataplane.registry import AgentRef, tenant_or_default
 
 if TYPE_CHECKING:
     from meshd.dataplane.plane import DataPlane

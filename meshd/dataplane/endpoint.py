@@ -1,8 +1,9 @@
-"""What users of the data plane hold: delivered messages, group destinations, in-process endpoints.
+"""In-process endpoints of meshd's data plane.
 
-An in-process :class:`LocalEndpoint` is a bounded mailbox inside meshd's
+The value types (:class:`~mabeam.dataplane.message.Message`, ``Group``,
+``AgentRef``) live in the shared package :mod:`mabeam.dataplane`. An in-process :class:`LocalEndpoint` is a bounded mailbox inside meshd's
 process (used by the gRPC ``Subscribe`` face, by tests and benches). Processes
-outside meshd use :class:`meshd.dataplane.attach.AttachedEndpoint` instead;
+outside meshd use :class:`mabeam.dataplane.attach.AttachedEndpoint` instead;
 both offer the same ``send``/``call``/``reply``/``receive`` operations.
 """
 
@@ -11,77 +12,13 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mabeam.v1 import dataplane_pb2 as pb
-from meshd.dataplane import envelope as wire
-from meshd.dataplane.errors import DataPlaneError, error_from_code
-from meshd.dataplane.registry import AgentRef
+from mabeam.dataplane.errors import DataPlaneError
+from mabeam.dataplane.message import AgentRef, Destination, Message
 
 if TYPE_CHECKING:
     from meshd.dataplane.plane import DataPlane
-
-
-@dataclass(frozen=True, slots=True)
-class Group:
-    """A group destination; ``mode`` is "all" (every member) or "one" (round-robin)."""
-
-    name: str
-    mode: str = "all"
-
-    def to_proto(self) -> pb.GroupAddress:
-        """As the protobuf GroupAddress."""
-        return pb.GroupAddress(group=self.name, mode=pb.GROUP_MODE_ONE if self.mode == "one" else pb.GROUP_MODE_ALL)
-
-
-#: A destination: a registered name, an endpoint, or a group.
-Destination = str | AgentRef | Group
-
-
-class Message:
-    """A delivered message: the envelope header and the payload bytes."""
-
-    __slots__ = ("envelope", "payload")
-
-    def __init__(self, envelope: pb.Envelope, payload: bytes) -> None:
-        self.envelope = envelope
-        self.payload = payload
-
-    @property
-    def id(self) -> int:
-        """The message id."""
-        return self.envelope.id
-
-    @property
-    def kind(self) -> int:
-        """MessageKind value (CAST, CALL, REPLY, ERROR)."""
-        return self.envelope.kind
-
-    @property
-    def is_call(self) -> bool:
-        """True when the sender waits for a reply."""
-        return self.envelope.kind == wire.CALL
-
-    @property
-    def channel(self) -> int:
-        """Channel value the message travelled on."""
-        return self.envelope.channel
-
-    @property
-    def sender(self) -> AgentRef:
-        """Who sent it."""
-        return AgentRef.from_proto(self.envelope.sender)
-
-    @property
-    def error(self) -> DataPlaneError | None:
-        """For ERROR messages (a bounced cast): the typed error; else None."""
-        if self.envelope.kind != wire.ERROR:
-            return None
-        return error_from_code(self.envelope.error_code, self.envelope.error_message)
-
-    def __repr__(self) -> str:
-        return f"Message(id={self.id}, kind={self.kind}, sender={self.sender}, {len(self.payload)} B)"
 
 
 class LocalEndpoint:

@@ -14,11 +14,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from mabeam.dataplane.errors import DataPlaneError, InvalidArgument
+from mabeam.dataplane.message import AgentRef, Destination, Group, tenant_or_default
 from mabeam.v1 import dataplane_pb2 as pb
-from meshd.dataplane.endpoint import Destination, Group
-from meshd.dataplane.errors import DataPlaneError, InvalidArgument
 from meshd.dataplane.plane import DataPlane
-from meshd.dataplane.registry import AgentRef, tenant_or_default
 
 MAX_PENDING_LIMIT = 65536
 

@@ -9,11 +9,10 @@ from typing import Any
 
 import zmq
 
+from mabeam.dataplane import envelope as wire
+from mabeam.dataplane.errors import ResourceExhausted
+from mabeam.dataplane.message import AgentRef, Message
 from mabeam.v1 import dataplane_pb2 as pb
-from meshd.dataplane import envelope as wire
-from meshd.dataplane.endpoint import Message
-from meshd.dataplane.errors import ResourceExhausted
-from meshd.dataplane.registry import AgentRef
 
 
 class Peer:

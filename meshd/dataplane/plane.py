@@ -7,7 +7,7 @@ own modules. meshd drives it from outside:
 * ``await start()`` binds the channels (``addresses``) and the attach socket;
 * the membership watch calls ``peer_up`` / ``peer_down``;
 * local users open endpoints (``open_endpoint``) or attach over ipc
-  (:mod:`meshd.dataplane.attach`), and the gRPC face calls ``send``/``call``.
+  (:mod:`mabeam.dataplane.attach`), and the gRPC face calls ``send``/``call``.
 
 Outbound envelopes are coalesced per (peer, channel) and flushed when the
 event loop goes idle (``call_soon``) or a batch is full; inbound sockets are
@@ -32,15 +32,8 @@ from typing import Any
 import grpc
 import zmq
 
-from mabeam.v1 import dataplane_pb2 as pb
-from meshd.dataplane import envelope as wire
-from meshd.dataplane import transport
-from meshd.dataplane.attach_server import AttachServer
-from meshd.dataplane.chunking import Reassembler, split_payload
-from meshd.dataplane.config import DataPlaneConfig
-from meshd.dataplane.dedup import DedupWindow
-from meshd.dataplane.endpoint import Destination, Group, LocalEndpoint, Message
-from meshd.dataplane.errors import (
+from mabeam.dataplane import envelope as wire
+from mabeam.dataplane.errors import (
     DataPlaneError,
     DeadlineExceeded,
     InvalidArgument,
@@ -50,12 +43,20 @@ from meshd.dataplane.errors import (
     Unavailable,
     error_from_code,
 )
+from mabeam.dataplane.message import AgentRef, Destination, Group, Message, tenant_or_default
+from mabeam.v1 import dataplane_pb2 as pb
+from meshd.dataplane import transport
+from meshd.dataplane.attach_server import AttachServer
+from meshd.dataplane.chunking import Reassembler, split_payload
+from meshd.dataplane.config import DataPlaneConfig
+from meshd.dataplane.dedup import DedupWindow
+from meshd.dataplane.endpoint import LocalEndpoint
 from meshd.dataplane.failure import FailureDetector, PeerState
 from meshd.dataplane.metrics import ChannelMetrics
 from meshd.dataplane.metrics import publish_all as publish_metrics
 from meshd.dataplane.peers import Peer, PendingCall, QueueFull, copy_with_new_id
 from meshd.dataplane.receiving import ReceiveSide
-from meshd.dataplane.registry import AgentRef, InMemoryRegistry, RegistryView, tenant_or_default
+from meshd.dataplane.registry import InMemoryRegistry, RegistryView
 from meshd.dataplane.scheduler import FairScheduler
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class DataPlane(ReceiveSide):
         """Bind the four channels and the attach socket, and start the receive and timer tasks."""
         cfg = self.config
         self._loop = asyncio.get_running_loop()
-        idle = (wire.BULK,) if cfg.bulk_sched_idle and not cfg.single_channel and transport.SCHED_IDLE_OK else ()
+        idle = (wire.BULK,) if cfg.bulk_sched_idle and not cfg.single_channel and transport.sched_idle_ok() else ()
         self._contexts = transport.ContextSet(wire.CHANNELS, cfg.context_per_channel, idle)
         curve_keys: tuple[bytes, bytes] | None = None
         if cfg.curve:

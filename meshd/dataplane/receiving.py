@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from mabeam.dataplane import envelope as wire
 from mabeam.v1 import dataplane_pb2 as pb
-from meshd.dataplane import envelope as wire
 
 if TYPE_CHECKING:
     from meshd.dataplane.peers import Peer

@@ -10,35 +10,9 @@ to stand in for a consistent cluster-wide cache.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from mabeam.v1 import common_pb2
-
-DEFAULT_TENANT = "default"
-
-
-def tenant_or_default(tenant: str | None) -> str:
-    """The tenant, with empty meaning "default"."""
-    return tenant or DEFAULT_TENANT
-
-
-@dataclass(frozen=True, slots=True)
-class AgentRef:
-    """Where an endpoint lives: (tenant, node, agent id); hashable, used as a routing key."""
-
-    tenant: str
-    node_id: str
-    agent_id: str
-
-    @classmethod
-    def from_proto(cls, ref: common_pb2.AgentRef) -> AgentRef:
-        """From the protobuf AgentRef (empty tenant means "default")."""
-        return cls(tenant_or_default(ref.tenant), ref.node_id, ref.agent_id)
-
-    def to_proto(self) -> common_pb2.AgentRef:
-        """As the protobuf AgentRef."""
-        return common_pb2.AgentRef(tenant=self.tenant, node_id=self.node_id, agent_id=self.agent_id)
+from mabeam.dataplane.message import DEFAULT_TENANT, AgentRef, tenant_or_default
 
 
 @runtime_checkable
@@ -98,7 +72,7 @@ class InMemoryRegistry:
 
     async def register_name(self, tenant: str, name: str, agent: AgentRef) -> None:
         """Register a name; ALREADY_EXISTS when another endpoint owns it."""
-        from meshd.dataplane.errors import DataPlaneError
+        from mabeam.dataplane.errors import DataPlaneError
 
         key = (tenant_or_default(tenant), name)
         current = self.names.get(key)
@@ -130,3 +104,6 @@ class InMemoryRegistry:
         for members in self.groups.values():
             for ref in [m for m in members if m.node_id == node_id]:
                 members.discard(ref)
+
+
+__all__ = ["DEFAULT_TENANT", "AgentRef", "InMemoryRegistry", "RegistryView", "tenant_or_default"]

@@ -24,10 +24,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from mabeam.dataplane.message import AgentRef, Message
 from meshd.dataplane.config import DataPlaneConfig
-from meshd.dataplane.endpoint import Message
 from meshd.dataplane.plane import DataPlane
-from meshd.dataplane.registry import AgentRef, InMemoryRegistry
+from meshd.dataplane.registry import InMemoryRegistry
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:

@@ -17,43 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
-import threading
 from collections.abc import Callable
 
 import zmq
 from zmq.auth.asyncio import AsyncioAuthenticator
 
-from meshd.dataplane import stallprobe
+from mabeam.dataplane import stallprobe
+from mabeam.dataplane.zmqio import SCHED_IDLE, sched_idle_ok, send_frames
 
 log = logging.getLogger(__name__)
 
-_NOBLOCK = int(zmq.NOBLOCK)  # plain ints: enum arithmetic per frame showed up in send profiles
-_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
-SCHED_IDLE = getattr(os, "SCHED_IDLE", 5)
-
-
-def _probe_sched_idle() -> bool:
-    """Whether a thread may switch itself to SCHED_IDLE here (libzmq aborts if setting it fails)."""
-    if not sys.platform.startswith("linux") or not hasattr(os, "sched_setscheduler"):
-        return False
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            os.sched_setscheduler(0, SCHED_IDLE, os.sched_param(0))  # this thread only (Linux)
-            ok.append(True)
-        except OSError:
-            ok.append(False)
-
-    thread = threading.Thread(target=probe, name="sched-idle-probe")
-    thread.start()
-    thread.join()
-    return bool(ok and ok[0])
-
-
-SCHED_IDLE_OK = _probe_sched_idle()
 
 
 class ContextSet:
@@ -201,11 +174,5 @@ async def wait_writable(sock: zmq.Socket, timeout: float = 0.05) -> None:
         loop.remove_reader(fd)
 
 
-def send_frames(sock: zmq.Socket, frames: list[bytes | memoryview], copy_threshold: int = 65536) -> None:
-    """Send one multipart message with NOBLOCK (raises ``zmq.Again`` only before the first frame goes).
-
-    Frames above ``copy_threshold`` go zero-copy (STACK-NOTES: copy=False pays only above ~64 KiB).
-    """
-    last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        sock.send(frame, _MORE if i < last else _NOBLOCK, copy=len(frame) <= copy_threshold)
+__all__ = ["SCHED_IDLE", "ContextSet", "Readiness", "bind_router", "make_dealer", "make_router", "sched_idle_ok",
+           "send_frames", "wait_writable"]

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from meshd.dataplane import AgentRef, DataPlane, DataPlaneConfig, InMemoryRegistry
+from mabeam.dataplane.message import AgentRef
+from meshd.dataplane import DataPlane, DataPlaneConfig, InMemoryRegistry
 from meshd.dataplane.testing import TcpProxy, wait_until
 
 

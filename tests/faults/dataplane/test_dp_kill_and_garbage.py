@@ -10,9 +10,11 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from mabeam.dataplane import envelope as wire
+from mabeam.dataplane.errors import Unavailable
+from mabeam.dataplane.message import AgentRef
 from mabeam.v1 import dataplane_pb2 as pb
-from meshd.dataplane import AgentRef, DataPlane, DataPlaneConfig, InMemoryRegistry, Unavailable
-from meshd.dataplane import envelope as wire
+from meshd.dataplane import DataPlane, DataPlaneConfig, InMemoryRegistry
 from meshd.dataplane.testing import PeerProcess, started_planes, wait_until
 
 

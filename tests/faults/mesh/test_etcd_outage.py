@@ -6,7 +6,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mabeam.testing import wait_until
+from mabeam.dev.testing import wait_until
 from mabeam_client.errors import Unavailable
 from mabeam_client.mesh import SyncMeshClient
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mabeam.testing import async_wait_until
+from mabeam.dev.testing import async_wait_until
 from mabeam_client.agents import AgentClient
 from mabeam_client.errors import NotFound
 from mabeam_client.mesh import MeshClient

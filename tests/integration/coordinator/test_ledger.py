@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from mabeam.testing import async_wait_until
+from mabeam.dev.testing import async_wait_until
 from mabeam_client.coordinator import CoordinatorClient
 from mabeam_client.errors import FailedPrecondition
 

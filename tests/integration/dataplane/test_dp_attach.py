@@ -8,8 +8,9 @@ import sys
 import grpc
 import pytest
 
-from meshd.dataplane import DataPlane, DataPlaneConfig, DataPlaneError, InMemoryRegistry, NotFound
-from meshd.dataplane.attach import AttachedEndpoint
+from mabeam.dataplane.attach import AttachedEndpoint
+from mabeam.dataplane.errors import DataPlaneError, NotFound
+from meshd.dataplane import DataPlane, DataPlaneConfig, InMemoryRegistry
 from meshd.dataplane.testing import wait_until
 
 Pair = tuple[DataPlane, DataPlane]
@@ -88,8 +89,8 @@ async def test_meshd_overrides_what_an_attached_process_claims(pair: Pair) -> No
     import zmq
     import zmq.asyncio
 
+    from mabeam.dataplane import envelope as wire
     from mabeam.v1 import dataplane_pb2 as pb
-    from meshd.dataplane import envelope as wire
 
     a, b = pair
     rx = b.open_endpoint("rx")

@@ -7,17 +7,9 @@ import time
 
 import pytest
 
-from meshd.dataplane import (
-    AgentRef,
-    DataPlane,
-    DeadlineExceeded,
-    Group,
-    InMemoryRegistry,
-    Message,
-    MessageTooLarge,
-    NotFound,
-    ResourceExhausted,
-)
+from mabeam.dataplane.errors import DeadlineExceeded, MessageTooLarge, NotFound, ResourceExhausted
+from mabeam.dataplane.message import AgentRef, Group, Message
+from meshd.dataplane import DataPlane, InMemoryRegistry
 from meshd.dataplane.testing import wait_until
 
 Pair = tuple[DataPlane, DataPlane]

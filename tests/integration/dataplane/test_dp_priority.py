@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from meshd.dataplane import DataPlaneConfig, InMemoryRegistry, Message
+from mabeam.dataplane.message import Message
+from meshd.dataplane import DataPlaneConfig, InMemoryRegistry
 from meshd.dataplane.testing import started_planes, wait_until
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import urllib.request
 
-from mabeam.testing import ConditionTimeout, free_port_block, wait_until
+from mabeam.dev.testing import ConditionTimeout, free_port_block, wait_until
 
 
 def meshctl(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -2,7 +2,7 @@
 
 import time
 
-from mabeam.testing import wait_until
+from mabeam.dev.testing import wait_until
 from mabeam_client.mesh import SyncMeshClient
 
 

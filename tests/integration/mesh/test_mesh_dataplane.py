@@ -4,10 +4,10 @@ import asyncio
 
 import grpc
 
-from mabeam.testing import async_wait_until
+from mabeam.dataplane.attach import AttachedEndpoint
+from mabeam.dev.testing import async_wait_until
 from mabeam.v1 import dataplane_pb2, mesh_pb2_grpc
 from mabeam_client.mesh import MeshClient
-from meshd.dataplane.attach import AttachedEndpoint
 
 
 async def test_attached_agent_answers_a_call_by_name_from_another_node(dev_cluster) -> None:

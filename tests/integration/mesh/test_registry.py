@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from mabeam.testing import async_wait_until, wait_until
+from mabeam.dev.testing import async_wait_until, wait_until
 from mabeam_client.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mabeam_client.mesh import MeshClient, SyncMeshClient
 

@@ -13,7 +13,7 @@ from agentd.examples import Member
 from agentd.groups import GroupTable
 from agentd.runtime import Runtime
 from agentd.supervision import Restart
-from mabeam.testing import async_wait_until
+from mabeam.dev.testing import async_wait_until
 
 
 async def until(condition: Any) -> None:

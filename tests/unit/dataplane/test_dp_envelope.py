@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mabeam.dataplane import envelope as wire
 from mabeam.v1 import dataplane_pb2 as pb
-from meshd.dataplane import envelope as wire
 
 
 def _env(**fields: object) -> bytes:

@@ -1,4 +1,4 @@
-"""The event-loop stall probe (meshd.dataplane.stallprobe): off by default, records a blocked loop."""
+"""The event-loop stall probe (mabeam.dataplane.stallprobe): off by default, records a blocked loop."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mabeam.testing import async_wait_until
-from meshd.dataplane import stallprobe
+from mabeam.dataplane import stallprobe
+from mabeam.dev.testing import async_wait_until
 
 
 def _ticked(probe: stallprobe.StallProbe, n: int) -> Callable[[], Awaitable[bool]]:

@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 from mabeam.v1 import dataplane_pb2 as pb
 
 if TYPE_CHECKING:
-    from meshd.dataplane.registry import AgentRef
+    from mabeam.dataplane.message import AgentRef
 
 VERSION = 1
 

@@ -1,4 +1,4 @@
-"""The agentd and coordinator scenes of ``make demo`` (the mesh scenes are in :mod:`mabeam.demo`)."""
+"""The agentd and coordinator scenes of ``make demo`` (the mesh scenes are in :mod:`mabeam.dev.demo`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.tree import Tree
 
 from coordinator.mechanisms import verify_receipt
-from mabeam.devcluster import DevCluster
+from mabeam.dev.cluster import DevCluster
 from mabeam_client.agents import AgentClient
 from mabeam_client.coordinator import CoordinatorClient
 from mabeam_client.errors import MabeamError

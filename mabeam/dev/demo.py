@@ -18,9 +18,9 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from mabeam import demo_scenes
-from mabeam.devcluster import DevCluster
-from mabeam.testing import free_port_block, wait_until
+from mabeam.dev import demo_scenes
+from mabeam.dev.cluster import DevCluster
+from mabeam.dev.testing import free_port_block, wait_until
 from mabeam_client.mesh import SyncMeshClient
 
 console = Console()

@@ -44,18 +44,17 @@ from typing import Any
 import grpc
 import zmq
 
-from mabeam.v1 import dataplane_pb2 as pb
-from meshd.dataplane import envelope as wire
-from meshd.dataplane import transport
-from meshd.dataplane.endpoint import Destination, Group, Message
-from meshd.dataplane.errors import (
+from mabeam.dataplane import envelope as wire
+from mabeam.dataplane.errors import (
     DataPlaneError,
     DeadlineExceeded,
     InvalidArgument,
     ResourceExhausted,
     error_from_code,
 )
-from meshd.dataplane.registry import AgentRef, tenant_or_default
+from mabeam.dataplane.message import AgentRef, Destination, Group, Message, tenant_or_default
+from mabeam.dataplane.zmqio import SCHED_IDLE, sched_idle_ok, send_frames
+from mabeam.v1 import dataplane_pb2 as pb
 
 HEARTBEAT_EVERY = 1.0
 #: Payloads above this many bytes go on the bulk lane whatever their channel (meshd's default chunk size).
@@ -88,10 +87,10 @@ class AttachedEndpoint:
         self._ctx = zmq.Context(io_threads=1)
         self._sock = self._socket(self._ctx, routing_id)
         self._lane_ctx = zmq.Context(io_threads=1)
-        if transport.SCHED_IDLE_OK:
+        if sched_idle_ok():
             # The lane's I/O thread writes and reads 64 MiB messages: under SCHED_IDLE it takes a core only
             # when the urgent path's threads do not want it (bench/hol.py through two meshd).
-            self._lane_ctx.set(zmq.THREAD_SCHED_POLICY, transport.SCHED_IDLE)
+            self._lane_ctx.set(zmq.THREAD_SCHED_POLICY, SCHED_IDLE)
         lane_address = address + LANE_ADDRESS_SUFFIX if address.startswith("ipc://") else address
         self._lane = self._socket(self._lane_ctx, routing_id + LANE_SUFFIX, lane_address)
         self._prefix = wire.batch_prefix("")
@@ -166,7 +165,7 @@ class AttachedEndpoint:
         while out:
             envs, payloads, _, packed = wire.take_batch(out, _MAX_BATCH, _MAX_BATCH_BYTES, _PACK_BELOW)
             try:
-                transport.send_frames(sock, wire.batch_frames(self._prefix, envs, payloads, packed))
+                send_frames(sock, wire.batch_frames(self._prefix, envs, payloads, packed))
             except zmq.Again:
                 out.extendleft(reversed(list(zip(envs, payloads, strict=True))))
                 self._blocked = True
@@ -180,7 +179,7 @@ class AttachedEndpoint:
         lane = self._lane
         while self._lane_out and not self.closed:
             try:
-                transport.send_frames(lane, self._lane_out[0])
+                send_frames(lane, self._lane_out[0])
             except zmq.Again:
                 if not self._lane_retry:
                     self._lane_retry = True
