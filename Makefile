@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTOS := $(wildcard proto/mabeam/v1/*.proto)
 
-.PHONY: setup demo test test-fast proto proto-check lint typecheck bench clean
+.PHONY: setup demo test test-fast proto proto-check proto-tools lint typecheck bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,11 +26,28 @@ test: setup proto-check lint typecheck
 test-fast: setup
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
-proto: setup
+# Code generators of the other languages, pinned: Go plugins into clients/go/.bin, protoc-gen-es from
+# clients/typescript's package-lock.json; Rust's generator is built by cargo from clients/rust/Cargo.lock.
+GO_BIN := clients/go/.bin
+PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.11
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.1
+TS_DIR := clients/typescript
+
+$(GO_BIN)/protoc-gen-go:
+	GOBIN=$(abspath $(GO_BIN)) nice go install $(PROTOC_GEN_GO)
+$(GO_BIN)/protoc-gen-go-grpc:
+	GOBIN=$(abspath $(GO_BIN)) nice go install $(PROTOC_GEN_GO_GRPC)
+$(TS_DIR)/node_modules/.installed: $(TS_DIR)/package-lock.json
+	cd $(TS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+proto-tools: $(GO_BIN)/protoc-gen-go $(GO_BIN)/protoc-gen-go-grpc $(TS_DIR)/node_modules/.installed
+
+proto: setup proto-tools
 	BIN=$(BIN) tools/protogen.sh
 
 # Regenerates into a temp dir and fails if the committed code differs.
-proto-check: setup
+proto-check: setup proto-tools
 	BIN=$(BIN) tools/protogen.sh check
 
 lint: setup

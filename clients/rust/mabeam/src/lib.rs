@@ -1,0 +1,1 @@
+pub mod v1 { include!("gen/mabeam.v1.rs"); }
