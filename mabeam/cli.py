@@ -51,6 +51,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fake_llm(args: argparse.Namespace) -> int:
+    """Run the local OpenAI/Anthropic-compatible test server until Ctrl-C (dev tooling)."""
+    from mabeam.dev.fakellm.__main__ import serve
+
+    return serve(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mabeam`` console script."""
     parser = argparse.ArgumentParser(prog="mabeam", description="mabeam developer commands.")
@@ -64,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--run-dir", default=None, help="where logs and embedded etcd data go (default: a temp dir)")
     up.add_argument("--mesh-only", action="store_true", help="run only meshd on each node (no agentd, coordinator)")
     up.set_defaults(func=cmd_up)
+    from mabeam.dev.fakellm.__main__ import build_parser as fake_llm_flags
+
+    fake = sub.add_parser("fake-llm", help="run the local OpenAI/Anthropic-compatible model server (tests, demo)")
+    fake_llm_flags(fake)
+    fake.set_defaults(func=cmd_fake_llm)
     args = parser.parse_args(argv)
     if getattr(args, "nodes", 1) < 1:
         parser.error("--nodes must be at least 1")
