@@ -54,7 +54,12 @@ lint: setup
 	$(BIN)/ruff check .
 
 # mypy --strict on the pure cores (STYLE.md); the daemons' I/O shells are checked by tests.
-STRICT := mabeam/keys.py mabeam/errors.py mabeam/etcd meshd/view.py meshd/validation.py coordinator/mechanisms agentd/supervision.py agentd/models/types.py agentd/models/breaker.py agentd/models/retry.py agentd/models/limits.py agentd/models/budget.py agentd/models/cache.py agentd/models/sse.py
+# One line per core, so parallel work adds lines instead of editing one.
+STRICT := mabeam/keys.py mabeam/errors.py mabeam/etcd meshd/view.py meshd/validation.py coordinator/mechanisms
+STRICT += agentd/supervision.py
+STRICT += agentd/models/types.py agentd/models/breaker.py agentd/models/retry.py agentd/models/limits.py
+STRICT += agentd/models/budget.py agentd/models/cache.py agentd/models/sse.py
+STRICT += agentd/tools
 typecheck: setup
 	$(BIN)/mypy --strict $(STRICT)
 
