@@ -59,7 +59,7 @@ STRICT := mabeam/keys.py mabeam/errors.py mabeam/etcd meshd/view.py meshd/valida
 STRICT += agentd/supervision.py
 STRICT += agentd/models/types.py agentd/models/breaker.py agentd/models/retry.py agentd/models/limits.py
 STRICT += agentd/models/budget.py agentd/models/cache.py agentd/models/sse.py
-STRICT += agentd/tools
+STRICT += agentd/tools agentd/pipelines mabeam/pipelines
 typecheck: setup
 	$(BIN)/mypy --strict $(STRICT)
 
