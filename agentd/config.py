@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from agentd.models.config import ModelsConfig
 from mabeam.config import ConfigError as ConfigError  # re-exported: callers catch agentd.config.ConfigError
 from mabeam.config import load_model
 
@@ -40,6 +41,8 @@ class AgentdConfig(BaseModel):
     #: The host meshd's local attach address (ipc://... or tcp://127.0.0.1:PORT); empty runs agentd off the mesh.
     meshd_attach: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: Model providers, models, routes, resilience and budgets (docs/models.md); empty serves no models.
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
 
     @field_validator("grpc_address", "metrics_address")
     @classmethod

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from mabeam.dev.fakellm.process import FakeLLMProcess
+sys.path.insert(0, str(Path(__file__).parent))
+
+from mabeam.dev.fakellm.process import FakeLLMProcess  # noqa: E402
 
 
 @pytest.fixture(scope="session")
