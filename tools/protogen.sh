@@ -44,8 +44,10 @@ protoc -I proto/third_party -I proto \
   --es_out="$out/clients/typescript/src/gen" --es_opt=target=ts,import_extension=js \
   "${protos[@]}" proto/third_party/google/rpc/status.proto proto/third_party/google/rpc/error_details.proto
 
-# Rust: prost messages and tonic clients, one file per package.
+# Rust: prost messages and tonic clients, one file per package. The generator's build is cached per
+# machine (not per checkout): every worktree and clean clone on a host shares one cargo target dir.
 mkdir -p "$out/clients/rust/mabeam/src/gen"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mabeam/cargo-target}"
 PROTOC="$PWD/tools/protoc" cargo run -q --manifest-path clients/rust/Cargo.toml -p mabeam-codegen -- \
   "$out/clients/rust/mabeam/src/gen" proto
 
