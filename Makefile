@@ -50,8 +50,10 @@ proto: setup proto-tools
 proto-check: setup proto-tools
 	BIN=$(BIN) tools/protogen.sh check
 
+# ruff, then the import contracts of pyproject.toml ([tool.importlinter]).
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache --no-logo
 
 # mypy --strict on the pure cores (STYLE.md); the daemons' I/O shells are checked by tests.
 # One line per core, so parallel work adds lines instead of editing one.

@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -70,14 +71,14 @@ async def rate(worker: Callable[[int], Awaitable[object]], total: int, concurren
     return total / (time.perf_counter() - started)
 
 
-async def warm_up(plane: Any, target: Any) -> None:
-    """First call, retried: the child may process its peer_up after our call arrives (its reply is then lost)."""
-    from mabeam.dataplane.errors import DeadlineExceeded
+def inplane(*args: str) -> dict[str, Any]:
+    """Run ``python -m meshd.inplane ARGS`` (meshd's internals measured in their own process) and parse its line.
 
-    for _ in range(20):
-        try:
-            await plane.call(None, target, b"warm-up", timeout=0.5)
-            return
-        except DeadlineExceeded:
-            continue
-    raise RuntimeError("the child never answered")
+    bench/ never imports meshd (an import contract); figures that need meshd's internals in the measuring
+    process come from that entry point.
+    """
+    done = subprocess.run([sys.executable, "-m", "meshd.inplane", *args], capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"meshd.inplane {args[0]} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))

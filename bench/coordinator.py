@@ -27,7 +27,7 @@ from typing import Any
 import uvloop
 
 from bench.common import rate
-from coordinator.testing import CoordinatorCluster
+from mabeam.dev.coordinators import CoordinatorCluster
 from mabeam.etcd.client import EtcdClient, cmp_create_revision, op_put
 from mabeam.etcd.embedded import EmbeddedEtcd
 from mabeam_client.coordinator import CoordinatorClient

@@ -11,9 +11,10 @@ channel, and bounds what is in flight so no queue overflows); the child counts
 what it received. Call round trip: 64 B calls from the sender to the receiver,
 which echoes.
 
-**``plane_*`` keys: the data plane alone.** The bench process hosts a
-sending DataPlane; a child process (``python -m meshd.dataplane.testing``, role
-echo) hosts the receiving one, with an in-process handler endpoint ``svc``.
+**``plane_*`` keys: the data plane alone.** ``python -m meshd.inplane
+plane-throughput`` hosts a sending DataPlane; its child (``python -m
+meshd.dataplane.testing``, role echo) hosts the receiving one, with an
+in-process handler endpoint ``svc`` (bench/ never imports meshd).
 Throughput: N one-way casts on ``normal``, then one call on the same channel as
 a FIFO barrier (its reply proves every earlier cast was delivered). Baselines:
 sync pyzmq PUSH/PULL (one message per frame, blocking send/recv) and REQ/REP
@@ -31,7 +32,7 @@ from typing import Any
 
 import zmq
 
-from bench.common import percentile, warm_up
+from bench.common import inplane, percentile
 
 SIZES = {"100b": 100, "1kib": 1024, "64kib": 64 << 10, "1mib": 1 << 20}
 
@@ -305,53 +306,25 @@ async def _meshd(quick: bool) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- the data plane alone (two processes)
 
-async def _mesh(quick: bool) -> dict[str, Any]:
-    from mabeam.dataplane.errors import ResourceExhausted
-    from mabeam.dataplane.message import AgentRef
-    from meshd.dataplane import DataPlane, DataPlaneConfig
-    from meshd.dataplane.testing import PeerProcess
-
-    peer = PeerProcess("bench-rx", role="echo")
-    plane = DataPlane("bench-tx", DataPlaneConfig())
-    await plane.start()
+def _plane(quick: bool) -> dict[str, Any]:
+    """The ``plane_*`` figures, measured by ``python -m meshd.inplane plane-throughput`` in its own process."""
+    counts = _counts(quick)
+    raw = inplane("plane-throughput", json.dumps({"sizes": {k: SIZES[k] for k in counts}, "counts": counts,
+                                                    "calls": 2000 if quick else 10000}))
     out: dict[str, Any] = {}
-    try:
-        plane.peer_up(peer.node_id, peer.addresses)
-        peer.command(peer_up={"node_id": plane.node_id, "addresses": plane.addresses})
-        target = AgentRef("default", peer.node_id, "svc")
-        await warm_up(plane, target)
-        for key, count in _counts(quick).items():
-            payload = b"x" * SIZES[key]
-            started = time.perf_counter()
-            for i in range(count):
-                try:
-                    plane.send_nowait(None, target, payload)
-                except ResourceExhausted:
-                    await plane.send(None, target, payload)
-                if i & 511 == 511:
-                    await asyncio.sleep(0)
-            await plane.call(None, target, b"barrier", timeout=120)
-            elapsed = time.perf_counter() - started
-            out[f"mesh_{key}_msgs_per_s"] = round(count / elapsed)
-            out[f"mesh_{key}_mb_per_s"] = round(count * SIZES[key] / elapsed / 1e6, 1)
-        rtts = []
-        for _ in range(2000 if quick else 10000):
-            started_ns = time.perf_counter_ns()
-            await plane.call(None, target, b"x" * 64, timeout=10)
-            rtts.append((time.perf_counter_ns() - started_ns) / 1000)
-        out["mesh_call_p50_us"] = round(percentile(rtts, 50), 1)
-        out["mesh_call_p99_us"] = round(percentile(rtts, 99), 1)
-    finally:
-        await plane.stop()
-        peer.close()
+    for key, count in counts.items():
+        elapsed = raw["seconds"][key]
+        out[f"plane_{key}_msgs_per_s"] = round(count / elapsed)
+        out[f"plane_{key}_mb_per_s"] = round(count * SIZES[key] / elapsed / 1e6, 1)
+    out["plane_call_p50_us"] = round(percentile(raw["call_rtts_us"], 50), 1)
+    out["plane_call_p99_us"] = round(percentile(raw["call_rtts_us"], 99), 1)
     return out
 
 
 def run(quick: bool) -> dict[str, Any]:
     """Throughput per size and call latency through two meshd, then in-plane, then raw pyzmq; ratios."""
     result: dict[str, Any] = dict(_run_loop(_meshd(quick)))
-    plane = _run_loop(_mesh(quick))
-    result.update({"plane_" + key.removeprefix("mesh_"): value for key, value in plane.items()})
+    result.update(_plane(quick))
     for key, count in _counts(quick).items():
         rate = raw_push_pull(SIZES[key], count)
         result[f"raw_{key}_msgs_per_s"] = round(rate)

@@ -12,8 +12,9 @@ channel → meshd-2 → ipc → receiver. The single-channel mode runs meshd wit
 fresh processes per mode. CPU seconds of all four processes per regime
 (``details.<mode>.<regime>.cpu_s``, from /proc) show when the tail is CPU-bound.
 
-**``plane.*`` keys: the data plane alone.** Two data-plane processes: this one
-sends, a child (``python -m bench.hol child MODE``) receives. Urgent traffic:
+**``plane.*`` keys: the data plane alone.** Two data-plane processes:
+``python -m meshd.inplane plane-hol MODE`` sends, its child (``python -m
+meshd.dataplane.testing``, role latency) receives (bench/ never imports meshd). Urgent traffic:
 256-byte casts on ``high`` at ~1,000/s; the child measures each one's one-way
 latency from the envelope's ``sent_unix_ns`` (both processes read the same
 host clock). Bulk: 64 MiB messages on ``bulk`` sent as calls (the reply bounds
@@ -40,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import percentile, warm_up
+from bench.common import inplane, percentile
 
 BULK_SIZE = 64 << 20
 URGENT_SIZE = 256
@@ -49,37 +50,6 @@ URGENT_SIZE = 256
 @functools.cache
 def bulk_payload() -> bytes:
     return b"B" * BULK_SIZE
-
-
-async def _child(mode: str) -> None:
-    from mabeam.dataplane.message import Message
-    from meshd.dataplane import DataPlane, DataPlaneConfig
-
-    plane = DataPlane("hol-rx", DataPlaneConfig(single_channel=mode == "single"))
-    await plane.start()
-    latencies: list[float] = []
-
-    def handle(message: Message) -> None:
-        if message.is_call:
-            endpoint.reply(message, b"ok")
-        else:
-            latencies.append((time.time_ns() - message.envelope.sent_unix_ns) / 1000)
-
-    endpoint = plane.open_endpoint("rx", handler=handle)
-    print(json.dumps({"addresses": plane.addresses}), flush=True)
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while line := await reader.readline():
-        command = json.loads(line)
-        if "peer_up" in command:
-            plane.peer_up("hol-tx", command["peer_up"])
-        elif "report" in command:
-            print(json.dumps({"latencies_us": latencies, "cpu_s": time.process_time()}), flush=True)
-            latencies = []
-        elif "exit" in command:
-            break
-    await plane.stop()
 
 
 class _Child:
@@ -111,72 +81,17 @@ class _Child:
             self.proc.wait()
 
 
-async def _urgent(plane: Any, target: Any, seconds: float) -> int:
-    payload = b"u" * URGENT_SIZE
-    sent = 0
-    deadline = time.monotonic() + seconds
-    next_at = time.monotonic()
-    while time.monotonic() < deadline:
-        plane.send_nowait(None, target, payload, channel="high")
-        sent += 1
-        next_at += 0.001
-        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-    return sent
-
-
-async def _bulk(plane: Any, target: Any, pace_bytes_per_s: float | None, done: list[int]) -> None:
-    payload = bulk_payload()
-    while True:
-        started = time.monotonic()
-        await plane.call(None, target, payload, channel="bulk", timeout=120)
-        done[0] += BULK_SIZE
-        if pace_bytes_per_s:
-            await asyncio.sleep(max(0.0, BULK_SIZE / pace_bytes_per_s - (time.monotonic() - started)))
-
-
-async def _regime(plane: Any, target: Any, child: _Child, seconds: float, bulk_senders: int,
-                  pace: float | None) -> dict[str, Any]:
-    done = [0]
-    cpu_before = time.process_time()
-    child_before = child.report()["cpu_s"]  # also resets the child's latencies
-    async with asyncio.TaskGroup() as tg:
-        bulk = [tg.create_task(_bulk(plane, target, pace, done)) for _ in range(bulk_senders)]
-        started = time.monotonic()
-        await _urgent(plane, target, seconds)
-        elapsed = time.monotonic() - started
-        for task in bulk:
-            task.cancel()
-    # Barrier: everything sent so far on high (FIFO per channel) has arrived once this call returns.
-    await plane.call(None, target, b"barrier", channel="high", timeout=120)
-    report = child.report()
-    lat = report["latencies_us"]
-    return {"p50_us": round(percentile(lat, 50), 1), "p99_us": round(percentile(lat, 99), 1), "count": len(lat),
-            "bulk_mb_per_s": round(done[0] / elapsed / 1e6, 1),
-            "cpu_sender_s": round(time.process_time() - cpu_before, 2),
-            "cpu_receiver_s": round(report["cpu_s"] - child_before, 2), "seconds": round(elapsed, 2)}
-
-
-async def _mode(mode: str, seconds: float) -> dict[str, Any]:
-    from mabeam.dataplane.message import AgentRef
-    from meshd.dataplane import DataPlane, DataPlaneConfig
-
-    child = _Child(["child", mode])
-    plane = DataPlane("hol-tx", DataPlaneConfig(single_channel=mode == "single"))
-    await plane.start()
-    try:
-        plane.peer_up("hol-rx", child.addresses)
-        child.send(peer_up=plane.addresses)
-        target = AgentRef("default", "hol-rx", "rx")
-        await warm_up(plane, target)
-        bulk_payload()
-        idle = await _regime(plane, target, child, seconds, 0, None)
-        bulk = await _regime(plane, target, child, seconds, 2, None)
-        pace = bulk["bulk_mb_per_s"] * 1e6 / 10
-        paced = await _regime(plane, target, child, seconds, 1, pace)
-    finally:
-        await plane.stop()
-        child.close()
-    return {"idle": idle, "bulk": bulk, "paced": paced}
+def _plane_mode(mode: str, seconds: float) -> dict[str, Any]:
+    """One mode of the ``plane.*`` figures, from ``python -m meshd.inplane plane-hol`` (its own processes)."""
+    raw = inplane("plane-hol", mode, str(seconds), str(BULK_SIZE), str(URGENT_SIZE))
+    regimes = {}
+    for regime, figures in raw.items():
+        lat = figures["latencies_us"]
+        regimes[regime] = {"p50_us": round(percentile(lat, 50), 1), "p99_us": round(percentile(lat, 99), 1),
+                           "count": len(lat), "bulk_mb_per_s": round(figures["bulk_bytes"] / figures["seconds"] / 1e6, 1),
+                           "cpu_sender_s": round(figures["cpu_sender_s"], 2),
+                           "cpu_receiver_s": round(figures["cpu_receiver_s"], 2), "seconds": round(figures["seconds"], 2)}
+    return regimes
 
 
 def _run_loop(coro: Any) -> Any:
@@ -212,7 +127,7 @@ def run(quick: bool) -> dict[str, Any]:
     seconds = 3.0 if quick else 15.0
     result: dict[str, Any] = {}
     mesh = _figures("", lambda mode: _run_loop(_mesh_mode(mode, seconds)), result)
-    plane = _figures("plane.", lambda mode: _run_loop(_mode(mode, seconds)), result)
+    plane = _figures("plane.", lambda mode: _plane_mode(mode, seconds), result)
     result["details"] = {**mesh, "plane": plane}
     result["notes"] = ("headline: sender attached (ipc) to meshd node-1 -> TCP channels -> meshd node-2 -> ipc -> "
                        "receiver process, DevCluster(2); plane.*: two processes hosting DataPlane directly; "
@@ -413,7 +328,5 @@ async def _mesh_mode(mode: str, seconds: float) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["child"]:
-        _run_loop(_child(sys.argv[2]))
-    elif sys.argv[1:2] == ["rx"]:
+    if sys.argv[1:2] == ["rx"]:
         _run_loop(_rx(sys.argv[2], sys.argv[3]))

@@ -62,7 +62,7 @@ def dev_cluster(etcd_server: EmbeddedEtcd, cluster_name: str):
 @pytest.fixture
 def coordinators(etcd_server: EmbeddedEtcd, cluster_name: str):
     """Factory: start N real coordinator processes (lease TTL 2 s) on the session etcd; all stopped at teardown."""
-    from coordinator.testing import CoordinatorCluster
+    from mabeam.dev.coordinators import CoordinatorCluster
 
     made: list[CoordinatorCluster] = []
 

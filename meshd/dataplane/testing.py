@@ -8,8 +8,10 @@ then reads JSON lines on stdin — ``{"peer_up": {...}}``, ``{"peer_down": id}``
 ``{"stats": true}`` (prints statistics) and ``{"exit": true}``.
 Its endpoint ``svc`` (registered as name ``svc``) behaves per role:
 ``echo`` replies to calls with the payload and counts casts, ``sink`` counts,
-``silent`` never replies. This is what fault tests kill -9, and what benches
-run as the remote meshd.
+``silent`` never replies, ``latency`` replies ``ok`` to calls and records each
+cast's one-way latency from its envelope's ``sent_unix_ns`` (``{"report":
+true}`` prints ``{"latencies_us", "cpu_s"}`` and starts a new sample). This is
+what fault tests kill -9, and what benches run as the remote data plane.
 """
 
 from __future__ import annotations
@@ -148,7 +150,11 @@ class PeerProcess:
 
     def stats(self) -> dict[str, Any]:
         """Ask for and read the peer's statistics (blocking; call from a thread in async code)."""
-        self.command(stats=True)
+        return self.ask(stats=True)
+
+    def ask(self, **message: Any) -> dict[str, Any]:
+        """Send a command that answers with one JSON line (``stats``, ``report``) and read the answer."""
+        self.command(**message)
         assert self.proc.stdout is not None
         return dict(json.loads(self.proc.stdout.readline()))
 
@@ -179,6 +185,7 @@ async def _serve(node_id: str, role: str, curve: bool, config_json: str) -> None
     plane = DataPlane(node_id, config, registry)
     await plane.start()
     counters = {"casts": 0, "calls": 0, "bytes": 0}
+    latencies: list[float] = []
 
     def handle(message: Message) -> None:
         counters["bytes"] += len(message.payload)
@@ -186,8 +193,12 @@ async def _serve(node_id: str, role: str, curve: bool, config_json: str) -> None
             counters["calls"] += 1
             if role == "echo":
                 endpoint.reply(message, message.payload)
+            elif role == "latency":
+                endpoint.reply(message, b"ok")
         else:
             counters["casts"] += 1
+            if role == "latency":
+                latencies.append((time.time_ns() - message.envelope.sent_unix_ns) / 1000)
 
     endpoint = plane.open_endpoint("svc", handler=handle)
     registry.set_name("default", "svc", endpoint.ref)
@@ -209,6 +220,9 @@ async def _serve(node_id: str, role: str, curve: bool, config_json: str) -> None
                                   AgentRef("default", command["node_id"], command["agent_id"]))
             elif "stats" in command:
                 print(json.dumps({**plane.statistics(), **counters}), flush=True)
+            elif "report" in command:
+                print(json.dumps({"latencies_us": latencies, "cpu_s": time.process_time()}), flush=True)
+                latencies.clear()
             elif "exit" in command:
                 break
     finally:
@@ -219,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the peer process."""
     parser = argparse.ArgumentParser(prog="python -m meshd.dataplane.testing")
     parser.add_argument("node_id")
-    parser.add_argument("--role", choices=["echo", "sink", "silent"], default="echo")
+    parser.add_argument("--role", choices=["echo", "sink", "silent", "latency"], default="echo")
     parser.add_argument("--curve", action="store_true")
     parser.add_argument("--config", default="{}", help="DataPlaneConfig fields as JSON")
     args = parser.parse_args(argv)
