@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTOS := $(wildcard proto/mabeam/v1/*.proto)
 
-.PHONY: setup demo test test-fast proto proto-check proto-tools lint typecheck bench clean
+.PHONY: setup demo test test-fast proto proto-check proto-tools lint typecheck bench clean postgres
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,8 +20,14 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/python -m mabeam.dev.demo
 
-test: setup proto-check lint typecheck
+test: setup postgres proto-check lint typecheck
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The runs store's tests start a private PostgreSQL server (mabeam/dev/postgres.py): install the Debian
+# package when the server binaries are missing (CI runs as root on a fresh machine).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+		{ echo "installing PostgreSQL (apt-get)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
 test-fast: setup
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
@@ -62,6 +68,8 @@ STRICT += agentd/supervision.py
 STRICT += agentd/models/types.py agentd/models/breaker.py agentd/models/retry.py agentd/models/limits.py
 STRICT += agentd/models/budget.py agentd/models/cache.py agentd/models/sse.py
 STRICT += agentd/tools agentd/pipelines mabeam/pipelines
+STRICT += mabeam/runchain.py agentd/runs/model.py agentd/runs/state.py agentd/runs/frames.py agentd/runs/upcasters.py
+STRICT += agentd/runs/retention.py agentd/runs/validation.py
 typecheck: setup
 	$(BIN)/mypy --strict $(STRICT)
 

@@ -8,7 +8,7 @@ why and what to fix. ``abort`` is the one place servicers build them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -38,6 +38,7 @@ class ServiceError(Exception):
         reason: str = "",
         violations: Sequence[FieldViolation] = (),
         retry_after_s: float | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -45,13 +46,15 @@ class ServiceError(Exception):
         self.reason = reason
         self.violations = tuple(violations)
         self.retry_after_s = retry_after_s
+        #: ErrorInfo metadata (e.g. ``retention_floor`` on a STALE_CURSOR answer).
+        self.metadata = dict(metadata or {})
 
     def to_status(self) -> grpc.Status:
         """The grpc.Status with rich details for this error."""
         details: list[any_pb2.Any] = []
         if self.reason:
             packed = any_pb2.Any()
-            packed.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN))
+            packed.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata))
             details.append(packed)
         if self.violations:
             packed = any_pb2.Any()

@@ -7,6 +7,10 @@ Everything of one cluster lives under ``/mabeam/<cluster>/``:
 - ``names/<tenant>/<name>`` → NameEntry, under the owning node's lease
 - ``groups/<tenant>/<group>/<node_id>/<agent_id>`` → GroupMember, under the owning node's lease
 - ``election/<role>/<lease id, 16 hex digits>`` → LeaderInfo of a candidate, under its lease
+- ``runs/executors/<run_id>`` → JSON {node_id, agent_type, lease_id} of a run's executor, under the
+  run's own lease (its create revision is the executor's fencing token)
+- ``runs/wake/<node_id>`` → JSON {run_id: seq} of the runs a node appended to last (SQLite stores:
+  how other nodes' followers learn of new events)
 
 Identifiers never contain ``/`` (validation enforces it), so splitting a key
 on ``/`` is unambiguous.
@@ -43,6 +47,26 @@ def group_member(cluster: str, tenant_id: str, group: str, node_id: str, agent_i
 def election(cluster: str, role: str) -> bytes:
     """The prefix under which candidates for `role` put their keys."""
     return root(cluster) + f"election/{role}/".encode()
+
+
+def run_executors(cluster: str) -> bytes:
+    """The prefix of every run's executor key."""
+    return root(cluster) + b"runs/executors/"
+
+
+def run_executor(cluster: str, run_id: str) -> bytes:
+    """The key a run's executor holds under the run's lease."""
+    return run_executors(cluster) + run_id.encode()
+
+
+def run_wakes(cluster: str) -> bytes:
+    """The prefix of the nodes' wake-up keys for run followers."""
+    return root(cluster) + b"runs/wake/"
+
+
+def run_wake(cluster: str, node_id: str) -> bytes:
+    """One node's wake-up key."""
+    return run_wakes(cluster) + node_id.encode()
 
 
 def split(cluster: str, key: bytes) -> list[str] | None:

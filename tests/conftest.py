@@ -74,3 +74,21 @@ def coordinators(etcd_server: EmbeddedEtcd, cluster_name: str):
     yield make
     for cluster in made:
         cluster.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One private PostgreSQL server for the session (Unix socket only, in a temp dir); tests take a database each."""
+    from mabeam.dev.postgres import DevPostgres
+
+    server = DevPostgres().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def runs_store_url(request, tmp_path) -> str:
+    """A fresh runs store URL, once per backend: a SQLite file, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'runs.sqlite'}"
+    return request.getfixturevalue("postgres_server").create_database()

@@ -40,6 +40,35 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The request must be sent to another node (the owning meshd, the leader)."""
     TOO_LARGE: _ErrorReason.ValueType  # 7
     """A size limit was exceeded."""
+    RUN_NOT_FOUND: _ErrorReason.ValueType  # 50
+    """Numbers are allocated in blocks per area so that work in parallel never
+    collides; add a reason inside its area's block, with a comment.
+    8-29: coordinator (mechanisms, ledger, variables).
+    30-49: mesh and data plane (attach, healing).
+    50-69: durable runs.
+    The run does not exist.
+    """
+    RUN_CONFLICT: _ErrorReason.ValueType  # 51
+    """A run with this id exists and was started with a different request."""
+    FRAME_CONFLICT: _ErrorReason.ValueType  # 52
+    """A frame with this id was accepted before with a different type or payload."""
+    STALE_CURSOR: _ErrorReason.ValueType  # 53
+    """The stream cursor is below the run's retention floor (metadata "retention_floor")."""
+    RUN_TERMINAL: _ErrorReason.ValueType  # 54
+    """The run has ended (completed, canceled or failed); it takes no more input or work."""
+    LEASE_HELD: _ErrorReason.ValueType  # 55
+    """Another executor holds the run's lease (metadata "node_id", "fencing_token")."""
+    EXECUTOR_FENCED: _ErrorReason.ValueType  # 56
+    """The executor was deposed: a newer executor holds the run, so this append was refused."""
+    RUN_BUSY: _ErrorReason.ValueType  # 57
+    """The run's input policy is "reject" and it is still handling a frame; retry later."""
+    RUNS_UNAVAILABLE: _ErrorReason.ValueType  # 58
+    """The runs store (SQLite or PostgreSQL) or etcd cannot be reached; retry later.
+    70-89: model providers and budgets.
+    90-109: tools, approvals and pipelines.
+    110-129: tenants, authentication and quotas.
+    130-149: agents and external agents.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Reasons carried in google.rpc.ErrorInfo.reason (as the enum value's name) with domain "mabeam.io"."""
@@ -59,6 +88,35 @@ WRONG_NODE: ErrorReason.ValueType  # 6
 """The request must be sent to another node (the owning meshd, the leader)."""
 TOO_LARGE: ErrorReason.ValueType  # 7
 """A size limit was exceeded."""
+RUN_NOT_FOUND: ErrorReason.ValueType  # 50
+"""Numbers are allocated in blocks per area so that work in parallel never
+collides; add a reason inside its area's block, with a comment.
+8-29: coordinator (mechanisms, ledger, variables).
+30-49: mesh and data plane (attach, healing).
+50-69: durable runs.
+The run does not exist.
+"""
+RUN_CONFLICT: ErrorReason.ValueType  # 51
+"""A run with this id exists and was started with a different request."""
+FRAME_CONFLICT: ErrorReason.ValueType  # 52
+"""A frame with this id was accepted before with a different type or payload."""
+STALE_CURSOR: ErrorReason.ValueType  # 53
+"""The stream cursor is below the run's retention floor (metadata "retention_floor")."""
+RUN_TERMINAL: ErrorReason.ValueType  # 54
+"""The run has ended (completed, canceled or failed); it takes no more input or work."""
+LEASE_HELD: ErrorReason.ValueType  # 55
+"""Another executor holds the run's lease (metadata "node_id", "fencing_token")."""
+EXECUTOR_FENCED: ErrorReason.ValueType  # 56
+"""The executor was deposed: a newer executor holds the run, so this append was refused."""
+RUN_BUSY: ErrorReason.ValueType  # 57
+"""The run's input policy is "reject" and it is still handling a frame; retry later."""
+RUNS_UNAVAILABLE: ErrorReason.ValueType  # 58
+"""The runs store (SQLite or PostgreSQL) or etcd cannot be reached; retry later.
+70-89: model providers and budgets.
+90-109: tools, approvals and pipelines.
+110-129: tenants, authentication and quotas.
+130-149: agents and external agents.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

@@ -42,19 +42,51 @@ const (
 	ErrorReason_WRONG_NODE ErrorReason = 6
 	// A size limit was exceeded.
 	ErrorReason_TOO_LARGE ErrorReason = 7
+	// Numbers are allocated in blocks per area so that work in parallel never
+	// collides; add a reason inside its area's block, with a comment.
+	// 8-29: coordinator (mechanisms, ledger, variables).
+	// 30-49: mesh and data plane (attach, healing).
+	// 50-69: durable runs.
+	// The run does not exist.
+	ErrorReason_RUN_NOT_FOUND ErrorReason = 50
+	// A run with this id exists and was started with a different request.
+	ErrorReason_RUN_CONFLICT ErrorReason = 51
+	// A frame with this id was accepted before with a different type or payload.
+	ErrorReason_FRAME_CONFLICT ErrorReason = 52
+	// The stream cursor is below the run's retention floor (metadata "retention_floor").
+	ErrorReason_STALE_CURSOR ErrorReason = 53
+	// The run has ended (completed, canceled or failed); it takes no more input or work.
+	ErrorReason_RUN_TERMINAL ErrorReason = 54
+	// Another executor holds the run's lease (metadata "node_id", "fencing_token").
+	ErrorReason_LEASE_HELD ErrorReason = 55
+	// The executor was deposed: a newer executor holds the run, so this append was refused.
+	ErrorReason_EXECUTOR_FENCED ErrorReason = 56
+	// The run's input policy is "reject" and it is still handling a frame; retry later.
+	ErrorReason_RUN_BUSY ErrorReason = 57
+	// The runs store (SQLite or PostgreSQL) or etcd cannot be reached; retry later.
+	ErrorReason_RUNS_UNAVAILABLE ErrorReason = 58
 )
 
 // Enum value maps for ErrorReason.
 var (
 	ErrorReason_name = map[int32]string{
-		0: "ERROR_REASON_UNSPECIFIED",
-		1: "NAME_TAKEN",
-		2: "NOT_REGISTERED",
-		3: "INVALID_FIELD",
-		4: "UNKNOWN_TENANT",
-		5: "ETCD_UNAVAILABLE",
-		6: "WRONG_NODE",
-		7: "TOO_LARGE",
+		0:  "ERROR_REASON_UNSPECIFIED",
+		1:  "NAME_TAKEN",
+		2:  "NOT_REGISTERED",
+		3:  "INVALID_FIELD",
+		4:  "UNKNOWN_TENANT",
+		5:  "ETCD_UNAVAILABLE",
+		6:  "WRONG_NODE",
+		7:  "TOO_LARGE",
+		50: "RUN_NOT_FOUND",
+		51: "RUN_CONFLICT",
+		52: "FRAME_CONFLICT",
+		53: "STALE_CURSOR",
+		54: "RUN_TERMINAL",
+		55: "LEASE_HELD",
+		56: "EXECUTOR_FENCED",
+		57: "RUN_BUSY",
+		58: "RUNS_UNAVAILABLE",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -65,6 +97,15 @@ var (
 		"ETCD_UNAVAILABLE":         5,
 		"WRONG_NODE":               6,
 		"TOO_LARGE":                7,
+		"RUN_NOT_FOUND":            50,
+		"RUN_CONFLICT":             51,
+		"FRAME_CONFLICT":           52,
+		"STALE_CURSOR":             53,
+		"RUN_TERMINAL":             54,
+		"LEASE_HELD":               55,
+		"EXECUTOR_FENCED":          56,
+		"RUN_BUSY":                 57,
+		"RUNS_UNAVAILABLE":         58,
 	}
 )
 
@@ -360,7 +401,7 @@ const file_mabeam_v1_common_proto_rawDesc = "" +
 	"\bAgentRef\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x19\n" +
-	"\bagent_id\x18\x03 \x01(\tR\aagentId*\xab\x01\n" +
+	"\bagent_id\x18\x03 \x01(\tR\aagentId*\xd1\x02\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -371,7 +412,17 @@ const file_mabeam_v1_common_proto_rawDesc = "" +
 	"\x10ETCD_UNAVAILABLE\x10\x05\x12\x0e\n" +
 	"\n" +
 	"WRONG_NODE\x10\x06\x12\r\n" +
-	"\tTOO_LARGE\x10\ab\x06proto3"
+	"\tTOO_LARGE\x10\a\x12\x11\n" +
+	"\rRUN_NOT_FOUND\x102\x12\x10\n" +
+	"\fRUN_CONFLICT\x103\x12\x12\n" +
+	"\x0eFRAME_CONFLICT\x104\x12\x10\n" +
+	"\fSTALE_CURSOR\x105\x12\x10\n" +
+	"\fRUN_TERMINAL\x106\x12\x0e\n" +
+	"\n" +
+	"LEASE_HELD\x107\x12\x13\n" +
+	"\x0fEXECUTOR_FENCED\x108\x12\f\n" +
+	"\bRUN_BUSY\x109\x12\x14\n" +
+	"\x10RUNS_UNAVAILABLE\x10:b\x06proto3"
 
 var (
 	file_mabeam_v1_common_proto_rawDescOnce sync.Once

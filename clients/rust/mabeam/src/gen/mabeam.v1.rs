@@ -614,6 +614,34 @@ pub enum ErrorReason {
     WrongNode = 6,
     /// A size limit was exceeded.
     TooLarge = 7,
+    /// Numbers are allocated in blocks per area so that work in parallel never
+    /// collides; add a reason inside its area's block, with a comment.
+    /// 8-29: coordinator (mechanisms, ledger, variables).
+    /// 30-49: mesh and data plane (attach, healing).
+    /// 50-69: durable runs.
+    /// The run does not exist.
+    RunNotFound = 50,
+    /// A run with this id exists and was started with a different request.
+    RunConflict = 51,
+    /// A frame with this id was accepted before with a different type or payload.
+    FrameConflict = 52,
+    /// The stream cursor is below the run's retention floor (metadata "retention_floor").
+    StaleCursor = 53,
+    /// The run has ended (completed, canceled or failed); it takes no more input or work.
+    RunTerminal = 54,
+    /// Another executor holds the run's lease (metadata "node_id", "fencing_token").
+    LeaseHeld = 55,
+    /// The executor was deposed: a newer executor holds the run, so this append was refused.
+    ExecutorFenced = 56,
+    /// The run's input policy is "reject" and it is still handling a frame; retry later.
+    RunBusy = 57,
+    /// The runs store (SQLite or PostgreSQL) or etcd cannot be reached; retry later.
+    ///
+    /// 70-89: model providers and budgets.
+    /// 90-109: tools, approvals and pipelines.
+    /// 110-129: tenants, authentication and quotas.
+    /// 130-149: agents and external agents.
+    RunsUnavailable = 58,
 }
 impl ErrorReason {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -630,6 +658,15 @@ impl ErrorReason {
             Self::EtcdUnavailable => "ETCD_UNAVAILABLE",
             Self::WrongNode => "WRONG_NODE",
             Self::TooLarge => "TOO_LARGE",
+            Self::RunNotFound => "RUN_NOT_FOUND",
+            Self::RunConflict => "RUN_CONFLICT",
+            Self::FrameConflict => "FRAME_CONFLICT",
+            Self::StaleCursor => "STALE_CURSOR",
+            Self::RunTerminal => "RUN_TERMINAL",
+            Self::LeaseHeld => "LEASE_HELD",
+            Self::ExecutorFenced => "EXECUTOR_FENCED",
+            Self::RunBusy => "RUN_BUSY",
+            Self::RunsUnavailable => "RUNS_UNAVAILABLE",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -643,6 +680,15 @@ impl ErrorReason {
             "ETCD_UNAVAILABLE" => Some(Self::EtcdUnavailable),
             "WRONG_NODE" => Some(Self::WrongNode),
             "TOO_LARGE" => Some(Self::TooLarge),
+            "RUN_NOT_FOUND" => Some(Self::RunNotFound),
+            "RUN_CONFLICT" => Some(Self::RunConflict),
+            "FRAME_CONFLICT" => Some(Self::FrameConflict),
+            "STALE_CURSOR" => Some(Self::StaleCursor),
+            "RUN_TERMINAL" => Some(Self::RunTerminal),
+            "LEASE_HELD" => Some(Self::LeaseHeld),
+            "EXECUTOR_FENCED" => Some(Self::ExecutorFenced),
+            "RUN_BUSY" => Some(Self::RunBusy),
+            "RUNS_UNAVAILABLE" => Some(Self::RunsUnavailable),
             _ => None,
         }
     }
@@ -3146,6 +3192,515 @@ pub mod mesh_service_client {
             req.extensions_mut()
                 .insert(GrpcMethod::new("mabeam.v1.MeshService", "Subscribe"));
             self.inner.server_streaming(req, path, codec).await
+        }
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct StartRunRequest {
+    /// Client-chosen id for idempotent starts (1-128 of \[A-Za-z0-9\_.:-\]); empty generates one.
+    #[prost(string, tag = "1")]
+    pub run_id: ::prost::alloc::string::String,
+    /// Owning tenant; empty means "default".
+    #[prost(string, tag = "2")]
+    pub tenant: ::prost::alloc::string::String,
+    /// The allow-listed agent type that executes the run (its handle_frame callback).
+    #[prost(string, tag = "3")]
+    pub agent_type: ::prost::alloc::string::String,
+    /// The run's input as JSON; when set it is the run's first frame (frame_id "input", type "input").
+    #[prost(string, tag = "4")]
+    pub input_json: ::prost::alloc::string::String,
+    /// What a frame arriving while the agent is busy does: "enqueue" (the default), "reject"
+    /// (AppendFrame answers RUN_BUSY) or "interrupt" (the current frame's handling is cancelled).
+    /// Empty means the agent type's default.
+    #[prost(string, tag = "5")]
+    pub input_policy: ::prost::alloc::string::String,
+    /// Free-form labels (at most 32, 4 KiB in total).
+    #[prost(map = "string, string", tag = "6")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct StartRunResponse {
+    #[prost(message, optional, tag = "1")]
+    pub run: ::core::option::Option<Run>,
+    /// False when the run already existed (an idempotent replay of the same request).
+    #[prost(bool, tag = "2")]
+    pub created: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AppendFrameRequest {
+    #[prost(string, tag = "1")]
+    pub run_id: ::prost::alloc::string::String,
+    /// Client-chosen idempotency key of the frame (1-128 of \[A-Za-z0-9\_.:-\]).
+    #[prost(string, tag = "2")]
+    pub frame_id: ::prost::alloc::string::String,
+    /// What kind of input this is, for the agent (\[a-z\]\[a-z0-9\_.-\]\*, at most 64).
+    #[prost(string, tag = "3")]
+    pub r#type: ::prost::alloc::string::String,
+    /// The frame's payload as JSON; empty means null.
+    #[prost(string, tag = "4")]
+    pub payload_json: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AppendFrameResponse {
+    /// True when this frame_id was already accepted with the same content: nothing was appended.
+    #[prost(bool, tag = "1")]
+    pub duplicate: bool,
+    /// The seq of the frame's "frame.received" event (the original one on a replay).
+    #[prost(int64, tag = "2")]
+    pub seq: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StreamRunRequest {
+    #[prost(string, tag = "1")]
+    pub run_id: ::prost::alloc::string::String,
+    /// The last seq the client has; events start at cursor + 1 (0: from the beginning).
+    #[prost(int64, tag = "2")]
+    pub cursor: i64,
+    /// Keep the stream open for new events until the run ends.
+    #[prost(bool, tag = "3")]
+    pub follow: bool,
+    /// Events as stored (no upcasting to the current version): what hash-chain verification reads.
+    #[prost(bool, tag = "4")]
+    pub raw: bool,
+}
+/// One event of a run's log.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RunEvent {
+    #[prost(string, tag = "1")]
+    pub run_id: ::prost::alloc::string::String,
+    /// Position in the run's log: 1, 2, 3, ... with no gaps.
+    #[prost(int64, tag = "2")]
+    pub seq: i64,
+    /// "run.started", "frame.received", "step.completed", ... or a type the agent emitted.
+    #[prost(string, tag = "3")]
+    pub r#type: ::prost::alloc::string::String,
+    /// Schema version of the payload (old versions are upcast on read unless raw was asked).
+    #[prost(int32, tag = "4")]
+    pub version: i32,
+    /// When the event was appended, milliseconds since the Unix epoch.
+    #[prost(int64, tag = "5")]
+    pub time_unix_ms: i64,
+    /// The payload as JSON ("null" when pruned).
+    #[prost(string, tag = "6")]
+    pub payload_json: ::prost::alloc::string::String,
+    /// Hex sha256 of the payload as stored; kept when retention prunes the payload.
+    #[prost(string, tag = "7")]
+    pub payload_sha256: ::prost::alloc::string::String,
+    /// Hex sha256 chaining this event to the previous one (docs/runs.md gives the formula).
+    #[prost(string, tag = "8")]
+    pub hash: ::prost::alloc::string::String,
+    #[prost(string, tag = "9")]
+    pub prev_hash: ::prost::alloc::string::String,
+    /// True when retention dropped the payload (the seq and hash stay).
+    #[prost(bool, tag = "10")]
+    pub pruned: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CancelRunRequest {
+    #[prost(string, tag = "1")]
+    pub run_id: ::prost::alloc::string::String,
+    /// Why, for the log (at most 1 KiB).
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CancelRunResponse {
+    /// True when cancellation had already been requested (or the run had ended): nothing appended.
+    #[prost(bool, tag = "1")]
+    pub duplicate: bool,
+    /// The seq of the run.cancel_requested event (0 when the run ended before any was appended).
+    #[prost(int64, tag = "2")]
+    pub seq: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetRunRequest {
+    #[prost(string, tag = "1")]
+    pub run_id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GetRunResponse {
+    #[prost(message, optional, tag = "1")]
+    pub run: ::core::option::Option<Run>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListRunsRequest {
+    /// Empty means "default".
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+    /// Only runs of this agent type; empty means all.
+    #[prost(string, tag = "2")]
+    pub agent_type: ::prost::alloc::string::String,
+    /// Only runs in this status; empty means all.
+    #[prost(string, tag = "3")]
+    pub status: ::prost::alloc::string::String,
+    /// At most this many runs per page (1-1000; 0 means 100).
+    #[prost(int32, tag = "4")]
+    pub page_size: i32,
+    /// From the previous page's next_page_token; empty starts at the newest run.
+    #[prost(string, tag = "5")]
+    pub page_token: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListRunsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub runs: ::prost::alloc::vec::Vec<Run>,
+    /// Empty on the last page.
+    #[prost(string, tag = "2")]
+    pub next_page_token: ::prost::alloc::string::String,
+}
+/// A run as a snapshot.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Run {
+    #[prost(string, tag = "1")]
+    pub run_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub tenant: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub agent_type: ::prost::alloc::string::String,
+    /// pending (not yet picked up), running, completed, canceled, failed.
+    #[prost(string, tag = "4")]
+    pub status: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub input_policy: ::prost::alloc::string::String,
+    /// The seq of the last event.
+    #[prost(int64, tag = "6")]
+    pub last_seq: i64,
+    /// The lowest seq still stored: a stream may resume from cursor >= retention_floor - 1.
+    #[prost(int64, tag = "7")]
+    pub retention_floor: i64,
+    /// Who executes the run (empty once it has ended).
+    #[prost(message, optional, tag = "8")]
+    pub executor: ::core::option::Option<RunExecutor>,
+    /// Frames accepted and not yet handled.
+    #[prost(int64, tag = "9")]
+    pub frames_pending: i64,
+    #[prost(message, optional, tag = "10")]
+    pub counters: ::core::option::Option<RunCounters>,
+    #[prost(bool, tag = "11")]
+    pub cancel_requested: bool,
+    /// For failed runs: the error class ("handler_error", "recovery_budget_exhausted", ...) and message.
+    #[prost(string, tag = "12")]
+    pub error_class: ::prost::alloc::string::String,
+    #[prost(string, tag = "13")]
+    pub error_message: ::prost::alloc::string::String,
+    #[prost(int64, tag = "14")]
+    pub created_unix_ms: i64,
+    #[prost(int64, tag = "15")]
+    pub updated_unix_ms: i64,
+    #[prost(map = "string, string", tag = "16")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    /// For completed runs: what the agent returned, as JSON.
+    #[prost(string, tag = "17")]
+    pub output_json: ::prost::alloc::string::String,
+}
+/// The executor of a run: one agentd holding the run's etcd lease.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RunExecutor {
+    /// The agentd's node.
+    #[prost(string, tag = "1")]
+    pub node_id: ::prost::alloc::string::String,
+    /// The agent type executing the run on that node.
+    #[prost(string, tag = "2")]
+    pub agent: ::prost::alloc::string::String,
+    /// The etcd lease under which the executor key lives.
+    #[prost(int64, tag = "3")]
+    pub lease_id: i64,
+    /// The fencing token: the executor key's create revision; every append of the executor is
+    /// conditioned on it, so a deposed executor cannot append.
+    #[prost(int64, tag = "4")]
+    pub fencing_token: i64,
+    /// True while the executor key exists in etcd (the lease is alive).
+    #[prost(bool, tag = "5")]
+    pub live: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RunCounters {
+    /// Frames accepted.
+    #[prost(int64, tag = "1")]
+    pub frames: i64,
+    /// Durable steps recorded.
+    #[prost(int64, tag = "2")]
+    pub steps: i64,
+    /// Times the run was taken over after its executor was lost.
+    #[prost(int64, tag = "3")]
+    pub recoveries: i64,
+    /// Checkpoints written.
+    #[prost(int64, tag = "4")]
+    pub checkpoints: i64,
+    /// Events emitted by the agent.
+    #[prost(int64, tag = "5")]
+    pub emitted: i64,
+}
+/// Generated client implementations.
+pub mod run_service_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    #[derive(Debug, Clone)]
+    pub struct RunServiceClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl RunServiceClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> RunServiceClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> RunServiceClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            RunServiceClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Start a run, idempotent by run_id: the same request again returns the same run (created = false);
+        /// a different request for an existing run_id is ALREADY_EXISTS, reason RUN_CONFLICT.
+        /// INVALID_ARGUMENT (reason INVALID_FIELD) for an unknown agent type or a bad field.
+        pub async fn start_run(
+            &mut self,
+            request: impl tonic::IntoRequest<super::StartRunRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::StartRunResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/mabeam.v1.RunService/StartRun",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("mabeam.v1.RunService", "StartRun"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Append one input frame: the only way input enters a run. The first time it is accepted
+        /// (duplicate = false); the same frame_id with the same type and payload again is a replay
+        /// (duplicate = true, nothing appended); the same frame_id with other content is
+        /// ALREADY_EXISTS, reason FRAME_CONFLICT. NOT_FOUND (RUN_NOT_FOUND) for an unknown run;
+        /// FAILED_PRECONDITION with RUN_TERMINAL when the run has ended, RUN_BUSY when the run's
+        /// input policy is "reject" and a frame is still being handled.
+        pub async fn append_frame(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AppendFrameRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AppendFrameResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/mabeam.v1.RunService/AppendFrame",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("mabeam.v1.RunService", "AppendFrame"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The run's events from cursor + 1 on, gap-free and in seq order; with follow, new events as
+        /// they are appended until the run ends (the stream closes after the terminal event).
+        /// FAILED_PRECONDITION, reason STALE_CURSOR, when cursor + 1 is below the retention floor;
+        /// ErrorInfo metadata\["retention_floor"\] is the lowest seq still stored.
+        pub async fn stream_run(
+            &mut self,
+            request: impl tonic::IntoRequest<super::StreamRunRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::RunEvent>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/mabeam.v1.RunService/StreamRun",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("mabeam.v1.RunService", "StreamRun"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// Ask the run to end: a durable run.cancel_requested is appended at once (a replay is
+        /// accepted, duplicate = true, not appended twice). The executor starts no new work; the run
+        /// ends "canceled" (or "failed" if it failed first). Cancelling an ended run is a replay.
+        pub async fn cancel_run(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CancelRunRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CancelRunResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/mabeam.v1.RunService/CancelRun",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("mabeam.v1.RunService", "CancelRun"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A snapshot: status, last seq, retention floor, executor and lease, frames pending, counters.
+        pub async fn get_run(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetRunRequest>,
+        ) -> std::result::Result<tonic::Response<super::GetRunResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/mabeam.v1.RunService/GetRun",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("mabeam.v1.RunService", "GetRun"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Runs of a tenant, optionally of one agent type and status, newest first, paged.
+        pub async fn list_runs(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListRunsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListRunsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/mabeam.v1.RunService/ListRuns",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("mabeam.v1.RunService", "ListRuns"));
+            self.inner.unary(req, path, codec).await
         }
     }
 }

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mabeam/v1/common.proto.
  */
 export const file_mabeam_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChZtYWJlYW0vdjEvY29tbW9uLnByb3RvEgltYWJlYW0udjEi+QIKCE5vZGVJbmZvEg8KB25vZGVfaWQYASABKAkSFAoMZ3JwY19hZGRyZXNzGAIgASgJEj4KDmRhdGFfYWRkcmVzc2VzGAMgAygLMiYubWFiZWFtLnYxLk5vZGVJbmZvLkRhdGFBZGRyZXNzZXNFbnRyeRIPCgd2ZXJzaW9uGAQgASgJEhoKEnN0YXJ0X3RpbWVfdW5peF9tcxgFIAEoAxIvCgZsYWJlbHMYBiADKAsyHy5tYWJlYW0udjEuTm9kZUluZm8uTGFiZWxzRW50cnkSEAoIbGVhc2VfaWQYByABKAMSGAoQY3VydmVfcHVibGljX2tleRgIIAEoCRIXCg9tZXRyaWNzX2FkZHJlc3MYCSABKAkaNAoSRGF0YUFkZHJlc3Nlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ5CgZUZW5hbnQSEQoJdGVuYW50X2lkGAEgASgJEi0KBmxhYmVscxgCIAMoCzIdLm1hYmVhbS52MS5UZW5hbnQuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI9CghBZ2VudFJlZhIOCgZ0ZW5hbnQYASABKAkSDwoHbm9kZV9pZBgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCSqrAQoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASDgoKTkFNRV9UQUtFThABEhIKDk5PVF9SRUdJU1RFUkVEEAISEQoNSU5WQUxJRF9GSUVMRBADEhIKDlVOS05PV05fVEVOQU5UEAQSFAoQRVRDRF9VTkFWQUlMQUJMRRAFEg4KCldST05HX05PREUQBhINCglUT09fTEFSR0UQB2IGcHJvdG8z");
+  fileDesc("ChZtYWJlYW0vdjEvY29tbW9uLnByb3RvEgltYWJlYW0udjEi+QIKCE5vZGVJbmZvEg8KB25vZGVfaWQYASABKAkSFAoMZ3JwY19hZGRyZXNzGAIgASgJEj4KDmRhdGFfYWRkcmVzc2VzGAMgAygLMiYubWFiZWFtLnYxLk5vZGVJbmZvLkRhdGFBZGRyZXNzZXNFbnRyeRIPCgd2ZXJzaW9uGAQgASgJEhoKEnN0YXJ0X3RpbWVfdW5peF9tcxgFIAEoAxIvCgZsYWJlbHMYBiADKAsyHy5tYWJlYW0udjEuTm9kZUluZm8uTGFiZWxzRW50cnkSEAoIbGVhc2VfaWQYByABKAMSGAoQY3VydmVfcHVibGljX2tleRgIIAEoCRIXCg9tZXRyaWNzX2FkZHJlc3MYCSABKAkaNAoSRGF0YUFkZHJlc3Nlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ5CgZUZW5hbnQSEQoJdGVuYW50X2lkGAEgASgJEi0KBmxhYmVscxgCIAMoCzIdLm1hYmVhbS52MS5UZW5hbnQuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI9CghBZ2VudFJlZhIOCgZ0ZW5hbnQYASABKAkSDwoHbm9kZV9pZBgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCSrRAgoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASDgoKTkFNRV9UQUtFThABEhIKDk5PVF9SRUdJU1RFUkVEEAISEQoNSU5WQUxJRF9GSUVMRBADEhIKDlVOS05PV05fVEVOQU5UEAQSFAoQRVRDRF9VTkFWQUlMQUJMRRAFEg4KCldST05HX05PREUQBhINCglUT09fTEFSR0UQBxIRCg1SVU5fTk9UX0ZPVU5EEDISEAoMUlVOX0NPTkZMSUNUEDMSEgoORlJBTUVfQ09ORkxJQ1QQNBIQCgxTVEFMRV9DVVJTT1IQNRIQCgxSVU5fVEVSTUlOQUwQNhIOCgpMRUFTRV9IRUxEEDcSEwoPRVhFQ1VUT1JfRkVOQ0VEEDgSDAoIUlVOX0JVU1kQORIUChBSVU5TX1VOQVZBSUxBQkxFEDpiBnByb3RvMw");
 
 /**
  * A mesh node (one meshd per host) as published in etcd under its lease.
@@ -209,6 +209,79 @@ export enum ErrorReason {
    * @generated from enum value: TOO_LARGE = 7;
    */
   TOO_LARGE = 7,
+
+  /**
+   * Numbers are allocated in blocks per area so that work in parallel never
+   * collides; add a reason inside its area's block, with a comment.
+   * 8-29: coordinator (mechanisms, ledger, variables).
+   * 30-49: mesh and data plane (attach, healing).
+   * 50-69: durable runs.
+   * The run does not exist.
+   *
+   * @generated from enum value: RUN_NOT_FOUND = 50;
+   */
+  RUN_NOT_FOUND = 50,
+
+  /**
+   * A run with this id exists and was started with a different request.
+   *
+   * @generated from enum value: RUN_CONFLICT = 51;
+   */
+  RUN_CONFLICT = 51,
+
+  /**
+   * A frame with this id was accepted before with a different type or payload.
+   *
+   * @generated from enum value: FRAME_CONFLICT = 52;
+   */
+  FRAME_CONFLICT = 52,
+
+  /**
+   * The stream cursor is below the run's retention floor (metadata "retention_floor").
+   *
+   * @generated from enum value: STALE_CURSOR = 53;
+   */
+  STALE_CURSOR = 53,
+
+  /**
+   * The run has ended (completed, canceled or failed); it takes no more input or work.
+   *
+   * @generated from enum value: RUN_TERMINAL = 54;
+   */
+  RUN_TERMINAL = 54,
+
+  /**
+   * Another executor holds the run's lease (metadata "node_id", "fencing_token").
+   *
+   * @generated from enum value: LEASE_HELD = 55;
+   */
+  LEASE_HELD = 55,
+
+  /**
+   * The executor was deposed: a newer executor holds the run, so this append was refused.
+   *
+   * @generated from enum value: EXECUTOR_FENCED = 56;
+   */
+  EXECUTOR_FENCED = 56,
+
+  /**
+   * The run's input policy is "reject" and it is still handling a frame; retry later.
+   *
+   * @generated from enum value: RUN_BUSY = 57;
+   */
+  RUN_BUSY = 57,
+
+  /**
+   * The runs store (SQLite or PostgreSQL) or etcd cannot be reached; retry later.
+   *
+   * 70-89: model providers and budgets.
+   * 90-109: tools, approvals and pipelines.
+   * 110-129: tenants, authentication and quotas.
+   * 130-149: agents and external agents.
+   *
+   * @generated from enum value: RUNS_UNAVAILABLE = 58;
+   */
+  RUNS_UNAVAILABLE = 58,
 }
 
 /**

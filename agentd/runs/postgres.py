@@ -1,0 +1,233 @@
+"""The PostgreSQL runs store, for runs served from several hosts.
+
+Why asyncpg rather than psycopg 3: it is native asyncio with the binary protocol
+(the bench's raw-insert baseline and our appends use the same driver, and asyncpg
+is the faster of the two on small statements), and its connections take
+``LISTEN`` callbacks directly (:meth:`listen`), which is how other nodes' appends
+wake this node's followers. psycopg 3 would serve as well; one driver is enough.
+
+A transaction locks the run's row (``SELECT ... FOR UPDATE``), so appends to one
+run serialize and seqs never collide; two concurrent starts of a new run id race
+on the primary key and the loser retries once (it then sees the run). Each commit
+that appended events sends ``NOTIFY mabeam_runs, '<run_id>:<seq>'``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from agentd.runs.model import (
+    CHECKPOINT_COLUMNS,
+    EVENT_COLUMNS,
+    FRAME_COLUMNS,
+    RUN_COLUMNS,
+    CheckpointRow,
+    EventRow,
+    FrameRow,
+    RunRow,
+    RunsUnavailable,
+)
+from agentd.runs.retention import RetentionPlan
+from agentd.runs.state import Plan
+from agentd.runs.store import Planner, RunStore, migrations
+
+#: The NOTIFY channel of run appends; the payload is "<run_id>:<seq>".
+CHANNEL = "mabeam_runs"
+#: Advisory lock key serializing migrations between agentd starting at once.
+_MIGRATION_LOCK = 0x6D6162656D72756E
+
+_RUN_SELECT = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs"
+_RUN_INSERT = (f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) "
+               f"VALUES ({', '.join(f'${i + 1}' for i in range(len(RUN_COLUMNS)))})")
+_RUN_UPDATE = (f"UPDATE runs SET {', '.join(f'{c} = ${i + 2}' for i, c in enumerate(RUN_COLUMNS[1:]))} "
+               "WHERE run_id = $1")
+_EVENT_INSERT = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
+                 f"VALUES ({', '.join(f'${i + 1}' for i in range(len(EVENT_COLUMNS)))})")
+_EVENT_SELECT = (f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE run_id = $1 AND seq > $2 "
+                 "ORDER BY seq LIMIT $3")
+_FRAME_INSERT = (f"INSERT INTO frames ({', '.join(FRAME_COLUMNS)}) "
+                 f"VALUES ({', '.join(f'${i + 1}' for i in range(len(FRAME_COLUMNS)))})")
+_CHECKPOINT_INSERT = (f"INSERT INTO checkpoints ({', '.join(CHECKPOINT_COLUMNS)}) "
+                      f"VALUES ({', '.join(f'${i + 1}' for i in range(len(CHECKPOINT_COLUMNS)))})")
+
+_UNAVAILABLE = (OSError, asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.InterfaceError,
+                asyncpg.exceptions.CannotConnectNowError, TimeoutError)
+
+
+def _run(record: Any) -> RunRow:
+    return RunRow(*(record[c] for c in RUN_COLUMNS))
+
+
+def _values(obj: Any, columns: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple(getattr(obj, c) for c in columns)
+
+
+class PostgresRunStore(RunStore):
+    """The runs store in a PostgreSQL database (see the module docstring)."""
+
+    dialect = "postgres"
+
+    def __init__(self, dsn: str, pool_size: int = 8) -> None:
+        super().__init__()
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+
+    def _unavailable(self, error: BaseException) -> RunsUnavailable:
+        return RunsUnavailable(f"runs store (PostgreSQL): {type(error).__name__}: {error}")
+
+    async def open(self) -> None:
+        """Create the connection pool and apply pending migrations."""
+        try:
+            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size,
+                                                   command_timeout=30)
+        except _UNAVAILABLE as error:
+            raise self._unavailable(error) from None
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                               "name TEXT NOT NULL, applied_ms BIGINT NOT NULL)")
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for migration in migrations("postgres"):
+                if migration.version in done:
+                    continue
+                for statement in migration.statements:
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2, $3)", migration.version,
+                                   migration.name, int(time.time() * 1000))
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The connection pool (the store must be open)."""
+        assert self._pool is not None, "store not open"
+        return self._pool
+
+    async def listen(self, callback: Callable[[str, int], None]) -> Callable[[], Any]:
+        """Call ``callback(run_id, seq)`` for every commit of any node; returns an async closer.
+
+        The listening connection is one of its own (not from the pool), kept for the caller's lifetime.
+        """
+        conn = await asyncpg.connect(self.dsn)
+
+        def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            run_id, _, seq = payload.rpartition(":")
+            if run_id and seq.isdigit():
+                callback(run_id, int(seq))
+
+        await conn.add_listener(CHANNEL, on_notify)
+
+        async def close() -> None:
+            await conn.close()
+
+        return close
+
+    # --- transactions -------------------------------------------------------------------------------
+
+    async def _transact(self, run_id: str, frame_id: str | None, planner: Planner) -> Plan:
+        for attempt in range(2):
+            try:
+                return await self._transact_once(run_id, frame_id, planner)
+            except asyncpg.exceptions.UniqueViolationError:
+                if attempt == 1:
+                    raise
+            except _UNAVAILABLE as error:
+                raise self._unavailable(error) from None
+        raise AssertionError("unreachable")
+
+    async def _transact_once(self, run_id: str, frame_id: str | None, planner: Planner) -> Plan:
+        async with self.pool.acquire() as conn, conn.transaction():
+            raw = await conn.fetchrow(_RUN_SELECT + " WHERE run_id = $1 FOR UPDATE", run_id)
+            run = None if raw is None else _run(raw)
+            frame = None
+            if frame_id is not None and run is not None:
+                found = await conn.fetchrow(f"SELECT {', '.join(FRAME_COLUMNS)} FROM frames "
+                                            "WHERE run_id = $1 AND frame_id = $2", run_id, frame_id)
+                frame = None if found is None else FrameRow(*found)
+            plan = planner(run, frame)
+            if plan.duplicate:
+                return plan
+            values = _values(plan.row, RUN_COLUMNS)
+            if plan.created:
+                await conn.execute(_RUN_INSERT, *values)
+            else:
+                await conn.execute(_RUN_UPDATE, *values)
+            if plan.events:
+                await conn.executemany(_EVENT_INSERT, [_values(e, EVENT_COLUMNS) for e in plan.events])
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{run_id}:{plan.events[-1].seq}")
+            if plan.frame is not None:
+                await conn.execute(_FRAME_INSERT, *_values(plan.frame, FRAME_COLUMNS))
+            if plan.checkpoint is not None:
+                await conn.execute(_CHECKPOINT_INSERT, *_values(plan.checkpoint, CHECKPOINT_COLUMNS))
+            return plan
+
+    # --- reads --------------------------------------------------------------------------------------
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        try:
+            async with self.pool.acquire() as conn:
+                return list(await conn.fetch(sql, *args))
+        except _UNAVAILABLE as error:
+            raise self._unavailable(error) from None
+
+    async def get(self, run_id: str) -> RunRow | None:
+        """The run's row, or None."""
+        rows = await self._fetch(_RUN_SELECT + " WHERE run_id = $1", run_id)
+        return _run(rows[0]) if rows else None
+
+    async def _events(self, run_id: str, after: int, limit: int) -> list[EventRow]:
+        return [EventRow(*r) for r in await self._fetch(_EVENT_SELECT, run_id, after, limit)]
+
+    async def list_runs(self, tenant: str, agent_type: str, status: str, limit: int,
+                        before: tuple[int, str] | None) -> list[RunRow]:
+        """A tenant's runs, newest first."""
+        sql, args = _RUN_SELECT + " WHERE tenant = $1", [tenant]
+        if agent_type:
+            args.append(agent_type)
+            sql += f" AND agent_type = ${len(args)}"
+        if status:
+            args.append(status)
+            sql += f" AND status = ${len(args)}"
+        if before is not None:
+            args += [before[0], before[1]]
+            sql += f" AND (created_ms, run_id) < (${len(args) - 1}, ${len(args)})"
+        args.append(limit)
+        sql += f" ORDER BY created_ms DESC, run_id DESC LIMIT ${len(args)}"
+        return [_run(r) for r in await self._fetch(sql, *args)]
+
+    async def active_runs(self) -> list[RunRow]:
+        """Every run that has not ended."""
+        return [_run(r) for r in await self._fetch(_RUN_SELECT + " WHERE status IN ('pending', 'running')")]
+
+    async def latest_checkpoint(self, run_id: str) -> CheckpointRow | None:
+        """The run's latest checkpoint, or None."""
+        rows = await self._fetch(f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM checkpoints WHERE run_id = $1 "
+                                 "ORDER BY seq DESC LIMIT 1", run_id)
+        return CheckpointRow(*rows[0]) if rows else None
+
+    async def _apply_retention(self, run: RunRow, plan: RetentionPlan) -> None:
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                floor = await conn.fetchval("SELECT retention_floor FROM runs WHERE run_id = $1 FOR UPDATE",
+                                            run.run_id)
+                if floor is not None and plan.floor > int(floor):
+                    prev = await conn.fetchval("SELECT prev_hash FROM events WHERE run_id = $1 AND seq = $2",
+                                               run.run_id, plan.floor)
+                    await conn.execute("DELETE FROM events WHERE run_id = $1 AND seq < $2", run.run_id, plan.floor)
+                    await conn.execute("DELETE FROM checkpoints WHERE run_id = $1 AND seq < (SELECT max(seq) FROM "
+                                       "checkpoints WHERE run_id = $1)", run.run_id)
+                    await conn.execute("UPDATE runs SET retention_floor = $2, floor_prev_hash = COALESCE($3, "
+                                       "last_hash) WHERE run_id = $1", run.run_id, plan.floor, prev)
+                await conn.executemany("UPDATE events SET payload = NULL WHERE run_id = $1 AND seq = $2",
+                                       [(run.run_id, seq) for seq in plan.prune])
+        except _UNAVAILABLE as error:
+            raise self._unavailable(error) from None

@@ -1,0 +1,264 @@
+"""The SQLite runs store: one file in WAL mode, shared by every agentd of a host.
+
+Why the standard library's ``sqlite3`` on threads of our own rather than aiosqlite:
+aiosqlite is the same thing (a thread per connection and a queue) behind a wider
+API; owning the two threads lets a whole read-plan-write transaction run in one
+hop to the writer thread, and keeps one dependency fewer. Writes go through one
+connection on one thread (``BEGIN IMMEDIATE``: the write lock is taken up front, so
+agentd processes sharing the file queue on ``busy_timeout`` instead of failing on
+a lock upgrade); reads use a second connection on another thread, so a stream's
+tail read never waits behind a write (WAL gives readers a snapshot).
+
+``synchronous=NORMAL`` in WAL mode: a commit survives the process being killed
+(kill -9), not a power cut; use PostgreSQL when that matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from agentd.runs.model import (
+    CHECKPOINT_COLUMNS,
+    EVENT_COLUMNS,
+    FRAME_COLUMNS,
+    RUN_COLUMNS,
+    CheckpointRow,
+    EventRow,
+    FrameRow,
+    RunRow,
+    RunsUnavailable,
+)
+from agentd.runs.retention import RetentionPlan
+from agentd.runs.state import Plan
+from agentd.runs.store import Planner, RunStore, migrations
+
+_RUN_SELECT = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs"
+_RUN_INSERT = f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
+_RUN_UPDATE = f"UPDATE runs SET {', '.join(f'{c} = ?' for c in RUN_COLUMNS[1:])} WHERE run_id = ?"
+_EVENT_INSERT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+_EVENT_SELECT = (f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE run_id = ? AND seq > ? "
+                 "ORDER BY seq LIMIT ?")
+_FRAME_INSERT = f"INSERT INTO frames ({', '.join(FRAME_COLUMNS)}) VALUES ({', '.join('?' * len(FRAME_COLUMNS))})"
+_CHECKPOINT_INSERT = (f"INSERT INTO checkpoints ({', '.join(CHECKPOINT_COLUMNS)}) "
+                      f"VALUES ({', '.join('?' * len(CHECKPOINT_COLUMNS))})")
+
+
+def _run(row: tuple[Any, ...]) -> RunRow:
+    values = list(row)
+    values[RUN_COLUMNS.index("cancel_requested")] = bool(values[RUN_COLUMNS.index("cancel_requested")])
+    return RunRow(*values)
+
+
+def _run_values(run: RunRow) -> list[Any]:
+    return [int(v) if isinstance(v, bool) else v for v in (getattr(run, c) for c in RUN_COLUMNS)]
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, waiting up to 30 s for locks."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    db.execute("PRAGMA busy_timeout=30000")
+    # Switching to WAL takes an exclusive lock and does not wait on the busy handler:
+    # several agentd opening a new file at once retry here.
+    for attempt in range(200):
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError:
+            if attempt == 199:
+                raise
+            time.sleep(0.01)
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
+class SqliteRunStore(RunStore):
+    """The runs store in one SQLite file (see the module docstring)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = str(path)
+        self._writer: ThreadPoolExecutor | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        self._wdb: sqlite3.Connection | None = None
+        self._rdb: sqlite3.Connection | None = None
+
+    async def _write(self, func: Any, *args: Any) -> Any:
+        assert self._writer is not None, "store not open"
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._writer, func, *args)
+        except sqlite3.OperationalError as error:
+            raise RunsUnavailable(f"runs store {self.path}: {error}") from None
+
+    async def _read(self, func: Any, *args: Any) -> Any:
+        assert self._reader is not None, "store not open"
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._reader, func, *args)
+        except sqlite3.OperationalError as error:
+            raise RunsUnavailable(f"runs store {self.path}: {error}") from None
+
+    async def open(self) -> None:
+        """Open both connections and apply pending migrations."""
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="runs-sqlite-w")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="runs-sqlite-r")
+        self._wdb = await asyncio.get_running_loop().run_in_executor(self._writer, connect, self.path)
+        await self._write(self._migrate)
+        self._rdb = await asyncio.get_running_loop().run_in_executor(self._reader, connect, self.path)
+
+    def _migrate(self) -> None:
+        db = self._wdb
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                       "name TEXT NOT NULL, applied_ms INTEGER NOT NULL)")
+            done = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+            for migration in migrations("sqlite"):
+                if migration.version in done:
+                    continue
+                for statement in migration.statements:
+                    db.execute(statement)
+                db.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                           (migration.version, migration.name, int(time.time() * 1000)))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        """Close the connections and stop the threads."""
+        for pool, db in ((self._writer, self._wdb), (self._reader, self._rdb)):
+            if pool is not None:
+                if db is not None:
+                    await asyncio.get_running_loop().run_in_executor(pool, db.close)
+                pool.shutdown(wait=True)
+        self._writer = self._reader = None
+        self._wdb = self._rdb = None
+
+    # --- transactions -------------------------------------------------------------------------------
+
+    def _transact_sync(self, run_id: str, frame_id: str | None, planner: Planner) -> Plan:
+        db = self._wdb
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            raw = db.execute(_RUN_SELECT + " WHERE run_id = ?", (run_id,)).fetchone()
+            run = None if raw is None else _run(raw)
+            frame = None
+            if frame_id is not None and run is not None:
+                found = db.execute(f"SELECT {', '.join(FRAME_COLUMNS)} FROM frames WHERE run_id = ? AND frame_id = ?",
+                                   (run_id, frame_id)).fetchone()
+                frame = None if found is None else FrameRow(*found)
+            plan = planner(run, frame)
+            if not plan.duplicate:
+                if plan.created:
+                    db.execute(_RUN_INSERT, _run_values(plan.row))
+                else:
+                    values = _run_values(plan.row)
+                    db.execute(_RUN_UPDATE, (*values[1:], run_id))
+                if plan.events:
+                    db.executemany(_EVENT_INSERT, [tuple(getattr(e, c) for c in EVENT_COLUMNS) for e in plan.events])
+                if plan.frame is not None:
+                    db.execute(_FRAME_INSERT, tuple(getattr(plan.frame, c) for c in FRAME_COLUMNS))
+                if plan.checkpoint is not None:
+                    db.execute(_CHECKPOINT_INSERT, tuple(getattr(plan.checkpoint, c) for c in CHECKPOINT_COLUMNS))
+            db.execute("COMMIT")
+            return plan
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def _transact(self, run_id: str, frame_id: str | None, planner: Planner) -> Plan:
+        result: Plan = await self._write(self._transact_sync, run_id, frame_id, planner)
+        return result
+
+    # --- reads --------------------------------------------------------------------------------------
+
+    def _get_sync(self, run_id: str) -> RunRow | None:
+        assert self._rdb is not None
+        raw = self._rdb.execute(_RUN_SELECT + " WHERE run_id = ?", (run_id,)).fetchone()
+        return None if raw is None else _run(raw)
+
+    async def get(self, run_id: str) -> RunRow | None:
+        """The run's row, or None."""
+        result: RunRow | None = await self._read(self._get_sync, run_id)
+        return result
+
+    def _events_sync(self, run_id: str, after: int, limit: int) -> list[EventRow]:
+        assert self._rdb is not None
+        return [EventRow(*row) for row in self._rdb.execute(_EVENT_SELECT, (run_id, after, limit))]
+
+    async def _events(self, run_id: str, after: int, limit: int) -> list[EventRow]:
+        result: list[EventRow] = await self._read(self._events_sync, run_id, after, limit)
+        return result
+
+    def _list_sync(self, tenant: str, agent_type: str, status: str, limit: int,
+                   before: tuple[int, str] | None) -> list[RunRow]:
+        assert self._rdb is not None
+        sql, args = _RUN_SELECT + " WHERE tenant = ?", [tenant]
+        if agent_type:
+            sql, args = sql + " AND agent_type = ?", [*args, agent_type]
+        if status:
+            sql, args = sql + " AND status = ?", [*args, status]
+        if before is not None:
+            sql += " AND (created_ms < ? OR (created_ms = ? AND run_id < ?))"
+            args += [before[0], before[0], before[1]]
+        sql += " ORDER BY created_ms DESC, run_id DESC LIMIT ?"
+        return [_run(row) for row in self._rdb.execute(sql, (*args, limit))]
+
+    async def list_runs(self, tenant: str, agent_type: str, status: str, limit: int,
+                        before: tuple[int, str] | None) -> list[RunRow]:
+        """A tenant's runs, newest first."""
+        result: list[RunRow] = await self._read(self._list_sync, tenant, agent_type, status, limit, before)
+        return result
+
+    def _active_sync(self) -> list[RunRow]:
+        assert self._rdb is not None
+        return [_run(row) for row in self._rdb.execute(_RUN_SELECT + " WHERE status IN ('pending', 'running')")]
+
+    async def active_runs(self) -> list[RunRow]:
+        """Every run that has not ended."""
+        result: list[RunRow] = await self._read(self._active_sync)
+        return result
+
+    def _checkpoint_sync(self, run_id: str) -> CheckpointRow | None:
+        assert self._rdb is not None
+        raw = self._rdb.execute(f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM checkpoints WHERE run_id = ? "
+                                "ORDER BY seq DESC LIMIT 1", (run_id,)).fetchone()
+        return None if raw is None else CheckpointRow(*raw)
+
+    async def latest_checkpoint(self, run_id: str) -> CheckpointRow | None:
+        """The run's latest checkpoint, or None."""
+        result: CheckpointRow | None = await self._read(self._checkpoint_sync, run_id)
+        return result
+
+    def _retain_sync(self, run_id: str, plan: RetentionPlan) -> None:
+        db = self._wdb
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            floor_row = db.execute("SELECT retention_floor FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if floor_row is not None and plan.floor > int(floor_row[0]):
+                prev = db.execute("SELECT prev_hash FROM events WHERE run_id = ? AND seq = ?",
+                                  (run_id, plan.floor)).fetchone()
+                db.execute("DELETE FROM events WHERE run_id = ? AND seq < ?", (run_id, plan.floor))
+                db.execute("DELETE FROM checkpoints WHERE run_id = ? AND seq < (SELECT max(seq) FROM checkpoints "
+                           "WHERE run_id = ?)", (run_id, run_id))
+                db.execute("UPDATE runs SET retention_floor = ?, floor_prev_hash = COALESCE(?, last_hash) "
+                           "WHERE run_id = ?", (plan.floor, prev[0] if prev else None, run_id))
+            db.executemany("UPDATE events SET payload = NULL WHERE run_id = ? AND seq = ?",
+                           [(run_id, seq) for seq in plan.prune])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def _apply_retention(self, run: RunRow, plan: RetentionPlan) -> None:
+        await self._write(self._retain_sync, run.run_id, plan)

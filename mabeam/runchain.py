@@ -1,0 +1,85 @@
+"""The hash chain of a run's event log (pure): how each event's hash is made, and how a log is verified.
+
+Every event of a run carries ``hash = sha256(run_id, seq, type, version, sha256(payload), prev_hash)``,
+where the six values are encoded as a compact JSON array (so the encoding is unambiguous and any
+language can recompute it) and ``prev_hash`` is the previous event's hash (:data:`GENESIS` for seq 1).
+The payload enters only through its own digest, so retention can drop an old payload and keep the
+chain verifiable. agentd writes the chain (``agentd.runs``); ``meshctl run verify`` and the SDK
+recompute it from a raw stream (:func:`verify`) and name the first event that does not match.
+
+Shared by the daemon and the SDK, which is why it lives in ``mabeam``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+#: The prev_hash of a run's first event.
+GENESIS = "0" * 64
+
+
+def payload_digest(payload: str) -> str:
+    """Hex sha256 of a payload's stored JSON text (UTF-8)."""
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def event_hash(run_id: str, seq: int, type_: str, version: int, payload_sha256: str, prev_hash: str) -> str:
+    """The hash of one event, chaining it to ``prev_hash``."""
+    material = json.dumps([run_id, seq, type_, version, payload_sha256, prev_hash], separators=(",", ":"),
+                          ensure_ascii=False)
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One event as verification reads it (a raw event: stored version and payload)."""
+
+    seq: int
+    type: str
+    version: int
+    payload: str | None  # None when retention pruned it
+    payload_sha256: str
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of :func:`verify`: ``first_bad_seq`` is 0 when the chain holds."""
+
+    ok: bool
+    checked: int
+    first_bad_seq: int = 0
+    problem: str = ""
+    last_hash: str = ""
+
+
+def verify(run_id: str, links: Iterable[Link], first_seq: int = 1, start_prev_hash: str | None = None) -> Verdict:
+    """Recompute the chain over ``links`` (in seq order from ``first_seq``) and name the first bad event.
+
+    ``start_prev_hash`` is the prev_hash expected of the first link: :data:`GENESIS` from seq 1; after
+    retention compacted the log, the run's stored floor hash (None trusts the first link's own).
+    """
+    expected_seq = first_seq
+    prev = GENESIS if start_prev_hash is None and first_seq == 1 else start_prev_hash
+    checked = 0
+    for link in links:
+        problem = ""
+        if link.seq != expected_seq:
+            problem = f"expected seq {expected_seq}, found {link.seq} (a gap or a reordering)"
+        elif prev is not None and link.prev_hash != prev:
+            problem = "prev_hash does not match the previous event's hash"
+        elif link.payload is not None and payload_digest(link.payload) != link.payload_sha256:
+            problem = "the payload does not match its recorded sha256"
+        if problem:
+            return Verdict(False, checked, link.seq, problem, prev or "")
+        recomputed = event_hash(run_id, link.seq, link.type, link.version, link.payload_sha256, link.prev_hash)
+        if recomputed != link.hash:
+            return Verdict(False, checked, link.seq, "the hash does not match the event's fields", prev or "")
+        prev = link.hash
+        expected_seq += 1
+        checked += 1
+    return Verdict(True, checked, last_hash=prev or "")

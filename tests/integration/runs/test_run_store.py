@@ -1,0 +1,142 @@
+"""The runs store on real SQLite and real PostgreSQL: the same contract, transaction by transaction."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agentd.runs.model import (
+    ExecutorFenced,
+    FrameConflict,
+    NewEvent,
+    RunConflict,
+    RunNotFound,
+    RunSpec,
+    StaleCursor,
+    canonical_json,
+)
+from agentd.runs.retention import RetentionPolicy
+from agentd.runs.store import migrations, open_store
+from mabeam.runchain import Link, verify
+
+NOW = 1_700_000_000_000
+
+
+def spec(run_id: str = "r1", **kw) -> RunSpec:  # type: ignore[no-untyped-def]
+    fields = {"run_id": run_id, "tenant": "default", "agent_type": "worker", "input_policy": "enqueue",
+              "labels": {"k": "v"}, "input": canonical_json({"task": 1})}
+    fields.update(kw)
+    return RunSpec(**fields)
+
+
+@pytest.fixture
+async def store(runs_store_url):
+    store = open_store(runs_store_url)
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_migrations_exist_for_both_dialects_and_apply_once(store, runs_store_url):
+    assert [m.version for m in migrations("sqlite")] == [m.version for m in migrations("postgres")] == [1]
+    again = open_store(runs_store_url)
+    await again.open()  # a second agentd opening the same store applies nothing twice
+    await again.close()
+
+
+async def test_start_is_idempotent_and_conflicts_on_a_different_request(store):
+    first = await store.start(spec(), NOW)
+    assert first.created
+    again = await store.start(spec(), NOW + 1)
+    assert again.duplicate and again.row == first.row
+    with pytest.raises(RunConflict):
+        await store.start(spec(agent_type="other"), NOW)
+    run = await store.get("r1")
+    assert run is not None and run.labels_dict() == {"k": "v"} and run.last_seq == 2
+
+
+async def test_concurrent_starts_of_one_id_create_it_once(store):
+    plans = await asyncio.gather(*(store.start(spec("same"), NOW) for _ in range(8)))
+    assert sum(p.created for p in plans) == 1
+    run = await store.get("same")
+    assert run is not None and run.last_seq == 2
+
+
+async def test_frames_dedupe_by_id(store):
+    await store.start(spec(), NOW)
+    accepted = await store.append_frame("r1", "f1", "msg", '{"a":1}', NOW)
+    assert not accepted.duplicate and accepted.seq == 3
+    replay = await store.append_frame("r1", "f1", "msg", '{"a":1}', NOW)
+    assert replay.duplicate and replay.seq == 3
+    with pytest.raises(FrameConflict):
+        await store.append_frame("r1", "f1", "msg", '{"a":2}', NOW)
+    with pytest.raises(RunNotFound):
+        await store.append_frame("missing", "f1", "msg", "1", NOW)
+    _, events = await store.read("r1", 0)
+    assert [e.type for e in events] == ["run.started", "frame.received", "frame.received"]
+
+
+async def test_concurrent_appends_get_gap_free_seqs(store):
+    await store.start(spec(input=None), NOW)
+    await asyncio.gather(*(store.append_frame("r1", f"f{i}", "msg", str(i), NOW) for i in range(40)))
+    _, events = await store.read("r1", 0)
+    assert [e.seq for e in events] == list(range(1, 42))
+    links = [Link(e.seq, e.type, e.version, e.payload, e.payload_sha256, e.prev_hash, e.hash) for e in events]
+    assert verify("r1", links).ok
+
+
+async def test_a_deposed_executor_cannot_append(store):
+    await store.start(spec(), NOW)
+    await store.claim("r1", 10, "node-1", 1, NOW, 3)
+    await store.append("r1", 10, [NewEvent("progress", "1")], NOW)
+    await store.claim("r1", 20, "node-2", 2, NOW, 3)
+    with pytest.raises(ExecutorFenced):
+        await store.append("r1", 10, [NewEvent("progress", "2")], NOW)
+    with pytest.raises(ExecutorFenced):
+        await store.claim("r1", 15, "node-3", 3, NOW, 3)
+    run = await store.get("r1")
+    assert run is not None and run.executor_node == "node-2" and run.recoveries == 1
+
+
+async def test_read_pages_and_the_commit_hook(store):
+    seen: list[tuple[str, int]] = []
+    store.on_commit = lambda run_id, seq: seen.append((run_id, seq))
+    await store.start(spec(input=None), NOW)
+    await store.claim("r1", 1, "n", 1, NOW, 3)
+    await store.append("r1", 1, [NewEvent("progress", str(i)) for i in range(10)], NOW, checkpoint='{"n":10}')
+    run, page = await store.read("r1", 3, limit=4)
+    assert [e.seq for e in page] == [4, 5, 6, 7] and run.last_seq == 13
+    assert seen[-1] == ("r1", 13)
+    checkpoint = await store.latest_checkpoint("r1")
+    assert checkpoint is not None and checkpoint.seq == 13 and checkpoint.state == '{"n":10}'
+
+
+async def test_list_runs_pages_newest_first(store):
+    for i in range(5):
+        await store.start(spec(f"run-{i}", input=None), NOW + i)
+    await store.start(spec("other-tenant", tenant="t2", input=None), NOW)
+    first = await store.list_runs("default", "", "", 3, None)
+    assert [r.run_id for r in first] == ["run-4", "run-3", "run-2"]
+    rest = await store.list_runs("default", "", "", 3, (first[-1].created_ms, first[-1].run_id))
+    assert [r.run_id for r in rest] == ["run-1", "run-0"]
+    assert [r.run_id for r in await store.list_runs("default", "", "running", 10, None)] == []
+    assert len(await store.active_runs()) == 6
+
+
+async def test_retention_moves_the_floor_and_a_stale_cursor_is_refused(store):
+    await store.start(spec(input=None), NOW)
+    await store.claim("r1", 1, "n", 1, NOW, 3)
+    await store.append("r1", 1, [NewEvent("model.delta", str(i)) for i in range(5)], NOW, checkpoint="{}")
+    await store.append("r1", 1, [NewEvent("progress", "after")], NOW)
+    plan = await store.retain("r1", RetentionPolicy({"model.*": 0.0}, history_ttl_s=0.0), NOW + 1000)
+    assert plan.floor == 9  # everything up to the checkpoint (seq 8)
+    run = await store.get("r1")
+    assert run is not None and run.retention_floor == 9
+    with pytest.raises(StaleCursor) as raised:
+        await store.read("r1", 2)
+    assert raised.value.metadata["retention_floor"] == "9"
+    _, events = await store.read("r1", 8)
+    assert [e.seq for e in events] == [9]
+    links = [Link(e.seq, e.type, e.version, e.payload, e.payload_sha256, e.prev_hash, e.hash) for e in events]
+    assert verify("r1", links, first_seq=9, start_prev_hash=run.floor_prev_hash).ok
