@@ -20,8 +20,8 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/python -m mabeam.dev.demo
 
-test: setup postgres proto-check lint typecheck
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+test: setup postgres proto-check lint typecheck sdk-build sdk-test
+	MABEAM_SDK_CONFORMANCE='$(SDK_LANGS)' $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The runs store's tests start a private PostgreSQL server (mabeam/dev/postgres.py): install the Debian
 # package when the server binaries are missing (CI runs as root on a fresh machine).
@@ -46,6 +46,26 @@ $(GO_BIN)/protoc-gen-go-grpc:
 $(TS_DIR)/node_modules/.installed: $(TS_DIR)/package-lock.json
 	cd $(TS_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# SDKs: unit tests and the conformance runners (the conformance suite itself runs in pytest,
+# tests/conformance, against one live cluster for every language).
+.PHONY: sdk-build sdk-test test-go test-go-unit test-sdk-conformance
+SDK_LANGS := python go
+sdk-build: $(GO_BIN)/mabeam-conformance
+sdk-test: test-go-unit
+
+$(GO_BIN)/mabeam-conformance: $(shell find clients/go -name '*.go') clients/go/go.mod clients/go/go.sum
+	cd clients/go && nice go build -o .bin/mabeam-conformance ./cmd/mabeam-conformance
+
+test-go-unit:
+	cd clients/go && go vet ./... && go test ./...
+
+# One language's conformance run (make test-go, ...): its unit tests, then the scenarios.
+test-go: setup test-go-unit $(GO_BIN)/mabeam-conformance
+	$(BIN)/python -m pytest -q tests/conformance -k go
+
+test-sdk-conformance: setup sdk-build
+	MABEAM_SDK_CONFORMANCE='$(SDK_LANGS)' $(BIN)/python -m pytest -q tests/conformance
 
 proto-tools: $(GO_BIN)/protoc-gen-go $(GO_BIN)/protoc-gen-go-grpc $(TS_DIR)/node_modules/.installed
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -26,6 +27,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"mabeam up: {error}", file=sys.stderr)
         cluster.stop()
         return 1
+    if args.json:  # one line other languages' tools read (SDK conformance runners)
+        print(json.dumps(cluster.describe()), flush=True)
     print(f"etcd      {cluster.etcd_endpoint}{' (embedded)' if cluster.embedded else ''}")
     for node in cluster.nodes:
         print(f"{node.node_id:9s} meshd {node.endpoint}  metrics http://127.0.0.1:{node.metrics_port}/metrics  "
@@ -70,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--lease-ttl", type=int, default=3, help="membership lease TTL in seconds")
     up.add_argument("--run-dir", default=None, help="where logs and embedded etcd data go (default: a temp dir)")
     up.add_argument("--mesh-only", action="store_true", help="run only meshd on each node (no agentd, coordinator)")
+    up.add_argument("--json", action="store_true",
+                    help="first print the endpoints and pids as one JSON line (for SDKs and scripts)")
     up.set_defaults(func=cmd_up)
     from mabeam.dev.fakellm.__main__ import build_parser as fake_llm_flags
 

@@ -181,6 +181,32 @@ class DevCluster:
         """meshd gRPC endpoints of every node, in node order."""
         return [node.endpoint for node in self.nodes]
 
+    def describe(self) -> dict[str, object]:
+        """The cluster as plain data (``mabeam up --json``, SDK conformance runners): etcd and, per node,
+        each daemon's gRPC endpoint and pid."""
+        nodes = []
+        for node in self.nodes:
+            entry: dict[str, object] = {"node_id": node.node_id, "meshd": node.endpoint,
+                                        "meshd_pid": node.proc.pid if node.proc else 0,
+                                        "attach": node.attach_address}
+            for daemon in node.daemons[1:]:
+                entry[daemon.kind] = daemon.endpoint
+                entry[f"{daemon.kind}_pid"] = daemon.proc.pid if daemon.proc else 0
+            nodes.append(entry)
+        return {"etcd": self.etcd_endpoint, "cluster": self.cluster, "nodes": nodes}
+
+    def restart_dead(self, timeout: float = 30.0) -> list[str]:
+        """Start again every daemon that is not running (meshd first); the ones restarted, as "kind@node"."""
+        restarted = []
+        for tier in (lambda n: [n], lambda n: n.daemons[1:]):
+            for node in self.nodes:
+                for daemon in tier(node):
+                    if not daemon.alive:
+                        self._spawn(daemon, node)
+                        self.wait_ready(daemon, timeout)
+                        restarted.append(f"{daemon.kind}@{node.node_id}")
+        return restarted
+
     def kill(self, index: int) -> None:
         """kill -9 every daemon of node `index` (0-based), as a host dying would; meshd leaves at lease expiry."""
         for daemon in self.nodes[index].daemons:

@@ -63,11 +63,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     RUN_BUSY: _ErrorReason.ValueType  # 57
     """The run's input policy is "reject" and it is still handling a frame; retry later."""
     RUNS_UNAVAILABLE: _ErrorReason.ValueType  # 58
-    """The runs store (SQLite or PostgreSQL) or etcd cannot be reached; retry later.
-    70-89: model providers and budgets.
+    """The runs store (SQLite or PostgreSQL) or etcd cannot be reached; retry later."""
+    AGENT_PROTOCOL: _ErrorReason.ValueType  # 130
+    """70-89: model providers and budgets.
     90-109: tools, approvals and pipelines.
     110-129: tenants, authentication and quotas.
     130-149: agents and external agents.
+    An external agent's stream broke the protocol (MeshService.AttachAgent: first message not
+    `attach`, `handled` for a delivery that is not awaiting an answer).
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -111,11 +114,14 @@ EXECUTOR_FENCED: ErrorReason.ValueType  # 56
 RUN_BUSY: ErrorReason.ValueType  # 57
 """The run's input policy is "reject" and it is still handling a frame; retry later."""
 RUNS_UNAVAILABLE: ErrorReason.ValueType  # 58
-"""The runs store (SQLite or PostgreSQL) or etcd cannot be reached; retry later.
-70-89: model providers and budgets.
+"""The runs store (SQLite or PostgreSQL) or etcd cannot be reached; retry later."""
+AGENT_PROTOCOL: ErrorReason.ValueType  # 130
+"""70-89: model providers and budgets.
 90-109: tools, approvals and pipelines.
 110-129: tenants, authentication and quotas.
 130-149: agents and external agents.
+An external agent's stream broke the protocol (MeshService.AttachAgent: first message not
+`attach`, `handled` for a delivery that is not awaiting an answer).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from mabeam.v1 import dataplane_pb2 as mabeam_dot_v1_dot_dataplane__pb2
+from mabeam.v1 import external_agent_pb2 as mabeam_dot_v1_dot_external__agent__pb2
 from mabeam.v1 import mesh_pb2 as mabeam_dot_v1_dot_mesh__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -114,6 +115,11 @@ class MeshServiceStub:
                 '/mabeam.v1.MeshService/Subscribe',
                 request_serializer=mabeam_dot_v1_dot_dataplane__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=mabeam_dot_v1_dot_dataplane__pb2.SubscribeResponse.FromString,
+                _registered_method=True)
+        self.AttachAgent = channel.stream_stream(
+                '/mabeam.v1.MeshService/AttachAgent',
+                request_serializer=mabeam_dot_v1_dot_external__agent__pb2.AgentStreamIn.SerializeToString,
+                response_deserializer=mabeam_dot_v1_dot_external__agent__pb2.AgentStreamOut.FromString,
                 _registered_method=True)
 
 
@@ -232,6 +238,14 @@ class MeshServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AttachAgent(self, request_iterator, context):
+        """External agents: attach as an agent (names, groups, bounded mailbox), receive casts and calls one
+        at a time and answer them, send casts and calls; see external_agent.proto.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -314,6 +328,11 @@ def add_MeshServiceServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=mabeam_dot_v1_dot_dataplane__pb2.SubscribeRequest.FromString,
                     response_serializer=mabeam_dot_v1_dot_dataplane__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'AttachAgent': grpc.stream_stream_rpc_method_handler(
+                    servicer.AttachAgent,
+                    request_deserializer=mabeam_dot_v1_dot_external__agent__pb2.AgentStreamIn.FromString,
+                    response_serializer=mabeam_dot_v1_dot_external__agent__pb2.AgentStreamOut.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -748,6 +767,33 @@ class MeshService:
             '/mabeam.v1.MeshService/Subscribe',
             mabeam_dot_v1_dot_dataplane__pb2.SubscribeRequest.SerializeToString,
             mabeam_dot_v1_dot_dataplane__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachAgent(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mabeam.v1.MeshService/AttachAgent',
+            mabeam_dot_v1_dot_external__agent__pb2.AgentStreamIn.SerializeToString,
+            mabeam_dot_v1_dot_external__agent__pb2.AgentStreamOut.FromString,
             options,
             channel_credentials,
             insecure,

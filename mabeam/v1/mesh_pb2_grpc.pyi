@@ -6,6 +6,7 @@ MeshService: membership, leader election and the name/group registry of one mesh
 from collections import abc as _abc
 from grpc import aio as _aio
 from mabeam.v1 import dataplane_pb2 as _dataplane_pb2
+from mabeam.v1 import external_agent_pb2 as _external_agent_pb2
 from mabeam.v1 import mesh_pb2 as _mesh_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -64,6 +65,10 @@ class MeshServiceStub:
     """Data plane: a call that waits for one reply (DEADLINE_EXCEEDED, NOT_FOUND, UNAVAILABLE as status)."""
     Subscribe: _grpc.UnaryStreamMultiCallable[_dataplane_pb2.SubscribeRequest, _dataplane_pb2.SubscribeResponse]
     """Data plane: open an endpoint on this node and stream the messages it receives."""
+    AttachAgent: _grpc.StreamStreamMultiCallable[_external_agent_pb2.AgentStreamIn, _external_agent_pb2.AgentStreamOut]
+    """External agents: attach as an agent (names, groups, bounded mailbox), receive casts and calls one
+    at a time and answer them, send casts and calls; see external_agent.proto.
+    """
 
 @_typing.type_check_only
 class MeshServiceAsyncStub(MeshServiceStub):
@@ -100,6 +105,10 @@ class MeshServiceAsyncStub(MeshServiceStub):
     """Data plane: a call that waits for one reply (DEADLINE_EXCEEDED, NOT_FOUND, UNAVAILABLE as status)."""
     Subscribe: _aio.UnaryStreamMultiCallable[_dataplane_pb2.SubscribeRequest, _dataplane_pb2.SubscribeResponse]  # type: ignore[assignment]
     """Data plane: open an endpoint on this node and stream the messages it receives."""
+    AttachAgent: _aio.StreamStreamMultiCallable[_external_agent_pb2.AgentStreamIn, _external_agent_pb2.AgentStreamOut]  # type: ignore[assignment]
+    """External agents: attach as an agent (names, groups, bounded mailbox), receive casts and calls one
+    at a time and answer them, send casts and calls; see external_agent.proto.
+    """
 
 class MeshServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -229,5 +238,15 @@ class MeshServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_dataplane_pb2.SubscribeResponse], _abc.AsyncIterator[_dataplane_pb2.SubscribeResponse]]:
         """Data plane: open an endpoint on this node and stream the messages it receives."""
+
+    @_abc_1.abstractmethod
+    def AttachAgent(
+        self,
+        request_iterator: _MaybeAsyncIterator[_external_agent_pb2.AgentStreamIn],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_external_agent_pb2.AgentStreamOut], _abc.AsyncIterator[_external_agent_pb2.AgentStreamOut]]:
+        """External agents: attach as an agent (names, groups, bounded mailbox), receive casts and calls one
+        at a time and answer them, send casts and calls; see external_agent.proto.
+        """
 
 def add_MeshServiceServicer_to_server(servicer: MeshServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,4 +1,4 @@
-"""The gRPC face of the data plane: ``MeshService.Send``, ``Call`` and ``Subscribe``.
+"""The gRPC face of the data plane: ``MeshService.Send``, ``Call``, ``Subscribe`` and ``AttachAgent``.
 
 meshd's MeshService servicer either inherits :class:`DataPlaneServicerMixin`
 (put it before the generated ``MeshServiceServicer`` base so its methods win)
@@ -17,6 +17,8 @@ import grpc
 from mabeam.dataplane.errors import DataPlaneError, InvalidArgument
 from mabeam.dataplane.message import AgentRef, Destination, Group, tenant_or_default
 from mabeam.v1 import dataplane_pb2 as pb
+from mabeam.v1 import external_agent_pb2
+from meshd.dataplane.external import attach_agent
 from meshd.dataplane.plane import DataPlane
 
 MAX_PENDING_LIMIT = 65536
@@ -138,4 +140,10 @@ class DataPlaneServicerMixin:
                         ) -> AsyncIterator[pb.SubscribeResponse]:
         """MeshService.Subscribe."""
         async for response in subscribe(self.dataplane, request, context):
+            yield response
+
+    async def AttachAgent(self, requests: AsyncIterator[external_agent_pb2.AgentStreamIn],  # noqa: N802
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[external_agent_pb2.AgentStreamOut]:
+        """MeshService.AttachAgent: an external agent (meshd.dataplane.external)."""
+        async for response in attach_agent(self.dataplane, requests, context):
             yield response

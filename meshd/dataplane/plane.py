@@ -762,6 +762,10 @@ class DataPlane(ReceiveSide):
         except DataPlaneError:
             self.drops["bounce_failed"] += 1
 
+    def bounce(self, message: Message, error: DataPlaneError) -> None:
+        """Answer a delivered CAST or CALL with a typed ERROR to its sender (an endpoint that will not handle it)."""
+        self._bounce(message.envelope, error)
+
     def bounce_serialized(self, data: bytes, error: DataPlaneError) -> None:
         """Bounce a queued, already-serialized envelope that could not be delivered (see :meth:`_bounce`)."""
         try:

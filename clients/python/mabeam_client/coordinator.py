@@ -36,6 +36,17 @@ from mabeam_client.sync import SyncFace
 RETRYABLE_REASONS = {"WRONG_NODE", "NOT_DURABLE", "ETCD_UNAVAILABLE", ""}
 
 
+def retryable(error: grpc.RpcError, translated: MabeamError) -> bool:
+    """Whether a coordinator call may be repeated on the leader: UNAVAILABLE for a retryable reason, or a
+    connection torn down under a live call (a killed coordinator surfaces as INTERNAL or UNKNOWN from
+    gRPC's core, with no mabeam reason). Every mutating call carries an idempotency key, so a repeat
+    never applies twice."""
+    code = error.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return translated.reason in RETRYABLE_REASONS
+    return code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) and not translated.reason
+
+
 def leader_hint(error: grpc.RpcError) -> str | None:
     """The leader address a WRONG_NODE error carries in ErrorInfo metadata (None if absent or empty)."""
     translated = translate(error)
@@ -86,8 +97,7 @@ class CoordinatorClient:
                 return await getattr(self._stub(endpoint), method)(request, timeout=self.timeout)
             except grpc.RpcError as error:
                 translated = translate(error)
-                if error.code() != grpc.StatusCode.UNAVAILABLE or translated.reason not in RETRYABLE_REASONS \
-                        or time.monotonic() >= deadline:
+                if not retryable(error, translated) or time.monotonic() >= deadline:
                     raise translated from None
                 hint = leader_hint(error)
                 if hint and hint != endpoint:
@@ -405,8 +415,7 @@ class BidStream:
                 translated = translate(error)
                 now = time.monotonic()
                 deadline = deadline if deadline is not None else now + client.failover_timeout
-                if error.code() != grpc.StatusCode.UNAVAILABLE or translated.reason not in RETRYABLE_REASONS \
-                        or now >= deadline:
+                if not retryable(error, translated) or now >= deadline:
                     self._fail_all(translated)
                     return
                 self.reconnects += 1

@@ -65,28 +65,36 @@ const (
 	ErrorReason_RUN_BUSY ErrorReason = 57
 	// The runs store (SQLite or PostgreSQL) or etcd cannot be reached; retry later.
 	ErrorReason_RUNS_UNAVAILABLE ErrorReason = 58
+	// 70-89: model providers and budgets.
+	// 90-109: tools, approvals and pipelines.
+	// 110-129: tenants, authentication and quotas.
+	// 130-149: agents and external agents.
+	// An external agent's stream broke the protocol (MeshService.AttachAgent: first message not
+	// `attach`, `handled` for a delivery that is not awaiting an answer).
+	ErrorReason_AGENT_PROTOCOL ErrorReason = 130
 )
 
 // Enum value maps for ErrorReason.
 var (
 	ErrorReason_name = map[int32]string{
-		0:  "ERROR_REASON_UNSPECIFIED",
-		1:  "NAME_TAKEN",
-		2:  "NOT_REGISTERED",
-		3:  "INVALID_FIELD",
-		4:  "UNKNOWN_TENANT",
-		5:  "ETCD_UNAVAILABLE",
-		6:  "WRONG_NODE",
-		7:  "TOO_LARGE",
-		50: "RUN_NOT_FOUND",
-		51: "RUN_CONFLICT",
-		52: "FRAME_CONFLICT",
-		53: "STALE_CURSOR",
-		54: "RUN_TERMINAL",
-		55: "LEASE_HELD",
-		56: "EXECUTOR_FENCED",
-		57: "RUN_BUSY",
-		58: "RUNS_UNAVAILABLE",
+		0:   "ERROR_REASON_UNSPECIFIED",
+		1:   "NAME_TAKEN",
+		2:   "NOT_REGISTERED",
+		3:   "INVALID_FIELD",
+		4:   "UNKNOWN_TENANT",
+		5:   "ETCD_UNAVAILABLE",
+		6:   "WRONG_NODE",
+		7:   "TOO_LARGE",
+		50:  "RUN_NOT_FOUND",
+		51:  "RUN_CONFLICT",
+		52:  "FRAME_CONFLICT",
+		53:  "STALE_CURSOR",
+		54:  "RUN_TERMINAL",
+		55:  "LEASE_HELD",
+		56:  "EXECUTOR_FENCED",
+		57:  "RUN_BUSY",
+		58:  "RUNS_UNAVAILABLE",
+		130: "AGENT_PROTOCOL",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -106,6 +114,7 @@ var (
 		"EXECUTOR_FENCED":          56,
 		"RUN_BUSY":                 57,
 		"RUNS_UNAVAILABLE":         58,
+		"AGENT_PROTOCOL":           130,
 	}
 )
 
@@ -401,7 +410,7 @@ const file_mabeam_v1_common_proto_rawDesc = "" +
 	"\bAgentRef\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x19\n" +
-	"\bagent_id\x18\x03 \x01(\tR\aagentId*\xd1\x02\n" +
+	"\bagent_id\x18\x03 \x01(\tR\aagentId*\xe6\x02\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -422,7 +431,8 @@ const file_mabeam_v1_common_proto_rawDesc = "" +
 	"LEASE_HELD\x107\x12\x13\n" +
 	"\x0fEXECUTOR_FENCED\x108\x12\f\n" +
 	"\bRUN_BUSY\x109\x12\x14\n" +
-	"\x10RUNS_UNAVAILABLE\x10:b\x06proto3"
+	"\x10RUNS_UNAVAILABLE\x10:\x12\x13\n" +
+	"\x0eAGENT_PROTOCOL\x10\x82\x01b\x06proto3"
 
 var (
 	file_mabeam_v1_common_proto_rawDescOnce sync.Once

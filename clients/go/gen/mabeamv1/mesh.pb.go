@@ -1615,7 +1615,7 @@ var File_mabeam_v1_mesh_proto protoreflect.FileDescriptor
 
 const file_mabeam_v1_mesh_proto_rawDesc = "" +
 	"\n" +
-	"\x14mabeam/v1/mesh.proto\x12\tmabeam.v1\x1a\x16mabeam/v1/common.proto\x1a\x19mabeam/v1/dataplane.proto\"\r\n" +
+	"\x14mabeam/v1/mesh.proto\x12\tmabeam.v1\x1a\x16mabeam/v1/common.proto\x1a\x19mabeam/v1/dataplane.proto\x1a\x1emabeam/v1/external_agent.proto\"\r\n" +
 	"\vPingRequest\"\x8d\x01\n" +
 	"\fPingResponse\x12'\n" +
 	"\x04node\x18\x01 \x01(\v2\x13.mabeam.v1.NodeInfoR\x04node\x12%\n" +
@@ -1720,7 +1720,7 @@ const file_mabeam_v1_mesh_proto_rawDesc = "" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x12!\n" +
 	"\fmember_count\x18\x03 \x01(\x05R\vmemberCount\"E\n" +
 	"\x12ListGroupsResponse\x12/\n" +
-	"\x06groups\x18\x01 \x03(\v2\x17.mabeam.v1.GroupSummaryR\x06groups2\x88\t\n" +
+	"\x06groups\x18\x01 \x03(\v2\x17.mabeam.v1.GroupSummaryR\x06groups2\xd0\t\n" +
 	"\vMeshService\x127\n" +
 	"\x04Ping\x12\x16.mabeam.v1.PingRequest\x1a\x17.mabeam.v1.PingResponse\x12L\n" +
 	"\vListMembers\x12\x1d.mabeam.v1.ListMembersRequest\x1a\x1e.mabeam.v1.ListMembersResponse\x12H\n" +
@@ -1739,7 +1739,8 @@ const file_mabeam_v1_mesh_proto_rawDesc = "" +
 	"ListGroups\x12\x1c.mabeam.v1.ListGroupsRequest\x1a\x1d.mabeam.v1.ListGroupsResponse\x127\n" +
 	"\x04Send\x12\x16.mabeam.v1.SendRequest\x1a\x17.mabeam.v1.SendResponse\x127\n" +
 	"\x04Call\x12\x16.mabeam.v1.CallRequest\x1a\x17.mabeam.v1.CallResponse\x12H\n" +
-	"\tSubscribe\x12\x1b.mabeam.v1.SubscribeRequest\x1a\x1c.mabeam.v1.SubscribeResponse0\x01b\x06proto3"
+	"\tSubscribe\x12\x1b.mabeam.v1.SubscribeRequest\x1a\x1c.mabeam.v1.SubscribeResponse0\x01\x12F\n" +
+	"\vAttachAgent\x12\x18.mabeam.v1.AgentStreamIn\x1a\x19.mabeam.v1.AgentStreamOut(\x010\x01b\x06proto3"
 
 var (
 	file_mabeam_v1_mesh_proto_rawDescOnce sync.Once
@@ -1796,9 +1797,11 @@ var file_mabeam_v1_mesh_proto_goTypes = []any{
 	(*SendRequest)(nil),            // 37: mabeam.v1.SendRequest
 	(*CallRequest)(nil),            // 38: mabeam.v1.CallRequest
 	(*SubscribeRequest)(nil),       // 39: mabeam.v1.SubscribeRequest
-	(*SendResponse)(nil),           // 40: mabeam.v1.SendResponse
-	(*CallResponse)(nil),           // 41: mabeam.v1.CallResponse
-	(*SubscribeResponse)(nil),      // 42: mabeam.v1.SubscribeResponse
+	(*AgentStreamIn)(nil),          // 40: mabeam.v1.AgentStreamIn
+	(*SendResponse)(nil),           // 41: mabeam.v1.SendResponse
+	(*CallResponse)(nil),           // 42: mabeam.v1.CallResponse
+	(*SubscribeResponse)(nil),      // 43: mabeam.v1.SubscribeResponse
+	(*AgentStreamOut)(nil),         // 44: mabeam.v1.AgentStreamOut
 }
 var file_mabeam_v1_mesh_proto_depIdxs = []int32{
 	35, // 0: mabeam.v1.PingResponse.node:type_name -> mabeam.v1.NodeInfo
@@ -1837,24 +1840,26 @@ var file_mabeam_v1_mesh_proto_depIdxs = []int32{
 	37, // 33: mabeam.v1.MeshService.Send:input_type -> mabeam.v1.SendRequest
 	38, // 34: mabeam.v1.MeshService.Call:input_type -> mabeam.v1.CallRequest
 	39, // 35: mabeam.v1.MeshService.Subscribe:input_type -> mabeam.v1.SubscribeRequest
-	2,  // 36: mabeam.v1.MeshService.Ping:output_type -> mabeam.v1.PingResponse
-	4,  // 37: mabeam.v1.MeshService.ListMembers:output_type -> mabeam.v1.ListMembersResponse
-	6,  // 38: mabeam.v1.MeshService.WatchMembers:output_type -> mabeam.v1.MemberEvent
-	9,  // 39: mabeam.v1.MeshService.GetLeader:output_type -> mabeam.v1.GetLeaderResponse
-	11, // 40: mabeam.v1.MeshService.WatchLeader:output_type -> mabeam.v1.LeaderEvent
-	14, // 41: mabeam.v1.MeshService.RegisterName:output_type -> mabeam.v1.RegisterNameResponse
-	16, // 42: mabeam.v1.MeshService.UnregisterName:output_type -> mabeam.v1.UnregisterNameResponse
-	18, // 43: mabeam.v1.MeshService.Lookup:output_type -> mabeam.v1.LookupResponse
-	20, // 44: mabeam.v1.MeshService.ListNames:output_type -> mabeam.v1.ListNamesResponse
-	23, // 45: mabeam.v1.MeshService.JoinGroup:output_type -> mabeam.v1.JoinGroupResponse
-	25, // 46: mabeam.v1.MeshService.LeaveGroup:output_type -> mabeam.v1.LeaveGroupResponse
-	27, // 47: mabeam.v1.MeshService.GroupMembers:output_type -> mabeam.v1.GroupMembersResponse
-	30, // 48: mabeam.v1.MeshService.ListGroups:output_type -> mabeam.v1.ListGroupsResponse
-	40, // 49: mabeam.v1.MeshService.Send:output_type -> mabeam.v1.SendResponse
-	41, // 50: mabeam.v1.MeshService.Call:output_type -> mabeam.v1.CallResponse
-	42, // 51: mabeam.v1.MeshService.Subscribe:output_type -> mabeam.v1.SubscribeResponse
-	36, // [36:52] is the sub-list for method output_type
-	20, // [20:36] is the sub-list for method input_type
+	40, // 36: mabeam.v1.MeshService.AttachAgent:input_type -> mabeam.v1.AgentStreamIn
+	2,  // 37: mabeam.v1.MeshService.Ping:output_type -> mabeam.v1.PingResponse
+	4,  // 38: mabeam.v1.MeshService.ListMembers:output_type -> mabeam.v1.ListMembersResponse
+	6,  // 39: mabeam.v1.MeshService.WatchMembers:output_type -> mabeam.v1.MemberEvent
+	9,  // 40: mabeam.v1.MeshService.GetLeader:output_type -> mabeam.v1.GetLeaderResponse
+	11, // 41: mabeam.v1.MeshService.WatchLeader:output_type -> mabeam.v1.LeaderEvent
+	14, // 42: mabeam.v1.MeshService.RegisterName:output_type -> mabeam.v1.RegisterNameResponse
+	16, // 43: mabeam.v1.MeshService.UnregisterName:output_type -> mabeam.v1.UnregisterNameResponse
+	18, // 44: mabeam.v1.MeshService.Lookup:output_type -> mabeam.v1.LookupResponse
+	20, // 45: mabeam.v1.MeshService.ListNames:output_type -> mabeam.v1.ListNamesResponse
+	23, // 46: mabeam.v1.MeshService.JoinGroup:output_type -> mabeam.v1.JoinGroupResponse
+	25, // 47: mabeam.v1.MeshService.LeaveGroup:output_type -> mabeam.v1.LeaveGroupResponse
+	27, // 48: mabeam.v1.MeshService.GroupMembers:output_type -> mabeam.v1.GroupMembersResponse
+	30, // 49: mabeam.v1.MeshService.ListGroups:output_type -> mabeam.v1.ListGroupsResponse
+	41, // 50: mabeam.v1.MeshService.Send:output_type -> mabeam.v1.SendResponse
+	42, // 51: mabeam.v1.MeshService.Call:output_type -> mabeam.v1.CallResponse
+	43, // 52: mabeam.v1.MeshService.Subscribe:output_type -> mabeam.v1.SubscribeResponse
+	44, // 53: mabeam.v1.MeshService.AttachAgent:output_type -> mabeam.v1.AgentStreamOut
+	37, // [37:54] is the sub-list for method output_type
+	20, // [20:37] is the sub-list for method input_type
 	20, // [20:20] is the sub-list for extension type_name
 	20, // [20:20] is the sub-list for extension extendee
 	0,  // [0:20] is the sub-list for field type_name
@@ -1867,6 +1872,7 @@ func file_mabeam_v1_mesh_proto_init() {
 	}
 	file_mabeam_v1_common_proto_init()
 	file_mabeam_v1_dataplane_proto_init()
+	file_mabeam_v1_external_agent_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

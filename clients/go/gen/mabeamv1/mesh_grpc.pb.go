@@ -37,6 +37,7 @@ const (
 	MeshService_Send_FullMethodName           = "/mabeam.v1.MeshService/Send"
 	MeshService_Call_FullMethodName           = "/mabeam.v1.MeshService/Call"
 	MeshService_Subscribe_FullMethodName      = "/mabeam.v1.MeshService/Subscribe"
+	MeshService_AttachAgent_FullMethodName    = "/mabeam.v1.MeshService/AttachAgent"
 )
 
 // MeshServiceClient is the client API for MeshService service.
@@ -75,6 +76,9 @@ type MeshServiceClient interface {
 	Call(ctx context.Context, in *CallRequest, opts ...grpc.CallOption) (*CallResponse, error)
 	// Data plane: open an endpoint on this node and stream the messages it receives.
 	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SubscribeResponse], error)
+	// External agents: attach as an agent (names, groups, bounded mailbox), receive casts and calls one
+	// at a time and answer them, send casts and calls; see external_agent.proto.
+	AttachAgent(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AgentStreamIn, AgentStreamOut], error)
 }
 
 type meshServiceClient struct {
@@ -272,6 +276,19 @@ func (c *meshServiceClient) Subscribe(ctx context.Context, in *SubscribeRequest,
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type MeshService_SubscribeClient = grpc.ServerStreamingClient[SubscribeResponse]
 
+func (c *meshServiceClient) AttachAgent(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AgentStreamIn, AgentStreamOut], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &MeshService_ServiceDesc.Streams[3], MeshService_AttachAgent_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[AgentStreamIn, AgentStreamOut]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type MeshService_AttachAgentClient = grpc.BidiStreamingClient[AgentStreamIn, AgentStreamOut]
+
 // MeshServiceServer is the server API for MeshService service.
 // All implementations must embed UnimplementedMeshServiceServer
 // for forward compatibility.
@@ -308,6 +325,9 @@ type MeshServiceServer interface {
 	Call(context.Context, *CallRequest) (*CallResponse, error)
 	// Data plane: open an endpoint on this node and stream the messages it receives.
 	Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[SubscribeResponse]) error
+	// External agents: attach as an agent (names, groups, bounded mailbox), receive casts and calls one
+	// at a time and answer them, send casts and calls; see external_agent.proto.
+	AttachAgent(grpc.BidiStreamingServer[AgentStreamIn, AgentStreamOut]) error
 	mustEmbedUnimplementedMeshServiceServer()
 }
 
@@ -365,6 +385,9 @@ func (UnimplementedMeshServiceServer) Call(context.Context, *CallRequest) (*Call
 }
 func (UnimplementedMeshServiceServer) Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[SubscribeResponse]) error {
 	return status.Error(codes.Unimplemented, "method Subscribe not implemented")
+}
+func (UnimplementedMeshServiceServer) AttachAgent(grpc.BidiStreamingServer[AgentStreamIn, AgentStreamOut]) error {
+	return status.Error(codes.Unimplemented, "method AttachAgent not implemented")
 }
 func (UnimplementedMeshServiceServer) mustEmbedUnimplementedMeshServiceServer() {}
 func (UnimplementedMeshServiceServer) testEmbeddedByValue()                     {}
@@ -654,6 +677,13 @@ func _MeshService_Subscribe_Handler(srv interface{}, stream grpc.ServerStream) e
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type MeshService_SubscribeServer = grpc.ServerStreamingServer[SubscribeResponse]
 
+func _MeshService_AttachAgent_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(MeshServiceServer).AttachAgent(&grpc.GenericServerStream[AgentStreamIn, AgentStreamOut]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type MeshService_AttachAgentServer = grpc.BidiStreamingServer[AgentStreamIn, AgentStreamOut]
+
 // MeshService_ServiceDesc is the grpc.ServiceDesc for MeshService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -729,6 +759,12 @@ var MeshService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "Subscribe",
 			Handler:       _MeshService_Subscribe_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "AttachAgent",
+			Handler:       _MeshService_AttachAgent_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "mabeam/v1/mesh.proto",

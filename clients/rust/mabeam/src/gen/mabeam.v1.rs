@@ -636,12 +636,14 @@ pub enum ErrorReason {
     /// The run's input policy is "reject" and it is still handling a frame; retry later.
     RunBusy = 57,
     /// The runs store (SQLite or PostgreSQL) or etcd cannot be reached; retry later.
-    ///
+    RunsUnavailable = 58,
     /// 70-89: model providers and budgets.
     /// 90-109: tools, approvals and pipelines.
     /// 110-129: tenants, authentication and quotas.
     /// 130-149: agents and external agents.
-    RunsUnavailable = 58,
+    /// An external agent's stream broke the protocol (MeshService.AttachAgent: first message not
+    /// `attach`, `handled` for a delivery that is not awaiting an answer).
+    AgentProtocol = 130,
 }
 impl ErrorReason {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -667,6 +669,7 @@ impl ErrorReason {
             Self::ExecutorFenced => "EXECUTOR_FENCED",
             Self::RunBusy => "RUN_BUSY",
             Self::RunsUnavailable => "RUNS_UNAVAILABLE",
+            Self::AgentProtocol => "AGENT_PROTOCOL",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -689,6 +692,7 @@ impl ErrorReason {
             "EXECUTOR_FENCED" => Some(Self::ExecutorFenced),
             "RUN_BUSY" => Some(Self::RunBusy),
             "RUNS_UNAVAILABLE" => Some(Self::RunsUnavailable),
+            "AGENT_PROTOCOL" => Some(Self::AgentProtocol),
             _ => None,
         }
     }
@@ -2409,6 +2413,163 @@ impl GroupMode {
         }
     }
 }
+/// From the agent to meshd.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AgentStreamIn {
+    #[prost(oneof = "agent_stream_in::Body", tags = "1, 2, 3")]
+    pub body: ::core::option::Option<agent_stream_in::Body>,
+}
+/// Nested message and enum types in `AgentStreamIn`.
+pub mod agent_stream_in {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Body {
+        /// The first message, exactly once.
+        #[prost(message, tag = "1")]
+        Attach(super::AttachAgentRequest),
+        /// The agent is done with a delivery (for a call: here is the reply).
+        #[prost(message, tag = "2")]
+        Handled(super::AgentHandled),
+        /// A cast or call the agent sends.
+        #[prost(message, tag = "3")]
+        Outbound(super::AgentOutbound),
+    }
+}
+/// From meshd to the agent.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AgentStreamOut {
+    #[prost(oneof = "agent_stream_out::Body", tags = "1, 2, 3")]
+    pub body: ::core::option::Option<agent_stream_out::Body>,
+}
+/// Nested message and enum types in `AgentStreamOut`.
+pub mod agent_stream_out {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Body {
+        /// The first message: the agent is attached and its names and groups are registered.
+        #[prost(message, tag = "1")]
+        Attached(super::AgentAttached),
+        /// A cast or call to the agent (or, kind ERROR, a cast of the agent's that bounced).
+        #[prost(message, tag = "2")]
+        Delivery(super::AgentDelivery),
+        /// The outcome of one `outbound`.
+        #[prost(message, tag = "3")]
+        Result(super::AgentOutboundResult),
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AttachAgentRequest {
+    /// Empty means "default".
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+    /// Id of the agent's endpoint on this node; empty means a generated one (recommended: a
+    /// reconnecting agent then never races the cleanup of its previous stream).
+    #[prost(string, tag = "2")]
+    pub agent_id: ::prost::alloc::string::String,
+    /// Cluster-unique names to register while the stream lives (same rules as RegisterName).
+    #[prost(string, repeated, tag = "3")]
+    pub names: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Groups to join while the stream lives.
+    #[prost(string, repeated, tag = "4")]
+    pub groups: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Mailbox bound: messages waiting beyond it bounce with RESOURCE_EXHAUSTED. 0 means 1024.
+    #[prost(uint32, tag = "5")]
+    pub max_pending: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AgentAttached {
+    /// The agent's address (tenant, node, agent id).
+    #[prost(message, optional, tag = "1")]
+    pub endpoint: ::core::option::Option<AgentRef>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AgentDelivery {
+    /// 1, 2, ... per stream; `handled` names it. Deliveries of kind ERROR need no `handled`.
+    #[prost(uint64, tag = "1")]
+    pub delivery_id: u64,
+    /// kind CAST or CALL (deadline_unix_ms set for a call), or ERROR for a bounced cast of the agent
+    /// (correlation_id: the bounced message's id, error_code and error_message: why).
+    #[prost(message, optional, tag = "2")]
+    pub envelope: ::core::option::Option<Envelope>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub payload: ::prost::alloc::vec::Vec<u8>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AgentHandled {
+    #[prost(uint64, tag = "1")]
+    pub delivery_id: u64,
+    /// For a call: the reply payload. Ignored for a cast.
+    #[prost(bytes = "vec", tag = "2")]
+    pub reply: ::prost::alloc::vec::Vec<u8>,
+    /// For a call: non-zero answers with an ERROR of this gRPC status code instead of a reply (for
+    /// failures below the payload convention, e.g. an undecodable request).
+    #[prost(int32, tag = "3")]
+    pub error_code: i32,
+    #[prost(string, tag = "4")]
+    pub error_message: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AgentOutbound {
+    /// Chosen by the agent, unique among its outstanding outbound messages; `result` carries it back.
+    #[prost(uint64, tag = "1")]
+    pub request_id: u64,
+    /// CHANNEL_UNSPECIFIED means normal.
+    #[prost(enumeration = "Channel", tag = "5")]
+    pub channel: i32,
+    #[prost(bytes = "vec", tag = "6")]
+    pub payload: ::prost::alloc::vec::Vec<u8>,
+    /// True for a call (one reply expected), false for a cast.
+    #[prost(bool, tag = "7")]
+    pub call: bool,
+    /// For a call: deadline relative to now; 0 means the server default (5 s). An agent handling a
+    /// call passes what is left of that call's deadline, so a chain of calls keeps one deadline.
+    #[prost(uint32, tag = "8")]
+    pub timeout_ms: u32,
+    #[prost(string, tag = "9")]
+    pub traceparent: ::prost::alloc::string::String,
+    #[prost(oneof = "agent_outbound::To", tags = "2, 3, 4")]
+    pub to: ::core::option::Option<agent_outbound::To>,
+}
+/// Nested message and enum types in `AgentOutbound`.
+pub mod agent_outbound {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum To {
+        #[prost(string, tag = "2")]
+        ToName(::prost::alloc::string::String),
+        #[prost(message, tag = "3")]
+        ToAgent(super::AgentRef),
+        #[prost(message, tag = "4")]
+        ToGroup(super::GroupAddress),
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AgentOutboundResult {
+    #[prost(uint64, tag = "1")]
+    pub request_id: u64,
+    /// 0 when it succeeded, else a gRPC status code (5 NOT_FOUND, 4 DEADLINE_EXCEEDED,
+    /// 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE, 3 INVALID_ARGUMENT, ...).
+    #[prost(int32, tag = "2")]
+    pub code: i32,
+    #[prost(string, tag = "3")]
+    pub message: ::prost::alloc::string::String,
+    /// For a call: the reply payload and who answered.
+    #[prost(bytes = "vec", tag = "4")]
+    pub payload: ::prost::alloc::vec::Vec<u8>,
+    #[prost(message, optional, tag = "5")]
+    pub responder: ::core::option::Option<AgentRef>,
+    /// For a cast: the ids of the messages sent (one per receiver for a group send to all).
+    #[prost(fixed64, repeated, tag = "6")]
+    pub message_ids: ::prost::alloc::vec::Vec<u64>,
+}
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PingRequest {}
@@ -3192,6 +3353,32 @@ pub mod mesh_service_client {
             req.extensions_mut()
                 .insert(GrpcMethod::new("mabeam.v1.MeshService", "Subscribe"));
             self.inner.server_streaming(req, path, codec).await
+        }
+        /// External agents: attach as an agent (names, groups, bounded mailbox), receive casts and calls one
+        /// at a time and answer them, send casts and calls; see external_agent.proto.
+        pub async fn attach_agent(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = super::AgentStreamIn>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::AgentStreamOut>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/mabeam.v1.MeshService/AttachAgent",
+            );
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("mabeam.v1.MeshService", "AttachAgent"));
+            self.inner.streaming(req, path, codec).await
         }
     }
 }

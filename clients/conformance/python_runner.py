@@ -1,0 +1,373 @@
+"""The Python SDK's conformance runner: runs clients/conformance/scenarios against a live cluster.
+
+    python clients/conformance/python_runner.py run --cluster cluster.json --scenarios DIR --run ID
+    python clients/conformance/python_runner.py serve --cluster cluster.json --node 1 --name relay-python
+
+Every SDK has a runner with the same arguments, the same ops and the same result shapes
+(clients/conformance/README.md); the harness (clients/conformance/harness.py) starts the cluster
+and runs them all. Output: one ``PASS name`` or ``FAIL name: why`` line per scenario, then
+``N passed, M failed``; the exit code is 1 when any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mabeam_client.agents import AgentClient
+from mabeam_client.coordinator import CoordinatorClient
+from mabeam_client.errors import MabeamError, translate
+from mabeam_client.external import ExternalAgent, Incoming
+from mabeam_client.mesh import MeshClient
+
+LANG = "python"
+_VAR = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
+
+
+class StepFailed(AssertionError):
+    """A step's result or error did not match what the scenario expects."""
+
+
+def substitute(value: Any, variables: dict[str, Any]) -> Any:
+    """Replace ${var} in every string (a string that is exactly one ${var} takes the variable's type)."""
+    if isinstance(value, str):
+        whole = _VAR.fullmatch(value)
+        if whole:
+            return variables[whole.group(1)]
+        return _VAR.sub(lambda m: str(variables[m.group(1)]), value)
+    if isinstance(value, list):
+        return [substitute(v, variables) for v in value]
+    if isinstance(value, dict):
+        return {k: substitute(v, variables) for k, v in value.items()}
+    return value
+
+
+def lookup_path(result: Any, path: str) -> Any:
+    """The value at a dotted path (list indexes are numbers; ``#`` is a list's length)."""
+    value = result
+    for part in path.split("."):
+        if part == "#":
+            value = len(value)
+        elif isinstance(value, list):
+            value = value[int(part)]
+        elif isinstance(value, dict):
+            if part not in value:
+                raise StepFailed(f"result has no {path!r}: {json.dumps(result)}")
+            value = value[part]
+        else:
+            raise StepFailed(f"result has no {path!r}: {json.dumps(result)}")
+    return value
+
+
+def matches(actual: Any, expected: Any) -> bool:
+    """JSON equality (numbers by value), or a matcher {lt: n} / {gt: n}."""
+    if isinstance(expected, dict) and len(expected) == 1 and next(iter(expected)) in ("lt", "gt"):
+        op, bound = next(iter(expected.items()))
+        return isinstance(actual, int | float) and (actual < bound if op == "lt" else actual > bound)
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return actual is expected
+    if isinstance(expected, int | float) and isinstance(actual, int | float):
+        return float(actual) == float(expected)
+    if isinstance(expected, list):
+        return isinstance(actual, list) and len(actual) == len(expected) and \
+            all(matches(a, e) for a, e in zip(actual, expected, strict=True))
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and actual.keys() == expected.keys() and \
+            all(matches(actual[k], v) for k, v in expected.items())
+    return bool(actual == expected)
+
+
+def check(step: dict[str, Any], result: Any, error: MabeamError | None) -> None:
+    """Raise StepFailed unless the outcome is what the step expects."""
+    wanted = step.get("error")
+    if wanted is not None:
+        if error is None:
+            raise StepFailed(f"expected {wanted['code']}, got a result: {json.dumps(result)}")
+        if error.code.name != wanted["code"]:
+            raise StepFailed(f"expected {wanted['code']}, got {error.code.name}: {error.message}")
+        if "reason" in wanted and error.reason != wanted["reason"]:
+            raise StepFailed(f"expected reason {wanted['reason']}, got {error.reason!r}: {error.message}")
+        if "field" in wanted and wanted["field"] not in error.field_violations:
+            raise StepFailed(f"expected a violation of {wanted['field']!r}, got {error.field_violations}")
+        return
+    if error is not None:
+        raise StepFailed(f"{error.code.name} ({error.reason}): {error.message}")
+    for path, expected in (step.get("expect") or {}).items():
+        actual = lookup_path(result, path)
+        if not matches(actual, expected):
+            raise StepFailed(f"{path}: expected {json.dumps(expected)}, got {json.dumps(actual)} "
+                             f"in {json.dumps(result)[:600]}")
+
+
+class Relay:
+    """The relay behaviour every SDK implements (scenarios 05 and 08): append this language to the trail,
+    call the next hop within the deadline of the call being handled, remember how the last hop went."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, Any] = {"code": "NONE", "elapsed_ms": 0}
+
+    async def on_call(self, msg: Any, incoming: Incoming) -> Any:
+        if msg == "last":
+            return self.last
+        hops, trail = list(msg.get("hops", [])), [*msg.get("trail", []), LANG]
+        if not hops:
+            return {"hops": [], "trail": trail}
+        hop = hops.pop(0)
+        to, body = (hop["to"], hop["msg"]) if isinstance(hop, dict) else (hop, {"hops": hops, "trail": trail})
+        started = time.monotonic()
+        try:
+            reply = await incoming.agent.call(to, body)
+            self.last = {"code": "OK", "elapsed_ms": int((time.monotonic() - started) * 1000)}
+            return reply
+        except MabeamError as error:
+            self.last = {"code": error.code.name, "elapsed_ms": int((time.monotonic() - started) * 1000)}
+            raise
+
+
+class Runner:
+    """Runs scenario steps with the Python SDK against the cluster described in cluster.json."""
+
+    def __init__(self, cluster: dict[str, Any], run_id: str) -> None:
+        self.cluster = cluster
+        self.run_id = run_id
+        self.meshes: dict[int, MeshClient] = {}
+        self.agentds: dict[int, AgentClient] = {}
+        self.coordinator = CoordinatorClient([n["coordinator"] for n in cluster["nodes"] if n.get("coordinator")],
+                                             failover_timeout=20.0)
+        self.agents: dict[str, ExternalAgent] = {}
+        self.bids: list[asyncio.Task[Any]] = []
+        self.bid_stream = None
+
+    def node(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self.cluster["nodes"][int(args.get("node", 1)) - 1]  # type: ignore[no-any-return]
+
+    def mesh(self, args: dict[str, Any]) -> MeshClient:
+        index = int(args.get("node", 1))
+        if index not in self.meshes:
+            self.meshes[index] = MeshClient(self.node(args)["meshd"])
+        return self.meshes[index]
+
+    def agentd(self, args: dict[str, Any]) -> AgentClient:
+        index = int(args.get("node", 1))
+        if index not in self.agentds:
+            self.agentds[index] = AgentClient(self.node(args)["agentd"])
+        return self.agentds[index]
+
+    async def close(self) -> None:
+        for agent in self.agents.values():
+            await agent.stop()
+        if self.bid_stream is not None:
+            await self.bid_stream.close()
+        for client in [*self.meshes.values(), *self.agentds.values()]:
+            await client.close()
+        await self.coordinator.close()
+
+    # ------------------------------------------------------------------ ops
+
+    async def op(self, name: str, a: dict[str, Any]) -> Any:  # noqa: C901 - one dispatch table, flat
+        if name == "members":
+            members = await self.mesh(a).members()
+            return {"count": len(members), "node_ids": sorted(m.node_id for m in members)}
+        if name == "leader":
+            leader = await self.mesh(a).leader(a.get("role", ""))
+            return {"node_id": leader.node_id, "term": leader.term}
+        if name in ("register_name", "lookup"):
+            mesh = self.mesh(a)
+            entry = (await mesh.register_name(a["name"], agent_id=a["agent_id"]) if name == "register_name"
+                     else await mesh.lookup(a["name"]))
+            return {"name": entry.name, "node_id": entry.target.node_id, "agent_id": entry.target.agent_id}
+        if name == "group_members":
+            members = await self.mesh(a).group_members(a["group"])
+            return {"count": len(members), "node_ids": sorted(m.member.node_id for m in members)}
+        if name == "attach_agent":
+            return await self.attach(a)
+        if name == "detach_agent":
+            await self.agents.pop(a["name"]).stop()
+            return {}
+        if name == "agent_call":
+            return {"reply": await self.agents[a["from"]].call(a["to"], a.get("msg"), timeout=a.get("timeout"))}
+        if name == "agent_cast":
+            await self.agents[a["from"]].cast(a["to"], a.get("msg"))
+            return {}
+        if name == "agent_cast_group":
+            await self.agents[a["from"]].cast_group(a["group"], a.get("msg"), a.get("mode", "all"))
+            return {}
+        if name == "mesh_call":
+            from mabeam.v1 import dataplane_pb2, mesh_pb2_grpc
+            stub = mesh_pb2_grpc.MeshServiceStub(self.mesh(a)._channel)
+            timeout = float(a.get("timeout", 5))
+            try:
+                reply = await stub.Call(dataplane_pb2.CallRequest(
+                    to_name=a["to"], payload=b"\xc0", timeout_ms=int(timeout * 1000)), timeout=timeout + 1)
+            except Exception as error:
+                raise translate(error) from None
+            return {"payload_size": len(reply.payload)}
+        if name == "spawn":
+            info = await self.agentd(a).spawn(a["type"], a.get("args") or {}, name=a.get("name"))
+            return {"name": info.name, "type": info.type, "agent_id": info.agent_id}
+        if name == "call":
+            timeout = float(a.get("timeout", 5))
+            return {"reply": await self.agentd(a).call(a["agent"], a.get("msg"), timeout=timeout)}
+        if name == "cast":
+            await self.agentd(a).cast(a["agent"], a.get("msg"))
+            return {}
+        if name == "stop_agent":
+            await self.agentd(a).stop(a["agent"])
+            return {}
+        if name == "create_auction":
+            instance = await self.coordinator.create_auction(a["kind"], a["config"])
+            return {"id": instance.id, "state": instance.state}
+        if name == "bid_stream_submit":
+            if self.bid_stream is None:
+                self.bid_stream = self.coordinator.bid_stream()
+            for i in range(int(a["first"]), int(a["first"]) + int(a["count"])):
+                event = {"type": "bid", "bidder": f"bidder-{i}", "amount": int(a["amount_base"]) + i - 1}
+                self.bids.append(asyncio.create_task(self.bid_stream.submit(a["auction"], event)))
+            return {}
+        if name == "bid_stream_wait":
+            outcomes = await asyncio.gather(*self.bids, return_exceptions=True)
+            self.bids = []
+            refused = [o for o in outcomes if isinstance(o, BaseException)]
+            return {"acked": len(outcomes) - len(refused), "refused": len(refused),
+                    "errors": [str(e) for e in refused[:3]]}
+        if name == "kill_coordinator_leader":
+            leader = await self.coordinator.leader()
+            node = next(n for n in self.cluster["nodes"] if n["node_id"] == leader.leader_node_id)
+            os.kill(int(node["coordinator_pid"]), signal.SIGKILL)
+            return {"node_id": leader.leader_node_id}
+        if name == "close_instance":
+            instance = await self.coordinator.close_instance(a["id"])
+            return {"state": instance.state, "outcome": json.loads(instance.outcome_json or "null")}
+        if name in ("create_variable", "set_variable", "get_variable"):
+            if name == "create_variable":
+                var = await self.coordinator.create_variable(a["name"], a["schema"], a["initial"])
+            elif name == "set_variable":
+                var = await self.coordinator.set_variable(a["name"], a["value"], int(a["expected_version"]))
+            else:
+                var = await self.coordinator.get_variable(a["name"])
+            return {"version": var.version, "value": json.loads(var.value_json)}
+        raise StepFailed(f"unknown op {name!r}")
+
+    async def attach(self, a: dict[str, Any]) -> Any:
+        behaviour = a.get("behaviour", "echo")
+        seen: list[Any] = []
+        release = asyncio.Event()
+        relay = Relay()
+
+        async def on_call(msg: Any, incoming: Incoming) -> Any:
+            if behaviour == "collect" and msg == "seen":
+                return seen
+            if behaviour == "relay":
+                return await relay.on_call(msg, incoming)
+            return msg
+
+        async def on_cast(msg: Any, incoming: Incoming) -> None:
+            seen.append(msg)
+            if behaviour == "block":
+                await release.wait()
+
+        agent = ExternalAgent(self.node(a)["meshd"], names=[a["name"]], groups=a.get("groups", []),
+                              on_call=on_call, on_cast=on_cast, max_pending=int(a.get("max_pending", 0)))
+        await agent.start(timeout=15.0)
+        self.agents[a["name"]] = agent
+        return {"node_id": agent.ref.node_id if agent.ref else ""}
+
+    # ------------------------------------------------------------------ steps
+
+    async def step(self, step: dict[str, Any], variables: dict[str, Any]) -> None:
+        args = substitute(step.get("args") or {}, variables)
+        resolved = {**step, "expect": substitute(step.get("expect"), variables),
+                    "error": substitute(step.get("error"), variables)}
+        deadline = time.monotonic() + float(step.get("eventually", 0))
+        started = time.monotonic()
+        while True:
+            result, error = None, None
+            try:
+                result = await self.op(step["op"], args)
+            except MabeamError as caught:
+                error = caught
+            try:
+                check(resolved, result, error)
+                break
+            except StepFailed:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        if "within" in step and time.monotonic() - started > float(step["within"]):
+            raise StepFailed(f"took {time.monotonic() - started:.2f}s, more than {step['within']}s")
+        for var, path in (step.get("save") or {}).items():
+            variables[var] = lookup_path(result, path)
+
+    async def scenario(self, scenario: dict[str, Any]) -> None:
+        variables: dict[str, Any] = {"run": f"{self.run_id}-{scenario['name']}", "lang": LANG}
+        for index, step in enumerate(scenario["steps"], 1):
+            try:
+                await self.step(step, variables)
+            except StepFailed as failure:
+                raise StepFailed(f"step {index} ({step['op']}): {failure}") from None
+
+
+async def run(args: argparse.Namespace, cluster: dict[str, Any], scenarios: list[dict[str, Any]]) -> int:
+    passed = failed = 0
+    for scenario in scenarios:
+        if args.only and scenario["name"] not in args.only:
+            continue
+        runner = Runner(cluster, args.run)
+        try:
+            await asyncio.wait_for(runner.scenario(scenario), args.timeout)
+            print(f"PASS {scenario['name']}", flush=True)
+            passed += 1
+        except (StepFailed, TimeoutError, MabeamError) as failure:
+            print(f"FAIL {scenario['name']}: {str(failure) or type(failure).__name__}", flush=True)
+            failed += 1
+        finally:
+            await runner.close()
+    print(f"{passed} passed, {failed} failed", flush=True)
+    return 1 if failed else 0
+
+
+async def serve(args: argparse.Namespace, cluster: dict[str, Any]) -> int:
+    """Host a relay agent until stdin closes (the harness's relays for scenario 08)."""
+    relay = Relay()
+    agent = ExternalAgent(cluster["nodes"][args.node - 1]["meshd"], names=[args.name], on_call=relay.on_call)
+    await agent.start(timeout=30.0)
+    print("ready", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)
+    await agent.stop()
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--cluster", required=True)
+    r.add_argument("--scenarios", required=True)
+    r.add_argument("--run", default=f"py{os.getpid()}")
+    r.add_argument("--only", nargs="*")
+    r.add_argument("--timeout", type=float, default=90.0)
+    s = sub.add_parser("serve")
+    s.add_argument("--cluster", required=True)
+    s.add_argument("--node", type=int, default=1)
+    s.add_argument("--name", required=True)
+    args = parser.parse_args()
+    cluster = json.loads(Path(args.cluster).read_text())
+    if args.command == "serve":
+        return asyncio.run(serve(args, cluster))
+    scenarios = [yaml.safe_load(path.read_text()) for path in sorted(Path(args.scenarios).glob("*.yaml"))]
+    return asyncio.run(run(args, cluster, scenarios))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
