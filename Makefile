@@ -49,10 +49,10 @@ $(TS_DIR)/node_modules/.installed: $(TS_DIR)/package-lock.json
 
 # SDKs: unit tests and the conformance runners (the conformance suite itself runs in pytest,
 # tests/conformance, against one live cluster for every language).
-.PHONY: sdk-build sdk-test test-go test-go-unit test-sdk-conformance
-SDK_LANGS := python go
-sdk-build: $(GO_BIN)/mabeam-conformance
-sdk-test: test-go-unit
+.PHONY: sdk-build sdk-test test-go test-go-unit test-ts test-ts-unit test-sdk-conformance
+SDK_LANGS := python go typescript
+sdk-build: $(GO_BIN)/mabeam-conformance $(TS_DIR)/dist/.built
+sdk-test: test-go-unit test-ts-unit
 
 $(GO_BIN)/mabeam-conformance: $(shell find clients/go -name '*.go') clients/go/go.mod clients/go/go.sum
 	cd clients/go && nice go build -o .bin/mabeam-conformance ./cmd/mabeam-conformance
@@ -60,9 +60,19 @@ $(GO_BIN)/mabeam-conformance: $(shell find clients/go -name '*.go') clients/go/g
 test-go-unit:
 	cd clients/go && go vet ./... && go test ./...
 
+$(TS_DIR)/dist/.built: $(TS_DIR)/node_modules/.installed $(shell find $(TS_DIR)/src $(TS_DIR)/test $(TS_DIR)/conformance -name '*.ts') $(TS_DIR)/tsconfig.json
+	cd $(TS_DIR) && npx tsc -p .
+	touch $@
+
+test-ts-unit: $(TS_DIR)/dist/.built
+	cd $(TS_DIR) && node --test dist/test/
+
 # One language's conformance run (make test-go, ...): its unit tests, then the scenarios.
 test-go: setup test-go-unit $(GO_BIN)/mabeam-conformance
-	$(BIN)/python -m pytest -q tests/conformance -k go
+	MABEAM_SDK_CONFORMANCE=go $(BIN)/python -m pytest -q tests/conformance -k go
+
+test-ts: setup test-ts-unit
+	MABEAM_SDK_CONFORMANCE=typescript $(BIN)/python -m pytest -q tests/conformance -k typescript
 
 test-sdk-conformance: setup sdk-build
 	MABEAM_SDK_CONFORMANCE='$(SDK_LANGS)' $(BIN)/python -m pytest -q tests/conformance

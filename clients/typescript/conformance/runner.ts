@@ -1,0 +1,327 @@
+/**
+ * The TypeScript SDK's conformance runner (clients/conformance/README.md):
+ *   node dist/conformance/runner.js run --cluster cluster.json --scenarios DIR --run ID [--only NAME ...]
+ *   node dist/conformance/runner.js serve --cluster cluster.json --node 1 --name relay-typescript
+ */
+import { readFileSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import { parse } from "yaml";
+import { AgentClient, CoordinatorClient, ExternalAgent, MabeamError, MeshClient, parseJson, type Context } from "../src/index.js";
+
+const LANG = "typescript";
+type Json = any; // eslint-disable-line @typescript-eslint/no-explicit-any
+interface Node { node_id: string; meshd: string; agentd: string; coordinator: string; coordinator_pid: number }
+interface Cluster { nodes: Node[] }
+interface Step { op: string; args?: Json; expect?: Json; error?: Json; save?: Record<string, string>; eventually?: number; within?: number }
+
+class Failure extends Error {}
+
+function substitute(value: Json, vars: Record<string, Json>): Json {
+  if (typeof value === "string") {
+    const whole = /^\$\{([A-Za-z0-9_]+)\}$/.exec(value);
+    if (whole) return vars[whole[1]];
+    return value.replace(/\$\{([A-Za-z0-9_]+)\}/g, (_, k) => String(vars[k]));
+  }
+  if (Array.isArray(value)) return value.map((v) => substitute(v, vars));
+  if (value && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, substitute(v, vars)]));
+  return value;
+}
+
+function normal(value: Json): Json {
+  return JSON.parse(JSON.stringify(value ?? null, (_, v) => (typeof v === "bigint" ? Number(v) : v)));
+}
+
+function lookupPath(result: Json, path: string): Json {
+  let value = result;
+  for (const part of path.split(".")) {
+    if (part === "#" && Array.isArray(value)) value = value.length;
+    else if (value && typeof value === "object" && part in value) value = value[part];
+    else throw new Failure(`result has no ${JSON.stringify(path)}: ${JSON.stringify(result)}`);
+  }
+  return value;
+}
+
+function matches(actual: Json, expected: Json): boolean {
+  if (expected && typeof expected === "object" && !Array.isArray(expected)) {
+    const keys = Object.keys(expected);
+    if (keys.length === 1 && (keys[0] === "lt" || keys[0] === "gt")) {
+      return typeof actual === "number" && (keys[0] === "lt" ? actual < expected.lt : actual > expected.gt);
+    }
+    return !!actual && typeof actual === "object" && !Array.isArray(actual) && Object.keys(actual).length === keys.length
+      && keys.every((k) => matches(actual[k], expected[k]));
+  }
+  if (Array.isArray(expected)) {
+    return Array.isArray(actual) && actual.length === expected.length && expected.every((e, i) => matches(actual[i], e));
+  }
+  return actual === expected;
+}
+
+function check(step: Step, result: Json, error: MabeamError | undefined): void {
+  const wanted = step.error;
+  if (wanted) {
+    if (!error) throw new Failure(`expected ${wanted.code}, got a result: ${JSON.stringify(result)}`);
+    if (error.code !== wanted.code) throw new Failure(`expected ${wanted.code}, got ${error.code}: ${error.message}`);
+    if (wanted.reason !== undefined && error.reason !== wanted.reason) {
+      throw new Failure(`expected reason ${wanted.reason}, got ${JSON.stringify(error.reason)}: ${error.message}`);
+    }
+    if (wanted.field !== undefined && !(wanted.field in error.fieldViolations)) {
+      throw new Failure(`expected a violation of ${wanted.field}, got ${JSON.stringify(error.fieldViolations)}`);
+    }
+    return;
+  }
+  if (error) throw new Failure(`${error.code} (${error.reason}): ${error.message}`);
+  for (const [path, expected] of Object.entries(step.expect ?? {})) {
+    const actual = lookupPath(result, path);
+    if (!matches(actual, normal(expected))) throw new Failure(`${path}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)} in ${JSON.stringify(result).slice(0, 600)}`);
+  }
+}
+
+/** The relay behaviour every SDK implements (scenarios 05 and 08). */
+class Relay {
+  last: Json = { code: "NONE", elapsed_ms: 0 };
+
+  onCall = async (msg: Json, ctx: Context): Promise<Json> => {
+    if (msg === "last") return this.last;
+    const hops = [...(msg.hops ?? [])];
+    const trail = [...(msg.trail ?? []), LANG];
+    if (hops.length === 0) return { hops: [], trail };
+    const hop = hops.shift();
+    const [to, body] = typeof hop === "object" ? [hop.to, hop.msg] : [hop, { hops, trail }];
+    const started = Date.now();
+    try {
+      const reply = await ctx.agent.call(to, body, { ctx });
+      this.last = { code: "OK", elapsed_ms: Date.now() - started };
+      return reply;
+    } catch (error) {
+      this.last = { code: error instanceof MabeamError ? error.code : "UNKNOWN", elapsed_ms: Date.now() - started };
+      throw error;
+    }
+  };
+}
+
+class Runner {
+  meshes = new Map<number, MeshClient>();
+  agentds = new Map<number, AgentClient>();
+  coordinator: CoordinatorClient;
+  agents = new Map<string, { agent: ExternalAgent; release: () => void }>();
+  bids: Promise<unknown>[] = [];
+  bidStream: ReturnType<CoordinatorClient["bidStream"]> | undefined;
+
+  constructor(readonly cluster: Cluster, readonly runId: string) {
+    this.coordinator = new CoordinatorClient(cluster.nodes.filter((n) => n.coordinator).map((n) => n.coordinator), "", 20000);
+  }
+
+  node(a: Json): Node { return this.cluster.nodes[(a.node ?? 1) - 1]; }
+  mesh(a: Json): MeshClient {
+    const i = a.node ?? 1;
+    if (!this.meshes.has(i)) this.meshes.set(i, new MeshClient(this.node(a).meshd));
+    return this.meshes.get(i)!;
+  }
+  agentd(a: Json): AgentClient {
+    const i = a.node ?? 1;
+    if (!this.agentds.has(i)) this.agentds.set(i, new AgentClient(this.node(a).agentd));
+    return this.agentds.get(i)!;
+  }
+
+  async close(): Promise<void> {
+    for (const { agent, release } of this.agents.values()) { release(); await agent.stop(); }
+    await Promise.allSettled(this.bids);
+  }
+
+  async op(name: string, a: Json): Promise<Json> {
+    switch (name) {
+      case "members": {
+        const members = await this.mesh(a).members();
+        return { count: members.length, node_ids: members.map((m) => m.nodeId).sort() };
+      }
+      case "leader": {
+        const leader = await this.mesh(a).leader(a.role ?? "");
+        return { node_id: leader?.nodeId, term: Number(leader?.term ?? 0) };
+      }
+      case "register_name":
+      case "lookup": {
+        const e = name === "register_name" ? await this.mesh(a).registerName(a.name, a.agent_id) : await this.mesh(a).lookup(a.name);
+        return { name: e.name, node_id: e.target?.nodeId, agent_id: e.target?.agentId };
+      }
+      case "group_members": {
+        const members = await this.mesh(a).groupMembers(a.group);
+        return { count: members.length, node_ids: members.map((m) => m.member?.nodeId).sort() };
+      }
+      case "attach_agent": return this.attach(a);
+      case "detach_agent": {
+        const entry = this.agents.get(a.name)!;
+        this.agents.delete(a.name);
+        entry.release();
+        await entry.agent.stop();
+        return {};
+      }
+      case "agent_call":
+        return { reply: await this.agents.get(a.from)!.agent.call(a.to, a.msg, { timeoutMs: (a.timeout ?? 5) * 1000 }) };
+      case "agent_cast": await this.agents.get(a.from)!.agent.cast(a.to, a.msg); return {};
+      case "agent_cast_group": await this.agents.get(a.from)!.agent.castGroup(a.group, a.msg, a.mode ?? "all"); return {};
+      case "mesh_call": {
+        const reply = await this.mesh(a).call(a.to, new Uint8Array([0xc0]), { timeoutMs: (a.timeout ?? 5) * 1000 });
+        return { payload_size: reply.payload.length };
+      }
+      case "spawn": {
+        const info = await this.agentd(a).spawn(a.type, a.args ?? {}, { name: a.name ?? "" });
+        return { name: info.name, type: info.type, agent_id: info.agentId };
+      }
+      case "call": return { reply: await this.agentd(a).call(a.agent, a.msg, { timeoutMs: (a.timeout ?? 5) * 1000 }) };
+      case "cast": await this.agentd(a).cast(a.agent, a.msg); return {};
+      case "stop_agent": await this.agentd(a).stop(a.agent); return {};
+      case "create_auction": {
+        const instance = await this.coordinator.createAuction(a.kind, a.config);
+        return { id: instance.id, state: instance.state };
+      }
+      case "bid_stream_submit": {
+        this.bidStream ??= this.coordinator.bidStream();
+        for (let i = a.first; i < a.first + a.count; i++) {
+          const p = this.bidStream.submit(a.auction, { type: "bid", bidder: `bidder-${i}`, amount: a.amount_base + i - 1 });
+          p.catch(() => undefined);
+          this.bids.push(p);
+        }
+        return {};
+      }
+      case "bid_stream_wait": {
+        const outcomes = await Promise.allSettled(this.bids);
+        this.bids = [];
+        const refused = outcomes.filter((o) => o.status === "rejected") as PromiseRejectedResult[];
+        return { acked: outcomes.length - refused.length, refused: refused.length, errors: refused.slice(0, 3).map((r) => String(r.reason)) };
+      }
+      case "kill_coordinator_leader": {
+        const leader = await this.coordinator.leader();
+        const node = this.cluster.nodes.find((n) => n.node_id === leader.leaderNodeId)!;
+        process.kill(node.coordinator_pid, "SIGKILL");
+        return { node_id: leader.leaderNodeId };
+      }
+      case "close_instance": {
+        const instance = await this.coordinator.closeInstance(a.id);
+        return { state: instance.state, outcome: parseJson(instance.outcomeJson) ?? null };
+      }
+      case "create_variable":
+      case "set_variable":
+      case "get_variable": {
+        const v = name === "create_variable" ? await this.coordinator.createVariable(a.name, a.schema, a.initial)
+          : name === "set_variable" ? await this.coordinator.setVariable(a.name, a.value, a.expected_version)
+          : await this.coordinator.variable(a.name);
+        return { version: Number(v.version), value: parseJson(v.valueJson) };
+      }
+    }
+    throw new Failure(`unknown op ${name}`);
+  }
+
+  async attach(a: Json): Promise<Json> {
+    const behaviour = a.behaviour ?? "echo";
+    const seen: Json[] = [];
+    let release = () => {};
+    const released = new Promise<void>((r) => (release = r));
+    const relay = new Relay();
+    const agent = new ExternalAgent(this.node(a).meshd, {
+      names: [a.name], groups: a.groups ?? [], maxPending: a.max_pending ?? 0,
+      onCall: async (msg, ctx) => {
+        if (behaviour === "relay") return relay.onCall(msg, ctx);
+        if (behaviour === "collect" && msg === "seen") return [...seen];
+        return msg;
+      },
+      onCast: async (msg) => {
+        seen.push(msg);
+        if (behaviour === "block") await released;
+      },
+    });
+    await agent.start(15000);
+    this.agents.set(a.name, { agent, release });
+    return { node_id: agent.ref?.nodeId };
+  }
+
+  async step(step: Step, vars: Record<string, Json>): Promise<void> {
+    const args = substitute(step.args ?? {}, vars);
+    const resolved = { ...step, expect: substitute(step.expect, vars), error: substitute(step.error, vars) };
+    const started = Date.now();
+    const deadline = started + (step.eventually ?? 0) * 1000;
+    let result: Json;
+    for (;;) {
+      let error: MabeamError | undefined;
+      result = undefined;
+      try {
+        result = normal(await this.op(step.op, args));
+      } catch (caught) {
+        if (caught instanceof Failure) throw caught;
+        error = caught instanceof MabeamError ? caught : new MabeamError("UNKNOWN", String(caught));
+      }
+      try {
+        check(resolved, result, error);
+        break;
+      } catch (failure) {
+        if (Date.now() >= deadline) throw failure;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    if (step.within !== undefined && (Date.now() - started) / 1000 > step.within) {
+      throw new Failure(`took ${(Date.now() - started) / 1000}s, more than ${step.within}s`);
+    }
+    for (const [v, path] of Object.entries(step.save ?? {})) vars[v] = lookupPath(result, path);
+  }
+
+  async scenario(s: { name: string; steps: Step[] }): Promise<void> {
+    const vars: Record<string, Json> = { run: `${this.runId}-${s.name}`, lang: LANG };
+    for (const [i, step] of s.steps.entries()) {
+      try {
+        await this.step(step, vars);
+      } catch (failure) {
+        throw new Failure(`step ${i + 1} (${step.op}): ${(failure as Error).message}`);
+      }
+    }
+  }
+}
+
+function flag(args: string[], name: string, fallback = ""): string {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : fallback;
+}
+
+async function run(args: string[]): Promise<number> {
+  const cluster = JSON.parse(readFileSync(flag(args, "cluster"), "utf8")) as Cluster;
+  const dir = flag(args, "scenarios");
+  const runId = flag(args, "run", `ts${process.pid}`);
+  const onlyAt = args.indexOf("--only");
+  const only = onlyAt >= 0 ? args.slice(onlyAt + 1).filter((a) => !a.startsWith("--")) : [];
+  let passed = 0, failed = 0;
+  for (const file of readdirSync(dir).filter((f) => f.endsWith(".yaml")).sort()) {
+    const scenario = parse(readFileSync(join(dir, file), "utf8"));
+    if (only.length && !only.includes(scenario.name)) continue;
+    const runner = new Runner(cluster, runId);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([runner.scenario(scenario),
+        new Promise((_, reject) => { timer = setTimeout(() => reject(new Failure("timed out after 90s")), 90000); })]);
+      console.log(`PASS ${scenario.name}`);
+      passed++;
+    } catch (failure) {
+      console.log(`FAIL ${scenario.name}: ${(failure as Error).message}`);
+      failed++;
+    } finally {
+      clearTimeout(timer);
+      await runner.close();
+    }
+  }
+  console.log(`${passed} passed, ${failed} failed`);
+  return failed ? 1 : 0;
+}
+
+async function serve(args: string[]): Promise<number> {
+  const cluster = JSON.parse(readFileSync(flag(args, "cluster"), "utf8")) as Cluster;
+  const relay = new Relay();
+  const agent = new ExternalAgent(cluster.nodes[Number(flag(args, "node", "1")) - 1].meshd,
+    { names: [flag(args, "name", "relay-typescript")], onCall: relay.onCall });
+  await agent.start(30000);
+  console.log("ready");
+  process.stdin.resume();
+  await new Promise((r) => process.stdin.on("end", r));
+  await agent.stop();
+  return 0;
+}
+
+const [command, ...rest] = process.argv.slice(2);
+const code = command === "run" ? await run(rest) : command === "serve" ? await serve(rest) : 2;
+process.exit(code);

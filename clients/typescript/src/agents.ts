@@ -1,0 +1,65 @@
+/** AgentService: spawn, stop, inspect and message agentd's agents (messages and replies as JSON values). */
+import { createClient, type Client } from "@connectrpc/connect";
+import { AgentService, type AgentInfo, type TreeNode } from "./gen/mabeam/v1/agent_pb.js";
+import { call } from "./errors.js";
+import { retrying } from "./mesh.js";
+import { transport, type CallOptions } from "./transport.js";
+
+export interface SpawnOptions {
+  name?: string;
+  supervisor?: string;
+  isolation?: "shared" | "process";
+  restart?: "temporary" | "transient" | "permanent";
+  childId?: string;
+}
+
+/** An AgentService client for one agentd (host:port). */
+export class AgentClient {
+  readonly stub: Client<typeof AgentService>;
+
+  constructor(readonly endpoint: string) {
+    this.stub = createClient(AgentService, transport(endpoint));
+  }
+
+  async spawn(type: string, args: unknown = {}, o: SpawnOptions = {}, opts?: CallOptions): Promise<AgentInfo> {
+    const r = await call(this.stub.spawnAgent({ type, argsJson: JSON.stringify(args ?? {}), name: o.name ?? "",
+      supervisor: o.supervisor ?? "", isolation: o.isolation ?? "", restart: o.restart ?? "", childId: o.childId ?? "" }, opts));
+    return r.agent as AgentInfo;
+  }
+
+  async stop(agent: string, opts?: CallOptions): Promise<void> {
+    await call(this.stub.stopAgent({ agent }, opts));
+  }
+
+  async get(agent: string, opts?: CallOptions): Promise<AgentInfo> {
+    return (await retrying(() => this.stub.getAgent({ agent }, opts))).agent as AgentInfo;
+  }
+
+  async list(type = "", opts?: CallOptions): Promise<AgentInfo[]> {
+    return (await retrying(() => this.stub.listAgents({ type }, opts))).agents;
+  }
+
+  async tree(root = "", opts?: CallOptions): Promise<TreeNode[]> {
+    return (await retrying(() => this.stub.supervisionTree({ root }, opts))).roots;
+  }
+
+  async cast(agent: string, msg: unknown, opts?: CallOptions): Promise<void> {
+    await call(this.stub.cast({ agent, messageJson: JSON.stringify(msg) }, opts));
+  }
+
+  /** Call an agent; `timeoutMs` is the call's deadline (agentd's default, 5 s, when absent). */
+  async call<T = unknown>(agent: string, msg: unknown, opts: CallOptions = {}): Promise<T> {
+    const timeoutSeconds = opts.timeoutMs !== undefined ? opts.timeoutMs / 1000 : 0;
+    const grpcOpts = opts.timeoutMs !== undefined ? { ...opts, timeoutMs: opts.timeoutMs + 1000 } : opts;
+    const r = await call(this.stub.call({ agent, messageJson: JSON.stringify(msg), timeoutSeconds }, grpcOpts));
+    return JSON.parse(r.replyJson || "null") as T;
+  }
+
+  async castGroup(group: string, msg: unknown, mode: "all" | "one" = "all", opts?: CallOptions): Promise<number> {
+    return (await call(this.stub.castGroup({ group, messageJson: JSON.stringify(msg), mode }, opts))).localDeliveries;
+  }
+
+  async groupMembers(group: string, opts?: CallOptions): Promise<string[]> {
+    return (await retrying(() => this.stub.groupMembers({ group }, opts))).agentIds;
+  }
+}

@@ -1,0 +1,52 @@
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import type { Transport } from "@connectrpc/connect";
+
+/** A gRPC (HTTP/2) transport to host:port, plaintext (loopback dev clusters) unless a URL is given. */
+export function transport(target: string): Transport {
+  const baseUrl = target.includes("://") ? target : `http://${target}`;
+  return createGrpcTransport({ baseUrl });
+}
+
+/** Options every call accepts: a deadline (ms from now) and an AbortSignal that cancels the call. */
+export interface CallOptions {
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** An async queue: push from anywhere, consume with for await (the input side of a bidi stream). */
+export class AsyncQueue<T> implements AsyncIterable<T> {
+  private items: T[] = [];
+  private waiters: ((r: IteratorResult<T>) => void)[] = [];
+  private closed = false;
+
+  push(item: T): void {
+    if (this.closed) return;
+    const waiter = this.waiters.shift();
+    if (waiter) waiter({ value: item, done: false });
+    else this.items.push(item);
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const waiter of this.waiters.splice(0)) waiter({ value: undefined as never, done: true });
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<T> {
+    return {
+      next: () => {
+        const item = this.items.shift();
+        if (item !== undefined) return Promise.resolve({ value: item, done: false });
+        if (this.closed) return Promise.resolve({ value: undefined as never, done: true });
+        return new Promise((resolve) => this.waiters.push(resolve));
+      },
+      return: () => {
+        this.close();
+        return Promise.resolve({ value: undefined as never, done: true });
+      },
+      throw: (error?: unknown) => {
+        this.close();
+        return Promise.reject(error);
+      },
+    };
+  }
+}
