@@ -197,6 +197,91 @@ class Instance(_message.Message):
 Global___Instance: _TypeAlias = Instance  # noqa: Y015
 
 @_typing.final
+class ListMechanismsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMechanismsRequest: _TypeAlias = ListMechanismsRequest  # noqa: Y015
+
+@_typing.final
+class MechanismKind(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    FAMILY_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELDS_FIELD_NUMBER: _builtins.int
+    CLOSES_FIELD_FIELD_NUMBER: _builtins.int
+    OPENS_FIELD_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """The kind named in CreateInstanceRequest.kind, e.g. "sealed"."""
+    family: _builtins.str
+    """auction, negotiation, vote or market."""
+    closes_field: _builtins.str
+    """The config field that says when the instance closes (what a "closes in N seconds" option fills);
+    empty when the kind has none.
+    """
+    opens_field: _builtins.str
+    """The config field holding its opening time, to be set to "now" together with closes_field when the
+    caller does not give it (a quiet period counts from it); empty when none.
+    """
+    summary: _builtins.str
+    """One line saying what the kind is (its class's docstring summary)."""
+    @_builtins.property
+    def deadline_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Config fields holding an absolute time (ms since the epoch) at which the instance may need a tick;
+        the coordinator schedules one at each.
+        """
+
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        family: _builtins.str = ...,
+        deadline_fields: _abc.Iterable[_builtins.str] | None = ...,
+        closes_field: _builtins.str = ...,
+        opens_field: _builtins.str = ...,
+        summary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closes_field", b"closes_field", "deadline_fields", b"deadline_fields", "family", b"family", "kind", b"kind", "opens_field", b"opens_field", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MechanismKind: _TypeAlias = MechanismKind  # noqa: Y015
+
+@_typing.final
+class ListMechanismsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KINDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedCompositeFieldContainer[Global___MechanismKind]:
+        """Sorted by kind."""
+
+    def __init__(
+        self,
+        *,
+        kinds: _abc.Iterable[Global___MechanismKind] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kinds", b"kinds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMechanismsResponse: _TypeAlias = ListMechanismsResponse  # noqa: Y015
+
+@_typing.final
 class GetInstanceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

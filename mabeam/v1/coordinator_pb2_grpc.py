@@ -139,6 +139,11 @@ class CoordinatorServiceStub:
                 request_serializer=mabeam_dot_v1_dot_coordinator__pb2.CloseInstanceRequest.SerializeToString,
                 response_deserializer=mabeam_dot_v1_dot_coordinator__pb2.Instance.FromString,
                 _registered_method=True)
+        self.ListMechanisms = channel.unary_unary(
+                '/mabeam.v1.CoordinatorService/ListMechanisms',
+                request_serializer=mabeam_dot_v1_dot_coordinator__pb2.ListMechanismsRequest.SerializeToString,
+                response_deserializer=mabeam_dot_v1_dot_coordinator__pb2.ListMechanismsResponse.FromString,
+                _registered_method=True)
         self.CreateVariable = channel.unary_unary(
                 '/mabeam.v1.CoordinatorService/CreateVariable',
                 request_serializer=mabeam_dot_v1_dot_coordinator__pb2.CreateVariableRequest.SerializeToString,
@@ -340,6 +345,15 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMechanisms(self, request, context):
+        """The mechanism kinds this node runs (built in, and plugins it loaded), each with its family (which
+        Create*/Get*/submit RPCs serve it) and the config fields that hold times. Served by every node from
+        its own registry, leader or standby: clients and the CLI derive kind-specific options from it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateVariable(self, request, context):
         """Variables: named, JSON-schema typed, versioned, with a bounded persisted history.
         """
@@ -511,6 +525,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.CloseInstance,
                     request_deserializer=mabeam_dot_v1_dot_coordinator__pb2.CloseInstanceRequest.FromString,
                     response_serializer=mabeam_dot_v1_dot_coordinator__pb2.Instance.SerializeToString,
+            ),
+            'ListMechanisms': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMechanisms,
+                    request_deserializer=mabeam_dot_v1_dot_coordinator__pb2.ListMechanismsRequest.FromString,
+                    response_serializer=mabeam_dot_v1_dot_coordinator__pb2.ListMechanismsResponse.SerializeToString,
             ),
             'CreateVariable': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateVariable,
@@ -1130,6 +1149,33 @@ class CoordinatorService:
             '/mabeam.v1.CoordinatorService/CloseInstance',
             mabeam_dot_v1_dot_coordinator__pb2.CloseInstanceRequest.SerializeToString,
             mabeam_dot_v1_dot_coordinator__pb2.Instance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMechanisms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mabeam.v1.CoordinatorService/ListMechanisms',
+            mabeam_dot_v1_dot_coordinator__pb2.ListMechanismsRequest.SerializeToString,
+            mabeam_dot_v1_dot_coordinator__pb2.ListMechanismsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -85,6 +85,11 @@ class CoordinatorServiceStub:
     """Trades of a market from `from_seq` (an event sequence number), then each new one."""
     CloseInstance: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CloseInstanceRequest, _coordinator_pb2.Instance]
     """Close any open instance now (Close event) where its mechanism allows an explicit close."""
+    ListMechanisms: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListMechanismsRequest, _coordinator_pb2.ListMechanismsResponse]
+    """The mechanism kinds this node runs (built in, and plugins it loaded), each with its family (which
+    Create*/Get*/submit RPCs serve it) and the config fields that hold times. Served by every node from
+    its own registry, leader or standby: clients and the CLI derive kind-specific options from it.
+    """
     CreateVariable: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CreateVariableRequest, _coordinator_pb2.Variable]
     """Variables: named, JSON-schema typed, versioned, with a bounded persisted history."""
     GetVariable: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetVariableRequest, _coordinator_pb2.Variable]
@@ -145,6 +150,11 @@ class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
     """Trades of a market from `from_seq` (an event sequence number), then each new one."""
     CloseInstance: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CloseInstanceRequest, _coordinator_pb2.Instance]  # type: ignore[assignment]
     """Close any open instance now (Close event) where its mechanism allows an explicit close."""
+    ListMechanisms: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListMechanismsRequest, _coordinator_pb2.ListMechanismsResponse]  # type: ignore[assignment]
+    """The mechanism kinds this node runs (built in, and plugins it loaded), each with its family (which
+    Create*/Get*/submit RPCs serve it) and the config fields that hold times. Served by every node from
+    its own registry, leader or standby: clients and the CLI derive kind-specific options from it.
+    """
     CreateVariable: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CreateVariableRequest, _coordinator_pb2.Variable]  # type: ignore[assignment]
     """Variables: named, JSON-schema typed, versioned, with a bounded persisted history."""
     GetVariable: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetVariableRequest, _coordinator_pb2.Variable]  # type: ignore[assignment]
@@ -328,6 +338,17 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.Instance, _abc.Awaitable[_coordinator_pb2.Instance]]:
         """Close any open instance now (Close event) where its mechanism allows an explicit close."""
+
+    @_abc_1.abstractmethod
+    def ListMechanisms(
+        self,
+        request: _coordinator_pb2.ListMechanismsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ListMechanismsResponse, _abc.Awaitable[_coordinator_pb2.ListMechanismsResponse]]:
+        """The mechanism kinds this node runs (built in, and plugins it loaded), each with its family (which
+        Create*/Get*/submit RPCs serve it) and the config fields that hold times. Served by every node from
+        its own registry, leader or standby: clients and the CLI derive kind-specific options from it.
+        """
 
     @_abc_1.abstractmethod
     def CreateVariable(

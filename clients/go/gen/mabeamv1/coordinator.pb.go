@@ -431,6 +431,180 @@ func (x *Instance) GetNextTickMs() int64 {
 	return 0
 }
 
+type ListMechanismsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListMechanismsRequest) Reset() {
+	*x = ListMechanismsRequest{}
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListMechanismsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListMechanismsRequest) ProtoMessage() {}
+
+func (x *ListMechanismsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListMechanismsRequest.ProtoReflect.Descriptor instead.
+func (*ListMechanismsRequest) Descriptor() ([]byte, []int) {
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{4}
+}
+
+type MechanismKind struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The kind named in CreateInstanceRequest.kind, e.g. "sealed".
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// auction, negotiation, vote or market.
+	Family string `protobuf:"bytes,2,opt,name=family,proto3" json:"family,omitempty"`
+	// Config fields holding an absolute time (ms since the epoch) at which the instance may need a tick;
+	// the coordinator schedules one at each.
+	DeadlineFields []string `protobuf:"bytes,3,rep,name=deadline_fields,json=deadlineFields,proto3" json:"deadline_fields,omitempty"`
+	// The config field that says when the instance closes (what a "closes in N seconds" option fills);
+	// empty when the kind has none.
+	ClosesField string `protobuf:"bytes,4,opt,name=closes_field,json=closesField,proto3" json:"closes_field,omitempty"`
+	// The config field holding its opening time, to be set to "now" together with closes_field when the
+	// caller does not give it (a quiet period counts from it); empty when none.
+	OpensField string `protobuf:"bytes,5,opt,name=opens_field,json=opensField,proto3" json:"opens_field,omitempty"`
+	// One line saying what the kind is (its class's docstring summary).
+	Summary       string `protobuf:"bytes,6,opt,name=summary,proto3" json:"summary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MechanismKind) Reset() {
+	*x = MechanismKind{}
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MechanismKind) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MechanismKind) ProtoMessage() {}
+
+func (x *MechanismKind) ProtoReflect() protoreflect.Message {
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MechanismKind.ProtoReflect.Descriptor instead.
+func (*MechanismKind) Descriptor() ([]byte, []int) {
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *MechanismKind) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *MechanismKind) GetFamily() string {
+	if x != nil {
+		return x.Family
+	}
+	return ""
+}
+
+func (x *MechanismKind) GetDeadlineFields() []string {
+	if x != nil {
+		return x.DeadlineFields
+	}
+	return nil
+}
+
+func (x *MechanismKind) GetClosesField() string {
+	if x != nil {
+		return x.ClosesField
+	}
+	return ""
+}
+
+func (x *MechanismKind) GetOpensField() string {
+	if x != nil {
+		return x.OpensField
+	}
+	return ""
+}
+
+func (x *MechanismKind) GetSummary() string {
+	if x != nil {
+		return x.Summary
+	}
+	return ""
+}
+
+type ListMechanismsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sorted by kind.
+	Kinds         []*MechanismKind `protobuf:"bytes,1,rep,name=kinds,proto3" json:"kinds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListMechanismsResponse) Reset() {
+	*x = ListMechanismsResponse{}
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListMechanismsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListMechanismsResponse) ProtoMessage() {}
+
+func (x *ListMechanismsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListMechanismsResponse.ProtoReflect.Descriptor instead.
+func (*ListMechanismsResponse) Descriptor() ([]byte, []int) {
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ListMechanismsResponse) GetKinds() []*MechanismKind {
+	if x != nil {
+		return x.Kinds
+	}
+	return nil
+}
+
 type GetInstanceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -440,7 +614,7 @@ type GetInstanceRequest struct {
 
 func (x *GetInstanceRequest) Reset() {
 	*x = GetInstanceRequest{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[4]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -452,7 +626,7 @@ func (x *GetInstanceRequest) String() string {
 func (*GetInstanceRequest) ProtoMessage() {}
 
 func (x *GetInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[4]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -465,7 +639,7 @@ func (x *GetInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInstanceRequest.ProtoReflect.Descriptor instead.
 func (*GetInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{4}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetInstanceRequest) GetId() string {
@@ -486,7 +660,7 @@ type ListInstancesRequest struct {
 
 func (x *ListInstancesRequest) Reset() {
 	*x = ListInstancesRequest{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[5]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -498,7 +672,7 @@ func (x *ListInstancesRequest) String() string {
 func (*ListInstancesRequest) ProtoMessage() {}
 
 func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[5]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -511,7 +685,7 @@ func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{5}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListInstancesRequest) GetTenant() string {
@@ -537,7 +711,7 @@ type ListInstancesResponse struct {
 
 func (x *ListInstancesResponse) Reset() {
 	*x = ListInstancesResponse{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[6]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -549,7 +723,7 @@ func (x *ListInstancesResponse) String() string {
 func (*ListInstancesResponse) ProtoMessage() {}
 
 func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[6]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -562,7 +736,7 @@ func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{6}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListInstancesResponse) GetInstances() []*Instance {
@@ -582,7 +756,7 @@ type CancelInstanceRequest struct {
 
 func (x *CancelInstanceRequest) Reset() {
 	*x = CancelInstanceRequest{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[7]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -594,7 +768,7 @@ func (x *CancelInstanceRequest) String() string {
 func (*CancelInstanceRequest) ProtoMessage() {}
 
 func (x *CancelInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[7]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -607,7 +781,7 @@ func (x *CancelInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelInstanceRequest.ProtoReflect.Descriptor instead.
 func (*CancelInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{7}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CancelInstanceRequest) GetId() string {
@@ -633,7 +807,7 @@ type CloseInstanceRequest struct {
 
 func (x *CloseInstanceRequest) Reset() {
 	*x = CloseInstanceRequest{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[8]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -645,7 +819,7 @@ func (x *CloseInstanceRequest) String() string {
 func (*CloseInstanceRequest) ProtoMessage() {}
 
 func (x *CloseInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[8]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -658,7 +832,7 @@ func (x *CloseInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseInstanceRequest.ProtoReflect.Descriptor instead.
 func (*CloseInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{8}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CloseInstanceRequest) GetId() string {
@@ -681,7 +855,7 @@ type SubmitEventRequest struct {
 
 func (x *SubmitEventRequest) Reset() {
 	*x = SubmitEventRequest{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[9]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -693,7 +867,7 @@ func (x *SubmitEventRequest) String() string {
 func (*SubmitEventRequest) ProtoMessage() {}
 
 func (x *SubmitEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[9]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -706,7 +880,7 @@ func (x *SubmitEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitEventRequest.ProtoReflect.Descriptor instead.
 func (*SubmitEventRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{9}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SubmitEventRequest) GetId() string {
@@ -747,7 +921,7 @@ type SubmitEventResponse struct {
 
 func (x *SubmitEventResponse) Reset() {
 	*x = SubmitEventResponse{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[10]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +933,7 @@ func (x *SubmitEventResponse) String() string {
 func (*SubmitEventResponse) ProtoMessage() {}
 
 func (x *SubmitEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[10]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +946,7 @@ func (x *SubmitEventResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitEventResponse.ProtoReflect.Descriptor instead.
 func (*SubmitEventResponse) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{10}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SubmitEventResponse) GetSeq() int64 {
@@ -820,7 +994,7 @@ type SubmitBidsRequest struct {
 
 func (x *SubmitBidsRequest) Reset() {
 	*x = SubmitBidsRequest{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[11]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -832,7 +1006,7 @@ func (x *SubmitBidsRequest) String() string {
 func (*SubmitBidsRequest) ProtoMessage() {}
 
 func (x *SubmitBidsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[11]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -845,7 +1019,7 @@ func (x *SubmitBidsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitBidsRequest.ProtoReflect.Descriptor instead.
 func (*SubmitBidsRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{11}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SubmitBidsRequest) GetBids() []*SubmitEventRequest {
@@ -869,7 +1043,7 @@ type BidError struct {
 
 func (x *BidError) Reset() {
 	*x = BidError{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[12]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -881,7 +1055,7 @@ func (x *BidError) String() string {
 func (*BidError) ProtoMessage() {}
 
 func (x *BidError) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[12]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -894,7 +1068,7 @@ func (x *BidError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BidError.ProtoReflect.Descriptor instead.
 func (*BidError) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{12}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *BidError) GetCode() int32 {
@@ -934,7 +1108,7 @@ type BidAck struct {
 
 func (x *BidAck) Reset() {
 	*x = BidAck{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[13]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -946,7 +1120,7 @@ func (x *BidAck) String() string {
 func (*BidAck) ProtoMessage() {}
 
 func (x *BidAck) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[13]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -959,7 +1133,7 @@ func (x *BidAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BidAck.ProtoReflect.Descriptor instead.
 func (*BidAck) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{13}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BidAck) GetId() string {
@@ -1027,7 +1201,7 @@ type SubmitBidsResponse struct {
 
 func (x *SubmitBidsResponse) Reset() {
 	*x = SubmitBidsResponse{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[14]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1039,7 +1213,7 @@ func (x *SubmitBidsResponse) String() string {
 func (*SubmitBidsResponse) ProtoMessage() {}
 
 func (x *SubmitBidsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[14]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1052,7 +1226,7 @@ func (x *SubmitBidsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitBidsResponse.ProtoReflect.Descriptor instead.
 func (*SubmitBidsResponse) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{14}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SubmitBidsResponse) GetAcks() []*BidAck {
@@ -1074,7 +1248,7 @@ type CancelOrderRequest struct {
 
 func (x *CancelOrderRequest) Reset() {
 	*x = CancelOrderRequest{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[15]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1086,7 +1260,7 @@ func (x *CancelOrderRequest) String() string {
 func (*CancelOrderRequest) ProtoMessage() {}
 
 func (x *CancelOrderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[15]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1099,7 +1273,7 @@ func (x *CancelOrderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelOrderRequest.ProtoReflect.Descriptor instead.
 func (*CancelOrderRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{15}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CancelOrderRequest) GetId() string {
@@ -1141,7 +1315,7 @@ type WatchInstanceRequest struct {
 
 func (x *WatchInstanceRequest) Reset() {
 	*x = WatchInstanceRequest{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[16]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1153,7 +1327,7 @@ func (x *WatchInstanceRequest) String() string {
 func (*WatchInstanceRequest) ProtoMessage() {}
 
 func (x *WatchInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[16]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1166,7 +1340,7 @@ func (x *WatchInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchInstanceRequest.ProtoReflect.Descriptor instead.
 func (*WatchInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{16}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchInstanceRequest) GetId() string {
@@ -1197,7 +1371,7 @@ type InstanceEvent struct {
 
 func (x *InstanceEvent) Reset() {
 	*x = InstanceEvent{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[17]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1209,7 +1383,7 @@ func (x *InstanceEvent) String() string {
 func (*InstanceEvent) ProtoMessage() {}
 
 func (x *InstanceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[17]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1222,7 +1396,7 @@ func (x *InstanceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceEvent.ProtoReflect.Descriptor instead.
 func (*InstanceEvent) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{17}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *InstanceEvent) GetSeq() int64 {
@@ -1271,7 +1445,7 @@ type BookLevel struct {
 
 func (x *BookLevel) Reset() {
 	*x = BookLevel{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[18]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1283,7 +1457,7 @@ func (x *BookLevel) String() string {
 func (*BookLevel) ProtoMessage() {}
 
 func (x *BookLevel) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[18]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1296,7 +1470,7 @@ func (x *BookLevel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BookLevel.ProtoReflect.Descriptor instead.
 func (*BookLevel) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{18}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *BookLevel) GetPrice() int64 {
@@ -1333,7 +1507,7 @@ type BookSnapshot struct {
 
 func (x *BookSnapshot) Reset() {
 	*x = BookSnapshot{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[19]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1345,7 +1519,7 @@ func (x *BookSnapshot) String() string {
 func (*BookSnapshot) ProtoMessage() {}
 
 func (x *BookSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[19]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1358,7 +1532,7 @@ func (x *BookSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BookSnapshot.ProtoReflect.Descriptor instead.
 func (*BookSnapshot) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{19}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *BookSnapshot) GetId() string {
@@ -1405,7 +1579,7 @@ type TradeEvent struct {
 
 func (x *TradeEvent) Reset() {
 	*x = TradeEvent{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[20]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1417,7 +1591,7 @@ func (x *TradeEvent) String() string {
 func (*TradeEvent) ProtoMessage() {}
 
 func (x *TradeEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[20]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1430,7 +1604,7 @@ func (x *TradeEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TradeEvent.ProtoReflect.Descriptor instead.
 func (*TradeEvent) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{20}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *TradeEvent) GetSeq() int64 {
@@ -1507,7 +1681,7 @@ type Variable struct {
 
 func (x *Variable) Reset() {
 	*x = Variable{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[21]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1519,7 +1693,7 @@ func (x *Variable) String() string {
 func (*Variable) ProtoMessage() {}
 
 func (x *Variable) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[21]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1532,7 +1706,7 @@ func (x *Variable) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Variable.ProtoReflect.Descriptor instead.
 func (*Variable) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{21}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Variable) GetTenant() string {
@@ -1606,7 +1780,7 @@ type CreateVariableRequest struct {
 
 func (x *CreateVariableRequest) Reset() {
 	*x = CreateVariableRequest{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[22]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1618,7 +1792,7 @@ func (x *CreateVariableRequest) String() string {
 func (*CreateVariableRequest) ProtoMessage() {}
 
 func (x *CreateVariableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[22]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1631,7 +1805,7 @@ func (x *CreateVariableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVariableRequest.ProtoReflect.Descriptor instead.
 func (*CreateVariableRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{22}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CreateVariableRequest) GetTenant() string {
@@ -1679,7 +1853,7 @@ type GetVariableRequest struct {
 
 func (x *GetVariableRequest) Reset() {
 	*x = GetVariableRequest{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[23]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1691,7 +1865,7 @@ func (x *GetVariableRequest) String() string {
 func (*GetVariableRequest) ProtoMessage() {}
 
 func (x *GetVariableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[23]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1704,7 +1878,7 @@ func (x *GetVariableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVariableRequest.ProtoReflect.Descriptor instead.
 func (*GetVariableRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{23}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetVariableRequest) GetTenant() string {
@@ -1730,7 +1904,7 @@ type ListVariablesRequest struct {
 
 func (x *ListVariablesRequest) Reset() {
 	*x = ListVariablesRequest{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[24]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1742,7 +1916,7 @@ func (x *ListVariablesRequest) String() string {
 func (*ListVariablesRequest) ProtoMessage() {}
 
 func (x *ListVariablesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[24]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1755,7 +1929,7 @@ func (x *ListVariablesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVariablesRequest.ProtoReflect.Descriptor instead.
 func (*ListVariablesRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{24}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListVariablesRequest) GetTenant() string {
@@ -1774,7 +1948,7 @@ type ListVariablesResponse struct {
 
 func (x *ListVariablesResponse) Reset() {
 	*x = ListVariablesResponse{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[25]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1786,7 +1960,7 @@ func (x *ListVariablesResponse) String() string {
 func (*ListVariablesResponse) ProtoMessage() {}
 
 func (x *ListVariablesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[25]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1799,7 +1973,7 @@ func (x *ListVariablesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVariablesResponse.ProtoReflect.Descriptor instead.
 func (*ListVariablesResponse) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{25}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListVariablesResponse) GetVariables() []*Variable {
@@ -1822,7 +1996,7 @@ type SetVariableRequest struct {
 
 func (x *SetVariableRequest) Reset() {
 	*x = SetVariableRequest{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[26]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1834,7 +2008,7 @@ func (x *SetVariableRequest) String() string {
 func (*SetVariableRequest) ProtoMessage() {}
 
 func (x *SetVariableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[26]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1847,7 +2021,7 @@ func (x *SetVariableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetVariableRequest.ProtoReflect.Descriptor instead.
 func (*SetVariableRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{26}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SetVariableRequest) GetTenant() string {
@@ -1890,7 +2064,7 @@ type WatchVariableRequest struct {
 
 func (x *WatchVariableRequest) Reset() {
 	*x = WatchVariableRequest{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[27]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1902,7 +2076,7 @@ func (x *WatchVariableRequest) String() string {
 func (*WatchVariableRequest) ProtoMessage() {}
 
 func (x *WatchVariableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[27]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1915,7 +2089,7 @@ func (x *WatchVariableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchVariableRequest.ProtoReflect.Descriptor instead.
 func (*WatchVariableRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{27}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WatchVariableRequest) GetTenant() string {
@@ -1949,7 +2123,7 @@ type VariableHistoryRequest struct {
 
 func (x *VariableHistoryRequest) Reset() {
 	*x = VariableHistoryRequest{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[28]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1961,7 +2135,7 @@ func (x *VariableHistoryRequest) String() string {
 func (*VariableHistoryRequest) ProtoMessage() {}
 
 func (x *VariableHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[28]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1974,7 +2148,7 @@ func (x *VariableHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VariableHistoryRequest.ProtoReflect.Descriptor instead.
 func (*VariableHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{28}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *VariableHistoryRequest) GetTenant() string {
@@ -2001,7 +2175,7 @@ type VariableHistoryResponse struct {
 
 func (x *VariableHistoryResponse) Reset() {
 	*x = VariableHistoryResponse{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[29]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2013,7 +2187,7 @@ func (x *VariableHistoryResponse) String() string {
 func (*VariableHistoryResponse) ProtoMessage() {}
 
 func (x *VariableHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[29]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2026,7 +2200,7 @@ func (x *VariableHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VariableHistoryResponse.ProtoReflect.Descriptor instead.
 func (*VariableHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{29}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *VariableHistoryResponse) GetVersions() []*Variable {
@@ -2048,7 +2222,7 @@ type Balance struct {
 
 func (x *Balance) Reset() {
 	*x = Balance{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[30]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2060,7 +2234,7 @@ func (x *Balance) String() string {
 func (*Balance) ProtoMessage() {}
 
 func (x *Balance) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[30]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2073,7 +2247,7 @@ func (x *Balance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Balance.ProtoReflect.Descriptor instead.
 func (*Balance) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{30}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Balance) GetTenant() string {
@@ -2117,7 +2291,7 @@ type DepositRequest struct {
 
 func (x *DepositRequest) Reset() {
 	*x = DepositRequest{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[31]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2129,7 +2303,7 @@ func (x *DepositRequest) String() string {
 func (*DepositRequest) ProtoMessage() {}
 
 func (x *DepositRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[31]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2142,7 +2316,7 @@ func (x *DepositRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DepositRequest.ProtoReflect.Descriptor instead.
 func (*DepositRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{31}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DepositRequest) GetTenant() string {
@@ -2186,7 +2360,7 @@ type TransferRequest struct {
 
 func (x *TransferRequest) Reset() {
 	*x = TransferRequest{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[32]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2198,7 +2372,7 @@ func (x *TransferRequest) String() string {
 func (*TransferRequest) ProtoMessage() {}
 
 func (x *TransferRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[32]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2211,7 +2385,7 @@ func (x *TransferRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferRequest.ProtoReflect.Descriptor instead.
 func (*TransferRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{32}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *TransferRequest) GetTenant() string {
@@ -2260,7 +2434,7 @@ type TransferResponse struct {
 
 func (x *TransferResponse) Reset() {
 	*x = TransferResponse{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[33]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2272,7 +2446,7 @@ func (x *TransferResponse) String() string {
 func (*TransferResponse) ProtoMessage() {}
 
 func (x *TransferResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[33]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2285,7 +2459,7 @@ func (x *TransferResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferResponse.ProtoReflect.Descriptor instead.
 func (*TransferResponse) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{33}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *TransferResponse) GetFromBalance() *Balance {
@@ -2319,7 +2493,7 @@ type GetBalanceRequest struct {
 
 func (x *GetBalanceRequest) Reset() {
 	*x = GetBalanceRequest{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[34]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2331,7 +2505,7 @@ func (x *GetBalanceRequest) String() string {
 func (*GetBalanceRequest) ProtoMessage() {}
 
 func (x *GetBalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[34]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2344,7 +2518,7 @@ func (x *GetBalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBalanceRequest.ProtoReflect.Descriptor instead.
 func (*GetBalanceRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{34}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetBalanceRequest) GetTenant() string {
@@ -2370,7 +2544,7 @@ type ListBalancesRequest struct {
 
 func (x *ListBalancesRequest) Reset() {
 	*x = ListBalancesRequest{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[35]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2382,7 +2556,7 @@ func (x *ListBalancesRequest) String() string {
 func (*ListBalancesRequest) ProtoMessage() {}
 
 func (x *ListBalancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[35]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2395,7 +2569,7 @@ func (x *ListBalancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBalancesRequest.ProtoReflect.Descriptor instead.
 func (*ListBalancesRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{35}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListBalancesRequest) GetTenant() string {
@@ -2414,7 +2588,7 @@ type ListBalancesResponse struct {
 
 func (x *ListBalancesResponse) Reset() {
 	*x = ListBalancesResponse{}
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[36]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2426,7 +2600,7 @@ func (x *ListBalancesResponse) String() string {
 func (*ListBalancesResponse) ProtoMessage() {}
 
 func (x *ListBalancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_coordinator_proto_msgTypes[36]
+	mi := &file_mabeam_v1_coordinator_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2439,7 +2613,7 @@ func (x *ListBalancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBalancesResponse.ProtoReflect.Descriptor instead.
 func (*ListBalancesResponse) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{36}
+	return file_mabeam_v1_coordinator_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListBalancesResponse) GetBalances() []*Balance {
@@ -2496,7 +2670,18 @@ const file_mabeam_v1_coordinator_proto_rawDesc = "" +
 	"\vstatus_json\x18\x10 \x01(\tR\n" +
 	"statusJson\x12 \n" +
 	"\fnext_tick_ms\x18\x11 \x01(\x03R\n" +
-	"nextTickMs\"$\n" +
+	"nextTickMs\"\x17\n" +
+	"\x15ListMechanismsRequest\"\xc2\x01\n" +
+	"\rMechanismKind\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06family\x18\x02 \x01(\tR\x06family\x12'\n" +
+	"\x0fdeadline_fields\x18\x03 \x03(\tR\x0edeadlineFields\x12!\n" +
+	"\fcloses_field\x18\x04 \x01(\tR\vclosesField\x12\x1f\n" +
+	"\vopens_field\x18\x05 \x01(\tR\n" +
+	"opensField\x12\x18\n" +
+	"\asummary\x18\x06 \x01(\tR\asummary\"H\n" +
+	"\x16ListMechanismsResponse\x12.\n" +
+	"\x05kinds\x18\x01 \x03(\v2\x18.mabeam.v1.MechanismKindR\x05kinds\"$\n" +
 	"\x12GetInstanceRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"D\n" +
 	"\x14ListInstancesRequest\x12\x16\n" +
@@ -2641,7 +2826,7 @@ const file_mabeam_v1_coordinator_proto_rawDesc = "" +
 	"\x13ListBalancesRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"F\n" +
 	"\x14ListBalancesResponse\x12.\n" +
-	"\bbalances\x18\x01 \x03(\v2\x12.mabeam.v1.BalanceR\bbalances2\x83\x12\n" +
+	"\bbalances\x18\x01 \x03(\v2\x12.mabeam.v1.BalanceR\bbalances2\xda\x12\n" +
 	"\x12CoordinatorService\x12g\n" +
 	"\x14GetCoordinatorLeader\x12&.mabeam.v1.GetCoordinatorLeaderRequest\x1a'.mabeam.v1.GetCoordinatorLeaderResponse\x12F\n" +
 	"\rCreateAuction\x12 .mabeam.v1.CreateInstanceRequest\x1a\x13.mabeam.v1.Instance\x12@\n" +
@@ -2667,7 +2852,8 @@ const file_mabeam_v1_coordinator_proto_rawDesc = "" +
 	"\vCancelOrder\x12\x1d.mabeam.v1.CancelOrderRequest\x1a\x1e.mabeam.v1.SubmitEventResponse\x12A\n" +
 	"\aGetBook\x12\x1d.mabeam.v1.GetInstanceRequest\x1a\x17.mabeam.v1.BookSnapshot\x12G\n" +
 	"\vWatchTrades\x12\x1f.mabeam.v1.WatchInstanceRequest\x1a\x15.mabeam.v1.TradeEvent0\x01\x12E\n" +
-	"\rCloseInstance\x12\x1f.mabeam.v1.CloseInstanceRequest\x1a\x13.mabeam.v1.Instance\x12G\n" +
+	"\rCloseInstance\x12\x1f.mabeam.v1.CloseInstanceRequest\x1a\x13.mabeam.v1.Instance\x12U\n" +
+	"\x0eListMechanisms\x12 .mabeam.v1.ListMechanismsRequest\x1a!.mabeam.v1.ListMechanismsResponse\x12G\n" +
 	"\x0eCreateVariable\x12 .mabeam.v1.CreateVariableRequest\x1a\x13.mabeam.v1.Variable\x12A\n" +
 	"\vGetVariable\x12\x1d.mabeam.v1.GetVariableRequest\x1a\x13.mabeam.v1.Variable\x12R\n" +
 	"\rListVariables\x12\x1f.mabeam.v1.ListVariablesRequest\x1a .mabeam.v1.ListVariablesResponse\x12A\n" +
@@ -2692,126 +2878,132 @@ func file_mabeam_v1_coordinator_proto_rawDescGZIP() []byte {
 	return file_mabeam_v1_coordinator_proto_rawDescData
 }
 
-var file_mabeam_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_mabeam_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_mabeam_v1_coordinator_proto_goTypes = []any{
 	(*GetCoordinatorLeaderRequest)(nil),  // 0: mabeam.v1.GetCoordinatorLeaderRequest
 	(*GetCoordinatorLeaderResponse)(nil), // 1: mabeam.v1.GetCoordinatorLeaderResponse
 	(*CreateInstanceRequest)(nil),        // 2: mabeam.v1.CreateInstanceRequest
 	(*Instance)(nil),                     // 3: mabeam.v1.Instance
-	(*GetInstanceRequest)(nil),           // 4: mabeam.v1.GetInstanceRequest
-	(*ListInstancesRequest)(nil),         // 5: mabeam.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil),        // 6: mabeam.v1.ListInstancesResponse
-	(*CancelInstanceRequest)(nil),        // 7: mabeam.v1.CancelInstanceRequest
-	(*CloseInstanceRequest)(nil),         // 8: mabeam.v1.CloseInstanceRequest
-	(*SubmitEventRequest)(nil),           // 9: mabeam.v1.SubmitEventRequest
-	(*SubmitEventResponse)(nil),          // 10: mabeam.v1.SubmitEventResponse
-	(*SubmitBidsRequest)(nil),            // 11: mabeam.v1.SubmitBidsRequest
-	(*BidError)(nil),                     // 12: mabeam.v1.BidError
-	(*BidAck)(nil),                       // 13: mabeam.v1.BidAck
-	(*SubmitBidsResponse)(nil),           // 14: mabeam.v1.SubmitBidsResponse
-	(*CancelOrderRequest)(nil),           // 15: mabeam.v1.CancelOrderRequest
-	(*WatchInstanceRequest)(nil),         // 16: mabeam.v1.WatchInstanceRequest
-	(*InstanceEvent)(nil),                // 17: mabeam.v1.InstanceEvent
-	(*BookLevel)(nil),                    // 18: mabeam.v1.BookLevel
-	(*BookSnapshot)(nil),                 // 19: mabeam.v1.BookSnapshot
-	(*TradeEvent)(nil),                   // 20: mabeam.v1.TradeEvent
-	(*Variable)(nil),                     // 21: mabeam.v1.Variable
-	(*CreateVariableRequest)(nil),        // 22: mabeam.v1.CreateVariableRequest
-	(*GetVariableRequest)(nil),           // 23: mabeam.v1.GetVariableRequest
-	(*ListVariablesRequest)(nil),         // 24: mabeam.v1.ListVariablesRequest
-	(*ListVariablesResponse)(nil),        // 25: mabeam.v1.ListVariablesResponse
-	(*SetVariableRequest)(nil),           // 26: mabeam.v1.SetVariableRequest
-	(*WatchVariableRequest)(nil),         // 27: mabeam.v1.WatchVariableRequest
-	(*VariableHistoryRequest)(nil),       // 28: mabeam.v1.VariableHistoryRequest
-	(*VariableHistoryResponse)(nil),      // 29: mabeam.v1.VariableHistoryResponse
-	(*Balance)(nil),                      // 30: mabeam.v1.Balance
-	(*DepositRequest)(nil),               // 31: mabeam.v1.DepositRequest
-	(*TransferRequest)(nil),              // 32: mabeam.v1.TransferRequest
-	(*TransferResponse)(nil),             // 33: mabeam.v1.TransferResponse
-	(*GetBalanceRequest)(nil),            // 34: mabeam.v1.GetBalanceRequest
-	(*ListBalancesRequest)(nil),          // 35: mabeam.v1.ListBalancesRequest
-	(*ListBalancesResponse)(nil),         // 36: mabeam.v1.ListBalancesResponse
+	(*ListMechanismsRequest)(nil),        // 4: mabeam.v1.ListMechanismsRequest
+	(*MechanismKind)(nil),                // 5: mabeam.v1.MechanismKind
+	(*ListMechanismsResponse)(nil),       // 6: mabeam.v1.ListMechanismsResponse
+	(*GetInstanceRequest)(nil),           // 7: mabeam.v1.GetInstanceRequest
+	(*ListInstancesRequest)(nil),         // 8: mabeam.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),        // 9: mabeam.v1.ListInstancesResponse
+	(*CancelInstanceRequest)(nil),        // 10: mabeam.v1.CancelInstanceRequest
+	(*CloseInstanceRequest)(nil),         // 11: mabeam.v1.CloseInstanceRequest
+	(*SubmitEventRequest)(nil),           // 12: mabeam.v1.SubmitEventRequest
+	(*SubmitEventResponse)(nil),          // 13: mabeam.v1.SubmitEventResponse
+	(*SubmitBidsRequest)(nil),            // 14: mabeam.v1.SubmitBidsRequest
+	(*BidError)(nil),                     // 15: mabeam.v1.BidError
+	(*BidAck)(nil),                       // 16: mabeam.v1.BidAck
+	(*SubmitBidsResponse)(nil),           // 17: mabeam.v1.SubmitBidsResponse
+	(*CancelOrderRequest)(nil),           // 18: mabeam.v1.CancelOrderRequest
+	(*WatchInstanceRequest)(nil),         // 19: mabeam.v1.WatchInstanceRequest
+	(*InstanceEvent)(nil),                // 20: mabeam.v1.InstanceEvent
+	(*BookLevel)(nil),                    // 21: mabeam.v1.BookLevel
+	(*BookSnapshot)(nil),                 // 22: mabeam.v1.BookSnapshot
+	(*TradeEvent)(nil),                   // 23: mabeam.v1.TradeEvent
+	(*Variable)(nil),                     // 24: mabeam.v1.Variable
+	(*CreateVariableRequest)(nil),        // 25: mabeam.v1.CreateVariableRequest
+	(*GetVariableRequest)(nil),           // 26: mabeam.v1.GetVariableRequest
+	(*ListVariablesRequest)(nil),         // 27: mabeam.v1.ListVariablesRequest
+	(*ListVariablesResponse)(nil),        // 28: mabeam.v1.ListVariablesResponse
+	(*SetVariableRequest)(nil),           // 29: mabeam.v1.SetVariableRequest
+	(*WatchVariableRequest)(nil),         // 30: mabeam.v1.WatchVariableRequest
+	(*VariableHistoryRequest)(nil),       // 31: mabeam.v1.VariableHistoryRequest
+	(*VariableHistoryResponse)(nil),      // 32: mabeam.v1.VariableHistoryResponse
+	(*Balance)(nil),                      // 33: mabeam.v1.Balance
+	(*DepositRequest)(nil),               // 34: mabeam.v1.DepositRequest
+	(*TransferRequest)(nil),              // 35: mabeam.v1.TransferRequest
+	(*TransferResponse)(nil),             // 36: mabeam.v1.TransferResponse
+	(*GetBalanceRequest)(nil),            // 37: mabeam.v1.GetBalanceRequest
+	(*ListBalancesRequest)(nil),          // 38: mabeam.v1.ListBalancesRequest
+	(*ListBalancesResponse)(nil),         // 39: mabeam.v1.ListBalancesResponse
 }
 var file_mabeam_v1_coordinator_proto_depIdxs = []int32{
-	3,  // 0: mabeam.v1.ListInstancesResponse.instances:type_name -> mabeam.v1.Instance
-	9,  // 1: mabeam.v1.SubmitBidsRequest.bids:type_name -> mabeam.v1.SubmitEventRequest
-	10, // 2: mabeam.v1.BidAck.result:type_name -> mabeam.v1.SubmitEventResponse
-	12, // 3: mabeam.v1.BidAck.error:type_name -> mabeam.v1.BidError
-	13, // 4: mabeam.v1.SubmitBidsResponse.acks:type_name -> mabeam.v1.BidAck
-	18, // 5: mabeam.v1.BookSnapshot.bids:type_name -> mabeam.v1.BookLevel
-	18, // 6: mabeam.v1.BookSnapshot.asks:type_name -> mabeam.v1.BookLevel
-	21, // 7: mabeam.v1.ListVariablesResponse.variables:type_name -> mabeam.v1.Variable
-	21, // 8: mabeam.v1.VariableHistoryResponse.versions:type_name -> mabeam.v1.Variable
-	30, // 9: mabeam.v1.TransferResponse.from_balance:type_name -> mabeam.v1.Balance
-	30, // 10: mabeam.v1.TransferResponse.to_balance:type_name -> mabeam.v1.Balance
-	30, // 11: mabeam.v1.ListBalancesResponse.balances:type_name -> mabeam.v1.Balance
-	0,  // 12: mabeam.v1.CoordinatorService.GetCoordinatorLeader:input_type -> mabeam.v1.GetCoordinatorLeaderRequest
-	2,  // 13: mabeam.v1.CoordinatorService.CreateAuction:input_type -> mabeam.v1.CreateInstanceRequest
-	4,  // 14: mabeam.v1.CoordinatorService.GetAuction:input_type -> mabeam.v1.GetInstanceRequest
-	5,  // 15: mabeam.v1.CoordinatorService.ListAuctions:input_type -> mabeam.v1.ListInstancesRequest
-	7,  // 16: mabeam.v1.CoordinatorService.CancelAuction:input_type -> mabeam.v1.CancelInstanceRequest
-	9,  // 17: mabeam.v1.CoordinatorService.SubmitBid:input_type -> mabeam.v1.SubmitEventRequest
-	11, // 18: mabeam.v1.CoordinatorService.SubmitBids:input_type -> mabeam.v1.SubmitBidsRequest
-	16, // 19: mabeam.v1.CoordinatorService.WatchAuction:input_type -> mabeam.v1.WatchInstanceRequest
-	2,  // 20: mabeam.v1.CoordinatorService.CreateNegotiation:input_type -> mabeam.v1.CreateInstanceRequest
-	4,  // 21: mabeam.v1.CoordinatorService.GetNegotiation:input_type -> mabeam.v1.GetInstanceRequest
-	9,  // 22: mabeam.v1.CoordinatorService.Negotiate:input_type -> mabeam.v1.SubmitEventRequest
-	2,  // 23: mabeam.v1.CoordinatorService.CreateVote:input_type -> mabeam.v1.CreateInstanceRequest
-	4,  // 24: mabeam.v1.CoordinatorService.GetVote:input_type -> mabeam.v1.GetInstanceRequest
-	9,  // 25: mabeam.v1.CoordinatorService.CastVote:input_type -> mabeam.v1.SubmitEventRequest
-	2,  // 26: mabeam.v1.CoordinatorService.CreateMarket:input_type -> mabeam.v1.CreateInstanceRequest
-	4,  // 27: mabeam.v1.CoordinatorService.GetMarket:input_type -> mabeam.v1.GetInstanceRequest
-	9,  // 28: mabeam.v1.CoordinatorService.PlaceOrder:input_type -> mabeam.v1.SubmitEventRequest
-	15, // 29: mabeam.v1.CoordinatorService.CancelOrder:input_type -> mabeam.v1.CancelOrderRequest
-	4,  // 30: mabeam.v1.CoordinatorService.GetBook:input_type -> mabeam.v1.GetInstanceRequest
-	16, // 31: mabeam.v1.CoordinatorService.WatchTrades:input_type -> mabeam.v1.WatchInstanceRequest
-	8,  // 32: mabeam.v1.CoordinatorService.CloseInstance:input_type -> mabeam.v1.CloseInstanceRequest
-	22, // 33: mabeam.v1.CoordinatorService.CreateVariable:input_type -> mabeam.v1.CreateVariableRequest
-	23, // 34: mabeam.v1.CoordinatorService.GetVariable:input_type -> mabeam.v1.GetVariableRequest
-	24, // 35: mabeam.v1.CoordinatorService.ListVariables:input_type -> mabeam.v1.ListVariablesRequest
-	26, // 36: mabeam.v1.CoordinatorService.SetVariable:input_type -> mabeam.v1.SetVariableRequest
-	27, // 37: mabeam.v1.CoordinatorService.WatchVariable:input_type -> mabeam.v1.WatchVariableRequest
-	28, // 38: mabeam.v1.CoordinatorService.VariableHistory:input_type -> mabeam.v1.VariableHistoryRequest
-	31, // 39: mabeam.v1.CoordinatorService.Deposit:input_type -> mabeam.v1.DepositRequest
-	32, // 40: mabeam.v1.CoordinatorService.Transfer:input_type -> mabeam.v1.TransferRequest
-	34, // 41: mabeam.v1.CoordinatorService.GetBalance:input_type -> mabeam.v1.GetBalanceRequest
-	35, // 42: mabeam.v1.CoordinatorService.ListBalances:input_type -> mabeam.v1.ListBalancesRequest
-	1,  // 43: mabeam.v1.CoordinatorService.GetCoordinatorLeader:output_type -> mabeam.v1.GetCoordinatorLeaderResponse
-	3,  // 44: mabeam.v1.CoordinatorService.CreateAuction:output_type -> mabeam.v1.Instance
-	3,  // 45: mabeam.v1.CoordinatorService.GetAuction:output_type -> mabeam.v1.Instance
-	6,  // 46: mabeam.v1.CoordinatorService.ListAuctions:output_type -> mabeam.v1.ListInstancesResponse
-	3,  // 47: mabeam.v1.CoordinatorService.CancelAuction:output_type -> mabeam.v1.Instance
-	10, // 48: mabeam.v1.CoordinatorService.SubmitBid:output_type -> mabeam.v1.SubmitEventResponse
-	14, // 49: mabeam.v1.CoordinatorService.SubmitBids:output_type -> mabeam.v1.SubmitBidsResponse
-	17, // 50: mabeam.v1.CoordinatorService.WatchAuction:output_type -> mabeam.v1.InstanceEvent
-	3,  // 51: mabeam.v1.CoordinatorService.CreateNegotiation:output_type -> mabeam.v1.Instance
-	3,  // 52: mabeam.v1.CoordinatorService.GetNegotiation:output_type -> mabeam.v1.Instance
-	10, // 53: mabeam.v1.CoordinatorService.Negotiate:output_type -> mabeam.v1.SubmitEventResponse
-	3,  // 54: mabeam.v1.CoordinatorService.CreateVote:output_type -> mabeam.v1.Instance
-	3,  // 55: mabeam.v1.CoordinatorService.GetVote:output_type -> mabeam.v1.Instance
-	10, // 56: mabeam.v1.CoordinatorService.CastVote:output_type -> mabeam.v1.SubmitEventResponse
-	3,  // 57: mabeam.v1.CoordinatorService.CreateMarket:output_type -> mabeam.v1.Instance
-	3,  // 58: mabeam.v1.CoordinatorService.GetMarket:output_type -> mabeam.v1.Instance
-	10, // 59: mabeam.v1.CoordinatorService.PlaceOrder:output_type -> mabeam.v1.SubmitEventResponse
-	10, // 60: mabeam.v1.CoordinatorService.CancelOrder:output_type -> mabeam.v1.SubmitEventResponse
-	19, // 61: mabeam.v1.CoordinatorService.GetBook:output_type -> mabeam.v1.BookSnapshot
-	20, // 62: mabeam.v1.CoordinatorService.WatchTrades:output_type -> mabeam.v1.TradeEvent
-	3,  // 63: mabeam.v1.CoordinatorService.CloseInstance:output_type -> mabeam.v1.Instance
-	21, // 64: mabeam.v1.CoordinatorService.CreateVariable:output_type -> mabeam.v1.Variable
-	21, // 65: mabeam.v1.CoordinatorService.GetVariable:output_type -> mabeam.v1.Variable
-	25, // 66: mabeam.v1.CoordinatorService.ListVariables:output_type -> mabeam.v1.ListVariablesResponse
-	21, // 67: mabeam.v1.CoordinatorService.SetVariable:output_type -> mabeam.v1.Variable
-	21, // 68: mabeam.v1.CoordinatorService.WatchVariable:output_type -> mabeam.v1.Variable
-	29, // 69: mabeam.v1.CoordinatorService.VariableHistory:output_type -> mabeam.v1.VariableHistoryResponse
-	30, // 70: mabeam.v1.CoordinatorService.Deposit:output_type -> mabeam.v1.Balance
-	33, // 71: mabeam.v1.CoordinatorService.Transfer:output_type -> mabeam.v1.TransferResponse
-	30, // 72: mabeam.v1.CoordinatorService.GetBalance:output_type -> mabeam.v1.Balance
-	36, // 73: mabeam.v1.CoordinatorService.ListBalances:output_type -> mabeam.v1.ListBalancesResponse
-	43, // [43:74] is the sub-list for method output_type
-	12, // [12:43] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	5,  // 0: mabeam.v1.ListMechanismsResponse.kinds:type_name -> mabeam.v1.MechanismKind
+	3,  // 1: mabeam.v1.ListInstancesResponse.instances:type_name -> mabeam.v1.Instance
+	12, // 2: mabeam.v1.SubmitBidsRequest.bids:type_name -> mabeam.v1.SubmitEventRequest
+	13, // 3: mabeam.v1.BidAck.result:type_name -> mabeam.v1.SubmitEventResponse
+	15, // 4: mabeam.v1.BidAck.error:type_name -> mabeam.v1.BidError
+	16, // 5: mabeam.v1.SubmitBidsResponse.acks:type_name -> mabeam.v1.BidAck
+	21, // 6: mabeam.v1.BookSnapshot.bids:type_name -> mabeam.v1.BookLevel
+	21, // 7: mabeam.v1.BookSnapshot.asks:type_name -> mabeam.v1.BookLevel
+	24, // 8: mabeam.v1.ListVariablesResponse.variables:type_name -> mabeam.v1.Variable
+	24, // 9: mabeam.v1.VariableHistoryResponse.versions:type_name -> mabeam.v1.Variable
+	33, // 10: mabeam.v1.TransferResponse.from_balance:type_name -> mabeam.v1.Balance
+	33, // 11: mabeam.v1.TransferResponse.to_balance:type_name -> mabeam.v1.Balance
+	33, // 12: mabeam.v1.ListBalancesResponse.balances:type_name -> mabeam.v1.Balance
+	0,  // 13: mabeam.v1.CoordinatorService.GetCoordinatorLeader:input_type -> mabeam.v1.GetCoordinatorLeaderRequest
+	2,  // 14: mabeam.v1.CoordinatorService.CreateAuction:input_type -> mabeam.v1.CreateInstanceRequest
+	7,  // 15: mabeam.v1.CoordinatorService.GetAuction:input_type -> mabeam.v1.GetInstanceRequest
+	8,  // 16: mabeam.v1.CoordinatorService.ListAuctions:input_type -> mabeam.v1.ListInstancesRequest
+	10, // 17: mabeam.v1.CoordinatorService.CancelAuction:input_type -> mabeam.v1.CancelInstanceRequest
+	12, // 18: mabeam.v1.CoordinatorService.SubmitBid:input_type -> mabeam.v1.SubmitEventRequest
+	14, // 19: mabeam.v1.CoordinatorService.SubmitBids:input_type -> mabeam.v1.SubmitBidsRequest
+	19, // 20: mabeam.v1.CoordinatorService.WatchAuction:input_type -> mabeam.v1.WatchInstanceRequest
+	2,  // 21: mabeam.v1.CoordinatorService.CreateNegotiation:input_type -> mabeam.v1.CreateInstanceRequest
+	7,  // 22: mabeam.v1.CoordinatorService.GetNegotiation:input_type -> mabeam.v1.GetInstanceRequest
+	12, // 23: mabeam.v1.CoordinatorService.Negotiate:input_type -> mabeam.v1.SubmitEventRequest
+	2,  // 24: mabeam.v1.CoordinatorService.CreateVote:input_type -> mabeam.v1.CreateInstanceRequest
+	7,  // 25: mabeam.v1.CoordinatorService.GetVote:input_type -> mabeam.v1.GetInstanceRequest
+	12, // 26: mabeam.v1.CoordinatorService.CastVote:input_type -> mabeam.v1.SubmitEventRequest
+	2,  // 27: mabeam.v1.CoordinatorService.CreateMarket:input_type -> mabeam.v1.CreateInstanceRequest
+	7,  // 28: mabeam.v1.CoordinatorService.GetMarket:input_type -> mabeam.v1.GetInstanceRequest
+	12, // 29: mabeam.v1.CoordinatorService.PlaceOrder:input_type -> mabeam.v1.SubmitEventRequest
+	18, // 30: mabeam.v1.CoordinatorService.CancelOrder:input_type -> mabeam.v1.CancelOrderRequest
+	7,  // 31: mabeam.v1.CoordinatorService.GetBook:input_type -> mabeam.v1.GetInstanceRequest
+	19, // 32: mabeam.v1.CoordinatorService.WatchTrades:input_type -> mabeam.v1.WatchInstanceRequest
+	11, // 33: mabeam.v1.CoordinatorService.CloseInstance:input_type -> mabeam.v1.CloseInstanceRequest
+	4,  // 34: mabeam.v1.CoordinatorService.ListMechanisms:input_type -> mabeam.v1.ListMechanismsRequest
+	25, // 35: mabeam.v1.CoordinatorService.CreateVariable:input_type -> mabeam.v1.CreateVariableRequest
+	26, // 36: mabeam.v1.CoordinatorService.GetVariable:input_type -> mabeam.v1.GetVariableRequest
+	27, // 37: mabeam.v1.CoordinatorService.ListVariables:input_type -> mabeam.v1.ListVariablesRequest
+	29, // 38: mabeam.v1.CoordinatorService.SetVariable:input_type -> mabeam.v1.SetVariableRequest
+	30, // 39: mabeam.v1.CoordinatorService.WatchVariable:input_type -> mabeam.v1.WatchVariableRequest
+	31, // 40: mabeam.v1.CoordinatorService.VariableHistory:input_type -> mabeam.v1.VariableHistoryRequest
+	34, // 41: mabeam.v1.CoordinatorService.Deposit:input_type -> mabeam.v1.DepositRequest
+	35, // 42: mabeam.v1.CoordinatorService.Transfer:input_type -> mabeam.v1.TransferRequest
+	37, // 43: mabeam.v1.CoordinatorService.GetBalance:input_type -> mabeam.v1.GetBalanceRequest
+	38, // 44: mabeam.v1.CoordinatorService.ListBalances:input_type -> mabeam.v1.ListBalancesRequest
+	1,  // 45: mabeam.v1.CoordinatorService.GetCoordinatorLeader:output_type -> mabeam.v1.GetCoordinatorLeaderResponse
+	3,  // 46: mabeam.v1.CoordinatorService.CreateAuction:output_type -> mabeam.v1.Instance
+	3,  // 47: mabeam.v1.CoordinatorService.GetAuction:output_type -> mabeam.v1.Instance
+	9,  // 48: mabeam.v1.CoordinatorService.ListAuctions:output_type -> mabeam.v1.ListInstancesResponse
+	3,  // 49: mabeam.v1.CoordinatorService.CancelAuction:output_type -> mabeam.v1.Instance
+	13, // 50: mabeam.v1.CoordinatorService.SubmitBid:output_type -> mabeam.v1.SubmitEventResponse
+	17, // 51: mabeam.v1.CoordinatorService.SubmitBids:output_type -> mabeam.v1.SubmitBidsResponse
+	20, // 52: mabeam.v1.CoordinatorService.WatchAuction:output_type -> mabeam.v1.InstanceEvent
+	3,  // 53: mabeam.v1.CoordinatorService.CreateNegotiation:output_type -> mabeam.v1.Instance
+	3,  // 54: mabeam.v1.CoordinatorService.GetNegotiation:output_type -> mabeam.v1.Instance
+	13, // 55: mabeam.v1.CoordinatorService.Negotiate:output_type -> mabeam.v1.SubmitEventResponse
+	3,  // 56: mabeam.v1.CoordinatorService.CreateVote:output_type -> mabeam.v1.Instance
+	3,  // 57: mabeam.v1.CoordinatorService.GetVote:output_type -> mabeam.v1.Instance
+	13, // 58: mabeam.v1.CoordinatorService.CastVote:output_type -> mabeam.v1.SubmitEventResponse
+	3,  // 59: mabeam.v1.CoordinatorService.CreateMarket:output_type -> mabeam.v1.Instance
+	3,  // 60: mabeam.v1.CoordinatorService.GetMarket:output_type -> mabeam.v1.Instance
+	13, // 61: mabeam.v1.CoordinatorService.PlaceOrder:output_type -> mabeam.v1.SubmitEventResponse
+	13, // 62: mabeam.v1.CoordinatorService.CancelOrder:output_type -> mabeam.v1.SubmitEventResponse
+	22, // 63: mabeam.v1.CoordinatorService.GetBook:output_type -> mabeam.v1.BookSnapshot
+	23, // 64: mabeam.v1.CoordinatorService.WatchTrades:output_type -> mabeam.v1.TradeEvent
+	3,  // 65: mabeam.v1.CoordinatorService.CloseInstance:output_type -> mabeam.v1.Instance
+	6,  // 66: mabeam.v1.CoordinatorService.ListMechanisms:output_type -> mabeam.v1.ListMechanismsResponse
+	24, // 67: mabeam.v1.CoordinatorService.CreateVariable:output_type -> mabeam.v1.Variable
+	24, // 68: mabeam.v1.CoordinatorService.GetVariable:output_type -> mabeam.v1.Variable
+	28, // 69: mabeam.v1.CoordinatorService.ListVariables:output_type -> mabeam.v1.ListVariablesResponse
+	24, // 70: mabeam.v1.CoordinatorService.SetVariable:output_type -> mabeam.v1.Variable
+	24, // 71: mabeam.v1.CoordinatorService.WatchVariable:output_type -> mabeam.v1.Variable
+	32, // 72: mabeam.v1.CoordinatorService.VariableHistory:output_type -> mabeam.v1.VariableHistoryResponse
+	33, // 73: mabeam.v1.CoordinatorService.Deposit:output_type -> mabeam.v1.Balance
+	36, // 74: mabeam.v1.CoordinatorService.Transfer:output_type -> mabeam.v1.TransferResponse
+	33, // 75: mabeam.v1.CoordinatorService.GetBalance:output_type -> mabeam.v1.Balance
+	39, // 76: mabeam.v1.CoordinatorService.ListBalances:output_type -> mabeam.v1.ListBalancesResponse
+	45, // [45:77] is the sub-list for method output_type
+	13, // [13:45] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_mabeam_v1_coordinator_proto_init() }
@@ -2819,7 +3011,7 @@ func file_mabeam_v1_coordinator_proto_init() {
 	if File_mabeam_v1_coordinator_proto != nil {
 		return
 	}
-	file_mabeam_v1_coordinator_proto_msgTypes[13].OneofWrappers = []any{
+	file_mabeam_v1_coordinator_proto_msgTypes[16].OneofWrappers = []any{
 		(*BidAck_Result)(nil),
 		(*BidAck_Error)(nil),
 	}
@@ -2829,7 +3021,7 @@ func file_mabeam_v1_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mabeam_v1_coordinator_proto_rawDesc), len(file_mabeam_v1_coordinator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   37,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

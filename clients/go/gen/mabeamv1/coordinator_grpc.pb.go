@@ -53,6 +53,7 @@ const (
 	CoordinatorService_GetBook_FullMethodName              = "/mabeam.v1.CoordinatorService/GetBook"
 	CoordinatorService_WatchTrades_FullMethodName          = "/mabeam.v1.CoordinatorService/WatchTrades"
 	CoordinatorService_CloseInstance_FullMethodName        = "/mabeam.v1.CoordinatorService/CloseInstance"
+	CoordinatorService_ListMechanisms_FullMethodName       = "/mabeam.v1.CoordinatorService/ListMechanisms"
 	CoordinatorService_CreateVariable_FullMethodName       = "/mabeam.v1.CoordinatorService/CreateVariable"
 	CoordinatorService_GetVariable_FullMethodName          = "/mabeam.v1.CoordinatorService/GetVariable"
 	CoordinatorService_ListVariables_FullMethodName        = "/mabeam.v1.CoordinatorService/ListVariables"
@@ -110,6 +111,10 @@ type CoordinatorServiceClient interface {
 	WatchTrades(ctx context.Context, in *WatchInstanceRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TradeEvent], error)
 	// Close any open instance now (Close event) where its mechanism allows an explicit close.
 	CloseInstance(ctx context.Context, in *CloseInstanceRequest, opts ...grpc.CallOption) (*Instance, error)
+	// The mechanism kinds this node runs (built in, and plugins it loaded), each with its family (which
+	// Create*/Get*/submit RPCs serve it) and the config fields that hold times. Served by every node from
+	// its own registry, leader or standby: clients and the CLI derive kind-specific options from it.
+	ListMechanisms(ctx context.Context, in *ListMechanismsRequest, opts ...grpc.CallOption) (*ListMechanismsResponse, error)
 	// Variables: named, JSON-schema typed, versioned, with a bounded persisted history.
 	CreateVariable(ctx context.Context, in *CreateVariableRequest, opts ...grpc.CallOption) (*Variable, error)
 	GetVariable(ctx context.Context, in *GetVariableRequest, opts ...grpc.CallOption) (*Variable, error)
@@ -365,6 +370,16 @@ func (c *coordinatorServiceClient) CloseInstance(ctx context.Context, in *CloseI
 	return out, nil
 }
 
+func (c *coordinatorServiceClient) ListMechanisms(ctx context.Context, in *ListMechanismsRequest, opts ...grpc.CallOption) (*ListMechanismsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListMechanismsResponse)
+	err := c.cc.Invoke(ctx, CoordinatorService_ListMechanisms_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *coordinatorServiceClient) CreateVariable(ctx context.Context, in *CreateVariableRequest, opts ...grpc.CallOption) (*Variable, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Variable)
@@ -519,6 +534,10 @@ type CoordinatorServiceServer interface {
 	WatchTrades(*WatchInstanceRequest, grpc.ServerStreamingServer[TradeEvent]) error
 	// Close any open instance now (Close event) where its mechanism allows an explicit close.
 	CloseInstance(context.Context, *CloseInstanceRequest) (*Instance, error)
+	// The mechanism kinds this node runs (built in, and plugins it loaded), each with its family (which
+	// Create*/Get*/submit RPCs serve it) and the config fields that hold times. Served by every node from
+	// its own registry, leader or standby: clients and the CLI derive kind-specific options from it.
+	ListMechanisms(context.Context, *ListMechanismsRequest) (*ListMechanismsResponse, error)
 	// Variables: named, JSON-schema typed, versioned, with a bounded persisted history.
 	CreateVariable(context.Context, *CreateVariableRequest) (*Variable, error)
 	GetVariable(context.Context, *GetVariableRequest) (*Variable, error)
@@ -605,6 +624,9 @@ func (UnimplementedCoordinatorServiceServer) WatchTrades(*WatchInstanceRequest, 
 }
 func (UnimplementedCoordinatorServiceServer) CloseInstance(context.Context, *CloseInstanceRequest) (*Instance, error) {
 	return nil, status.Error(codes.Unimplemented, "method CloseInstance not implemented")
+}
+func (UnimplementedCoordinatorServiceServer) ListMechanisms(context.Context, *ListMechanismsRequest) (*ListMechanismsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListMechanisms not implemented")
 }
 func (UnimplementedCoordinatorServiceServer) CreateVariable(context.Context, *CreateVariableRequest) (*Variable, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateVariable not implemented")
@@ -1010,6 +1032,24 @@ func _CoordinatorService_CloseInstance_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CoordinatorService_ListMechanisms_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListMechanismsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServiceServer).ListMechanisms(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CoordinatorService_ListMechanisms_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServiceServer).ListMechanisms(ctx, req.(*ListMechanismsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _CoordinatorService_CreateVariable_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CreateVariableRequest)
 	if err := dec(in); err != nil {
@@ -1261,6 +1301,10 @@ var CoordinatorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CloseInstance",
 			Handler:    _CoordinatorService_CloseInstance_Handler,
+		},
+		{
+			MethodName: "ListMechanisms",
+			Handler:    _CoordinatorService_ListMechanisms_Handler,
 		},
 		{
 			MethodName: "CreateVariable",

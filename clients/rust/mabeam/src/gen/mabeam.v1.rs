@@ -786,6 +786,41 @@ pub struct Instance {
     pub next_tick_ms: i64,
 }
 #[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListMechanismsRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MechanismKind {
+    /// The kind named in CreateInstanceRequest.kind, e.g. "sealed".
+    #[prost(string, tag = "1")]
+    pub kind: ::prost::alloc::string::String,
+    /// auction, negotiation, vote or market.
+    #[prost(string, tag = "2")]
+    pub family: ::prost::alloc::string::String,
+    /// Config fields holding an absolute time (ms since the epoch) at which the instance may need a tick;
+    /// the coordinator schedules one at each.
+    #[prost(string, repeated, tag = "3")]
+    pub deadline_fields: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The config field that says when the instance closes (what a "closes in N seconds" option fills);
+    /// empty when the kind has none.
+    #[prost(string, tag = "4")]
+    pub closes_field: ::prost::alloc::string::String,
+    /// The config field holding its opening time, to be set to "now" together with closes_field when the
+    /// caller does not give it (a quiet period counts from it); empty when none.
+    #[prost(string, tag = "5")]
+    pub opens_field: ::prost::alloc::string::String,
+    /// One line saying what the kind is (its class's docstring summary).
+    #[prost(string, tag = "6")]
+    pub summary: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListMechanismsResponse {
+    /// Sorted by kind.
+    #[prost(message, repeated, tag = "1")]
+    pub kinds: ::prost::alloc::vec::Vec<MechanismKind>,
+}
+#[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetInstanceRequest {
     #[prost(string, tag = "1")]
@@ -1738,6 +1773,35 @@ pub mod coordinator_service_client {
             req.extensions_mut()
                 .insert(
                     GrpcMethod::new("mabeam.v1.CoordinatorService", "CloseInstance"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
+        /// The mechanism kinds this node runs (built in, and plugins it loaded), each with its family (which
+        /// Create\*/Get\*/submit RPCs serve it) and the config fields that hold times. Served by every node from
+        /// its own registry, leader or standby: clients and the CLI derive kind-specific options from it.
+        pub async fn list_mechanisms(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListMechanismsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListMechanismsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/mabeam.v1.CoordinatorService/ListMechanisms",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("mabeam.v1.CoordinatorService", "ListMechanisms"),
                 );
             self.inner.unary(req, path, codec).await
         }

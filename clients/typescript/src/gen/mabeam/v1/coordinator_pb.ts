@@ -23,7 +23,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mabeam/v1/coordinator.proto.
  */
 export const file_mabeam_v1_coordinator: GenFile = /*@__PURE__*/
-  fileDesc("ChttYWJlYW0vdjEvY29vcmRpbmF0b3IucHJvdG8SCW1hYmVhbS52MSIdChtHZXRDb29yZGluYXRvckxlYWRlclJlcXVlc3QigAEKHEdldENvb3JkaW5hdG9yTGVhZGVyUmVzcG9uc2USFgoObGVhZGVyX25vZGVfaWQYASABKAkSFgoObGVhZGVyX2FkZHJlc3MYAiABKAkSDAoEdGVybRgDIAEoAxIPCgdub2RlX2lkGAQgASgJEhEKCWlzX2xlYWRlchgFIAEoCCKqAQoVQ3JlYXRlSW5zdGFuY2VSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIMCgRraW5kGAIgASgJEhMKC2NvbmZpZ19qc29uGAMgASgJEhMKC2luc3RhbmNlX2lkGAQgASgJEg4KBmVzY3JvdxgFIAEoCBIOCgZzZWxsZXIYBiABKAkSFQoNYmluZF92YXJpYWJsZRgHIAEoCRISCgpiaW5kX2ZpZWxkGAggASgJIswCCghJbnN0YW5jZRIKCgJpZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSDAoEa2luZBgDIAEoCRIOCgZmYW1pbHkYBCABKAkSEwoLY29uZmlnX2pzb24YBSABKAkSDQoFc3RhdGUYBiABKAkSFAoMb3V0Y29tZV9qc29uGAcgASgJEhQKDHJlY2VpcHRfanNvbhgIIAEoCRIUCgxyZWNlaXB0X2hhc2gYCSABKAkSEwoLZXZlbnRfY291bnQYCiABKAMSFQoNY3JlYXRlZF9hdF9tcxgLIAEoAxIOCgZlc2Nyb3cYDCABKAgSDgoGc2VsbGVyGA0gASgJEhUKDWJpbmRfdmFyaWFibGUYDiABKAkSEgoKYmluZF9maWVsZBgPIAEoCRITCgtzdGF0dXNfanNvbhgQIAEoCRIUCgxuZXh0X3RpY2tfbXMYESABKAMiIAoSR2V0SW5zdGFuY2VSZXF1ZXN0EgoKAmlkGAEgASgJIjUKFExpc3RJbnN0YW5jZXNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRINCgVzdGF0ZRgCIAEoCSI/ChVMaXN0SW5zdGFuY2VzUmVzcG9uc2USJgoJaW5zdGFuY2VzGAEgAygLMhMubWFiZWFtLnYxLkluc3RhbmNlIjMKFUNhbmNlbEluc3RhbmNlUmVxdWVzdBIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiIgoUQ2xvc2VJbnN0YW5jZVJlcXVlc3QSCgoCaWQYASABKAkiTQoSU3VibWl0RXZlbnRSZXF1ZXN0EgoKAmlkGAEgASgJEhcKD2NsaWVudF9ldmVudF9pZBgCIAEoCRISCgpldmVudF9qc29uGAMgASgJImoKE1N1Ym1pdEV2ZW50UmVzcG9uc2USCwoDc2VxGAEgASgDEhEKCWR1cGxpY2F0ZRgCIAEoCBIUCgxhY3Rpb25zX2pzb24YAyABKAkSDQoFc3RhdGUYBCABKAkSDgoGbm93X21zGAUgASgDIkAKEVN1Ym1pdEJpZHNSZXF1ZXN0EisKBGJpZHMYASADKAsyHS5tYWJlYW0udjEuU3VibWl0RXZlbnRSZXF1ZXN0IjkKCEJpZEVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCRIOCgZyZWFzb24YAyABKAkikAEKBkJpZEFjaxIKCgJpZBgBIAEoCRIXCg9jbGllbnRfZXZlbnRfaWQYAiABKAkSMAoGcmVzdWx0GAMgASgLMh4ubWFiZWFtLnYxLlN1Ym1pdEV2ZW50UmVzcG9uc2VIABIkCgVlcnJvchgEIAEoCzITLm1hYmVhbS52MS5CaWRFcnJvckgAQgkKB291dGNvbWUiNQoSU3VibWl0Qmlkc1Jlc3BvbnNlEh8KBGFja3MYASADKAsyES5tYWJlYW0udjEuQmlkQWNrIlsKEkNhbmNlbE9yZGVyUmVxdWVzdBIKCgJpZBgBIAEoCRIXCg9jbGllbnRfZXZlbnRfaWQYAiABKAkSEAoIb3JkZXJfaWQYAyABKAkSDgoGdHJhZGVyGAQgASgJIjQKFFdhdGNoSW5zdGFuY2VSZXF1ZXN0EgoKAmlkGAEgASgJEhAKCGZyb21fc2VxGAIgASgDImsKDUluc3RhbmNlRXZlbnQSCwoDc2VxGAEgASgDEg4KBm5vd19tcxgCIAEoAxISCgpldmVudF9qc29uGAMgASgJEhMKC2ZpbmFsX3N0YXRlGAQgASgJEhQKDG91dGNvbWVfanNvbhgFIAEoCSI8CglCb29rTGV2ZWwSDQoFcHJpY2UYASABKAMSEAoIcXVhbnRpdHkYAiABKAMSDgoGb3JkZXJzGAMgASgFIncKDEJvb2tTbmFwc2hvdBIKCgJpZBgBIAEoCRIiCgRiaWRzGAIgAygLMhQubWFiZWFtLnYxLkJvb2tMZXZlbBIiCgRhc2tzGAMgAygLMhQubWFiZWFtLnYxLkJvb2tMZXZlbBITCgtldmVudF9jb3VudBgEIAEoAyKPAQoKVHJhZGVFdmVudBILCgNzZXEYASABKAMSEQoJYnV5X29yZGVyGAIgASgJEhIKCnNlbGxfb3JkZXIYAyABKAkSDQoFYnV5ZXIYBCABKAkSDgoGc2VsbGVyGAUgASgJEg0KBXByaWNlGAYgASgDEhAKCHF1YW50aXR5GAcgASgDEg0KBWF0X21zGAggASgDIqABCghWYXJpYWJsZRIOCgZ0ZW5hbnQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtzY2hlbWFfanNvbhgDIAEoCRISCgp2YWx1ZV9qc29uGAQgASgJEg8KB3ZlcnNpb24YBSABKAMSFQoNdXBkYXRlZF9hdF9tcxgGIAEoAxIOCgZzZXRfYnkYByABKAkSFQoNaGlzdG9yeV9saW1pdBgIIAEoBSJ3ChVDcmVhdGVWYXJpYWJsZVJlcXVlc3QSDgoGdGVuYW50GAEgASgJEgwKBG5hbWUYAiABKAkSEwoLc2NoZW1hX2pzb24YAyABKAkSFAoMaW5pdGlhbF9qc29uGAQgASgJEhUKDWhpc3RvcnlfbGltaXQYBSABKAUiMgoSR2V0VmFyaWFibGVSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIMCgRuYW1lGAIgASgJIiYKFExpc3RWYXJpYWJsZXNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCSI/ChVMaXN0VmFyaWFibGVzUmVzcG9uc2USJgoJdmFyaWFibGVzGAEgAygLMhMubWFiZWFtLnYxLlZhcmlhYmxlImAKElNldFZhcmlhYmxlUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDAoEbmFtZRgCIAEoCRISCgp2YWx1ZV9qc29uGAMgASgJEhgKEGV4cGVjdGVkX3ZlcnNpb24YBCABKAMiSgoUV2F0Y2hWYXJpYWJsZVJlcXVlc3QSDgoGdGVuYW50GAEgASgJEgwKBG5hbWUYAiABKAkSFAoMZnJvbV92ZXJzaW9uGAMgASgDIjYKFlZhcmlhYmxlSGlzdG9yeVJlcXVlc3QSDgoGdGVuYW50GAEgASgJEgwKBG5hbWUYAiABKAkiQAoXVmFyaWFibGVIaXN0b3J5UmVzcG9uc2USJQoIdmVyc2lvbnMYASADKAsyEy5tYWJlYW0udjEuVmFyaWFibGUiSQoHQmFsYW5jZRIOCgZ0ZW5hbnQYASABKAkSDQoFYWdlbnQYAiABKAkSEQoJYXZhaWxhYmxlGAMgASgDEgwKBGhlbGQYBCABKAMiVQoORGVwb3NpdFJlcXVlc3QSDgoGdGVuYW50GAEgASgJEg0KBWFnZW50GAIgASgJEg4KBmFtb3VudBgDIAEoAxIUCgxjbGllbnRfb3BfaWQYBCABKAkibQoPVHJhbnNmZXJSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRISCgpmcm9tX2FnZW50GAIgASgJEhAKCHRvX2FnZW50GAMgASgJEg4KBmFtb3VudBgEIAEoAxIUCgxjbGllbnRfb3BfaWQYBSABKAkidwoQVHJhbnNmZXJSZXNwb25zZRIoCgxmcm9tX2JhbGFuY2UYASABKAsyEi5tYWJlYW0udjEuQmFsYW5jZRImCgp0b19iYWxhbmNlGAIgASgLMhIubWFiZWFtLnYxLkJhbGFuY2USEQoJZHVwbGljYXRlGAMgASgIIjIKEUdldEJhbGFuY2VSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRINCgVhZ2VudBgCIAEoCSIlChNMaXN0QmFsYW5jZXNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCSI8ChRMaXN0QmFsYW5jZXNSZXNwb25zZRIkCghiYWxhbmNlcxgBIAMoCzISLm1hYmVhbS52MS5CYWxhbmNlMoMSChJDb29yZGluYXRvclNlcnZpY2USZwoUR2V0Q29vcmRpbmF0b3JMZWFkZXISJi5tYWJlYW0udjEuR2V0Q29vcmRpbmF0b3JMZWFkZXJSZXF1ZXN0GicubWFiZWFtLnYxLkdldENvb3JkaW5hdG9yTGVhZGVyUmVzcG9uc2USRgoNQ3JlYXRlQXVjdGlvbhIgLm1hYmVhbS52MS5DcmVhdGVJbnN0YW5jZVJlcXVlc3QaEy5tYWJlYW0udjEuSW5zdGFuY2USQAoKR2V0QXVjdGlvbhIdLm1hYmVhbS52MS5HZXRJbnN0YW5jZVJlcXVlc3QaEy5tYWJlYW0udjEuSW5zdGFuY2USUQoMTGlzdEF1Y3Rpb25zEh8ubWFiZWFtLnYxLkxpc3RJbnN0YW5jZXNSZXF1ZXN0GiAubWFiZWFtLnYxLkxpc3RJbnN0YW5jZXNSZXNwb25zZRJGCg1DYW5jZWxBdWN0aW9uEiAubWFiZWFtLnYxLkNhbmNlbEluc3RhbmNlUmVxdWVzdBoTLm1hYmVhbS52MS5JbnN0YW5jZRJKCglTdWJtaXRCaWQSHS5tYWJlYW0udjEuU3VibWl0RXZlbnRSZXF1ZXN0Gh4ubWFiZWFtLnYxLlN1Ym1pdEV2ZW50UmVzcG9uc2USTQoKU3VibWl0QmlkcxIcLm1hYmVhbS52MS5TdWJtaXRCaWRzUmVxdWVzdBodLm1hYmVhbS52MS5TdWJtaXRCaWRzUmVzcG9uc2UoATABEksKDFdhdGNoQXVjdGlvbhIfLm1hYmVhbS52MS5XYXRjaEluc3RhbmNlUmVxdWVzdBoYLm1hYmVhbS52MS5JbnN0YW5jZUV2ZW50MAESSgoRQ3JlYXRlTmVnb3RpYXRpb24SIC5tYWJlYW0udjEuQ3JlYXRlSW5zdGFuY2VSZXF1ZXN0GhMubWFiZWFtLnYxLkluc3RhbmNlEkQKDkdldE5lZ290aWF0aW9uEh0ubWFiZWFtLnYxLkdldEluc3RhbmNlUmVxdWVzdBoTLm1hYmVhbS52MS5JbnN0YW5jZRJKCglOZWdvdGlhdGUSHS5tYWJlYW0udjEuU3VibWl0RXZlbnRSZXF1ZXN0Gh4ubWFiZWFtLnYxLlN1Ym1pdEV2ZW50UmVzcG9uc2USQwoKQ3JlYXRlVm90ZRIgLm1hYmVhbS52MS5DcmVhdGVJbnN0YW5jZVJlcXVlc3QaEy5tYWJlYW0udjEuSW5zdGFuY2USPQoHR2V0Vm90ZRIdLm1hYmVhbS52MS5HZXRJbnN0YW5jZVJlcXVlc3QaEy5tYWJlYW0udjEuSW5zdGFuY2USSQoIQ2FzdFZvdGUSHS5tYWJlYW0udjEuU3VibWl0RXZlbnRSZXF1ZXN0Gh4ubWFiZWFtLnYxLlN1Ym1pdEV2ZW50UmVzcG9uc2USRQoMQ3JlYXRlTWFya2V0EiAubWFiZWFtLnYxLkNyZWF0ZUluc3RhbmNlUmVxdWVzdBoTLm1hYmVhbS52MS5JbnN0YW5jZRI/CglHZXRNYXJrZXQSHS5tYWJlYW0udjEuR2V0SW5zdGFuY2VSZXF1ZXN0GhMubWFiZWFtLnYxLkluc3RhbmNlEksKClBsYWNlT3JkZXISHS5tYWJlYW0udjEuU3VibWl0RXZlbnRSZXF1ZXN0Gh4ubWFiZWFtLnYxLlN1Ym1pdEV2ZW50UmVzcG9uc2USTAoLQ2FuY2VsT3JkZXISHS5tYWJlYW0udjEuQ2FuY2VsT3JkZXJSZXF1ZXN0Gh4ubWFiZWFtLnYxLlN1Ym1pdEV2ZW50UmVzcG9uc2USQQoHR2V0Qm9vaxIdLm1hYmVhbS52MS5HZXRJbnN0YW5jZVJlcXVlc3QaFy5tYWJlYW0udjEuQm9va1NuYXBzaG90EkcKC1dhdGNoVHJhZGVzEh8ubWFiZWFtLnYxLldhdGNoSW5zdGFuY2VSZXF1ZXN0GhUubWFiZWFtLnYxLlRyYWRlRXZlbnQwARJFCg1DbG9zZUluc3RhbmNlEh8ubWFiZWFtLnYxLkNsb3NlSW5zdGFuY2VSZXF1ZXN0GhMubWFiZWFtLnYxLkluc3RhbmNlEkcKDkNyZWF0ZVZhcmlhYmxlEiAubWFiZWFtLnYxLkNyZWF0ZVZhcmlhYmxlUmVxdWVzdBoTLm1hYmVhbS52MS5WYXJpYWJsZRJBCgtHZXRWYXJpYWJsZRIdLm1hYmVhbS52MS5HZXRWYXJpYWJsZVJlcXVlc3QaEy5tYWJlYW0udjEuVmFyaWFibGUSUgoNTGlzdFZhcmlhYmxlcxIfLm1hYmVhbS52MS5MaXN0VmFyaWFibGVzUmVxdWVzdBogLm1hYmVhbS52MS5MaXN0VmFyaWFibGVzUmVzcG9uc2USQQoLU2V0VmFyaWFibGUSHS5tYWJlYW0udjEuU2V0VmFyaWFibGVSZXF1ZXN0GhMubWFiZWFtLnYxLlZhcmlhYmxlEkcKDVdhdGNoVmFyaWFibGUSHy5tYWJlYW0udjEuV2F0Y2hWYXJpYWJsZVJlcXVlc3QaEy5tYWJlYW0udjEuVmFyaWFibGUwARJYCg9WYXJpYWJsZUhpc3RvcnkSIS5tYWJlYW0udjEuVmFyaWFibGVIaXN0b3J5UmVxdWVzdBoiLm1hYmVhbS52MS5WYXJpYWJsZUhpc3RvcnlSZXNwb25zZRI4CgdEZXBvc2l0EhkubWFiZWFtLnYxLkRlcG9zaXRSZXF1ZXN0GhIubWFiZWFtLnYxLkJhbGFuY2USQwoIVHJhbnNmZXISGi5tYWJlYW0udjEuVHJhbnNmZXJSZXF1ZXN0GhsubWFiZWFtLnYxLlRyYW5zZmVyUmVzcG9uc2USPgoKR2V0QmFsYW5jZRIcLm1hYmVhbS52MS5HZXRCYWxhbmNlUmVxdWVzdBoSLm1hYmVhbS52MS5CYWxhbmNlEk8KDExpc3RCYWxhbmNlcxIeLm1hYmVhbS52MS5MaXN0QmFsYW5jZXNSZXF1ZXN0Gh8ubWFiZWFtLnYxLkxpc3RCYWxhbmNlc1Jlc3BvbnNlYgZwcm90bzM");
+  fileDesc("ChttYWJlYW0vdjEvY29vcmRpbmF0b3IucHJvdG8SCW1hYmVhbS52MSIdChtHZXRDb29yZGluYXRvckxlYWRlclJlcXVlc3QigAEKHEdldENvb3JkaW5hdG9yTGVhZGVyUmVzcG9uc2USFgoObGVhZGVyX25vZGVfaWQYASABKAkSFgoObGVhZGVyX2FkZHJlc3MYAiABKAkSDAoEdGVybRgDIAEoAxIPCgdub2RlX2lkGAQgASgJEhEKCWlzX2xlYWRlchgFIAEoCCKqAQoVQ3JlYXRlSW5zdGFuY2VSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIMCgRraW5kGAIgASgJEhMKC2NvbmZpZ19qc29uGAMgASgJEhMKC2luc3RhbmNlX2lkGAQgASgJEg4KBmVzY3JvdxgFIAEoCBIOCgZzZWxsZXIYBiABKAkSFQoNYmluZF92YXJpYWJsZRgHIAEoCRISCgpiaW5kX2ZpZWxkGAggASgJIswCCghJbnN0YW5jZRIKCgJpZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSDAoEa2luZBgDIAEoCRIOCgZmYW1pbHkYBCABKAkSEwoLY29uZmlnX2pzb24YBSABKAkSDQoFc3RhdGUYBiABKAkSFAoMb3V0Y29tZV9qc29uGAcgASgJEhQKDHJlY2VpcHRfanNvbhgIIAEoCRIUCgxyZWNlaXB0X2hhc2gYCSABKAkSEwoLZXZlbnRfY291bnQYCiABKAMSFQoNY3JlYXRlZF9hdF9tcxgLIAEoAxIOCgZlc2Nyb3cYDCABKAgSDgoGc2VsbGVyGA0gASgJEhUKDWJpbmRfdmFyaWFibGUYDiABKAkSEgoKYmluZF9maWVsZBgPIAEoCRITCgtzdGF0dXNfanNvbhgQIAEoCRIUCgxuZXh0X3RpY2tfbXMYESABKAMiFwoVTGlzdE1lY2hhbmlzbXNSZXF1ZXN0IoIBCg1NZWNoYW5pc21LaW5kEgwKBGtpbmQYASABKAkSDgoGZmFtaWx5GAIgASgJEhcKD2RlYWRsaW5lX2ZpZWxkcxgDIAMoCRIUCgxjbG9zZXNfZmllbGQYBCABKAkSEwoLb3BlbnNfZmllbGQYBSABKAkSDwoHc3VtbWFyeRgGIAEoCSJBChZMaXN0TWVjaGFuaXNtc1Jlc3BvbnNlEicKBWtpbmRzGAEgAygLMhgubWFiZWFtLnYxLk1lY2hhbmlzbUtpbmQiIAoSR2V0SW5zdGFuY2VSZXF1ZXN0EgoKAmlkGAEgASgJIjUKFExpc3RJbnN0YW5jZXNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRINCgVzdGF0ZRgCIAEoCSI/ChVMaXN0SW5zdGFuY2VzUmVzcG9uc2USJgoJaW5zdGFuY2VzGAEgAygLMhMubWFiZWFtLnYxLkluc3RhbmNlIjMKFUNhbmNlbEluc3RhbmNlUmVxdWVzdBIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiIgoUQ2xvc2VJbnN0YW5jZVJlcXVlc3QSCgoCaWQYASABKAkiTQoSU3VibWl0RXZlbnRSZXF1ZXN0EgoKAmlkGAEgASgJEhcKD2NsaWVudF9ldmVudF9pZBgCIAEoCRISCgpldmVudF9qc29uGAMgASgJImoKE1N1Ym1pdEV2ZW50UmVzcG9uc2USCwoDc2VxGAEgASgDEhEKCWR1cGxpY2F0ZRgCIAEoCBIUCgxhY3Rpb25zX2pzb24YAyABKAkSDQoFc3RhdGUYBCABKAkSDgoGbm93X21zGAUgASgDIkAKEVN1Ym1pdEJpZHNSZXF1ZXN0EisKBGJpZHMYASADKAsyHS5tYWJlYW0udjEuU3VibWl0RXZlbnRSZXF1ZXN0IjkKCEJpZEVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCRIOCgZyZWFzb24YAyABKAkikAEKBkJpZEFjaxIKCgJpZBgBIAEoCRIXCg9jbGllbnRfZXZlbnRfaWQYAiABKAkSMAoGcmVzdWx0GAMgASgLMh4ubWFiZWFtLnYxLlN1Ym1pdEV2ZW50UmVzcG9uc2VIABIkCgVlcnJvchgEIAEoCzITLm1hYmVhbS52MS5CaWRFcnJvckgAQgkKB291dGNvbWUiNQoSU3VibWl0Qmlkc1Jlc3BvbnNlEh8KBGFja3MYASADKAsyES5tYWJlYW0udjEuQmlkQWNrIlsKEkNhbmNlbE9yZGVyUmVxdWVzdBIKCgJpZBgBIAEoCRIXCg9jbGllbnRfZXZlbnRfaWQYAiABKAkSEAoIb3JkZXJfaWQYAyABKAkSDgoGdHJhZGVyGAQgASgJIjQKFFdhdGNoSW5zdGFuY2VSZXF1ZXN0EgoKAmlkGAEgASgJEhAKCGZyb21fc2VxGAIgASgDImsKDUluc3RhbmNlRXZlbnQSCwoDc2VxGAEgASgDEg4KBm5vd19tcxgCIAEoAxISCgpldmVudF9qc29uGAMgASgJEhMKC2ZpbmFsX3N0YXRlGAQgASgJEhQKDG91dGNvbWVfanNvbhgFIAEoCSI8CglCb29rTGV2ZWwSDQoFcHJpY2UYASABKAMSEAoIcXVhbnRpdHkYAiABKAMSDgoGb3JkZXJzGAMgASgFIncKDEJvb2tTbmFwc2hvdBIKCgJpZBgBIAEoCRIiCgRiaWRzGAIgAygLMhQubWFiZWFtLnYxLkJvb2tMZXZlbBIiCgRhc2tzGAMgAygLMhQubWFiZWFtLnYxLkJvb2tMZXZlbBITCgtldmVudF9jb3VudBgEIAEoAyKPAQoKVHJhZGVFdmVudBILCgNzZXEYASABKAMSEQoJYnV5X29yZGVyGAIgASgJEhIKCnNlbGxfb3JkZXIYAyABKAkSDQoFYnV5ZXIYBCABKAkSDgoGc2VsbGVyGAUgASgJEg0KBXByaWNlGAYgASgDEhAKCHF1YW50aXR5GAcgASgDEg0KBWF0X21zGAggASgDIqABCghWYXJpYWJsZRIOCgZ0ZW5hbnQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtzY2hlbWFfanNvbhgDIAEoCRISCgp2YWx1ZV9qc29uGAQgASgJEg8KB3ZlcnNpb24YBSABKAMSFQoNdXBkYXRlZF9hdF9tcxgGIAEoAxIOCgZzZXRfYnkYByABKAkSFQoNaGlzdG9yeV9saW1pdBgIIAEoBSJ3ChVDcmVhdGVWYXJpYWJsZVJlcXVlc3QSDgoGdGVuYW50GAEgASgJEgwKBG5hbWUYAiABKAkSEwoLc2NoZW1hX2pzb24YAyABKAkSFAoMaW5pdGlhbF9qc29uGAQgASgJEhUKDWhpc3RvcnlfbGltaXQYBSABKAUiMgoSR2V0VmFyaWFibGVSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIMCgRuYW1lGAIgASgJIiYKFExpc3RWYXJpYWJsZXNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCSI/ChVMaXN0VmFyaWFibGVzUmVzcG9uc2USJgoJdmFyaWFibGVzGAEgAygLMhMubWFiZWFtLnYxLlZhcmlhYmxlImAKElNldFZhcmlhYmxlUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDAoEbmFtZRgCIAEoCRISCgp2YWx1ZV9qc29uGAMgASgJEhgKEGV4cGVjdGVkX3ZlcnNpb24YBCABKAMiSgoUV2F0Y2hWYXJpYWJsZVJlcXVlc3QSDgoGdGVuYW50GAEgASgJEgwKBG5hbWUYAiABKAkSFAoMZnJvbV92ZXJzaW9uGAMgASgDIjYKFlZhcmlhYmxlSGlzdG9yeVJlcXVlc3QSDgoGdGVuYW50GAEgASgJEgwKBG5hbWUYAiABKAkiQAoXVmFyaWFibGVIaXN0b3J5UmVzcG9uc2USJQoIdmVyc2lvbnMYASADKAsyEy5tYWJlYW0udjEuVmFyaWFibGUiSQoHQmFsYW5jZRIOCgZ0ZW5hbnQYASABKAkSDQoFYWdlbnQYAiABKAkSEQoJYXZhaWxhYmxlGAMgASgDEgwKBGhlbGQYBCABKAMiVQoORGVwb3NpdFJlcXVlc3QSDgoGdGVuYW50GAEgASgJEg0KBWFnZW50GAIgASgJEg4KBmFtb3VudBgDIAEoAxIUCgxjbGllbnRfb3BfaWQYBCABKAkibQoPVHJhbnNmZXJSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRISCgpmcm9tX2FnZW50GAIgASgJEhAKCHRvX2FnZW50GAMgASgJEg4KBmFtb3VudBgEIAEoAxIUCgxjbGllbnRfb3BfaWQYBSABKAkidwoQVHJhbnNmZXJSZXNwb25zZRIoCgxmcm9tX2JhbGFuY2UYASABKAsyEi5tYWJlYW0udjEuQmFsYW5jZRImCgp0b19iYWxhbmNlGAIgASgLMhIubWFiZWFtLnYxLkJhbGFuY2USEQoJZHVwbGljYXRlGAMgASgIIjIKEUdldEJhbGFuY2VSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRINCgVhZ2VudBgCIAEoCSIlChNMaXN0QmFsYW5jZXNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCSI8ChRMaXN0QmFsYW5jZXNSZXNwb25zZRIkCghiYWxhbmNlcxgBIAMoCzISLm1hYmVhbS52MS5CYWxhbmNlMtoSChJDb29yZGluYXRvclNlcnZpY2USZwoUR2V0Q29vcmRpbmF0b3JMZWFkZXISJi5tYWJlYW0udjEuR2V0Q29vcmRpbmF0b3JMZWFkZXJSZXF1ZXN0GicubWFiZWFtLnYxLkdldENvb3JkaW5hdG9yTGVhZGVyUmVzcG9uc2USRgoNQ3JlYXRlQXVjdGlvbhIgLm1hYmVhbS52MS5DcmVhdGVJbnN0YW5jZVJlcXVlc3QaEy5tYWJlYW0udjEuSW5zdGFuY2USQAoKR2V0QXVjdGlvbhIdLm1hYmVhbS52MS5HZXRJbnN0YW5jZVJlcXVlc3QaEy5tYWJlYW0udjEuSW5zdGFuY2USUQoMTGlzdEF1Y3Rpb25zEh8ubWFiZWFtLnYxLkxpc3RJbnN0YW5jZXNSZXF1ZXN0GiAubWFiZWFtLnYxLkxpc3RJbnN0YW5jZXNSZXNwb25zZRJGCg1DYW5jZWxBdWN0aW9uEiAubWFiZWFtLnYxLkNhbmNlbEluc3RhbmNlUmVxdWVzdBoTLm1hYmVhbS52MS5JbnN0YW5jZRJKCglTdWJtaXRCaWQSHS5tYWJlYW0udjEuU3VibWl0RXZlbnRSZXF1ZXN0Gh4ubWFiZWFtLnYxLlN1Ym1pdEV2ZW50UmVzcG9uc2USTQoKU3VibWl0QmlkcxIcLm1hYmVhbS52MS5TdWJtaXRCaWRzUmVxdWVzdBodLm1hYmVhbS52MS5TdWJtaXRCaWRzUmVzcG9uc2UoATABEksKDFdhdGNoQXVjdGlvbhIfLm1hYmVhbS52MS5XYXRjaEluc3RhbmNlUmVxdWVzdBoYLm1hYmVhbS52MS5JbnN0YW5jZUV2ZW50MAESSgoRQ3JlYXRlTmVnb3RpYXRpb24SIC5tYWJlYW0udjEuQ3JlYXRlSW5zdGFuY2VSZXF1ZXN0GhMubWFiZWFtLnYxLkluc3RhbmNlEkQKDkdldE5lZ290aWF0aW9uEh0ubWFiZWFtLnYxLkdldEluc3RhbmNlUmVxdWVzdBoTLm1hYmVhbS52MS5JbnN0YW5jZRJKCglOZWdvdGlhdGUSHS5tYWJlYW0udjEuU3VibWl0RXZlbnRSZXF1ZXN0Gh4ubWFiZWFtLnYxLlN1Ym1pdEV2ZW50UmVzcG9uc2USQwoKQ3JlYXRlVm90ZRIgLm1hYmVhbS52MS5DcmVhdGVJbnN0YW5jZVJlcXVlc3QaEy5tYWJlYW0udjEuSW5zdGFuY2USPQoHR2V0Vm90ZRIdLm1hYmVhbS52MS5HZXRJbnN0YW5jZVJlcXVlc3QaEy5tYWJlYW0udjEuSW5zdGFuY2USSQoIQ2FzdFZvdGUSHS5tYWJlYW0udjEuU3VibWl0RXZlbnRSZXF1ZXN0Gh4ubWFiZWFtLnYxLlN1Ym1pdEV2ZW50UmVzcG9uc2USRQoMQ3JlYXRlTWFya2V0EiAubWFiZWFtLnYxLkNyZWF0ZUluc3RhbmNlUmVxdWVzdBoTLm1hYmVhbS52MS5JbnN0YW5jZRI/CglHZXRNYXJrZXQSHS5tYWJlYW0udjEuR2V0SW5zdGFuY2VSZXF1ZXN0GhMubWFiZWFtLnYxLkluc3RhbmNlEksKClBsYWNlT3JkZXISHS5tYWJlYW0udjEuU3VibWl0RXZlbnRSZXF1ZXN0Gh4ubWFiZWFtLnYxLlN1Ym1pdEV2ZW50UmVzcG9uc2USTAoLQ2FuY2VsT3JkZXISHS5tYWJlYW0udjEuQ2FuY2VsT3JkZXJSZXF1ZXN0Gh4ubWFiZWFtLnYxLlN1Ym1pdEV2ZW50UmVzcG9uc2USQQoHR2V0Qm9vaxIdLm1hYmVhbS52MS5HZXRJbnN0YW5jZVJlcXVlc3QaFy5tYWJlYW0udjEuQm9va1NuYXBzaG90EkcKC1dhdGNoVHJhZGVzEh8ubWFiZWFtLnYxLldhdGNoSW5zdGFuY2VSZXF1ZXN0GhUubWFiZWFtLnYxLlRyYWRlRXZlbnQwARJFCg1DbG9zZUluc3RhbmNlEh8ubWFiZWFtLnYxLkNsb3NlSW5zdGFuY2VSZXF1ZXN0GhMubWFiZWFtLnYxLkluc3RhbmNlElUKDkxpc3RNZWNoYW5pc21zEiAubWFiZWFtLnYxLkxpc3RNZWNoYW5pc21zUmVxdWVzdBohLm1hYmVhbS52MS5MaXN0TWVjaGFuaXNtc1Jlc3BvbnNlEkcKDkNyZWF0ZVZhcmlhYmxlEiAubWFiZWFtLnYxLkNyZWF0ZVZhcmlhYmxlUmVxdWVzdBoTLm1hYmVhbS52MS5WYXJpYWJsZRJBCgtHZXRWYXJpYWJsZRIdLm1hYmVhbS52MS5HZXRWYXJpYWJsZVJlcXVlc3QaEy5tYWJlYW0udjEuVmFyaWFibGUSUgoNTGlzdFZhcmlhYmxlcxIfLm1hYmVhbS52MS5MaXN0VmFyaWFibGVzUmVxdWVzdBogLm1hYmVhbS52MS5MaXN0VmFyaWFibGVzUmVzcG9uc2USQQoLU2V0VmFyaWFibGUSHS5tYWJlYW0udjEuU2V0VmFyaWFibGVSZXF1ZXN0GhMubWFiZWFtLnYxLlZhcmlhYmxlEkcKDVdhdGNoVmFyaWFibGUSHy5tYWJlYW0udjEuV2F0Y2hWYXJpYWJsZVJlcXVlc3QaEy5tYWJlYW0udjEuVmFyaWFibGUwARJYCg9WYXJpYWJsZUhpc3RvcnkSIS5tYWJlYW0udjEuVmFyaWFibGVIaXN0b3J5UmVxdWVzdBoiLm1hYmVhbS52MS5WYXJpYWJsZUhpc3RvcnlSZXNwb25zZRI4CgdEZXBvc2l0EhkubWFiZWFtLnYxLkRlcG9zaXRSZXF1ZXN0GhIubWFiZWFtLnYxLkJhbGFuY2USQwoIVHJhbnNmZXISGi5tYWJlYW0udjEuVHJhbnNmZXJSZXF1ZXN0GhsubWFiZWFtLnYxLlRyYW5zZmVyUmVzcG9uc2USPgoKR2V0QmFsYW5jZRIcLm1hYmVhbS52MS5HZXRCYWxhbmNlUmVxdWVzdBoSLm1hYmVhbS52MS5CYWxhbmNlEk8KDExpc3RCYWxhbmNlcxIeLm1hYmVhbS52MS5MaXN0QmFsYW5jZXNSZXF1ZXN0Gh8ubWFiZWFtLnYxLkxpc3RCYWxhbmNlc1Jlc3BvbnNlYgZwcm90bzM");
 
 /**
  * @generated from message mabeam.v1.GetCoordinatorLeaderRequest
@@ -251,6 +251,95 @@ export const InstanceSchema: GenMessage<Instance> = /*@__PURE__*/
   messageDesc(file_mabeam_v1_coordinator, 3);
 
 /**
+ * @generated from message mabeam.v1.ListMechanismsRequest
+ */
+export type ListMechanismsRequest = Message<"mabeam.v1.ListMechanismsRequest"> & {
+};
+
+/**
+ * Describes the message mabeam.v1.ListMechanismsRequest.
+ * Use `create(ListMechanismsRequestSchema)` to create a new message.
+ */
+export const ListMechanismsRequestSchema: GenMessage<ListMechanismsRequest> = /*@__PURE__*/
+  messageDesc(file_mabeam_v1_coordinator, 4);
+
+/**
+ * @generated from message mabeam.v1.MechanismKind
+ */
+export type MechanismKind = Message<"mabeam.v1.MechanismKind"> & {
+  /**
+   * The kind named in CreateInstanceRequest.kind, e.g. "sealed".
+   *
+   * @generated from field: string kind = 1;
+   */
+  kind: string;
+
+  /**
+   * auction, negotiation, vote or market.
+   *
+   * @generated from field: string family = 2;
+   */
+  family: string;
+
+  /**
+   * Config fields holding an absolute time (ms since the epoch) at which the instance may need a tick;
+   * the coordinator schedules one at each.
+   *
+   * @generated from field: repeated string deadline_fields = 3;
+   */
+  deadlineFields: string[];
+
+  /**
+   * The config field that says when the instance closes (what a "closes in N seconds" option fills);
+   * empty when the kind has none.
+   *
+   * @generated from field: string closes_field = 4;
+   */
+  closesField: string;
+
+  /**
+   * The config field holding its opening time, to be set to "now" together with closes_field when the
+   * caller does not give it (a quiet period counts from it); empty when none.
+   *
+   * @generated from field: string opens_field = 5;
+   */
+  opensField: string;
+
+  /**
+   * One line saying what the kind is (its class's docstring summary).
+   *
+   * @generated from field: string summary = 6;
+   */
+  summary: string;
+};
+
+/**
+ * Describes the message mabeam.v1.MechanismKind.
+ * Use `create(MechanismKindSchema)` to create a new message.
+ */
+export const MechanismKindSchema: GenMessage<MechanismKind> = /*@__PURE__*/
+  messageDesc(file_mabeam_v1_coordinator, 5);
+
+/**
+ * @generated from message mabeam.v1.ListMechanismsResponse
+ */
+export type ListMechanismsResponse = Message<"mabeam.v1.ListMechanismsResponse"> & {
+  /**
+   * Sorted by kind.
+   *
+   * @generated from field: repeated mabeam.v1.MechanismKind kinds = 1;
+   */
+  kinds: MechanismKind[];
+};
+
+/**
+ * Describes the message mabeam.v1.ListMechanismsResponse.
+ * Use `create(ListMechanismsResponseSchema)` to create a new message.
+ */
+export const ListMechanismsResponseSchema: GenMessage<ListMechanismsResponse> = /*@__PURE__*/
+  messageDesc(file_mabeam_v1_coordinator, 6);
+
+/**
  * @generated from message mabeam.v1.GetInstanceRequest
  */
 export type GetInstanceRequest = Message<"mabeam.v1.GetInstanceRequest"> & {
@@ -265,7 +354,7 @@ export type GetInstanceRequest = Message<"mabeam.v1.GetInstanceRequest"> & {
  * Use `create(GetInstanceRequestSchema)` to create a new message.
  */
 export const GetInstanceRequestSchema: GenMessage<GetInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 4);
+  messageDesc(file_mabeam_v1_coordinator, 7);
 
 /**
  * @generated from message mabeam.v1.ListInstancesRequest
@@ -289,7 +378,7 @@ export type ListInstancesRequest = Message<"mabeam.v1.ListInstancesRequest"> & {
  * Use `create(ListInstancesRequestSchema)` to create a new message.
  */
 export const ListInstancesRequestSchema: GenMessage<ListInstancesRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 5);
+  messageDesc(file_mabeam_v1_coordinator, 8);
 
 /**
  * @generated from message mabeam.v1.ListInstancesResponse
@@ -306,7 +395,7 @@ export type ListInstancesResponse = Message<"mabeam.v1.ListInstancesResponse"> &
  * Use `create(ListInstancesResponseSchema)` to create a new message.
  */
 export const ListInstancesResponseSchema: GenMessage<ListInstancesResponse> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 6);
+  messageDesc(file_mabeam_v1_coordinator, 9);
 
 /**
  * @generated from message mabeam.v1.CancelInstanceRequest
@@ -328,7 +417,7 @@ export type CancelInstanceRequest = Message<"mabeam.v1.CancelInstanceRequest"> &
  * Use `create(CancelInstanceRequestSchema)` to create a new message.
  */
 export const CancelInstanceRequestSchema: GenMessage<CancelInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 7);
+  messageDesc(file_mabeam_v1_coordinator, 10);
 
 /**
  * @generated from message mabeam.v1.CloseInstanceRequest
@@ -345,7 +434,7 @@ export type CloseInstanceRequest = Message<"mabeam.v1.CloseInstanceRequest"> & {
  * Use `create(CloseInstanceRequestSchema)` to create a new message.
  */
 export const CloseInstanceRequestSchema: GenMessage<CloseInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 8);
+  messageDesc(file_mabeam_v1_coordinator, 11);
 
 /**
  * @generated from message mabeam.v1.SubmitEventRequest
@@ -376,7 +465,7 @@ export type SubmitEventRequest = Message<"mabeam.v1.SubmitEventRequest"> & {
  * Use `create(SubmitEventRequestSchema)` to create a new message.
  */
 export const SubmitEventRequestSchema: GenMessage<SubmitEventRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 9);
+  messageDesc(file_mabeam_v1_coordinator, 12);
 
 /**
  * @generated from message mabeam.v1.SubmitEventResponse
@@ -421,7 +510,7 @@ export type SubmitEventResponse = Message<"mabeam.v1.SubmitEventResponse"> & {
  * Use `create(SubmitEventResponseSchema)` to create a new message.
  */
 export const SubmitEventResponseSchema: GenMessage<SubmitEventResponse> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 10);
+  messageDesc(file_mabeam_v1_coordinator, 13);
 
 /**
  * @generated from message mabeam.v1.SubmitBidsRequest
@@ -440,7 +529,7 @@ export type SubmitBidsRequest = Message<"mabeam.v1.SubmitBidsRequest"> & {
  * Use `create(SubmitBidsRequestSchema)` to create a new message.
  */
 export const SubmitBidsRequestSchema: GenMessage<SubmitBidsRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 11);
+  messageDesc(file_mabeam_v1_coordinator, 14);
 
 /**
  * Why one bid of a SubmitBids stream was refused (nothing changed); same codes and reasons as SubmitBid.
@@ -473,7 +562,7 @@ export type BidError = Message<"mabeam.v1.BidError"> & {
  * Use `create(BidErrorSchema)` to create a new message.
  */
 export const BidErrorSchema: GenMessage<BidError> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 12);
+  messageDesc(file_mabeam_v1_coordinator, 15);
 
 /**
  * @generated from message mabeam.v1.BidAck
@@ -516,7 +605,7 @@ export type BidAck = Message<"mabeam.v1.BidAck"> & {
  * Use `create(BidAckSchema)` to create a new message.
  */
 export const BidAckSchema: GenMessage<BidAck> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 13);
+  messageDesc(file_mabeam_v1_coordinator, 16);
 
 /**
  * @generated from message mabeam.v1.SubmitBidsResponse
@@ -533,7 +622,7 @@ export type SubmitBidsResponse = Message<"mabeam.v1.SubmitBidsResponse"> & {
  * Use `create(SubmitBidsResponseSchema)` to create a new message.
  */
 export const SubmitBidsResponseSchema: GenMessage<SubmitBidsResponse> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 14);
+  messageDesc(file_mabeam_v1_coordinator, 17);
 
 /**
  * @generated from message mabeam.v1.CancelOrderRequest
@@ -565,7 +654,7 @@ export type CancelOrderRequest = Message<"mabeam.v1.CancelOrderRequest"> & {
  * Use `create(CancelOrderRequestSchema)` to create a new message.
  */
 export const CancelOrderRequestSchema: GenMessage<CancelOrderRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 15);
+  messageDesc(file_mabeam_v1_coordinator, 18);
 
 /**
  * @generated from message mabeam.v1.WatchInstanceRequest
@@ -589,7 +678,7 @@ export type WatchInstanceRequest = Message<"mabeam.v1.WatchInstanceRequest"> & {
  * Use `create(WatchInstanceRequestSchema)` to create a new message.
  */
 export const WatchInstanceRequestSchema: GenMessage<WatchInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 16);
+  messageDesc(file_mabeam_v1_coordinator, 19);
 
 /**
  * @generated from message mabeam.v1.InstanceEvent
@@ -628,7 +717,7 @@ export type InstanceEvent = Message<"mabeam.v1.InstanceEvent"> & {
  * Use `create(InstanceEventSchema)` to create a new message.
  */
 export const InstanceEventSchema: GenMessage<InstanceEvent> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 17);
+  messageDesc(file_mabeam_v1_coordinator, 20);
 
 /**
  * @generated from message mabeam.v1.BookLevel
@@ -655,7 +744,7 @@ export type BookLevel = Message<"mabeam.v1.BookLevel"> & {
  * Use `create(BookLevelSchema)` to create a new message.
  */
 export const BookLevelSchema: GenMessage<BookLevel> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 18);
+  messageDesc(file_mabeam_v1_coordinator, 21);
 
 /**
  * @generated from message mabeam.v1.BookSnapshot
@@ -689,7 +778,7 @@ export type BookSnapshot = Message<"mabeam.v1.BookSnapshot"> & {
  * Use `create(BookSnapshotSchema)` to create a new message.
  */
 export const BookSnapshotSchema: GenMessage<BookSnapshot> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 19);
+  messageDesc(file_mabeam_v1_coordinator, 22);
 
 /**
  * @generated from message mabeam.v1.TradeEvent
@@ -741,7 +830,7 @@ export type TradeEvent = Message<"mabeam.v1.TradeEvent"> & {
  * Use `create(TradeEventSchema)` to create a new message.
  */
 export const TradeEventSchema: GenMessage<TradeEvent> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 20);
+  messageDesc(file_mabeam_v1_coordinator, 23);
 
 /**
  * @generated from message mabeam.v1.Variable
@@ -797,7 +886,7 @@ export type Variable = Message<"mabeam.v1.Variable"> & {
  * Use `create(VariableSchema)` to create a new message.
  */
 export const VariableSchema: GenMessage<Variable> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 21);
+  messageDesc(file_mabeam_v1_coordinator, 24);
 
 /**
  * @generated from message mabeam.v1.CreateVariableRequest
@@ -838,7 +927,7 @@ export type CreateVariableRequest = Message<"mabeam.v1.CreateVariableRequest"> &
  * Use `create(CreateVariableRequestSchema)` to create a new message.
  */
 export const CreateVariableRequestSchema: GenMessage<CreateVariableRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 22);
+  messageDesc(file_mabeam_v1_coordinator, 25);
 
 /**
  * @generated from message mabeam.v1.GetVariableRequest
@@ -860,7 +949,7 @@ export type GetVariableRequest = Message<"mabeam.v1.GetVariableRequest"> & {
  * Use `create(GetVariableRequestSchema)` to create a new message.
  */
 export const GetVariableRequestSchema: GenMessage<GetVariableRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 23);
+  messageDesc(file_mabeam_v1_coordinator, 26);
 
 /**
  * @generated from message mabeam.v1.ListVariablesRequest
@@ -877,7 +966,7 @@ export type ListVariablesRequest = Message<"mabeam.v1.ListVariablesRequest"> & {
  * Use `create(ListVariablesRequestSchema)` to create a new message.
  */
 export const ListVariablesRequestSchema: GenMessage<ListVariablesRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 24);
+  messageDesc(file_mabeam_v1_coordinator, 27);
 
 /**
  * @generated from message mabeam.v1.ListVariablesResponse
@@ -894,7 +983,7 @@ export type ListVariablesResponse = Message<"mabeam.v1.ListVariablesResponse"> &
  * Use `create(ListVariablesResponseSchema)` to create a new message.
  */
 export const ListVariablesResponseSchema: GenMessage<ListVariablesResponse> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 25);
+  messageDesc(file_mabeam_v1_coordinator, 28);
 
 /**
  * @generated from message mabeam.v1.SetVariableRequest
@@ -928,7 +1017,7 @@ export type SetVariableRequest = Message<"mabeam.v1.SetVariableRequest"> & {
  * Use `create(SetVariableRequestSchema)` to create a new message.
  */
 export const SetVariableRequestSchema: GenMessage<SetVariableRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 26);
+  messageDesc(file_mabeam_v1_coordinator, 29);
 
 /**
  * @generated from message mabeam.v1.WatchVariableRequest
@@ -957,7 +1046,7 @@ export type WatchVariableRequest = Message<"mabeam.v1.WatchVariableRequest"> & {
  * Use `create(WatchVariableRequestSchema)` to create a new message.
  */
 export const WatchVariableRequestSchema: GenMessage<WatchVariableRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 27);
+  messageDesc(file_mabeam_v1_coordinator, 30);
 
 /**
  * @generated from message mabeam.v1.VariableHistoryRequest
@@ -979,7 +1068,7 @@ export type VariableHistoryRequest = Message<"mabeam.v1.VariableHistoryRequest">
  * Use `create(VariableHistoryRequestSchema)` to create a new message.
  */
 export const VariableHistoryRequestSchema: GenMessage<VariableHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 28);
+  messageDesc(file_mabeam_v1_coordinator, 31);
 
 /**
  * @generated from message mabeam.v1.VariableHistoryResponse
@@ -998,7 +1087,7 @@ export type VariableHistoryResponse = Message<"mabeam.v1.VariableHistoryResponse
  * Use `create(VariableHistoryResponseSchema)` to create a new message.
  */
 export const VariableHistoryResponseSchema: GenMessage<VariableHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 29);
+  messageDesc(file_mabeam_v1_coordinator, 32);
 
 /**
  * @generated from message mabeam.v1.Balance
@@ -1030,7 +1119,7 @@ export type Balance = Message<"mabeam.v1.Balance"> & {
  * Use `create(BalanceSchema)` to create a new message.
  */
 export const BalanceSchema: GenMessage<Balance> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 30);
+  messageDesc(file_mabeam_v1_coordinator, 33);
 
 /**
  * @generated from message mabeam.v1.DepositRequest
@@ -1064,7 +1153,7 @@ export type DepositRequest = Message<"mabeam.v1.DepositRequest"> & {
  * Use `create(DepositRequestSchema)` to create a new message.
  */
 export const DepositRequestSchema: GenMessage<DepositRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 31);
+  messageDesc(file_mabeam_v1_coordinator, 34);
 
 /**
  * @generated from message mabeam.v1.TransferRequest
@@ -1101,7 +1190,7 @@ export type TransferRequest = Message<"mabeam.v1.TransferRequest"> & {
  * Use `create(TransferRequestSchema)` to create a new message.
  */
 export const TransferRequestSchema: GenMessage<TransferRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 32);
+  messageDesc(file_mabeam_v1_coordinator, 35);
 
 /**
  * @generated from message mabeam.v1.TransferResponse
@@ -1128,7 +1217,7 @@ export type TransferResponse = Message<"mabeam.v1.TransferResponse"> & {
  * Use `create(TransferResponseSchema)` to create a new message.
  */
 export const TransferResponseSchema: GenMessage<TransferResponse> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 33);
+  messageDesc(file_mabeam_v1_coordinator, 36);
 
 /**
  * @generated from message mabeam.v1.GetBalanceRequest
@@ -1150,7 +1239,7 @@ export type GetBalanceRequest = Message<"mabeam.v1.GetBalanceRequest"> & {
  * Use `create(GetBalanceRequestSchema)` to create a new message.
  */
 export const GetBalanceRequestSchema: GenMessage<GetBalanceRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 34);
+  messageDesc(file_mabeam_v1_coordinator, 37);
 
 /**
  * @generated from message mabeam.v1.ListBalancesRequest
@@ -1167,7 +1256,7 @@ export type ListBalancesRequest = Message<"mabeam.v1.ListBalancesRequest"> & {
  * Use `create(ListBalancesRequestSchema)` to create a new message.
  */
 export const ListBalancesRequestSchema: GenMessage<ListBalancesRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 35);
+  messageDesc(file_mabeam_v1_coordinator, 38);
 
 /**
  * @generated from message mabeam.v1.ListBalancesResponse
@@ -1184,7 +1273,7 @@ export type ListBalancesResponse = Message<"mabeam.v1.ListBalancesResponse"> & {
  * Use `create(ListBalancesResponseSchema)` to create a new message.
  */
 export const ListBalancesResponseSchema: GenMessage<ListBalancesResponse> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_coordinator, 36);
+  messageDesc(file_mabeam_v1_coordinator, 39);
 
 /**
  * @generated from service mabeam.v1.CoordinatorService
@@ -1391,6 +1480,18 @@ export const CoordinatorService: GenService<{
     methodKind: "unary";
     input: typeof CloseInstanceRequestSchema;
     output: typeof InstanceSchema;
+  },
+  /**
+   * The mechanism kinds this node runs (built in, and plugins it loaded), each with its family (which
+   * Create*\/Get*\/submit RPCs serve it) and the config fields that hold times. Served by every node from
+   * its own registry, leader or standby: clients and the CLI derive kind-specific options from it.
+   *
+   * @generated from rpc mabeam.v1.CoordinatorService.ListMechanisms
+   */
+  listMechanisms: {
+    methodKind: "unary";
+    input: typeof ListMechanismsRequestSchema;
+    output: typeof ListMechanismsResponseSchema;
   },
   /**
    * Variables: named, JSON-schema typed, versioned, with a bounded persisted history.
