@@ -36,6 +36,9 @@ class CoordinatorConfig(BaseModel):
     advertise_host: str = Field("", description="Host published to clients; defaults to grpc_host.")
     lease_ttl: int = Field(2, ge=2, le=300, description="Election lease TTL, seconds (failover takes about this).")
     shutdown_grace: float = Field(1.0, ge=0, le=60, description="Seconds in-flight calls get at shutdown.")
+    mechanism_modules: list[str] = Field(
+        default_factory=list, description="Extra mechanism kinds to load: dotted module names or .py paths "
+                                          "(installed 'mabeam.mechanisms' entry points load too).")
 
     @field_validator("node_id", "cluster")
     @classmethod
@@ -46,6 +49,13 @@ class CoordinatorConfig(BaseModel):
     @classmethod
     def _endpoints(cls, value: Any) -> Any:
         return check_endpoints(value)
+
+    @field_validator("mechanism_modules", mode="before")
+    @classmethod
+    def _modules(cls, value: Any) -> Any:
+        if isinstance(value, str):  # COORDINATOR_MECHANISM_MODULES=a,b
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @property
     def advertised(self) -> str:
@@ -71,5 +81,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[str | None, dict[str,
     parser.add_argument("--grpc-port", dest="grpc_port")
     parser.add_argument("--advertise-host", dest="advertise_host")
     parser.add_argument("--lease-ttl", dest="lease_ttl")
+    parser.add_argument("--mechanism-module", dest="mechanism_modules", action="append",
+                        help="extra mechanism kinds: a dotted module name or a .py path (repeatable)")
     args = parser.parse_args(argv)
     return args.config, {k: v for k, v in vars(args).items() if k != "config" and v is not None}

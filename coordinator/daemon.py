@@ -99,6 +99,16 @@ def run(config: CoordinatorConfig) -> int:
     """Run the coordinator to completion; returns the exit code."""
     import uvloop
 
+    from coordinator.plugins import PluginError, load_mechanisms
+
+    try:
+        kinds = load_mechanisms(config.mechanism_modules)
+    except PluginError as error:
+        print(f"coordinator: {error}", file=sys.stderr)
+        return 2
+    if kinds:
+        log.info("mechanism plugins loaded: %s", ", ".join(kinds))
+
     async def main() -> None:
         await Daemon(config).run()  # gRPC objects must be created inside the running loop
 

@@ -27,18 +27,12 @@ from typing import Any
 import grpc
 
 from coordinator import keys
-from coordinator.escrow import (
-    EscrowRefused,
-    OrderInfo,
-    market_changes,
-    participant,
-    required_hold,
-    settlement,
-)
-from coordinator.instances import FAMILIES, Ack, Instance, check_sequence, new_meta, rebuild
+from coordinator.instances import Ack, Instance, check_sequence, new_meta, rebuild
 from coordinator.ledger import Account, InsufficientFunds, Ledger, LedgerError
 from coordinator.mechanisms import MechanismClosed, MechanismError
-from coordinator.mechanisms.base import ScheduleTick, mechanism_class
+from coordinator.mechanisms.base import ScheduleTick, mechanism_classes
+from coordinator.mechanisms.errors import EscrowRefused
+from coordinator.mechanisms.market import MarketMechanism
 from coordinator.store import CommitFailed, Committer, read_prefix
 from coordinator.variables import (
     VariableError,
@@ -213,12 +207,12 @@ class Engine:
     async def create(self, family: str, tenant: str, kind: str, config: dict[str, Any], instance_id: str,
                      escrow: bool, seller: str, bind_variable: str, bind_field: str) -> Instance:
         """Create and persist a new instance (idempotent for a repeated identical instance_id)."""
-        if FAMILIES.get(kind) != family:
-            kinds = sorted(k for k, f in FAMILIES.items() if f == family)
+        classes = {cls.kind: cls for cls in mechanism_classes() if cls.family == family}
+        if kind not in classes:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"kind {kind!r} is not a {family}; use one of "
-                               f"{kinds}", "INVALID_FIELD")
+                               f"{sorted(classes)}", "INVALID_FIELD")
         try:
-            mechanism = mechanism_class(kind)(config)
+            mechanism = classes[kind](config)
         except MechanismError as error:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(error), "INVALID_FIELD") from None
         normalized = mechanism.config.model_dump(mode="json")
@@ -282,20 +276,19 @@ class Engine:
 
     def _accept(self, instance: Instance, event: dict[str, Any], cid: str | None) -> tuple[Ack, asyncio.Future[int]]:
         """Validate and apply one event, stage its write group; raises ServiceError with nothing changed."""
-        mech: Any = instance.mechanism
+        mech = instance.mechanism
         try:
             parsed = mech.parse_event(event)
         except MechanismError as error:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(error), "INVALID_FIELD") from None
         record = parsed.model_dump(mode="json")
         now = max(self.clock(), mech.now or 0)
-        agent = participant(record)
+        agent = mech.participant(parsed)
         new_hold: int | None = None
         if instance.escrow and agent is not None:
             current = self.ledger.hold_of(instance.id, instance.tenant, agent)
             try:
-                clock_price = mech.price_at(now) if instance.kind == "dutch" else None
-                new_hold = required_hold(instance.kind, record, current, clock_price)
+                new_hold = mech.required_hold(parsed, current, now)
                 if new_hold is not None:
                     self.ledger.check_hold(instance.id, instance.tenant, agent, new_hold)
             except EscrowRefused as error:
@@ -313,12 +306,10 @@ class Engine:
         instance.seq += 1
         seq = instance.seq
         action_dicts = [a.model_dump(mode="json") for a in actions]
-        if instance.family == "market" and record.get("type") == "limit":
-            instance.orders[record["order_id"]] = OrderInfo(record["trader"], record["side"], int(record["price"]))
         if new_hold is not None and agent is not None:
             self.ledger.set_hold(instance.id, instance.tenant, agent, new_hold)
-        if instance.escrow and instance.family == "market":
-            for change in market_changes(action_dicts, instance.orders):
+        if instance.escrow:
+            for change in mech.hold_changes(actions):
                 self.ledger.pay_from_hold(instance.id, instance.tenant, change.agent, change.used, change.price,
                                           change.payee)
         for action in actions:
@@ -365,8 +356,8 @@ class Engine:
     def _settle(self, instance: Instance) -> asyncio.Future[int]:
         """Pay winners out of their holds and release every other hold, one atomic group per agent."""
         payments = {}
-        if instance.state == "concluded" and instance.end is not None:
-            payments = {p.agent: p.price for p in settlement(instance.kind, instance.end["outcome"])}
+        if instance.state == "concluded" and instance.mechanism.concluded:
+            payments = {p.agent: p.price for p in instance.mechanism.payments()}
         seller = instance.meta.get("seller") or None
         last: asyncio.Future[int] | None = None
         for (tenant, agent) in sorted(self.ledger.holds_for(instance.id)):
@@ -422,8 +413,10 @@ class Engine:
     def book(self, instance_id: str) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
         """A market's resting orders aggregated per price: (bids best first, asks best first)."""
         instance = self.instance(instance_id, "market")
+        mechanism = instance.mechanism
+        assert isinstance(mechanism, MarketMechanism)  # family "market" kinds subclass it (see its docstring)
         levels: dict[tuple[str, int], list[int]] = {}
-        for order in instance.mechanism.resting():  # type: ignore[attr-defined]
+        for order in mechanism.resting():
             level = levels.setdefault((order.side, order.price), [0, 0])
             level[0] += order.remaining
             level[1] += 1

@@ -1,9 +1,10 @@
 """One running mechanism instance (auction, negotiation, vote or market) and its stored records.
 
-Pure: no I/O. :class:`Instance` holds the mechanism, its metadata, the
-idempotency table and the escrow order book; :func:`rebuild` turns the keys
-read from etcd back into an instance by replaying its accepted events.
-Records are JSON, written by the engine (see :mod:`coordinator.keys`).
+Pure: no I/O. :class:`Instance` holds the mechanism, its metadata and the
+idempotency table; :func:`rebuild` turns the keys read from etcd back into an
+instance by replaying its accepted events. Records are JSON, written by the
+engine (see :mod:`coordinator.keys`). Nothing here knows a kind: family,
+deadlines and the status view come from the mechanism class.
 """
 
 from __future__ import annotations
@@ -13,17 +14,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator.escrow import OrderInfo, orders_from_events
 from coordinator.mechanisms import Mechanism
-from coordinator.mechanisms.base import mechanism_class
-
-FAMILIES: dict[str, str] = {
-    "sealed": "auction", "english": "auction", "dutch": "auction", "multi_unit": "auction",
-    "combinatorial": "auction", "contract_net": "negotiation", "alternating_offers": "negotiation",
-    "mediated_bargaining": "negotiation", "vote": "vote", "double_auction": "market", "call_market": "market",
-}
-#: Config fields that name an absolute time at which a tick may be due.
-DEADLINE_FIELDS = ("opens_at", "closes_at", "hard_deadline", "deadline", "starts_at")
+from coordinator.mechanisms.base import registered_mechanisms
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +55,6 @@ class Instance:
     #: bytes until a retry asks for it (cProfile of Engine.load over 18k sealed bids: parsing every
     #: ack was ~0.19 s of ~1 s, which the bench's failover_s pays).
     acks: dict[str, tuple[Ack | bytes, asyncio.Future[int] | None]] = field(default_factory=dict)
-    orders: dict[str, OrderInfo] = field(default_factory=dict)
     mechanism_tick: int | None = None
 
     @property
@@ -83,8 +74,8 @@ class Instance:
 
     @property
     def family(self) -> str:
-        """auction, negotiation, vote or market."""
-        return FAMILIES[self.kind]
+        """auction, negotiation, vote or market (the mechanism class's family)."""
+        return self.mechanism.family
 
     @property
     def escrow(self) -> bool:
@@ -92,27 +83,14 @@ class Instance:
         return bool(self.meta.get("escrow"))
 
     def config_deadlines(self) -> list[int]:
-        """Absolute times named in the config at which a tick may be due."""
+        """Absolute times named in the config (the kind's ``deadline_fields``) at which a tick may be due."""
         config = self.meta["config"]
-        return sorted({int(config[name]) for name in DEADLINE_FIELDS if isinstance(config.get(name), int)})
+        return sorted({int(config[name]) for name in self.mechanism.deadline_fields
+                       if isinstance(config.get(name), int)})
 
     def status(self, now: int) -> dict[str, Any]:
-        """A kind-specific live view (sealed bids stay sealed)."""
-        mech: Any = self.mechanism
-        view: dict[str, Any] = {"events": self.seq}
-        if self.kind == "english":
-            bidder, amount = mech.standing()
-            view.update(high_bidder=bidder, high_bid=amount, closes_at=mech.closes_at(),
-                        minimum_bid=mech.minimum_bid())
-        elif self.kind == "dutch":
-            view.update(price=mech.price_at(now), expires_at=mech.expires_at())
-        elif self.family == "market":
-            resting = mech.resting()
-            buys = [o.price for o in resting if o.side == "buy"]
-            sells = [o.price for o in resting if o.side == "sell"]
-            view.update(best_bid=max(buys, default=None), best_ask=min(sells, default=None),
-                        resting_orders=len(resting))
-        return view
+        """The event count and the kind's live view (``Mechanism.status_view``; sealed bids stay sealed)."""
+        return {"events": self.seq, **self.mechanism.status_view(now)}
 
 
 def new_meta(instance_id: str, tenant: str, kind: str, config: dict[str, Any], created_at: int, escrow: bool,
@@ -125,7 +103,11 @@ def new_meta(instance_id: str, tenant: str, kind: str, config: dict[str, Any], c
 def rebuild(meta: dict[str, Any], events: list[dict[str, Any]], acks: dict[str, Ack | bytes],
             end: dict[str, Any] | None) -> Instance:
     """An instance rebuilt from its stored records by replaying its accepted events in seq order."""
-    cls = mechanism_class(meta["kind"])
+    cls = registered_mechanisms().get(meta["kind"])
+    if cls is None:
+        # Every coordinator node must load the same mechanism plugins (docs/mechanisms/README.md).
+        raise ValueError(f"instance {meta['id']}: kind {meta['kind']!r} is not loaded on this coordinator "
+                         "(add its module with --mechanism-module or install its plugin)")
     records = [{"now": e["now"], "event": e["event"]} for e in events]
     mechanism = cls.replay(meta["config"], records)
     instance = Instance(meta=meta, mechanism=mechanism, seq=len(events),
@@ -135,8 +117,6 @@ def rebuild(meta: dict[str, Any], events: list[dict[str, Any]], acks: dict[str, 
         instance.state = str(end["state"])
     elif mechanism.concluded:
         instance.state = "concluded"
-    if FAMILIES[meta["kind"]] == "market":
-        instance.orders = orders_from_events(records)
     return instance
 
 

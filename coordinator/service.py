@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 import grpc
 
 from coordinator.engine import Engine, not_durable
-from coordinator.instances import FAMILIES, Ack, Instance
+from coordinator.instances import Ack, Instance
 from coordinator.ledger import Account
+from coordinator.mechanisms.base import Mechanism, mechanism_classes, registered_kinds
 from coordinator.node import CoordinatorNode
 from coordinator.store import CommitFailed
 from coordinator.variables import DEFAULT_HISTORY, MAX_SCHEMA_BYTES, VariableError, VariableRecord, parse_json
@@ -105,6 +106,13 @@ def instance_message(instance: Instance, engine: Engine, with_receipt: bool = Tr
         next_tick_ms=instance.mechanism_tick or 0)
 
 
+def mechanism_kind_message(cls: type[Mechanism[Any, Any]]) -> pb.MechanismKind:
+    """The protobuf description of a mechanism kind (what ListMechanisms lists)."""
+    return pb.MechanismKind(kind=cls.kind, family=cls.family, deadline_fields=list(cls.deadline_fields),
+                            closes_field=cls.closes_field or "", opens_field=cls.opens_field or "",
+                            summary=cls.summary())
+
+
 def variable_message(record: VariableRecord) -> pb.Variable:
     """The protobuf view of a variable version."""
     return pb.Variable(tenant=record.tenant, name=record.name, schema_json=json.dumps(record.schema),
@@ -158,13 +166,19 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                                                node_id=self.node.config.node_id,
                                                is_leader=self.node.leading is not None)
 
+    async def ListMechanisms(self, request: pb.ListMechanismsRequest,
+                             context: grpc.aio.ServicerContext) -> pb.ListMechanismsResponse:
+        """The kinds this node runs, from its mechanism registry (no leader needed)."""
+        return pb.ListMechanismsResponse(kinds=[mechanism_kind_message(cls) for cls in mechanism_classes()])
+
     # -- instances -----------------------------------------------------------------
 
     async def _create(self, engine: Engine, request: pb.CreateInstanceRequest, family: str) -> pb.Instance:
         violations: list[FieldViolation] = []
         tenant = _tenant(request.tenant, violations)
-        if request.kind not in FAMILIES:
-            violations.append(FieldViolation("kind", f"unknown kind {request.kind!r}; one of {sorted(FAMILIES)}"))
+        kinds = registered_kinds()
+        if request.kind not in kinds:
+            violations.append(FieldViolation("kind", f"unknown kind {request.kind!r}; one of {kinds}"))
         config = _json_object(request.config_json or "{}", "config_json", violations)
         _id(request.instance_id, "instance_id", violations, required=False)
         _id(request.seller, "seller", violations, required=False)

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from coordinator import keys
-from coordinator.mechanisms.base import mechanism_class
+from coordinator.mechanisms.base import registered_mechanisms
 from coordinator.store import read_prefix
 from coordinator.variables import VariableRecord
 from mabeam.errors import FieldViolation, ServiceError, invalid_argument
@@ -89,10 +89,14 @@ async def watch_trades(client: EtcdClient, cluster: str, request: pb.WatchInstan
     mechanism: Any = None
     async for kind, item in _instance_records(client, cluster, request.id):
         if kind == "meta":
-            if item["kind"] not in ("double_auction", "call_market"):
+            cls = registered_mechanisms().get(item["kind"])
+            if cls is None:
+                raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, f"instance {request.id!r} is a "
+                                   f"{item['kind']}, a kind this node has not loaded", "WRONG_FAMILY")
+            if cls.family != "market":
                 raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, f"instance {request.id!r} is a "
                                    f"{item['kind']}, not a market", "WRONG_FAMILY")
-            mechanism = mechanism_class(item["kind"])(item["config"])
+            mechanism = cls(item["config"])
         elif kind == "event":
             seq, record = item
             for action in mechanism.apply(record["event"], record["now"]):

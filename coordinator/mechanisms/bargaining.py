@@ -200,6 +200,11 @@ def nash_solution(config: BargainingConfig) -> Terms | None:
 class _Bargaining(Mechanism[BargainingConfig, BargainingOutcome]):
     """Shared validation and outcomes for both bargaining modes."""
 
+    family = "negotiation"
+    deadline_fields = ("starts_at", "deadline")
+    closes_field = "deadline"
+    opens_field = "starts_at"
+
     def _check_config(self) -> None:
         config = self.config
         names = [issue.name for issue in config.issues]

@@ -7,6 +7,14 @@ the event (its state advances and it returns a list of actions for the caller
 to carry out) or raises a :class:`~coordinator.mechanisms.errors.MechanismError`
 and leaves its state exactly as it was.
 
+Everything the coordinator needs to know about a kind is on its class, so a
+new kind is one module (see docs/mechanisms/README.md, "Adding a kind"): its
+``family`` (which RPCs serve it), the config fields that hold deadlines, its
+escrow rules (:meth:`Mechanism.required_hold`, :meth:`Mechanism.payments`,
+:meth:`Mechanism.hold_changes`) and its live status view
+(:meth:`Mechanism.status_view`). Defining the subclass registers it under its
+``kind``; :func:`mechanism_class` and :func:`registered_kinds` read the registry.
+
 Replay contract (what the coordinator service relies on for failover):
 the state after events ``e1..en`` is a pure function of the configuration and
 the accepted ``(now, event)`` pairs in order, so persisting every *accepted*
@@ -18,7 +26,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -77,6 +86,29 @@ class Concluded(Action):
     receipt_hash: str
 
 
+#: The families of mechanisms; each has its own Create/Get/submit RPCs in the contract.
+Family = Literal["auction", "negotiation", "vote", "market"]
+FAMILIES: tuple[Family, ...] = get_args(Family)
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """On conclusion, ``agent`` pays ``price`` out of their escrow hold (credited to the instance's seller)."""
+
+    agent: str
+    price: int
+
+
+@dataclass(frozen=True, slots=True)
+class HoldChange:
+    """During trading, consume ``used`` of ``agent``'s hold, paying ``price`` of it to ``payee`` (rest returns)."""
+
+    agent: str
+    used: int
+    price: int
+    payee: str | None
+
+
 class Accepted(Model):
     """One accepted event with the time it was applied: the unit of persistence and replay."""
 
@@ -92,7 +124,7 @@ _REGISTRY: dict[str, type[Mechanism[Any, Any]]] = {}
 
 def mechanism_class(kind: str) -> type[Mechanism[Any, Any]]:
     """The mechanism class registered under ``kind`` (e.g. ``"sealed"``); KeyError if unknown."""
-    # Importing the package registers every family, so a bare verifier finds them all.
+    # Importing the package registers every built-in kind, so a bare verifier finds them all.
     import coordinator.mechanisms  # noqa: F401
 
     return _REGISTRY[kind]
@@ -103,6 +135,20 @@ def registered_kinds() -> list[str]:
     import coordinator.mechanisms  # noqa: F401
 
     return sorted(_REGISTRY)
+
+
+def mechanism_classes() -> list[type[Mechanism[Any, Any]]]:
+    """Every registered mechanism class, sorted by kind."""
+    import coordinator.mechanisms  # noqa: F401
+
+    return [_REGISTRY[kind] for kind in sorted(_REGISTRY)]
+
+
+def registered_mechanisms() -> dict[str, type[Mechanism[Any, Any]]]:
+    """A copy of the registry: kind -> mechanism class."""
+    import coordinator.mechanisms  # noqa: F401
+
+    return dict(_REGISTRY)
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -117,16 +163,29 @@ def describe_validation_error(error: ValidationError) -> str:
 class Mechanism(ABC, Generic[ConfigT, OutcomeT]):
     """Base class: validation, time monotonicity, the accepted-event log, receipts and replay.
 
-    Subclasses set ``kind``, ``config_type``, ``event_type`` (a discriminated
-    union of event models) and ``outcome_type``, and implement :meth:`_step`,
-    which must check everything *before* mutating anything, so that a raised
-    error leaves the state untouched.
+    Subclasses set ``kind``, ``family``, ``config_type``, ``event_type`` (a
+    discriminated union of event models) and ``outcome_type``, and implement
+    :meth:`_step`, which must check everything *before* mutating anything, so
+    that a raised error leaves the state untouched. What the coordinator does
+    with the kind beyond that — deadline ticks, escrow, the status view — is
+    read from the class attributes and hooks below; their defaults suit a kind
+    without deadlines, escrow or live view.
     """
 
     kind: ClassVar[str]
+    #: Which family's RPCs serve the kind (CreateAuction/SubmitBid, CreateMarket/PlaceOrder, ...).
+    family: ClassVar[Family]
     config_type: ClassVar[type[Model]]
     event_type: ClassVar[Any]
     outcome_type: ClassVar[type[Model]]
+    #: Config fields holding an absolute time at which a Tick may be due; the coordinator ticks at each.
+    deadline_fields: ClassVar[tuple[str, ...]] = ()
+    #: The config field saying when the instance closes (what ``meshctl ... --closes-in`` fills), if any.
+    closes_field: ClassVar[str | None] = None
+    #: The config field of its opening time, set to "now" along with ``closes_field`` when not given.
+    opens_field: ClassVar[str | None] = None
+    #: Event fields naming the agent an event comes from (whose escrow hold it may change).
+    participant_fields: ClassVar[tuple[str, ...]] = ("bidder", "trader", "voter", "contractor", "party")
     _event_adapter: ClassVar[TypeAdapter[Any]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -134,8 +193,23 @@ class Mechanism(ABC, Generic[ConfigT, OutcomeT]):
         if "kind" in cls.__dict__:
             if cls.kind in _REGISTRY:
                 raise RuntimeError(f"mechanism kind {cls.kind!r} registered twice")
-            _REGISTRY[cls.kind] = cls
+            family = getattr(cls, "family", None)
+            if family not in FAMILIES:
+                raise TypeError(f"mechanism {cls.__name__} ({cls.kind!r}) must set family to one of {FAMILIES}, "
+                                f"not {family!r}")
+            fields = cls.config_type.model_fields
+            named = [*cls.deadline_fields, *(f for f in (cls.closes_field, cls.opens_field) if f)]
+            unknown = [name for name in named if name not in fields]
+            if unknown:
+                raise TypeError(f"mechanism {cls.__name__} ({cls.kind!r}) names config fields its "
+                                f"{cls.config_type.__name__} does not have: {unknown}")
             cls._event_adapter = TypeAdapter(cls.event_type)
+            _REGISTRY[cls.kind] = cls
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first line of the class docstring: what the kind is, in a sentence."""
+        return (cls.__doc__ or cls.kind).strip().splitlines()[0]
 
     def __init__(self, config: ConfigT | Mapping[str, Any]) -> None:
         try:
@@ -157,6 +231,37 @@ class Mechanism(ABC, Generic[ConfigT, OutcomeT]):
     @abstractmethod
     def _step(self, event: Any, now: int) -> list[Action]:
         """Apply one parsed event at ``now``: validate fully, then mutate; set ``_outcome`` when final."""
+
+    # -- what the coordinator asks of a kind (pure; defaults: no escrow, no live view) ----------
+
+    def participant(self, event: Model) -> str | None:
+        """The agent ``event`` comes from (the first of ``participant_fields`` it has), or None."""
+        for name in self.participant_fields:
+            value = getattr(event, name, None)
+            if isinstance(value, str):
+                return value
+        return None
+
+    def required_hold(self, event: Model, current: int, now: int) -> int | None:
+        """Under escrow: what the participant must hold in total once ``event`` is accepted at ``now``.
+
+        ``current`` is what they hold in this instance now. None: the event changes no hold.
+        Raise :class:`~coordinator.mechanisms.errors.EscrowRefused` for an event that cannot be
+        accepted under escrow. Called before :meth:`apply`; the state must not change.
+        """
+        return None
+
+    def payments(self) -> list[Payment]:
+        """Under escrow, once concluded: who pays what out of their hold (every other hold is released)."""
+        return []
+
+    def hold_changes(self, actions: Sequence[Action]) -> list[HoldChange]:
+        """Under escrow: hold changes the actions of an accepted event imply (markets settle per trade)."""
+        return []
+
+    def status_view(self, now: int) -> dict[str, Any]:
+        """A live view of the running instance for ``Get*`` (JSON-serialisable; keep sealed bids sealed)."""
+        return {}
 
     # -- the public interface ---------------------------------------------
 

@@ -33,7 +33,7 @@ Dutch
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -43,6 +43,7 @@ from coordinator.mechanisms.base import (
     Ident,
     Mechanism,
     Model,
+    Payment,
     PositiveAmount,
     ScheduleTick,
     Tick,
@@ -95,6 +96,10 @@ class EnglishAuction(Mechanism[EnglishConfig, ClockOutcome]):
     """An ascending (English) auction with a quiet period and a hard deadline."""
 
     kind = "english"
+    family = "auction"
+    deadline_fields = ("opens_at", "hard_deadline")
+    closes_field = "hard_deadline"
+    opens_field = "opens_at"
     config_type = EnglishConfig
     event_type = EnglishEvent
     outcome_type = ClockOutcome
@@ -122,6 +127,22 @@ class EnglishAuction(Mechanism[EnglishConfig, ClockOutcome]):
     def standing(self) -> tuple[str | None, int | None]:
         """The standing high bidder and bid."""
         return self._high_bidder, self._high_bid
+
+    def status_view(self, now: int) -> dict[str, Any]:
+        """The standing bid, when the auction closes, and the smallest acceptable bid."""
+        return {"high_bidder": self._high_bidder, "high_bid": self._high_bid, "closes_at": self.closes_at(),
+                "minimum_bid": self.minimum_bid()}
+
+    def required_hold(self, event: Model, current: int, now: int) -> int | None:
+        """Escrow: a bidder holds their highest bid."""
+        return max(current, event.amount) if isinstance(event, RaiseBid) else None
+
+    def payments(self) -> list[Payment]:
+        """Escrow: the winner pays the price out of their hold."""
+        outcome = self._outcome
+        if outcome is None or outcome.winner is None or outcome.price is None:
+            return []
+        return [Payment(outcome.winner, outcome.price)]
 
     def _step(self, event: RaiseBid | Tick, now: int) -> list[Action]:
         closing = self.closes_at()
@@ -184,6 +205,9 @@ class DutchAuction(Mechanism[DutchConfig, ClockOutcome]):
     """A descending (Dutch) clock auction with a floor."""
 
     kind = "dutch"
+    family = "auction"
+    deadline_fields = ("opens_at",)
+    opens_field = "opens_at"
     config_type = DutchConfig
     event_type = DutchEvent
     outcome_type = ClockOutcome
@@ -207,6 +231,24 @@ class DutchAuction(Mechanism[DutchConfig, ClockOutcome]):
             return None
         step = (now - self.config.opens_at) // self.config.tick_interval
         return self.config.start_price - step * self.config.decrement
+
+    def status_view(self, now: int) -> dict[str, Any]:
+        """The clock price now and when the clock expires."""
+        return {"price": self.price_at(now), "expires_at": self.expires_at()}
+
+    def required_hold(self, event: Model, current: int, now: int) -> int | None:
+        """Escrow: accepting holds the clock price at the time of the accept."""
+        if not isinstance(event, Accept):
+            return None
+        price = self.price_at(now)
+        return price if price is not None else current
+
+    def payments(self) -> list[Payment]:
+        """Escrow: the winner pays the price out of their hold."""
+        outcome = self._outcome
+        if outcome is None or outcome.winner is None or outcome.price is None:
+            return []
+        return [Payment(outcome.winner, outcome.price)]
 
     def _step(self, event: Accept | Tick, now: int) -> list[Action]:
         price = self.price_at(now)

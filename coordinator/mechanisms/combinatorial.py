@@ -50,6 +50,7 @@ from coordinator.mechanisms.base import (
     Ident,
     Mechanism,
     Model,
+    Payment,
     PositiveAmount,
     ScheduleTick,
     Tick,
@@ -209,6 +210,9 @@ class CombinatorialAuction(Mechanism[CombinatorialConfig, CombinatorialOutcome])
     """A sealed-bid combinatorial auction with XOR bids and VCG payments (see the module docstring)."""
 
     kind = "combinatorial"
+    family = "auction"
+    deadline_fields = ("closes_at",)
+    closes_field = "closes_at"
     config_type = CombinatorialConfig
     event_type = CombinatorialEvent
     outcome_type = CombinatorialOutcome
@@ -225,6 +229,15 @@ class CombinatorialAuction(Mechanism[CombinatorialConfig, CombinatorialOutcome])
             raise InvalidConfig("combinatorial config: items contain duplicates")
         if len(items) > self.config.max_items:
             raise ProblemTooLarge(f"{len(items)} items exceed max_items={self.config.max_items}")
+
+    def required_hold(self, event: Model, current: int, now: int) -> int | None:
+        """Escrow: the largest bundle amount (XOR bids win at most one bundle)."""
+        return max(bundle.amount for bundle in event.bundles) if isinstance(event, BundleBid) else None
+
+    def payments(self) -> list[Payment]:
+        """Escrow: each awarded bidder pays their payment out of their hold."""
+        outcome = self._outcome
+        return [] if outcome is None else [Payment(award.bidder, award.payment) for award in outcome.awards]
 
     def _step(self, event: BundleBid | Close | Tick, now: int) -> list[Action]:
         deadline = self.config.closes_at

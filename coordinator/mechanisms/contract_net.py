@@ -162,6 +162,7 @@ class ContractNet(Mechanism[ContractNetConfig, ContractNetOutcome]):
     """A manager's view of the iterated Contract Net Protocol over many tasks."""
 
     kind = "contract_net"
+    family = "negotiation"
     config_type = ContractNetConfig
     event_type = ContractNetEvent
     outcome_type = ContractNetOutcome

@@ -7,7 +7,8 @@ log the error and carry on with the next event.
     ├── InvalidConfig     the constructor's configuration is malformed
     ├── InvalidEvent      the event is malformed or not allowed now (below reserve, unknown bidder, ...)
     ├── MechanismClosed   the mechanism (or the round the event targets) no longer accepts input
-    └── ProblemTooLarge   the instance is past a configured size or time limit
+    ├── ProblemTooLarge   the instance is past a configured size or time limit
+    └── EscrowRefused     the event is valid but cannot be accepted when funds are held in escrow
 """
 
 from __future__ import annotations
@@ -35,3 +36,7 @@ class MechanismClosed(MechanismError):
 
 class ProblemTooLarge(MechanismError):
     """The instance exceeds a configured size limit, or the solver ran out of its time limit."""
+
+
+class EscrowRefused(MechanismError):
+    """The event cannot be accepted on an escrow instance (e.g. an unpriced buy order: nothing bounds it)."""

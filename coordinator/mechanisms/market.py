@@ -29,25 +29,35 @@ Periodic call market (``CallMarket``)
   limit first) and sells likewise (lowest limit first); all trades in a call
   execute at the single clearing price. Unfilled remainders stay for the next
   call unless cancelled. ``Close`` ends the market.
+
+Escrow (both kinds, :class:`MarketMechanism`)
+---------------------------------------------
+A buy limit order holds ``price × quantity``; each trade pays ``trade price ×
+quantity`` out of the buy order's hold (the rest of that slice returns to the
+buyer) and credits the seller; a cancelled remainder returns. Market (unpriced)
+buy orders are refused under escrow because nothing bounds what they could spend.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from bisect import insort
 from collections import deque
-from typing import Annotated, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from coordinator.mechanisms.base import (
     Action,
     Close,
+    HoldChange,
     Ident,
     Mechanism,
     Model,
     PositiveAmount,
 )
-from coordinator.mechanisms.errors import InvalidEvent
+from coordinator.mechanisms.errors import EscrowRefused, InvalidEvent
 
 Side = Literal["buy", "sell"]
 
@@ -185,20 +195,83 @@ def _check_order(event: LimitOrder | MarketOrder | Cancel, config: MarketConfig,
         raise InvalidEvent(f"duplicate order id {event.order_id!r}")
 
 
-class DoubleAuction(Mechanism[MarketConfig, MarketOutcome]):
-    """A continuous double auction with price-time priority (see the module docstring)."""
+class MarketMechanism(Mechanism[MarketConfig, MarketOutcome]):
+    """The base of every market kind: order ids, escrow per trade, the book view.
 
-    kind = "double_auction"
+    The coordinator serves family ``market`` with ``GetBook`` (from :meth:`resting`) and
+    ``WatchTrades`` (the :class:`Trade` actions, re-derived by replay), so a market kind
+    subclasses this, emits :class:`Trade` and :class:`OrderDone` actions, and calls
+    :meth:`_accept_order` once an order is accepted.
+    """
+
+    family = "market"
     config_type = MarketConfig
-    event_type = Annotated[LimitOrder | MarketOrder | Cancel | Close, Field(discriminator="type")]
     outcome_type = MarketOutcome
 
     def __init__(self, config: MarketConfig | dict[str, object]) -> None:
         super().__init__(config)
-        self._book = _Book()
         self._seen: set[str] = set()
         self._seq = 0
         self._trades: list[Trade] = []
+        self._limits: dict[str, LimitOrder] = {}  # every accepted limit order: escrow settles trades at its limit
+
+    def _accept_order(self, event: LimitOrder | MarketOrder) -> None:
+        """Record an accepted order (its id is taken; a limit order's price bounds its escrow)."""
+        self._seen.add(event.order_id)
+        self._seq += 1
+        if isinstance(event, LimitOrder):
+            self._limits[event.order_id] = event
+
+    @abstractmethod
+    def resting(self) -> list[RestingOrder]:
+        """Orders in the book, in arrival order."""
+
+    def trades(self) -> list[Trade]:
+        """Every trade so far, in execution order."""
+        return list(self._trades)
+
+    def status_view(self, now: int) -> dict[str, Any]:
+        """The best bid and ask and how many orders rest."""
+        resting = self.resting()
+        buys = [o.price for o in resting if o.side == "buy"]
+        sells = [o.price for o in resting if o.side == "sell"]
+        return {"best_bid": max(buys, default=None), "best_ask": min(sells, default=None),
+                "resting_orders": len(resting)}
+
+    def required_hold(self, event: Model, current: int, now: int) -> int | None:
+        """Escrow: a buy limit order adds ``price × quantity``; an unpriced buy order is refused."""
+        if isinstance(event, MarketOrder) and event.side == "buy":
+            raise EscrowRefused("market (unpriced) buy orders are not accepted on an escrow market; "
+                                "send a limit order")
+        if isinstance(event, LimitOrder) and event.side == "buy":
+            return current + event.price * event.quantity
+        return None
+
+    def hold_changes(self, actions: Sequence[Action]) -> list[HoldChange]:
+        """Escrow: each trade pays the seller out of the buy order's hold; a cancelled rest returns."""
+        changes: list[HoldChange] = []
+        for action in actions:
+            if isinstance(action, Trade):
+                order = self._limits.get(action.buy_order)
+                if order is not None:
+                    changes.append(HoldChange(order.trader, order.price * action.quantity,
+                                              action.price * action.quantity, action.seller))
+            elif isinstance(action, OrderDone) and action.reason == "cancelled":
+                order = self._limits.get(action.order_id)
+                if order is not None and order.side == "buy":
+                    changes.append(HoldChange(order.trader, order.price * action.remaining, 0, None))
+        return changes
+
+
+class DoubleAuction(MarketMechanism):
+    """A continuous double auction with price-time priority (see the module docstring)."""
+
+    kind = "double_auction"
+    event_type = Annotated[LimitOrder | MarketOrder | Cancel | Close, Field(discriminator="type")]
+
+    def __init__(self, config: MarketConfig | dict[str, object]) -> None:
+        super().__init__(config)
+        self._book = _Book()
 
     def _step(self, event: LimitOrder | MarketOrder | Cancel | Close, now: int) -> list[Action]:
         if isinstance(event, Close):
@@ -210,8 +283,7 @@ class DoubleAuction(Mechanism[MarketConfig, MarketOutcome]):
             self._book.remove(order)
             return [OrderDone(order_id=order.order_id, reason="cancelled", remaining=order.remaining)]
         # Validation is complete: from here on nothing raises, so a rejected event never half-applies.
-        self._seen.add(event.order_id)
-        self._seq += 1
+        self._accept_order(event)
         limit = event.price if isinstance(event, LimitOrder) else None
         actions: list[Action] = []
         remaining = self._match(event, limit, now, actions)
@@ -255,10 +327,6 @@ class DoubleAuction(Mechanism[MarketConfig, MarketOutcome]):
                 book.orders[resting.order_id] = updated
         return remaining
 
-    def trades(self) -> list[Trade]:
-        """Every trade so far, in execution order."""
-        return list(self._trades)
-
     def resting(self) -> list[RestingOrder]:
         """Resting orders in arrival order."""
         return self._book.all()
@@ -289,20 +357,15 @@ def clearing_price(orders: list[RestingOrder]) -> tuple[int | None, int]:
     return best[2], -best[0]
 
 
-class CallMarket(Mechanism[MarketConfig, MarketOutcome]):
+class CallMarket(MarketMechanism):
     """A periodic call market with a volume-maximising uniform price (see the module docstring)."""
 
     kind = "call_market"
-    config_type = MarketConfig
     event_type = Annotated[LimitOrder | Cancel | Clear | Close, Field(discriminator="type")]
-    outcome_type = MarketOutcome
 
     def __init__(self, config: MarketConfig | dict[str, object]) -> None:
         super().__init__(config)
         self._orders: dict[str, RestingOrder] = {}
-        self._seen: set[str] = set()
-        self._seq = 0
-        self._trades: list[Trade] = []
         self._prices: list[int | None] = []
 
     def _step(self, event: LimitOrder | Cancel | Clear | Close, now: int) -> list[Action]:
@@ -317,8 +380,7 @@ class CallMarket(Mechanism[MarketConfig, MarketOutcome]):
         if isinstance(event, Cancel):
             order = self._orders.pop(event.order_id)
             return [OrderDone(order_id=order.order_id, reason="cancelled", remaining=order.remaining)]
-        self._seen.add(event.order_id)
-        self._seq += 1
+        self._accept_order(event)
         self._orders[event.order_id] = RestingOrder(order_id=event.order_id, trader=event.trader,
                                                     side=event.side, price=event.price,
                                                     remaining=event.quantity, seq=self._seq)

@@ -40,6 +40,7 @@ from coordinator.mechanisms.base import (
     Ident,
     Mechanism,
     Model,
+    Payment,
     PositiveAmount,
     ScheduleTick,
     Tick,
@@ -98,6 +99,9 @@ class MultiUnitAuction(Mechanism[MultiUnitConfig, MultiUnitOutcome]):
     """A multi-unit sealed-bid auction (see the module docstring for the pricing rules)."""
 
     kind = "multi_unit"
+    family = "auction"
+    deadline_fields = ("closes_at",)
+    closes_field = "closes_at"
     config_type = MultiUnitConfig
     event_type = MultiUnitEvent
     outcome_type = MultiUnitOutcome
@@ -105,6 +109,15 @@ class MultiUnitAuction(Mechanism[MultiUnitConfig, MultiUnitOutcome]):
     def __init__(self, config: MultiUnitConfig | dict[str, object]) -> None:
         super().__init__(config)
         self._bids: dict[str, _Placed] = {}
+
+    def required_hold(self, event: Model, current: int, now: int) -> int | None:
+        """Escrow: a bid holds the sum of its marginal bids (what winning every unit could cost)."""
+        return sum(event.marginal) if isinstance(event, MultiUnitBid) else None
+
+    def payments(self) -> list[Payment]:
+        """Escrow: each awarded bidder pays their payment out of their hold."""
+        outcome = self._outcome
+        return [] if outcome is None else [Payment(award.bidder, award.payment) for award in outcome.awards]
 
     def _step(self, event: MultiUnitBid | Close | Tick, now: int) -> list[Action]:
         deadline = self.config.closes_at

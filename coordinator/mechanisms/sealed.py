@@ -36,6 +36,7 @@ from coordinator.mechanisms.base import (
     Ident,
     Mechanism,
     Model,
+    Payment,
     PositiveAmount,
     ScheduleTick,
     Tick,
@@ -91,6 +92,9 @@ class SealedBidAuction(Mechanism[SealedConfig, SealedOutcome]):
     """A first- or second-price sealed-bid auction (see the module docstring for the rules)."""
 
     kind = "sealed"
+    family = "auction"
+    deadline_fields = ("closes_at",)
+    closes_field = "closes_at"
     config_type = SealedConfig
     event_type = SealedEvent
     outcome_type = SealedOutcome
@@ -118,6 +122,17 @@ class SealedBidAuction(Mechanism[SealedConfig, SealedOutcome]):
             return []
         self._outcome = self._settle()
         return []
+
+    def required_hold(self, event: Model, current: int, now: int) -> int | None:
+        """Escrow: a bid holds its amount."""
+        return event.amount if isinstance(event, Bid) else None
+
+    def payments(self) -> list[Payment]:
+        """Escrow: the winner pays the price out of their hold."""
+        outcome = self._outcome
+        if outcome is None or outcome.winner is None or outcome.price is None:
+            return []
+        return [Payment(outcome.winner, outcome.price)]
 
     def _settle(self) -> SealedOutcome:
         ranked = rank_bids(list(self._bids.values()))

@@ -99,6 +99,9 @@ class Vote(Mechanism[VoteConfig, VoteOutcome]):
     """A vote under one of four rules (see the module docstring)."""
 
     kind = "vote"
+    family = "vote"
+    deadline_fields = ("deadline",)
+    closes_field = "deadline"
     config_type = VoteConfig
     event_type = VoteEvent
     outcome_type = VoteOutcome

@@ -73,11 +73,20 @@ def cmd_auction(args: argparse.Namespace) -> Awaitable[int]:
         if args.action == "create":
             config = dict(args.config or {})
             if args.closes_in is not None:
-                field = {"english": "hard_deadline", "sealed": "closes_at", "multi_unit": "closes_at",
-                         "combinatorial": "closes_at"}.get(args.kind, "closes_at")
-                config[field] = _now_ms() + int(args.closes_in * 1000)
-                if args.kind == "english":
-                    config.setdefault("opens_at", _now_ms())
+                # Which config field holds the closing time is the kind's to say (ListMechanisms).
+                try:
+                    described = await coord.mechanism(args.kind)
+                except ValueError as error:
+                    print(f"error: {error}", file=sys.stderr)
+                    return 2
+                if not described.closes_field:
+                    print(f"error: a {args.kind} has no closing time to set; give its times in --config",
+                          file=sys.stderr)
+                    return 2
+                now = _now_ms()
+                config[described.closes_field] = now + int(args.closes_in * 1000)
+                if described.opens_field:
+                    config.setdefault(described.opens_field, now)
             instance = await coord.create_auction(args.kind, config, escrow=args.escrow, seller=args.seller or "",
                                                   instance_id=args.id)
             emit(args, to_dict(instance), text=f"created {instance.kind} auction {instance.id}")
@@ -102,6 +111,20 @@ def cmd_auction(args: argparse.Namespace) -> Awaitable[int]:
                     console.print(f"[bold]{item.final_state}[/bold] {item.outcome_json}")
                 else:
                     console.print(f"#{item.seq} @{item.now_ms} {item.event_json}")
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_mechanisms(args: argparse.Namespace) -> Awaitable[int]:
+    """``mechanisms``: the kinds the coordinator runs, with their family and time fields."""
+
+    async def body(coord: CoordinatorClient) -> int:
+        kinds = await coord.list_mechanisms()
+        table = Table("kind", "family", "deadline fields", "closes", "opens", "summary", title="mechanisms")
+        for k in kinds:
+            table.add_row(k.kind, k.family, ", ".join(k.deadline_fields), k.closes_field, k.opens_field, k.summary)
+        emit(args, [to_dict(k) for k in kinds], table)
         return 0
 
     return _run(args, body)
@@ -229,14 +252,19 @@ def add_commands(sub: Any) -> None:
     p = parser("auction", cmd_auction, "create, inspect, close, cancel and watch auctions")
     p.add_argument("action", choices=["create", "get", "list", "cancel", "close", "watch"])
     p.add_argument("id", nargs="?", default=None, help="instance id (get/cancel/close/watch; optional for create)")
-    p.add_argument("--kind", default="sealed", help="sealed, english, dutch, multi_unit, combinatorial")
+    p.add_argument("--kind", default="sealed", help="sealed, english, dutch, multi_unit, combinatorial, or any "
+                                                    "auction kind `meshctl mechanisms` lists")
     p.add_argument("--config", type=_json_arg, help="mechanism config JSON")
-    p.add_argument("--closes-in", dest="closes_in", type=float, help="deadline in seconds from now")
+    p.add_argument("--closes-in", dest="closes_in", type=float,
+                   help="close this many seconds from now (fills the kind's closes field, and its opens field "
+                        "with now unless --config gives it)")
     p.add_argument("--escrow", action="store_true", help="hold bidders' funds in the ledger")
     p.add_argument("--seller", help="agent credited with the payment")
     p.add_argument("--family", default="auction", choices=["auction", "negotiation", "vote", "market"])
     p.add_argument("--state", choices=["open", "concluded", "cancelled"])
     p.add_argument("--reason")
+
+    parser("mechanisms", cmd_mechanisms, "the mechanism kinds the coordinator runs (family, time fields)")
 
     p = parser("bid", cmd_bid, "submit a bid (durable before it is acknowledged)")
     p.add_argument("id")

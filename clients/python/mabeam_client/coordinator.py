@@ -124,6 +124,18 @@ class CoordinatorClient:
         """Who leads the coordinator role (answered by any node)."""
         return await self._call("GetCoordinatorLeader", pb.GetCoordinatorLeaderRequest())
 
+    async def list_mechanisms(self) -> list[pb.MechanismKind]:
+        """The mechanism kinds the coordinator runs: family, deadline fields, closes/opens fields (any node)."""
+        return list((await self._call("ListMechanisms", pb.ListMechanismsRequest())).kinds)
+
+    async def mechanism(self, kind: str) -> pb.MechanismKind:
+        """One kind's description; ValueError naming the known kinds when the coordinator does not run it."""
+        kinds = await self.list_mechanisms()
+        for described in kinds:
+            if described.kind == kind:
+                return described
+        raise ValueError(f"unknown mechanism kind {kind!r}; the coordinator runs {sorted(k.kind for k in kinds)}")
+
     # -- instances ----------------------------------------------------------------
 
     def _create_request(self, kind: str, config: Any, tenant: str, instance_id: str | None, escrow: bool,
