@@ -1,20 +1,12 @@
 """Frames between the agentd main process and its workers: length-prefixed msgpack over a socketpair.
 
-A frame is a msgpack array whose first element names the operation. Nothing is
-pickled: payloads must be plain data (see :mod:`agentd.codec`). The main process
-creates a ``socket.socketpair()`` per worker and passes one end to the child's
-command line as a file descriptor, so no path or port is ever bound.
-
-Operations (``rid`` is a request id; 0 means no reply is wanted):
-
-- main -> worker: ``spawn rid spec supervisor``, ``stop rid agent``, ``cast rid to msg sender``,
-  ``call rid to msg timeout``, ``info rid agent``, ``list rid``, ``tree rid``, ``shutdown``
-- worker -> main: ``hello worker_id pid``, ``stats {...}`` (also the heartbeat),
-  ``cast 0 to msg sender`` and ``call rid to msg timeout`` (for agents elsewhere),
-  ``name+ name agent_id``, ``name- name agent_id``, ``removed agent_id``,
-  ``group+ group agent_id``, ``group- group agent_id``, ``gcast group msg mode sender``
-- both ways: ``ok rid value``, ``err rid code message``
-- watchdog socket, worker -> main: ``blocked agent_id seconds``
+The frames themselves (one typed dataclass per operation, the :class:`~agentd.frames.Op`
+enum, the one decoder) are :mod:`agentd.frames`; this module moves them. A frame
+travels as a msgpack array ``[op, field, ...]``. Nothing is pickled: payloads must be
+plain data (see :mod:`agentd.codec`). The main process creates a ``socket.socketpair()``
+per worker and passes one end to the child's command line as a file descriptor, so no
+path or port is ever bound. Bytes that are not msgpack close the channel (the peer is
+broken); an array that is not a frame (unknown op, wrong fields) is logged and skipped.
 """
 
 from __future__ import annotations
@@ -29,6 +21,7 @@ from typing import Any
 import msgpack
 
 from agentd.codec import _default
+from agentd.frames import Frame, MalformedFrame, decode
 
 log = logging.getLogger("agentd.ipc")
 
@@ -37,28 +30,25 @@ _HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
 
 
-def pack(frame: list[Any]) -> bytes:
-    """Length prefix + msgpack body for one frame."""
-    body: bytes = msgpack.packb(frame, default=_default, use_bin_type=True)
+def pack(frame: Frame) -> bytes:
+    """Length prefix + msgpack body for one frame (TypeError when a field is not plain data)."""
+    body: bytes = msgpack.packb(frame.encode(), default=_default, use_bin_type=True)
     return _HEADER.pack(len(body)) + body
 
 
-def unpack(body: bytes | memoryview) -> list[Any]:
-    """The frame a msgpack body encodes."""
-    frame = msgpack.unpackb(body, raw=False, strict_map_key=False)
-    if not isinstance(frame, list) or not frame:
-        raise ValueError("malformed frame")
-    return frame
+def unpack(body: bytes | memoryview) -> Any:
+    """The msgpack value a body encodes (:func:`agentd.frames.decode` makes it a frame)."""
+    return msgpack.unpackb(body, raw=False, strict_map_key=False)
 
 
-async def read_frame(reader: asyncio.StreamReader) -> list[Any] | None:
-    """The next frame, or None at end of stream."""
+async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
+    """The next frame, or None at end of stream; MalformedFrame for an array that is not a frame."""
     try:
         header = await reader.readexactly(4)
         (size,) = _HEADER.unpack(header)
         if size > MAX_FRAME:
             raise ValueError(f"frame of {size} bytes exceeds the {MAX_FRAME} byte limit")
-        return unpack(await reader.readexactly(size))
+        return decode(unpack(await reader.readexactly(size)))
     except (asyncio.IncompleteReadError, OSError):
         return None
 
@@ -76,9 +66,10 @@ class Channel:
     ``add_writer``; the peer's end (EOF, reset) calls ``on_close`` once.
     """
 
-    __slots__ = ("_sock", "_fd", "_loop", "_in", "_out", "_corked", "_on_frame", "_on_close", "closed", "_pack")
+    __slots__ = ("_sock", "_fd", "_loop", "_in", "_out", "_corked", "_on_frame", "_on_close", "closed", "_pack",
+                 "malformed")
 
-    def __init__(self, sock: socket.socket, on_frame: Callable[[list[Any]], None],
+    def __init__(self, sock: socket.socket, on_frame: Callable[[Frame], None],
                  on_close: Callable[[], None]) -> None:
         sock.setblocking(False)
         self._sock = sock
@@ -93,13 +84,15 @@ class Channel:
         # One Packer per channel (loop thread only; it resets itself when a value cannot be encoded):
         # 0.5 µs a frame instead of 1.2 µs for msgpack.packb (bench agents, cross_process_calls_per_s).
         self._pack = msgpack.Packer(default=_default, use_bin_type=True).pack
+        #: Arrays received that were not frames (logged and skipped).
+        self.malformed = 0
         self._loop.add_reader(self._fd, self._readable)
 
-    def write(self, frame: list[Any]) -> None:
+    def write(self, frame: Frame) -> None:
         """Send one frame now (or queue it behind unsent bytes); TypeError when it is not plain data."""
         if self.closed:
             return
-        body = self._pack(frame)
+        body = self._pack(frame.encode())
         data = _HEADER.pack(len(body)) + body
         if self._out or self._corked:
             self._out += data
@@ -170,12 +163,17 @@ class Channel:
             if end - offset - 4 < size:
                 break
             try:
-                frames.append(unpack(view[offset + 4:offset + 4 + size]))
-            except Exception as exc:  # not msgpack, or not a frame: the peer is broken
-                log.error("ipc: malformed frame (%s): closing the channel", exc)
+                raw = unpack(view[offset + 4:offset + 4 + size])
+            except Exception as exc:  # not msgpack: the byte stream is broken
+                log.error("ipc: undecodable frame (%s): closing the channel", exc)
                 self._lost()
                 return
             offset += 4 + size
+            try:
+                frames.append(decode(raw))
+            except MalformedFrame as exc:  # msgpack, but not a frame: a bug on the other side, skip it
+                self.malformed += 1
+                log.error("ipc: %s: frame skipped", exc)
         if offset < end:
             buffer += view[offset:]
         if len(frames) == 1:
@@ -192,11 +190,11 @@ class Channel:
             if self._out and not self.closed:
                 self._flush()
 
-    def _dispatch(self, frame: list[Any]) -> None:
+    def _dispatch(self, frame: Frame) -> None:
         try:
             self._on_frame(frame)
         except Exception:  # one bad frame must not stop the channel
-            log.exception("ipc: handling frame %r failed", frame[0])
+            log.exception("ipc: handling frame %s failed", frame.op)
 
     def _lost(self) -> None:
         if self.closed:
@@ -221,19 +219,19 @@ class Channel:
         self._sock.close()
 
 
-def send_blocking(sock: socket.socket, frame: list[Any]) -> None:
+def send_blocking(sock: socket.socket, frame: Frame) -> None:
     """Write one frame on a blocking socket (the watchdog thread's channel)."""
     sock.sendall(pack(frame))
 
 
-def recv_blocking(sock: socket.socket) -> list[Any] | None:
-    """Read one frame from a blocking socket, or None at end of stream."""
+def recv_blocking(sock: socket.socket) -> Frame | None:
+    """Read one frame from a blocking socket, or None at end of stream (MalformedFrame if not a frame)."""
     header = _recv_exactly(sock, 4)
     if header is None:
         return None
     (size,) = _HEADER.unpack(header)
     body = _recv_exactly(sock, size)
-    return None if body is None else unpack(body)
+    return None if body is None else decode(unpack(body))
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:

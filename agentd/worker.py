@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any
 
+from agentd import frames
 from agentd.behaviour import AgentRef
 from agentd.errors import AgentError, InvalidArgument, Unavailable, error_from_code
 from agentd.ipc import Channel, send_blocking
@@ -64,36 +65,36 @@ class WorkerRouter:
     def cast(self, to: AgentRef | str, msg: Any, sender: AgentRef | None) -> None:
         """Forward a cast; a failure comes back as DeliveryFailed to ``sender``."""
         target = to.agent_id if isinstance(to, AgentRef) else to
-        self.worker.write(["cast", 0, target, msg, sender.agent_id if sender else None])
+        self.worker.write(frames.Cast(0, target, msg, sender.agent_id if sender else None))
 
     async def call(self, to: AgentRef | str, msg: Any, timeout: float) -> Any:
         """Forward a call and wait for the reply."""
         target = to.agent_id if isinstance(to, AgentRef) else to
-        return await self.worker.request(["call", 0, target, msg, timeout], timeout + 1.0)
+        return await self.worker.request(frames.Call(0, target, msg, timeout), timeout + 1.0)
 
     def name_registered(self, name: str, ref: AgentRef) -> None:
         """Tell the main process (its directory routes by name)."""
-        self.worker.write(["name+", name, ref.agent_id])
+        self.worker.write(frames.NameAdded(name, ref.agent_id))
 
     def name_unregistered(self, name: str, ref: AgentRef) -> None:
         """Tell the main process the name is gone."""
-        self.worker.write(["name-", name, ref.agent_id])
+        self.worker.write(frames.NameRemoved(name, ref.agent_id))
 
     def agent_removed(self, agent_id: str) -> None:
         """Tell the main process not to bring this agent back after a worker restart."""
-        self.worker.write(["removed", agent_id])
+        self.worker.write(frames.Removed(agent_id))
 
     def group_joined(self, group: str, ref: AgentRef) -> None:
         """Tell the main process (it keeps every worker's members and joins the mesh group)."""
-        self.worker.write(["group+", group, ref.agent_id])
+        self.worker.write(frames.GroupJoined(group, ref.agent_id))
 
     def group_left(self, group: str, ref: AgentRef) -> None:
         """Tell the main process the membership ended."""
-        self.worker.write(["group-", group, ref.agent_id])
+        self.worker.write(frames.GroupLeft(group, ref.agent_id))
 
     def send_group(self, group: str, msg: Any, mode: str, sender: AgentRef | None) -> None:
         """Forward a group cast: the main process delivers to its members and to the mesh."""
-        self.worker.write(["gcast", group, msg, mode, sender.agent_id if sender else None])
+        self.worker.write(frames.GroupCast(group, msg, mode, sender.agent_id if sender else None))
 
 
 class Worker:
@@ -123,17 +124,17 @@ class Worker:
         #: The root supervisor gave up (restart intensity): the worker exits so the main process restarts it.
         self.root_gave_up = False
 
-    def write(self, frame: list[Any]) -> None:
+    def write(self, frame: frames.Frame) -> None:
         """Send one frame to the main process (dropped once the channel is closed)."""
         channel = self.channel
         if channel is not None:
             channel.write(frame)
 
-    async def request(self, frame: list[Any], timeout: float) -> Any:
+    async def request(self, frame: frames.Call, timeout: float) -> Any:
         """Send a request to the main process and wait for its ok/err (the deadline is swept by ``_tick``)."""
         rid = self.next_rid
         self.next_rid += 1
-        frame[1] = rid
+        frame.rid = rid
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[rid] = (future, time.monotonic() + timeout)
         try:
@@ -163,7 +164,7 @@ class Worker:
         self._tick(loop, heartbeat)
         watchdog = threading.Thread(target=self._watchdog, name="agentd-watchdog", daemon=True)
         watchdog.start()
-        self.write(["hello", self.worker_id, os.getpid()])
+        self.write(frames.Hello(self.worker_id, os.getpid()))
         serving = asyncio.current_task()
         assert serving is not None and self.runtime.root is not None
         self.scope.start(self._watch_root(self.runtime.root, serving))
@@ -194,7 +195,7 @@ class Worker:
         self.ticks += 1
         if self.pending:
             self._expire_requests(now)
-        self.write(["stats", self.statistics()])
+        self.write(frames.Stats(self.statistics()))
         loop.call_later(period, self._tick, loop, period)
 
     def _watchdog(self) -> None:
@@ -208,7 +209,7 @@ class Worker:
                 agent = self.runtime.current_agent or ""
                 log.warning("worker %s: loop blocked for %.2f s by agent %s", self.worker_id, blocked_for, agent)
                 try:
-                    send_blocking(self.watchdog_sock, ["blocked", agent, blocked_for])
+                    send_blocking(self.watchdog_sock, frames.Blocked(agent, blocked_for))
                 except OSError:
                     return
 
@@ -219,90 +220,91 @@ class Worker:
         return {"agents": rt.count_by_status(), "restarts": rt.restart_reasons, "mailbox_depth": depth,
                 "latency_counts": rt.latency_counts, "latency_sum": rt.latency_sum, "n": len(rt)}
 
-    def _dispatch(self, frame: list[Any]) -> None:
+    def _dispatch(self, frame: frames.Frame) -> None:
         if self.stopped is None or self.stopped.done():
             return  # shutting down: later frames are not served
-        op = frame[0]
-        if op == "call" and self._call_fast(frame):
-            return
-        if op == "cast":
-            _, rid, to, msg, sender = frame
-            try:
-                self.runtime.send(_ref(to), msg)
-                if rid:
-                    self.write(["ok", rid, None])
-            except AgentError as exc:
-                if rid:
-                    self.write(["err", rid, exc.code, exc.message])
-                elif sender:
-                    self.write(["cast-failed", sender, to, exc.code, exc.message])
-        elif op in ("ok", "err"):
-            entry = self.pending.get(frame[1])
-            if entry is not None and not entry[0].done():
-                if op == "ok":
-                    entry[0].set_result(frame[2])
-                else:
-                    entry[0].set_exception(error_from_code(frame[2], frame[3]))
-        elif op == "shutdown":
-            self._stop_serving()
-        elif op == "cast-failed":
-            _, sender, to, code, message = frame
-            self.runtime.delivery_failed(sender, to, error_from_code(code, message))
-        else:
-            self.scope.start(self._answer(frame))
+        match frame:
+            case frames.Call() if self._call_fast(frame):
+                pass
+            case frames.Cast(rid=rid, to=to, msg=msg, sender=sender):
+                try:
+                    self.runtime.send(_ref(to), msg)
+                    if rid:
+                        self.write(frames.Ok(rid, None))
+                except AgentError as exc:
+                    if rid:
+                        self.write(frames.Err(rid, exc.code, exc.message))
+                    elif sender:
+                        self.write(frames.CastFailed(sender, to, exc.code, exc.message))
+            case frames.Ok(rid=rid, value=value):
+                entry = self.pending.get(rid)
+                if entry is not None and not entry[0].done():
+                    entry[0].set_result(value)
+            case frames.Err(rid=rid, code=code, message=message):
+                entry = self.pending.get(rid)
+                if entry is not None and not entry[0].done():
+                    entry[0].set_exception(error_from_code(code, message))
+            case frames.Shutdown():
+                self._stop_serving()
+            case frames.CastFailed(sender=sender, to=to, code=code, message=message):
+                self.runtime.delivery_failed(sender, to, error_from_code(code, message))
+            case frames.Call() | frames.Spawn() | frames.Stop() | frames.Info() | frames.ListAgents() | frames.Tree():
+                self.scope.start(self._answer(frame))
+            case _:
+                log.error("worker %s: the main process sent %s, which only workers send: ignored",
+                          self.worker_id, frame.op)
 
-    def _call_fast(self, frame: list[Any]) -> bool:
+    def _call_fast(self, frame: frames.Call) -> bool:
         """A call to a local agent without a task or a future: the agent answers into a RemoteReply.
 
         Saves a task and a timer per call (the caller's side keeps the deadline), and the
         reply leaves in the step the agent finishes (a future's done callback wrote it one
         loop turn later); measured by ``python -m bench agents`` (cross_process_calls_per_s).
         """
-        _, rid, to, msg, _timeout = frame
-        proc = self.runtime.local_process(_ref(to))
+        proc = self.runtime.local_process(_ref(frame.to))
         if proc is None:
             return False
         try:
-            proc.mailbox.put_nowait((CALL, msg, RemoteReply(self, rid)))
+            proc.mailbox.put_nowait((CALL, frame.msg, RemoteReply(self, frame.rid)))
         except AgentError as exc:
-            self.write(["err", rid, exc.code, exc.message])
+            self.write(frames.Err(frame.rid, exc.code, exc.message))
         return True
 
-    async def _answer(self, frame: list[Any]) -> None:
+    async def _answer(self, frame: frames.Call | frames.Spawn | frames.Stop | frames.Info | frames.ListAgents | frames.Tree) -> None:
         """Run one request that may wait (a call, a spawn) and write its ok/err."""
-        op, rid = frame[0], frame[1]
+        rid = frame.rid
         try:
-            result = await self._handle(op, frame)
+            result = await self._handle(frame)
         except AgentError as exc:
-            self.write(["err", rid, exc.code, exc.message])
+            self.write(frames.Err(rid, exc.code, exc.message))
         except Exception as exc:  # a bug must not kill the worker: report it to the caller
-            log.exception("worker %s: request %s failed", self.worker_id, op)
-            self.write(["err", rid, "INTERNAL", f"{type(exc).__name__}: {exc}"])
+            log.exception("worker %s: request %s failed", self.worker_id, frame.op)
+            self.write(frames.Err(rid, "INTERNAL", f"{type(exc).__name__}: {exc}"))
         else:
-            self.write(["ok", rid, result])
+            self.write(frames.Ok(rid, result))
 
-    async def _handle(self, op: str, frame: list[Any]) -> Any:
+    async def _handle(self, frame: frames.Call | frames.Spawn | frames.Stop | frames.Info | frames.ListAgents | frames.Tree) -> Any:
         rt = self.runtime
-        if op == "call":
-            return await rt.call(_ref(frame[2]), frame[3], timeout=float(frame[4]))
-        if op == "spawn":
-            try:
-                spec = ChildSpec.model_validate(frame[2])
-            except ValueError as exc:
-                raise InvalidArgument(f"invalid child spec: {exc}") from None
-            rt.registry.get(spec.start.type)
-            ref = await rt.start_child(spec, frame[3])
-            return ref.agent_id
-        if op == "stop":
-            await rt.stop_agent(_ref(frame[2]))
-            return None
-        if op == "info":
-            return _info_dict(rt.info(_ref(frame[2])))
-        if op == "list":
-            return [_info_dict(info) for info in rt.list_agents()]
-        if op == "tree":
-            return rt.tree(frame[2] if len(frame) > 2 and frame[2] else None)
-        raise InvalidArgument(f"unknown request {op!r}")
+        match frame:
+            case frames.Call(to=to, msg=msg, timeout=timeout):
+                return await rt.call(_ref(to), msg, timeout=float(timeout))
+            case frames.Spawn(spec=raw, supervisor=supervisor):
+                try:
+                    spec = ChildSpec.model_validate(raw)
+                except ValueError as exc:
+                    raise InvalidArgument(f"invalid child spec: {exc}") from None
+                rt.registry.get(spec.start.type)
+                ref = await rt.start_child(spec, supervisor)
+                return ref.agent_id
+            case frames.Stop(agent=agent):
+                await rt.stop_agent(_ref(agent))
+                return None
+            case frames.Info(agent=agent):
+                return _info_dict(rt.info(_ref(agent)))
+            case frames.ListAgents():
+                return [_info_dict(info) for info in rt.list_agents()]
+            case frames.Tree(root=root):
+                return rt.tree(root or None)
 
 
 class RemoteReply:
@@ -334,9 +336,9 @@ class RemoteReply:
             return
         self._done = True
         try:
-            self._worker.write(["ok", self._rid, value])
+            self._worker.write(frames.Ok(self._rid, value))
         except (TypeError, ValueError, OverflowError) as exc:
-            self._worker.write(["err", self._rid, "INVALID_ARGUMENT", f"the reply cannot be encoded: {exc}"])
+            self._worker.write(frames.Err(self._rid, "INVALID_ARGUMENT", f"the reply cannot be encoded: {exc}"))
 
     def set_exception(self, error: BaseException) -> None:
         """Send an error reply (typed errors keep their code)."""
@@ -344,9 +346,9 @@ class RemoteReply:
             return
         self._done = True
         if isinstance(error, AgentError):
-            self._worker.write(["err", self._rid, error.code, error.message])
+            self._worker.write(frames.Err(self._rid, error.code, error.message))
         else:
-            self._worker.write(["err", self._rid, "INTERNAL", repr(error)])
+            self._worker.write(frames.Err(self._rid, "INTERNAL", repr(error)))
 
 
 def _info_dict(info: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agentd import frames
 from agentd.errors import (
     AgentError,
     AlreadyExists,
@@ -72,7 +73,7 @@ class MeshBridge(Protocol):
         ...
 
     async def call(self, to: str, msg: Any, timeout: float) -> Any:
-        """Call an agent on another node; its reply or a typed AgentError."""
+        """frames.Call an agent on another node; its reply or a typed AgentError."""
         ...
 
     def group_joined(self, group: str) -> None:
@@ -112,7 +113,7 @@ class WorkerHandle:
         self.watchdog_sock: socket.socket | None = None
         self.retired = False  # a dedicated worker whose agent is gone: not restarted
 
-    def write(self, frame: list[Any]) -> None:
+    def write(self, frame: frames.Frame) -> None:
         """Send a frame to the worker (dropped when its channel is closed: the death path answers)."""
         channel = self.channel
         if channel is not None:
@@ -170,7 +171,7 @@ class WorkerPool:
         """Shut every worker down (agents terminate in reverse order), then stop watching."""
         self._closing = True
         for handle in self.workers.values():
-            handle.write(["shutdown"])
+            handle.write(frames.Shutdown())
         for handle in list(self.workers.values()):
             if handle.process is not None:
                 try:
@@ -258,77 +259,79 @@ class WorkerPool:
         for start in range(0, len(top), 512):
             chunk = top[start:start + 512]
             results = await asyncio.gather(
-                *(self._request(handle, ["spawn", 0, spec.model_dump(mode="json"), None], 60.0)
+                *(self._request(handle, frames.Spawn(0, spec.model_dump(mode="json"), None), 60.0)
                   for _, spec in chunk), return_exceptions=True)
             for (child_id, _), result in zip(chunk, results, strict=True):
                 if isinstance(result, BaseException):
                     log.error("worker %s: could not bring back %s: %s", handle.worker_id, child_id, result)
         for child_id, spec, supervisor in nested:
             try:
-                await self._request(handle, ["spawn", 0, spec.model_dump(mode="json"), supervisor], 60.0)
+                await self._request(handle, frames.Spawn(0, spec.model_dump(mode="json"), supervisor), 60.0)
             except AgentError as exc:
                 log.error("worker %s: could not bring back %s: %s", handle.worker_id, child_id, exc)
         self._emit("worker_restarted", {"worker": handle.worker_id, "agents": len(handle.spawns)})
 
-    def _on_frame(self, handle: WorkerHandle, frame: list[Any]) -> None:
-        op = frame[0]
-        if op == "ok" or op == "err":
-            entry = handle.pending.pop(frame[1], None)
-            if entry is not None and not entry[0].done():
-                if op == "ok":
-                    entry[0].set_result(frame[2])
-                else:
-                    entry[0].set_exception(error_from_code(frame[2], frame[3]))
-        elif op == "stats":
-            handle.stats = frame[1]
-            handle.last_heartbeat = time.monotonic()
-        elif op == "hello":
-            handle.pid = int(frame[2])
-            handle.last_heartbeat = time.monotonic()
-            handle.ready.set()
-        elif op == "name+":
-            self.names[frame[1]] = frame[2]
-            if self.mesh is not None:
-                self.mesh.name_registered(frame[1], frame[2])
-        elif op == "name-":
-            if self.names.get(frame[1]) == frame[2]:
-                del self.names[frame[1]]
+    def _on_frame(self, handle: WorkerHandle, frame: frames.Frame) -> None:
+        match frame:
+            case frames.Ok(rid=rid, value=value):
+                entry = handle.pending.pop(rid, None)
+                if entry is not None and not entry[0].done():
+                    entry[0].set_result(value)
+            case frames.Err(rid=rid, code=code, message=message):
+                entry = handle.pending.pop(rid, None)
+                if entry is not None and not entry[0].done():
+                    entry[0].set_exception(error_from_code(code, message))
+            case frames.Stats(stats=stats):
+                handle.stats = stats
+                handle.last_heartbeat = time.monotonic()
+            case frames.Hello(pid=pid):
+                handle.pid = pid
+                handle.last_heartbeat = time.monotonic()
+                handle.ready.set()
+            case frames.NameAdded(name=name, agent_id=agent_id):
+                self.names[name] = agent_id
                 if self.mesh is not None:
-                    self.mesh.name_unregistered(frame[1], frame[2])
-        elif op == "removed":
-            self._forget(handle, frame[1])
-        elif op == "group+":
-            if self.groups.join(frame[1], (handle.worker_id, frame[2])) and self.groups.size(frame[1]) == 1:
-                if self.mesh is not None:
-                    self.mesh.group_joined(frame[1])
-        elif op == "group-":
-            if self.groups.leave(frame[1], (handle.worker_id, frame[2])) and self.groups.size(frame[1]) == 0:
-                if self.mesh is not None:
-                    self.mesh.group_left(frame[1])
-        elif op == "gcast":
-            _, group, msg, mode, sender = frame
-            try:
-                self.send_group(group, msg, mode, sender=sender)
-            except AgentError as exc:
-                if sender:
-                    handle.write(["cast-failed", sender, f"group:{group}", exc.code, exc.message])
-        elif op == "cast":
-            _, _, to, msg, sender = frame
-            try:
-                self.cast_nowait(to, msg, sender=sender, origin=handle)
-            except AgentError as exc:
-                if sender:
-                    handle.write(["cast-failed", sender, to, exc.code, exc.message])
-        elif op == "call":
-            self._scope.start(self._forward_call(handle, frame))
-        elif op == "cast-failed":
-            self.delivery_failed(*frame[1:])
+                    self.mesh.name_registered(name, agent_id)
+            case frames.NameRemoved(name=name, agent_id=agent_id):
+                if self.names.get(name) == agent_id:
+                    del self.names[name]
+                    if self.mesh is not None:
+                        self.mesh.name_unregistered(name, agent_id)
+            case frames.Removed(agent_id=agent_id):
+                self._forget(handle, agent_id)
+            case frames.GroupJoined(group=group, agent_id=agent_id):
+                if self.groups.join(group, (handle.worker_id, agent_id)) and self.groups.size(group) == 1:
+                    if self.mesh is not None:
+                        self.mesh.group_joined(group)
+            case frames.GroupLeft(group=group, agent_id=agent_id):
+                if self.groups.leave(group, (handle.worker_id, agent_id)) and self.groups.size(group) == 0:
+                    if self.mesh is not None:
+                        self.mesh.group_left(group)
+            case frames.GroupCast(group=group, msg=msg, mode=mode, sender=sender):
+                try:
+                    self.send_group(group, msg, mode, sender=sender)
+                except AgentError as exc:
+                    if sender:
+                        handle.write(frames.CastFailed(sender, f"group:{group}", exc.code, exc.message))
+            case frames.Cast(to=to, msg=msg, sender=sender):
+                try:
+                    self.cast_nowait(to, msg, sender=sender, origin=handle)
+                except AgentError as exc:
+                    if sender:
+                        handle.write(frames.CastFailed(sender, to, exc.code, exc.message))
+            case frames.Call():
+                self._scope.start(self._forward_call(handle, frame))
+            case frames.CastFailed(sender=sender, to=to, code=code, message=message):
+                self.delivery_failed(sender, to, code, message)
+            case _:
+                log.error("worker %s sent %s, which only the main process sends: ignored", handle.worker_id,
+                          frame.op)
 
     def delivery_failed(self, sender: str, to: str, code: str, message: str) -> None:
         """Tell an agent here that its cast to ``to`` failed (a DeliveryFailed info message)."""
         target = self._worker_of(sender)
         if target is not None:
-            target.write(["cast-failed", sender, to, code, message])
+            target.write(frames.CastFailed(sender, to, code, message))
 
     def _forget(self, handle: WorkerHandle, agent_id: str) -> None:
         """An agent is gone for good: do not bring it back with its worker."""
@@ -338,27 +341,30 @@ class WorkerPool:
             del self.owner[top]
             if handle.dedicated and not handle.spawns:
                 handle.retired = True
-                handle.write(["shutdown"])
+                handle.write(frames.Shutdown())
 
-    async def _forward_call(self, origin: WorkerHandle, frame: list[Any]) -> None:
-        _, rid, to, msg, timeout = frame
+    async def _forward_call(self, origin: WorkerHandle, frame: frames.Call) -> None:
         try:
-            result = await self.call(to, msg, timeout=float(timeout))
+            result = await self.call(frame.to, frame.msg, timeout=float(frame.timeout))
         except AgentError as exc:
-            origin.write(["err", rid, exc.code, exc.message])
+            origin.write(frames.Err(frame.rid, exc.code, exc.message))
         else:
-            origin.write(["ok", rid, result])
+            origin.write(frames.Ok(frame.rid, result))
 
     async def _read_watchdog(self, handle: WorkerHandle, sock: socket.socket) -> None:
-        """Blocked-loop reports from the worker's watchdog thread."""
+        """frames.Blocked-loop reports from the worker's watchdog thread."""
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         try:
             while True:
-                frame = await read_frame(reader)
+                try:
+                    frame = await read_frame(reader)
+                except frames.MalformedFrame as exc:
+                    log.error("watchdog of worker %s: %s: frame skipped", handle.worker_id, exc)
+                    continue
                 if frame is None:
                     return
-                if frame[0] == "blocked":
-                    agent, seconds = str(frame[1]), float(frame[2])
+                if isinstance(frame, frames.Blocked):
+                    agent, seconds = frame.agent, float(frame.seconds)
                     self.events.blocked += 1
                     self.events.last_blocked_agent = agent
                     self.events.blocked_agents.append((handle.worker_id, agent, seconds))
@@ -419,11 +425,12 @@ class WorkerPool:
         """The agent id for a name or an id."""
         return self.names.get(to, to)
 
-    async def _request(self, handle: WorkerHandle, frame: list[Any], timeout: float) -> Any:
+    async def _request(self, handle: WorkerHandle, frame: frames.Spawn | frames.Stop | frames.Cast | frames.Call | frames.Info | frames.ListAgents | frames.Tree,
+                       timeout: float) -> Any:
         if not handle.alive:
             await self._wait_ready(handle, timeout)
         rid = next(self._rids)
-        frame[1] = rid
+        frame.rid = rid
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         pending = handle.pending
         # The deadline is swept by _expire_requests, not a timer per call (bench agents, cross_process_calls_per_s).
@@ -445,7 +452,7 @@ class WorkerPool:
         return handle
 
     async def call(self, to: str, msg: Any, timeout: float = 5.0) -> Any:
-        """Call an agent in whichever worker hosts it (or through the mesh when none here does)."""
+        """frames.Call an agent in whichever worker hosts it (or through the mesh when none here does)."""
         agent_id = self.names.get(to, to)
         worker_id = self.owner.get(agent_id.split("/", 1)[0])
         handle = None if worker_id is None else self.workers.get(worker_id)
@@ -453,17 +460,17 @@ class WorkerPool:
             if self.mesh is not None:
                 return await self.mesh.call(to, msg, timeout)
             raise NoSuchAgent(f"no agent {to}")
-        return await self._request(handle, ["call", 0, agent_id, msg, timeout], timeout + 1.0)
+        return await self._request(handle, frames.Call(0, agent_id, msg, timeout), timeout + 1.0)
 
     async def cast(self, to: str, msg: Any) -> None:
-        """Cast with acknowledgement: MailboxFull / NoSuchAgent come back as errors.
+        """frames.Cast with acknowledgement: MailboxFull / NoSuchAgent come back as errors.
 
         For an agent on another node the acknowledgement is that the mesh took it (casts are one-way there).
         """
         if self.mesh is not None and self._worker_of(to) is None:
             self.mesh.cast(to, msg, None)
             return
-        await self._request(self._target(to), ["cast", 0, self.resolve(to), msg, None], 10.0)
+        await self._request(self._target(to), frames.Cast(0, self.resolve(to), msg, None), 10.0)
 
     def cast_nowait(self, to: str, msg: Any, sender: str | None = None, origin: WorkerHandle | None = None) -> None:
         """Forward a cast without waiting; failures go back to ``sender`` as DeliveryFailed."""
@@ -471,7 +478,7 @@ class WorkerPool:
             self.mesh.cast(to, msg, sender)
             return
         handle = self._target(to)
-        handle.write(["cast", 0, self.resolve(to), msg, sender])
+        handle.write(frames.Cast(0, self.resolve(to), msg, sender))
 
     # --- process groups ------------------------------------------------------------------------
 
@@ -480,7 +487,7 @@ class WorkerPool:
         return [agent_id for _, agent_id in self.groups.members(group)]
 
     def send_group(self, group: str, msg: Any, mode: str = "all", sender: str | None = None) -> int:
-        """Cast to a group: local members directly, remote ones through the mesh; returns local deliveries.
+        """frames.Cast to a group: local members directly, remote ones through the mesh; returns local deliveries.
 
         ``all``: every member here, and a copy to every other agentd in meshd's group.
         ``one``: with a mesh, meshd picks the agentd (round-robin over the group's nodes) and
@@ -514,7 +521,7 @@ class WorkerPool:
         for worker_id, agent_id in targets:
             handle = self.workers.get(worker_id)
             if handle is not None and handle.alive:
-                handle.write(["cast", 0, agent_id, msg, sender])
+                handle.write(frames.Cast(0, agent_id, msg, sender))
                 delivered += 1
         if not delivered:
             raise NoSuchAgent(f"no members in group {group!r} on this node")
@@ -539,21 +546,21 @@ class WorkerPool:
                 raise AlreadyExists(f"child id {spec.id!r} already exists")
             shared = [h for h in self.workers.values() if not h.dedicated]
             handle = min(shared, key=lambda h: (len(h.spawns), h.worker_id))
-        agent_id: str = await self._request(handle, ["spawn", 0, spec.model_dump(mode="json"), supervisor], 60.0)
+        agent_id: str = await self._request(handle, frames.Spawn(0, spec.model_dump(mode="json"), supervisor), 60.0)
         if not supervisor:
             self.owner[spec.id] = handle.worker_id
         handle.spawns[agent_id] = (spec, supervisor)
         return agent_id
 
     async def stop_agent(self, to: str) -> None:
-        """Stop an agent for good (through its supervisor)."""
+        """frames.Stop an agent for good (through its supervisor)."""
         handle = self._target(to)
-        await self._request(handle, ["stop", 0, self.resolve(to)], 120.0)
+        await self._request(handle, frames.Stop(0, self.resolve(to)), 120.0)
 
     async def info(self, to: str) -> dict[str, Any]:
         """One agent's snapshot."""
         handle = self._target(to)
-        result: dict[str, Any] = await self._request(handle, ["info", 0, self.resolve(to)], 10.0)
+        result: dict[str, Any] = await self._request(handle, frames.Info(0, self.resolve(to)), 10.0)
         result["worker"] = handle.worker_id
         return result
 
@@ -563,7 +570,7 @@ class WorkerPool:
         for handle in list(self.workers.values()):
             if not handle.alive:
                 continue
-            for info in await self._request(handle, ["list", 0], 30.0):
+            for info in await self._request(handle, frames.ListAgents(0), 30.0):
                 info["worker"] = handle.worker_id
                 out.append(info)
         return out
@@ -573,11 +580,11 @@ class WorkerPool:
         if root:
             handle = self._target(root)
             return [{"worker": handle.worker_id,
-                     **(await self._request(handle, ["tree", 0, self.resolve(root)], 30.0))}]
+                     **(await self._request(handle, frames.Tree(0, self.resolve(root)), 30.0))}]
         trees = []
         for handle in list(self.workers.values()):
             if handle.alive:
-                trees.append({"worker": handle.worker_id, **(await self._request(handle, ["tree", 0, None], 30.0))})
+                trees.append({"worker": handle.worker_id, **(await self._request(handle, frames.Tree(0, None), 30.0))})
         return trees
 
     def next_serial(self) -> int:
