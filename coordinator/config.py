@@ -34,6 +34,9 @@ class CoordinatorConfig(BaseModel):
     grpc_host: str = Field("127.0.0.1", description="Address the gRPC server binds (loopback by default).")
     grpc_port: int = Field(7200, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     advertise_host: str = Field("", description="Host published to clients; defaults to grpc_host.")
+    metrics_port: int | None = Field(0, ge=0, le=65535,
+                                     description="Prometheus /metrics port (on grpc_host); 0 picks a free one; "
+                                                 "null disables.")
     lease_ttl: int = Field(2, ge=2, le=300, description="Election lease TTL, seconds (failover takes about this).")
     shutdown_grace: float = Field(1.0, ge=0, le=60, description="Seconds in-flight calls get at shutdown.")
     mechanism_modules: list[str] = Field(
@@ -80,6 +83,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[str | None, dict[str,
     parser.add_argument("--grpc-host", dest="grpc_host")
     parser.add_argument("--grpc-port", dest="grpc_port")
     parser.add_argument("--advertise-host", dest="advertise_host")
+    parser.add_argument("--metrics-port", dest="metrics_port")
     parser.add_argument("--lease-ttl", dest="lease_ttl")
     parser.add_argument("--mechanism-module", dest="mechanism_modules", action="append",
                         help="extra mechanism kinds: a dotted module name or a .py path (repeatable)")

@@ -13,12 +13,15 @@ import asyncio
 import logging
 import signal
 import sys
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
 
 from coordinator.config import CoordinatorConfig
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.node import CoordinatorNode
 from coordinator.service import CoordinatorServicer
 from mabeam.etcd.client import EtcdUnavailable
@@ -39,7 +42,11 @@ class Daemon:
 
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
-        self.node = CoordinatorNode(config)
+        self.metrics = CoordinatorMetrics()
+        self.node = CoordinatorNode(config, metrics=self.metrics)
+        self.metrics.watch_state(lambda: self.node.leading)
+        self.metrics_address = "-"
+        self._metrics_server: WSGIServer | None = None
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=[
             ("grpc.so_reuseport", 0),  # a second coordinator on the same port must fail, not share it
@@ -58,6 +65,14 @@ class Daemon:
             port = 0
         if not port:
             raise StartupError(f"cannot bind gRPC on {address}: the port is in use or the address is not local")
+        if self.config.metrics_port is not None:
+            try:
+                self._metrics_server, _ = start_http_server(self.config.metrics_port, addr=self.config.grpc_host,
+                                                            registry=self.metrics.registry)
+            except OSError as error:
+                raise StartupError(f"cannot bind metrics on {self.config.grpc_host}:{self.config.metrics_port}: "
+                                   f"{error.strerror}") from None
+            self.metrics_address = f"{self.config.advertised}:{self._metrics_server.server_port}"
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
@@ -66,7 +81,8 @@ class Daemon:
     async def _announce(self) -> None:
         await self.node.ready.wait()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        print(f"coordinator ready node_id={self.config.node_id} grpc={self.node.address}", flush=True)
+        print(f"coordinator ready node_id={self.config.node_id} grpc={self.node.address} "
+              f"metrics={self.metrics_address}", flush=True)
         leading = None
         while True:  # keep the service's health equal to "this node leads"
             now = self.node.leading is not None
@@ -93,6 +109,9 @@ class Daemon:
                     announce.cancel()
         finally:
             await self.server.stop(self.config.shutdown_grace)
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+                self._metrics_server.server_close()
 
 
 def run(config: CoordinatorConfig) -> int:

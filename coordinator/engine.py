@@ -33,6 +33,7 @@ from coordinator.mechanisms import MechanismClosed, MechanismError
 from coordinator.mechanisms.base import ScheduleTick, mechanism_classes
 from coordinator.mechanisms.errors import EscrowRefused
 from coordinator.mechanisms.market import MarketMechanism
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.store import CommitFailed, Committer, read_prefix
 from coordinator.variables import (
     VariableError,
@@ -78,8 +79,9 @@ class Engine:
     """All coordinator state of one leader term (see the module docstring)."""
 
     def __init__(self, client: EtcdClient, cluster: str, committer: Committer, term: int,
-                 clock: Callable[[], int] = wall_ms) -> None:
+                 clock: Callable[[], int] = wall_ms, metrics: CoordinatorMetrics | None = None) -> None:
         self.client = client
+        self.metrics = metrics
         self.cluster = cluster
         self.committer = committer
         self.term = term
@@ -257,6 +259,19 @@ class Engine:
         result; if it raises CommitFailed the event is not (surely) durable. Refusals raise
         ServiceError with nothing changed.
         """
+        metrics = self.metrics
+        if metrics is None:
+            return self._stage_submit(instance_id, family, client_event_id, event)
+        try:
+            staged = self._stage_submit(instance_id, family, client_event_id, event)
+        except ServiceError:
+            metrics.rejected.inc()
+            raise
+        (metrics.duplicates if staged[1] else metrics.accepted).inc()
+        return staged
+
+    def _stage_submit(self, instance_id: str, family: str | None, client_event_id: str,
+                      event: dict[str, Any]) -> tuple[Ack, bool, asyncio.Future[int] | None]:
         instance = self.instance(instance_id, family)
         seen = instance.acks.get(client_event_id)
         if seen is not None:

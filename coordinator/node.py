@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 from coordinator import keys
 from coordinator.config import CoordinatorConfig
 from coordinator.engine import Engine
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.store import Committer
 from mabeam.errors import DOMAIN, ServiceError
 from mabeam.etcd.client import EtcdClient, EtcdError
@@ -57,9 +58,10 @@ class WrongNode(ServiceError):
 class CoordinatorNode:
     """One node's coordinator: its etcd client, candidacy and (while leading) its engine."""
 
-    def __init__(self, config: CoordinatorConfig, address: str = "") -> None:
+    def __init__(self, config: CoordinatorConfig, address: str = "", metrics: CoordinatorMetrics | None = None) -> None:
         self.config = config
         self.address = address
+        self.metrics = metrics or CoordinatorMetrics()
         self.client = EtcdClient(config.etcd, timeout=config.etcd_timeout)
         self.engine: Engine | None = None
         self.election: Election | None = None
@@ -128,19 +130,25 @@ class CoordinatorNode:
                         task.cancel()
                     return
                 term = campaign.result()
-                committer = Committer(self.client, election.fence())
-                engine = Engine(self.client, self.config.cluster, committer, term)
+                metrics = self.metrics
+                committer = Committer(self.client, election.fence(), on_commit=metrics.observe_commit,
+                                      on_failure=metrics.commit_failures.inc)
+                engine = Engine(self.client, self.config.cluster, committer, term, metrics=metrics)
                 await engine.load()
                 commits = tg.create_task(committer.run())
                 timers = tg.create_task(engine.run())
                 await engine.start(self.config.node_id, self.address)
                 self.election, self.engine, self.term = election, engine, term
                 log.info("coordinator %s leads with term %d", self.config.node_id, term)
+                metrics.terms.inc()
                 watchdog = tg.create_task(self._watch_lease(election))
                 broken = tg.create_task(committer.broken.wait())
                 await asyncio.wait({stop, lost, watchdog, broken}, return_when=asyncio.FIRST_COMPLETED)
                 log.warning("coordinator %s ends term %d (stopping=%s lost=%s broken=%s)", self.config.node_id,
                             term, stop.done(), lost.done() or watchdog.done(), committer.reason)
+                reason = ("stopping" if stop.done() else "lease_lost" if lost.done() or watchdog.done()
+                          else "commit_failed")
+                metrics.term_ends[reason].inc()
                 for task in (keepalive, stop, lost, commits, timers, watchdog, broken):
                     task.cancel()
         finally:

@@ -261,11 +261,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         if engine is None:
             await abort(context, await self.node.redirect())
         stream = BidStream(self.node, engine)
+        gauge = self.node.metrics.streams["bids"]
+        gauge.inc()
         try:
             async for response in stream.run(request_iterator):
                 yield response
         except ServiceError as error:
             await abort(context, error)
+        finally:
+            gauge.dec()
 
     @leader_call
     async def CreateNegotiation(self, engine: Engine, request: pb.CreateInstanceRequest) -> pb.Instance:
@@ -451,25 +455,29 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         """Accepted events of an instance from ``from_seq``, then live, ending with its final state."""
         from coordinator.watch import watch_instance
 
-        async for item in self._guard_stream(context, watch_instance(self.node.client, self.cluster, request)):
+        async for item in self._guard_stream(context, watch_instance(self.node.client, self.cluster, request),
+                                             "watch_instance"):
             yield item
 
     async def WatchTrades(self, request: pb.WatchInstanceRequest, context: grpc.aio.ServicerContext):
         """A market's trades, re-derived by replaying its durable events."""
         from coordinator.watch import watch_trades
 
-        async for item in self._guard_stream(context, watch_trades(self.node.client, self.cluster, request)):
+        async for item in self._guard_stream(context, watch_trades(self.node.client, self.cluster, request),
+                                             "watch_trades"):
             yield item
 
     async def WatchVariable(self, request: pb.WatchVariableRequest, context: grpc.aio.ServicerContext):
         """Every version of a variable in order."""
         from coordinator.watch import watch_variable
 
-        async for item in self._guard_stream(context, watch_variable(self.node.client, self.cluster, request)):
+        async for item in self._guard_stream(context, watch_variable(self.node.client, self.cluster, request),
+                                             "watch_variable"):
             yield item
 
-    @staticmethod
-    async def _guard_stream(context: grpc.aio.ServicerContext, source: Any):
+    async def _guard_stream(self, context: grpc.aio.ServicerContext, source: Any, kind: str):
+        gauge = self.node.metrics.streams[kind]
+        gauge.inc()
         try:
             async for item in source:
                 yield item
@@ -478,7 +486,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         except EtcdError as error:
             await abort(context, ServiceError(grpc.StatusCode.UNAVAILABLE, f"etcd unavailable: {error}",
                                               "ETCD_UNAVAILABLE", retry_after_s=0.5))
-
+        finally:
+            gauge.dec()
 
 
 def _bid_error(bid: pb.SubmitEventRequest, error: ServiceError) -> pb.BidAck:

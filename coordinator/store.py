@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aetcd import rpc
@@ -67,10 +68,15 @@ class _Pending:
 class Committer:
     """Group-commits write groups to etcd behind a fence; run :meth:`run` in the owner's TaskGroup."""
 
-    def __init__(self, client: EtcdClient, fence: rpc.Compare, max_ops: int = MAX_TXN_OPS) -> None:
+    def __init__(self, client: EtcdClient, fence: rpc.Compare, max_ops: int = MAX_TXN_OPS, *,
+                 on_commit: Callable[[int, float], None] | None = None,
+                 on_failure: Callable[[], None] | None = None) -> None:
         self.client = client
         self.fence = fence
         self.max_ops = max_ops
+        #: Told (groups, seconds) per committed transaction, and once when a transaction fails (metrics).
+        self.on_commit = on_commit
+        self.on_failure = on_failure
         self.stats = CommitStats()
         self.broken = asyncio.Event()
         self.reason = ""
@@ -115,7 +121,8 @@ class Committer:
             except EtcdError as error:
                 self._break(batch, CommitFailed(f"etcd write failed: {error}"))
                 return
-            self.stats.seconds += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self.stats.seconds += elapsed
             if not result.succeeded:
                 self._break(batch, Fenced("this coordinator was deposed: the fence compare failed"))
                 return
@@ -123,6 +130,8 @@ class Committer:
             self.stats.groups += len(batch)
             self.stats.operations += len(ops)
             self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            if self.on_commit is not None:
+                self.on_commit(len(batch), elapsed)
             for pending in batch:
                 if not pending.done.done():
                     pending.done.set_result(result.revision)
@@ -130,6 +139,8 @@ class Committer:
     def _break(self, batch: list[_Pending], error: CommitFailed) -> None:
         log.warning("commit failed, coordinator state must be reloaded: %s", error)
         self.stats.failures += 1
+        if self.on_failure is not None and batch:
+            self.on_failure()
         self.reason = str(error)
         for pending in [*batch, *self._queue]:
             if not pending.done.done():
