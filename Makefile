@@ -49,10 +49,13 @@ $(TS_DIR)/node_modules/.installed: $(TS_DIR)/package-lock.json
 
 # SDKs: unit tests and the conformance runners (the conformance suite itself runs in pytest,
 # tests/conformance, against one live cluster for every language).
-.PHONY: sdk-build sdk-test test-go test-go-unit test-ts test-ts-unit test-sdk-conformance
-SDK_LANGS := python go typescript
-sdk-build: $(GO_BIN)/mabeam-conformance $(TS_DIR)/dist/.built
-sdk-test: test-go-unit test-ts-unit
+.PHONY: sdk-build sdk-test test-go test-go-unit test-ts test-ts-unit test-rust test-rust-unit test-sdk-conformance
+SDK_LANGS := python go typescript rust
+# One cargo target dir per machine (as tools/protogen.sh): worktrees and clean clones share the build.
+export CARGO_TARGET_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/mabeam/cargo-target
+RUST_RUNNER := $(CARGO_TARGET_DIR)/debug/mabeam-conformance
+sdk-build: $(GO_BIN)/mabeam-conformance $(TS_DIR)/dist/.built $(RUST_RUNNER)
+sdk-test: test-go-unit test-ts-unit test-rust-unit
 
 $(GO_BIN)/mabeam-conformance: $(shell find clients/go -name '*.go') clients/go/go.mod clients/go/go.sum
 	cd clients/go && nice go build -o .bin/mabeam-conformance ./cmd/mabeam-conformance
@@ -70,6 +73,15 @@ test-ts-unit: $(TS_DIR)/dist/.built
 # One language's conformance run (make test-go, ...): its unit tests, then the scenarios.
 test-go: setup test-go-unit $(GO_BIN)/mabeam-conformance
 	MABEAM_SDK_CONFORMANCE=go $(BIN)/python -m pytest -q tests/conformance -k go
+
+$(RUST_RUNNER): $(shell find clients/rust/mabeam clients/rust/conformance -name '*.rs' -o -name Cargo.toml) clients/rust/Cargo.lock
+	cd clients/rust && nice cargo build -q -p mabeam-conformance
+
+test-rust-unit:
+	cd clients/rust && nice cargo test -q -p mabeam
+
+test-rust: setup test-rust-unit $(RUST_RUNNER)
+	MABEAM_SDK_CONFORMANCE=rust $(BIN)/python -m pytest -q tests/conformance -k rust
 
 test-ts: setup test-ts-unit
 	MABEAM_SDK_CONFORMANCE=typescript $(BIN)/python -m pytest -q tests/conformance -k typescript

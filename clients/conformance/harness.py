@@ -36,6 +36,14 @@ LANGS = ("python", "go", "typescript", "rust")
 RELAY_NODES = {"go": 1, "typescript": 2, "rust": 3}
 
 
+def cargo_target_dir() -> Path:
+    """Where cargo builds the Rust SDK: one target dir per machine, as tools/protogen.sh and the Makefile use."""
+    if os.environ.get("CARGO_TARGET_DIR"):
+        return Path(os.environ["CARGO_TARGET_DIR"])
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "mabeam/cargo-target"
+
+
 def runner_command(lang: str) -> list[str]:
     """The command line of a language's runner (built by ``make sdk-build``)."""
     if lang == "python":
@@ -45,7 +53,7 @@ def runner_command(lang: str) -> list[str]:
     if lang == "typescript":
         return ["node", str(ROOT / "clients/typescript/dist/conformance/runner.js")]
     if lang == "rust":
-        return [str(ROOT / "clients/rust/target/debug/mabeam-conformance")]
+        return [str(cargo_target_dir() / "debug/mabeam-conformance")]
     raise ValueError(f"unknown language {lang!r}")
 
 

@@ -1,0 +1,472 @@
+//! The Rust SDK's conformance runner (clients/conformance/README.md):
+//!
+//!     mabeam-conformance run --cluster cluster.json --scenarios DIR --run ID [--only NAME ...]
+//!     mabeam-conformance serve --cluster cluster.json --node 1 --name relay-rust
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mabeam::agent::RunningAgent;
+use mabeam::{AgentClient, BidStream, Context, CoordinatorClient, CreateOptions, Error, ExternalAgent, MeshClient, SpawnOptions};
+use serde_json::{json, Value};
+use tokio::io::AsyncReadExt;
+
+const LANG: &str = "rust";
+
+#[derive(Debug)]
+struct Failure(String);
+
+type StepResult = std::result::Result<Value, Outcome>;
+
+enum Outcome {
+    Api(Error),
+    Fail(Failure),
+}
+
+impl From<Error> for Outcome {
+    fn from(e: Error) -> Outcome { Outcome::Api(e) }
+}
+
+fn fail(msg: impl Into<String>) -> Outcome { Outcome::Fail(Failure(msg.into())) }
+
+fn substitute(value: &Value, vars: &HashMap<String, Value>) -> Value {
+    match value {
+        Value::String(s) => {
+            if s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1 {
+                return vars.get(&s[2..s.len() - 1]).cloned().unwrap_or(Value::Null);
+            }
+            let mut out = s.clone();
+            for (k, v) in vars {
+                let text = match v { Value::String(t) => t.clone(), other => other.to_string() };
+                out = out.replace(&format!("${{{k}}}"), &text);
+            }
+            Value::String(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(|v| substitute(v, vars)).collect()),
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), substitute(v, vars))).collect()),
+        other => other.clone(),
+    }
+}
+
+fn lookup_path(result: &Value, path: &str) -> std::result::Result<Value, Failure> {
+    let mut value = result.clone();
+    for part in path.split('.') {
+        value = match (&value, part) {
+            (Value::Array(items), "#") => json!(items.len()),
+            (Value::Object(map), key) if map.contains_key(key) => map[key].clone(),
+            _ => return Err(Failure(format!("result has no {path:?}: {result}"))),
+        };
+    }
+    Ok(value)
+}
+
+fn matches(actual: &Value, expected: &Value) -> bool {
+    if let Value::Object(m) = expected {
+        if m.len() == 1 {
+            if let Some(bound) = m.get("lt").and_then(Value::as_f64) {
+                return actual.as_f64().is_some_and(|a| a < bound);
+            }
+            if let Some(bound) = m.get("gt").and_then(Value::as_f64) {
+                return actual.as_f64().is_some_and(|a| a > bound);
+            }
+        }
+    }
+    match (actual, expected) {
+        (Value::Number(a), Value::Number(e)) => a.as_f64() == e.as_f64(),
+        (Value::Array(a), Value::Array(e)) => a.len() == e.len() && a.iter().zip(e).all(|(x, y)| matches(x, y)),
+        (Value::Object(a), Value::Object(e)) => a.len() == e.len() && e.iter().all(|(k, v)| a.get(k).is_some_and(|x| matches(x, v))),
+        _ => actual == expected,
+    }
+}
+
+fn check(step: &Value, result: &Value, error: Option<&Error>) -> std::result::Result<(), Failure> {
+    if let Some(wanted) = step.get("error").filter(|e| !e.is_null()) {
+        let Some(error) = error else {
+            return Err(Failure(format!("expected {}, got a result: {result}", wanted["code"])));
+        };
+        if wanted["code"] != error.code_name() {
+            return Err(Failure(format!("expected {}, got {}", wanted["code"], error)));
+        }
+        if let Some(reason) = wanted.get("reason") {
+            if reason != error.reason() {
+                return Err(Failure(format!("expected reason {reason}, got {error}")));
+            }
+        }
+        if let Some(field) = wanted.get("field").and_then(Value::as_str) {
+            if !error.details().field_violations.contains_key(field) {
+                return Err(Failure(format!("expected a violation of {field:?}, got {:?}", error.details().field_violations)));
+            }
+        }
+        return Ok(());
+    }
+    if let Some(error) = error {
+        return Err(Failure(error.to_string()));
+    }
+    if let Some(Value::Object(expect)) = step.get("expect") {
+        for (path, expected) in expect {
+            let actual = lookup_path(result, path)?;
+            if !matches(&actual, expected) {
+                return Err(Failure(format!("{path}: expected {expected}, got {actual} in {result}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The relay behaviour every SDK implements (scenarios 05 and 08).
+#[derive(Clone, Default)]
+struct Relay {
+    last: Arc<Mutex<Value>>,
+}
+
+impl Relay {
+    async fn on_call(self, msg: Value, ctx: Context) -> mabeam::Result<Value> {
+        if msg == json!("last") {
+            let last = self.last.lock().unwrap().clone();
+            return Ok(if last.is_null() { json!({"code": "NONE", "elapsed_ms": 0}) } else { last });
+        }
+        let mut hops = msg["hops"].as_array().cloned().unwrap_or_default();
+        let mut trail = msg["trail"].as_array().cloned().unwrap_or_default();
+        trail.push(json!(LANG));
+        if hops.is_empty() {
+            return Ok(json!({"hops": [], "trail": trail}));
+        }
+        let hop = hops.remove(0);
+        let (to, body) = match &hop {
+            Value::Object(h) => (h["to"].as_str().unwrap_or_default().to_string(), h["msg"].clone()),
+            other => (other.as_str().unwrap_or_default().to_string(), json!({"hops": hops, "trail": trail})),
+        };
+        let started = Instant::now();
+        let reply: mabeam::Result<Value> = ctx.call(&to, &body).await; // within the handled call's deadline
+        let code = match &reply { Ok(_) => "OK", Err(e) => e.code_name() };
+        *self.last.lock().unwrap() = json!({"code": code, "elapsed_ms": started.elapsed().as_millis() as u64});
+        reply
+    }
+}
+
+struct Runner {
+    cluster: Value,
+    run_id: String,
+    meshes: HashMap<i64, MeshClient>,
+    agentds: HashMap<i64, AgentClient>,
+    coordinator: CoordinatorClient,
+    agents: HashMap<String, (RunningAgent, tokio::sync::watch::Sender<bool>)>,
+    bid_stream: Option<BidStream>,
+    bids: Vec<tokio::task::JoinHandle<mabeam::Result<mabeam::v1::SubmitEventResponse>>>,
+}
+
+fn s(a: &Value, key: &str) -> String {
+    match &a[key] { Value::String(t) => t.clone(), Value::Null => String::new(), other => other.to_string() }
+}
+
+fn secs(a: &Value, key: &str, default: f64) -> Duration {
+    Duration::from_secs_f64(a[key].as_f64().unwrap_or(default))
+}
+
+impl Runner {
+    fn new(cluster: Value, run_id: String) -> Runner {
+        let endpoints: Vec<String> = cluster["nodes"].as_array().unwrap().iter()
+            .filter_map(|n| n["coordinator"].as_str().map(str::to_string)).collect();
+        let refs: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+        let mut coordinator = CoordinatorClient::connect(&refs).expect("coordinator endpoints");
+        coordinator.failover_timeout = Duration::from_secs(20);
+        Runner { cluster, run_id, meshes: HashMap::new(), agentds: HashMap::new(), coordinator, agents: HashMap::new(),
+            bid_stream: None, bids: vec![] }
+    }
+
+    fn node(&self, a: &Value) -> &Value {
+        &self.cluster["nodes"][(a["node"].as_i64().unwrap_or(1) - 1) as usize]
+    }
+
+    fn mesh(&mut self, a: &Value) -> MeshClient {
+        let i = a["node"].as_i64().unwrap_or(1);
+        let endpoint = s(self.node(a), "meshd");
+        self.meshes.entry(i).or_insert_with(|| MeshClient::connect(&endpoint).unwrap()).clone()
+    }
+
+    fn agentd(&mut self, a: &Value) -> AgentClient {
+        let i = a["node"].as_i64().unwrap_or(1);
+        let endpoint = s(self.node(a), "agentd");
+        self.agentds.entry(i).or_insert_with(|| AgentClient::connect(&endpoint).unwrap()).clone()
+    }
+
+    async fn close(&mut self) {
+        for (_, (agent, release)) in self.agents.drain() {
+            let _ = release.send(true);
+            agent.stop().await;
+        }
+        for task in self.bids.drain(..) {
+            let _ = task.await;
+        }
+    }
+
+    async fn op(&mut self, name: &str, a: &Value) -> StepResult {
+        match name {
+            "members" => {
+                let members = self.mesh(a).members().await?;
+                let mut ids: Vec<String> = members.iter().map(|m| m.node_id.clone()).collect();
+                ids.sort();
+                Ok(json!({"count": members.len(), "node_ids": ids}))
+            }
+            "leader" => {
+                let leader = self.mesh(a).leader(&s(a, "role")).await?.unwrap_or_default();
+                Ok(json!({"node_id": leader.node_id, "term": leader.term}))
+            }
+            "register_name" | "lookup" => {
+                let mesh = self.mesh(a);
+                let entry = if name == "register_name" {
+                    mesh.register_name(&s(a, "name"), &s(a, "agent_id"), HashMap::new()).await?
+                } else {
+                    mesh.lookup(&s(a, "name")).await?
+                };
+                let target = entry.target.unwrap_or_default();
+                Ok(json!({"name": entry.name, "node_id": target.node_id, "agent_id": target.agent_id}))
+            }
+            "group_members" => {
+                let members = self.mesh(a).group_members(&s(a, "group")).await?;
+                let mut ids: Vec<String> = members.iter().map(|m| m.member.clone().unwrap_or_default().node_id).collect();
+                ids.sort();
+                Ok(json!({"count": members.len(), "node_ids": ids}))
+            }
+            "attach_agent" => self.attach(a).await,
+            "detach_agent" => {
+                if let Some((agent, release)) = self.agents.remove(&s(a, "name")) {
+                    let _ = release.send(true);
+                    agent.stop().await;
+                }
+                Ok(json!({}))
+            }
+            "agent_call" => {
+                let handle = self.agents[&s(a, "from")].0.handle.clone();
+                let reply: Value = handle.call(&s(a, "to"), &a["msg"], secs(a, "timeout", 5.0)).await?;
+                Ok(json!({"reply": reply}))
+            }
+            "agent_cast" => {
+                self.agents[&s(a, "from")].0.handle.cast(&s(a, "to"), &a["msg"]).await?;
+                Ok(json!({}))
+            }
+            "agent_cast_group" => {
+                self.agents[&s(a, "from")].0.handle.cast_group(&s(a, "group"), &a["msg"], s(a, "mode") == "one").await?;
+                Ok(json!({}))
+            }
+            "mesh_call" => {
+                let reply = self.mesh(a).call(s(a, "to").as_str().into(), vec![0xc0], secs(a, "timeout", 5.0)).await?;
+                Ok(json!({"payload_size": reply.payload.len()}))
+            }
+            "spawn" => {
+                let args = if a["args"].is_null() { json!({}) } else { a["args"].clone() };
+                let info = self.agentd(a).spawn(&s(a, "type"), &args, SpawnOptions { name: s(a, "name"), ..Default::default() }).await?;
+                Ok(json!({"name": info.name, "type": info.r#type, "agent_id": info.agent_id}))
+            }
+            "call" => {
+                let reply: Value = self.agentd(a).call(&s(a, "agent"), &a["msg"], secs(a, "timeout", 5.0)).await?;
+                Ok(json!({"reply": reply}))
+            }
+            "cast" => { self.agentd(a).cast(&s(a, "agent"), &a["msg"]).await?; Ok(json!({})) }
+            "stop_agent" => { self.agentd(a).stop(&s(a, "agent")).await?; Ok(json!({})) }
+            "create_auction" => {
+                let instance = self.coordinator.create_auction(&s(a, "kind"), &a["config"], CreateOptions::default()).await?;
+                Ok(json!({"id": instance.id, "state": instance.state}))
+            }
+            "bid_stream_submit" => {
+                let stream = self.bid_stream.get_or_insert_with(|| self.coordinator.bid_stream()).clone();
+                let (first, count, base) = (a["first"].as_i64().unwrap_or(1), a["count"].as_i64().unwrap_or(1), a["amount_base"].as_i64().unwrap_or(0));
+                for i in first..first + count {
+                    let stream = stream.clone();
+                    let auction = s(a, "auction");
+                    self.bids.push(tokio::spawn(async move {
+                        stream.submit(&auction, &json!({"type": "bid", "bidder": format!("bidder-{i}"), "amount": base + i - 1}), None).await
+                    }));
+                }
+                Ok(json!({}))
+            }
+            "bid_stream_wait" => {
+                let (mut acked, mut errors) = (0, vec![]);
+                for task in self.bids.drain(..) {
+                    match task.await {
+                        Ok(Ok(_)) => acked += 1,
+                        Ok(Err(e)) => errors.push(e.to_string()),
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                Ok(json!({"acked": acked, "refused": errors.len(), "errors": errors.iter().take(3).collect::<Vec<_>>()}))
+            }
+            "kill_coordinator_leader" => {
+                let leader = self.coordinator.leader().await?;
+                for node in self.cluster["nodes"].as_array().unwrap() {
+                    if node["node_id"] == leader.leader_node_id.as_str() {
+                        let pid = node["coordinator_pid"].as_i64().unwrap_or(0) as i32;
+                        if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+                            return Err(fail(format!("kill {pid} failed")));
+                        }
+                    }
+                }
+                Ok(json!({"node_id": leader.leader_node_id}))
+            }
+            "close_instance" => {
+                let instance = self.coordinator.close_instance(&s(a, "id")).await?;
+                let outcome: Value = serde_json::from_str(&instance.outcome_json).unwrap_or(Value::Null);
+                Ok(json!({"state": instance.state, "outcome": outcome}))
+            }
+            "create_variable" | "set_variable" | "get_variable" => {
+                let var = match name {
+                    "create_variable" => self.coordinator.create_variable(&s(a, "name"), &a["schema"], &a["initial"], 0).await?,
+                    "set_variable" => self.coordinator.set_variable(&s(a, "name"), &a["value"], a["expected_version"].as_i64().unwrap_or(0)).await?,
+                    _ => self.coordinator.variable(&s(a, "name")).await?,
+                };
+                let value: Value = serde_json::from_str(&var.value_json).unwrap_or(Value::Null);
+                Ok(json!({"version": var.version, "value": value}))
+            }
+            other => Err(fail(format!("unknown op {other:?}"))),
+        }
+    }
+
+    async fn attach(&mut self, a: &Value) -> StepResult {
+        let behaviour = s(a, "behaviour");
+        let seen = Arc::new(Mutex::new(Vec::<Value>::new()));
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        let relay = Relay::default();
+        let mut agent = ExternalAgent::new(&s(self.node(a), "meshd")).name(&s(a, "name"))
+            .max_pending(a["max_pending"].as_u64().unwrap_or(0) as u32);
+        for group in a["groups"].as_array().cloned().unwrap_or_default() {
+            agent = agent.group(group.as_str().unwrap_or_default());
+        }
+        let (b1, b2, seen1, seen2) = (behaviour.clone(), behaviour.clone(), seen.clone(), seen.clone());
+        let agent = agent
+            .on_call(move |msg, ctx| {
+                let (behaviour, seen, relay) = (b1.clone(), seen1.clone(), relay.clone());
+                async move {
+                    if behaviour == "relay" { return relay.on_call(msg, ctx).await; }
+                    if behaviour == "collect" && msg == json!("seen") { return Ok(Value::Array(seen.lock().unwrap().clone())); }
+                    Ok(msg)
+                }
+            })
+            .on_cast(move |msg, _ctx| {
+                let (behaviour, seen, mut release) = (b2.clone(), seen2.clone(), release_rx.clone());
+                async move {
+                    seen.lock().unwrap().push(msg);
+                    if behaviour == "block" {
+                        let _ = release.wait_for(|r| *r).await;
+                    }
+                }
+            });
+        let running = agent.start(Duration::from_secs(15)).await?;
+        let node_id = running.handle.reference().unwrap_or_default().node_id;
+        self.agents.insert(s(a, "name"), (running, release_tx));
+        Ok(json!({"node_id": node_id}))
+    }
+
+    async fn step(&mut self, step: &Value, vars: &mut HashMap<String, Value>) -> std::result::Result<(), Failure> {
+        let args = substitute(&step["args"], vars);
+        let mut resolved = step.clone();
+        resolved["expect"] = substitute(&step["expect"], vars);
+        resolved["error"] = substitute(&step["error"], vars);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs_f64(step["eventually"].as_f64().unwrap_or(0.0));
+        let result = loop {
+            let (result, error) = match self.op(step["op"].as_str().unwrap_or_default(), &args).await {
+                Ok(v) => (v, None),
+                Err(Outcome::Api(e)) => (Value::Null, Some(e)),
+                Err(Outcome::Fail(f)) => return Err(f),
+            };
+            match check(&resolved, &result, error.as_ref()) {
+                Ok(()) => break result,
+                Err(f) if Instant::now() >= deadline => return Err(f),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        if let Some(within) = step["within"].as_f64() {
+            if started.elapsed().as_secs_f64() > within {
+                return Err(Failure(format!("took {:.2}s, more than {within}s", started.elapsed().as_secs_f64())));
+            }
+        }
+        if let Some(Value::Object(save)) = step.get("save") {
+            for (var, path) in save {
+                vars.insert(var.clone(), lookup_path(&result, path.as_str().unwrap_or_default())?);
+            }
+        }
+        Ok(())
+    }
+
+    async fn scenario(&mut self, scenario: &Value) -> std::result::Result<(), Failure> {
+        let mut vars = HashMap::from([
+            ("run".to_string(), json!(format!("{}-{}", self.run_id, s(scenario, "name")))),
+            ("lang".to_string(), json!(LANG)),
+        ]);
+        for (i, step) in scenario["steps"].as_array().cloned().unwrap_or_default().iter().enumerate() {
+            self.step(step, &mut vars).await.map_err(|f| Failure(format!("step {} ({}): {}", i + 1, s(step, "op"), f.0)))?;
+        }
+        Ok(())
+    }
+}
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == &format!("--{name}")).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn read_cluster(args: &[String]) -> Value {
+    let path = flag(args, "cluster").expect("--cluster");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("cluster.json")).expect("cluster JSON")
+}
+
+async fn run(args: Vec<String>) -> i32 {
+    let cluster = read_cluster(&args);
+    let dir = flag(&args, "scenarios").expect("--scenarios");
+    let run_id = flag(&args, "run").unwrap_or_else(|| format!("rs{}", std::process::id()));
+    let only: Vec<String> = match args.iter().position(|a| a == "--only") {
+        Some(i) => args[i + 1..].iter().take_while(|a| !a.starts_with("--")).cloned().collect(),
+        None => vec![],
+    };
+    let mut paths: Vec<_> = std::fs::read_dir(&dir).expect("scenarios").filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml")).collect();
+    paths.sort();
+    let (mut passed, mut failed) = (0, 0);
+    for path in paths {
+        let scenario: Value = match serde_yaml::from_str(&std::fs::read_to_string(&path).expect("scenario")) {
+            Ok(v) => v,
+            Err(e) => { println!("FAIL {}: bad YAML: {e}", path.display()); failed += 1; continue; }
+        };
+        let name = s(&scenario, "name");
+        if !only.is_empty() && !only.contains(&name) { continue; }
+        let mut runner = Runner::new(cluster.clone(), run_id.clone());
+        let outcome = tokio::time::timeout(Duration::from_secs(90), runner.scenario(&scenario)).await;
+        runner.close().await;
+        match outcome {
+            Ok(Ok(())) => { println!("PASS {name}"); passed += 1; }
+            Ok(Err(f)) => { println!("FAIL {name}: {}", f.0); failed += 1; }
+            Err(_) => { println!("FAIL {name}: timed out after 90s"); failed += 1; }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 { 1 } else { 0 }
+}
+
+async fn serve(args: Vec<String>) -> i32 {
+    let cluster = read_cluster(&args);
+    let node: usize = flag(&args, "node").and_then(|n| n.parse().ok()).unwrap_or(1);
+    let name = flag(&args, "name").unwrap_or_else(|| "relay-rust".to_string());
+    let relay = Relay::default();
+    let agent = ExternalAgent::new(cluster["nodes"][node - 1]["meshd"].as_str().unwrap()).name(&name)
+        .on_call(move |msg, ctx| relay.clone().on_call(msg, ctx));
+    let running = match agent.start(Duration::from_secs(30)).await {
+        Ok(r) => r,
+        Err(e) => { eprintln!("{e}"); return 1; }
+    };
+    println!("ready");
+    let mut sink = Vec::new();
+    let _ = tokio::io::stdin().read_to_end(&mut sink).await; // until the harness closes stdin
+    running.stop().await;
+    0
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let code = match args.get(1).map(String::as_str) {
+        Some("run") => run(args[2..].to_vec()).await,
+        Some("serve") => serve(args[2..].to_vec()).await,
+        _ => { eprintln!("usage: mabeam-conformance run|serve ..."); 2 }
+    };
+    std::process::exit(code);
+}
