@@ -75,7 +75,7 @@ test-go: setup test-go-unit $(GO_BIN)/mabeam-conformance
 	MABEAM_SDK_CONFORMANCE=go $(BIN)/python -m pytest -q tests/conformance -k go
 
 $(RUST_RUNNER): $(shell find clients/rust/mabeam clients/rust/conformance -name '*.rs' -o -name Cargo.toml) clients/rust/Cargo.lock
-	cd clients/rust && nice cargo build -q -p mabeam-conformance
+	cd clients/rust && nice cargo build -q -p mabeam-conformance && nice cargo build -q -p mabeam --examples
 
 test-rust-unit:
 	cd clients/rust && nice cargo test -q -p mabeam

@@ -9,6 +9,7 @@ language whose runner it built), when it fails.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "clients/conformance"))
 
-from harness import LANGS, RELAY_NODES, Harness, runner_built  # noqa: E402
+from harness import LANGS, RELAY_NODES, Harness, cargo_target_dir, runner_built  # noqa: E402
 
 STRICT = set(os.environ.get("MABEAM_SDK_CONFORMANCE", "").split())
 
@@ -40,3 +41,41 @@ def test_sdk_passes_the_conformance_scenarios(harness: Harness, lang: str) -> No
     outcome = harness.run(lang, harness.runnable())
     assert outcome.returncode == 0 and not outcome.failed, f"{lang} runner:\n{outcome.output}"
     assert outcome.passed, f"{lang} runner ran nothing:\n{outcome.output}"
+
+
+#: Each SDK's README examples: (source embedded verbatim in the README, command, working dir).
+EXAMPLES = {
+    "go": [("clients/go/examples/quickstart/main.go", ["go", "run", "./examples/quickstart"], "clients/go"),
+           ("clients/go/examples/greeter/main.go", ["go", "run", "./examples/greeter"], "clients/go")],
+    "typescript": [("clients/typescript/examples/quickstart.ts", ["node", "dist/examples/quickstart.js"],
+                    "clients/typescript"),
+                   ("clients/typescript/examples/greeter.ts", ["node", "dist/examples/greeter.js"],
+                    "clients/typescript")],
+    "rust": [("clients/rust/mabeam/examples/quickstart.rs", [str(cargo_target_dir() / "debug/examples/quickstart")],
+              "clients/rust"),
+             ("clients/rust/mabeam/examples/greeter.rs", [str(cargo_target_dir() / "debug/examples/greeter")],
+              "clients/rust")],
+}
+README = {"go": "clients/go/README.md", "typescript": "clients/typescript/README.md", "rust": "clients/rust/README.md"}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("lang", list(EXAMPLES))
+def test_readme_examples_run_as_written(harness: Harness, lang: str) -> None:
+    # The README embeds each example file verbatim; each runs against the live cluster and prints
+    # what the README says it prints.
+    if not runner_built(lang):
+        if lang in STRICT:
+            pytest.fail(f"the {lang} SDK is not built (make sdk-build)")
+        pytest.skip(f"the {lang} SDK is not built (make sdk-build)")
+    readme = (ROOT / README[lang]).read_text()
+    nodes = harness.cluster.describe()["nodes"]
+    env = {**os.environ, "MABEAM_MESHD": nodes[0]["meshd"], "MABEAM_AGENTD": nodes[1]["agentd"]}
+    outputs = []
+    for source, command, cwd in EXAMPLES[lang]:
+        assert (ROOT / source).read_text() in readme, f"{README[lang]} does not embed {source} as written"
+        done = subprocess.run(command, cwd=ROOT / cwd, env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, f"{source}:\n{done.stdout}\n{done.stderr}"
+        outputs.append(done.stdout)
+    assert "3 members" in outputs[0] and "leader node-" in outputs[0], outputs[0]
+    assert "hello, world" in outputs[1], outputs[1]
