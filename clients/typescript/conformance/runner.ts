@@ -322,6 +322,32 @@ async function serve(args: string[]): Promise<number> {
   return 0;
 }
 
+/** Sequential call p50 and the rate of --calls calls with --concurrency in flight, through agentd (python -m bench sdks). */
+async function bench(args: string[]): Promise<number> {
+  const client = new AgentClient(flag(args, "agentd"));
+  const target = flag(args, "target");
+  const calls = Number(flag(args, "calls", "1000"));
+  const concurrency = Number(flag(args, "concurrency", "16"));
+  const call = () => client.call(target, "ping", { timeoutMs: 10000 });
+  for (let i = 0; i < 50; i++) await call();
+  const latencies: number[] = [];
+  for (let i = 0; i < calls; i++) {
+    const start = process.hrtime.bigint();
+    await call();
+    latencies.push(Number(process.hrtime.bigint() - start) / 1000);
+  }
+  latencies.sort((a, b) => a - b);
+  let next = 0, failed = 0;
+  const start = process.hrtime.bigint();
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    while (next++ < calls) await call().catch(() => failed++);
+  }));
+  const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+  console.log(JSON.stringify({ p50_us: Math.round(latencies[Math.floor(calls / 2)]), calls_per_s: calls / seconds, failed }));
+  return 0;
+}
+
 const [command, ...rest] = process.argv.slice(2);
-const code = command === "run" ? await run(rest) : command === "serve" ? await serve(rest) : 2;
+const code = command === "run" ? await run(rest) : command === "serve" ? await serve(rest)
+  : command === "bench" ? await bench(rest) : 2;
 process.exit(code);
