@@ -1,6 +1,7 @@
 // Package mabeam is the Go SDK for mabeam: MeshService (membership, leaders, names, groups and the
 // data plane), AgentService (agentd), CoordinatorService (auctions, negotiation, votes, markets,
-// variables, ledger) and external agents (an agent on the mesh written in Go).
+// variables, ledger), RunService (durable runs, streamed with resume) and external agents (an agent
+// on the mesh written in Go).
 //
 // Every call takes a context.Context: its deadline becomes the gRPC deadline and cancelling it
 // cancels the call. Every failed call returns an *Error carrying the gRPC code, the server's

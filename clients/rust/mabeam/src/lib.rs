@@ -5,6 +5,7 @@
 //! * [`CoordinatorClient`]: auctions (with a leader-following [`BidStream`]), negotiation, votes, markets,
 //!   variables with watch, the ledger — through whichever coordinator is active.
 //! * [`ExternalAgent`]: a Rust process that *is* an agent on the mesh.
+//! * [`RunClient`]: durable runs (start, append, stream with resume from the last seq, cancel).
 //!
 //! Every call returns [`Result`] with the typed [`Error`] enum (one variant per gRPC code, each with
 //! the ErrorInfo reason and metadata, RetryInfo and BadRequest details). Deadlines: calls that wait
@@ -15,6 +16,7 @@ pub mod agents;
 pub mod coordinator;
 pub mod error;
 pub mod mesh;
+pub mod runs;
 
 /// The generated messages and clients (tonic + prost), from proto/mabeam/v1.
 #[allow(clippy::all, missing_docs)]
@@ -27,6 +29,7 @@ pub use agents::{AgentClient, SpawnOptions};
 pub use coordinator::{BidStream, CoordinatorClient, CreateOptions};
 pub use error::{code_name, Details, Error, Result};
 pub use mesh::{Destination, MeshClient};
+pub use runs::RunClient;
 
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
