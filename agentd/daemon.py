@@ -21,12 +21,17 @@ from prometheus_client import start_http_server
 from agentd import metrics
 from agentd.config import AgentdConfig
 from agentd.mesh import MeshLink
+from agentd.models import metrics as model_metrics
+from agentd.models.ledger import EtcdLedger, Ledger, MemoryLedger
+from agentd.models.router import ModelRouter
+from agentd.models.service import ModelService
 from agentd.service import AgentService
 from agentd.workers import WorkerPool
-from mabeam.v1 import agent_pb2, agent_pb2_grpc
+from mabeam.v1 import agent_pb2, agent_pb2_grpc, model_pb2, model_pb2_grpc
 
 log = logging.getLogger("agentd")
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+MODEL_SERVICE_NAME = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 
 
 class Daemon:
@@ -37,6 +42,7 @@ class Daemon:
         self.pool: WorkerPool | None = None
         self.mesh: MeshLink | None = None
         self.server: grpc.aio.Server | None = None
+        self.models: ModelRouter | None = None
         self.grpc_port = 0
         self.metrics_port = 0
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -45,6 +51,7 @@ class Daemon:
     async def start(self) -> None:
         """Start workers, then the gRPC server; ``grpc_port`` is the bound port."""
         config = self.config
+        self.models = self._model_router()  # first: a bad [models] section fails before workers start
         data_dir = config.data_dir
         if not data_dir:
             self._tmp = tempfile.TemporaryDirectory(prefix="agentd-")
@@ -67,9 +74,12 @@ class Daemon:
             self.pool.mesh = self.mesh
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(self.pool), server)
+        assert self.models is not None
+        model_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.models), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        reflection.enable_server_reflection((SERVICE_NAME, MODEL_SERVICE_NAME, health.SERVICE_NAME,
+                                             reflection.SERVICE_NAME), server)
         self.grpc_port = server.add_insecure_port(config.grpc_address)
         if self.grpc_port == 0:
             raise RuntimeError(f"could not bind gRPC to {config.grpc_address}")
@@ -84,10 +94,25 @@ class Daemon:
         log.info("agentd serving AgentService on %s:%d with %d workers",
                  config.grpc_address.rsplit(":", 1)[0], self.grpc_port, self.pool.shared_count)
 
+    def _model_router(self) -> ModelRouter:
+        """The model providers of ``[models]`` (API keys read now: a missing one stops startup, naming it)."""
+        settings = self.config.models
+        ledger: Ledger = MemoryLedger()
+        if settings.budgets.store == "etcd":
+            ledger = EtcdLedger(settings.budgets.etcd_endpoints, settings.budgets.cluster)
+        try:
+            router = ModelRouter(settings, ledger)
+        except ValueError as error:
+            raise RuntimeError(f"models: {error}") from None
+        model_metrics.track(router)
+        return router
+
     async def stop(self) -> None:
         """Stop serving, then shut every worker (and agent) down."""
         if self.server is not None:
             await self.server.stop(grace=2.0)
+        if self.models is not None:
+            await self.models.close()
         if self.mesh is not None:
             await self.mesh.close()  # detach first: meshd drops this agentd's names at once
         if self.pool is not None:

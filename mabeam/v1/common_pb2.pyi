@@ -64,9 +64,29 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The run's input policy is "reject" and it is still handling a frame; retry later."""
     RUNS_UNAVAILABLE: _ErrorReason.ValueType  # 58
     """The runs store (SQLite or PostgreSQL) or etcd cannot be reached; retry later."""
-    AGENT_PROTOCOL: _ErrorReason.ValueType  # 130
+    BUDGET_EXHAUSTED: _ErrorReason.ValueType  # 70
     """70-89: model providers and budgets.
-    90-109: tools, approvals and pipelines.
+    The call's worst case (prompt bound + max_tokens, at the priciest candidate) does not fit the
+    tenant's or the run's budget; nothing was sent.
+    """
+    RATE_LIMITED: _ErrorReason.ValueType  # 71
+    """A provider answered 429, or a tenant's or provider's configured rate limit was reached (RetryInfo)."""
+    CIRCUIT_OPEN: _ErrorReason.ValueType  # 72
+    """Every candidate's circuit breaker is open (RetryInfo: when the next probe is allowed)."""
+    PROVIDER_REJECTED: _ErrorReason.ValueType  # 73
+    """The provider refused the request (400/404/422, or 401/403 for its key); its message is kept."""
+    PROVIDER_UNAVAILABLE: _ErrorReason.ValueType  # 74
+    """The provider failed (5xx, connection refused or dropped) after retries and fallbacks."""
+    BULKHEAD_FULL: _ErrorReason.ValueType  # 75
+    """Too many calls in flight and queued for the provider (the bulkhead refused)."""
+    MALFORMED_RESPONSE: _ErrorReason.ValueType  # 76
+    """The provider's answer did not parse."""
+    PROVIDER_TIMEOUT: _ErrorReason.ValueType  # 77
+    """The answer did not arrive before the attempt or total deadline."""
+    STREAM_CUT: _ErrorReason.ValueType  # 78
+    """The stream was cut after part of the answer was sent; the partial message is in the last event."""
+    AGENT_PROTOCOL: _ErrorReason.ValueType  # 130
+    """90-109: tools, approvals and pipelines.
     110-129: tenants, authentication and quotas.
     130-149: agents and external agents.
     An external agent's stream broke the protocol (MeshService.AttachAgent: first message not
@@ -115,9 +135,29 @@ RUN_BUSY: ErrorReason.ValueType  # 57
 """The run's input policy is "reject" and it is still handling a frame; retry later."""
 RUNS_UNAVAILABLE: ErrorReason.ValueType  # 58
 """The runs store (SQLite or PostgreSQL) or etcd cannot be reached; retry later."""
-AGENT_PROTOCOL: ErrorReason.ValueType  # 130
+BUDGET_EXHAUSTED: ErrorReason.ValueType  # 70
 """70-89: model providers and budgets.
-90-109: tools, approvals and pipelines.
+The call's worst case (prompt bound + max_tokens, at the priciest candidate) does not fit the
+tenant's or the run's budget; nothing was sent.
+"""
+RATE_LIMITED: ErrorReason.ValueType  # 71
+"""A provider answered 429, or a tenant's or provider's configured rate limit was reached (RetryInfo)."""
+CIRCUIT_OPEN: ErrorReason.ValueType  # 72
+"""Every candidate's circuit breaker is open (RetryInfo: when the next probe is allowed)."""
+PROVIDER_REJECTED: ErrorReason.ValueType  # 73
+"""The provider refused the request (400/404/422, or 401/403 for its key); its message is kept."""
+PROVIDER_UNAVAILABLE: ErrorReason.ValueType  # 74
+"""The provider failed (5xx, connection refused or dropped) after retries and fallbacks."""
+BULKHEAD_FULL: ErrorReason.ValueType  # 75
+"""Too many calls in flight and queued for the provider (the bulkhead refused)."""
+MALFORMED_RESPONSE: ErrorReason.ValueType  # 76
+"""The provider's answer did not parse."""
+PROVIDER_TIMEOUT: ErrorReason.ValueType  # 77
+"""The answer did not arrive before the attempt or total deadline."""
+STREAM_CUT: ErrorReason.ValueType  # 78
+"""The stream was cut after part of the answer was sent; the partial message is in the last event."""
+AGENT_PROTOCOL: ErrorReason.ValueType  # 130
+"""90-109: tools, approvals and pipelines.
 110-129: tenants, authentication and quotas.
 130-149: agents and external agents.
 An external agent's stream broke the protocol (MeshService.AttachAgent: first message not

@@ -66,6 +66,25 @@ const (
 	// The runs store (SQLite or PostgreSQL) or etcd cannot be reached; retry later.
 	ErrorReason_RUNS_UNAVAILABLE ErrorReason = 58
 	// 70-89: model providers and budgets.
+	// The call's worst case (prompt bound + max_tokens, at the priciest candidate) does not fit the
+	// tenant's or the run's budget; nothing was sent.
+	ErrorReason_BUDGET_EXHAUSTED ErrorReason = 70
+	// A provider answered 429, or a tenant's or provider's configured rate limit was reached (RetryInfo).
+	ErrorReason_RATE_LIMITED ErrorReason = 71
+	// Every candidate's circuit breaker is open (RetryInfo: when the next probe is allowed).
+	ErrorReason_CIRCUIT_OPEN ErrorReason = 72
+	// The provider refused the request (400/404/422, or 401/403 for its key); its message is kept.
+	ErrorReason_PROVIDER_REJECTED ErrorReason = 73
+	// The provider failed (5xx, connection refused or dropped) after retries and fallbacks.
+	ErrorReason_PROVIDER_UNAVAILABLE ErrorReason = 74
+	// Too many calls in flight and queued for the provider (the bulkhead refused).
+	ErrorReason_BULKHEAD_FULL ErrorReason = 75
+	// The provider's answer did not parse.
+	ErrorReason_MALFORMED_RESPONSE ErrorReason = 76
+	// The answer did not arrive before the attempt or total deadline.
+	ErrorReason_PROVIDER_TIMEOUT ErrorReason = 77
+	// The stream was cut after part of the answer was sent; the partial message is in the last event.
+	ErrorReason_STREAM_CUT ErrorReason = 78
 	// 90-109: tools, approvals and pipelines.
 	// 110-129: tenants, authentication and quotas.
 	// 130-149: agents and external agents.
@@ -94,6 +113,15 @@ var (
 		56:  "EXECUTOR_FENCED",
 		57:  "RUN_BUSY",
 		58:  "RUNS_UNAVAILABLE",
+		70:  "BUDGET_EXHAUSTED",
+		71:  "RATE_LIMITED",
+		72:  "CIRCUIT_OPEN",
+		73:  "PROVIDER_REJECTED",
+		74:  "PROVIDER_UNAVAILABLE",
+		75:  "BULKHEAD_FULL",
+		76:  "MALFORMED_RESPONSE",
+		77:  "PROVIDER_TIMEOUT",
+		78:  "STREAM_CUT",
 		130: "AGENT_PROTOCOL",
 	}
 	ErrorReason_value = map[string]int32{
@@ -114,6 +142,15 @@ var (
 		"EXECUTOR_FENCED":          56,
 		"RUN_BUSY":                 57,
 		"RUNS_UNAVAILABLE":         58,
+		"BUDGET_EXHAUSTED":         70,
+		"RATE_LIMITED":             71,
+		"CIRCUIT_OPEN":             72,
+		"PROVIDER_REJECTED":        73,
+		"PROVIDER_UNAVAILABLE":     74,
+		"BULKHEAD_FULL":            75,
+		"MALFORMED_RESPONSE":       76,
+		"PROVIDER_TIMEOUT":         77,
+		"STREAM_CUT":               78,
 		"AGENT_PROTOCOL":           130,
 	}
 )
@@ -410,7 +447,7 @@ const file_mabeam_v1_common_proto_rawDesc = "" +
 	"\bAgentRef\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x19\n" +
-	"\bagent_id\x18\x03 \x01(\tR\aagentId*\xe6\x02\n" +
+	"\bagent_id\x18\x03 \x01(\tR\aagentId*\xa2\x04\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -431,7 +468,17 @@ const file_mabeam_v1_common_proto_rawDesc = "" +
 	"LEASE_HELD\x107\x12\x13\n" +
 	"\x0fEXECUTOR_FENCED\x108\x12\f\n" +
 	"\bRUN_BUSY\x109\x12\x14\n" +
-	"\x10RUNS_UNAVAILABLE\x10:\x12\x13\n" +
+	"\x10RUNS_UNAVAILABLE\x10:\x12\x14\n" +
+	"\x10BUDGET_EXHAUSTED\x10F\x12\x10\n" +
+	"\fRATE_LIMITED\x10G\x12\x10\n" +
+	"\fCIRCUIT_OPEN\x10H\x12\x15\n" +
+	"\x11PROVIDER_REJECTED\x10I\x12\x18\n" +
+	"\x14PROVIDER_UNAVAILABLE\x10J\x12\x11\n" +
+	"\rBULKHEAD_FULL\x10K\x12\x16\n" +
+	"\x12MALFORMED_RESPONSE\x10L\x12\x14\n" +
+	"\x10PROVIDER_TIMEOUT\x10M\x12\x0e\n" +
+	"\n" +
+	"STREAM_CUT\x10N\x12\x13\n" +
 	"\x0eAGENT_PROTOCOL\x10\x82\x01b\x06proto3"
 
 var (

@@ -638,6 +638,25 @@ pub enum ErrorReason {
     /// The runs store (SQLite or PostgreSQL) or etcd cannot be reached; retry later.
     RunsUnavailable = 58,
     /// 70-89: model providers and budgets.
+    /// The call's worst case (prompt bound + max_tokens, at the priciest candidate) does not fit the
+    /// tenant's or the run's budget; nothing was sent.
+    BudgetExhausted = 70,
+    /// A provider answered 429, or a tenant's or provider's configured rate limit was reached (RetryInfo).
+    RateLimited = 71,
+    /// Every candidate's circuit breaker is open (RetryInfo: when the next probe is allowed).
+    CircuitOpen = 72,
+    /// The provider refused the request (400/404/422, or 401/403 for its key); its message is kept.
+    ProviderRejected = 73,
+    /// The provider failed (5xx, connection refused or dropped) after retries and fallbacks.
+    ProviderUnavailable = 74,
+    /// Too many calls in flight and queued for the provider (the bulkhead refused).
+    BulkheadFull = 75,
+    /// The provider's answer did not parse.
+    MalformedResponse = 76,
+    /// The answer did not arrive before the attempt or total deadline.
+    ProviderTimeout = 77,
+    /// The stream was cut after part of the answer was sent; the partial message is in the last event.
+    StreamCut = 78,
     /// 90-109: tools, approvals and pipelines.
     /// 110-129: tenants, authentication and quotas.
     /// 130-149: agents and external agents.
@@ -669,6 +688,15 @@ impl ErrorReason {
             Self::ExecutorFenced => "EXECUTOR_FENCED",
             Self::RunBusy => "RUN_BUSY",
             Self::RunsUnavailable => "RUNS_UNAVAILABLE",
+            Self::BudgetExhausted => "BUDGET_EXHAUSTED",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::CircuitOpen => "CIRCUIT_OPEN",
+            Self::ProviderRejected => "PROVIDER_REJECTED",
+            Self::ProviderUnavailable => "PROVIDER_UNAVAILABLE",
+            Self::BulkheadFull => "BULKHEAD_FULL",
+            Self::MalformedResponse => "MALFORMED_RESPONSE",
+            Self::ProviderTimeout => "PROVIDER_TIMEOUT",
+            Self::StreamCut => "STREAM_CUT",
             Self::AgentProtocol => "AGENT_PROTOCOL",
         }
     }
@@ -692,6 +720,15 @@ impl ErrorReason {
             "EXECUTOR_FENCED" => Some(Self::ExecutorFenced),
             "RUN_BUSY" => Some(Self::RunBusy),
             "RUNS_UNAVAILABLE" => Some(Self::RunsUnavailable),
+            "BUDGET_EXHAUSTED" => Some(Self::BudgetExhausted),
+            "RATE_LIMITED" => Some(Self::RateLimited),
+            "CIRCUIT_OPEN" => Some(Self::CircuitOpen),
+            "PROVIDER_REJECTED" => Some(Self::ProviderRejected),
+            "PROVIDER_UNAVAILABLE" => Some(Self::ProviderUnavailable),
+            "BULKHEAD_FULL" => Some(Self::BulkheadFull),
+            "MALFORMED_RESPONSE" => Some(Self::MalformedResponse),
+            "PROVIDER_TIMEOUT" => Some(Self::ProviderTimeout),
+            "STREAM_CUT" => Some(Self::StreamCut),
             "AGENT_PROTOCOL" => Some(Self::AgentProtocol),
             _ => None,
         }
@@ -3443,6 +3480,425 @@ pub mod mesh_service_client {
             req.extensions_mut()
                 .insert(GrpcMethod::new("mabeam.v1.MeshService", "AttachAgent"));
             self.inner.streaming(req, path, codec).await
+        }
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListModelsRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ModelInfo {
+    /// The name agents use.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// The configured provider serving it, and the provider's own id for the model.
+    #[prost(string, tag = "2")]
+    pub provider: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub provider_model: ::prost::alloc::string::String,
+    /// "openai" or "anthropic".
+    #[prost(string, tag = "4")]
+    pub provider_kind: ::prost::alloc::string::String,
+    #[prost(double, tag = "5")]
+    pub input_per_1k_usd: f64,
+    #[prost(double, tag = "6")]
+    pub output_per_1k_usd: f64,
+    /// max_tokens sent when a request gives none.
+    #[prost(int32, tag = "7")]
+    pub max_output_tokens: i32,
+    /// The provider's circuit breaker: "closed", "open" or "half_open".
+    #[prost(string, tag = "8")]
+    pub breaker_state: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RouteInfo {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub primary: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "3")]
+    pub fallbacks: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListModelsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub models: ::prost::alloc::vec::Vec<ModelInfo>,
+    #[prost(message, repeated, tag = "2")]
+    pub routes: ::prost::alloc::vec::Vec<RouteInfo>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ToolCall {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// The arguments as JSON text.
+    #[prost(string, tag = "3")]
+    pub arguments: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ChatMessage {
+    /// "system", "user", "assistant" or "tool".
+    #[prost(string, tag = "1")]
+    pub role: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub content: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub name: ::prost::alloc::string::String,
+    /// For role "tool": the id of the call this answers.
+    #[prost(string, tag = "4")]
+    pub tool_call_id: ::prost::alloc::string::String,
+    /// For role "assistant": the calls it made.
+    #[prost(message, repeated, tag = "5")]
+    pub tool_calls: ::prost::alloc::vec::Vec<ToolCall>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ToolSpec {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub description: ::prost::alloc::string::String,
+    /// The parameters as a JSON Schema object (JSON text).
+    #[prost(string, tag = "3")]
+    pub parameters_json: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct CompleteRequest {
+    /// A configured model or route name.
+    #[prost(string, tag = "1")]
+    pub model: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "2")]
+    pub messages: ::prost::alloc::vec::Vec<ChatMessage>,
+    #[prost(message, repeated, tag = "3")]
+    pub tools: ::prost::alloc::vec::Vec<ToolSpec>,
+    /// Structured output: a JSON Schema (JSON text) the answer must match; empty for none.
+    #[prost(string, tag = "4")]
+    pub response_schema_json: ::prost::alloc::string::String,
+    /// Any JSON object as the answer.
+    #[prost(bool, tag = "5")]
+    pub json_mode: bool,
+    #[prost(double, optional, tag = "6")]
+    pub temperature: ::core::option::Option<f64>,
+    /// 0: the model's configured max_output_tokens.
+    #[prost(int32, tag = "7")]
+    pub max_tokens: i32,
+    #[prost(string, repeated, tag = "8")]
+    pub stop: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(int64, optional, tag = "9")]
+    pub seed: ::core::option::Option<i64>,
+    #[prost(map = "string, string", tag = "10")]
+    pub metadata: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    /// Whose budget: the tenant (empty: "default") and, optionally, a run's.
+    #[prost(string, tag = "11")]
+    pub tenant: ::prost::alloc::string::String,
+    #[prost(string, tag = "12")]
+    pub run_id: ::prost::alloc::string::String,
+    /// Opt in to the response cache (only for temperature 0 unless cache_sampled); 0 TTL: the default.
+    #[prost(bool, tag = "13")]
+    pub cache: bool,
+    #[prost(double, tag = "14")]
+    pub cache_ttl_seconds: f64,
+    #[prost(bool, tag = "15")]
+    pub cache_sampled: bool,
+    /// A total deadline tighter than the configured one; 0: the configured one.
+    #[prost(double, tag = "16")]
+    pub timeout_seconds: f64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Usage {
+    #[prost(int64, tag = "1")]
+    pub input_tokens: i64,
+    #[prost(int64, tag = "2")]
+    pub output_tokens: i64,
+}
+/// What a call did (the receipt recorded in a run's log).
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ModelReceipt {
+    #[prost(string, tag = "1")]
+    pub call_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub tenant: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub run_id: ::prost::alloc::string::String,
+    /// The route (or model) asked for, and the provider and model that answered (or failed last).
+    #[prost(string, tag = "4")]
+    pub route: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub provider: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub model: ::prost::alloc::string::String,
+    /// Each candidate tried and its outcome, in order: "small:unavailable", "large:ok".
+    #[prost(string, repeated, tag = "7")]
+    pub path: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(int32, tag = "8")]
+    pub attempts: i32,
+    #[prost(bool, tag = "9")]
+    pub cache_hit: bool,
+    /// Hex SHA-256 of the canonical request, of the messages, and of the output.
+    #[prost(string, tag = "10")]
+    pub request_hash: ::prost::alloc::string::String,
+    #[prost(string, tag = "11")]
+    pub prompt_hash: ::prost::alloc::string::String,
+    #[prost(string, tag = "12")]
+    pub output_hash: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "13")]
+    pub usage: ::core::option::Option<Usage>,
+    /// Cost charged, in nano-dollars (1e-9 USD), and what was reserved for the call.
+    #[prost(int64, tag = "14")]
+    pub cost_nusd: i64,
+    #[prost(int64, tag = "15")]
+    pub reserved_tokens: i64,
+    #[prost(int64, tag = "16")]
+    pub reserved_cost_nusd: i64,
+    #[prost(double, tag = "17")]
+    pub latency_seconds: f64,
+    /// Empty on success; else the error kind ("unavailable", "timeout", "stream_cut", ...) and message.
+    #[prost(string, tag = "18")]
+    pub error_class: ::prost::alloc::string::String,
+    #[prost(string, tag = "19")]
+    pub error_message: ::prost::alloc::string::String,
+    /// The call failed after part of the answer was streamed.
+    #[prost(bool, tag = "20")]
+    pub partial: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct CompleteResponse {
+    #[prost(string, tag = "1")]
+    pub content: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "2")]
+    pub tool_calls: ::prost::alloc::vec::Vec<ToolCall>,
+    /// "stop", "length", "tool_calls", ...
+    #[prost(string, tag = "3")]
+    pub finish_reason: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "4")]
+    pub usage: ::core::option::Option<Usage>,
+    /// The provider's model id that answered.
+    #[prost(string, tag = "5")]
+    pub model: ::prost::alloc::string::String,
+    #[prost(double, tag = "6")]
+    pub latency_seconds: f64,
+    #[prost(message, optional, tag = "7")]
+    pub receipt: ::core::option::Option<ModelReceipt>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ToolCallDelta {
+    /// Identifies the call within the answer; id and name come first, arguments in pieces.
+    #[prost(int32, tag = "1")]
+    pub index: i32,
+    #[prost(string, tag = "2")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub arguments: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct CompleteEvent {
+    #[prost(oneof = "complete_event::Event", tags = "1, 2, 3, 4")]
+    pub event: ::core::option::Option<complete_event::Event>,
+}
+/// Nested message and enum types in `CompleteEvent`.
+pub mod complete_event {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Event {
+        #[prost(string, tag = "1")]
+        Text(::prost::alloc::string::String),
+        #[prost(message, tag = "2")]
+        ToolCall(super::ToolCallDelta),
+        #[prost(message, tag = "3")]
+        Done(super::CompleteResponse),
+        /// The call failed after tokens were streamed: the partial message and receipt (the status follows).
+        #[prost(message, tag = "4")]
+        Failed(super::CompleteResponse),
+    }
+}
+/// Generated client implementations.
+pub mod model_service_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    #[derive(Debug, Clone)]
+    pub struct ModelServiceClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl ModelServiceClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> ModelServiceClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> ModelServiceClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            ModelServiceClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// The configured models and routes, with prices and each provider's breaker state.
+        pub async fn list_models(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListModelsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListModelsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/mabeam.v1.ModelService/ListModels",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("mabeam.v1.ModelService", "ListModels"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// One completion. Errors: INVALID_ARGUMENT (bad request, unknown model, or the provider rejected it:
+        /// PROVIDER_REJECTED with its message), RESOURCE_EXHAUSTED (BUDGET_EXHAUSTED before anything was sent,
+        /// RATE_LIMITED, BULKHEAD_FULL; with RetryInfo when a wait helps), UNAVAILABLE (CIRCUIT_OPEN with
+        /// RetryInfo; PROVIDER_UNAVAILABLE; MALFORMED_RESPONSE; STREAM_CUT), DEADLINE_EXCEEDED (PROVIDER_TIMEOUT),
+        /// FAILED_PRECONDITION (PROVIDER_REJECTED: the provider refused this daemon's API key).
+        pub async fn complete(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CompleteRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CompleteResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/mabeam.v1.ModelService/Complete",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("mabeam.v1.ModelService", "Complete"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A streamed completion: deltas as they arrive, then one `done` event with the response and receipt.
+        /// A stream cut after tokens were sent is not retried: its last event is `failed` (the partial
+        /// message and receipt), then the call ends with the error status.
+        pub async fn stream_complete(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CompleteRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::CompleteEvent>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/mabeam.v1.ModelService/StreamComplete",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("mabeam.v1.ModelService", "StreamComplete"));
+            self.inner.server_streaming(req, path, codec).await
         }
     }
 }

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mabeam/v1/common.proto.
  */
 export const file_mabeam_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChZtYWJlYW0vdjEvY29tbW9uLnByb3RvEgltYWJlYW0udjEi+QIKCE5vZGVJbmZvEg8KB25vZGVfaWQYASABKAkSFAoMZ3JwY19hZGRyZXNzGAIgASgJEj4KDmRhdGFfYWRkcmVzc2VzGAMgAygLMiYubWFiZWFtLnYxLk5vZGVJbmZvLkRhdGFBZGRyZXNzZXNFbnRyeRIPCgd2ZXJzaW9uGAQgASgJEhoKEnN0YXJ0X3RpbWVfdW5peF9tcxgFIAEoAxIvCgZsYWJlbHMYBiADKAsyHy5tYWJlYW0udjEuTm9kZUluZm8uTGFiZWxzRW50cnkSEAoIbGVhc2VfaWQYByABKAMSGAoQY3VydmVfcHVibGljX2tleRgIIAEoCRIXCg9tZXRyaWNzX2FkZHJlc3MYCSABKAkaNAoSRGF0YUFkZHJlc3Nlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ5CgZUZW5hbnQSEQoJdGVuYW50X2lkGAEgASgJEi0KBmxhYmVscxgCIAMoCzIdLm1hYmVhbS52MS5UZW5hbnQuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI9CghBZ2VudFJlZhIOCgZ0ZW5hbnQYASABKAkSDwoHbm9kZV9pZBgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCSrmAgoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASDgoKTkFNRV9UQUtFThABEhIKDk5PVF9SRUdJU1RFUkVEEAISEQoNSU5WQUxJRF9GSUVMRBADEhIKDlVOS05PV05fVEVOQU5UEAQSFAoQRVRDRF9VTkFWQUlMQUJMRRAFEg4KCldST05HX05PREUQBhINCglUT09fTEFSR0UQBxIRCg1SVU5fTk9UX0ZPVU5EEDISEAoMUlVOX0NPTkZMSUNUEDMSEgoORlJBTUVfQ09ORkxJQ1QQNBIQCgxTVEFMRV9DVVJTT1IQNRIQCgxSVU5fVEVSTUlOQUwQNhIOCgpMRUFTRV9IRUxEEDcSEwoPRVhFQ1VUT1JfRkVOQ0VEEDgSDAoIUlVOX0JVU1kQORIUChBSVU5TX1VOQVZBSUxBQkxFEDoSEwoOQUdFTlRfUFJPVE9DT0wQggFiBnByb3RvMw");
+  fileDesc("ChZtYWJlYW0vdjEvY29tbW9uLnByb3RvEgltYWJlYW0udjEi+QIKCE5vZGVJbmZvEg8KB25vZGVfaWQYASABKAkSFAoMZ3JwY19hZGRyZXNzGAIgASgJEj4KDmRhdGFfYWRkcmVzc2VzGAMgAygLMiYubWFiZWFtLnYxLk5vZGVJbmZvLkRhdGFBZGRyZXNzZXNFbnRyeRIPCgd2ZXJzaW9uGAQgASgJEhoKEnN0YXJ0X3RpbWVfdW5peF9tcxgFIAEoAxIvCgZsYWJlbHMYBiADKAsyHy5tYWJlYW0udjEuTm9kZUluZm8uTGFiZWxzRW50cnkSEAoIbGVhc2VfaWQYByABKAMSGAoQY3VydmVfcHVibGljX2tleRgIIAEoCRIXCg9tZXRyaWNzX2FkZHJlc3MYCSABKAkaNAoSRGF0YUFkZHJlc3Nlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ5CgZUZW5hbnQSEQoJdGVuYW50X2lkGAEgASgJEi0KBmxhYmVscxgCIAMoCzIdLm1hYmVhbS52MS5UZW5hbnQuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI9CghBZ2VudFJlZhIOCgZ0ZW5hbnQYASABKAkSDwoHbm9kZV9pZBgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCSqiBAoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASDgoKTkFNRV9UQUtFThABEhIKDk5PVF9SRUdJU1RFUkVEEAISEQoNSU5WQUxJRF9GSUVMRBADEhIKDlVOS05PV05fVEVOQU5UEAQSFAoQRVRDRF9VTkFWQUlMQUJMRRAFEg4KCldST05HX05PREUQBhINCglUT09fTEFSR0UQBxIRCg1SVU5fTk9UX0ZPVU5EEDISEAoMUlVOX0NPTkZMSUNUEDMSEgoORlJBTUVfQ09ORkxJQ1QQNBIQCgxTVEFMRV9DVVJTT1IQNRIQCgxSVU5fVEVSTUlOQUwQNhIOCgpMRUFTRV9IRUxEEDcSEwoPRVhFQ1VUT1JfRkVOQ0VEEDgSDAoIUlVOX0JVU1kQORIUChBSVU5TX1VOQVZBSUxBQkxFEDoSFAoQQlVER0VUX0VYSEFVU1RFRBBGEhAKDFJBVEVfTElNSVRFRBBHEhAKDENJUkNVSVRfT1BFThBIEhUKEVBST1ZJREVSX1JFSkVDVEVEEEkSGAoUUFJPVklERVJfVU5BVkFJTEFCTEUQShIRCg1CVUxLSEVBRF9GVUxMEEsSFgoSTUFMRk9STUVEX1JFU1BPTlNFEEwSFAoQUFJPVklERVJfVElNRU9VVBBNEg4KClNUUkVBTV9DVVQQThITCg5BR0VOVF9QUk9UT0NPTBCCAWIGcHJvdG8z");
 
 /**
  * A mesh node (one meshd per host) as published in etcd under its lease.
@@ -280,6 +280,70 @@ export enum ErrorReason {
 
   /**
    * 70-89: model providers and budgets.
+   * The call's worst case (prompt bound + max_tokens, at the priciest candidate) does not fit the
+   * tenant's or the run's budget; nothing was sent.
+   *
+   * @generated from enum value: BUDGET_EXHAUSTED = 70;
+   */
+  BUDGET_EXHAUSTED = 70,
+
+  /**
+   * A provider answered 429, or a tenant's or provider's configured rate limit was reached (RetryInfo).
+   *
+   * @generated from enum value: RATE_LIMITED = 71;
+   */
+  RATE_LIMITED = 71,
+
+  /**
+   * Every candidate's circuit breaker is open (RetryInfo: when the next probe is allowed).
+   *
+   * @generated from enum value: CIRCUIT_OPEN = 72;
+   */
+  CIRCUIT_OPEN = 72,
+
+  /**
+   * The provider refused the request (400/404/422, or 401/403 for its key); its message is kept.
+   *
+   * @generated from enum value: PROVIDER_REJECTED = 73;
+   */
+  PROVIDER_REJECTED = 73,
+
+  /**
+   * The provider failed (5xx, connection refused or dropped) after retries and fallbacks.
+   *
+   * @generated from enum value: PROVIDER_UNAVAILABLE = 74;
+   */
+  PROVIDER_UNAVAILABLE = 74,
+
+  /**
+   * Too many calls in flight and queued for the provider (the bulkhead refused).
+   *
+   * @generated from enum value: BULKHEAD_FULL = 75;
+   */
+  BULKHEAD_FULL = 75,
+
+  /**
+   * The provider's answer did not parse.
+   *
+   * @generated from enum value: MALFORMED_RESPONSE = 76;
+   */
+  MALFORMED_RESPONSE = 76,
+
+  /**
+   * The answer did not arrive before the attempt or total deadline.
+   *
+   * @generated from enum value: PROVIDER_TIMEOUT = 77;
+   */
+  PROVIDER_TIMEOUT = 77,
+
+  /**
+   * The stream was cut after part of the answer was sent; the partial message is in the last event.
+   *
+   * @generated from enum value: STREAM_CUT = 78;
+   */
+  STREAM_CUT = 78,
+
+  /**
    * 90-109: tools, approvals and pipelines.
    * 110-129: tenants, authentication and quotas.
    * 130-149: agents and external agents.
