@@ -121,8 +121,50 @@ class Escalating(Counter):
         return None
 
 
+class ModelWorker(Agent):
+    """Answers ``{"prompt": text}`` calls with a chat model through an agentd's ModelService (seed 000's escalation).
+
+    Start args: ``endpoint`` (the agentd's gRPC HOST:PORT), ``model`` (a model or route),
+    ``escalate_to`` and ``escalate_after`` (default 2). A model that hangs past
+    ``handle_timeout`` gets the agent killed with reason ``timeout``; from restart
+    ``escalate_after`` on, its restart policy swaps ``model`` for ``escalate_to``
+    (cheap -> strong). The reply is ``{"content", "model", "route", "attempt"}``.
+    """
+
+    handle_timeout = 3.0
+
+    @classmethod
+    def restart_policy(cls, spec: Any, attempt: int, last_reason: str) -> dict[str, Any] | None:
+        args = spec.start.args
+        if args.get("escalate_to") and attempt >= int(args.get("escalate_after", 2)) and \
+                args.get("model") != args["escalate_to"]:
+            return {**args, "model": args["escalate_to"], "escalated_after": last_reason}
+        return None
+
+    async def init(self, args: dict[str, Any]) -> Any:
+        import grpc
+
+        from mabeam.v1 import model_pb2_grpc
+
+        self.channel = grpc.aio.insecure_channel(args["endpoint"])
+        self.stub = model_pb2_grpc.ModelServiceStub(self.channel)
+        return {"model": args["model"], "restarts": self.ctx.restarts}
+
+    async def handle_call(self, msg: Any, state: Any) -> tuple[Any, Any]:
+        from mabeam.v1 import model_pb2
+
+        request = model_pb2.CompleteRequest(model=state["model"], messages=[
+            model_pb2.ChatMessage(role="user", content=str(msg["prompt"]))])
+        reply = await self.stub.Complete(request)
+        return {"content": reply.content, "model": reply.receipt.model, "route": reply.receipt.route,
+                "restarts": state["restarts"]}, state
+
+    async def terminate(self, reason: str, state: Any) -> None:
+        await self.channel.close()
+
+
 EXAMPLES: dict[str, type[Agent]] = {"echo": Echo, "counter": Counter, "relay": Relay, "escalating": Escalating,
-                                     "member": Member}
+                                     "member": Member, "model_worker": ModelWorker}
 
 
 def register_examples(registry: AgentRegistry) -> None:

@@ -18,7 +18,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from mabeam.dev import demo_scenes
+from mabeam.dev import demo_models, demo_scenes
 from mabeam.dev.cluster import DevCluster
 from mabeam.dev.testing import free_port_block, wait_until
 from mabeam_client.mesh import SyncMeshClient
@@ -109,6 +109,7 @@ def main() -> int:
         asyncio.run(demo_scenes.agents_scene(cluster, step))
         asyncio.run(demo_scenes.auction_scene(cluster, step))
         tour(cluster)
+        asyncio.run(demo_models.models_scene(step))
     finally:
         cluster.close()
     console.rule("[bold green]demo finished: everything stopped cleanly")

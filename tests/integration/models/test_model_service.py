@@ -49,6 +49,14 @@ name = "broken"
 provider = "claude"
 name = "claude-fake"
 
+[models.models.cheap]
+provider = "local"
+name = "fake-cheap"
+
+[models.models.strong]
+provider = "local"
+name = "fake-strong"
+
 [models.routes.chat]
 primary = "small"
 fallbacks = ["sonnet"]
@@ -74,7 +82,7 @@ def agentd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     config.write_text(CONFIG.format(openai=llm.openai_base, url=llm.url, key_file=key_file))
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentd", "--config", str(config), "--grpc-address", "127.0.0.1:0",
-         "--metrics-address", "127.0.0.1:0", "--workers", "1", "--data-dir", str(work / "data"),
+         "--metrics-address", "127.0.0.1:0", "--workers", "1", "--examples", "--data-dir", str(work / "data"),
          "--log-level", "WARNING"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**_env(), "FAKE_LLM_KEY": "k-123"})
     assert proc.stdout is not None and proc.stderr is not None
@@ -97,8 +105,8 @@ def _env() -> dict[str, str]:
 async def test_list_complete_and_receipt(agentd: dict[str, str]) -> None:
     async with ModelClient(agentd["grpc"]) as client:
         listing = await client.list_models()
-        assert [m.name for m in listing.models] == ["broken", "small", "sonnet"]
-        assert listing.models[1].breaker_state == "closed" and listing.models[2].provider_kind == "anthropic"
+        assert [m.name for m in listing.models] == ["broken", "cheap", "small", "sonnet", "strong"]
+        assert listing.models[2].breaker_state == "closed" and listing.models[3].provider_kind == "anthropic"
         assert [(r.name, r.primary, list(r.fallbacks)) for r in listing.routes] == [("chat", "small", ["sonnet"])]
         reply = await client.complete("chat", "how are you", system="be kind", max_tokens=10)
         assert reply.content == "echo: how are you" and reply.finish_reason == "stop"
@@ -177,3 +185,32 @@ def test_missing_api_key_stops_startup_naming_it(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "agentd", "--config", str(config)], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2 and "models.providers.p.kind" in proc.stderr
+
+
+async def test_restart_policy_escalates_to_a_stronger_model_after_timeouts(agentd: dict[str, str]) -> None:
+    """Seed 000: the cheap model hangs, the agent's per-message timeout kills it, its supervisor restarts it,
+    and from the second restart on its restart policy swaps the model (cheap -> strong)."""
+    from mabeam.dev.testing import async_wait_until
+    from mabeam_client.agents import AgentClient
+
+    llm: FakeLLMProcess = agentd["llm"]  # type: ignore[assignment]
+    llm.reset({"rules": [{"model": "fake-cheap", "fault": {"hang": True, "hang_s": 20}}]})
+    async with AgentClient(agentd["grpc"]) as agents:
+        await agents.spawn("model_worker", {"endpoint": agentd["grpc"], "model": "cheap", "escalate_to": "strong",
+                                            "escalate_after": 2}, name="writer", restart="permanent")
+        outcomes = []
+
+        async def ask_writer() -> object:
+            try:
+                return await agents.call("writer", {"prompt": "write a haiku"}, timeout=30)
+            except errors.Aborted as error:
+                outcomes.append(error.message)
+                return None
+            except (errors.NotFound, errors.Unavailable):
+                return None  # restarting
+
+        reply = await async_wait_until(ask_writer, timeout=90, interval=0.1, what="an answer from the writer")
+    assert reply == {"content": "echo: write a haiku", "model": "strong", "route": "strong", "restarts": 2}
+    assert len(outcomes) == 2 and all("timeout" in text for text in outcomes)
+    assert llm.requests_for("fake-cheap") == 2 and llm.requests_for("fake-strong") == 1
+    llm.reset({})
