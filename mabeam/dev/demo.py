@@ -109,7 +109,7 @@ def main() -> int:
         asyncio.run(demo_scenes.agents_scene(cluster, step))
         asyncio.run(demo_scenes.auction_scene(cluster, step))
         tour(cluster)
-        asyncio.run(demo_models.models_scene(step))
+        demo_models.models_scene(step)
     finally:
         cluster.close()
     console.rule("[bold green]demo finished: everything stopped cleanly")

@@ -80,7 +80,7 @@ def _receipt(receipt) -> str:  # type: ignore[no-untyped-def]
             f"${receipt.cost_nusd / 1e9:.6f}, {receipt.latency_seconds * 1000:.0f} ms")
 
 
-async def models_scene(step: Callable[[str], None]) -> None:
+def models_scene(step: Callable[[str], None]) -> None:
     """Fallback with receipts, live streaming, a budget refusal, and escalation to a stronger model."""
     with FakeLLMProcess(SCRIPT) as llm, tempfile.TemporaryDirectory(prefix="mabeam-demo-models-") as work:
         config = Path(work) / "agentd.toml"
@@ -95,7 +95,7 @@ async def models_scene(step: Callable[[str], None]) -> None:
             if not line.startswith("agentd ready"):
                 raise RuntimeError(f"agentd with [models] did not start: {line!r}")
             endpoint = dict(p.split("=", 1) for p in line.split()[2:])["grpc"]
-            await _scenes(step, endpoint, llm)
+            asyncio.run(_scenes(step, endpoint, llm))
         finally:
             proc.terminate()
             proc.wait(30)
