@@ -69,6 +69,11 @@ def run_wake(cluster: str, node_id: str) -> bytes:
     return run_wakes(cluster) + node_id.encode()
 
 
+def budget(cluster: str, kind: str, budget_id: str) -> bytes:
+    """A model budget: ``budgets/<tenant|run>/<id>`` (agentd's model ledger; JSON, no lease)."""
+    return root(cluster) + f"budgets/{kind}/{budget_id}".encode()
+
+
 def split(cluster: str, key: bytes) -> list[str] | None:
     """A key's parts below the cluster root (e.g. ["names", "default", "x"]), or None if outside it."""
     prefix = root(cluster)

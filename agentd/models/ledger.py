@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agentd.models.budget import Amount, BudgetState, reserve_all, settle
+from mabeam import keys
 from mabeam.etcd.client import (
     EtcdClient,
     EtcdError,
@@ -117,14 +118,14 @@ class EtcdLedger(Ledger):
 
     def __init__(self, endpoints: Sequence[str], cluster: str, settle_attempts: int = 50) -> None:
         self.client = EtcdClient(endpoints)
-        self.prefix = f"/mabeam/{cluster}/budgets/".encode()
+        self.cluster = cluster
         self.settle_attempts = settle_attempts
         self._locks: dict[str, asyncio.Lock] = {}
         self.conflicts = 0
 
     def key(self, scope: Scope) -> bytes:
         """The etcd key of a budget."""
-        return self.prefix + scope.path.encode()
+        return keys.budget(self.cluster, scope.kind, scope.id)
 
     def _lock(self, scopes: Sequence[Scope]) -> asyncio.Lock:
         name = "|".join(sorted(s.path for s in scopes))

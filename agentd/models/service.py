@@ -122,8 +122,8 @@ def to_request(request: model_pb2.CompleteRequest) -> tuple[ChatRequest, CallOpt
     tenant = request.tenant or "default"
     if not ID_RE.match(tenant):
         problems.append(FieldViolation("tenant", ID_RULE))
-    if len(request.run_id) > 128:
-        problems.append(FieldViolation("run_id", "at most 128 characters"))
+    if len(request.run_id) > 128 or "/" in request.run_id:
+        problems.append(FieldViolation("run_id", "at most 128 characters, no '/'"))
     if request.timeout_seconds < 0 or request.cache_ttl_seconds < 0:
         problems.append(FieldViolation("timeout_seconds" if request.timeout_seconds < 0 else "cache_ttl_seconds",
                                        "must be >= 0"))
