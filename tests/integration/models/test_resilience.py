@@ -187,3 +187,29 @@ async def test_tenant_rate_limit_refuses_with_retry_after(fake_llm: FakeLLMProce
     assert getattr(limited.value, "kind", None) == ErrorKind.RATE_LIMITED
     assert 0 < (limited.value.retry_after_s or 0) <= 30  # type: ignore[attr-defined]
     assert fake_llm.requests_for("fake-small") == 3
+
+
+async def test_provider_rate_limit_falls_back_instead_of_waiting_too_long(fake_llm: FakeLLMProcess) -> None:
+    from agentd.models.config import ModelsConfig
+    from agentd.models.router import ModelRouter
+
+    config = ModelsConfig.model_validate({
+        "providers": {"limited": {"base_url": fake_llm.openai_base, "requests_per_minute": 2},
+                      "spare": {"base_url": fake_llm.openai_base}},
+        "models": {"small": {"provider": "limited", "name": "fake-small"},
+                   "large": {"provider": "spare", "name": "fake-large"}},
+        "routes": {"chat": {"primary": "small", "fallbacks": ["large"]}},
+        "retry": {"max_retry_after_s": 1.0}})
+    r = ModelRouter(config)
+    try:
+        for _ in range(2):  # the burst
+            _, receipt = await r.complete(ask("chat"))
+            assert receipt.path == ("small:ok",)
+        _, receipt = await r.complete(ask("chat"))  # the next slot is 30 s away: fall back, send nothing to small
+        assert receipt.path == ("small:rate_limited", "large:ok")
+        with pytest.raises(CallFailed) as limited:
+            await r.complete(ask("small"))
+        assert limited.value.kind == ErrorKind.RATE_LIMITED and 25 < (limited.value.retry_after_s or 0) <= 30
+    finally:
+        await r.close()
+    assert fake_llm.requests_for("fake-small") == 2 and fake_llm.requests_for("fake-large") == 1
