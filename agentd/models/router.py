@@ -110,7 +110,7 @@ class CallFailed(ModelError):
 
     def __init__(self, error: ModelError, receipt: Receipt, partial: ChatResponse | None = None) -> None:
         super().__init__(error.kind, error.message, status=error.status, retry_after_s=error.retry_after_s,
-                         provider=error.provider, model=error.model)
+                         provider=error.provider, model=error.model, local=error.local)
         self.receipt = receipt
         self.partial = partial
 
@@ -423,7 +423,7 @@ class ModelRouter:
                 response = await self._attempt(provider, request, model_id, max_tokens, deadline, progress, emit,
                                                streaming)
             except ModelError as error:
-                if error.kind in (ErrorKind.BULKHEAD_FULL, ErrorKind.RATE_LIMITED) and error.status == 0:
+                if error.local:
                     if probing:
                         provider.breaker.release_probe()
                     raise  # our own limits: never counted against the provider
@@ -461,7 +461,7 @@ class ModelRouter:
             while (wait := bucket.take(amount, self.clock())) > 0:
                 if wait > min(remaining, self.retry.max_retry_after_s):
                     raise ModelError(ErrorKind.RATE_LIMITED, f"{provider.name}: over its configured rate limit",
-                                     retry_after_s=wait, provider=provider.name)
+                                     retry_after_s=wait, provider=provider.name, local=True)
                 await asyncio.sleep(wait)
 
     async def _acquire(self, provider: ProviderRuntime, remaining: float) -> None:
@@ -471,7 +471,8 @@ class ModelRouter:
         if verdict == Admission.REFUSE:
             raise ModelError(ErrorKind.BULKHEAD_FULL,
                              f"{provider.name}: {provider.bulkhead.config.max_concurrent} calls in flight and "
-                             f"{provider.bulkhead.config.max_queued} queued; try later", provider=provider.name)
+                             f"{provider.bulkhead.config.max_queued} queued; try later", provider=provider.name,
+                             local=True)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         provider.waiters[token] = waiter
         try:
@@ -484,7 +485,7 @@ class ModelRouter:
                 self._release(provider)  # woken as we gave up: pass the slot on
             if isinstance(error, TimeoutError):
                 raise ModelError(ErrorKind.TIMEOUT, f"{provider.name}: deadline passed waiting for a bulkhead slot",
-                                 provider=provider.name) from None
+                                 provider=provider.name, local=True) from None
             raise
 
     def _release(self, provider: ProviderRuntime) -> None:

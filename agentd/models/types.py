@@ -148,8 +148,10 @@ class ModelError(Exception):
     """A model call failed; ``kind`` says how (see :class:`ErrorKind`)."""
 
     def __init__(self, kind: ErrorKind, message: str, *, status: int = 0, retry_after_s: float | None = None,
-                 provider: str = "", model: str = "") -> None:
+                 provider: str = "", model: str = "", local: bool = False) -> None:
         super().__init__(message)
+        #: Raised by our own limits (rate limit, bulkhead), not by the provider: never counts against its breaker.
+        self.local = local
         self.kind = kind
         self.message = message
         self.status = status
