@@ -116,8 +116,8 @@ class MemoryLedger(Ledger):
 class EtcdLedger(Ledger):
     """Budgets in etcd, changed only by compare-and-swap transactions."""
 
-    def __init__(self, endpoints: Sequence[str], cluster: str, settle_attempts: int = 50) -> None:
-        self.client = EtcdClient(endpoints)
+    def __init__(self, endpoints: Sequence[str], cluster: str, settle_attempts: int = 50, timeout: float = 5.0) -> None:
+        self.client = EtcdClient(endpoints, timeout=timeout)
         self.cluster = cluster
         self.settle_attempts = settle_attempts
         self._locks: dict[str, asyncio.Lock] = {}

@@ -55,6 +55,7 @@ from agentd.models.types import (
     ToolCallDelta,
     Usage,
 )
+from mabeam.etcd.client import EtcdError
 
 log = logging.getLogger("agentd.models")
 Delta = TextDelta | ToolCallDelta
@@ -321,10 +322,17 @@ class ModelRouter:
         for name, entry in entries:
             amount = worst_case(request, self.max_tokens(request, entry), self.prices[name])
             worst = Amount(max(worst.tokens, amount.tokens), max(worst.cost_nusd, amount.cost_nusd))
-        self._tenant_limit(options.tenant, worst.tokens)
-
         scopes = self.scopes(options)
-        if not await self.ledger.reserve(scopes, worst):
+        try:
+            self._tenant_limit(options.tenant, worst.tokens)
+            reserved = await self.ledger.reserve(scopes, worst)
+        except ModelError as error:
+            raise CallFailed(error, await finish(receipt(None, names[0], Amount(), Amount(), error))) from None
+        except EtcdError as error:
+            failure = ModelError(ErrorKind.LEDGER_UNAVAILABLE, f"the budget store is unavailable ({error}); "
+                                 "nothing was sent", retry_after_s=1.0)
+            raise CallFailed(failure, await finish(receipt(None, names[0], Amount(), Amount(), failure))) from None
+        if not reserved:
             error = ModelError(ErrorKind.BUDGET_EXHAUSTED,
                                f"budget exhausted: this call may use up to {worst.tokens} tokens and "
                                f"${worst.cost_nusd / NANO_PER_USD:.6f}, more than is left of "

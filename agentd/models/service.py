@@ -51,6 +51,7 @@ STATUS: dict[ErrorKind, tuple[grpc.StatusCode, str]] = {
     ErrorKind.MALFORMED: (grpc.StatusCode.UNAVAILABLE, "MALFORMED_RESPONSE"),
     ErrorKind.STREAM_CUT: (grpc.StatusCode.UNAVAILABLE, "STREAM_CUT"),
     ErrorKind.TIMEOUT: (grpc.StatusCode.DEADLINE_EXCEEDED, "PROVIDER_TIMEOUT"),
+    ErrorKind.LEDGER_UNAVAILABLE: (grpc.StatusCode.UNAVAILABLE, "ETCD_UNAVAILABLE"),
 }
 
 
@@ -58,7 +59,7 @@ def status_for(error: ModelError) -> ServiceError:
     """The one place a model failure becomes a gRPC status (code, reason, message, RetryInfo)."""
     code, reason = STATUS.get(error.kind, (grpc.StatusCode.UNKNOWN, ""))
     retry = error.retry_after_s
-    if retry is None and error.kind == ErrorKind.CIRCUIT_OPEN:
+    if retry is None and error.kind in (ErrorKind.CIRCUIT_OPEN, ErrorKind.LEDGER_UNAVAILABLE):
         retry = 1.0
     return ServiceError(code, error.message, reason, retry_after_s=retry)
 

@@ -134,6 +134,7 @@ class ErrorKind(StrEnum):
     BULKHEAD_FULL = "bulkhead_full"  # too many calls in flight and queued for the provider
     BUDGET_EXHAUSTED = "budget_exhausted"  # the reservation did not fit the budget
     INVALID = "invalid"  # our own validation: unknown model, bad fields
+    LEDGER_UNAVAILABLE = "ledger_unavailable"  # the budget store (etcd) could not be reached: nothing was sent
 
 
 #: Kinds another attempt (after a backoff) may fix.

@@ -87,3 +87,24 @@ async def test_memory_ledger_and_run_budget_through_the_router(fake_llm: FakeLLM
         await router.complete(request, CallOptions(run_id="run-2"))  # another run has its own budget
     finally:
         await router.close()
+
+
+async def test_budget_store_outage_refuses_calls_before_sending(fake_llm: FakeLLMProcess,
+                                                                private_etcd: EmbeddedEtcd) -> None:
+    config = models_config(fake_llm, budgets={"store": "etcd", "etcd_endpoints": [private_etcd.endpoint],
+                                              "default_tenant": {"tokens": 1000}})
+    router = ModelRouter(config, EtcdLedger([private_etcd.endpoint], "outage", timeout=1.0))
+    try:
+        await router.complete(ask("small"))
+        private_etcd.stop()
+        try:
+            await router.complete(ask("small"))
+        except CallFailed as error:
+            assert error.kind == ErrorKind.LEDGER_UNAVAILABLE and error.retry_after_s
+        else:
+            raise AssertionError("a call went out without a reservation")
+        assert fake_llm.requests_for("fake-small") == 1
+        private_etcd.start()
+        await router.complete(ask("small"))
+    finally:
+        await router.close()
