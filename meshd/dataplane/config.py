@@ -70,6 +70,9 @@ class DataPlaneConfig(BaseModel):
     curve: bool = False
     curve_public_key: str = ""
     curve_secret_key: str = ""
+    #: Seconds a CURVE handshake from a key that membership has not announced yet is held before it is
+    #: denied: a new or restarted peer may dial before this node's watch has seen it join.
+    curve_key_wait: float = Field(default=10.0, ge=0, le=25)
 
     @field_validator("down_after")
     @classmethod

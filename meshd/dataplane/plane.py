@@ -76,6 +76,9 @@ class DataPlane(ReceiveSide):
         self._curve_secret: bytes | None = None
         self._peers: dict[str, Peer] = {}
         self._allowed_keys: set[str] = set()
+        self._keys_changed = asyncio.Event()
+        #: CURVE handshakes held right now, waiting for membership to announce the client's key.
+        self.curve_handshakes_held = 0
         self.endpoints: dict[tuple[str, str], Any] = {}
         self._calls: dict[int, PendingCall] = {}
         self._ids = itertools.count(random.getrandbits(62) | 1)
@@ -207,7 +210,7 @@ class DataPlane(ReceiveSide):
         curve = None
         if self.config.curve:
             assert self.curve_public_key is not None and self._curve_secret is not None
-            self._allowed_keys.add(curve_public_key or "")
+            self._allow_key(curve_public_key or "")
             curve = ((curve_public_key or "").encode(), self.curve_public_key.encode(), self._curve_secret)
         for ch in wire.CHANNELS:
             address = data_addresses.get(wire.channel_name(ch))
@@ -242,11 +245,34 @@ class DataPlane(ReceiveSide):
             peer.queues[ch].clear()
         peer.space.set()
 
-    def _key_allowed(self, key: str) -> bool:
-        allowed = key in self._allowed_keys
-        if not allowed:
-            self.rejected["curve_denied"] += 1
-        return allowed
+    async def _key_allowed(self, key: str) -> bool:
+        # A peer often learns our NodeInfo (and dials us) a few milliseconds before our own membership
+        # watch announces its key. libzmq never retries a handshake that was denied, so denying it here
+        # would silence that peer for good (found on the multi-host test bed): hold the handshake until
+        # the key is announced, for at most curve_key_wait seconds, and deny only keys that stay unknown.
+        if key in self._allowed_keys:
+            return True
+        deadline = self.clock() + self.config.curve_key_wait
+        self.curve_handshakes_held += 1
+        try:
+            while key not in self._allowed_keys:
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    self.rejected["curve_denied"] += 1
+                    return False
+                changed = self._keys_changed
+                try:
+                    await asyncio.wait_for(changed.wait(), remaining)
+                except TimeoutError:
+                    pass
+            return True
+        finally:
+            self.curve_handshakes_held -= 1
+
+    def _allow_key(self, key: str) -> None:
+        self._allowed_keys.add(key)
+        self._keys_changed.set()
+        self._keys_changed = asyncio.Event()
 
     def _fail_node(self, node_id: str, why: str) -> None:
         for pending in [p for p in self._calls.values() if p.node_id == node_id]:
@@ -842,4 +868,5 @@ class DataPlane(ReceiveSide):
             "unacked": {n: len(p.unacked) for n, p in self._peers.items()},
             "scheduler_rounds": self._scheduler.rounds,
             "reassembly_bytes": self._reassembler.bytes_pending,
+            "curve_handshakes_held": self.curve_handshakes_held,
         }

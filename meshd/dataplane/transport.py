@@ -17,16 +17,60 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import zmq
-from zmq.auth.asyncio import AsyncioAuthenticator
+import zmq.asyncio
+import zmq.utils.z85
 
 from mabeam.dataplane import stallprobe
 from mabeam.dataplane.zmqio import SCHED_IDLE, sched_idle_ok, send_frames
 
 log = logging.getLogger(__name__)
 
+
+class ZapHandler:
+    """A ZAP handler (ZeroMQ RFC 27) for CURVE on one context, answering each request in its own task.
+
+    pyzmq's authenticators read requests on a REP socket, one at a time: a handshake held there (waiting
+    for membership to announce a key) would stall every other handshake of the context. This one reads
+    on a ROUTER and answers in per-request tasks that it owns and cancels at :meth:`stop`.
+    """
+
+    def __init__(self, context: zmq.Context, allow: Callable[[str], Awaitable[bool]]) -> None:
+        self._allow = allow
+        self._context = zmq.asyncio.Context.shadow(context)
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.bind("inproc://zeromq.zap.01")
+        self._requests: set[asyncio.Task[None]] = set()
+        self._reader = asyncio.ensure_future(self._serve())
+
+    async def _serve(self) -> None:
+        while True:
+            frames = await self._socket.recv_multipart()
+            task = asyncio.ensure_future(self._answer(frames))
+            self._requests.add(task)
+            task.add_done_callback(self._requests.discard)
+
+    async def _answer(self, frames: list[bytes]) -> None:
+        # [routing id, empty delimiter, version, request id, domain, address, identity, mechanism, credentials...]
+        if len(frames) < 4 or frames[1]:
+            return  # not a ZAP request: nothing to answer to
+        envelope, version, request_id, body = frames[:2], frames[2], frames[3], frames[4:]
+        allowed = False
+        if version == b"1.0" and len(body) == 5 and body[3] == b"CURVE" and len(body[4]) == 32:
+            allowed = await self._allow(zmq.utils.z85.encode(body[4]).decode("ascii"))
+        status, text = (b"200", b"OK") if allowed else (b"400", b"Unknown key")
+        await self._socket.send_multipart([*envelope, b"1.0", request_id, status, text, b"", b""])
+
+    def stop(self) -> None:
+        """Cancel the reader and every pending answer (the handshakes waiting on them fail) and close."""
+        self._reader.cancel()
+        for task in list(self._requests):
+            task.cancel()
+        self._requests.clear()
+        self._socket.close(linger=0)
 
 
 class ContextSet:
@@ -52,27 +96,22 @@ class ContextSet:
             self.attach_lane.set(zmq.THREAD_SCHED_POLICY, SCHED_IDLE)
         self._all: list[zmq.Context] = list({id(c): c for c in [*self.by_channel.values(), self.attach,
                                                                  self.attach_lane]}.values())
-        self.authenticators: list[AsyncioAuthenticator] = []
+        self.authenticators: list[ZapHandler] = []
         # Benchmarks only (MABEAM_STALL_PROBE): the contexts live exactly as long as the running plane.
         self.probe = stallprobe.start_from_env("dataplane")
 
-    def enable_curve_auth(self, allow: Callable[[str], bool]) -> None:
-        """Start a ZAP authenticator in every channel context that accepts keys for which ``allow`` is true."""
+    def enable_curve_auth(self, allow: Callable[[str], Awaitable[bool]]) -> None:
+        """Start a ZAP handler in every channel context that accepts CURVE keys for which ``allow`` is true.
 
-        class _Provider:
-            def callback(self, domain: str, key: bytes) -> bool:
-                return allow(key.decode("ascii"))
-
-        provider = _Provider()
+        ``allow`` may take its time (the data plane holds a key it does not know yet until membership
+        announces it); one held handshake delays no other (:class:`ZapHandler`).
+        """
         seen: set[int] = set()
         for ctx in self.by_channel.values():
             if id(ctx) in seen:
                 continue
             seen.add(id(ctx))
-            auth = AsyncioAuthenticator(ctx)
-            auth.start()
-            auth.configure_curve_callback("*", credentials_provider=provider)
-            self.authenticators.append(auth)
+            self.authenticators.append(ZapHandler(ctx, allow))
 
     def terminate(self) -> None:
         """Stop authenticators and terminate every context (all sockets must be closed first)."""
