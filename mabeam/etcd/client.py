@@ -10,6 +10,7 @@ this module: every gRPC error from etcd is translated here, once, into the
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from typing import Any
 
 import grpc
 from aetcd import rpc
+
+log = logging.getLogger(__name__)
 
 
 class EtcdError(Exception):
@@ -151,11 +154,23 @@ def _target(endpoints: Sequence[str]) -> str:
     return "ipv4:" + ",".join(endpoints)
 
 
+#: Seconds in-flight calls on a channel left by :meth:`EtcdClient.failover` get before they are cancelled.
+FAILOVER_GRACE = 1.0
+
+
 class EtcdClient:
-    """An async etcd v3 client on one gRPC channel.
+    """An async etcd v3 client on one gRPC channel at a time.
 
     ``timeout`` bounds every unary call. ``on_latency`` (if given) is called with
     (operation, seconds) after each unary call, for metrics.
+
+    With several endpoints the channel's pick_first moves on by itself when an
+    endpoint refuses or resets connections, but not when one goes silent (a
+    partitioned host: the TCP connection stays open and nothing answers). Whoever
+    notices silence — the lease session, whose keepalive stalls — calls
+    :meth:`failover`: a new channel that starts at the next endpoint replaces the
+    current one, and the old one is closed after :data:`FAILOVER_GRACE` seconds,
+    which ends its watches and streams so their owners reopen them on the new one.
     """
 
     def __init__(
@@ -169,8 +184,15 @@ class EtcdClient:
         self.endpoints = list(endpoints)
         self.timeout = timeout
         self._on_latency = on_latency
-        self._channel = grpc.aio.insecure_channel(
-            _target(self.endpoints),
+        self._first = 0
+        self.failovers = 0
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._channel = self._open(0)
+
+    def _open(self, first: int) -> grpc.aio.Channel:
+        order = self.endpoints[first:] + self.endpoints[:first]
+        channel = grpc.aio.insecure_channel(
+            _target(order),
             options=[
                 # Reconnect quickly after an outage instead of backing off for up to 2 minutes.
                 ("grpc.initial_reconnect_backoff_ms", 100),
@@ -178,14 +200,33 @@ class EtcdClient:
                 ("grpc.max_reconnect_backoff_ms", 1000),
             ],
         )
-        self._kv = rpc.KVStub(self._channel)
-        self._lease = rpc.LeaseStub(self._channel)
-        self._watch = rpc.WatchStub(self._channel)
-        self._maintenance = rpc.MaintenanceStub(self._channel)
+        self._kv = rpc.KVStub(channel)
+        self._lease = rpc.LeaseStub(channel)
+        self._watch = rpc.WatchStub(channel)
+        self._maintenance = rpc.MaintenanceStub(channel)
+        return channel
+
+    @property
+    def current_endpoint(self) -> str:
+        """The endpoint the current channel tries first."""
+        return self.endpoints[self._first]
+
+    def failover(self, why: str) -> None:
+        """Move to a new channel that starts at the next endpoint (see the class docstring)."""
+        old = self._channel
+        self._first = (self._first + 1) % len(self.endpoints)
+        self._channel = self._open(self._first)
+        self.failovers += 1
+        log.warning("etcd: %s; moving to a new connection starting at %s", why, self.current_endpoint)
+        task = asyncio.ensure_future(old.close(grace=FAILOVER_GRACE))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def close(self) -> None:
         """Close the channel; open watches and keepalives end."""
         await self._channel.close()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
 
     async def _unary(self, name: str, call: Callable[..., Any], request: object, timeout: float | None = None) -> Any:
         start = time.perf_counter()

@@ -73,7 +73,11 @@ class Session:
                         return
                     self.last_renewed = self._clock()
                     await asyncio.sleep(interval)
-            except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError, EtcdError) as error:
+            except TimeoutError:
+                if not self._closed:
+                    self.client.failover(f"no keepalive answer for lease {self.lease_id:x} within "
+                                         f"{max(interval, 0.5):.1f}s")
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, EtcdError) as error:
                 # InvalidStateError: grpc.aio refuses writes once etcd has closed the stream.
                 log.debug("keepalive for lease %x interrupted: %s", self.lease_id, error)
             finally:
