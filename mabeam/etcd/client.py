@@ -85,6 +85,14 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
+def closed_under_call() -> bool:
+    """For an ``asyncio.CancelledError`` out of a gRPC call: True when the call's channel was closed under it
+    (a :meth:`EtcdClient.failover`; grpc.aio reports that as a cancellation), False when the task itself is
+    being cancelled and the error must propagate."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
+
+
 def _translate(error: grpc.aio.AioRpcError) -> EtcdError:
     """The one place etcd's gRPC errors become EtcdError subclasses."""
     code, details = error.code(), error.details() or ""
@@ -235,6 +243,10 @@ class EtcdClient:
             return await call(request, timeout=timeout or self.timeout, wait_for_ready=True)
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from None
+        except asyncio.CancelledError:
+            if closed_under_call():
+                raise EtcdUnavailable(f"etcd {name}: the connection was closed (failover)") from None
+            raise
         finally:
             if self._on_latency is not None:
                 self._on_latency(name, time.perf_counter() - start)
@@ -367,6 +379,10 @@ class EtcdClient:
         except asyncio.InvalidStateError:
             # grpc.aio refuses writes once the server has closed the stream.
             raise EtcdUnavailable("etcd closed the watch stream") from None
+        except asyncio.CancelledError:
+            if closed_under_call():
+                raise EtcdUnavailable("the watch's etcd connection was closed (failover)") from None
+            raise
         finally:
             call.cancel()
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import grpc
 from aetcd import rpc
 
-from mabeam.etcd.client import EtcdClient, EtcdError
+from mabeam.etcd.client import EtcdClient, EtcdError, closed_under_call
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,10 @@ class Session:
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError, EtcdError) as error:
                 # InvalidStateError: grpc.aio refuses writes once etcd has closed the stream.
                 log.debug("keepalive for lease %x interrupted: %s", self.lease_id, error)
+            except asyncio.CancelledError:
+                if not closed_under_call():
+                    raise
+                log.debug("keepalive for lease %x: its connection was closed (failover)", self.lease_id)
             finally:
                 call.cancel()
             if not self._closed:

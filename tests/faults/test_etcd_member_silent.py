@@ -14,9 +14,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from mabeam.etcd.client import EtcdClient
+from mabeam.dev.testing import async_wait_until
+from mabeam.etcd.client import EtcdClient, EtcdError
 from mabeam.etcd.embedded import EmbeddedEtcd, free_port
 from mabeam.etcd.session import Session
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 @pytest.fixture
@@ -57,10 +62,13 @@ async def test_client_leaves_a_silent_member_before_its_lease_expires(three_memb
                     watched.extend(kv.key for kv in kvs)
                     async for batch in client.watch_prefix(b"/silent/", revision + 1):
                         watched.extend(ev.kv.key for ev in batch.events)
-                except Exception:  # noqa: BLE001 - the watch breaks at the failover; re-read as meshd does
+                except EtcdError:  # the watch breaks at the failover (never as a cancellation): re-read
                     await asyncio.sleep(0.1)
 
         watcher = asyncio.create_task(watch())
+        await client.put(b"/silent/marker", b"0")
+        # The watch stream is open on the first member's connection once the marker came through it.
+        await async_wait_until(lambda: _true(b"/silent/marker" in watched), 10, what="marker watched")
         assert first.pid is not None
         os.kill(first.pid, signal.SIGSTOP)
         stopped = time.monotonic()
@@ -80,7 +88,9 @@ async def test_client_leaves_a_silent_member_before_its_lease_expires(three_memb
         assert (await client.get(b"/silent/before")) is not None, "the lease's key expired"
         while b"/silent/after" not in watched:
             assert time.monotonic() < deadline, "the watch did not resume on another member"
+            assert not watcher.done(), f"the watch ended: {watcher}"
             await asyncio.sleep(0.05)
+        assert not watcher.done(), f"the watch ended: {watcher}"
     finally:
         for task in (keepalive, locals().get("watcher")):
             if task is not None:
