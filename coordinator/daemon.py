@@ -51,6 +51,10 @@ class Daemon:
         self.server = grpc.aio.server(options=[
             ("grpc.so_reuseport", 0),  # a second coordinator on the same port must fail, not share it
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # Clients ping every 2 s to notice a silent leader (mabeam_client.coordinator.KEEPALIVE_OPTIONS);
+            # without these the server answers such pings with GOAWAY (too_many_pings).
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+            ("grpc.http2.max_ping_strikes", 0),
         ])
 
     async def start_server(self) -> str:

@@ -34,6 +34,16 @@ from mabeam_client.errors import _BY_CODE, MabeamError, translate
 from mabeam_client.sync import SyncFace
 
 RETRYABLE_REASONS = {"WRONG_NODE", "NOT_DURABLE", "ETCD_UNAVAILABLE", ""}
+#: HTTP/2 keepalive on every coordinator channel: a leader that goes silent (its host cut off, its process
+#: paused) keeps the TCP connection open and never ends a stream, so without pings a bid stream on it waited
+#: forever (the netns test bed). A ping every 2 s that is not answered within 2 s breaks the connection
+#: (ping_timeout too: gRPC may send its own ping in place of the keepalive one, and that one waits 60 s by
+#: default); the stream then reopens on the new leader. A new connection to a silent server is given 2 s
+#: (min_reconnect_backoff is gRPC's connect deadline; 20 s by default, which a redirect back to the silent
+#: leader paid in full). The coordinator accepts pings this often (coordinator/daemon.py).
+KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 2000), ("grpc.keepalive_timeout_ms", 2000),
+                     ("grpc.http2.max_pings_without_data", 0), ("grpc.http2.ping_timeout_ms", 2000),
+                     ("grpc.min_reconnect_backoff_ms", 2000)]
 
 
 def retryable(error: grpc.RpcError, translated: MabeamError) -> bool:
@@ -73,7 +83,7 @@ class CoordinatorClient:
     def _stub(self, endpoint: str) -> coordinator_pb2_grpc.CoordinatorServiceStub:
         channel = self._channels.get(endpoint)
         if channel is None:
-            channel = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint)
+            channel = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint, options=KEEPALIVE_OPTIONS)
         return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
 
     async def close(self) -> None:
