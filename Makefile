@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTOS := $(wildcard proto/mabeam/v1/*.proto)
 
-.PHONY: setup demo test test-fast proto proto-check proto-tools lint typecheck bench clean postgres
+.PHONY: setup demo test test-fast test-hosts proto proto-check proto-tools lint typecheck bench clean postgres
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,11 @@ postgres:
 
 test-fast: setup
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
+
+# The multi-host test bed's scenarios only (network namespaces: needs root; docs/testbed.md). `make test` runs
+# them too; elsewhere they skip, saying why.
+test-hosts: setup
+	$(BIN)/python -m pytest -q -m hosts tests/hosts $(PYTEST_ARGS)
 
 # Code generators of the other languages, pinned: Go plugins into clients/go/.bin, protoc-gen-es from
 # clients/typescript's package-lock.json; Rust's generator is built by cargo from clients/rust/Cargo.lock.
