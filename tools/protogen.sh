@@ -59,7 +59,7 @@ for dir in "${generated[@]}"; do
     cmp -s "$out/$f" "$f" || { echo "generated code is stale: $f (run 'make proto')"; status=1; }
   done
 done
-for f in $(find mabeam/v1 -name '*_pb2*'; find "${generated[@]:1}" -type f) ; do
+for f in $(find mabeam/v1 -name '*_pb2*' -not -path '*/__pycache__/*'; find "${generated[@]:1}" -type f) ; do
   [ -f "$out/$f" ] || { echo "generated file has no .proto source: $f"; status=1; }
 done
 [ $status = 0 ] && echo "proto: generated code is current (Python, Go, TypeScript, Rust)"
