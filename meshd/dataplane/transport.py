@@ -136,6 +136,11 @@ def make_router(ctx: zmq.Context, *, rcvhwm: int, sndhwm: int, max_msg: int,
     if mandatory:
         # Without it a ROUTER silently drops messages to a slow or gone peer (STACK-NOTES).
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    # A peer that comes back from a partition dials again with the same routing id (its node id) while
+    # its old connection may still look alive here (a ROUTER that only receives never notices a dead
+    # one): without handover the ROUTER refuses the new connection for as long as the old one lingers,
+    # and that peer stays silent (found on the netns test bed). The new connection takes the id over.
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     if curve_keys is not None:
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, curve_keys[0])
@@ -162,6 +167,13 @@ def make_dealer(ctx: zmq.Context, identity: bytes, address: str, *, sndhwm: int,
     sock.setsockopt(zmq.ROUTING_ID, identity)
     sock.setsockopt(zmq.RECONNECT_IVL, 50)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+    # After a partition (or a paused host) the old TCP connection sits in retransmission backoff for many
+    # seconds past the heal, and so does a connect whose SYNs were dropped: ZMTP heartbeats drop a
+    # connection that heard nothing for HEARTBEAT_TIMEOUT, and a bounded connect retries every
+    # RECONNECT_IVL, so the channel is back within about a second of the heal (found on the netns test bed).
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+    sock.setsockopt(zmq.CONNECT_TIMEOUT, 1000)
     if curve is not None:
         sock.setsockopt(zmq.CURVE_SERVERKEY, curve[0])
         sock.setsockopt(zmq.CURVE_PUBLICKEY, curve[1])
