@@ -64,11 +64,12 @@ async def plane_throughput(sizes: dict[str, int], counts: dict[str, int], calls:
         for key, count in counts.items():
             payload = b"x" * sizes[key]
             started = time.perf_counter()
+            cast_now = plane.router.cast  # the sync path DataPlane.cast wraps (no coroutine per message)
             for i in range(count):
                 try:
-                    plane.send_nowait(None, target, payload)
+                    cast_now(None, target, payload)
                 except ResourceExhausted:
-                    await plane.send(None, target, payload)
+                    await plane.cast(None, target, payload)
                 if i & 511 == 511:
                     await asyncio.sleep(0)
             await plane.call(None, target, b"barrier", timeout=120)
@@ -92,7 +93,7 @@ async def _urgent(plane: DataPlane, target: AgentRef, seconds: float, size: int)
     deadline = time.monotonic() + seconds
     next_at = time.monotonic()
     while time.monotonic() < deadline:
-        plane.send_nowait(None, target, payload, channel="high")
+        plane.router.cast(None, target, payload, channel="high")  # the sync path DataPlane.cast wraps
         sent += 1
         next_at += 0.001
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))

@@ -91,14 +91,14 @@ class LocalEndpoint:
 
     async def send(self, to: Destination, payload: bytes, *, channel: int | str | None = None,
                    acknowledged: bool = False, traceparent: str = "") -> list[int]:
-        """Send a one-way message; returns the message id(s). See :meth:`DataPlane.send`."""
-        return await self.plane.send(self.ref, to, payload, channel=channel, acknowledged=acknowledged,
+        """Send a one-way message; returns the message id(s). See :meth:`DataPlane.cast`."""
+        return await self.plane.cast(self.ref, to, payload, channel=channel, acknowledged=acknowledged,
                                      traceparent=traceparent)
 
     def send_nowait(self, to: Destination, payload: bytes, *, channel: int | str | None = None,
                     acknowledged: bool = False) -> list[int]:
         """Send without waiting for outbound queue space (raises ResourceExhausted when full)."""
-        return self.plane.send_nowait(self.ref, to, payload, channel=channel, acknowledged=acknowledged)
+        return self.plane.router.cast(self.ref, to, payload, channel=channel, acknowledged=acknowledged)
 
     async def call(self, to: Destination, payload: bytes, *, timeout: float | None = None,
                    channel: int | str | None = None, traceparent: str = "") -> Message:
@@ -108,7 +108,9 @@ class LocalEndpoint:
 
     def reply(self, request: Message, payload: bytes) -> None:
         """Answer a call (a no-op for casts)."""
-        self.plane.reply(self.ref, request, payload)
+        if request.is_call:
+            self.plane.reply(self.ref, AgentRef.from_proto(request.envelope.sender), request.id, payload,
+                             channel=request.channel)
 
     async def register_name(self, name: str) -> None:
         """Register a name for this endpoint in the registry."""

@@ -104,10 +104,10 @@ class ExternalAgentSession:
     def _answer(self, request: Message, handled: pb.AgentHandled) -> None:
         try:
             if handled.error_code:
-                self.plane.bounce(request, DataPlaneError(handled.error_message,
-                                                          code=status_from_int(handled.error_code)))
+                self.plane.router.bounce(request.envelope, DataPlaneError(handled.error_message,
+                                                                          code=status_from_int(handled.error_code)))
             else:
-                self.plane.reply(self.endpoint.ref, request, handled.reply)
+                self.endpoint.reply(request, handled.reply)
         except DataPlaneError as error:  # the caller's node left, or the reply is too large
             log.info("reply from external agent %s not sent: %s", self.endpoint.ref.agent_id, error)
 
@@ -167,7 +167,7 @@ class ExternalAgentSession:
         gone = Unavailable(f"external agent {self.endpoint.ref.agent_id!r} detached")
         for message in ([self._in_flight] if self._in_flight is not None else []) + waiting:
             if message.envelope.kind in (wire.CAST, wire.CALL):
-                self.plane.bounce(message, gone)
+                self.plane.router.bounce(message.envelope, gone)
 
 
 async def _read_in(session: ExternalAgentSession, requests: AsyncIterator[pb.AgentStreamIn]) -> None:

@@ -56,10 +56,10 @@ async def send(plane: DataPlane, request: pb.SendRequest, context: grpc.aio.Serv
                 raise InvalidArgument("a reply (reply_to_id) must name the caller in to_agent")
             caller = destination(request, tenant)
             assert isinstance(caller, AgentRef)
-            message_id = plane.send_reply(sender, caller, request.reply_to_id, request.payload,
-                                          channel=request.channel)
+            message_id = plane.reply(sender, caller, request.reply_to_id, request.payload,
+                                     channel=request.channel)
             return pb.SendResponse(message_ids=[message_id])
-        ids = await plane.send(sender, destination(request, tenant), request.payload, channel=request.channel,
+        ids = await plane.cast(sender, destination(request, tenant), request.payload, channel=request.channel,
                                acknowledged=request.acknowledged, traceparent=request.traceparent)
         return pb.SendResponse(message_ids=ids)
     except DataPlaneError as exc:

@@ -9,6 +9,7 @@ tick (0.1 s), off the send and receive paths.
 
 from __future__ import annotations
 
+import collections
 import weakref
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -94,3 +95,19 @@ class ChannelMetrics:
         if child is None:
             child = self._drops[reason] = DROPS.labels(self.name, reason)
         child.inc(count)
+
+
+class PlaneCounters:
+    """Plain counters one data plane's parts share (read by ``DataPlane.statistics`` and tests).
+
+    ``rejected``: inbound frames refused, by reason; ``drops``: messages not delivered or
+    retransmitted, by reason; ``sent`` / ``received``: envelopes on the channels.
+    """
+
+    __slots__ = ("rejected", "drops", "sent", "received")
+
+    def __init__(self) -> None:
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self.drops: collections.Counter[str] = collections.Counter()
+        self.sent = 0
+        self.received = 0

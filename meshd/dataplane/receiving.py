@@ -1,11 +1,15 @@
-"""The receiving half of :class:`meshd.dataplane.plane.DataPlane`: the fair, non-blocking receive loop.
+"""The receiving side of :class:`meshd.dataplane.plane.DataPlane`: the fair, non-blocking receive loop.
 
-One task reads the four channel ROUTERs. Before every step it re-reads each
-socket's readiness (``EVENTS``), lets :class:`FairScheduler` pick the channel,
-drains up to that channel's credit with ``NOBLOCK`` (no await per message),
-validates each batch once and dispatches its envelopes synchronously. It
-flushes replies produced by a step right away and yields to the event loop
-every 512 envelopes or 2 ms, so timers, flushes and gRPC keep running under load.
+:class:`Receiver` reads the four channel ROUTERs from their FD reader callbacks
+(no task wake-up per message). Before every step it re-reads each socket's
+readiness (``EVENTS``), lets :class:`FairScheduler` pick the channel, drains up
+to that channel's credit with ``NOBLOCK`` (no await per message), validates
+each batch once and hands its envelopes to ``deliver`` (the router's local
+delivery) synchronously. Reassembly of chunks, acknowledgements (through
+:class:`~meshd.dataplane.outbound.Outbound`) and duplicate suppression happen
+here. It flushes replies produced by a step right away and yields to the event
+loop every 512 envelopes or 2 ms, so timers, flushes and gRPC keep running
+under load.
 """
 
 from __future__ import annotations
@@ -13,15 +17,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
 from mabeam.dataplane import envelope as wire
 from mabeam.v1 import dataplane_pb2 as pb
-
-if TYPE_CHECKING:
-    from meshd.dataplane.peers import Peer
+from meshd.dataplane.chunking import Reassembler
+from meshd.dataplane.config import DataPlaneConfig
+from meshd.dataplane.dedup import DedupWindow
+from meshd.dataplane.metrics import ChannelMetrics, PlaneCounters
+from meshd.dataplane.outbound import Outbound
+from meshd.dataplane.peers import Peer, PeerSet
+from meshd.dataplane.scheduler import FairScheduler
 
 _YIELD_EVERY = 512  # envelopes handled between yields to the loop in the receive pump
 
@@ -32,42 +41,43 @@ _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 
 
-class ReceiveSide:
-    """Mixin holding the receive loop; the attributes it uses are set by ``DataPlane.__init__``."""
+class Receiver:
+    """The receive loop of one data plane over its four channel ROUTERs (see the module docstring)."""
 
-    _readiness: Any
-    _routers: dict[int, zmq.Socket]
-    _router_list: list[tuple[int, zmq.Socket]]
-    _pumping: bool
-    _loop: asyncio.AbstractEventLoop | None
-    _scheduler: Any
-    _flush_scheduled: bool
-    _chunk_channel: int
-    _metrics: dict[int, Any]
-    _peers: dict[str, Any]
-    _detector: Any
-    _reassembler: Any
-    _dedup: Any
-    rejected: Any
-    drops: Any
-    received: int
-    clock: Any
+    def __init__(self, config: DataPlaneConfig, routers: dict[int, zmq.Socket], scheduler: FairScheduler,
+                 peers: PeerSet, reassembler: Reassembler, dedup: DedupWindow, outbound: Outbound,
+                 deliver: Callable[[pb.Envelope, bytes], None], metrics: dict[int, ChannelMetrics],
+                 counters: PlaneCounters, clock: Callable[[], float]) -> None:
+        self._routers = routers
+        self._router_list = list(routers.items())
+        self._scheduler = scheduler
+        self._peers = peers
+        self._detector = peers.detector
+        self._reassembler = reassembler
+        self._dedup = dedup
+        self._outbound = outbound
+        self._deliver = deliver
+        self._metrics = metrics
+        self._counters = counters
+        self.clock = clock
+        self._chunk_channel = wire.NORMAL if config.single_channel else wire.BULK
+        self._pumping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _flush_all(self) -> None:
-        raise NotImplementedError
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Pump on ``loop`` (the FD callbacks are registered by the data plane)."""
+        self._loop = loop
 
-    def _schedule_flush(self) -> None:
-        raise NotImplementedError
+    def close(self) -> None:
+        """Stop reading: a pump continuation still queued finds nothing to read."""
+        self._router_list = []
 
-    def _deliver(self, env: pb.Envelope, payload: bytes) -> None:
-        raise NotImplementedError
-
-    def _on_readable(self) -> None:
+    def on_readable(self) -> None:
         """Pump with a pass over every channel (continuations, the timer's safety net)."""
         if not self._pumping and self._router_list:
             self._pump()
 
-    def _on_channel_readable(self, ch: int) -> None:
+    def on_channel_readable(self, ch: int) -> None:
         """Reader callback of one channel's FD: pump right here, no task wake-up in between.
 
         The first step looks at that channel only; every later step re-reads all four. A channel
@@ -95,6 +105,8 @@ class ReceiveSide:
         flushes and gRPC keep running under load.
         """
         self._pumping = True
+        outbound = self._outbound
+        outbound.hold()
         try:
             routers = self._router_list
             scheduler = self._scheduler
@@ -113,24 +125,25 @@ class ReceiveSide:
                 taken, empty = self._drain(ch, self._routers[ch], scheduler.credit(ch))
                 scheduler.consumed(ch, max(taken, 1))
                 handled += taken
-                if self._flush_scheduled:
+                if outbound.scheduled:
                     # Replies produced by this step go out now, not one loop turn later.
-                    self._flush_all()
+                    outbound.flush_all()
                 if empty and len(ready) == 1:
                     break
                 if handled >= _YIELD_EVERY or time.monotonic() - started > 0.002:
                     assert self._loop is not None
-                    self._loop.call_soon(self._on_readable)
+                    self._loop.call_soon(self.on_readable)
                     return
-            if self._flush_scheduled:
-                self._flush_all()
+            if outbound.scheduled:
+                outbound.flush_all()
         except Exception:  # a bug must not silence the receive side: log it and keep serving
             log.exception("data-plane receive step failed")
         finally:
             self._pumping = False
-            if self._flush_scheduled:  # only after an exception: normal steps flush before returning
+            outbound.held = False
+            if outbound.scheduled:  # only after an exception: normal steps flush before returning
                 assert self._loop is not None
-                self._loop.call_soon(self._flush_all)
+                self._loop.call_soon(outbound.flush_all)
 
     def _drain(self, ch: int, sock: zmq.Socket, credit: int) -> tuple[int, bool]:
         """Take up to ``credit`` envelopes from one socket; returns (taken, socket now empty)."""
@@ -174,11 +187,11 @@ class ReceiveSide:
         try:
             batch, payloads = wire.decode_frames(frames)
         except wire.FrameError as exc:
-            self.rejected[exc.reason] += 1
+            self._counters.rejected[exc.reason] += 1
             metrics.drop("rejected_" + exc.reason)
             return 1
         origin = batch.sender_node
-        peer = self._peers.get(origin)
+        peer = self._peers.by_node.get(origin)
         if peer is not None and self._detector.heard(origin, self.clock()) is not None:
             peer.down = False
         envelopes = batch.envelopes
@@ -187,7 +200,7 @@ class ReceiveSide:
             size += len(payload)
             self._on_wire_envelope(env, payload, origin, peer)
         count = len(envelopes)
-        self.received += count
+        self._counters.received += count
         # Counted here, published to prometheus by the timer every tick (ChannelMetrics.publish):
         # two labelled incs and a histogram observe per batch were ~1.5 µs hot, ~3x that on a
         # freshly woken process, on every call's round trip (bench/dataplane.py call p50).
@@ -211,7 +224,7 @@ class ReceiveSide:
                 whole = self._reassembler.add((origin, env.id), env.chunk_index, env.chunk_count, env.total_size,
                                               payload, self.clock())
             except ValueError as exc:
-                self.drops[str(exc)] += 1
+                self._counters.drops[str(exc)] += 1
                 return
             if whole is None:
                 return
@@ -223,10 +236,9 @@ class ReceiveSide:
             payload = payload.tobytes()
         if flags & wire.FLAG_ACK:
             if peer is not None:
-                peer.acks_due.append(env.id)
-                self._schedule_flush()
+                self._outbound.ack_later(peer, env.id)
             if not self._dedup.check_and_add((origin, env.id)):
-                self.drops["duplicate"] += 1
+                self._counters.drops["duplicate"] += 1
                 return
         self._deliver(env, payload)
 

@@ -38,7 +38,7 @@ async def _stream(a: DataPlane, target: AgentRef, proxies: list[TcpProxy], got: 
     """Send ``total`` casts, cutting every connection twice while messages are in flight; returns cuts."""
     cuts = 0
     for i in range(total):
-        await a.send(None, target, str(i).encode(), acknowledged=acknowledged)
+        await a.cast(None, target, str(i).encode(), acknowledged=acknowledged)
         if i in (total // 3, 2 * total // 3):
             await wait_until(lambda i=i: len(got) > 0 and got[-1] >= i - 2000, 10, "receiver caught up a bit")
             cuts += sum(proxy.drop() for proxy in proxies)
@@ -54,7 +54,7 @@ async def test_at_most_once_under_a_dropped_connection(proxied: tuple[DataPlane,
     total = 20000
     cuts = await _stream(a, rx.ref, proxies, got, total, acknowledged=False)
     assert cuts > 0
-    await a.send(None, rx.ref, str(total).encode())  # a marker after the stream
+    await a.cast(None, rx.ref, str(total).encode())  # a marker after the stream
     await wait_until(lambda: got and got[-1] == total, 10, "marker")
     assert len(got) == len(set(got)), "duplicates under at-most-once"
     assert got == sorted(got), "reordered"

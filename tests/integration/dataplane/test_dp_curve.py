@@ -20,11 +20,11 @@ async def test_curve_members_talk_and_unknown_key_delivers_nothing() -> None:
         got: list[bytes] = []
         rx = b.open_endpoint("rx", handler=lambda m: got.append(m.payload))
         for channel in ("control", "high", "normal", "bulk"):
-            await rogue.send(None, rx.ref, b"intrusion", channel=channel)
+            await rogue.cast(None, rx.ref, b"intrusion", channel=channel)
         reply_target = b.open_endpoint("echo", handler=lambda m: reply_target.reply(m, m.payload))
         assert (await a.call(None, reply_target.ref, b"member", timeout=3)).payload == b"member"
         await wait_until(lambda: b.rejected.get("curve_denied", 0) >= 4, 5, "rogue handshakes denied")
-        await a.send(None, rx.ref, b"from member")
+        await a.cast(None, rx.ref, b"from member")
         await wait_until(lambda: got == [b"from member"], 3, "member message")
         assert b"intrusion" not in got
     finally:
@@ -45,10 +45,10 @@ async def test_a_peer_that_dials_before_its_key_is_announced_gets_through() -> N
         got: list[bytes] = []
         rx = b.open_endpoint("rx", handler=lambda m: got.append(m.payload))
         a.peer_up("b", b.addresses, b.curve_public_key)
-        await a.send(None, rx.ref, b"early")
+        await a.cast(None, rx.ref, b"early")
         await wait_until(lambda: getattr(b, "curve_handshakes_held", 0) == 4, 5, "a's four handshakes reach b")
         b.peer_up("a", a.addresses, a.curve_public_key)  # b's watch catches up
-        await a.send(None, rx.ref, b"late")
+        await a.cast(None, rx.ref, b"late")
         await wait_until(lambda: got == [b"early", b"late"], 5, "both messages from a")
         assert b.rejected.get("curve_denied", 0) == 0 and b.curve_handshakes_held == 0
     finally:

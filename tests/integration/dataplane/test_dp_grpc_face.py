@@ -44,7 +44,7 @@ async def test_subscribe_send_call_and_reply_over_grpc(served: tuple[Pair, str])
         first = await stream.read()
         assert first.endpoint.agent_id == "grpc-ep" and first.endpoint.node_id == "n0"
         # A cast from the other node arrives on the stream.
-        await b.send(None, "svc", b"hello")
+        await b.cast(None, "svc", b"hello")
         got = await stream.read()
         assert got.payload == b"hello" and got.envelope.kind == dataplane_pb2.MESSAGE_KIND_CAST
         # A call from n1 is answered by the gRPC client with Send(reply_to_id=...).
@@ -95,7 +95,7 @@ async def test_meshctl_send_call_subscribe(served: tuple[Pair, str], capsys: pyt
     sub = asyncio.create_task(asyncio.to_thread(
         cli_dataplane.cmd_subscribe, _parse(["subscribe", "--meshd", address, "--name", "cli", "--count", "1"])))
     await wait_until(lambda: b.registry.lookup("default", "cli") is not None, 5, "subscriber registered")
-    await b.send(None, "cli", b"to the cli")
+    await b.cast(None, "cli", b"to the cli")
     assert await sub == 0
     out = capsys.readouterr().out
     assert '"payload": "to the cli"' in out and '"endpoint"' in out

@@ -89,9 +89,9 @@ async def test_oversize_is_a_typed_error_and_large_messages_are_chunked(pair: Pa
     a.config.max_message_size = 8 << 20
     rx = b.open_endpoint("big")
     with pytest.raises(MessageTooLarge):
-        await a.send(None, rx.ref, b"x" * ((8 << 20) + 1))
+        await a.cast(None, rx.ref, b"x" * ((8 << 20) + 1))
     payload = bytes(range(256)) * (5 * 4096 + 17)  # ~5 MiB: six 1 MiB chunks
-    await a.send(None, rx.ref, payload, channel="normal")
+    await a.cast(None, rx.ref, payload, channel="normal")
     got = await rx.receive(timeout=5)
     assert got.payload == payload
     assert got.channel == 3  # the logical channel; the chunks travelled on bulk
@@ -151,7 +151,7 @@ async def test_metrics_per_channel_are_updated(pair: Pair) -> None:
     before_bytes = sample("mabeam_dataplane_bytes_total", channel="high", direction="out")
     before_batches = sample("mabeam_dataplane_batch_size_count", channel="high")
     for _ in range(100):
-        a.send_nowait(None, rx.ref, b"x" * 10, channel="high")
+        a.router.cast(None, rx.ref, b"x" * 10, channel="high")
     await wait_until(lambda: sample("mabeam_dataplane_messages_total", channel="high", direction="in")
                      >= before_in + 100, 3, "metrics")
     assert sample("mabeam_dataplane_bytes_total", channel="high", direction="out") == before_bytes + 1000

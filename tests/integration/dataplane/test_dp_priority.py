@@ -24,9 +24,9 @@ async def test_bulk_progresses_under_a_flood_of_high() -> None:
         rx = b.open_endpoint("rx", handler=on_message)
         flood = 60000
         for i in range(flood):
-            a.send_nowait(None, rx.ref, b"h%d" % i, channel="high")
+            a.router.cast(None, rx.ref, b"h%d" % i, channel="high")
         for _ in range(20):
-            a.send_nowait(None, rx.ref, b"b" * 1024, channel="bulk")
+            a.router.cast(None, rx.ref, b"b" * 1024, channel="bulk")
         await wait_until(lambda: len(order) == flood + 20, 20, "everything delivered")
         assert high_seen_at_first_bulk[0] < flood // 2, high_seen_at_first_bulk
         assert b.statistics()["scheduler_rounds"] > 0
@@ -44,8 +44,8 @@ async def test_urgent_message_overtakes_bulk_transfer_in_flight(single_channel: 
     try:
         arrivals: list[bytes] = []
         rx = b.open_endpoint("rx", handler=lambda m: arrivals.append(m.payload[:4]))
-        await a.send(None, rx.ref, b"BULK" * (12 << 20), channel="bulk")
-        await a.send(None, rx.ref, b"URGT" * 16, channel="high")
+        await a.cast(None, rx.ref, b"BULK" * (12 << 20), channel="bulk")
+        await a.cast(None, rx.ref, b"URGT" * 16, channel="high")
         await wait_until(lambda: len(arrivals) == 2, 20, "both delivered")
         expected = [b"BULK", b"URGT"] if single_channel else [b"URGT", b"BULK"]
         assert arrivals == expected

@@ -21,12 +21,12 @@ async def test_a_peer_dialling_again_under_the_same_id_is_heard() -> None:
         rx = receiver.open_endpoint("rx", handler=lambda m: got.append((m.channel, m.payload)))
         old.peer_up("b", receiver.addresses)
         for channel in ("control", "high", "normal", "bulk"):
-            await old.send(None, rx.ref, b"old", channel=channel)
+            await old.cast(None, rx.ref, b"old", channel=channel)
         await wait_until(lambda: len(got) == 4, 5, "the first incarnation's messages")
         # `old` keeps its connections open and says nothing more; node "a" dials again from `new`.
         new.peer_up("b", receiver.addresses)
         for channel in ("control", "high", "normal", "bulk"):
-            await new.send(None, rx.ref, b"new", channel=channel)
+            await new.cast(None, rx.ref, b"new", channel=channel)
         await wait_until(lambda: sum(p == b"new" for _, p in got) == 4, 5, "the new connection's messages")
     finally:
         for plane in (receiver, old, new):
