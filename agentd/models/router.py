@@ -333,11 +333,11 @@ class ModelRouter:
                                  "nothing was sent", retry_after_s=1.0)
             raise CallFailed(failure, await finish(receipt(None, names[0], Amount(), Amount(), failure))) from None
         if not reserved:
-            error = ModelError(ErrorKind.BUDGET_EXHAUSTED,
-                               f"budget exhausted: this call may use up to {worst.tokens} tokens and "
-                               f"${worst.cost_nusd / NANO_PER_USD:.6f}, more than is left of "
-                               + " and ".join(f"{s.kind} {s.id!r}" for s in scopes if not s.unlimited))
-            raise CallFailed(error, await finish(receipt(None, names[0], worst, Amount(), error)))
+            refusal = ModelError(ErrorKind.BUDGET_EXHAUSTED,
+                                 f"budget exhausted: this call may use up to {worst.tokens} tokens and "
+                                 f"${worst.cost_nusd / NANO_PER_USD:.6f}, more than is left of "
+                                 + " and ".join(f"{s.kind} {s.id!r}" for s in scopes if not s.unlimited))
+            raise CallFailed(refusal, await finish(receipt(None, names[0], Amount(), Amount(), refusal)))
 
         deadline = started + min(self.retry.total_timeout_s, options.timeout_s or float("inf"))
         last_error: ModelError | None = None

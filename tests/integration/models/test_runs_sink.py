@@ -79,3 +79,31 @@ async def test_a_cut_stream_leaves_the_partial_message_and_the_error(fake_llm: F
     assert message_from_events(payloads, payloads[-1]["call_id"]) == "tok1 tok2 tok3 tok4"
     assert failed.value.partial is not None and failed.value.partial.content == "tok1 tok2 tok3 tok4"
     assert payloads[-1]["partial"] is True and payloads[-1]["error_class"] == "stream_cut"
+
+
+async def test_run_model_call_from_json_records_and_answers(fake_llm: FakeLLMProcess,
+                                                           run_log) -> None:  # type: ignore[no-untyped-def]
+    from agentd.models.runcall import run_model_call
+    from agentd.models.types import ErrorKind, ModelError
+
+    store, start = run_log
+    router = ModelRouter(models_config(fake_llm, budgets={"per_run": {"tokens": 60}}))
+    append = sink_for(store).append
+    try:
+        answer = await run_model_call(router, append, "run-m", "default",
+                                      {"model": "small", "messages": [{"role": "user", "content": "hi there"}],
+                                       "max_tokens": 10})
+        assert answer["content"] == "echo: hi there" and answer["usage"]["output_tokens"] == 4
+        with pytest.raises(ModelError) as bad:
+            await run_model_call(router, append, "run-m", "default", {"model": "small", "messages": []})
+        assert bad.value.kind == ErrorKind.INVALID and "messages" in bad.value.message
+        with pytest.raises(CallFailed) as poor:  # the run's budget: 60 tokens, 16 spent, worst case 8+4+8+50
+            await run_model_call(router, append, "run-m", "default",
+                                 {"model": "small", "messages": [{"role": "user", "content": "again"}],
+                                  "max_tokens": 50})
+        assert poor.value.kind == ErrorKind.BUDGET_EXHAUSTED
+    finally:
+        await router.close()
+    _, logged = await store.read("run-m", start)
+    kinds = [e.type for e in logged]
+    assert kinds.count(RECEIPT) == 2 and kinds.count(DELTA) == 3  # "echo:", " hi", " there"; the refused call has a receipt, no deltas
