@@ -87,10 +87,14 @@ class Harness:
 
     def start(self) -> Harness:
         """Start the cluster and the relay agents (each prints "ready" once attached)."""
-        self.cluster.start()
-        self.write_json()
-        for lang in self.relays:
-            self.servers.append(self._serve(lang, f"relay-{lang}", RELAY_NODES[lang]))
+        try:
+            self.cluster.start()
+            self.write_json()
+            for lang in self.relays:
+                self.servers.append(self._serve(lang, f"relay-{lang}", RELAY_NODES[lang]))
+        except BaseException:
+            self.close()  # nothing may outlive a failed start
+            raise
         return self
 
     def _serve(self, lang: str, name: str, node: int) -> subprocess.Popen[str]:
