@@ -6,8 +6,8 @@ import { connect as tcpConnect } from "node:net";
 export function transport(target: string): Transport {
   const baseUrl = target.includes("://") ? target : `http://${target}`;
   if (baseUrl.startsWith("https:")) return createGrpcTransport({ baseUrl });
-  // Plaintext: our own socket with Nagle off. Node's default left each small gRPC message waiting
-  // for the previous one's ACK (~16 ms a call round trip here; python -m bench sdks).
+  // Plaintext: our own socket with Nagle off, as gRPC's own clients (C-core, grpc-js) set TCP_NODELAY:
+  // with Nagle on, a request's small DATA frame can wait for the ACK of its HEADERS frame.
   return createGrpcTransport({
     baseUrl,
     nodeOptions: {
