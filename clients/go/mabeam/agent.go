@@ -62,7 +62,7 @@ type Agent struct {
 	nextID      atomic.Uint64
 	attached    chan struct{}
 	attachments atomic.Int64
-	conn        *grpc.ClientConn
+	lastErr     atomic.Value
 }
 
 // Ref is the agent's address while attached (nil otherwise).
@@ -83,19 +83,16 @@ func (a *Agent) Start(ctx context.Context, waitFor time.Duration) error {
 	go func() { errs <- a.Run(ctx) }()
 	timer := time.NewTimer(waitFor)
 	defer timer.Stop()
-	var last error
-	for {
-		select {
-		case <-a.attachedChan():
-			return nil
-		case err := <-errs:
-			return err
-		case <-timer.C:
-			if last == nil {
-				last = &Error{Code: codes.DeadlineExceeded, Message: "not attached in time"}
-			}
-			return last
+	select {
+	case <-a.attachedChan():
+		return nil
+	case err := <-errs:
+		return err
+	case <-timer.C:
+		if last, ok := a.lastErr.Load().(error); ok {
+			return last // why the latest attach failed (e.g. ErrAlreadyExists, reason NAME_TAKEN)
 		}
+		return &Error{Code: codes.DeadlineExceeded, Message: "not attached in time"}
 	}
 }
 
@@ -114,7 +111,7 @@ func (a *Agent) attachedChan() chan struct{} {
 	return a.attached
 }
 
-// LastError is the error that ended the latest stream (nil if none ended).
+// errNotAttached answers calls and casts made while the agent has no stream.
 var errNotAttached = &Error{Code: codes.Unavailable, Message: "the agent is not attached"}
 
 // Run attaches and serves until ctx ends, reconnecting with backoff. It returns ctx's error, or
@@ -140,6 +137,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		err := a.serveOnce(ctx, stub)
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if err != nil {
+			a.lastErr.Store(err)
 		}
 		var merr *Error
 		if errors.As(err, &merr) && merr.Code == codes.InvalidArgument && a.attachments.Load() == 0 {
