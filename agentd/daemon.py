@@ -27,6 +27,7 @@ from agentd.models.router import ModelRouter
 from agentd.models.service import ModelService
 from agentd.service import AgentService
 from agentd.workers import WorkerPool
+from mabeam.grpcutil import ErrorInterceptor
 from mabeam.v1 import agent_pb2, agent_pb2_grpc, model_pb2, model_pb2_grpc
 
 log = logging.getLogger("agentd")
@@ -62,7 +63,8 @@ class Daemon:
                          "block_warn_s": config.block_warn_s, "agent_types": config.agent_types,
                          "examples": config.examples, "log_level": config.log_level}
         self.pool = WorkerPool(worker_config, workers=config.workers or None, block_kill_s=config.block_kill_s)
-        metrics.track(self.pool)
+        interceptor = ErrorInterceptor()
+        metrics.track(self.pool, interceptor)
         await self.pool.start()
         if config.meshd_attach:
             self.mesh = MeshLink(self.pool, config.meshd_attach)
@@ -72,7 +74,7 @@ class Daemon:
                 await self.pool.close()
                 raise RuntimeError(f"cannot attach to meshd at {config.meshd_attach}: {error}") from None
             self.pool.mesh = self.mesh
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(self.pool), server)
         assert self.models is not None
         model_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.models), server)

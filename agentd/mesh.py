@@ -241,7 +241,7 @@ class MeshLink:
                 value = await self.pool.call(name, body_in["msg"], timeout=remaining)
                 body: dict[str, Any] = {"ok": value}
             except AgentError as error:
-                body = {"error": {"code": error.code, "message": str(error)}}
+                body = {"error": {"code": error.code.name, "message": error.message}}
             except (ValueError, TypeError, KeyError) as error:
                 body = {"error": {"code": "INVALID_ARGUMENT", "message": f"undecodable call payload: {error}"}}
             with contextlib.suppress(DataPlaneError):

@@ -15,20 +15,25 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from agentd.runtime import LATENCY_BUCKETS
+from mabeam.grpcutil import ErrorInterceptor, rejected_family
 
 if TYPE_CHECKING:
     from agentd.workers import WorkerPool
 
 _POOLS: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+_INTERCEPTORS: weakref.WeakSet[ErrorInterceptor] = weakref.WeakSet()
 
 
-def track(pool: WorkerPool) -> None:
-    """Include a pool in the metrics (until it is garbage collected)."""
+def track(pool: WorkerPool, interceptor: ErrorInterceptor | None = None) -> None:
+    """Include a pool (and its gRPC server's error interceptor) in the metrics until garbage collected."""
     _POOLS.add(pool)
+    if interceptor is not None:
+        _INTERCEPTORS.add(interceptor)
 
 
 class AgentdCollector:
-    """agents by state, restarts by reason, mailbox depth, handling latency, watchdog events, worker restarts."""
+    """agents by state, restarts by reason, mailbox depth, handling latency, watchdog events, worker restarts,
+    requests answered with an error status (``mabeam_rejected_requests_total``)."""
 
     def collect(self) -> Iterator[Metric]:
         """Sum every tracked pool's worker statistics."""
@@ -73,6 +78,7 @@ class AgentdCollector:
         latency = HistogramMetricFamily("agentd_handling_seconds", "Time agents spend in one callback",
                                         buckets=cumulative, sum_value=total)
         yield from (agents, restarts, depth, latency, watchdog, worker_restarts)
+        yield rejected_family(list(_INTERCEPTORS))
 
 
 _COLLECTOR = AgentdCollector()

@@ -307,7 +307,7 @@ class Runtime:
         """Tell a sender that its cast to another process failed (never a silent drop)."""
         proc = self.local_process(sender)
         if proc is not None:
-            proc.mailbox.put_system((INFO, DeliveryFailed(to, error.code, error.message), None))
+            proc.mailbox.put_system((INFO, DeliveryFailed(to, error.code.name, error.message), None))
 
     # --- process groups (Erlang pg) -----------------------------------------------------------
 

@@ -1,23 +1,20 @@
-"""The gRPC AgentService over a :class:`~agentd.workers.WorkerPool`; the one place agentd errors become statuses.
+"""The gRPC AgentService over a :class:`~agentd.workers.WorkerPool`.
 
-Every :class:`~agentd.errors.AgentError` maps to the gRPC status its ``code`` names,
-with a readable message and a ``google.rpc.ErrorInfo`` (domain ``mabeam.io``).
+Methods validate and raise :class:`~agentd.errors.AgentError` (a
+:class:`~mabeam.errors.ServiceError`); the daemon's
+:class:`~mabeam.grpcutil.ErrorInterceptor` answers each with its status code,
+ErrorReason and message.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 from pydantic import ValidationError
 
-from agentd.errors import AgentError, InvalidArgument
+from agentd.errors import InvalidArgument
 from agentd.supervision import ChildSpec, StartSpec
 from agentd.workers import WorkerPool
 from mabeam.v1 import agent_pb2, agent_pb2_grpc
@@ -52,21 +49,6 @@ def _node(data: dict[str, Any]) -> agent_pb2.TreeNode:
                               worker=data.get("worker", ""), children=[_node(c) for c in data.get("children", [])])
 
 
-@asynccontextmanager
-async def translated(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    """Turn agentd errors into gRPC statuses with ErrorInfo (the one translation point)."""
-    try:
-        yield
-    except AgentError as exc:
-        code = getattr(grpc.StatusCode, exc.code, grpc.StatusCode.UNKNOWN)
-        info = error_details_pb2.ErrorInfo(reason=exc.code, domain="mabeam.io")
-        detail = any_pb2.Any()
-        detail.Pack(info)
-        status = status_pb2.Status(code=getattr(code_pb2, code.name, code_pb2.UNKNOWN), message=exc.message,
-                                   details=[detail])
-        await context.abort_with_status(rpc_status.to_status(status))
-
-
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
     """SpawnAgent, StopAgent, GetAgent, ListAgents, SupervisionTree, Cast, Call, CastGroup, GroupMembers."""
 
@@ -76,84 +58,70 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def SpawnAgent(self, request: agent_pb2.SpawnAgentRequest,  # noqa: N802
                          context: grpc.aio.ServicerContext) -> agent_pb2.SpawnAgentResponse:
         """Start an agent of an allow-listed type."""
-        async with translated(context):
-            if not request.type:
-                raise InvalidArgument("type: required")
-            args = _json(request.args_json, "args_json", {})
-            if not isinstance(args, dict):
-                raise InvalidArgument("args_json: must be a JSON object")
-            shutdown: float | str = "brutal_kill" if request.brutal_kill else (request.shutdown_seconds or 5.0)
-            fields = {"id": request.child_id or request.name or f"{request.type}-{self.pool.next_serial()}",
-                      "start": StartSpec(type=request.type, args=args), "name": request.name or None,
-                      "restart": request.restart or "temporary", "shutdown": shutdown,
-                      "isolation": request.isolation or "shared"}
-            try:
-                spec = ChildSpec.model_validate(fields)
-            except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-                raise InvalidArgument(f"invalid spawn request: {problems}") from None
-            self.pool.check_type(request.type)
-            agent_id = await self.pool.spawn(spec, request.supervisor or None)
-            return agent_pb2.SpawnAgentResponse(agent=_info(await self.pool.info(agent_id)))
-        raise AssertionError("unreachable")
+        if not request.type:
+            raise InvalidArgument("type: required")
+        args = _json(request.args_json, "args_json", {})
+        if not isinstance(args, dict):
+            raise InvalidArgument("args_json: must be a JSON object")
+        shutdown: float | str = "brutal_kill" if request.brutal_kill else (request.shutdown_seconds or 5.0)
+        fields = {"id": request.child_id or request.name or f"{request.type}-{self.pool.next_serial()}",
+                  "start": StartSpec(type=request.type, args=args), "name": request.name or None,
+                  "restart": request.restart or "temporary", "shutdown": shutdown,
+                  "isolation": request.isolation or "shared"}
+        try:
+            spec = ChildSpec.model_validate(fields)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise InvalidArgument(f"invalid spawn request: {problems}") from None
+        self.pool.check_type(request.type)
+        agent_id = await self.pool.spawn(spec, request.supervisor or None)
+        return agent_pb2.SpawnAgentResponse(agent=_info(await self.pool.info(agent_id)))
 
     async def StopAgent(self, request: agent_pb2.StopAgentRequest,  # noqa: N802
                         context: grpc.aio.ServicerContext) -> agent_pb2.StopAgentResponse:
         """Stop an agent for good."""
-        async with translated(context):
-            await self.pool.stop_agent(request.agent)
+        await self.pool.stop_agent(request.agent)
         return agent_pb2.StopAgentResponse()
 
     async def GetAgent(self, request: agent_pb2.GetAgentRequest,  # noqa: N802
                        context: grpc.aio.ServicerContext) -> agent_pb2.GetAgentResponse:
         """One agent's snapshot."""
-        async with translated(context):
-            return agent_pb2.GetAgentResponse(agent=_info(await self.pool.info(request.agent)))
-        raise AssertionError("unreachable")
+        return agent_pb2.GetAgentResponse(agent=_info(await self.pool.info(request.agent)))
 
     async def ListAgents(self, request: agent_pb2.ListAgentsRequest,  # noqa: N802
                          context: grpc.aio.ServicerContext) -> agent_pb2.ListAgentsResponse:
         """Every agent, optionally of one type."""
-        async with translated(context):
-            agents = await self.pool.list_agents()
-            return agent_pb2.ListAgentsResponse(
-                agents=[_info(a) for a in agents if not request.type or a["type"] == request.type])
-        raise AssertionError("unreachable")
+        agents = await self.pool.list_agents()
+        return agent_pb2.ListAgentsResponse(
+            agents=[_info(a) for a in agents if not request.type or a["type"] == request.type])
 
     async def SupervisionTree(self, request: agent_pb2.SupervisionTreeRequest,  # noqa: N802
                               context: grpc.aio.ServicerContext) -> agent_pb2.SupervisionTreeResponse:
         """The trees (one per worker) or one subtree."""
-        async with translated(context):
-            trees = await self.pool.tree(request.root or None)
-            return agent_pb2.SupervisionTreeResponse(roots=[_node(t) for t in trees])
-        raise AssertionError("unreachable")
+        trees = await self.pool.tree(request.root or None)
+        return agent_pb2.SupervisionTreeResponse(roots=[_node(t) for t in trees])
 
     async def Cast(self, request: agent_pb2.AgentCastRequest,  # noqa: N802
                    context: grpc.aio.ServicerContext) -> agent_pb2.AgentCastResponse:
         """Enqueue a message (RESOURCE_EXHAUSTED when the mailbox is full)."""
-        async with translated(context):
-            await self.pool.cast(request.agent, _json(request.message_json, "message_json", None))
+        await self.pool.cast(request.agent, _json(request.message_json, "message_json", None))
         return agent_pb2.AgentCastResponse()
 
     async def Call(self, request: agent_pb2.AgentCallRequest,  # noqa: N802
                    context: grpc.aio.ServicerContext) -> agent_pb2.AgentCallResponse:
         """Call an agent; the reply as JSON."""
-        async with translated(context):
-            msg = _json(request.message_json, "message_json", None)
-            reply = await self.pool.call(request.agent, msg, timeout=request.timeout_seconds or 5.0)
-            return agent_pb2.AgentCallResponse(reply_json=json.dumps(reply))
-        raise AssertionError("unreachable")
+        msg = _json(request.message_json, "message_json", None)
+        reply = await self.pool.call(request.agent, msg, timeout=request.timeout_seconds or 5.0)
+        return agent_pb2.AgentCallResponse(reply_json=json.dumps(reply))
 
     async def CastGroup(self, request: agent_pb2.AgentCastGroupRequest,  # noqa: N802
                         context: grpc.aio.ServicerContext) -> agent_pb2.AgentCastGroupResponse:
         """Cast to a process group (all members cluster-wide, or one in turn)."""
-        async with translated(context):
-            if not request.group:
-                raise InvalidArgument("group: required")
-            msg = _json(request.message_json, "message_json", None)
-            delivered = self.pool.send_group(request.group, msg, request.mode or "all")
-            return agent_pb2.AgentCastGroupResponse(local_deliveries=delivered)
-        raise AssertionError("unreachable")
+        if not request.group:
+            raise InvalidArgument("group: required")
+        msg = _json(request.message_json, "message_json", None)
+        delivered = self.pool.send_group(request.group, msg, request.mode or "all")
+        return agent_pb2.AgentCastGroupResponse(local_deliveries=delivered)
 
     async def GroupMembers(self, request: agent_pb2.AgentGroupMembersRequest,  # noqa: N802
                            context: grpc.aio.ServicerContext) -> agent_pb2.AgentGroupMembersResponse:

@@ -201,7 +201,7 @@ class Supervisor(_SupervisorBase):
                 proc = await self._start(spec)
             except AgentExited as exc:
                 self.core = delete_child(start_failed(self.core, [spec.id]), spec.id)
-                raise InvalidArgument(f"agent {spec.id} failed to start: {exc.reason}") from None
+                raise InvalidArgument(f"agent {spec.id} failed to start: {exc.exit_reason}") from None
             return proc.self_ref, state
         if op == "terminate_child":
             child_id = msg[1]
@@ -245,8 +245,8 @@ class Supervisor(_SupervisorBase):
                         await self._start(spec, last_error=reason)
                     except AgentExited as exc:
                         self.core = start_failed(self.core, action.ids[index + 1:])
-                        await self._apply(on_child_exit(self.core, child_id, exc.reason, runtime.clock()),
-                                          exc.reason)
+                        await self._apply(on_child_exit(self.core, child_id, exc.exit_reason, runtime.clock()),
+                                          exc.exit_reason)
                         return
             elif isinstance(action, GiveUp):
                 log.error("supervisor %s gave up: restart intensity exceeded", self.proc.agent_id)
@@ -303,7 +303,7 @@ class DynamicSupervisor(_SupervisorBase):
                 proc = await self._start(spec)
             except AgentExited as exc:
                 del self.children[spec.id]
-                raise InvalidArgument(f"agent {spec.id} failed to start: {exc.reason}") from None
+                raise InvalidArgument(f"agent {spec.id} failed to start: {exc.exit_reason}") from None
             return AgentRef(proc.agent_id, proc.runtime.node_id), state
         if op == "terminate_child":
             child_id = msg[1]
@@ -342,7 +342,7 @@ class DynamicSupervisor(_SupervisorBase):
                 await self._start(spec, last_error=reason)
                 return
             except AgentExited as exc:
-                reason = exc.reason
+                reason = exc.exit_reason
 
     async def _stop_all(self) -> None:
         procs = list(self.procs.values())

@@ -233,9 +233,9 @@ class Worker:
                         self.write(frames.Ok(rid, None))
                 except AgentError as exc:
                     if rid:
-                        self.write(frames.Err(rid, exc.code, exc.message))
+                        self.write(frames.Err(rid, exc.code.name, exc.message))
                     elif sender:
-                        self.write(frames.CastFailed(sender, to, exc.code, exc.message))
+                        self.write(frames.CastFailed(sender, to, exc.code.name, exc.message))
             case frames.Ok(rid=rid, value=value):
                 entry = self.pending.get(rid)
                 if entry is not None and not entry[0].done():
@@ -267,7 +267,7 @@ class Worker:
         try:
             proc.mailbox.put_nowait((CALL, frame.msg, RemoteReply(self, frame.rid)))
         except AgentError as exc:
-            self.write(frames.Err(frame.rid, exc.code, exc.message))
+            self.write(frames.Err(frame.rid, exc.code.name, exc.message))
         return True
 
     async def _answer(self, frame: frames.Call | frames.Spawn | frames.Stop | frames.Info | frames.ListAgents | frames.Tree) -> None:
@@ -276,10 +276,11 @@ class Worker:
         try:
             result = await self._handle(frame)
         except AgentError as exc:
-            self.write(frames.Err(rid, exc.code, exc.message))
-        except Exception as exc:  # a bug must not kill the worker: report it to the caller
+            self.write(frames.Err(rid, exc.code.name, exc.message))
+        except Exception:  # a bug must not kill the worker: report it to the caller
             log.exception("worker %s: request %s failed", self.worker_id, frame.op)
-            self.write(frames.Err(rid, "INTERNAL", f"{type(exc).__name__}: {exc}"))
+            self.write(frames.Err(rid, "INTERNAL", f"internal error in worker {self.worker_id} handling "
+                                                   f"{frame.op}; the worker logged the cause"))
         else:
             self.write(frames.Ok(rid, result))
 
@@ -346,7 +347,7 @@ class RemoteReply:
             return
         self._done = True
         if isinstance(error, AgentError):
-            self._worker.write(frames.Err(self._rid, error.code, error.message))
+            self._worker.write(frames.Err(self._rid, error.code.name, error.message))
         else:
             self._worker.write(frames.Err(self._rid, "INTERNAL", repr(error)))
 

@@ -312,13 +312,13 @@ class WorkerPool:
                     self.send_group(group, msg, mode, sender=sender)
                 except AgentError as exc:
                     if sender:
-                        handle.write(frames.CastFailed(sender, f"group:{group}", exc.code, exc.message))
+                        handle.write(frames.CastFailed(sender, f"group:{group}", exc.code.name, exc.message))
             case frames.Cast(to=to, msg=msg, sender=sender):
                 try:
                     self.cast_nowait(to, msg, sender=sender, origin=handle)
                 except AgentError as exc:
                     if sender:
-                        handle.write(frames.CastFailed(sender, to, exc.code, exc.message))
+                        handle.write(frames.CastFailed(sender, to, exc.code.name, exc.message))
             case frames.Call():
                 self._scope.start(self._forward_call(handle, frame))
             case frames.CastFailed(sender=sender, to=to, code=code, message=message):
@@ -347,7 +347,7 @@ class WorkerPool:
         try:
             result = await self.call(frame.to, frame.msg, timeout=float(frame.timeout))
         except AgentError as exc:
-            origin.write(frames.Err(frame.rid, exc.code, exc.message))
+            origin.write(frames.Err(frame.rid, exc.code.name, exc.message))
         else:
             origin.write(frames.Ok(frame.rid, result))
 

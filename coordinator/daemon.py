@@ -25,6 +25,7 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.node import CoordinatorNode
 from coordinator.service import CoordinatorServicer
 from mabeam.etcd.client import EtcdUnavailable
+from mabeam.grpcutil import ErrorInterceptor
 from mabeam.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 log = logging.getLogger("coordinator")
@@ -48,7 +49,7 @@ class Daemon:
         self.metrics_address = "-"
         self._metrics_server: WSGIServer | None = None
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=[
+        self.server = grpc.aio.server(interceptors=[ErrorInterceptor(self.metrics.registry)], options=[
             ("grpc.so_reuseport", 0),  # a second coordinator on the same port must fail, not share it
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             # Clients ping every 2 s to notice a silent leader (mabeam_client.coordinator.KEEPALIVE_OPTIONS);

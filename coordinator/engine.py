@@ -56,13 +56,9 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _error(code: grpc.StatusCode, message: str, reason: str = "") -> ServiceError:
-    return ServiceError(code, message, reason)
-
-
 def not_found(what: str) -> ServiceError:
     """NOT_FOUND for an unknown instance, variable or account."""
-    return _error(grpc.StatusCode.NOT_FOUND, f"{what} does not exist", "NOT_REGISTERED")
+    return ServiceError(grpc.StatusCode.NOT_FOUND, f"{what} does not exist", "NOT_REGISTERED")
 
 
 def not_durable(error: CommitFailed) -> ServiceError:
@@ -201,7 +197,7 @@ class Engine:
         if instance is None:
             raise not_found(f"instance {instance_id!r}")
         if family is not None and instance.family != family:
-            raise _error(grpc.StatusCode.FAILED_PRECONDITION,
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
                          f"instance {instance_id!r} is a {instance.kind} ({instance.family}), not a {family}",
                          "WRONG_FAMILY")
         return instance
@@ -225,7 +221,7 @@ class Engine:
             same = (existing.kind, existing.meta["config"], existing.tenant) == (kind, normalized, tenant)
             if same:
                 return existing
-            raise _error(grpc.StatusCode.ALREADY_EXISTS, f"instance {instance_id!r} exists with another "
+            raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"instance {instance_id!r} exists with another "
                          "definition", "NAME_TAKEN")
         instance_id = instance_id or uuid.uuid4().hex[:16]
         meta = new_meta(instance_id, tenant, kind, normalized, self.clock(), escrow, seller, bind_variable,
@@ -281,7 +277,7 @@ class Engine:
                 instance.acks[client_event_id] = (ack, done)
             return ack, True, done
         if instance.state != "open":
-            raise _error(grpc.StatusCode.FAILED_PRECONDITION, f"instance {instance_id!r} is {instance.state}",
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, f"instance {instance_id!r} is {instance.state}",
                          "INSTANCE_CLOSED")
         if event.get("type") == "tick":
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "ticks are delivered by the coordinator's clock",
@@ -307,14 +303,14 @@ class Engine:
                 if new_hold is not None:
                     self.ledger.check_hold(instance.id, instance.tenant, agent, new_hold)
             except EscrowRefused as error:
-                raise _error(grpc.StatusCode.FAILED_PRECONDITION, str(error), "ESCROW_REFUSED") from None
+                raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, str(error), "ESCROW_REFUSED") from None
             except InsufficientFunds as error:
-                raise _error(grpc.StatusCode.FAILED_PRECONDITION, f"over budget: {error}",
+                raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, f"over budget: {error}",
                              "INSUFFICIENT_FUNDS") from None
         try:
             actions = mech.apply(parsed, now)
         except MechanismClosed as error:
-            raise _error(grpc.StatusCode.FAILED_PRECONDITION, str(error), "INSTANCE_CLOSED") from None
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, str(error), "INSTANCE_CLOSED") from None
         except MechanismError as error:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(error), "INVALID_EVENT") from None
         # Accepted: from here on nothing may raise before the group is staged.
@@ -399,7 +395,7 @@ class Engine:
         """End an open instance without an outcome and release its escrow."""
         instance = self.instance(instance_id)
         if instance.state != "open":
-            raise _error(grpc.StatusCode.FAILED_PRECONDITION, f"instance {instance_id!r} is {instance.state}",
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, f"instance {instance_id!r} is {instance.state}",
                          "INSTANCE_CLOSED")
         instance.state = "cancelled"
         instance.end = {"state": "cancelled", "reason": reason, "at": self.clock()}
@@ -416,7 +412,7 @@ class Engine:
         """Apply an explicit Close event (where the mechanism accepts one)."""
         instance = self.instance(instance_id)
         if instance.state != "open":
-            raise _error(grpc.StatusCode.FAILED_PRECONDITION, f"instance {instance_id!r} is {instance.state}",
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, f"instance {instance_id!r} is {instance.state}",
                          "INSTANCE_CLOSED")
         _, done = self._accept(instance, {"type": "close"}, None)
         try:
@@ -462,7 +458,7 @@ class Engine:
                               history_limit: int) -> VariableRecord:
         """Create version 1 of a variable."""
         if (tenant, name) in self.variables:
-            raise _error(grpc.StatusCode.ALREADY_EXISTS, f"variable {name!r} already exists", "NAME_TAKEN")
+            raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"variable {name!r} already exists", "NAME_TAKEN")
         try:
             record = create_variable_record(tenant, name, schema, value, self.clock(), history_limit)
         except VariableError as error:
@@ -478,7 +474,7 @@ class Engine:
         try:
             record = compare_and_set(current, expected_version, value, self.clock())
         except VersionMismatch as error:
-            raise _error(grpc.StatusCode.ABORTED, str(error), "VERSION_MISMATCH") from None
+            raise ServiceError(grpc.StatusCode.ABORTED, str(error), "VERSION_MISMATCH") from None
         except VariableError as error:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(error), "INVALID_FIELD") from None
         group: dict[bytes, bytes | None] = {}
@@ -524,7 +520,7 @@ class Engine:
         try:
             src, dst = self.ledger.transfer(tenant, source, target, amount)
         except InsufficientFunds as error:
-            raise _error(grpc.StatusCode.FAILED_PRECONDITION, str(error), "INSUFFICIENT_FUNDS") from None
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, str(error), "INSUFFICIENT_FUNDS") from None
         except LedgerError as error:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(error), "INVALID_FIELD") from None
         group: dict[bytes, bytes | None] = {}

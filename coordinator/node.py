@@ -17,16 +17,13 @@ import json
 import logging
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from coordinator import keys
 from coordinator.config import CoordinatorConfig
 from coordinator.engine import Engine
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.store import Committer
-from mabeam.errors import DOMAIN, ServiceError
+from mabeam.errors import ServiceError
 from mabeam.etcd.client import EtcdClient, EtcdError
 from mabeam.etcd.election import Election, ElectionLost, leader_of
 from mabeam.etcd.session import Session
@@ -40,19 +37,10 @@ class WrongNode(ServiceError):
     def __init__(self, leader_address: str, leader_node: str) -> None:
         where = f"{leader_node} at {leader_address}" if leader_address else "not known yet (election in progress)"
         super().__init__(grpc.StatusCode.UNAVAILABLE, f"this coordinator is a standby; the leader is {where}",
-                         "WRONG_NODE", retry_after_s=0.2)
+                         "WRONG_NODE", retry_after_s=0.2,
+                         metadata={"leader": leader_address, "leader_node": leader_node})
         self.leader_address = leader_address
         self.leader_node = leader_node
-
-    def to_status(self) -> grpc.Status:
-        """The status with ErrorInfo metadata {leader, leader_node} and RetryInfo."""
-        info = any_pb2.Any()
-        info.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata={
-            "leader": self.leader_address, "leader_node": self.leader_node}))
-        retry = any_pb2.Any()
-        retry.Pack(error_details_pb2.RetryInfo(retry_delay={"nanos": 200_000_000}))
-        return rpc_status.to_status(status_pb2.Status(code=self.code.value[0], message=self.message,
-                                                      details=[info, retry]))
 
 
 class CoordinatorNode:

@@ -4,8 +4,9 @@ Unary calls need the active coordinator: on a standby they fail with
 UNAVAILABLE / WRONG_NODE naming the leader (see :class:`~coordinator.node.WrongNode`).
 Watch streams are served by every node straight from etcd (the durable log
 is the source of truth), so they survive a failover of the leader unchanged.
-Every method validates its input first and answers a typed status with a
-readable message; nothing changes on a refused request.
+Every method validates its input first and raises a typed
+:class:`~mabeam.errors.ServiceError` with a readable message (the daemon's
+error interceptor answers it); nothing changes on a refused request.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from coordinator.mechanisms.base import Mechanism, mechanism_classes, registered
 from coordinator.node import CoordinatorNode
 from coordinator.store import CommitFailed
 from coordinator.variables import DEFAULT_HISTORY, MAX_SCHEMA_BYTES, VariableError, VariableRecord, parse_json
-from mabeam.errors import FieldViolation, ServiceError, abort, invalid_argument
-from mabeam.etcd.client import EtcdError
+from mabeam.errors import FieldViolation, ServiceError, raise_if
 from mabeam.v1 import coordinator_pb2 as pb
 from mabeam.v1 import coordinator_pb2_grpc
 
@@ -77,11 +77,6 @@ def _json_value(text: str, field: str, violations: list[FieldViolation]) -> Any:
         return None
 
 
-def _check(violations: list[FieldViolation]) -> None:
-    if violations:
-        raise invalid_argument(violations)
-
-
 def _client_id(value: str, field: str, violations: list[FieldViolation]) -> str:
     if value and not CLIENT_ID_RE.match(value):
         violations.append(FieldViolation(field, "1-128 of letters, digits and _.:-"))
@@ -126,20 +121,14 @@ def balance_message(tenant: str, agent: str, account: Account) -> pb.Balance:
 
 
 def leader_call(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Run a unary method with the engine, or answer WRONG_NODE; ServiceErrors become rich statuses."""
+    """Run a unary method with the engine, or raise WRONG_NODE naming the leader (the interceptor answers)."""
 
     @functools.wraps(method)
     async def wrapper(self: CoordinatorServicer, request: Any, context: grpc.aio.ServicerContext) -> T:
-        try:
-            engine = self.node.leading
-            if engine is None:
-                raise await self.node.redirect()
-            return await method(self, engine, request)
-        except ServiceError as error:
-            await abort(context, error)
-        except EtcdError as error:
-            await abort(context, ServiceError(grpc.StatusCode.UNAVAILABLE, f"etcd unavailable: {error}",
-                                              "ETCD_UNAVAILABLE", retry_after_s=0.5))
+        engine = self.node.leading
+        if engine is None:
+            raise await self.node.redirect()
+        return await method(self, engine, request)
 
     return wrapper
 
@@ -158,10 +147,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def GetCoordinatorLeader(self, request: pb.GetCoordinatorLeaderRequest,
                                    context: grpc.aio.ServicerContext) -> pb.GetCoordinatorLeaderResponse:
         """Who leads (from etcd), and whether this node does."""
-        try:
-            node, address, term = await self.node.leader()
-        except EtcdError as error:
-            await abort(context, ServiceError(grpc.StatusCode.UNAVAILABLE, str(error), "ETCD_UNAVAILABLE"))
+        node, address, term = await self.node.leader()
         return pb.GetCoordinatorLeaderResponse(leader_node_id=node, leader_address=address, term=term,
                                                node_id=self.node.config.node_id,
                                                is_leader=self.node.leading is not None)
@@ -187,7 +173,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             violations.append(FieldViolation("bind_field", "needs bind_variable"))
         if len(request.bind_field) > 256:
             violations.append(FieldViolation("bind_field", "at most 256 characters"))
-        _check(violations)
+        raise_if(violations)
         instance = await engine.create(family, tenant, request.kind, config, request.instance_id, request.escrow,
                                        request.seller, request.bind_variable, request.bind_field)
         return instance_message(instance, engine)
@@ -195,7 +181,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def _get(self, engine: Engine, request: pb.GetInstanceRequest, family: str | None) -> pb.Instance:
         violations: list[FieldViolation] = []
         _id(request.id, "id", violations)
-        _check(violations)
+        raise_if(violations)
         return instance_message(engine.instance(request.id, family), engine)
 
     async def _submit(self, engine: Engine, request: pb.SubmitEventRequest, family: str) -> pb.SubmitEventResponse:
@@ -203,7 +189,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         _id(request.id, "id", violations)
         _client_id(request.client_event_id, "client_event_id", violations)
         event = _json_object(request.event_json, "event_json", violations)
-        _check(violations)
+        raise_if(violations)
         cid = request.client_event_id or f"auto-{engine.clock()}-{id(request)}"
         ack, duplicate = await engine.submit(request.id, family, cid, event)
         return pb.SubmitEventResponse(seq=ack.seq, duplicate=duplicate, actions_json=ack.actions_json(),
@@ -226,7 +212,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         tenant = _tenant(request.tenant, violations)
         if request.state and request.state not in ("open", "concluded", "cancelled"):
             violations.append(FieldViolation("state", "one of open, concluded, cancelled"))
-        _check(violations)
+        raise_if(violations)
         chosen = [i for i in engine.instances.values()
                   if i.tenant == tenant and (not request.state or i.state == request.state)]
         chosen.sort(key=lambda i: (i.meta["created_at"], i.id))
@@ -239,7 +225,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         _id(request.id, "id", violations)
         if len(request.reason) > 1024:
             violations.append(FieldViolation("reason", "at most 1024 characters"))
-        _check(violations)
+        raise_if(violations)
         return instance_message(await engine.cancel(request.id, request.reason), engine)
 
     @leader_call
@@ -247,7 +233,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         """Close an instance now (explicit Close event)."""
         violations: list[FieldViolation] = []
         _id(request.id, "id", violations)
-        _check(violations)
+        raise_if(violations)
         return instance_message(await engine.close(request.id), engine)
 
     @leader_call
@@ -259,15 +245,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         """A bidi stream of bids, each acknowledged once durable (see :class:`BidStream`)."""
         engine = self.node.leading
         if engine is None:
-            await abort(context, await self.node.redirect())
+            raise await self.node.redirect()
         stream = BidStream(self.node, engine)
         gauge = self.node.metrics.streams["bids"]
         gauge.inc()
         try:
             async for response in stream.run(request_iterator):
                 yield response
-        except ServiceError as error:
-            await abort(context, error)
         finally:
             gauge.dec()
 
@@ -324,7 +308,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         _client_id(request.client_event_id, "client_event_id", violations)
         _id(request.order_id, "order_id", violations)
         _id(request.trader, "trader", violations)
-        _check(violations)
+        raise_if(violations)
         submit = pb.SubmitEventRequest(id=request.id, client_event_id=request.client_event_id, event_json=json.dumps(
             {"type": "cancel", "order_id": request.order_id, "trader": request.trader}))
         return await self._submit(engine, submit, "market")
@@ -334,7 +318,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         """Resting orders per price level."""
         violations: list[FieldViolation] = []
         _id(request.id, "id", violations)
-        _check(violations)
+        raise_if(violations)
         bids, asks = engine.book(request.id)
         return pb.BookSnapshot(id=request.id, event_count=engine.instance(request.id).seq,
                                bids=[pb.BookLevel(price=p, quantity=q, orders=n) for p, q, n in bids],
@@ -350,7 +334,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         _id(request.name, "name", violations)
         schema = _json_object(request.schema_json or "{}", "schema_json", violations, MAX_SCHEMA_BYTES)
         value = _json_value(request.initial_json, "initial_json", violations)
-        _check(violations)
+        raise_if(violations)
         record = await engine.create_variable(tenant, request.name, schema, value,
                                               request.history_limit or DEFAULT_HISTORY)
         return variable_message(record)
@@ -361,7 +345,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         violations: list[FieldViolation] = []
         tenant = _tenant(request.tenant, violations)
         _id(request.name, "name", violations)
-        _check(violations)
+        raise_if(violations)
         return variable_message(engine.variable(tenant, request.name))
 
     @leader_call
@@ -369,7 +353,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         """A tenant's variables."""
         violations: list[FieldViolation] = []
         tenant = _tenant(request.tenant, violations)
-        _check(violations)
+        raise_if(violations)
         chosen = sorted((r for (t, _), r in engine.variables.items() if t == tenant), key=lambda r: r.name)
         return pb.ListVariablesResponse(variables=[variable_message(r) for r in chosen])
 
@@ -382,7 +366,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         value = _json_value(request.value_json, "value_json", violations)
         if request.expected_version < 1:
             violations.append(FieldViolation("expected_version", "must be the version you last read (>= 1)"))
-        _check(violations)
+        raise_if(violations)
         return variable_message(await engine.set_variable(tenant, request.name, request.expected_version, value))
 
     @leader_call
@@ -392,7 +376,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         violations: list[FieldViolation] = []
         tenant = _tenant(request.tenant, violations)
         _id(request.name, "name", violations)
-        _check(violations)
+        raise_if(violations)
         engine.variable(tenant, request.name)
         kept = engine.history.get((tenant, request.name), [])
         return pb.VariableHistoryResponse(versions=[variable_message(r) for r in kept])
@@ -412,7 +396,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         _id(request.agent, "agent", violations)
         self._amount(request.amount, violations)
         _client_id(request.client_op_id, "client_op_id", violations)
-        _check(violations)
+        raise_if(violations)
         account, _ = await engine.deposit(tenant, request.agent, request.amount, request.client_op_id)
         return balance_message(tenant, request.agent, account)
 
@@ -425,7 +409,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         _id(request.to_agent, "to_agent", violations)
         self._amount(request.amount, violations)
         _client_id(request.client_op_id, "client_op_id", violations)
-        _check(violations)
+        raise_if(violations)
         src, dst, duplicate = await engine.transfer(tenant, request.from_agent, request.to_agent, request.amount,
                                                     request.client_op_id)
         return pb.TransferResponse(from_balance=balance_message(tenant, request.from_agent, src),
@@ -437,7 +421,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         violations: list[FieldViolation] = []
         tenant = _tenant(request.tenant, violations)
         _id(request.agent, "agent", violations)
-        _check(violations)
+        raise_if(violations)
         return balance_message(tenant, request.agent, engine.ledger.balance(tenant, request.agent))
 
     @leader_call
@@ -445,7 +429,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         """Every account of a tenant."""
         violations: list[FieldViolation] = []
         tenant = _tenant(request.tenant, violations)
-        _check(violations)
+        raise_if(violations)
         chosen = sorted((a, acct) for (t, a), acct in engine.ledger.accounts.items() if t == tenant)
         return pb.ListBalancesResponse(balances=[balance_message(tenant, a, acct) for a, acct in chosen])
 
@@ -455,7 +439,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         """Accepted events of an instance from ``from_seq``, then live, ending with its final state."""
         from coordinator.watch import watch_instance
 
-        async for item in self._guard_stream(context, watch_instance(self.node.client, self.cluster, request),
+        async for item in self._counted_stream(watch_instance(self.node.client, self.cluster, request),
                                              "watch_instance"):
             yield item
 
@@ -463,7 +447,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         """A market's trades, re-derived by replaying its durable events."""
         from coordinator.watch import watch_trades
 
-        async for item in self._guard_stream(context, watch_trades(self.node.client, self.cluster, request),
+        async for item in self._counted_stream(watch_trades(self.node.client, self.cluster, request),
                                              "watch_trades"):
             yield item
 
@@ -471,21 +455,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         """Every version of a variable in order."""
         from coordinator.watch import watch_variable
 
-        async for item in self._guard_stream(context, watch_variable(self.node.client, self.cluster, request),
+        async for item in self._counted_stream(watch_variable(self.node.client, self.cluster, request),
                                              "watch_variable"):
             yield item
 
-    async def _guard_stream(self, context: grpc.aio.ServicerContext, source: Any, kind: str):
+    async def _counted_stream(self, source: Any, kind: str):
+        """A watch stream counted in the open-streams gauge while it runs (errors pass to the interceptor)."""
         gauge = self.node.metrics.streams[kind]
         gauge.inc()
         try:
             async for item in source:
                 yield item
-        except ServiceError as error:
-            await abort(context, error)
-        except EtcdError as error:
-            await abort(context, ServiceError(grpc.StatusCode.UNAVAILABLE, f"etcd unavailable: {error}",
-                                              "ETCD_UNAVAILABLE", retry_after_s=0.5))
         finally:
             gauge.dec()
 
@@ -526,7 +506,7 @@ class BidStream:
         _client_id(bid.client_event_id, "client_event_id", violations)
         event = _json_object(bid.event_json, "event_json", violations)
         try:
-            _check(violations)
+            raise_if(violations)
             ack, duplicate, done = self.engine.stage_submit(bid.id, "auction", bid.client_event_id, event)
         except ServiceError as error:
             self.ready.append(_bid_error(bid, error))

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from mabeam.dataplane.errors import DataPlaneError
+from mabeam.grpcutil import ErrorInterceptor
 from mabeam.v1 import mesh_pb2, mesh_pb2_grpc
 from meshd.config import MeshdConfig
 from meshd.dataplane import DataPlane
@@ -43,7 +44,7 @@ class Daemon:
         self.node = MeshNode(config, self.metrics)
         self.dataplane = DataPlane(config.node_id, config.dataplane, NodeRegistryView(self.node))
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=[
+        self.server = grpc.aio.server(interceptors=[ErrorInterceptor(self.metrics.registry)], options=[
             ("grpc.so_reuseport", 0),  # a second meshd on the same port must fail, not share it
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ])

@@ -9,9 +9,7 @@ attached endpoints live under this node's lease like any other; their
 
 from __future__ import annotations
 
-import grpc
-
-from mabeam.dataplane.errors import DataPlaneError
+from mabeam.dataplane.errors import DataPlaneError, InvalidArgument
 from mabeam.dataplane.message import AgentRef, tenant_or_default
 from mabeam.errors import FieldViolation, ServiceError
 from meshd.node import MeshNode
@@ -19,7 +17,7 @@ from meshd.validation import check_agent_id, check_name
 
 
 def _as_dataplane(error: ServiceError) -> DataPlaneError:
-    return DataPlaneError(error.message, code=error.code)
+    return DataPlaneError(error.message, code=error.code, reason=error.reason)
 
 
 def _validate(field: str, name: str, agent: AgentRef, node_id: str) -> None:
@@ -29,8 +27,7 @@ def _validate(field: str, name: str, agent: AgentRef, node_id: str) -> None:
     if agent.node_id and agent.node_id != node_id:
         violations.append(FieldViolation("node_id", f"{agent.node_id!r} is not this node ({node_id!r})"))
     if violations:
-        raise DataPlaneError("; ".join(f"{v.field}: {v.description}" for v in violations),
-                             code=grpc.StatusCode.INVALID_ARGUMENT)
+        raise InvalidArgument("; ".join(f"{v.field}: {v.description}" for v in violations))
 
 
 class NodeRegistryView:

@@ -2,7 +2,8 @@
 
 Every method validates its input first (INVALID_ARGUMENT naming each bad
 field), reads are served from the watch-fed cache (never an etcd round trip),
-and every error leaves through :func:`mabeam.errors.abort` with rich details.
+and errors are raised as :class:`~mabeam.errors.ServiceError`; the daemon's
+:class:`~mabeam.grpcutil.ErrorInterceptor` turns them into statuses.
 """
 
 from __future__ import annotations
@@ -12,18 +13,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from mabeam.errors import FieldViolation, ServiceError, abort, invalid_argument
+from mabeam.errors import FieldViolation, ServiceError, raise_if
 from mabeam.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc
 from meshd.dataplane import DataPlane
 from meshd.dataplane.grpc_face import DataPlaneServicerMixin
 from meshd.node import MESH_ROLE, MeshNode, Subscription
 from meshd.validation import check_agent_id, check_id, check_metadata, check_name, tenant_or_default
 from meshd.view import LeaderChange, MemberChange
-
-
-def _raise_if(violations: list[FieldViolation]) -> None:
-    if violations:
-        raise invalid_argument(violations)
 
 
 def _check_target(field: str, ref: common_pb2.AgentRef, tenant: str, node_id: str,
@@ -66,45 +62,40 @@ class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
                                            revision=view.revision)
             yield mesh_pb2.MemberEvent(type=mesh_pb2.MemberEvent.SNAPSHOT_DONE, revision=view.revision)
             while True:
-                change = await self._next(sub, context)
+                change = await self._next(sub)
                 assert isinstance(change, MemberChange)
                 yield mesh_pb2.MemberEvent(type=change.type, node=change.node, revision=change.revision)  # type: ignore[arg-type]
         finally:
             self.node.unsubscribe(sub)
 
-    async def _next(self, sub: Subscription, context: grpc.aio.ServicerContext) -> MemberChange | LeaderChange:
+    @staticmethod
+    async def _next(sub: Subscription) -> MemberChange | LeaderChange:
         try:
             return await sub.next()
         except OverflowError as error:
-            await abort(context, ServiceError(grpc.StatusCode.ABORTED, str(error)))
+            raise ServiceError(grpc.StatusCode.ABORTED, str(error), "SUBSCRIBER_TOO_SLOW") from None
 
     # --- leaders ---
 
     def _role(self, role: str) -> str:
         violations: list[FieldViolation] = []
         check_id("role", role, violations, required=False)
-        _raise_if(violations)
+        raise_if(violations)
         return role or MESH_ROLE
 
     async def GetLeader(self, request: mesh_pb2.GetLeaderRequest,
                         context: grpc.aio.ServicerContext) -> mesh_pb2.GetLeaderResponse:
-        try:
-            role = self._role(request.role)
-        except ServiceError as error:
-            await abort(context, error)
+        role = self._role(request.role)
         return mesh_pb2.GetLeaderResponse(leader=self.node.view.leader(role))
 
     async def WatchLeader(self, request: mesh_pb2.WatchLeaderRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[mesh_pb2.LeaderEvent]:
-        try:
-            role = self._role(request.role)
-        except ServiceError as error:
-            await abort(context, error)
+        role = self._role(request.role)
         sub = self.node.subscribe_leader(role)
         try:
             yield mesh_pb2.LeaderEvent(leader=self.node.view.leader(role))
             while True:
-                change = await self._next(sub, context)
+                change = await self._next(sub)
                 assert isinstance(change, LeaderChange)
                 yield mesh_pb2.LeaderEvent(leader=change.leader)
         finally:
@@ -120,12 +111,9 @@ class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
         check_name("name", request.name, violations)
         _check_target("target", request.target, tenant, self.node.node_id, violations)
         check_metadata("metadata", request.metadata, violations)
-        try:
-            _raise_if(violations)
-            entry = await self.node.register_name(tenant, request.name, request.target.agent_id,
-                                                  dict(request.metadata))
-        except ServiceError as error:
-            await abort(context, error)
+        raise_if(violations)
+        entry = await self.node.register_name(tenant, request.name, request.target.agent_id,
+                                              dict(request.metadata))
         return mesh_pb2.RegisterNameResponse(entry=entry)
 
     async def UnregisterName(self, request: mesh_pb2.UnregisterNameRequest,
@@ -134,11 +122,8 @@ class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
         violations: list[FieldViolation] = []
         check_id("tenant", tenant, violations)
         check_name("name", request.name, violations)
-        try:
-            _raise_if(violations)
-            await self.node.unregister_name(tenant, request.name)
-        except ServiceError as error:
-            await abort(context, error)
+        raise_if(violations)
+        await self.node.unregister_name(tenant, request.name)
         return mesh_pb2.UnregisterNameResponse()
 
     async def Lookup(self, request: mesh_pb2.LookupRequest,
@@ -147,15 +132,12 @@ class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
         violations: list[FieldViolation] = []
         check_id("tenant", tenant, violations)
         check_name("name", request.name, violations)
-        try:
-            _raise_if(violations)
-            self.node.require_tenant(tenant)
-            entry = self.node.view.names.get((tenant, request.name))
-            if entry is None:
-                raise ServiceError(grpc.StatusCode.NOT_FOUND,
-                                   f"no name {request.name!r} is registered in tenant {tenant!r}", "NOT_REGISTERED")
-        except ServiceError as error:
-            await abort(context, error)
+        raise_if(violations)
+        self.node.require_tenant(tenant)
+        entry = self.node.view.names.get((tenant, request.name))
+        if entry is None:
+            raise ServiceError(grpc.StatusCode.NOT_FOUND,
+                               f"no name {request.name!r} is registered in tenant {tenant!r}", "NOT_REGISTERED")
         return mesh_pb2.LookupResponse(entry=entry)
 
     async def ListNames(self, request: mesh_pb2.ListNamesRequest,
@@ -165,11 +147,8 @@ class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
         check_id("tenant", tenant, violations)
         if len(request.prefix) > 128:
             violations.append(FieldViolation("prefix", "is longer than 128 characters"))
-        try:
-            _raise_if(violations)
-            self.node.require_tenant(tenant)
-        except ServiceError as error:
-            await abort(context, error)
+        raise_if(violations)
+        self.node.require_tenant(tenant)
         names = self.node.view.names
         entries = [names[k] for k in sorted(names) if k[0] == tenant and k[1].startswith(request.prefix)]
         return mesh_pb2.ListNamesResponse(entries=entries)
@@ -184,26 +163,20 @@ class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
         _check_target("member", member, tenant, self.node.node_id, violations)
         if metadata is not None:
             check_metadata("metadata", metadata, violations)
-        _raise_if(violations)
+        raise_if(violations)
 
     async def JoinGroup(self, request: mesh_pb2.JoinGroupRequest,
                         context: grpc.aio.ServicerContext) -> mesh_pb2.JoinGroupResponse:
         tenant = tenant_or_default(request.tenant)
-        try:
-            self._group_request(tenant, request.group, request.member, dict(request.metadata))
-            await self.node.join_group(tenant, request.group, request.member.agent_id, dict(request.metadata))
-        except ServiceError as error:
-            await abort(context, error)
+        self._group_request(tenant, request.group, request.member, dict(request.metadata))
+        await self.node.join_group(tenant, request.group, request.member.agent_id, dict(request.metadata))
         return mesh_pb2.JoinGroupResponse()
 
     async def LeaveGroup(self, request: mesh_pb2.LeaveGroupRequest,
                          context: grpc.aio.ServicerContext) -> mesh_pb2.LeaveGroupResponse:
         tenant = tenant_or_default(request.tenant)
-        try:
-            self._group_request(tenant, request.group, request.member)
-            removed = await self.node.leave_group(tenant, request.group, request.member.agent_id)
-        except ServiceError as error:
-            await abort(context, error)
+        self._group_request(tenant, request.group, request.member)
+        removed = await self.node.leave_group(tenant, request.group, request.member.agent_id)
         return mesh_pb2.LeaveGroupResponse(removed=removed)
 
     async def GroupMembers(self, request: mesh_pb2.GroupMembersRequest,
@@ -212,11 +185,8 @@ class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
         violations: list[FieldViolation] = []
         check_id("tenant", tenant, violations)
         check_name("group", request.group, violations)
-        try:
-            _raise_if(violations)
-            self.node.require_tenant(tenant)
-        except ServiceError as error:
-            await abort(context, error)
+        raise_if(violations)
+        self.node.require_tenant(tenant)
         return mesh_pb2.GroupMembersResponse(members=self.node.view.group_members(tenant, request.group))
 
     async def ListGroups(self, request: mesh_pb2.ListGroupsRequest,
@@ -224,11 +194,8 @@ class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
         tenant = tenant_or_default(request.tenant)
         violations: list[FieldViolation] = []
         check_id("tenant", tenant, violations)
-        try:
-            _raise_if(violations)
-            self.node.require_tenant(tenant)
-        except ServiceError as error:
-            await abort(context, error)
+        raise_if(violations)
+        self.node.require_tenant(tenant)
         groups = self.node.view.groups
         return mesh_pb2.ListGroupsResponse(groups=[
             mesh_pb2.GroupSummary(tenant=t, group=g, member_count=len(groups[(t, g)]))

@@ -29,7 +29,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     NAME_TAKEN: _ErrorReason.ValueType  # 1
     """The name is already registered by another owner."""
     NOT_REGISTERED: _ErrorReason.ValueType  # 2
-    """The name, group or tenant does not exist."""
+    """The name, group, tenant, instance or variable does not exist."""
     INVALID_FIELD: _ErrorReason.ValueType  # 3
     """A field failed validation; BadRequest field violations say which."""
     UNKNOWN_TENANT: _ErrorReason.ValueType  # 4
@@ -40,12 +40,36 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The request must be sent to another node (the owning meshd, the leader)."""
     TOO_LARGE: _ErrorReason.ValueType  # 7
     """A size limit was exceeded."""
-    RUN_NOT_FOUND: _ErrorReason.ValueType  # 50
+    ESCROW_REFUSED: _ErrorReason.ValueType  # 8
     """Numbers are allocated in blocks per area so that work in parallel never
     collides; add a reason inside its area's block, with a comment.
     8-29: coordinator (mechanisms, ledger, variables).
-    30-49: mesh and data plane (attach, healing).
-    50-69: durable runs.
+    The escrow hold a bid or order needs was refused (the bidder cannot cover it).
+    """
+    INSTANCE_CLOSED: _ErrorReason.ValueType  # 9
+    """The instance is no longer open (concluded or cancelled); nothing was applied."""
+    INSUFFICIENT_FUNDS: _ErrorReason.ValueType  # 10
+    """The account's available credit does not cover the amount; nothing was moved."""
+    INVALID_EVENT: _ErrorReason.ValueType  # 11
+    """The event is not valid for the mechanism in its current state (the message says why)."""
+    NOT_DURABLE: _ErrorReason.ValueType  # 12
+    """The write was not confirmed durable (etcd, fencing); retry with the same idempotency key."""
+    VERSION_MISMATCH: _ErrorReason.ValueType  # 13
+    """A compare-and-set named a version that is no longer current; read again and retry."""
+    WRONG_FAMILY: _ErrorReason.ValueType  # 14
+    """The instance exists but belongs to another family (e.g. an auction asked for as a market)."""
+    MAILBOX_FULL: _ErrorReason.ValueType  # 40
+    """30-49: mesh and data plane (attach, healing).
+    The destination's mailbox (or the sender's outbound queue) is at capacity; nothing was delivered.
+    """
+    PEER_UNAVAILABLE: _ErrorReason.ValueType  # 41
+    """The destination's node is down, unreachable or left the cluster."""
+    CALL_TIMEOUT: _ErrorReason.ValueType  # 42
+    """A call got no reply before its deadline."""
+    SUBSCRIBER_TOO_SLOW: _ErrorReason.ValueType  # 43
+    """A watch or subscription fell too far behind its stream and was ended; subscribe again."""
+    RUN_NOT_FOUND: _ErrorReason.ValueType  # 50
+    """50-69: durable runs.
     The run does not exist.
     """
     RUN_CONFLICT: _ErrorReason.ValueType  # 51
@@ -92,6 +116,22 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     An external agent's stream broke the protocol (MeshService.AttachAgent: first message not
     `attach`, `handled` for a delivery that is not awaiting an answer).
     """
+    NO_SUCH_AGENT: _ErrorReason.ValueType  # 140
+    """No agent (id or name) by that reference lives on this agentd."""
+    AGENT_EXITED: _ErrorReason.ValueType  # 141
+    """The callee exited before it replied."""
+    CALL_NOT_HANDLED: _ErrorReason.ValueType  # 142
+    """The agent does not answer calls (its behaviour has no handle_call)."""
+    RUNTIME_UNAVAILABLE: _ErrorReason.ValueType  # 143
+    """The agent runtime or the worker hosting the agent is not running (yet); retry shortly."""
+    MALFORMED_REQUEST: _ErrorReason.ValueType  # 150
+    """150-169: answers any daemon gives (malformed requests, internal errors).
+    The request's bytes are not a valid message of the method's request type.
+    """
+    INTERNAL_ERROR: _ErrorReason.ValueType  # 151
+    """The server failed unexpectedly; the cause is in its log, not in the answer."""
+    NOT_IMPLEMENTED: _ErrorReason.ValueType  # 152
+    """The method is declared in the contract but this server does not implement it."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Reasons carried in google.rpc.ErrorInfo.reason (as the enum value's name) with domain "mabeam.io"."""
@@ -100,7 +140,7 @@ ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
 NAME_TAKEN: ErrorReason.ValueType  # 1
 """The name is already registered by another owner."""
 NOT_REGISTERED: ErrorReason.ValueType  # 2
-"""The name, group or tenant does not exist."""
+"""The name, group, tenant, instance or variable does not exist."""
 INVALID_FIELD: ErrorReason.ValueType  # 3
 """A field failed validation; BadRequest field violations say which."""
 UNKNOWN_TENANT: ErrorReason.ValueType  # 4
@@ -111,12 +151,36 @@ WRONG_NODE: ErrorReason.ValueType  # 6
 """The request must be sent to another node (the owning meshd, the leader)."""
 TOO_LARGE: ErrorReason.ValueType  # 7
 """A size limit was exceeded."""
-RUN_NOT_FOUND: ErrorReason.ValueType  # 50
+ESCROW_REFUSED: ErrorReason.ValueType  # 8
 """Numbers are allocated in blocks per area so that work in parallel never
 collides; add a reason inside its area's block, with a comment.
 8-29: coordinator (mechanisms, ledger, variables).
-30-49: mesh and data plane (attach, healing).
-50-69: durable runs.
+The escrow hold a bid or order needs was refused (the bidder cannot cover it).
+"""
+INSTANCE_CLOSED: ErrorReason.ValueType  # 9
+"""The instance is no longer open (concluded or cancelled); nothing was applied."""
+INSUFFICIENT_FUNDS: ErrorReason.ValueType  # 10
+"""The account's available credit does not cover the amount; nothing was moved."""
+INVALID_EVENT: ErrorReason.ValueType  # 11
+"""The event is not valid for the mechanism in its current state (the message says why)."""
+NOT_DURABLE: ErrorReason.ValueType  # 12
+"""The write was not confirmed durable (etcd, fencing); retry with the same idempotency key."""
+VERSION_MISMATCH: ErrorReason.ValueType  # 13
+"""A compare-and-set named a version that is no longer current; read again and retry."""
+WRONG_FAMILY: ErrorReason.ValueType  # 14
+"""The instance exists but belongs to another family (e.g. an auction asked for as a market)."""
+MAILBOX_FULL: ErrorReason.ValueType  # 40
+"""30-49: mesh and data plane (attach, healing).
+The destination's mailbox (or the sender's outbound queue) is at capacity; nothing was delivered.
+"""
+PEER_UNAVAILABLE: ErrorReason.ValueType  # 41
+"""The destination's node is down, unreachable or left the cluster."""
+CALL_TIMEOUT: ErrorReason.ValueType  # 42
+"""A call got no reply before its deadline."""
+SUBSCRIBER_TOO_SLOW: ErrorReason.ValueType  # 43
+"""A watch or subscription fell too far behind its stream and was ended; subscribe again."""
+RUN_NOT_FOUND: ErrorReason.ValueType  # 50
+"""50-69: durable runs.
 The run does not exist.
 """
 RUN_CONFLICT: ErrorReason.ValueType  # 51
@@ -163,6 +227,22 @@ AGENT_PROTOCOL: ErrorReason.ValueType  # 130
 An external agent's stream broke the protocol (MeshService.AttachAgent: first message not
 `attach`, `handled` for a delivery that is not awaiting an answer).
 """
+NO_SUCH_AGENT: ErrorReason.ValueType  # 140
+"""No agent (id or name) by that reference lives on this agentd."""
+AGENT_EXITED: ErrorReason.ValueType  # 141
+"""The callee exited before it replied."""
+CALL_NOT_HANDLED: ErrorReason.ValueType  # 142
+"""The agent does not answer calls (its behaviour has no handle_call)."""
+RUNTIME_UNAVAILABLE: ErrorReason.ValueType  # 143
+"""The agent runtime or the worker hosting the agent is not running (yet); retry shortly."""
+MALFORMED_REQUEST: ErrorReason.ValueType  # 150
+"""150-169: answers any daemon gives (malformed requests, internal errors).
+The request's bytes are not a valid message of the method's request type.
+"""
+INTERNAL_ERROR: ErrorReason.ValueType  # 151
+"""The server failed unexpectedly; the cause is in its log, not in the answer."""
+NOT_IMPLEMENTED: ErrorReason.ValueType  # 152
+"""The method is declared in the contract but this server does not implement it."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

@@ -3,8 +3,9 @@
 meshd's MeshService servicer either inherits :class:`DataPlaneServicerMixin`
 (put it before the generated ``MeshServiceServicer`` base so its methods win)
 and sets ``self.dataplane``, or calls :func:`send`, :func:`call` and
-:func:`subscribe` from its own methods. Typed data-plane errors become gRPC
-status codes in one place, :func:`abort_with`.
+:func:`subscribe` from its own methods. Typed data-plane errors are raised as
+they are: they are :class:`~mabeam.errors.ServiceError` subclasses, which the
+daemon's error interceptor answers with their status and reason.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from mabeam.dataplane.errors import DataPlaneError, InvalidArgument
+from mabeam.dataplane.errors import InvalidArgument
 from mabeam.dataplane.message import AgentRef, Destination, Group, tenant_or_default
 from mabeam.v1 import dataplane_pb2 as pb
 from mabeam.v1 import external_agent_pb2
@@ -22,11 +23,6 @@ from meshd.dataplane.external import attach_agent
 from meshd.dataplane.plane import DataPlane
 
 MAX_PENDING_LIMIT = 65536
-
-
-async def abort_with(context: grpc.aio.ServicerContext, error: DataPlaneError) -> None:
-    """Translate a typed data-plane error into the RPC's status (raises, like ``context.abort``)."""
-    await context.abort(error.code, error.message or error.code.name)
 
 
 def destination(request: pb.SendRequest | pb.CallRequest, tenant: str) -> Destination:
@@ -49,22 +45,18 @@ def _sender(plane: DataPlane, tenant: str, agent_id: str) -> AgentRef:
 async def send(plane: DataPlane, request: pb.SendRequest, context: grpc.aio.ServicerContext) -> pb.SendResponse:
     """MeshService.Send: a cast (or, with ``reply_to_id``, the reply to a call)."""
     tenant = tenant_or_default(request.tenant)
-    try:
-        sender = _sender(plane, tenant, request.sender_agent_id)
-        if request.reply_to_id:
-            if request.WhichOneof("to") != "to_agent":
-                raise InvalidArgument("a reply (reply_to_id) must name the caller in to_agent")
-            caller = destination(request, tenant)
-            assert isinstance(caller, AgentRef)
-            message_id = plane.reply(sender, caller, request.reply_to_id, request.payload,
-                                     channel=request.channel)
-            return pb.SendResponse(message_ids=[message_id])
-        ids = await plane.cast(sender, destination(request, tenant), request.payload, channel=request.channel,
-                               acknowledged=request.acknowledged, traceparent=request.traceparent)
-        return pb.SendResponse(message_ids=ids)
-    except DataPlaneError as exc:
-        await abort_with(context, exc)
-        raise  # unreachable: abort raises
+    sender = _sender(plane, tenant, request.sender_agent_id)
+    if request.reply_to_id:
+        if request.WhichOneof("to") != "to_agent":
+            raise InvalidArgument("a reply (reply_to_id) must name the caller in to_agent")
+        caller = destination(request, tenant)
+        assert isinstance(caller, AgentRef)
+        message_id = plane.reply(sender, caller, request.reply_to_id, request.payload,
+                                 channel=request.channel)
+        return pb.SendResponse(message_ids=[message_id])
+    ids = await plane.cast(sender, destination(request, tenant), request.payload, channel=request.channel,
+                           acknowledged=request.acknowledged, traceparent=request.traceparent)
+    return pb.SendResponse(message_ids=ids)
 
 
 async def call(plane: DataPlane, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallResponse:
@@ -74,13 +66,9 @@ async def call(plane: DataPlane, request: pb.CallRequest, context: grpc.aio.Serv
     remaining = context.time_remaining()
     if remaining is not None:
         timeout = min(timeout, max(0.001, remaining))
-    try:
-        reply = await plane.call(_sender(plane, tenant, request.sender_agent_id), destination(request, tenant),
-                                 request.payload, timeout=timeout, channel=request.channel,
-                                 traceparent=request.traceparent)
-    except DataPlaneError as exc:
-        await abort_with(context, exc)
-        raise
+    reply = await plane.call(_sender(plane, tenant, request.sender_agent_id), destination(request, tenant),
+                             request.payload, timeout=timeout, channel=request.channel,
+                             traceparent=request.traceparent)
     return pb.CallResponse(payload=bytes(reply.payload), responder=reply.envelope.sender, message_id=reply.id)
 
 
@@ -92,23 +80,16 @@ async def subscribe(plane: DataPlane, request: pb.SubscribeRequest, context: grp
     """
     tenant = tenant_or_default(request.tenant)
     max_pending = min(request.max_pending or plane.config.default_max_pending, MAX_PENDING_LIMIT)
-    try:
-        endpoint = plane.open_endpoint(request.agent_id or None, tenant, max_pending=max_pending)
-    except DataPlaneError as exc:
-        await abort_with(context, exc)
-        raise
+    endpoint = plane.open_endpoint(request.agent_id or None, tenant, max_pending=max_pending)
     names: list[str] = []
     groups: list[str] = []
     try:
-        try:
-            for name in request.names:
-                await plane.registry.register_name(tenant, name, endpoint.ref)
-                names.append(name)
-            for group in request.groups:
-                await plane.registry.join_group(tenant, group, endpoint.ref)
-                groups.append(group)
-        except DataPlaneError as exc:
-            await abort_with(context, exc)
+        for name in request.names:
+            await plane.registry.register_name(tenant, name, endpoint.ref)
+            names.append(name)
+        for group in request.groups:
+            await plane.registry.join_group(tenant, group, endpoint.ref)
+            groups.append(group)
         yield pb.SubscribeResponse(endpoint=endpoint.ref.to_proto())
         while True:
             message = await endpoint.receive()

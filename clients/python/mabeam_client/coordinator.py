@@ -30,7 +30,7 @@ import grpc
 
 from mabeam.v1 import coordinator_pb2 as pb
 from mabeam.v1 import coordinator_pb2_grpc
-from mabeam_client.errors import _BY_CODE, MabeamError, translate
+from mabeam_client.errors import MabeamError, translate
 from mabeam_client.sync import SyncFace
 
 RETRYABLE_REASONS = {"WRONG_NODE", "NOT_DURABLE", "ETCD_UNAVAILABLE", ""}
@@ -312,15 +312,6 @@ class CoordinatorClient:
         return list((await self._call("ListBalances", pb.ListBalancesRequest(tenant=tenant))).balances)
 
 
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
-
-
-def bid_error(error: pb.BidError) -> MabeamError:
-    """The SDK exception for a refused bid of a SubmitBids stream."""
-    code = _CODES.get(error.code, grpc.StatusCode.UNKNOWN)
-    return _BY_CODE.get(code, MabeamError)(error.message, error.reason, code=code)
-
-
 class BidStream:
     """Bids over one SubmitBids stream that follows the leader (see :meth:`CoordinatorClient.bid_stream`).
 
@@ -397,7 +388,7 @@ class BidStream:
         if entry is None or entry[1].done():
             return
         if ack.WhichOneof("outcome") == "error":
-            entry[1].set_exception(bid_error(ack.error))
+            entry[1].set_exception(translate(ack.error))
         else:
             entry[1].set_result(ack.result)
 

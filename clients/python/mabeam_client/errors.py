@@ -1,17 +1,22 @@
 """The SDK's error tree: one exception class per gRPC status code, with the server's rich details.
 
-Every failed call raises a :class:`MabeamError` subclass carrying the status
-``code``, the server's ``message``, the ``reason`` (a mabeam ErrorReason name
-from google.rpc.ErrorInfo), ``field_violations`` (field → what is wrong) and
-``retry_after`` seconds when the server suggests a retry, and the ErrorInfo
-``metadata`` (e.g. ``leader`` on a WRONG_NODE answer from a standby). :func:`translate`
-is the one place gRPC errors become these.
+Every failed call raises a :class:`MabeamError` subclass — one per status code
+(``InvalidArgument``, ``NotFound``, ..., ``Unimplemented``, ``Internal``,
+``Unauthenticated``) — carrying the status ``code``, the server's
+``message``, the ``reason`` (a ``mabeam.v1.ErrorReason`` name, from
+``google.rpc.ErrorInfo``), the ErrorInfo ``metadata`` (e.g. ``leader`` on a
+WRONG_NODE answer from a standby), ``field_violations`` (field → what is
+wrong, from ``BadRequest``) and ``retry_after`` seconds (from ``RetryInfo``).
+:func:`translate` is the one place anything the servers send back — a failed
+RPC, or a refused bid inside a SubmitBids stream — becomes one of these.
 """
 
 from __future__ import annotations
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+
+from mabeam.v1 import coordinator_pb2
 
 
 class MabeamError(Exception):
@@ -35,14 +40,32 @@ class MabeamError(Exception):
         return f"{self.code.name}: {self.message}"
 
 
+class Cancelled(MabeamError):
+    """The call was cancelled (usually by the caller)."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+class Unknown(MabeamError):
+    """The server answered with an error it did not classify."""
+
+    code = grpc.StatusCode.UNKNOWN
+
+
 class InvalidArgument(MabeamError):
     """The request is malformed; ``field_violations`` says which fields and why."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class DeadlineExceeded(MabeamError):
+    """No answer before the deadline."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class NotFound(MabeamError):
-    """The name, group, tenant or agent does not exist."""
+    """The name, group, tenant, agent, instance or variable does not exist."""
 
     code = grpc.StatusCode.NOT_FOUND
 
@@ -53,16 +76,46 @@ class AlreadyExists(MabeamError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
+class PermissionDenied(MabeamError):
+    """The caller may not do this (tenant isolation, policy)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(MabeamError):
+    """A limit was hit (mailbox full, quota); back off."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class FailedPrecondition(MabeamError):
     """The request does not fit the current state (e.g. the name is owned by another node)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
-class ResourceExhausted(MabeamError):
-    """A limit was hit (mailbox full, message too large); back off."""
+class Aborted(MabeamError):
+    """The operation was aborted (a stale version, a watcher that fell behind, an agent that exited); retry it."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = grpc.StatusCode.ABORTED
+
+
+class OutOfRange(MabeamError):
+    """A value is past the valid range (e.g. reading past the end)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class Unimplemented(MabeamError):
+    """The server does not implement this method (or the agent does not answer calls)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Internal(MabeamError):
+    """The server failed unexpectedly; its log has the cause."""
+
+    code = grpc.StatusCode.INTERNAL
 
 
 class Unavailable(MabeamError):
@@ -71,30 +124,32 @@ class Unavailable(MabeamError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-class DeadlineExceeded(MabeamError):
-    """No answer before the deadline."""
+class DataLoss(MabeamError):
+    """Unrecoverable data loss or corruption."""
 
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-
-
-class PermissionDenied(MabeamError):
-    """The caller may not do this (tenant isolation, policy)."""
-
-    code = grpc.StatusCode.PERMISSION_DENIED
+    code = grpc.StatusCode.DATA_LOSS
 
 
-class Aborted(MabeamError):
-    """The operation was aborted (e.g. a watcher fell behind); retry it."""
+class Unauthenticated(MabeamError):
+    """The call carries no valid credentials."""
 
-    code = grpc.StatusCode.ABORTED
-
-
-_BY_CODE = {cls.code: cls for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition,
-                                      ResourceExhausted, Unavailable, DeadlineExceeded, PermissionDenied, Aborted)}
+    code = grpc.StatusCode.UNAUTHENTICATED
 
 
-def translate(error: grpc.RpcError) -> MabeamError:
-    """The SDK exception for a gRPC error, with the rich details the server attached."""
+#: The SDK class of every status code but OK.
+CLASSES: dict[grpc.StatusCode, type[MabeamError]] = {
+    cls.code: cls for cls in (Cancelled, Unknown, InvalidArgument, DeadlineExceeded, NotFound, AlreadyExists,
+                              PermissionDenied, ResourceExhausted, FailedPrecondition, Aborted, OutOfRange,
+                              Unimplemented, Internal, Unavailable, DataLoss, Unauthenticated)
+}
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def translate(error: grpc.RpcError | coordinator_pb2.BidError) -> MabeamError:
+    """The SDK exception for a failed call (or a refused bid of a SubmitBids stream), with its rich details."""
+    if isinstance(error, coordinator_pb2.BidError):
+        code = _CODES.get(error.code, grpc.StatusCode.UNKNOWN)
+        return CLASSES.get(code, MabeamError)(error.message, error.reason, code=code)
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     message = (error.details() if hasattr(error, "details") else None) or str(error)
     reason, violations, retry, info_metadata = "", {}, None, {}
@@ -117,5 +172,4 @@ def translate(error: grpc.RpcError) -> MabeamError:
                 info_retry = error_details_pb2.RetryInfo()
                 detail.Unpack(info_retry)
                 retry = info_retry.retry_delay.ToNanoseconds() / 1e9
-    cls = _BY_CODE.get(code, MabeamError)
-    return cls(message, reason, violations, retry, code=code, metadata=info_metadata)
+    return CLASSES.get(code, MabeamError)(message, reason, violations, retry, code=code, metadata=info_metadata)

@@ -39,7 +39,7 @@ async def test_mailbox_full_is_resource_exhausted_and_system_messages_bypass(run
         runtime.send(ref, i)
     with pytest.raises(MailboxFull) as caught:
         runtime.send(ref, "one too many")
-    assert caught.value.code == "RESOURCE_EXHAUSTED"
+    assert caught.value.code.name == "RESOURCE_EXHAUSTED"
     with pytest.raises(MailboxFull):
         await runtime.call(ref, "seen")
     proc = runtime.local_process(ref)

@@ -30,7 +30,7 @@ const (
 	ErrorReason_ERROR_REASON_UNSPECIFIED ErrorReason = 0
 	// The name is already registered by another owner.
 	ErrorReason_NAME_TAKEN ErrorReason = 1
-	// The name, group or tenant does not exist.
+	// The name, group, tenant, instance or variable does not exist.
 	ErrorReason_NOT_REGISTERED ErrorReason = 2
 	// A field failed validation; BadRequest field violations say which.
 	ErrorReason_INVALID_FIELD ErrorReason = 3
@@ -45,7 +45,29 @@ const (
 	// Numbers are allocated in blocks per area so that work in parallel never
 	// collides; add a reason inside its area's block, with a comment.
 	// 8-29: coordinator (mechanisms, ledger, variables).
+	// The escrow hold a bid or order needs was refused (the bidder cannot cover it).
+	ErrorReason_ESCROW_REFUSED ErrorReason = 8
+	// The instance is no longer open (concluded or cancelled); nothing was applied.
+	ErrorReason_INSTANCE_CLOSED ErrorReason = 9
+	// The account's available credit does not cover the amount; nothing was moved.
+	ErrorReason_INSUFFICIENT_FUNDS ErrorReason = 10
+	// The event is not valid for the mechanism in its current state (the message says why).
+	ErrorReason_INVALID_EVENT ErrorReason = 11
+	// The write was not confirmed durable (etcd, fencing); retry with the same idempotency key.
+	ErrorReason_NOT_DURABLE ErrorReason = 12
+	// A compare-and-set named a version that is no longer current; read again and retry.
+	ErrorReason_VERSION_MISMATCH ErrorReason = 13
+	// The instance exists but belongs to another family (e.g. an auction asked for as a market).
+	ErrorReason_WRONG_FAMILY ErrorReason = 14
 	// 30-49: mesh and data plane (attach, healing).
+	// The destination's mailbox (or the sender's outbound queue) is at capacity; nothing was delivered.
+	ErrorReason_MAILBOX_FULL ErrorReason = 40
+	// The destination's node is down, unreachable or left the cluster.
+	ErrorReason_PEER_UNAVAILABLE ErrorReason = 41
+	// A call got no reply before its deadline.
+	ErrorReason_CALL_TIMEOUT ErrorReason = 42
+	// A watch or subscription fell too far behind its stream and was ended; subscribe again.
+	ErrorReason_SUBSCRIBER_TOO_SLOW ErrorReason = 43
 	// 50-69: durable runs.
 	// The run does not exist.
 	ErrorReason_RUN_NOT_FOUND ErrorReason = 50
@@ -91,6 +113,21 @@ const (
 	// An external agent's stream broke the protocol (MeshService.AttachAgent: first message not
 	// `attach`, `handled` for a delivery that is not awaiting an answer).
 	ErrorReason_AGENT_PROTOCOL ErrorReason = 130
+	// No agent (id or name) by that reference lives on this agentd.
+	ErrorReason_NO_SUCH_AGENT ErrorReason = 140
+	// The callee exited before it replied.
+	ErrorReason_AGENT_EXITED ErrorReason = 141
+	// The agent does not answer calls (its behaviour has no handle_call).
+	ErrorReason_CALL_NOT_HANDLED ErrorReason = 142
+	// The agent runtime or the worker hosting the agent is not running (yet); retry shortly.
+	ErrorReason_RUNTIME_UNAVAILABLE ErrorReason = 143
+	// 150-169: answers any daemon gives (malformed requests, internal errors).
+	// The request's bytes are not a valid message of the method's request type.
+	ErrorReason_MALFORMED_REQUEST ErrorReason = 150
+	// The server failed unexpectedly; the cause is in its log, not in the answer.
+	ErrorReason_INTERNAL_ERROR ErrorReason = 151
+	// The method is declared in the contract but this server does not implement it.
+	ErrorReason_NOT_IMPLEMENTED ErrorReason = 152
 )
 
 // Enum value maps for ErrorReason.
@@ -104,6 +141,17 @@ var (
 		5:   "ETCD_UNAVAILABLE",
 		6:   "WRONG_NODE",
 		7:   "TOO_LARGE",
+		8:   "ESCROW_REFUSED",
+		9:   "INSTANCE_CLOSED",
+		10:  "INSUFFICIENT_FUNDS",
+		11:  "INVALID_EVENT",
+		12:  "NOT_DURABLE",
+		13:  "VERSION_MISMATCH",
+		14:  "WRONG_FAMILY",
+		40:  "MAILBOX_FULL",
+		41:  "PEER_UNAVAILABLE",
+		42:  "CALL_TIMEOUT",
+		43:  "SUBSCRIBER_TOO_SLOW",
 		50:  "RUN_NOT_FOUND",
 		51:  "RUN_CONFLICT",
 		52:  "FRAME_CONFLICT",
@@ -123,6 +171,13 @@ var (
 		77:  "PROVIDER_TIMEOUT",
 		78:  "STREAM_CUT",
 		130: "AGENT_PROTOCOL",
+		140: "NO_SUCH_AGENT",
+		141: "AGENT_EXITED",
+		142: "CALL_NOT_HANDLED",
+		143: "RUNTIME_UNAVAILABLE",
+		150: "MALFORMED_REQUEST",
+		151: "INTERNAL_ERROR",
+		152: "NOT_IMPLEMENTED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -133,6 +188,17 @@ var (
 		"ETCD_UNAVAILABLE":         5,
 		"WRONG_NODE":               6,
 		"TOO_LARGE":                7,
+		"ESCROW_REFUSED":           8,
+		"INSTANCE_CLOSED":          9,
+		"INSUFFICIENT_FUNDS":       10,
+		"INVALID_EVENT":            11,
+		"NOT_DURABLE":              12,
+		"VERSION_MISMATCH":         13,
+		"WRONG_FAMILY":             14,
+		"MAILBOX_FULL":             40,
+		"PEER_UNAVAILABLE":         41,
+		"CALL_TIMEOUT":             42,
+		"SUBSCRIBER_TOO_SLOW":      43,
 		"RUN_NOT_FOUND":            50,
 		"RUN_CONFLICT":             51,
 		"FRAME_CONFLICT":           52,
@@ -152,6 +218,13 @@ var (
 		"PROVIDER_TIMEOUT":         77,
 		"STREAM_CUT":               78,
 		"AGENT_PROTOCOL":           130,
+		"NO_SUCH_AGENT":            140,
+		"AGENT_EXITED":             141,
+		"CALL_NOT_HANDLED":         142,
+		"RUNTIME_UNAVAILABLE":      143,
+		"MALFORMED_REQUEST":        150,
+		"INTERNAL_ERROR":           151,
+		"NOT_IMPLEMENTED":          152,
 	}
 )
 
@@ -447,7 +520,7 @@ const file_mabeam_v1_common_proto_rawDesc = "" +
 	"\bAgentRef\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x19\n" +
-	"\bagent_id\x18\x03 \x01(\tR\aagentId*\xa2\x04\n" +
+	"\bagent_id\x18\x03 \x01(\tR\aagentId*\x9d\a\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -458,7 +531,19 @@ const file_mabeam_v1_common_proto_rawDesc = "" +
 	"\x10ETCD_UNAVAILABLE\x10\x05\x12\x0e\n" +
 	"\n" +
 	"WRONG_NODE\x10\x06\x12\r\n" +
-	"\tTOO_LARGE\x10\a\x12\x11\n" +
+	"\tTOO_LARGE\x10\a\x12\x12\n" +
+	"\x0eESCROW_REFUSED\x10\b\x12\x13\n" +
+	"\x0fINSTANCE_CLOSED\x10\t\x12\x16\n" +
+	"\x12INSUFFICIENT_FUNDS\x10\n" +
+	"\x12\x11\n" +
+	"\rINVALID_EVENT\x10\v\x12\x0f\n" +
+	"\vNOT_DURABLE\x10\f\x12\x14\n" +
+	"\x10VERSION_MISMATCH\x10\r\x12\x10\n" +
+	"\fWRONG_FAMILY\x10\x0e\x12\x10\n" +
+	"\fMAILBOX_FULL\x10(\x12\x14\n" +
+	"\x10PEER_UNAVAILABLE\x10)\x12\x10\n" +
+	"\fCALL_TIMEOUT\x10*\x12\x17\n" +
+	"\x13SUBSCRIBER_TOO_SLOW\x10+\x12\x11\n" +
 	"\rRUN_NOT_FOUND\x102\x12\x10\n" +
 	"\fRUN_CONFLICT\x103\x12\x12\n" +
 	"\x0eFRAME_CONFLICT\x104\x12\x10\n" +
@@ -479,7 +564,14 @@ const file_mabeam_v1_common_proto_rawDesc = "" +
 	"\x10PROVIDER_TIMEOUT\x10M\x12\x0e\n" +
 	"\n" +
 	"STREAM_CUT\x10N\x12\x13\n" +
-	"\x0eAGENT_PROTOCOL\x10\x82\x01b\x06proto3"
+	"\x0eAGENT_PROTOCOL\x10\x82\x01\x12\x12\n" +
+	"\rNO_SUCH_AGENT\x10\x8c\x01\x12\x11\n" +
+	"\fAGENT_EXITED\x10\x8d\x01\x12\x15\n" +
+	"\x10CALL_NOT_HANDLED\x10\x8e\x01\x12\x18\n" +
+	"\x13RUNTIME_UNAVAILABLE\x10\x8f\x01\x12\x16\n" +
+	"\x11MALFORMED_REQUEST\x10\x96\x01\x12\x13\n" +
+	"\x0eINTERNAL_ERROR\x10\x97\x01\x12\x14\n" +
+	"\x0fNOT_IMPLEMENTED\x10\x98\x01b\x06proto3"
 
 var (
 	file_mabeam_v1_common_proto_rawDescOnce sync.Once

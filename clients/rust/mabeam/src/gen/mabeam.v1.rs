@@ -602,7 +602,7 @@ pub enum ErrorReason {
     Unspecified = 0,
     /// The name is already registered by another owner.
     NameTaken = 1,
-    /// The name, group or tenant does not exist.
+    /// The name, group, tenant, instance or variable does not exist.
     NotRegistered = 2,
     /// A field failed validation; BadRequest field violations say which.
     InvalidField = 3,
@@ -617,7 +617,29 @@ pub enum ErrorReason {
     /// Numbers are allocated in blocks per area so that work in parallel never
     /// collides; add a reason inside its area's block, with a comment.
     /// 8-29: coordinator (mechanisms, ledger, variables).
+    /// The escrow hold a bid or order needs was refused (the bidder cannot cover it).
+    EscrowRefused = 8,
+    /// The instance is no longer open (concluded or cancelled); nothing was applied.
+    InstanceClosed = 9,
+    /// The account's available credit does not cover the amount; nothing was moved.
+    InsufficientFunds = 10,
+    /// The event is not valid for the mechanism in its current state (the message says why).
+    InvalidEvent = 11,
+    /// The write was not confirmed durable (etcd, fencing); retry with the same idempotency key.
+    NotDurable = 12,
+    /// A compare-and-set named a version that is no longer current; read again and retry.
+    VersionMismatch = 13,
+    /// The instance exists but belongs to another family (e.g. an auction asked for as a market).
+    WrongFamily = 14,
     /// 30-49: mesh and data plane (attach, healing).
+    /// The destination's mailbox (or the sender's outbound queue) is at capacity; nothing was delivered.
+    MailboxFull = 40,
+    /// The destination's node is down, unreachable or left the cluster.
+    PeerUnavailable = 41,
+    /// A call got no reply before its deadline.
+    CallTimeout = 42,
+    /// A watch or subscription fell too far behind its stream and was ended; subscribe again.
+    SubscriberTooSlow = 43,
     /// 50-69: durable runs.
     /// The run does not exist.
     RunNotFound = 50,
@@ -663,6 +685,21 @@ pub enum ErrorReason {
     /// An external agent's stream broke the protocol (MeshService.AttachAgent: first message not
     /// `attach`, `handled` for a delivery that is not awaiting an answer).
     AgentProtocol = 130,
+    /// No agent (id or name) by that reference lives on this agentd.
+    NoSuchAgent = 140,
+    /// The callee exited before it replied.
+    AgentExited = 141,
+    /// The agent does not answer calls (its behaviour has no handle_call).
+    CallNotHandled = 142,
+    /// The agent runtime or the worker hosting the agent is not running (yet); retry shortly.
+    RuntimeUnavailable = 143,
+    /// 150-169: answers any daemon gives (malformed requests, internal errors).
+    /// The request's bytes are not a valid message of the method's request type.
+    MalformedRequest = 150,
+    /// The server failed unexpectedly; the cause is in its log, not in the answer.
+    InternalError = 151,
+    /// The method is declared in the contract but this server does not implement it.
+    NotImplemented = 152,
 }
 impl ErrorReason {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -679,6 +716,17 @@ impl ErrorReason {
             Self::EtcdUnavailable => "ETCD_UNAVAILABLE",
             Self::WrongNode => "WRONG_NODE",
             Self::TooLarge => "TOO_LARGE",
+            Self::EscrowRefused => "ESCROW_REFUSED",
+            Self::InstanceClosed => "INSTANCE_CLOSED",
+            Self::InsufficientFunds => "INSUFFICIENT_FUNDS",
+            Self::InvalidEvent => "INVALID_EVENT",
+            Self::NotDurable => "NOT_DURABLE",
+            Self::VersionMismatch => "VERSION_MISMATCH",
+            Self::WrongFamily => "WRONG_FAMILY",
+            Self::MailboxFull => "MAILBOX_FULL",
+            Self::PeerUnavailable => "PEER_UNAVAILABLE",
+            Self::CallTimeout => "CALL_TIMEOUT",
+            Self::SubscriberTooSlow => "SUBSCRIBER_TOO_SLOW",
             Self::RunNotFound => "RUN_NOT_FOUND",
             Self::RunConflict => "RUN_CONFLICT",
             Self::FrameConflict => "FRAME_CONFLICT",
@@ -698,6 +746,13 @@ impl ErrorReason {
             Self::ProviderTimeout => "PROVIDER_TIMEOUT",
             Self::StreamCut => "STREAM_CUT",
             Self::AgentProtocol => "AGENT_PROTOCOL",
+            Self::NoSuchAgent => "NO_SUCH_AGENT",
+            Self::AgentExited => "AGENT_EXITED",
+            Self::CallNotHandled => "CALL_NOT_HANDLED",
+            Self::RuntimeUnavailable => "RUNTIME_UNAVAILABLE",
+            Self::MalformedRequest => "MALFORMED_REQUEST",
+            Self::InternalError => "INTERNAL_ERROR",
+            Self::NotImplemented => "NOT_IMPLEMENTED",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -711,6 +766,17 @@ impl ErrorReason {
             "ETCD_UNAVAILABLE" => Some(Self::EtcdUnavailable),
             "WRONG_NODE" => Some(Self::WrongNode),
             "TOO_LARGE" => Some(Self::TooLarge),
+            "ESCROW_REFUSED" => Some(Self::EscrowRefused),
+            "INSTANCE_CLOSED" => Some(Self::InstanceClosed),
+            "INSUFFICIENT_FUNDS" => Some(Self::InsufficientFunds),
+            "INVALID_EVENT" => Some(Self::InvalidEvent),
+            "NOT_DURABLE" => Some(Self::NotDurable),
+            "VERSION_MISMATCH" => Some(Self::VersionMismatch),
+            "WRONG_FAMILY" => Some(Self::WrongFamily),
+            "MAILBOX_FULL" => Some(Self::MailboxFull),
+            "PEER_UNAVAILABLE" => Some(Self::PeerUnavailable),
+            "CALL_TIMEOUT" => Some(Self::CallTimeout),
+            "SUBSCRIBER_TOO_SLOW" => Some(Self::SubscriberTooSlow),
             "RUN_NOT_FOUND" => Some(Self::RunNotFound),
             "RUN_CONFLICT" => Some(Self::RunConflict),
             "FRAME_CONFLICT" => Some(Self::FrameConflict),
@@ -730,6 +796,13 @@ impl ErrorReason {
             "PROVIDER_TIMEOUT" => Some(Self::ProviderTimeout),
             "STREAM_CUT" => Some(Self::StreamCut),
             "AGENT_PROTOCOL" => Some(Self::AgentProtocol),
+            "NO_SUCH_AGENT" => Some(Self::NoSuchAgent),
+            "AGENT_EXITED" => Some(Self::AgentExited),
+            "CALL_NOT_HANDLED" => Some(Self::CallNotHandled),
+            "RUNTIME_UNAVAILABLE" => Some(Self::RuntimeUnavailable),
+            "MALFORMED_REQUEST" => Some(Self::MalformedRequest),
+            "INTERNAL_ERROR" => Some(Self::InternalError),
+            "NOT_IMPLEMENTED" => Some(Self::NotImplemented),
             _ => None,
         }
     }

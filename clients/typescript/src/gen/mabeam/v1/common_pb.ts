@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mabeam/v1/common.proto.
  */
 export const file_mabeam_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChZtYWJlYW0vdjEvY29tbW9uLnByb3RvEgltYWJlYW0udjEi+QIKCE5vZGVJbmZvEg8KB25vZGVfaWQYASABKAkSFAoMZ3JwY19hZGRyZXNzGAIgASgJEj4KDmRhdGFfYWRkcmVzc2VzGAMgAygLMiYubWFiZWFtLnYxLk5vZGVJbmZvLkRhdGFBZGRyZXNzZXNFbnRyeRIPCgd2ZXJzaW9uGAQgASgJEhoKEnN0YXJ0X3RpbWVfdW5peF9tcxgFIAEoAxIvCgZsYWJlbHMYBiADKAsyHy5tYWJlYW0udjEuTm9kZUluZm8uTGFiZWxzRW50cnkSEAoIbGVhc2VfaWQYByABKAMSGAoQY3VydmVfcHVibGljX2tleRgIIAEoCRIXCg9tZXRyaWNzX2FkZHJlc3MYCSABKAkaNAoSRGF0YUFkZHJlc3Nlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ5CgZUZW5hbnQSEQoJdGVuYW50X2lkGAEgASgJEi0KBmxhYmVscxgCIAMoCzIdLm1hYmVhbS52MS5UZW5hbnQuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI9CghBZ2VudFJlZhIOCgZ0ZW5hbnQYASABKAkSDwoHbm9kZV9pZBgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCSqiBAoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASDgoKTkFNRV9UQUtFThABEhIKDk5PVF9SRUdJU1RFUkVEEAISEQoNSU5WQUxJRF9GSUVMRBADEhIKDlVOS05PV05fVEVOQU5UEAQSFAoQRVRDRF9VTkFWQUlMQUJMRRAFEg4KCldST05HX05PREUQBhINCglUT09fTEFSR0UQBxIRCg1SVU5fTk9UX0ZPVU5EEDISEAoMUlVOX0NPTkZMSUNUEDMSEgoORlJBTUVfQ09ORkxJQ1QQNBIQCgxTVEFMRV9DVVJTT1IQNRIQCgxSVU5fVEVSTUlOQUwQNhIOCgpMRUFTRV9IRUxEEDcSEwoPRVhFQ1VUT1JfRkVOQ0VEEDgSDAoIUlVOX0JVU1kQORIUChBSVU5TX1VOQVZBSUxBQkxFEDoSFAoQQlVER0VUX0VYSEFVU1RFRBBGEhAKDFJBVEVfTElNSVRFRBBHEhAKDENJUkNVSVRfT1BFThBIEhUKEVBST1ZJREVSX1JFSkVDVEVEEEkSGAoUUFJPVklERVJfVU5BVkFJTEFCTEUQShIRCg1CVUxLSEVBRF9GVUxMEEsSFgoSTUFMRk9STUVEX1JFU1BPTlNFEEwSFAoQUFJPVklERVJfVElNRU9VVBBNEg4KClNUUkVBTV9DVVQQThITCg5BR0VOVF9QUk9UT0NPTBCCAWIGcHJvdG8z");
+  fileDesc("ChZtYWJlYW0vdjEvY29tbW9uLnByb3RvEgltYWJlYW0udjEi+QIKCE5vZGVJbmZvEg8KB25vZGVfaWQYASABKAkSFAoMZ3JwY19hZGRyZXNzGAIgASgJEj4KDmRhdGFfYWRkcmVzc2VzGAMgAygLMiYubWFiZWFtLnYxLk5vZGVJbmZvLkRhdGFBZGRyZXNzZXNFbnRyeRIPCgd2ZXJzaW9uGAQgASgJEhoKEnN0YXJ0X3RpbWVfdW5peF9tcxgFIAEoAxIvCgZsYWJlbHMYBiADKAsyHy5tYWJlYW0udjEuTm9kZUluZm8uTGFiZWxzRW50cnkSEAoIbGVhc2VfaWQYByABKAMSGAoQY3VydmVfcHVibGljX2tleRgIIAEoCRIXCg9tZXRyaWNzX2FkZHJlc3MYCSABKAkaNAoSRGF0YUFkZHJlc3Nlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ5CgZUZW5hbnQSEQoJdGVuYW50X2lkGAEgASgJEi0KBmxhYmVscxgCIAMoCzIdLm1hYmVhbS52MS5UZW5hbnQuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI9CghBZ2VudFJlZhIOCgZ0ZW5hbnQYASABKAkSDwoHbm9kZV9pZBgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCSqdBwoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASDgoKTkFNRV9UQUtFThABEhIKDk5PVF9SRUdJU1RFUkVEEAISEQoNSU5WQUxJRF9GSUVMRBADEhIKDlVOS05PV05fVEVOQU5UEAQSFAoQRVRDRF9VTkFWQUlMQUJMRRAFEg4KCldST05HX05PREUQBhINCglUT09fTEFSR0UQBxISCg5FU0NST1dfUkVGVVNFRBAIEhMKD0lOU1RBTkNFX0NMT1NFRBAJEhYKEklOU1VGRklDSUVOVF9GVU5EUxAKEhEKDUlOVkFMSURfRVZFTlQQCxIPCgtOT1RfRFVSQUJMRRAMEhQKEFZFUlNJT05fTUlTTUFUQ0gQDRIQCgxXUk9OR19GQU1JTFkQDhIQCgxNQUlMQk9YX0ZVTEwQKBIUChBQRUVSX1VOQVZBSUxBQkxFECkSEAoMQ0FMTF9USU1FT1VUECoSFwoTU1VCU0NSSUJFUl9UT09fU0xPVxArEhEKDVJVTl9OT1RfRk9VTkQQMhIQCgxSVU5fQ09ORkxJQ1QQMxISCg5GUkFNRV9DT05GTElDVBA0EhAKDFNUQUxFX0NVUlNPUhA1EhAKDFJVTl9URVJNSU5BTBA2Eg4KCkxFQVNFX0hFTEQQNxITCg9FWEVDVVRPUl9GRU5DRUQQOBIMCghSVU5fQlVTWRA5EhQKEFJVTlNfVU5BVkFJTEFCTEUQOhIUChBCVURHRVRfRVhIQVVTVEVEEEYSEAoMUkFURV9MSU1JVEVEEEcSEAoMQ0lSQ1VJVF9PUEVOEEgSFQoRUFJPVklERVJfUkVKRUNURUQQSRIYChRQUk9WSURFUl9VTkFWQUlMQUJMRRBKEhEKDUJVTEtIRUFEX0ZVTEwQSxIWChJNQUxGT1JNRURfUkVTUE9OU0UQTBIUChBQUk9WSURFUl9USU1FT1VUEE0SDgoKU1RSRUFNX0NVVBBOEhMKDkFHRU5UX1BST1RPQ09MEIIBEhIKDU5PX1NVQ0hfQUdFTlQQjAESEQoMQUdFTlRfRVhJVEVEEI0BEhUKEENBTExfTk9UX0hBTkRMRUQQjgESGAoTUlVOVElNRV9VTkFWQUlMQUJMRRCPARIWChFNQUxGT1JNRURfUkVRVUVTVBCWARITCg5JTlRFUk5BTF9FUlJPUhCXARIUCg9OT1RfSU1QTEVNRU5URUQQmAFiBnByb3RvMw");
 
 /**
  * A mesh node (one meshd per host) as published in etcd under its lease.
@@ -169,7 +169,7 @@ export enum ErrorReason {
   NAME_TAKEN = 1,
 
   /**
-   * The name, group or tenant does not exist.
+   * The name, group, tenant, instance or variable does not exist.
    *
    * @generated from enum value: NOT_REGISTERED = 2;
    */
@@ -214,7 +214,84 @@ export enum ErrorReason {
    * Numbers are allocated in blocks per area so that work in parallel never
    * collides; add a reason inside its area's block, with a comment.
    * 8-29: coordinator (mechanisms, ledger, variables).
+   * The escrow hold a bid or order needs was refused (the bidder cannot cover it).
+   *
+   * @generated from enum value: ESCROW_REFUSED = 8;
+   */
+  ESCROW_REFUSED = 8,
+
+  /**
+   * The instance is no longer open (concluded or cancelled); nothing was applied.
+   *
+   * @generated from enum value: INSTANCE_CLOSED = 9;
+   */
+  INSTANCE_CLOSED = 9,
+
+  /**
+   * The account's available credit does not cover the amount; nothing was moved.
+   *
+   * @generated from enum value: INSUFFICIENT_FUNDS = 10;
+   */
+  INSUFFICIENT_FUNDS = 10,
+
+  /**
+   * The event is not valid for the mechanism in its current state (the message says why).
+   *
+   * @generated from enum value: INVALID_EVENT = 11;
+   */
+  INVALID_EVENT = 11,
+
+  /**
+   * The write was not confirmed durable (etcd, fencing); retry with the same idempotency key.
+   *
+   * @generated from enum value: NOT_DURABLE = 12;
+   */
+  NOT_DURABLE = 12,
+
+  /**
+   * A compare-and-set named a version that is no longer current; read again and retry.
+   *
+   * @generated from enum value: VERSION_MISMATCH = 13;
+   */
+  VERSION_MISMATCH = 13,
+
+  /**
+   * The instance exists but belongs to another family (e.g. an auction asked for as a market).
+   *
+   * @generated from enum value: WRONG_FAMILY = 14;
+   */
+  WRONG_FAMILY = 14,
+
+  /**
    * 30-49: mesh and data plane (attach, healing).
+   * The destination's mailbox (or the sender's outbound queue) is at capacity; nothing was delivered.
+   *
+   * @generated from enum value: MAILBOX_FULL = 40;
+   */
+  MAILBOX_FULL = 40,
+
+  /**
+   * The destination's node is down, unreachable or left the cluster.
+   *
+   * @generated from enum value: PEER_UNAVAILABLE = 41;
+   */
+  PEER_UNAVAILABLE = 41,
+
+  /**
+   * A call got no reply before its deadline.
+   *
+   * @generated from enum value: CALL_TIMEOUT = 42;
+   */
+  CALL_TIMEOUT = 42,
+
+  /**
+   * A watch or subscription fell too far behind its stream and was ended; subscribe again.
+   *
+   * @generated from enum value: SUBSCRIBER_TOO_SLOW = 43;
+   */
+  SUBSCRIBER_TOO_SLOW = 43,
+
+  /**
    * 50-69: durable runs.
    * The run does not exist.
    *
@@ -353,6 +430,56 @@ export enum ErrorReason {
    * @generated from enum value: AGENT_PROTOCOL = 130;
    */
   AGENT_PROTOCOL = 130,
+
+  /**
+   * No agent (id or name) by that reference lives on this agentd.
+   *
+   * @generated from enum value: NO_SUCH_AGENT = 140;
+   */
+  NO_SUCH_AGENT = 140,
+
+  /**
+   * The callee exited before it replied.
+   *
+   * @generated from enum value: AGENT_EXITED = 141;
+   */
+  AGENT_EXITED = 141,
+
+  /**
+   * The agent does not answer calls (its behaviour has no handle_call).
+   *
+   * @generated from enum value: CALL_NOT_HANDLED = 142;
+   */
+  CALL_NOT_HANDLED = 142,
+
+  /**
+   * The agent runtime or the worker hosting the agent is not running (yet); retry shortly.
+   *
+   * @generated from enum value: RUNTIME_UNAVAILABLE = 143;
+   */
+  RUNTIME_UNAVAILABLE = 143,
+
+  /**
+   * 150-169: answers any daemon gives (malformed requests, internal errors).
+   * The request's bytes are not a valid message of the method's request type.
+   *
+   * @generated from enum value: MALFORMED_REQUEST = 150;
+   */
+  MALFORMED_REQUEST = 150,
+
+  /**
+   * The server failed unexpectedly; the cause is in its log, not in the answer.
+   *
+   * @generated from enum value: INTERNAL_ERROR = 151;
+   */
+  INTERNAL_ERROR = 151,
+
+  /**
+   * The method is declared in the contract but this server does not implement it.
+   *
+   * @generated from enum value: NOT_IMPLEMENTED = 152;
+   */
+  NOT_IMPLEMENTED = 152,
 }
 
 /**
