@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from mabeam.grpcutil import ErrorInterceptor
 from mabeam.v1 import common_pb2, dataplane_pb2, mesh_pb2_grpc
 from mabeam_client import cli_dataplane
 from meshd.dataplane import DataPlane
@@ -26,7 +27,7 @@ class _Servicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
 @pytest.fixture
 async def served(pair: Pair) -> AsyncIterator[tuple[Pair, str]]:
     """n0's data plane behind a real grpc.aio server on loopback."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=[("grpc.so_reuseport", 0)])
     mesh_pb2_grpc.add_MeshServiceServicer_to_server(_Servicer(pair[0]), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
