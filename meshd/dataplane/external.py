@@ -25,9 +25,9 @@ from typing import Any
 import grpc
 
 from mabeam.dataplane import envelope as wire
-from mabeam.dataplane.errors import DataPlaneError, Unavailable, status_from_int
+from mabeam.dataplane.errors import DataPlaneError, InvalidArgument, Unavailable
 from mabeam.dataplane.message import AgentRef, Destination, Group, Message, tenant_or_default
-from mabeam.errors import ServiceError, abort
+from mabeam.errors import ServiceError, code_from_value
 from mabeam.v1 import dataplane_pb2
 from mabeam.v1 import external_agent_pb2 as pb
 from meshd.dataplane.endpoint import LocalEndpoint
@@ -56,8 +56,7 @@ def _destination(outbound: pb.AgentOutbound, tenant: str) -> Destination:
     if which == "to_group":
         mode = "one" if outbound.to_group.mode == dataplane_pb2.GROUP_MODE_ONE else "all"
         return Group(outbound.to_group.group, mode)
-    raise DataPlaneError("the outbound message names no destination (to_name, to_agent or to_group)",
-                         code=grpc.StatusCode.INVALID_ARGUMENT)
+    raise InvalidArgument("the outbound message names no destination (to_name, to_agent or to_group)")
 
 
 class ExternalAgentSession:
@@ -105,7 +104,7 @@ class ExternalAgentSession:
         try:
             if handled.error_code:
                 self.plane.router.bounce(request.envelope, DataPlaneError(handled.error_message,
-                                                                          code=status_from_int(handled.error_code)))
+                                                                          code=code_from_value(handled.error_code)))
             else:
                 self.endpoint.reply(request, handled.reply)
         except DataPlaneError as error:  # the caller's node left, or the reply is too large
@@ -194,29 +193,22 @@ async def attach_agent(plane: DataPlane, requests: AsyncIterator[pb.AgentStreamI
     """MeshService.AttachAgent: see the module docstring and external_agent.proto."""
     first = await anext(aiter(requests), None)
     if first is None or first.WhichOneof("body") != "attach":
-        await abort(context, _protocol_error("the first message of AttachAgent must be `attach`"))
+        raise _protocol_error("the first message of AttachAgent must be `attach`")
     attach = first.attach
     tenant = tenant_or_default(attach.tenant)
     max_pending = min(attach.max_pending or DEFAULT_MAX_PENDING, MAX_PENDING_LIMIT)
-    try:
-        endpoint = plane.open_endpoint(attach.agent_id or None, tenant, max_pending=max_pending)
-    except DataPlaneError as error:
-        await abort(context, ServiceError(error.code, error.message))
+    endpoint = plane.open_endpoint(attach.agent_id or None, tenant, max_pending=max_pending)
     session = ExternalAgentSession(plane, endpoint)
     names: list[str] = []
     groups: list[str] = []
     tasks: list[asyncio.Task[Any]] = []
     try:
-        try:
-            for name in attach.names:
-                await plane.registry.register_name(tenant, name, endpoint.ref)
-                names.append(name)
-            for group in attach.groups:
-                await plane.registry.join_group(tenant, group, endpoint.ref)
-                groups.append(group)
-        except DataPlaneError as error:
-            reason = "NAME_TAKEN" if error.code == grpc.StatusCode.ALREADY_EXISTS else ""
-            await abort(context, ServiceError(error.code, error.message, reason))
+        for name in attach.names:
+            await plane.registry.register_name(tenant, name, endpoint.ref)
+            names.append(name)
+        for group in attach.groups:
+            await plane.registry.join_group(tenant, group, endpoint.ref)
+            groups.append(group)
         # A cancelled or broken RPC ends the loop below even when no task notices it otherwise.
         context.add_done_callback(lambda _: session.out.put_nowait(None))
         yield pb.AgentStreamOut(attached=pb.AgentAttached(endpoint=endpoint.ref.to_proto()))
@@ -226,7 +218,7 @@ async def attach_agent(plane: DataPlane, requests: AsyncIterator[pb.AgentStreamI
             if item is None:
                 return
             if isinstance(item, ServiceError):
-                await abort(context, item)
+                raise item
             assert isinstance(item, pb.AgentStreamOut)
             yield item
     finally:
