@@ -142,14 +142,30 @@ CLASSES: dict[grpc.StatusCode, type[MabeamError]] = {
                               PermissionDenied, ResourceExhausted, FailedPrecondition, Aborted, OutOfRange,
                               Unimplemented, Internal, Unavailable, DataLoss, Unauthenticated)
 }
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
+_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+_BY_NAME = {code.name: code for code in grpc.StatusCode}
+
+
+def error_for(code: grpc.StatusCode | int | str, message: str, reason: str = "",
+              field_violations: dict[str, str] | None = None, retry_after: float | None = None,
+              metadata: dict[str, str] | None = None) -> MabeamError:
+    """The SDK exception for a status code (the enum, its number or its name) and the details that came with it.
+
+    What :func:`translate` builds every error with; also for codes that travel inside payloads (an
+    external agent's error replies).
+    """
+    if isinstance(code, int):
+        code = _BY_VALUE.get(code, grpc.StatusCode.UNKNOWN)
+    elif isinstance(code, str):
+        code = _BY_NAME.get(code, grpc.StatusCode.UNKNOWN)
+    return CLASSES.get(code, MabeamError)(message, reason, field_violations, retry_after, code=code,
+                                          metadata=metadata)
 
 
 def translate(error: grpc.RpcError | coordinator_pb2.BidError) -> MabeamError:
     """The SDK exception for a failed call (or a refused bid of a SubmitBids stream), with its rich details."""
     if isinstance(error, coordinator_pb2.BidError):
-        code = _CODES.get(error.code, grpc.StatusCode.UNKNOWN)
-        return CLASSES.get(code, MabeamError)(error.message, error.reason, code=code)
+        return error_for(error.code, error.message, error.reason)
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     message = (error.details() if hasattr(error, "details") else None) or str(error)
     reason, violations, retry, info_metadata = "", {}, None, {}
@@ -172,4 +188,4 @@ def translate(error: grpc.RpcError | coordinator_pb2.BidError) -> MabeamError:
                 info_retry = error_details_pb2.RetryInfo()
                 detail.Unpack(info_retry)
                 retry = info_retry.retry_delay.ToNanoseconds() / 1e9
-    return CLASSES.get(code, MabeamError)(message, reason, violations, retry, code=code, metadata=info_metadata)
+    return error_for(code, message, reason, violations, retry, info_metadata)

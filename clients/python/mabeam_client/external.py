@@ -37,12 +37,10 @@ import msgpack
 
 from mabeam.v1 import common_pb2, dataplane_pb2, mesh_pb2_grpc
 from mabeam.v1 import external_agent_pb2 as pb
-from mabeam_client.errors import _BY_CODE, MabeamError, translate
+from mabeam_client.errors import MabeamError, error_for, translate
 
 log = logging.getLogger(__name__)
 
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
-_BY_NAME = {code.name: code for code in grpc.StatusCode}
 #: Absolute deadline (time.time() seconds) of the call being handled in this task, if any.
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("mabeam_deadline", default=None)
 
@@ -55,11 +53,6 @@ def pack(value: Any) -> bytes:
 def unpack(data: bytes) -> Any:
     """The value msgpack bytes encode."""
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
-
-
-def error_for(code: grpc.StatusCode, message: str, reason: str = "") -> MabeamError:
-    """The SDK exception for a status code that travelled in a payload or a result."""
-    return _BY_CODE.get(code, MabeamError)(message, reason, code=code)
 
 
 @dataclass(frozen=True)
@@ -268,7 +261,7 @@ class ExternalAgent:
         out.put_nowait(pb.AgentStreamIn(outbound=request))
         result = await future
         if result.code:
-            raise error_for(_CODES.get(result.code, grpc.StatusCode.UNKNOWN), result.message)
+            raise error_for(result.code, result.message)
         return result
 
     async def call(self, to: str, msg: Any, timeout: float | None = None) -> Any:
@@ -284,7 +277,7 @@ class ExternalAgent:
         body = unpack(result.payload)
         if isinstance(body, dict) and "error" in body:
             error = body["error"]
-            raise error_for(_BY_NAME.get(error.get("code", ""), grpc.StatusCode.UNKNOWN), error.get("message", ""))
+            raise error_for(str(error.get("code", "")), error.get("message", ""))
         return body.get("ok") if isinstance(body, dict) else body
 
     async def cast(self, to: str, msg: Any) -> None:
