@@ -5,8 +5,10 @@ The scan reads the source of every package (daemons, shared code, the SDK) with
 ``reason=`` keyword of an error constructor (``ServiceError``, ``DataPlaneError``,
 ``ErrorInfo``, ``BidError``, ...), a ``reason = "..."`` class attribute, a
 comparison with ``.reason``, and the values of module constants named
-``*REASON*`` (upper-case values: ``SHUTDOWN_REASON = "shutdown"`` is an exit
-reason) — and requires each to be a name of ``mabeam.v1.ErrorReason``.
+``*REASON*`` — and requires each to be a name of ``mabeam.v1.ErrorReason``.
+Outside error constructors only upper-case strings count: lower-case ones are
+other vocabularies (``SHUTDOWN_REASON = "shutdown"`` is an exit reason,
+``action.reason == "cancelled"`` a mechanism's).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def reasons_in(source: str) -> list[tuple[int, str]]:
         elif isinstance(node, ast.Compare):
             sides = [node.left, *node.comparators]
             if any(isinstance(side, ast.Attribute) and side.attr == "reason" for side in sides):
-                found += [(node.lineno, s) for side in sides for s in _strings(side)]
+                found += [(node.lineno, s) for side in sides for s in _strings(side) if UPPER.match(s)]
         elif isinstance(node, ast.Assign):
             names = [t.id for t in node.targets if isinstance(t, ast.Name)]
             if any("REASON" in name for name in names):  # lowercase ones are other vocabularies (exits, stops)
