@@ -2,8 +2,8 @@
 
 Validates every request (INVALID_ARGUMENT naming each bad field), converts to
 and from the provider-neutral types, and turns every :class:`ModelError` into a
-status with an ErrorReason in one function, :func:`status_for` (so it moves
-easily into the daemon's single error decorator).
+status with an ErrorReason in one function, :func:`status_for`; the servicer
+raises it and the daemon's error interceptor answers.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from agentd.models.types import (
     ToolCallDelta,
 )
 from mabeam.config import ID_RE, ID_RULE
-from mabeam.errors import FieldViolation, ServiceError, abort, invalid_argument
+from mabeam.errors import FieldViolation, ServiceError, invalid_argument
 from mabeam.v1 import model_pb2, model_pb2_grpc
 
 MAX_MESSAGES = 2000
@@ -184,22 +184,17 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
     async def Complete(self, request: model_pb2.CompleteRequest,  # noqa: N802
                        context: grpc.aio.ServicerContext) -> model_pb2.CompleteResponse:
         """One completion."""
+        chat, options = to_request(request)
         try:
-            chat, options = to_request(request)
             response, receipt = await self.router.complete(chat, options)
-        except ServiceError as error:
-            await abort(context, error)
         except ModelError as error:
-            await abort(context, status_for(error))
+            raise status_for(error) from None
         return response_pb(response, receipt)
 
     async def StreamComplete(self, request: model_pb2.CompleteRequest,  # noqa: N802
                              context: grpc.aio.ServicerContext) -> AsyncIterator[model_pb2.CompleteEvent]:
         """Deltas, then ``done`` (or ``failed`` with the partial message, then the error status)."""
-        try:
-            chat, options = to_request(request)
-        except ServiceError as error:
-            await abort(context, error)
+        chat, options = to_request(request)
         end: ChatResponse | None = None
         try:
             async for event in self.router.stream(chat, options):
@@ -215,6 +210,6 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
         except CallFailed as error:
             if error.partial is not None:
                 yield model_pb2.CompleteEvent(failed=response_pb(error.partial, error.receipt))
-            await abort(context, status_for(error))
+            raise status_for(error) from None
         except ModelError as error:
-            await abort(context, status_for(error))
+            raise status_for(error) from None
