@@ -42,3 +42,14 @@ def test_every_kind_has_a_status_and_every_reason_is_in_the_contract() -> None:
         assert reason in reasons, reason
     error = status_for(ModelError(ErrorKind.CIRCUIT_OPEN, "open", retry_after_s=3.0))
     assert error.code == grpc.StatusCode.UNAVAILABLE and error.reason == "CIRCUIT_OPEN" and error.retry_after_s == 3.0
+
+
+def test_models_from_toml_and_env(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "agentd.toml"
+    path.write_text('[models.providers.p]\nbase_url = "http://127.0.0.1:1/v1"\n'
+                    '[models.models.m]\nprovider = "p"\ninput_per_1k_usd = 0.5\n')
+    config = load_config(str(path), env={})
+    assert config.models.models["m"].input_per_1k_usd == 0.5 and config.models.retry.max_attempts == 3
+    from_env = load_config(env={"AGENTD_MODELS": '{"providers": {"q": {"kind": "anthropic", '
+                                                 '"base_url": "https://api.anthropic.com"}}}'})
+    assert from_env.models.providers["q"].kind == "anthropic"
