@@ -8,7 +8,8 @@ external agent, and a Python one as its baseline. The Python SDK is the baseline
 (``ratio_calls_per_s_<lang>`` = the language's rate ÷ Python's, same run).
 
 Keys: ``call_p50_us_<lang>``, ``calls_per_s_<lang>`` for python, go, typescript, rust, go_external,
-python_external. The Go, TypeScript and Rust figures come from each runner's ``bench`` command
+python_external: medians over rounds (3 quick, 5 full); each round measures every language once, in an
+order rotated per round, so a load trend on the shared machine does not favour one of them. The Go, TypeScript and Rust figures come from each runner's ``bench`` command
 (``make sdk-build`` builds them); a language whose runner is missing is reported as missing.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -36,14 +38,17 @@ TARGET = "bench-echo"
 CONCURRENCY = 16
 
 
-async def _python(agentd: str, meshd: str, calls: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+async def _spawn(agentd: str) -> None:
     async with AgentClient(agentd) as client:
         await client.spawn("echo", {}, name=TARGET)
-        out.update(await _measure("python", lambda: client.call(TARGET, "ping", timeout=10.0), calls))
-    async with ExternalAgent(meshd, names=["bench-python-external"]) as agent:
-        out.update(await _measure("python_external", lambda: agent.call(TARGET, "ping", timeout=10.0), calls))
-    return out
+
+
+async def _python(agentd: str, meshd: str, calls: int, external: bool) -> dict[str, Any]:
+    if external:
+        async with ExternalAgent(meshd, names=["bench-python-external"]) as agent:
+            return await _measure("python_external", lambda: agent.call(TARGET, "ping", timeout=10.0), calls)
+    async with AgentClient(agentd) as client:
+        return await _measure("python", lambda: client.call(TARGET, "ping", timeout=10.0), calls)
 
 
 async def _measure(lang: str, call: Any, calls: int) -> dict[str, Any]:
@@ -75,21 +80,33 @@ def _runner(lang: str, key: str, args: list[str]) -> dict[str, Any]:
 
 def run(quick: bool) -> dict[str, Any]:
     """Measure every SDK against one echo agent on one dev node."""
-    calls = 300 if quick else 1000
+    calls, rounds = (300, 3) if quick else (1000, 5)
     cluster = DevCluster(nodes=1, base_port=free_port_block(22), lease_ttl=2, cluster="benchsdk", agentd=True)
+    samples: dict[str, list[Any]] = {}
     try:
         cluster.start()
         node = cluster.nodes[0]
         assert node.agentd is not None
         agentd, meshd = node.agentd.endpoint, node.endpoint
-        result: dict[str, Any] = {"calls": calls, "concurrency": CONCURRENCY}
-        result.update(asyncio.run(_python(agentd, meshd, calls)))
+        asyncio.run(_spawn(agentd))
         common = ["--agentd", agentd, "--target", TARGET, "--calls", str(calls), "--concurrency", str(CONCURRENCY)]
-        for lang in ("go", "typescript", "rust"):
-            result.update(_runner(lang, lang, common))
-        result.update(_runner("go", "go_external", [*common, "--meshd", meshd, "--external"]))
+        measures = [
+            lambda: asyncio.run(_python(agentd, meshd, calls, external=False)),
+            lambda: asyncio.run(_python(agentd, meshd, calls, external=True)),
+            *(lambda lang=lang: _runner(lang, lang, common) for lang in ("go", "typescript", "rust")),
+            lambda: _runner("go", "go_external", [*common, "--meshd", meshd, "--external"]),
+        ]
+        for round_ in range(rounds):
+            shift = round_ % len(measures)
+            for measure in measures[shift:] + measures[:shift]:
+                for key, value in measure().items():
+                    samples.setdefault(key, []).append(value)
     finally:
         cluster.close()
+    result: dict[str, Any] = {"calls": calls, "concurrency": CONCURRENCY, "rounds": rounds}
+    for key, values in samples.items():
+        numbers = [v for v in values if isinstance(v, int | float)]
+        result[key] = round(statistics.median(numbers)) if len(numbers) == len(values) else values[-1]
     base = result.get("calls_per_s_python") or 0
     for key in [k for k in result if k.startswith("calls_per_s_") and k not in ("calls_per_s_python",
                                                                              "calls_per_s_python_external")]:
