@@ -116,7 +116,7 @@ STRICT += agentd/models/types.py agentd/models/breaker.py agentd/models/retry.py
 STRICT += agentd/models/budget.py agentd/models/cache.py agentd/models/sse.py
 STRICT += agentd/tools agentd/pipelines mabeam/pipelines
 STRICT += mabeam/runchain.py agentd/runs/model.py agentd/runs/state.py agentd/runs/frames.py agentd/runs/upcasters.py
-STRICT += agentd/runs/retention.py agentd/runs/validation.py
+STRICT += agentd/runs/retention.py agentd/runs/validation.py agentd/runs/scan.py agentd/runs/config.py
 STRICT += mabeam/dev/hostbed/invariants.py
 typecheck: setup
 	$(BIN)/mypy --strict $(STRICT)

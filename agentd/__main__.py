@@ -21,10 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", action="store_true", default=None, help="allow the example agent types")
     parser.add_argument("--log-level")
     parser.add_argument("--meshd-attach", help="attach to this meshd (ipc://PATH or tcp://127.0.0.1:PORT)")
+    parser.add_argument("--etcd", help="etcd endpoints HOST:PORT[,HOST:PORT...] (durable runs need them)")
+    parser.add_argument("--cluster", help="cluster name (etcd key prefix /mabeam/<cluster>/)")
+    parser.add_argument("--http-address", help="HOST:PORT of the runs HTTP/SSE face (port 0 picks one)")
+    parser.add_argument("--runs-store", help="runs store URL: sqlite:///ABSOLUTE/PATH or postgresql://...")
     args = parser.parse_args(argv)
     overrides = {"grpc_address": args.grpc_address, "metrics_address": args.metrics_address,
                  "workers": args.workers, "data_dir": args.data_dir, "node_id": args.node_id,
-                 "examples": args.examples, "log_level": args.log_level, "meshd_attach": args.meshd_attach}
+                 "examples": args.examples, "log_level": args.log_level, "meshd_attach": args.meshd_attach,
+                 "etcd": args.etcd, "cluster": args.cluster, "http_address": args.http_address,
+                 "runs": {"store": args.runs_store} if args.runs_store else None}
     try:
         config = load_config(args.config, overrides=overrides)
     except ConfigError as exc:

@@ -16,10 +16,22 @@ Define an agent type by subclassing :class:`Agent` and registering it::
 
 The runtime calls one callback at a time per agent. ``self.ctx`` is the agent's
 :class:`Context` (its ref, send/call/spawn, timers, monitors, links, checkpoints).
+
+Durable runs (docs/runs.md) drive an agent type through one more callback,
+``handle_frame(frame, run)``: each input :class:`Frame` of a run, in order, one at
+a time, with the :class:`Run` context to emit events, checkpoint, read the run's
+history and take memoized durable steps::
+
+    class Summarizer(Agent):
+        async def handle_frame(self, frame, run):
+            text = await run.step("fetch", lambda: fetch(frame.payload["url"]))  # once, even after a crash
+            await run.emit("summary", {"text": text[:100]})
+            await run.complete({"chars": len(text)})
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -157,6 +169,85 @@ class Context(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One input of a run: its client-chosen id, type, JSON payload, and the seq of its frame.received event."""
+
+    frame_id: str
+    type: str
+    payload: Any
+    seq: int
+
+
+class RunCanceled(Exception):
+    """Raised by the :class:`Run` context once the run is being canceled: start no new work, return."""
+
+
+class Run(Protocol):
+    """What an agent can do inside a run (the ``run`` of ``handle_frame``).
+
+    Every effect is an event in the run's durable log, appended by the executor that holds
+    the run's lease (a deposed executor's effects are refused). After a crash the frame being
+    handled is delivered again and its effects are *replayed*: a ``step`` already recorded
+    returns its recorded result without calling ``fn``, and an ``emit`` or ``checkpoint``
+    identical to one recorded during this frame returns that event's seq instead of appending
+    it again. So keep handlers deterministic between steps, and put work with side effects
+    (model calls, tools, I/O) inside ``step``. Once the run is canceled, ``emit``, ``step``
+    and ``checkpoint`` raise :class:`RunCanceled`.
+    """
+
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+        ...
+
+    @property
+    def tenant(self) -> str:
+        """The tenant owning the run."""
+        ...
+
+    @property
+    def agent(self) -> str:
+        """The agent type executing the run."""
+        ...
+
+    @property
+    def state(self) -> Any:
+        """The agent state of the run's last checkpoint (None before the first)."""
+        ...
+
+    @property
+    def canceled(self) -> bool:
+        """True once cancellation was requested: finish up and return."""
+        ...
+
+    async def emit(self, type_: str, payload: Any = None) -> int:
+        """Append an event (``type_``: a-z0-9_.-, not under run./frame./step.; ``payload``: JSON); its seq."""
+        ...
+
+    async def checkpoint(self, state: Any) -> int:
+        """Record the agent's state (JSON) for resumption; the seq of its run.checkpoint event."""
+        ...
+
+    async def step(self, key: str, fn: Callable[[], Any | Awaitable[Any]]) -> Any:
+        """A durable step: the recorded result of ``key`` (unique within the frame's handling), or ``fn()``
+        (awaited if it returns an awaitable) recorded now as a step.completed event. Results must be JSON.
+        An exception from ``fn`` propagates and records nothing."""
+        ...
+
+    async def history(self, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Events of this run from ``after + 1`` on (each a dict: seq, type, version, time_ms, payload)."""
+        ...
+
+    async def complete(self, output: Any = None) -> None:
+        """End the run as completed with ``output`` (JSON); no further frames are delivered."""
+        ...
+
+    async def fail(self, error_class: str, message: str = "") -> None:
+        """End the run as failed with an error class (e.g. "invalid_input") and a message."""
+        ...
+
+
 class Agent:
     """The behaviour: override the callbacks you need; each receives and returns the state.
 
@@ -168,6 +259,8 @@ class Agent:
     """
 
     handle_timeout: ClassVar[float | None] = 30.0
+    #: What a run's frame arriving while this agent handles another does: "enqueue", "reject", "interrupt".
+    input_policy: ClassVar[str] = "enqueue"
     mailbox_capacity: ClassVar[int | None] = None
     state_model: ClassVar[type[BaseModel] | None] = None
     trap_exits: ClassVar[bool] = False
@@ -203,6 +296,15 @@ class Agent:
     async def handle_info(self, msg: Any, state: Any) -> Any:
         """Timers, monitors (:class:`Down`), trapped exits, delivery failures; returns the new state."""
         return state
+
+    async def handle_frame(self, frame: Frame, run: Run) -> None:
+        """One input frame of a durable run (see :class:`Run`). Default: the run fails (not a run agent).
+
+        Return when the frame is handled; call ``run.complete`` / ``run.fail`` to end the run. An
+        exception fails the run with error class "handler_error". Instance attributes are a cache:
+        the run may move to another process or node, which starts from ``run.state``.
+        """
+        raise CallNotHandled(f"{type(self).__name__} does not handle run frames (no handle_frame)")
 
     async def code_change(self, state: Any, extra: Any) -> Any:
         """A code-change system message; returns the state in its new shape. Default: unchanged."""

@@ -10,8 +10,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agentd.models.config import ModelsConfig
+from agentd.runs.config import RunsConfig
 from mabeam.config import ConfigError as ConfigError  # re-exported: callers catch agentd.config.ConfigError
-from mabeam.config import load_model
+from mabeam.config import check_endpoints, check_identifier, load_model
 
 
 class AgentdConfig(BaseModel):
@@ -43,8 +44,26 @@ class AgentdConfig(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: Model providers, models, routes, resilience and budgets (docs/models.md); empty serves no models.
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    #: etcd client endpoints (HOST:PORT, several for an etcd cluster); empty runs agentd without durable runs.
+    etcd: list[str] = Field(default_factory=list)
+    #: The cluster whose etcd keys (/mabeam/<cluster>/...) agentd uses: run leases, the janitor's election.
+    cluster: str = "default"
+    #: The HTTP face of durable runs (REST + Server-Sent Events); port 0 picks a free one; empty disables it.
+    http_address: str = ""
+    #: Durable runs (docs/runs.md): the store URL, leases, recovery, cancellation, retention.
+    runs: RunsConfig = Field(default_factory=RunsConfig)
 
-    @field_validator("grpc_address", "metrics_address")
+    @field_validator("etcd", mode="before")
+    @classmethod
+    def _endpoints(cls, value: object) -> object:
+        return check_endpoints(value) if value else value
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, value: str) -> str:
+        return check_identifier(value)
+
+    @field_validator("grpc_address", "metrics_address", "http_address")
     @classmethod
     def _host_port(cls, value: str) -> str:
         if value and (":" not in value or not value.rsplit(":", 1)[1].isdigit()):

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import tempfile
 from pathlib import Path
 
@@ -25,14 +26,24 @@ from agentd.models import metrics as model_metrics
 from agentd.models.ledger import EtcdLedger, Ledger, MemoryLedger
 from agentd.models.router import ModelRouter
 from agentd.models.service import ModelService
+from agentd.runs.http import RunsHttp
+from agentd.runs.manager import RunManager
+from agentd.runs.service import RunServicer
 from agentd.service import AgentService
 from agentd.workers import WorkerPool
+from mabeam.etcd.client import EtcdClient
 from mabeam.grpcutil import ErrorInterceptor
-from mabeam.v1 import agent_pb2, agent_pb2_grpc, model_pb2, model_pb2_grpc
+from mabeam.v1 import agent_pb2, agent_pb2_grpc, model_pb2, model_pb2_grpc, run_pb2, run_pb2_grpc
 
 log = logging.getLogger("agentd")
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 MODEL_SERVICE_NAME = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+RUN_SERVICE_NAME = run_pb2.DESCRIPTOR.services_by_name["RunService"].full_name
+
+
+def default_store_url(data_dir: str) -> str:
+    """The runs store when none is configured: a SQLite file in the data dir."""
+    return f"sqlite://{os.path.join(os.path.abspath(data_dir), 'runs.sqlite')}"
 
 
 class Daemon:
@@ -44,6 +55,10 @@ class Daemon:
         self.mesh: MeshLink | None = None
         self.server: grpc.aio.Server | None = None
         self.models: ModelRouter | None = None
+        self.etcd: EtcdClient | None = None
+        self.runs: RunManager | None = None
+        self.http: RunsHttp | None = None
+        self.http_port = 0
         self.grpc_port = 0
         self.metrics_port = 0
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -74,13 +89,16 @@ class Daemon:
                 await self.pool.close()
                 raise RuntimeError(f"cannot attach to meshd at {config.meshd_attach}: {error}") from None
             self.pool.mesh = self.mesh
+        if config.etcd:
+            await self._start_runs(worker_config, data_dir)
         server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(self.pool), server)
         assert self.models is not None
         model_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.models), server)
+        run_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(self.runs), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((SERVICE_NAME, MODEL_SERVICE_NAME, health.SERVICE_NAME,
+        reflection.enable_server_reflection((SERVICE_NAME, MODEL_SERVICE_NAME, RUN_SERVICE_NAME, health.SERVICE_NAME,
                                              reflection.SERVICE_NAME), server)
         self.grpc_port = server.add_insecure_port(config.grpc_address)
         if self.grpc_port == 0:
@@ -88,7 +106,15 @@ class Daemon:
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(RUN_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING if self.runs is not None
+                                  else health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server = server
+        if config.http_address:
+            if self.runs is None:
+                log.warning("http_address is set but durable runs are off (no etcd): the HTTP face is not served")
+            else:
+                self.http = RunsHttp(self.runs, config.runs.max_body_bytes)
+                self.http_port = await self.http.start_server(config.http_address)
         if config.metrics_address:
             host, port = config.metrics_address.rsplit(":", 1)
             metrics_server, _ = start_http_server(int(port), addr=host)
@@ -109,10 +135,35 @@ class Daemon:
         model_metrics.track(router)
         return router
 
+    async def _start_runs(self, worker_config: dict[str, object], data_dir: str) -> None:
+        """Connect to etcd and open the runs store; durable runs are served from here on."""
+        from agentd.worker import build_registry
+
+        config = self.config
+        assert self.pool is not None
+        self.etcd = EtcdClient(config.etcd)
+        try:
+            await self.etcd.wait_connected(30.0)
+        except Exception as error:
+            await self.pool.close()
+            raise RuntimeError(f"cannot reach etcd at {','.join(config.etcd)}: {error}") from None
+        registry = build_registry(worker_config)
+        store_url = config.runs.store or default_store_url(data_dir)
+        node_id = config.node_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.runs = RunManager(config.runs, self.pool, node_id, self.etcd, config.cluster, store_url,
+                               {name: registry.get(name) for name in registry.names()})
+        await self.runs.start()
+
     async def stop(self) -> None:
-        """Stop serving, then shut every worker (and agent) down."""
+        """Stop serving, hand executing runs back, then shut every worker (and agent) down."""
+        if self.http is not None:
+            await self.http.stop()
         if self.server is not None:
             await self.server.stop(grace=2.0)
+        if self.runs is not None:
+            await self.runs.stop()
+        if self.etcd is not None:
+            await self.etcd.close()
         if self.models is not None:
             await self.models.close()
         if self.mesh is not None:
@@ -126,7 +177,8 @@ class Daemon:
     async def run(self) -> None:
         """Start, print the ready line, serve until SIGTERM/SIGINT, stop."""
         await self.start()
-        print(f"agentd ready grpc=127.0.0.1:{self.grpc_port} metrics={self.metrics_port}", flush=True)
+        http = f"{self.config.http_address.rsplit(':', 1)[0]}:{self.http_port}" if self.http_port else "0"
+        print(f"agentd ready grpc=127.0.0.1:{self.grpc_port} metrics={self.metrics_port} http={http}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from agentd.behaviour import Agent, DeliveryFailed
+from agentd.behaviour import Agent, DeliveryFailed, Frame, Run
 from agentd.runtime import AgentRegistry
 
 
@@ -163,8 +163,47 @@ class ModelWorker(Agent):
         await self.channel.close()
 
 
+
+class Tasker(Agent):
+    """A durable-run agent (demo, tests, bench). Each frame's payload says what to do::
+
+        {"steps": 3, "delay": 0.1}   # three memoized steps, a "progress" event after each, delay s between
+        {"finish": true}             # ... then complete the run with the state
+        {"raise": "boom"}            # the handler raises (the run fails with "handler_error")
+
+    A frame of type "finish" completes the run at once. The state (frames and steps
+    handled) is checkpointed after each frame; "calls" counts how often step bodies ran
+    in this process (a replay after a crash does not run them again).
+    """
+
+    calls = 0
+
+    async def handle_frame(self, frame: Frame, run: Run) -> None:
+        payload = frame.payload if isinstance(frame.payload, dict) else {}
+        state = dict(run.state or {"frames": 0, "steps": 0})
+        if frame.type == "finish":
+            await run.complete(state)
+            return
+        delay = float(payload.get("delay", 0))
+        for index in range(int(payload.get("steps", 1))):
+            def work(index: int = index) -> dict[str, Any]:
+                Tasker.calls += 1
+                return {"frame": frame.frame_id, "step": index, "pid": os.getpid()}
+
+            await run.step(f"work-{index}", work)
+            await run.emit("progress", {"frame": frame.frame_id, "step": index})
+            if delay:
+                await asyncio.sleep(delay)
+        if payload.get("raise"):
+            raise RuntimeError(str(payload["raise"]))
+        state = {"frames": state["frames"] + 1, "steps": state["steps"] + int(payload.get("steps", 1))}
+        await run.checkpoint(state)
+        if payload.get("finish"):
+            await run.complete(state)
+
+
 EXAMPLES: dict[str, type[Agent]] = {"echo": Echo, "counter": Counter, "relay": Relay, "escalating": Escalating,
-                                     "member": Member, "model_worker": ModelWorker}
+                                     "member": Member, "model_worker": ModelWorker, "tasker": Tasker}
 
 
 def register_examples(registry: AgentRegistry) -> None:

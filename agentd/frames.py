@@ -9,11 +9,12 @@ number of fields or a field of the wrong type (:class:`MalformedFrame`).
 :class:`Ok` or :class:`Err` with the same ``rid``.
 
 Main -> worker: :class:`Spawn`, :class:`Stop`, :class:`Cast`, :class:`Call`, :class:`Info`,
-:class:`ListAgents`, :class:`Tree`, :class:`Shutdown`, :class:`CastFailed`.
+:class:`ListAgents`, :class:`Tree`, :class:`Shutdown`, :class:`CastFailed`, :class:`RunFrame`,
+:class:`RunSignal`.
 Worker -> main: :class:`Hello`, :class:`Stats` (also the heartbeat), :class:`Cast` and
 :class:`Call` (for agents elsewhere), :class:`NameAdded`, :class:`NameRemoved`,
 :class:`Removed`, :class:`GroupJoined`, :class:`GroupLeft`, :class:`GroupCast`,
-:class:`CastFailed`. Both ways: :class:`Ok`, :class:`Err`. The watchdog socket,
+:class:`CastFailed`, :class:`RunOp`. Both ways: :class:`Ok`, :class:`Err`. The watchdog socket,
 worker -> main: :class:`Blocked`.
 """
 
@@ -49,6 +50,9 @@ class Op(enum.StrEnum):
     ERR = "err"
     CAST_FAILED = "cast-failed"
     BLOCKED = "blocked"
+    RUN_FRAME = "run-frame"
+    RUN_SIGNAL = "run-signal"
+    RUN_OP = "run-op"
 
 
 class MalformedFrame(ValueError):
@@ -268,6 +272,36 @@ class Blocked(Frame):
 
     agent: str
     seconds: float
+
+
+@_frame(Op.RUN_FRAME, int, dict)
+class RunFrame(Frame):
+    """Durable runs, main -> worker: handle one frame of a run (``delivery``: run, frame, state, replay;
+    see agentd.runs.context); answered by Ok with the outcome when the handler returns."""
+
+    rid: int
+    delivery: dict[str, Any]
+
+
+@_frame(Op.RUN_SIGNAL, str, int, str)
+class RunSignal(Frame):
+    """Durable runs, main -> worker: ``kind`` "cancel", "interrupt" or "forget" for a run's delivery."""
+
+    run_id: str
+    delivery_id: int
+    kind: str
+
+
+@_frame(Op.RUN_OP, int, str, int, str, dict)
+class RunOp(Frame):
+    """Durable runs, worker -> main: one effect of a run's handler (emit, step, checkpoint, history,
+    complete, fail), answered by Ok with ``{"value": ...}`` or ``{"error": reason, "message": ...}``."""
+
+    rid: int
+    run_id: str
+    delivery_id: int
+    name: str
+    args: dict[str, Any]
 
 
 def decode(raw: Any) -> Frame:

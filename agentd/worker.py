@@ -25,6 +25,7 @@ from agentd.behaviour import AgentRef
 from agentd.errors import AgentError, InvalidArgument, Unavailable, error_from_code
 from agentd.ipc import Channel, send_blocking
 from agentd.process import CALL, AgentProcess, TaskScope
+from agentd.runs.context import RunHost
 from agentd.runtime import AgentRegistry, Runtime
 from agentd.store import CheckpointStore
 from agentd.supervision import ChildSpec
@@ -118,6 +119,8 @@ class Worker:
                                router=WorkerRouter(self),
                                root_max_restarts=int(config.get("root_max_restarts", 1000)),
                                root_max_seconds=float(config.get("root_max_seconds", 1.0)))
+        #: The run agents this worker hosts (durable runs: frames delivered by the executor).
+        self.runs = RunHost(lambda agent_type: self.runtime.registry.get(agent_type)(), self.request)
         self.last_tick = time.monotonic()
         self.ticks = 0
         self.stopping = threading.Event()
@@ -130,7 +133,7 @@ class Worker:
         if channel is not None:
             channel.write(frame)
 
-    async def request(self, frame: frames.Call, timeout: float) -> Any:
+    async def request(self, frame: frames.Call | frames.RunOp, timeout: float) -> Any:
         """Send a request to the main process and wait for its ok/err (the deadline is swept by ``_tick``)."""
         rid = self.next_rid
         self.next_rid += 1
@@ -218,7 +221,8 @@ class Worker:
         rt = self.runtime
         depth = sum(len(p.mailbox) for p in rt.processes()) if len(rt) < 20000 else -1
         return {"agents": rt.count_by_status(), "restarts": rt.restart_reasons, "mailbox_depth": depth,
-                "latency_counts": rt.latency_counts, "latency_sum": rt.latency_sum, "n": len(rt)}
+                "latency_counts": rt.latency_counts, "latency_sum": rt.latency_sum, "n": len(rt),
+                "runs": len(self.runs)}
 
     def _dispatch(self, frame: frames.Frame) -> None:
         if self.stopped is None or self.stopped.done():
@@ -248,8 +252,11 @@ class Worker:
                 self._stop_serving()
             case frames.CastFailed(sender=sender, to=to, code=code, message=message):
                 self.runtime.delivery_failed(sender, to, error_from_code(code, message))
-            case frames.Call() | frames.Spawn() | frames.Stop() | frames.Info() | frames.ListAgents() | frames.Tree():
+            case frames.Call() | frames.Spawn() | frames.Stop() | frames.Info() | frames.ListAgents() | frames.Tree() \
+                    | frames.RunFrame():
                 self.scope.start(self._answer(frame))
+            case frames.RunSignal(run_id=run_id, delivery_id=delivery_id, kind=kind):
+                self.runs.signal(run_id, delivery_id, kind)
             case _:
                 log.error("worker %s: the main process sent %s, which only workers send: ignored",
                           self.worker_id, frame.op)
@@ -270,7 +277,8 @@ class Worker:
             self.write(frames.Err(frame.rid, exc.code.name, exc.message))
         return True
 
-    async def _answer(self, frame: frames.Call | frames.Spawn | frames.Stop | frames.Info | frames.ListAgents | frames.Tree) -> None:
+    async def _answer(self, frame: frames.Call | frames.Spawn | frames.Stop | frames.Info | frames.ListAgents
+                      | frames.Tree | frames.RunFrame) -> None:
         """Run one request that may wait (a call, a spawn) and write its ok/err."""
         rid = frame.rid
         try:
@@ -284,7 +292,8 @@ class Worker:
         else:
             self.write(frames.Ok(rid, result))
 
-    async def _handle(self, frame: frames.Call | frames.Spawn | frames.Stop | frames.Info | frames.ListAgents | frames.Tree) -> Any:
+    async def _handle(self, frame: frames.Call | frames.Spawn | frames.Stop | frames.Info | frames.ListAgents
+                      | frames.Tree | frames.RunFrame) -> Any:
         rt = self.runtime
         match frame:
             case frames.Call(to=to, msg=msg, timeout=timeout):
@@ -306,6 +315,8 @@ class Worker:
                 return [_info_dict(info) for info in rt.list_agents()]
             case frames.Tree(root=root):
                 return rt.tree(root or None)
+            case frames.RunFrame(delivery=delivery):
+                return await self.runs.deliver(delivery)
 
 
 class RemoteReply:

@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -145,6 +145,8 @@ class WorkerPool:
         self._closing = False
         #: The mesh's hooks; None keeps every message on this host (see MeshBridge).
         self.mesh: MeshBridge | None = None
+        #: Durable runs' effects from workers: (run_id, delivery id, op, args) -> answer (agentd.runs.executor).
+        self.run_ops: Callable[[str, int, str, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
         from agentd.worker import build_registry
 
         #: The allow-list as the workers will load it (the same config builds both).
@@ -321,6 +323,8 @@ class WorkerPool:
                         handle.write(frames.CastFailed(sender, to, exc.code.name, exc.message))
             case frames.Call():
                 self._scope.start(self._forward_call(handle, frame))
+            case frames.RunOp():
+                self._scope.start(self._run_op(handle, frame))
             case frames.CastFailed(sender=sender, to=to, code=code, message=message):
                 self.delivery_failed(sender, to, code, message)
             case _:
@@ -350,6 +354,42 @@ class WorkerPool:
             origin.write(frames.Err(frame.rid, exc.code.name, exc.message))
         else:
             origin.write(frames.Ok(frame.rid, result))
+
+    async def _run_op(self, origin: WorkerHandle, frame: frames.RunOp) -> None:
+        if self.run_ops is None:
+            origin.write(frames.Ok(frame.rid, {"error": "RUNS_UNAVAILABLE", "message": "durable runs are not enabled"}))
+            return
+        try:
+            answer = await self.run_ops(frame.run_id, frame.delivery_id, frame.name, frame.args)
+        except Exception as exc:  # a bug must not leave the worker waiting: answer with the error
+            log.exception("run-op %s of run %s failed", frame.name, frame.run_id)
+            answer = {"error": "INTERNAL", "message": f"{type(exc).__name__}: {exc}"}
+        origin.write(frames.Ok(frame.rid, answer))
+
+    # --- durable runs: frames to a worker's run agents ---------------------------------------------
+
+    def pick_run_worker(self) -> str:
+        """The shared worker with the fewest agents to host a run's agent."""
+        shared = [h for h in self.workers.values() if not h.dedicated]
+        return min(shared, key=lambda h: (len(h.spawns) + int(h.stats.get("runs", 0)), h.worker_id)).worker_id
+
+    async def run_frame(self, worker_id: str, delivery: dict[str, Any]) -> dict[str, Any]:
+        """Deliver one frame of a run to a worker and wait for its handling's outcome.
+
+        Unavailable when the worker dies meanwhile (the executor delivers the frame again).
+        """
+        handle = self.workers.get(worker_id)
+        if handle is None:
+            raise Unavailable(f"no worker {worker_id}")
+        # No deadline of ours: the executor bounds a frame's handling (cancel grace, interrupts).
+        result: dict[str, Any] = await self._request(handle, frames.RunFrame(0, delivery), 10 * 365 * 86400.0)
+        return result
+
+    def run_signal(self, worker_id: str, run_id: str, delivery_id: int, kind: str) -> None:
+        """Tell a worker's run agent to cancel ("cancel"), stop its handler ("interrupt") or go ("forget")."""
+        handle = self.workers.get(worker_id)
+        if handle is not None:
+            handle.write(frames.RunSignal(run_id, delivery_id, kind))
 
     async def _read_watchdog(self, handle: WorkerHandle, sock: socket.socket) -> None:
         """frames.Blocked-loop reports from the worker's watchdog thread."""
@@ -425,7 +465,8 @@ class WorkerPool:
         """The agent id for a name or an id."""
         return self.names.get(to, to)
 
-    async def _request(self, handle: WorkerHandle, frame: frames.Spawn | frames.Stop | frames.Cast | frames.Call | frames.Info | frames.ListAgents | frames.Tree,
+    async def _request(self, handle: WorkerHandle, frame: frames.Spawn | frames.Stop | frames.Cast | frames.Call | frames.Info | frames.ListAgents | frames.Tree
+                       | frames.RunFrame,
                        timeout: float) -> Any:
         if not handle.alive:
             await self._wait_ready(handle, timeout)

@@ -39,7 +39,8 @@ def dev_cluster(etcd_server: EmbeddedEtcd, cluster_name: str):
     """Factory for clusters of real meshd processes on free loopback ports; all stopped at teardown.
 
     ``own_etcd=True`` gives the cluster an embedded etcd of its own (for tests that stop it);
-    ``agentd``/``coordinator`` add those daemons to every node.
+    ``agentd``/``coordinator`` add those daemons to every node; ``runs_store`` (default: one SQLite
+    file shared by the cluster's agentd) and ``runs_config`` (``[runs]`` settings) configure durable runs.
     """
     from mabeam.dev.cluster import DevCluster
     from mabeam.dev.testing import free_port_block
@@ -47,10 +48,11 @@ def dev_cluster(etcd_server: EmbeddedEtcd, cluster_name: str):
     clusters: list[DevCluster] = []
 
     def make(nodes: int = 3, lease_ttl: int = 2, own_etcd: bool = False, agentd: bool = False,
-             coordinator: bool = False) -> DevCluster:
+             coordinator: bool = False, runs_store: str = "", runs_config: dict | None = None) -> DevCluster:
         base = free_port_block(10 * (nodes + 1) + 2)
         cluster = DevCluster(nodes, base, etcd=None if own_etcd else etcd_server.endpoint, cluster=cluster_name,
-                             lease_ttl=lease_ttl, agentd=agentd, coordinator=coordinator)
+                             lease_ttl=lease_ttl, agentd=agentd, coordinator=coordinator, runs_store=runs_store,
+                             runs_config=runs_config)
         clusters.append(cluster)
         return cluster.start()
 

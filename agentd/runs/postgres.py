@@ -112,12 +112,14 @@ class PostgresRunStore(RunStore):
         assert self._pool is not None, "store not open"
         return self._pool
 
-    async def listen(self, callback: Callable[[str, int], None]) -> Callable[[], Any]:
+    async def listen(self, callback: Callable[[str, int], None], on_lost: Callable[[], None]) -> Callable[[], Any]:
         """Call ``callback(run_id, seq)`` for every commit of any node; returns an async closer.
 
-        The listening connection is one of its own (not from the pool), kept for the caller's lifetime.
+        The listening connection is one of its own (not from the pool), kept for the caller's lifetime;
+        ``on_lost`` is called if it breaks.
         """
         conn = await asyncpg.connect(self.dsn)
+        conn.add_termination_listener(lambda _conn: on_lost())
 
         def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
             run_id, _, seq = payload.rpartition(":")

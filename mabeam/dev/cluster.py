@@ -12,6 +12,7 @@ gRPC; local attach is ``ipc://<run dir>/<node>.attach``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -42,11 +43,19 @@ class DaemonProcess:
     proc: subprocess.Popen[str] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     exit_reported: bool = False
+    #: The ``key=value`` fields of the daemon's ready line (e.g. agentd's ``http=127.0.0.1:PORT``).
+    ready_fields: dict[str, str] = field(default_factory=dict)
 
     @property
     def endpoint(self) -> str:
         """gRPC host:port of this daemon."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_endpoint(self) -> str:
+        """agentd: host:port of the runs HTTP/SSE face, as its ready line reported it ("" when off)."""
+        value = self.ready_fields.get("http", "0")
+        return "" if value == "0" else value
 
     @property
     def alive(self) -> bool:
@@ -83,7 +92,8 @@ class DevCluster:
 
     def __init__(self, nodes: int = 3, base_port: int = 7100, etcd: str | None = None, cluster: str = "dev",
                  lease_ttl: int = 3, run_dir: str | os.PathLike[str] | None = None,
-                 extra_args: list[str] | None = None, agentd: bool = False, coordinator: bool = False) -> None:
+                 extra_args: list[str] | None = None, agentd: bool = False, coordinator: bool = False,
+                 runs_store: str = "", runs_config: dict[str, object] | None = None) -> None:
         self.base_port = base_port
         self.cluster = cluster
         self.lease_ttl = lease_ttl
@@ -92,6 +102,11 @@ class DevCluster:
         self.embedded: EmbeddedEtcd | None = None
         self.etcd_endpoint = etcd or ""
         self.extra_args = extra_args or []
+        #: Every agentd of the cluster shares one runs store: by default one SQLite file in the run dir
+        #: (any node serves any run); a postgresql:// URL for a PostgreSQL store.
+        self.runs_store = runs_store or f"sqlite://{self.run_dir.resolve() / 'runs.sqlite'}"
+        #: Extra ``[runs]`` settings for every agentd (lease_ttl, cancel_grace_s, ...).
+        self.runs_config = dict(runs_config or {})
         self.nodes = [self._node_spec(i, agentd, coordinator) for i in range(1, nodes + 1)]
 
     def _node_spec(self, index: int, agentd: bool, coordinator: bool) -> NodeProcess:
@@ -115,7 +130,8 @@ class DevCluster:
             return [sys.executable, "-m", "agentd", "--node-id", node.node_id,
                     "--grpc-address", daemon.endpoint, "--metrics-address", f"127.0.0.1:{node.port + 7}",
                     "--meshd-attach", node.attach_address, "--data-dir", str(self.run_dir / f"{node.node_id}-agentd"),
-                    "--workers", "1", "--examples"]
+                    "--workers", "1", "--examples", "--etcd", self.etcd_endpoint, "--cluster", self.cluster,
+                    "--runs-store", self.runs_store, "--http-address", "127.0.0.1:0"]
         return [sys.executable, "-m", "coordinator", "--node-id", node.node_id, "--etcd", self.etcd_endpoint,
                 "--cluster", self.cluster, "--grpc-port", str(daemon.port), "--lease-ttl", str(self.lease_ttl)]
 
@@ -152,8 +168,12 @@ class DevCluster:
         daemon.ready = threading.Event()
         daemon.exit_reported = False
         log = open(daemon.log_path, "a")  # noqa: SIM115 - handed to the reader thread, closed there
+        env = None
+        if daemon.kind == "agentd" and self.runs_config:
+            env = {**os.environ, "AGENTD_RUNS": json.dumps(self.runs_config)}
+        daemon.ready_fields = {}
         daemon.proc = subprocess.Popen(daemon.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                       bufsize=1, start_new_session=True)
+                                       bufsize=1, start_new_session=True, env=env)
         threading.Thread(target=self._pump, args=(daemon, daemon.proc, log), daemon=True).start()
 
     @staticmethod
@@ -166,6 +186,7 @@ class DevCluster:
                 log.write(line)  # type: ignore[attr-defined]
                 log.flush()  # type: ignore[attr-defined]
                 if line.startswith(prefix):
+                    daemon.ready_fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
                     daemon.ready.set()
 
     def wait_ready(self, daemon: DaemonProcess, timeout: float) -> None:
@@ -220,6 +241,30 @@ class DevCluster:
         for daemon in reversed(node.daemons):
             self._terminate(daemon, timeout)
         return node.proc.returncode if node.proc is not None else None
+
+    def kill_daemon(self, daemon: DaemonProcess) -> None:
+        """kill -9 one daemon (e.g. a node's agentd), leaving the rest of its node running."""
+        if daemon.proc is not None and daemon.alive:
+            daemon.proc.kill()
+            daemon.proc.wait()
+
+    def restart_daemon(self, daemon: DaemonProcess, timeout: float = 60.0) -> None:
+        """Start one daemon again (after ``kill_daemon``) and wait for its ready line.
+
+        A restarted agentd may be refused by its meshd while meshd still holds the killed
+        incarnation's attachment (until it expires, a few seconds): it is started again until ready.
+        """
+        node = next(n for n in self.nodes if daemon in n.daemons)
+        deadline = time.monotonic() + timeout
+        while True:
+            self._spawn(daemon, node)
+            try:
+                self.wait_ready(daemon, max(0.1, deadline - time.monotonic()))
+                return
+            except ClusterError:
+                if daemon.alive or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
 
     @staticmethod
     def _terminate(daemon: DaemonProcess, timeout: float) -> None:

@@ -1,0 +1,313 @@
+"""The durable runs of one agentd: the store, wake-ups, executors and the janitor, behind the API both faces use.
+
+:class:`RunManager` is what the gRPC :class:`~agentd.runs.service.RunServicer` and the
+HTTP face (:mod:`agentd.runs.http`) call. It validates requests (one set of rules,
+:mod:`agentd.runs.validation`), writes through the store, starts an executor for each
+run it starts (the node that accepts StartRun executes the run, through the normal
+lease path), answers the effects of run agents in its workers, and serves streams
+from the log to any client — a run executing on another node streams here the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agentd.runs.config import RunsConfig
+from agentd.runs.executor import Executor
+from agentd.runs.lease import RunLease, holder_of
+from agentd.runs.model import (
+    POLICIES,
+    STATUSES,
+    EventRow,
+    InvalidRunRequest,
+    RunError,
+    RunNotFound,
+    RunRow,
+    RunSpec,
+    RunsUnavailable,
+)
+from agentd.runs.store import RunStore, open_store
+from agentd.runs.validation import (
+    MAX_REASON,
+    check_labels,
+    check_policy,
+    check_run_id,
+    check_tenant,
+    check_type,
+    json_text,
+    raise_if,
+)
+from agentd.runs.wake import EtcdRelay, PostgresRelay, Wakeups
+from agentd.workers import WorkerPool
+from mabeam.etcd.client import EtcdClient, EtcdError
+
+log = logging.getLogger("agentd.runs")
+
+DEFAULT_TENANT = "default"
+PAGE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class RunView:
+    """A run's snapshot: its row and whether its executor's lease key is alive in etcd."""
+
+    row: RunRow
+    live: bool
+
+
+class RunManager:
+    """Durable runs on one agentd (see the module docstring)."""
+
+    def __init__(self, config: RunsConfig, pool: WorkerPool, node_id: str, etcd: EtcdClient, cluster: str,
+                 store_url: str, agent_types: Mapping[str, Any]) -> None:
+        self.config = config
+        self.pool = pool
+        self.node_id = node_id
+        self.etcd = etcd
+        self.cluster = cluster
+        self.store: RunStore = open_store(store_url)
+        self.store_url = store_url
+        #: Agent type name -> class, as the workers load them (for defaults and the allow-list).
+        self.agent_types = dict(agent_types)
+        self.wakeups = Wakeups()
+        self.relay: EtcdRelay | PostgresRelay | None = None
+        self.executors: dict[str, Executor] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._relay_ready = asyncio.Event()
+        self.janitor: Any = None
+
+    def _now_ms(self) -> int:
+        return int(time.time() * 1000)
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def start(self) -> None:
+        """Open the store (migrating it), start the wake-up relay and the janitor's candidacy."""
+        await self.store.open()
+        if self.store.dialect == "postgres":
+            from agentd.runs.postgres import PostgresRunStore
+
+            assert isinstance(self.store, PostgresRunStore)
+            self.relay = PostgresRelay(self.store.listen, self.wakeups)
+        else:
+            self.relay = EtcdRelay(self.etcd, self.cluster, self.node_id, self.wakeups)
+        relay = self.relay
+
+        def committed(run_id: str, seq: int) -> None:
+            self.wakeups.notify(run_id, seq)
+            relay.published(run_id, seq)
+
+        self.store.on_commit = committed
+        self.pool.run_ops = self._run_op
+        self._spawn(relay.run(self._relay_ready.set))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await self._relay_ready.wait()
+        from agentd.runs.janitor import Janitor
+
+        self.janitor = Janitor(self)
+        self._spawn(self.janitor.run())
+
+    async def stop(self) -> None:
+        """Resign as janitor, hand every executing run back (another node resumes it), close the store."""
+        if self.janitor is not None:
+            await self.janitor.stop()
+        executors = list(self.executors.values())
+        for executor in executors:
+            await executor.stop(release=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.pool.run_ops = None
+        await self.store.close()
+
+    # --- executors --------------------------------------------------------------------------------------
+
+    async def execute(self, run: RunRow, wait_claimed: float = 10.0) -> bool:
+        """Become the run's executor if nobody holds its lease; True when this node now executes it."""
+        if run.run_id in self.executors:
+            return True
+        lease = RunLease(self.etcd, self.cluster, run.run_id, self.node_id, run.agent_type, self.config.lease_ttl)
+        try:
+            if not await lease.acquire():
+                return False
+        except EtcdError as error:
+            log.warning("run %s: cannot take its lease (%s); the janitor retries", run.run_id, error)
+            return False
+        if run.run_id in self.executors:  # taken meanwhile by another path of this node
+            await lease.release()
+            return True
+        executor = Executor(self, run.run_id, run.tenant, run.agent_type, run.input_policy, lease)
+        self.executors[run.run_id] = executor
+        self._spawn(self._execute(executor))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_claimed):
+                await executor.claimed.wait()
+        return True
+
+    async def _execute(self, executor: Executor) -> None:
+        try:
+            await executor.run()
+        finally:
+            if self.executors.get(executor.run_id) is executor:
+                del self.executors[executor.run_id]
+            log.info("run %s: executor on %s ended (%s)", executor.run_id, self.node_id, executor.outcome)
+
+    async def _run_op(self, run_id: str, delivery_id: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        executor = self.executors.get(run_id)
+        if executor is None:
+            return {"error": "EXECUTOR_FENCED", "message": f"this node no longer executes run {run_id}"}
+        return await executor.op(delivery_id, op, args)
+
+    # --- the API ----------------------------------------------------------------------------------------
+
+    async def start_run(self, run_id: str, tenant: str, agent_type: str, input_json: str, input_policy: str,
+                        labels: Mapping[str, str]) -> tuple[RunView, bool]:
+        """StartRun: (the run, created?). Idempotent by run_id; RunConflict for a different request."""
+        violations: dict[str, str] = {}
+        check_run_id("run_id", run_id, violations, required=False)
+        check_tenant("tenant", tenant, violations)
+        if not agent_type:
+            violations["agent_type"] = "must not be empty"
+        elif agent_type not in self.agent_types:
+            violations["agent_type"] = (f"{agent_type[:64]!r} is not an allowed agent type; allowed: "
+                                        f"{', '.join(sorted(self.agent_types))}")
+        elif not _handles_frames(self.agent_types[agent_type]):
+            violations["agent_type"] = f"{agent_type!r} does not handle run frames (it has no handle_frame)"
+        check_policy("input_policy", input_policy, violations)
+        check_labels("labels", labels, violations)
+        payload = json_text("input_json", input_json, violations) if input_json else None
+        raise_if(violations)
+        policy = input_policy or str(getattr(self.agent_types[agent_type], "input_policy", "enqueue"))
+        if policy not in POLICIES:
+            policy = "enqueue"
+        spec = RunSpec(run_id=run_id or f"run-{uuid.uuid4().hex}", tenant=tenant or DEFAULT_TENANT,
+                       agent_type=agent_type, input_policy=policy, labels=dict(labels), input=payload)
+        plan = await self.store.start(spec, self._now_ms())
+        if plan.created:
+            await self.execute(plan.row)
+        return await self.get(spec.run_id), plan.created
+
+    async def append_frame(self, run_id: str, frame_id: str, type_: str, payload_json: str) -> tuple[bool, int]:
+        """AppendFrame: (duplicate?, seq of its frame.received)."""
+        violations: dict[str, str] = {}
+        check_run_id("run_id", run_id, violations)
+        check_run_id("frame_id", frame_id, violations)
+        check_type("type", type_, violations)
+        payload = json_text("payload_json", payload_json, violations)
+        raise_if(violations)
+        assert payload is not None
+        plan = await self.store.append_frame(run_id, frame_id, type_, payload, self._now_ms())
+        return plan.duplicate, plan.seq
+
+    async def cancel(self, run_id: str, reason: str) -> tuple[bool, int]:
+        """CancelRun: (duplicate?, seq of run.cancel_requested)."""
+        violations: dict[str, str] = {}
+        check_run_id("run_id", run_id, violations)
+        if len(reason) > MAX_REASON:
+            violations["reason"] = f"is {len(reason)} characters long; the limit is {MAX_REASON}"
+        raise_if(violations)
+        plan = await self.store.cancel(run_id, reason, self._now_ms())
+        return plan.duplicate, plan.seq
+
+    async def get(self, run_id: str) -> RunView:
+        """GetRun: the snapshot (RunNotFound for an unknown run)."""
+        violations: dict[str, str] = {}
+        check_run_id("run_id", run_id, violations)
+        raise_if(violations)
+        row = await self.store.get(run_id)
+        if row is None:
+            raise RunNotFound(f"no run {run_id!r}")
+        live = False
+        if row.executor_node:
+            try:
+                holder = await holder_of(self.etcd, self.cluster, run_id)
+            except EtcdError:
+                holder = None
+            live = holder is not None and int(holder.get("fencing_token", 0)) == row.executor_token
+        return RunView(row, live)
+
+    async def list(self, tenant: str, agent_type: str, status: str, page_size: int,
+                   page_token: str) -> tuple[list[RunView], str]:
+        """ListRuns: a page of runs, newest first, and the next page's token ("" on the last page)."""
+        violations: dict[str, str] = {}
+        check_tenant("tenant", tenant, violations)
+        if status and status not in STATUSES:
+            violations["status"] = f"{status[:32]!r} is not one of {', '.join(STATUSES)}"
+        if not 0 <= page_size <= 1000:
+            violations["page_size"] = "must be between 1 and 1000 (0 means 100)"
+        before = None
+        if page_token:
+            created, _, last = page_token.partition(":")
+            if not created.isdigit() or not last:
+                violations["page_token"] = "is not a token from a previous ListRuns answer"
+            else:
+                before = (int(created), last)
+        raise_if(violations)
+        size = page_size or 100
+        rows = await self.store.list_runs(tenant or DEFAULT_TENANT, agent_type, status, size + 1, before)
+        more = len(rows) > size
+        rows = rows[:size]
+        token = f"{rows[-1].created_ms}:{rows[-1].run_id}" if more and rows else ""
+        return [RunView(r, bool(r.executor_node)) for r in rows], token
+
+    async def open_stream(self, run_id: str, cursor: int, follow: bool) -> AsyncIterator[EventRow]:
+        """StreamRun: raises RunNotFound / StaleCursor / InvalidRunRequest *now*; then yields events from
+        ``cursor + 1``, gap-free, until caught up (or, with ``follow``, until the run's terminal event)."""
+        violations: dict[str, str] = {}
+        check_run_id("run_id", run_id, violations)
+        if cursor < 0:
+            violations["cursor"] = "must be >= 0"
+        raise_if(violations)
+        sub = self.wakeups.subscribe(run_id)
+        try:
+            sub.clear()
+            run, events = await self.store.read(run_id, cursor, PAGE)
+        except BaseException:
+            sub.close()
+            raise
+        return self._follow(sub, run, events, cursor, follow)
+
+    async def _follow(self, sub: Any, run: RunRow, events: list[EventRow], cursor: int,
+                      follow: bool) -> AsyncIterator[EventRow]:
+        with sub:
+            while True:
+                for event in events:
+                    yield event
+                    cursor = event.seq
+                if len(events) == PAGE:
+                    sub.clear()
+                    run, events = await self.store.read(run.run_id, cursor, PAGE)
+                    continue
+                if cursor >= run.last_seq and (run.terminal or not follow):
+                    return
+                if cursor >= run.last_seq:
+                    await sub.wait()
+                sub.clear()
+                run, events = await self.store.read(run.run_id, cursor, PAGE)
+
+    async def wait_ready(self) -> None:
+        """Return once the wake-up relay listens (followers elsewhere will hear this node's commits)."""
+        await self._relay_ready.wait()
+
+
+def _handles_frames(cls: Any) -> bool:
+    from agentd.behaviour import Agent
+
+    return getattr(cls, "handle_frame", None) is not Agent.handle_frame
+
+
+__all__ = ["RunManager", "RunView", "RunError", "RunsUnavailable", "InvalidRunRequest"]

@@ -1,0 +1,208 @@
+"""Wake-ups: a new event reaches the followers of its run on every node promptly, without polling the log.
+
+The log stays the truth; a wake-up only says "run R has events up to seq S, read
+again". A follower subscribes *before* it reads (:meth:`Wakeups.subscribe`), so a
+commit between its read and its wait still wakes it.
+
+- In one process, every commit calls :meth:`Wakeups.notify` (the store's
+  ``on_commit`` hook).
+- Between processes and hosts:
+  - **PostgreSQL**: each commit sends ``NOTIFY`` in its transaction; every agentd
+    ``LISTEN``\\ s on one connection (:class:`PostgresRelay`).
+  - **SQLite**: a node puts ``runs/wake/<node_id>`` in etcd with the runs it
+    appended to and their last seqs; every agentd watches ``runs/wake/``
+    (:class:`EtcdRelay`). At most one put is in flight per node: commits that
+    arrive meanwhile are coalesced into the next put, so a burst of appends costs a
+    few etcd writes, not one each.
+  When a relay (re)connects, every local follower is woken once, since
+  notifications may have been missed while it was away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mabeam import keys
+from mabeam.etcd.client import EtcdClient, EtcdError
+
+log = logging.getLogger("agentd.runs.wake")
+
+
+class Subscription:
+    """One follower's interest in one run: ``wait`` returns once something was appended since ``clear``."""
+
+    __slots__ = ("run_id", "_event", "_owner")
+
+    def __init__(self, owner: Wakeups, run_id: str) -> None:
+        self.run_id = run_id
+        self._event = asyncio.Event()
+        self._owner = owner
+
+    def clear(self) -> None:
+        """Forget earlier wake-ups (call before reading the log)."""
+        self._event.clear()
+
+    def set(self) -> None:
+        """Wake the follower."""
+        self._event.set()
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait for a wake-up (True) or the timeout (False)."""
+        if timeout is None:
+            await self._event.wait()
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        """Stop following."""
+        self._owner._drop(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Wakeups:
+    """This process's followers, by run."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, set[Subscription]] = {}
+        #: Wake-ups delivered (for metrics and tests).
+        self.delivered = 0
+
+    def subscribe(self, run_id: str) -> Subscription:
+        """Follow ``run_id`` (use as a context manager, or ``close`` it)."""
+        sub = Subscription(self, run_id)
+        self._subs.setdefault(run_id, set()).add(sub)
+        return sub
+
+    def _drop(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.run_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.run_id]
+
+    def followed(self, run_id: str) -> bool:
+        """True when someone here follows the run."""
+        return run_id in self._subs
+
+    def notify(self, run_id: str, seq: int = 0) -> None:
+        """Events up to ``seq`` were appended to ``run_id``: wake its followers."""
+        for sub in self._subs.get(run_id, ()):
+            sub.set()
+            self.delivered += 1
+
+    def notify_all(self) -> None:
+        """Wake every follower (a relay reconnected and may have missed notifications)."""
+        for subs in self._subs.values():
+            for sub in subs:
+                sub.set()
+
+
+class EtcdRelay:
+    """SQLite stores: tell other nodes through a per-node etcd key, hear them through a watch."""
+
+    def __init__(self, client: EtcdClient, cluster: str, node_id: str, wakeups: Wakeups) -> None:
+        self.client = client
+        self.cluster = cluster
+        self.node_id = node_id
+        self.wakeups = wakeups
+        self._dirty: dict[str, int] = {}
+        self._pending = asyncio.Event()
+        self.puts = 0
+
+    def published(self, run_id: str, seq: int) -> None:
+        """A local commit: relay it to the other nodes with the next put."""
+        if self._dirty.get(run_id, 0) < seq:
+            self._dirty[run_id] = seq
+        self._pending.set()
+
+    async def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Publish and watch until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._publish())
+            group.create_task(self._watch(ready))
+
+    async def _publish(self) -> None:
+        key = keys.run_wake(self.cluster, self.node_id)
+        while True:
+            await self._pending.wait()
+            self._pending.clear()
+            batch, self._dirty = self._dirty, {}
+            try:
+                await self.client.put(key, json.dumps(batch, separators=(",", ":")).encode())
+                self.puts += 1
+            except EtcdError as error:
+                log.warning("wake-up relay: etcd put failed (%s); other nodes' followers wake on reconnect", error)
+                await asyncio.sleep(0.2)
+
+    async def _watch(self, ready: Callable[[], None] | None) -> None:
+        prefix = keys.run_wakes(self.cluster)
+        own = keys.run_wake(self.cluster, self.node_id)
+        while True:
+            try:
+                revision = await self.client.revision()
+                self.wakeups.notify_all()
+                if ready is not None:
+                    ready()
+                    ready = None
+                async for batch in self.client.watch_prefix(prefix, revision + 1):
+                    for event in batch.events:
+                        if event.kind != "put" or event.kv.key == own:
+                            continue
+                        try:
+                            runs = json.loads(event.kv.value)
+                        except ValueError:
+                            continue
+                        if isinstance(runs, dict):
+                            for run_id, seq in runs.items():
+                                self.wakeups.notify(str(run_id), int(seq) if isinstance(seq, int) else 0)
+            except EtcdError as error:
+                log.info("wake-up watch interrupted (%s); watching again", error)
+                await asyncio.sleep(0.2)
+
+
+class PostgresRelay:
+    """PostgreSQL stores: the commits' NOTIFY reach every agentd's LISTEN connection."""
+
+    def __init__(self, listen: Callable[[Callable[[str, int], None], Callable[[], None]],
+                                        Awaitable[Callable[[], Any]]], wakeups: Wakeups) -> None:
+        self._listen = listen
+        self.wakeups = wakeups
+
+    def published(self, run_id: str, seq: int) -> None:
+        """Nothing to do: the commit itself sent NOTIFY."""
+
+    async def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Listen until cancelled (reconnecting after a lost connection)."""
+        while True:
+            lost = asyncio.Event()
+            try:
+                close = await self._listen(self.wakeups.notify, lost.set)
+            except Exception as error:  # noqa: BLE001 - asyncpg raises many kinds; retry all
+                log.warning("LISTEN failed (%s); retrying", error)
+                await asyncio.sleep(0.5)
+                continue
+            self.wakeups.notify_all()
+            if ready is not None:
+                ready()
+                ready = None
+            try:
+                await lost.wait()
+                log.warning("the LISTEN connection was lost; listening again")
+            finally:
+                result = close()
+                if asyncio.iscoroutine(result):
+                    await result
