@@ -43,8 +43,6 @@ _MIGRATION_LOCK = 0x6D6162656D72756E
 _RUN_SELECT = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs"
 _RUN_INSERT = (f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) "
                f"VALUES ({', '.join(f'${i + 1}' for i in range(len(RUN_COLUMNS)))})")
-_RUN_UPDATE = (f"UPDATE runs SET {', '.join(f'{c} = ${i + 2}' for i, c in enumerate(RUN_COLUMNS[1:]))} "
-               "WHERE run_id = $1")
 _EVENT_INSERT = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
                  f"VALUES ({', '.join(f'${i + 1}' for i in range(len(EVENT_COLUMNS)))})")
 _EVENT_SELECT = (f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE run_id = $1 AND seq > $2 "
@@ -158,14 +156,24 @@ class PostgresRunStore(RunStore):
             plan = planner(run, frame)
             if plan.duplicate:
                 return plan
-            values = _values(plan.row, RUN_COLUMNS)
-            if plan.created:
-                await conn.execute(_RUN_INSERT, *values)
-            else:
-                await conn.execute(_RUN_UPDATE, *values)
             if plan.events:
                 await conn.executemany(_EVENT_INSERT, [_values(e, EVENT_COLUMNS) for e in plan.events])
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{run_id}:{plan.events[-1].seq}")
+            notify = f"{run_id}:{plan.events[-1].seq}" if plan.events else ""
+            if plan.created:
+                await conn.execute(_RUN_INSERT, *_values(plan.row, RUN_COLUMNS))
+                if notify:
+                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, notify)
+            else:
+                assert run is not None
+                names = [c for c in RUN_COLUMNS[1:] if getattr(run, c) != getattr(plan.row, c)]
+                sets = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(names))
+                values = [getattr(plan.row, name) for name in names]
+                if names and notify:  # one round trip: the row's update and the NOTIFY sent at commit
+                    await conn.execute(f"WITH u AS (UPDATE runs SET {sets} WHERE run_id = $1 RETURNING 1) "
+                                       f"SELECT pg_notify(${len(names) + 2}, ${len(names) + 3}) FROM u",
+                                       run_id, *values, CHANNEL, notify)
+                elif names:
+                    await conn.execute(f"UPDATE runs SET {sets} WHERE run_id = $1", run_id, *values)
             if plan.frame is not None:
                 await conn.execute(_FRAME_INSERT, *_values(plan.frame, FRAME_COLUMNS))
             if plan.checkpoint is not None:

@@ -39,7 +39,6 @@ from agentd.runs.store import Planner, RunStore, migrations
 
 _RUN_SELECT = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs"
 _RUN_INSERT = f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
-_RUN_UPDATE = f"UPDATE runs SET {', '.join(f'{c} = ?' for c in RUN_COLUMNS[1:])} WHERE run_id = ?"
 _EVENT_INSERT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
 _EVENT_SELECT = (f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE run_id = ? AND seq > ? "
                  "ORDER BY seq LIMIT ?")
@@ -56,6 +55,17 @@ def _run(row: tuple[Any, ...]) -> RunRow:
 
 def _run_values(run: RunRow) -> list[Any]:
     return [int(v) if isinstance(v, bool) else v for v in (getattr(run, c) for c in RUN_COLUMNS)]
+
+
+def _changes(before: RunRow, after: RunRow) -> tuple[list[str], list[Any]]:
+    """The columns a plan changed and their new values (an append touches a few of the 26)."""
+    names, values = [], []
+    for name in RUN_COLUMNS[1:]:
+        value = getattr(after, name)
+        if getattr(before, name) != value:
+            names.append(name)
+            values.append(int(value) if isinstance(value, bool) else value)
+    return names, values
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -161,8 +171,11 @@ class SqliteRunStore(RunStore):
                 if plan.created:
                     db.execute(_RUN_INSERT, _run_values(plan.row))
                 else:
-                    values = _run_values(plan.row)
-                    db.execute(_RUN_UPDATE, (*values[1:], run_id))
+                    assert run is not None
+                    names, values = _changes(run, plan.row)
+                    if names:
+                        db.execute(f"UPDATE runs SET {', '.join(f'{n} = ?' for n in names)} WHERE run_id = ?",
+                                   (*values, run_id))
                 if plan.events:
                     db.executemany(_EVENT_INSERT, [tuple(getattr(e, c) for c in EVENT_COLUMNS) for e in plan.events])
                 if plan.frame is not None:
