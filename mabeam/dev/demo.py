@@ -46,17 +46,17 @@ def tour(cluster: DevCluster) -> None:
     clients = [SyncMeshClient(e) for e in cluster.endpoints]
     try:
         n1, n2, n3 = clients
-        step("7. three meshd processes joined through etcd")
+        step("9. three meshd processes joined through etcd")
         wait_until(lambda: len(n1.members()) == 3, 5.0, what="three members")
         console.print(members_table(n1))
 
-        step("8. the leader of role 'mesh' (same answer from every node)")
+        step("10. the leader of role 'mesh' (same answer from every node)")
         for client in clients:
             leader = client.leader()
             console.print(f"asked {client.ping().node.node_id}: leader is [bold]{leader.node_id}[/bold] "
                           f"(term {leader.term})")
 
-        step("9. a name registered on node-1, looked up on node-3")
+        step("11. a name registered on node-1, looked up on node-3")
         entry = n1.register_name("planner", "agent-7", metadata={"model": "large"})
         started = time.perf_counter()
         found = wait_until(lambda: n3.lookup("planner"), 2.0, interval=0.001, what="name visible on node-3")
@@ -68,14 +68,14 @@ def tour(cluster: DevCluster) -> None:
         except Exception as error:  # noqa: BLE001 - the point is to show the error
             console.print(f"node-2 tried to take 'planner' too: [yellow]{error}[/yellow]")
 
-        step("10. a group spanning nodes (Erlang :pg style)")
+        step("12. a group spanning nodes (Erlang :pg style)")
         n2.join_group("workers", "w-2")
         n3.join_group("workers", "w-3")
         wait_until(lambda: len(n1.group_members("workers")) == 2, 2.0, what="group visible")
         console.print("workers: " + ", ".join(f"{m.member.agent_id}@{m.member.node_id}"
                                               for m in n1.group_members("workers")))
 
-        step("11. kill -9 the leader: it leaves when its lease expires; a new leader takes over")
+        step("13. kill -9 the leader: it leaves when its lease expires; a new leader takes over")
         victim = n1.leader().node_id  # kill the leader, so leadership has to move
         index = int(victim.split("-")[1]) - 1
         witness = clients[(index + 1) % 3]
@@ -102,12 +102,14 @@ def main() -> int:
     base = free_port_block(42)
     console.print(f"[bold]mabeam demo[/bold]: embedded etcd + 3 nodes (meshd, agentd, coordinator) on 127.0.0.1 "
                   f"ports {base}–{base + 41}")
-    cluster = DevCluster(nodes=3, base_port=base, lease_ttl=2, agentd=True, coordinator=True)
+    cluster = DevCluster(nodes=3, base_port=base, lease_ttl=2, agentd=True, coordinator=True,
+                         runs_config={"lease_ttl": 2})
     try:
         cluster.start()
         # Agents and the auction first, on the whole cluster; the mesh scenes end by killing a node.
         asyncio.run(demo_scenes.agents_scene(cluster, step))
         asyncio.run(demo_scenes.auction_scene(cluster, step))
+        asyncio.run(demo_scenes.runs_scene(cluster, step))
         tour(cluster)
         demo_models.models_scene(step)
     finally:

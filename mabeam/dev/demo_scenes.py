@@ -135,3 +135,58 @@ async def _leader(coord: CoordinatorClient):  # type: ignore[no-untyped-def]
 async def _concluded(coord: CoordinatorClient, auction_id: str):  # type: ignore[no-untyped-def]
     final = await coord.get_auction(auction_id)
     return final if final.state == "concluded" else None
+
+
+async def runs_scene(cluster: DevCluster, step) -> None:  # type: ignore[no-untyped-def]
+    """A durable run on node-1 streamed over SSE from node-2; node-1's agentd killed with -9 mid-run."""
+    import httpx
+
+    from mabeam_client.runs import RunClient
+
+    node1, node2 = cluster.nodes[0], cluster.nodes[1]
+    assert node1.agentd is not None and node2.agentd is not None
+    step("7. durable runs: a run started on node-1, streamed from node-2 over HTTP (Server-Sent Events)")
+    async with RunClient(node1.agentd.endpoint) as runs:
+        started = await runs.start("tasker", {"steps": 24, "delay": 0.15, "finish": True}, run_id="demo-run")
+        await runs.start("tasker", {"steps": 24, "delay": 0.15, "finish": True}, run_id="demo-run")  # idempotent
+    console.print(f"run {started.run.run_id} executes on {started.run.executor.node_id} (fencing token "
+                  f"{started.run.executor.fencing_token}); starting it again returned the same run")
+    console.print(f"curl -N http://{node2.agentd.http_endpoint}/v1/runs/demo-run/stream")
+    seqs: list[int] = []
+    killed_at = 0.0
+    resumed_after = 0.0
+    async with httpx.AsyncClient(timeout=120) as http:
+        async with http.stream("GET", f"http://{node2.agentd.http_endpoint}/v1/runs/demo-run/stream") as response:
+            event: dict[str, str] = {}
+            async for line in response.aiter_lines():
+                if line:
+                    field, _, value = line.partition(": ")
+                    event[field] = value
+                    continue
+                if event.get("data") == "[DONE]":
+                    console.print("data: [DONE] — the run ended and the stream closed")
+                    break
+                if "id" not in event:
+                    event = {}
+                    continue
+                seq, kind = int(event["id"]), event.get("event", "")
+                seqs.append(seq)
+                payload = json.dumps(json.loads(event["data"])["payload"], separators=(",", ":"))
+                if kind not in ("progress", "step.completed") or (kind == "progress" and seq % 4 == 0):
+                    console.print(f"  id: {seq:<3} event: {kind:<22} {payload[:60]}", highlight=False, soft_wrap=True)
+                if kind == "progress" and len(seqs) > 20 and not killed_at:
+                    step("8. kill -9 node-1's agentd mid-run: the lease expires, the janitor resumes the run elsewhere")
+                    cluster.kill_daemon(node1.agentd)
+                    killed_at = time.monotonic()
+                elif killed_at and not resumed_after and kind == "run.executor_acquired":
+                    resumed_after = time.monotonic() - killed_at
+                event = {}
+    async with RunClient(node2.agentd.endpoint) as runs:
+        run = await runs.get("demo-run")
+        verdict = await runs.verify("demo-run")
+    gap_free = seqs == list(range(1, len(seqs) + 1))
+    console.print(f"run {run.status} on {run.executor.node_id or 'the new executor'} after {run.counters.recoveries} "
+                  f"recovery ({resumed_after:.1f} s from the kill to the takeover); the stream from node-2 got seqs "
+                  f"1..{seqs[-1]} {'with no gap and no duplicate' if gap_free else 'WITH A GAP'}; "
+                  f"hash chain verified: {verdict.ok}")
+    cluster.restart_daemon(node1.agentd)
