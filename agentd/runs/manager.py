@@ -197,8 +197,10 @@ class RunManager:
         spec = RunSpec(run_id=run_id or f"run-{uuid.uuid4().hex}", tenant=tenant or DEFAULT_TENANT,
                        agent_type=agent_type, input_policy=policy, labels=dict(labels), input=payload)
         plan = await self.store.start(spec, self._now_ms())
-        if plan.created:
-            await self.execute(plan.row)
+        if plan.created and await self.execute(plan.row):
+            row = await self.store.get(spec.run_id)  # claimed (or ended) by the executor just started here
+            if row is not None:
+                return RunView(row, bool(row.executor_node)), True
         return await self.get(spec.run_id), plan.created
 
     async def append_frame(self, run_id: str, frame_id: str, type_: str, payload_json: str) -> tuple[bool, int]:

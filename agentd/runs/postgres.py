@@ -251,6 +251,16 @@ class PostgresRunStore(RunStore):
     async def _events(self, run_id: str, after: int, limit: int) -> list[EventRow]:
         return [EventRow(*r) for r in await self._fetch(_EVENT_SELECT, run_id, after, limit)]
 
+    async def _snapshot(self, run_id: str, after: int, limit: int) -> tuple[RunRow | None, list[EventRow]]:
+        try:
+            async with self.pool.acquire() as conn:
+                raw = await conn.fetchrow(_RUN_SELECT + " WHERE run_id = $1", run_id)
+                if raw is None:
+                    return None, []
+                return _run(raw), [EventRow(*r) for r in await conn.fetch(_EVENT_SELECT, run_id, after, limit)]
+        except _UNAVAILABLE as error:
+            raise self._unavailable(error) from None
+
     async def list_runs(self, tenant: str, agent_type: str, status: str, limit: int,
                         before: tuple[int, str] | None) -> list[RunRow]:
         """A tenant's runs, newest first."""

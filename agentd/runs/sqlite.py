@@ -264,6 +264,15 @@ class SqliteRunStore(RunStore):
         result: list[EventRow] = await self._read(self._events_sync, run_id, after, limit)
         return result
 
+    def _snapshot_sync(self, run_id: str, after: int, limit: int) -> tuple[RunRow | None, list[EventRow]]:
+        run = self._get_sync(run_id)
+        return run, (self._events_sync(run_id, after, limit) if run is not None else [])
+
+    async def _snapshot(self, run_id: str, after: int, limit: int) -> tuple[RunRow | None, list[EventRow]]:
+        # One hop to the reader thread for both reads: a follower's wake-up is on the delivery path.
+        result: tuple[RunRow | None, list[EventRow]] = await self._read(self._snapshot_sync, run_id, after, limit)
+        return result
+
     def _list_sync(self, tenant: str, agent_type: str, status: str, limit: int,
                    before: tuple[int, str] | None) -> list[RunRow]:
         assert self._rdb is not None

@@ -96,6 +96,11 @@ class RunStore(abc.ABC):
     async def _events(self, run_id: str, after: int, limit: int) -> list[EventRow]:
         """Up to ``limit`` events with seq > ``after``, in seq order."""
 
+    async def _snapshot(self, run_id: str, after: int, limit: int) -> tuple[RunRow | None, list[EventRow]]:
+        """The run's row and up to ``limit`` events after ``after`` (a backend may read both in one go)."""
+        run = await self.get(run_id)
+        return run, (await self._events(run_id, after, limit) if run is not None else [])
+
     @abc.abstractmethod
     async def list_runs(self, tenant: str, agent_type: str, status: str, limit: int,
                         before: tuple[int, str] | None) -> list[RunRow]:
@@ -152,11 +157,10 @@ class RunStore(abc.ABC):
 
     async def read(self, run_id: str, after: int, limit: int = 512) -> tuple[RunRow, list[EventRow]]:
         """The run and its events from ``after + 1`` on (gap-free); StaleCursor below the retention floor."""
-        run = await self.get(run_id)
+        run, events = await self._snapshot(run_id, after, limit)
         if run is None:
             raise RunNotFound(f"no run {run_id!r}")
         check_cursor(after, run.retention_floor)
-        events = await self._events(run_id, after, limit)
         if events and events[0].seq != after + 1:
             # Retention moved the floor between the two reads: the events the cursor needs are gone.
             now = await self.get(run_id)
