@@ -34,11 +34,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"{node.node_id:9s} meshd {node.endpoint}  metrics http://127.0.0.1:{node.metrics_port}/metrics  "
               f"pid {node.proc.pid if node.proc else '-'}")
         for daemon in node.daemons[1:]:
-            print(f"{'':9s} {daemon.kind} {daemon.endpoint}  pid {daemon.proc.pid if daemon.proc else '-'}")
+            http = f"  runs http://{daemon.http_endpoint}/v1/runs" if daemon.http_endpoint else ""
+            print(f"{'':9s} {daemon.kind} {daemon.endpoint}{http}  pid {daemon.proc.pid if daemon.proc else '-'}")
     print(f"logs      {cluster.run_dir}")
     print(f"try       meshctl --endpoint {cluster.endpoints[0]} members")
     if cluster.nodes[0].agentd is not None:
         print(f"          meshctl agents --agentd {cluster.nodes[0].agentd.endpoint}")
+        print(f"          meshctl run start tasker '{{\"steps\": 3}}' --agentd {cluster.nodes[0].agentd.endpoint}")
     print("Ctrl-C stops everything.", flush=True)
     try:
         while not stop.wait(0.5):

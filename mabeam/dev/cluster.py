@@ -213,6 +213,8 @@ class DevCluster:
             for daemon in node.daemons[1:]:
                 entry[daemon.kind] = daemon.endpoint
                 entry[f"{daemon.kind}_pid"] = daemon.proc.pid if daemon.proc else 0
+                if daemon.http_endpoint:
+                    entry[f"{daemon.kind}_http"] = daemon.http_endpoint
             nodes.append(entry)
         return {"etcd": self.etcd_endpoint, "cluster": self.cluster, "nodes": nodes}
 
