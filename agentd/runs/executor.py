@@ -39,6 +39,7 @@ from agentd.runs.lease import RunLease
 from agentd.runs.model import (
     ExecutorFenced,
     NewEvent,
+    RunCanceling,
     RunError,
     RunsUnavailable,
     RunTerminal,
@@ -216,8 +217,11 @@ class Executor:
                         await self._append([NewEvent("frame.handled", canonical_json(
                             {"frame_seq": frame.seq, "frame_id": frame.frame_id, "outcome": "superseded"}))])
                         continue
-                    await self._append([NewEvent("frame.started", canonical_json(
-                        {"frame_seq": frame.seq, "frame_id": frame.frame_id}))])
+                    try:
+                        await self._append([NewEvent("frame.started", canonical_json(
+                            {"frame_seq": frame.seq, "frame_id": frame.frame_id}))])
+                    except RunCanceling:
+                        continue  # the log now says canceled: the next read finishes the run
                     await self._read_new()
                 await self._handle(frame, sub)
 
@@ -324,6 +328,8 @@ class Executor:
             return {"value": await self._op(current, op, args)}
         except Deposed as error:
             return {"error": "EXECUTOR_FENCED", "message": str(error)}
+        except RunCanceling as error:
+            return {"error": "RUN_CANCELED", "message": error.message}
         except RunError as error:
             return {"error": error.reason or error.code, "message": error.message}
 
@@ -331,7 +337,7 @@ class Executor:
         frame = current.frame
         canceled = self.scan.canceled or current.cancel_signalled
         if op in ("emit", "checkpoint") and canceled:
-            return _canceled()
+            raise RunCanceling("the run is being canceled: no new work")
         if op == "emit":
             violations: dict[str, str] = {}
             check_type("type", str(args.get("type", "")), violations, agent_emitted=True)
@@ -350,9 +356,19 @@ class Executor:
             raise_if(violations)
             assert result is not None
             late = bool(args.get("late")) or canceled
-            body = canonical_json({"key": str(args.get("key", "")), "frame_seq": frame.seq,
-                                   "authoritative": not late, "result": json.loads(result)})
-            return await self._append([NewEvent("step.completed", body)])
+
+            def step(authoritative: bool) -> NewEvent:
+                return NewEvent("step.completed", canonical_json({
+                    "key": str(args.get("key", "")), "frame_seq": frame.seq, "authoritative": authoritative,
+                    "result": json.loads(result)}))
+
+            if not late:
+                try:
+                    return await self._append([step(True)])
+                except RunCanceling:
+                    pass  # cancellation landed while the step ran: its result is late
+            await self._append([step(False)])
+            raise RunCanceling("the run is being canceled: the step's result was recorded as non-authoritative")
         if op == "history":
             _, events = await self.store.read(self.run_id, max(0, int(args.get("after", 0))),
                                               min(max(1, int(args.get("limit", 1000))), 10_000))
@@ -373,14 +389,3 @@ class Executor:
                 NewEvent("run.failed", canonical_json({"error_class": str(args.get("error_class", ""))[:128],
                                                        "message": str(args.get("message", ""))[:4096]}))])
         raise RunTerminal(f"unknown run operation {op!r}")
-
-
-def _canceled() -> Any:
-    raise _CanceledOp()
-
-
-class _CanceledOp(RunError):
-    code, reason, http_status = "FAILED_PRECONDITION", "RUN_CANCELED", 409
-
-    def __init__(self) -> None:
-        super().__init__("the run is being canceled: no new work")

@@ -205,6 +205,10 @@ class RunTerminal(RunError):
     code, reason, http_status = "FAILED_PRECONDITION", "RUN_TERMINAL", 409
 
 
+class RunCanceling(RunTerminal):
+    """Cancellation was requested: the run takes no new work (frames, steps, emits, checkpoints, completion)."""
+
+
 class RunBusy(RunError):
     """Input policy "reject": a frame is still being handled."""
 

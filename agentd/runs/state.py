@@ -37,6 +37,7 @@ from agentd.runs.model import (
     ExecutorFenced,
     FrameRow,
     NewEvent,
+    RunCanceling,
     RunConflict,
     RunNotFound,
     RunRow,
@@ -58,6 +59,9 @@ EXECUTOR_TYPES = frozenset({"frame.started", "frame.handled", "step.completed", 
 RESERVED_PREFIXES = ("run.", "frame.", "step.")
 #: Events that end a run.
 TERMINAL_EVENTS = {"run.completed": COMPLETED, "run.canceled": CANCELED, "run.failed": FAILED}
+#: What an executor may still append once cancellation was requested: bookkeeping and the end (a step's
+#: late result only as non-authoritative). Anything else is new work and is refused (RunCanceling).
+AFTER_CANCEL = frozenset({"frame.handled", "run.canceled", "run.failed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +257,13 @@ def check_fence(run: RunRow, token: int) -> None:
                              "its appends are refused")
 
 
+def _late_step(event: NewEvent) -> bool:
+    if event.type != "step.completed":
+        return False
+    data = _payload(event)
+    return isinstance(data, dict) and data.get("authoritative") is False
+
+
 def plan_append(row: RunRow | None, run_id: str, token: int, events: Sequence[NewEvent], now_ms: int,
                 checkpoint: str | None = None) -> Plan:
     """An executor's fenced append of events, optionally ending with a checkpoint of the agent's state."""
@@ -261,6 +272,10 @@ def plan_append(row: RunRow | None, run_id: str, token: int, events: Sequence[Ne
     for event in events:
         if event.type in STORE_TYPES:
             raise ValueError(f"{event.type} is written by the store, not by an executor")
+        if run.cancel_requested and event.type not in AFTER_CANCEL and not _late_step(event):
+            raise RunCanceling(f"run {run_id!r} is being canceled: {event.type} is new work and was refused")
+    if run.cancel_requested and checkpoint is not None:
+        raise RunCanceling(f"run {run_id!r} is being canceled: no new checkpoint")
     batch = list(events)
     if checkpoint is not None:
         batch.append(_event("run.checkpoint", {"state_sha256": payload_digest(checkpoint),

@@ -161,7 +161,9 @@ async def test_cancel_is_durable_idempotent_and_ends_the_run_canceled(runs, run_
     types = [e.type for e in events]
     assert types[-1] == "run.canceled" and types.count("run.cancel_requested") == 1
     cancel_at = types.index("run.cancel_requested")
-    assert "progress" not in types[cancel_at + 2:]  # no new work after the executor saw it (one in flight at most)
+    after = events[cancel_at + 1:]  # the store refuses new work once cancellation is in the log
+    assert "progress" not in types[cancel_at:] and "run.checkpoint" not in types[cancel_at:]
+    assert all(not json.loads(e.payload_json)["authoritative"] for e in after if e.type == "step.completed")
     run = await one.get(run_id)
     assert run.status == "canceled" and run.cancel_requested
     with pytest.raises(FailedPrecondition) as raised:

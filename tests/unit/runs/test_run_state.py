@@ -200,3 +200,22 @@ def test_the_chain_links_every_plan():
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert events[0].prev_hash == GENESIS and row.last_hash == events[-1].hash
     assert verify("r1", links(events)).ok
+
+
+def test_after_cancel_only_bookkeeping_a_late_step_and_the_end_are_appended():
+    from agentd.runs.model import RunCanceling
+
+    row = state.plan_claim(started().row, "r1", 1, "n", 1, NOW, 3).row
+    row = state.plan_cancel(row, "r1", "stop", NOW).row
+    for refused in (NewEvent("progress", "1"), NewEvent("frame.started", '{"frame_seq":2}'),
+                    NewEvent("run.completed", '{"output":1}'),
+                    NewEvent("step.completed", '{"authoritative":true,"key":"k","result":1}')):
+        with pytest.raises(RunCanceling):
+            state.plan_append(row, "r1", 1, [refused], NOW)
+    with pytest.raises(RunCanceling):
+        state.plan_append(row, "r1", 1, [], NOW, checkpoint="{}")
+    late = state.plan_append(row, "r1", 1, [NewEvent("step.completed",
+                                                     '{"authoritative":false,"key":"k","result":1}')], NOW)
+    ended = state.plan_append(late.row, "r1", 1, [NewEvent("frame.handled", '{"frame_seq":2}'),
+                                                  NewEvent("run.canceled", '{"reason":"stop"}')], NOW)
+    assert ended.row.status == "canceled"
