@@ -10,7 +10,7 @@ import pytest
 RUNS_CONFIG = {"lease_ttl": 2, "cancel_grace_s": 1.0, "janitor_interval_s": 1.0, "pending_grace_s": 1.0}
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def runs_cluster(request, etcd_server):
     """Two nodes (meshd + agentd each) sharing one runs store: a SQLite file, or a PostgreSQL database."""
     from mabeam.dev.cluster import DevCluster
