@@ -3,8 +3,9 @@
 Embedded etcd and three nodes (meshd, agentd, coordinator each) start on free
 loopback ports. The tour shows a supervised team of agents (a crash restored
 from its checkpoint, a hang killed by its timeout, a call across nodes by
-name), an English auction surviving a kill -9 of the active coordinator, then
-membership, the leader, a name registered on one node and resolved on another,
+name), an English auction surviving a kill -9 of the active coordinator, a
+durable run streamed over SSE from another node while its executor is killed with
+-9 (the stream continues gap-free), then membership, the leader, a name registered on one node and resolved on another,
 a group spanning nodes, and a node killed with -9 and seen leaving (with its
 names) while the leadership moves.
 """
