@@ -1,5 +1,9 @@
-"""The gRPC RunService over a :class:`~agentd.runs.manager.RunManager`; :func:`service_error` is the one place
-durable-runs errors become gRPC statuses (code, ErrorReason, message, BadRequest, ErrorInfo metadata)."""
+"""The gRPC RunService over a :class:`~agentd.runs.manager.RunManager`.
+
+:func:`service_error` is the one place a durable-runs error becomes a :class:`~mabeam.errors.ServiceError`
+(code, ErrorReason, message, BadRequest, ErrorInfo metadata such as ``retention_floor``); the methods raise
+it and the daemon's :class:`~mabeam.grpcutil.ErrorInterceptor` answers with the status.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import grpc
 from agentd.runs.manager import RunManager, RunView
 from agentd.runs.model import EventRow, InvalidRunRequest, RunError, RunsUnavailable
 from agentd.runs.upcasters import upcast
-from mabeam.errors import FieldViolation, ServiceError, abort
+from mabeam.errors import FieldViolation, ServiceError
 from mabeam.etcd.client import EtcdError
 from mabeam.v1 import run_pb2, run_pb2_grpc
 
@@ -36,7 +40,7 @@ def _translate(error: BaseException) -> ServiceError | None:
 
 
 def translated(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
-    """Decorator for unary methods: RunError / EtcdError → status with rich details."""
+    """Decorator for unary methods: RunError / EtcdError are raised again as ServiceError."""
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
         try:
@@ -44,7 +48,7 @@ def translated(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R
         except (RunError, EtcdError) as error:
             status = _translate(error)
             assert status is not None
-            await abort(context, status)
+            raise status from None
     return wrapper
 
 
@@ -138,7 +142,7 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
         except (RunError, EtcdError) as error:
             status = _translate(error)
             assert status is not None
-            await abort(context, status)
+            raise status from None
 
 
 __all__ = ["RunServicer", "service_error", "InvalidRunRequest"]
