@@ -14,6 +14,8 @@ import (
 	v1 "github.com/mabeam/mabeam/clients/go/gen/mabeamv1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 )
 
 // retryableReasons are the UNAVAILABLE answers after which a coordinator call is repeated on the
@@ -66,12 +68,26 @@ func (c *CoordinatorClient) stub() (v1.CoordinatorServiceClient, string, error) 
 	conn, ok := c.conns[endpoint]
 	if !ok {
 		var err error
-		if conn, err = dial(endpoint, c.opts); err != nil {
+		if conn, err = dial(endpoint, append(c.dialOptions(), c.opts...)); err != nil {
 			return nil, endpoint, err
 		}
 		c.conns[endpoint] = conn
 	}
 	return v1.NewCoordinatorServiceClient(conn), endpoint, nil
+}
+
+// dialOptions: plaintext plus HTTP/2 keepalive. A leader that goes silent (its host cut off, its
+// process paused) keeps the TCP connection open and never ends a stream; a ping every 2 s unanswered
+// for 2 s breaks the connection, so the bid stream reopens on the new leader (the coordinator
+// accepts pings this often; the Python SDK does the same).
+func (c *CoordinatorClient) dialOptions() []grpc.DialOption {
+	if len(c.opts) > 0 {
+		return []grpc.DialOption{grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 2 * time.Second,
+			Timeout: 2 * time.Second, PermitWithoutStream: true})}
+	}
+	return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 2 * time.Second, Timeout: 2 * time.Second,
+			PermitWithoutStream: true})}
 }
 
 // failedOver decides, after an error from endpoint, whether to retry and where; it returns the

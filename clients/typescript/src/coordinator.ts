@@ -51,7 +51,7 @@ export class CoordinatorClient {
   stub(): [Stub, string] {
     const endpoint = this.current;
     let stub = this.stubs.get(endpoint);
-    if (!stub) this.stubs.set(endpoint, (stub = createClient(CoordinatorService, transport(endpoint))));
+    if (!stub) this.stubs.set(endpoint, (stub = createClient(CoordinatorService, transport(endpoint, true))));
     return [stub, endpoint];
   }
 

@@ -17,7 +17,7 @@ use crate::agents::to_json;
 use crate::error::{Error, Result};
 use crate::v1::coordinator_service_client::CoordinatorServiceClient;
 use crate::v1;
-use crate::{channel, request};
+use crate::{keepalive_channel, request};
 
 type Stub = CoordinatorServiceClient<Channel>;
 
@@ -88,7 +88,7 @@ impl CoordinatorClient {
         let mut state = self.state.lock().unwrap();
         let endpoint = state.current.clone();
         if !state.stubs.contains_key(&endpoint) {
-            let stub = CoordinatorServiceClient::new(channel(&endpoint)?);
+            let stub = CoordinatorServiceClient::new(keepalive_channel(&endpoint)?);
             state.stubs.insert(endpoint.clone(), stub);
         }
         Ok((state.stubs[&endpoint].clone(), endpoint))

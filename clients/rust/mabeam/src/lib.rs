@@ -43,6 +43,20 @@ pub fn channel(target: &str) -> Result<Channel> {
         .connect_lazy())
 }
 
+/// A channel like [`channel`] with HTTP/2 keepalive: a ping every 2 s unanswered for 2 s drops the
+/// connection, so a stream on a server that went silent (host cut off, process paused) breaks instead
+/// of waiting forever (the coordinator client; the coordinator accepts pings this often).
+pub fn keepalive_channel(target: &str) -> Result<Channel> {
+    let uri = if target.contains("://") { target.to_string() } else { format!("http://{target}") };
+    Ok(Endpoint::from_shared(uri)
+        .map_err(|e| Error::msg(tonic::Code::InvalidArgument, format!("bad endpoint {target:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
 /// A request with a deadline.
 pub(crate) fn request<T>(message: T, timeout: Option<Duration>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
