@@ -256,6 +256,33 @@ class Runner:
             else:
                 var = await self.coordinator.get_variable(a["name"])
             return {"version": var.version, "value": json.loads(var.value_json)}
+        if name.startswith("run_"):
+            return await self.run_op(name, a)
+        raise StepFailed(f"unknown op {name!r}")
+
+    async def run_op(self, name: str, a: dict[str, Any]) -> Any:
+        """The durable-run ops (RunService on the node's agentd)."""
+        from mabeam_client.runs import RunClient
+
+        async with RunClient([self.node(a)["agentd"]]) as runs:
+            if name == "run_start":
+                started = await runs.start(a["agent_type"], a.get("input"), run_id=a["run_id"])
+                return {"created": started.created, "status": started.run.status}
+            if name == "run_append":
+                appended = await runs.append(a["run_id"], a["frame_id"], a["type"], a.get("payload"))
+                return {"duplicate": appended.duplicate, "seq": appended.seq}
+            if name == "run_stream":
+                seqs, types = [], []
+                async for event in runs.stream(a["run_id"], cursor=int(a.get("cursor", 0)),
+                                               follow=bool(a.get("follow", False))):
+                    seqs.append(event.seq)
+                    types.append(event.type)
+                return {"count": len(seqs), "first_seq": seqs[0] if seqs else 0, "last_seq": seqs[-1] if seqs else 0,
+                        "gap_free": seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else True,
+                        "last_type": types[-1] if types else ""}
+            if name == "run_get":
+                run = await runs.get(a["run_id"])
+                return {"status": run.status, "last_seq": run.last_seq}
         raise StepFailed(f"unknown op {name!r}")
 
     async def attach(self, a: dict[str, Any]) -> Any:

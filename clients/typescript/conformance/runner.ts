@@ -6,7 +6,7 @@
 import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { parse } from "yaml";
-import { AgentClient, CoordinatorClient, ExternalAgent, MabeamError, MeshClient, parseJson, type Context } from "../src/index.js";
+import { AgentClient, CoordinatorClient, ExternalAgent, MabeamError, MeshClient, parseJson, RunClient, type Context } from "../src/index.js";
 
 const LANG = "typescript";
 type Json = any; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -206,6 +206,37 @@ class Runner {
           : name === "set_variable" ? await this.coordinator.setVariable(a.name, a.value, a.expected_version)
           : await this.coordinator.variable(a.name);
         return { version: Number(v.version), value: parseJson(v.valueJson) };
+      }
+    }
+    if (name.startsWith("run_")) return this.runOp(name, a);
+    throw new Failure(`unknown op ${name}`);
+  }
+
+  /** The durable-run ops against the node's agentd (RunService). */
+  async runOp(name: string, a: Json): Promise<Json> {
+    const runs = new RunClient(this.node(a).agentd);
+    switch (name) {
+      case "run_start": {
+        const r = await runs.start(a.run_id, a.agent_type, a.input);
+        return { created: r.created, status: r.run?.status };
+      }
+      case "run_append": {
+        const r = await runs.append(a.run_id, a.frame_id, a.type, a.payload);
+        return { duplicate: r.duplicate, seq: Number(r.seq) };
+      }
+      case "run_stream": {
+        const seqs: number[] = [];
+        let lastType = "";
+        for await (const event of runs.stream(a.run_id, a.cursor ?? 0, a.follow ?? false)) {
+          seqs.push(Number(event.seq));
+          lastType = event.type;
+        }
+        return { count: seqs.length, first_seq: seqs[0] ?? 0, last_seq: seqs.at(-1) ?? 0,
+          gap_free: seqs.every((s, i) => s === seqs[0] + i), last_type: lastType };
+      }
+      case "run_get": {
+        const run = await runs.get(a.run_id);
+        return { status: run?.status, last_seq: Number(run?.lastSeq ?? 0) };
       }
     }
     throw new Failure(`unknown op ${name}`);

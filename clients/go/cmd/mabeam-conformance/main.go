@@ -500,6 +500,51 @@ func (r *runner) op(name string, a map[string]any) (any, error) {
 		value, _ := mabeam.JSON[any](v.GetValueJson())
 		return map[string]any{"version": v.GetVersion(), "value": value}, nil
 	}
+	if strings.HasPrefix(name, "run_") {
+		return r.runOp(ctx, name, a)
+	}
+	return nil, fail("unknown op %q", name)
+}
+
+// runOp runs the durable-run ops against the node's agentd (RunService).
+func (r *runner) runOp(ctx context.Context, name string, a map[string]any) (any, error) {
+	runs, err := mabeam.DialRuns(r.node(a).Agentd)
+	if err != nil {
+		return nil, err
+	}
+	defer runs.Close()
+	switch name {
+	case "run_start":
+		run, created, err := runs.Start(ctx, str(a, "run_id"), str(a, "agent_type"), a["input"], nil)
+		return map[string]any{"created": created, "status": run.GetStatus()}, err
+	case "run_append":
+		resp, err := runs.Append(ctx, str(a, "run_id"), str(a, "frame_id"), str(a, "type"), a["payload"])
+		return map[string]any{"duplicate": resp.GetDuplicate(), "seq": resp.GetSeq()}, err
+	case "run_stream":
+		follow, _ := a["follow"].(bool)
+		var seqs []int64
+		lastType := ""
+		for event, err := range runs.Stream(ctx, str(a, "run_id"), int64(intArg(a, "cursor", 0)), follow) {
+			if err != nil {
+				return nil, err
+			}
+			seqs = append(seqs, event.GetSeq())
+			lastType = event.GetType()
+		}
+		out := map[string]any{"count": len(seqs), "first_seq": 0, "last_seq": 0, "gap_free": true, "last_type": lastType}
+		if len(seqs) > 0 {
+			out["first_seq"], out["last_seq"] = seqs[0], seqs[len(seqs)-1]
+			for i := range seqs {
+				if seqs[i] != seqs[0]+int64(i) {
+					out["gap_free"] = false
+				}
+			}
+		}
+		return out, nil
+	case "run_get":
+		run, err := runs.Get(ctx, str(a, "run_id"))
+		return map[string]any{"status": run.GetStatus(), "last_seq": run.GetLastSeq()}, err
+	}
 	return nil, fail("unknown op %q", name)
 }
 

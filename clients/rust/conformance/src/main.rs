@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mabeam::agent::RunningAgent;
-use mabeam::{AgentClient, BidStream, Context, CoordinatorClient, CreateOptions, Error, ExternalAgent, MeshClient, SpawnOptions};
+use mabeam::{AgentClient, BidStream, Context, CoordinatorClient, CreateOptions, Error, ExternalAgent, MeshClient, RunClient, SpawnOptions};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
@@ -317,6 +317,39 @@ impl Runner {
                 };
                 let value: Value = serde_json::from_str(&var.value_json).unwrap_or(Value::Null);
                 Ok(json!({"version": var.version, "value": value}))
+            }
+            other if other.starts_with("run_") => self.run_op(other, a).await,
+            other => Err(fail(format!("unknown op {other:?}"))),
+        }
+    }
+
+    /// The durable-run ops against the node's agentd (RunService).
+    async fn run_op(&mut self, name: &str, a: &Value) -> StepResult {
+        let runs = RunClient::connect(&s(self.node(a), "agentd"))?;
+        match name {
+            "run_start" => {
+                let r = runs.start(&s(a, "run_id"), &s(a, "agent_type"), &a["input"], HashMap::new()).await?;
+                Ok(json!({"created": r.created, "status": r.run.unwrap_or_default().status}))
+            }
+            "run_append" => {
+                let r = runs.append(&s(a, "run_id"), &s(a, "frame_id"), &s(a, "type"), &a["payload"]).await?;
+                Ok(json!({"duplicate": r.duplicate, "seq": r.seq}))
+            }
+            "run_stream" => {
+                let mut events = runs.stream(&s(a, "run_id"), a["cursor"].as_i64().unwrap_or(0), a["follow"].as_bool().unwrap_or(false));
+                let (mut seqs, mut last_type) = (Vec::<i64>::new(), String::new());
+                while let Some(event) = tokio_stream::StreamExt::next(&mut events).await {
+                    let event = event?;
+                    seqs.push(event.seq);
+                    last_type = event.r#type;
+                }
+                let gap_free = seqs.iter().enumerate().all(|(i, seq)| *seq == seqs[0] + i as i64);
+                Ok(json!({"count": seqs.len(), "first_seq": seqs.first().copied().unwrap_or(0),
+                    "last_seq": seqs.last().copied().unwrap_or(0), "gap_free": gap_free, "last_type": last_type}))
+            }
+            "run_get" => {
+                let run = runs.get(&s(a, "run_id")).await?;
+                Ok(json!({"status": run.status, "last_seq": run.last_seq}))
             }
             other => Err(fail(format!("unknown op {other:?}"))),
         }
