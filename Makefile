@@ -118,6 +118,7 @@ STRICT += agentd/tools agentd/pipelines mabeam/pipelines
 STRICT += mabeam/runchain.py agentd/runs/model.py agentd/runs/state.py agentd/runs/frames.py agentd/runs/upcasters.py
 STRICT += agentd/runs/retention.py agentd/runs/validation.py agentd/runs/scan.py agentd/runs/config.py
 STRICT += mabeam/dev/hostbed/invariants.py
+STRICT += agentd/frames.py coordinator/plugins.py
 typecheck: setup
 	$(BIN)/mypy --strict $(STRICT)
 

@@ -134,10 +134,11 @@ class Worker:
             channel.write(frame)
 
     async def request(self, frame: frames.Call | frames.RunOp, timeout: float) -> Any:
-        """Send a request to the main process and wait for its ok/err (the deadline is swept by ``_tick``)."""
+        """Send a request to the main process (under a fresh ``rid``) and wait for its ok/err (the deadline is
+        swept by ``_tick``)."""
         rid = self.next_rid
         self.next_rid += 1
-        frame.rid = rid
+        frame = frames.with_rid(frame, rid)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[rid] = (future, time.monotonic() + timeout)
         try:
@@ -259,7 +260,7 @@ class Worker:
                 self.runs.signal(run_id, delivery_id, kind)
             case _:
                 log.error("worker %s: the main process sent %s, which only workers send: ignored",
-                          self.worker_id, frame.op)
+                          self.worker_id, frames.op_of(frame))
 
     def _call_fast(self, frame: frames.Call) -> bool:
         """A call to a local agent without a task or a future: the agent answers into a RemoteReply.
@@ -286,9 +287,9 @@ class Worker:
         except AgentError as exc:
             self.write(frames.Err(rid, exc.code.name, exc.message))
         except Exception:  # a bug must not kill the worker: report it to the caller
-            log.exception("worker %s: request %s failed", self.worker_id, frame.op)
+            log.exception("worker %s: request %s failed", self.worker_id, frames.op_of(frame))
             self.write(frames.Err(rid, "INTERNAL", f"internal error in worker {self.worker_id} handling "
-                                                   f"{frame.op}; the worker logged the cause"))
+                                                   f"{frames.op_of(frame)}; the worker logged the cause"))
         else:
             self.write(frames.Ok(rid, result))
 

@@ -329,7 +329,7 @@ class WorkerPool:
                 self.delivery_failed(sender, to, code, message)
             case _:
                 log.error("worker %s sent %s, which only the main process sends: ignored", handle.worker_id,
-                          frame.op)
+                          frames.op_of(frame))
 
     def delivery_failed(self, sender: str, to: str, code: str, message: str) -> None:
         """Tell an agent here that its cast to ``to`` failed (a DeliveryFailed info message)."""
@@ -465,13 +465,13 @@ class WorkerPool:
         """The agent id for a name or an id."""
         return self.names.get(to, to)
 
-    async def _request(self, handle: WorkerHandle, frame: frames.Spawn | frames.Stop | frames.Cast | frames.Call | frames.Info | frames.ListAgents | frames.Tree
-                       | frames.RunFrame,
-                       timeout: float) -> Any:
+    async def _request(self, handle: WorkerHandle, frame: frames.Spawn | frames.Stop | frames.Cast | frames.Call
+                       | frames.Info | frames.ListAgents | frames.Tree | frames.RunFrame, timeout: float) -> Any:
+        """Send ``frame`` to the worker under a fresh ``rid``; its Ok's value, or its Err raised."""
         if not handle.alive:
             await self._wait_ready(handle, timeout)
         rid = next(self._rids)
-        frame.rid = rid
+        frame = frames.with_rid(frame, rid)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         pending = handle.pending
         # The deadline is swept by _expire_requests, not a timer per call (bench agents, cross_process_calls_per_s).

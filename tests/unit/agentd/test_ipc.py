@@ -24,6 +24,8 @@ from agentd.frames import (
     Stats,
     Tree,
     decode,
+    encode,
+    op_of,
 )
 from agentd.ipc import Channel, pack
 from agentd.worker import RemoteReply
@@ -34,8 +36,8 @@ def test_every_frame_round_trips_through_its_wire_form() -> None:
                            Tree(3, None), Shutdown(), Hello("w0", 42), Stats({"n": 1}), Ok(2, None),
                            Err(2, "NOT_FOUND", "no agent x")]
     for frame in frames:
-        wire = frame.encode()
-        assert wire[0] == frame.op.value and isinstance(wire[0], str)
+        wire = encode(frame)
+        assert wire[0] == op_of(frame).value and type(wire[0]) is str
         assert decode(msgpack.unpackb(msgpack.packb(wire))) == frame
     assert {op.value for op in Op} >= {"spawn", "call", "cast", "ok", "err", "name+", "gcast", "blocked"}
 
