@@ -205,7 +205,8 @@ class MeshNode:
             if not result.succeeded:
                 log.warning("name %s/%s was taken by another node while ours lapsed; dropping it", tenant, name)
                 self._owned_names.pop((tenant, name), None)
-        for key, member in self._owned_groups.items():
+        # A snapshot: JoinGroup requests served while we await the puts add to the dict.
+        for key, member in list(self._owned_groups.items()):
             await self.client.put(key, member.SerializeToString(), session.lease_id)
 
     async def _campaign(self, session: Session) -> None:
