@@ -38,3 +38,30 @@ async def test_partition_coordinator_leader_host_both_ways_then_heal(bed: HostBe
     await workload.check_healed(healed)
     await workload.wait_progress(since=healed)
     await workload.finish()
+
+
+async def test_asymmetric_partition_etcd_leader_host_then_heal(bed: HostBed, workload: Workload) -> None:
+    """Failure: the host running the etcd leader can still receive but nothing it sends arrives
+    (blackhole on its egress only), for longer than the lease TTL: its etcd member stops reaching the
+    other two, its meshd and coordinator stop reaching etcd, its data plane goes silent.
+
+    Expected healing: the two other etcd members elect a new leader and keep serving; the clients there
+    that were connected to the cut member move to another one (a keepalive that gets no answer makes the
+    etcd client fail over) before their own leases can expire. The cut host's lease expires: it leaves
+    every other node's view, calls to its agents fail with a typed error within their deadline. After the
+    heal it rejoins by itself, and within TTL + 2 s its names and groups are back everywhere and every
+    agentd reaches every counter.
+    """
+    await workload.start()
+    await workload.wait_progress()
+    assert bed.etcd is not None
+    cut = bed.host(bed.etcd.leader().host.name)
+    others = [h for h in bed.hosts if h is not cut]
+    started = bed.partition(cut, "egress")
+    await workload.wait_member_state(cut, present=False, observers=others, timeout=bed.lease_ttl + 8)
+    await workload.wait_failed_calls_to(cut, since=started)
+    await workload.wait_progress(since=started, hosts=others)
+    healed = bed.heal(cut)
+    await workload.check_healed(healed)
+    await workload.wait_progress(since=healed)
+    await workload.finish()

@@ -128,16 +128,34 @@ class Daemon:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (and SIGCONT, in case it is paused), then SIGKILL after ``timeout``."""
+        self.terminate()
+        self.wait_stopped(time.monotonic() + timeout)
+
+    def kill_nowait(self) -> None:
+        """kill -9 the daemon's process group; does not wait (see :meth:`wait_stopped`)."""
+        if self.proc is None or not self.alive:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def terminate(self) -> None:
+        """Ask the daemon to stop (SIGTERM, and SIGCONT in case it is paused); does not wait."""
         if self.proc is None or not self.alive:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
             os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def wait_stopped(self, deadline: float) -> None:
+        """Wait until the daemon exited (SIGKILL at ``deadline``, a time.monotonic() value), then kill what is
+        left of its process group (workers)."""
+        if self.proc is None:
+            return
         try:
-            self.proc.wait(timeout)
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.kill()
-        # Workers a daemon left behind in its group go too.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        self.incarnations[-1].ended = self.incarnations[-1].ended or time.time()
+        if self.incarnations:
+            self.incarnations[-1].ended = self.incarnations[-1].ended or time.time()

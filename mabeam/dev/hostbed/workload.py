@@ -204,14 +204,57 @@ class Workload:
             await asyncio.sleep(0.05)
         return self.bed.note(f"{host.name} {'back in' if present else 'gone from'} the membership views")
 
-    async def coordinator_leader(self, timeout: float = 15.0) -> Host:
-        """The host whose coordinator leads now (asked through the SDK)."""
+    async def wait_names(self, names: set[str], present: bool, observers: list[Host], timeout: float) -> float:
+        """Wait until every observer's meshd lists (or no longer lists) every one of ``names``; returns when."""
+        from mabeam_client.mesh import MeshClient
+
+        async def done() -> bool:
+            for observer in observers:
+                try:
+                    async with MeshClient(observer.endpoint("meshd"), timeout=2.0) as mesh:
+                        listed = {e.name for e in await mesh.names()}
+                except Exception:  # noqa: BLE001 - an observer that does not answer is "not yet"
+                    return False
+                if (names <= listed) if present else not (names & listed):
+                    continue
+                return False
+            return True
+
+        deadline = time.monotonic() + timeout * self.slow
+        while not await done():
+            if time.monotonic() > deadline:
+                self.fail([f"names {sorted(names)} were {'not ' if present else 'still '}listed by "
+                           f"{[o.name for o in observers]} after {timeout * self.slow:.0f}s"])
+            await asyncio.sleep(0.05)
+        return self.bed.note(f"names {sorted(names)} {'listed' if present else 'gone'} on "
+                             f"{[o.name for o in observers]}")
+
+    async def wait_coordinator_leader(self, other_than: Host | None, timeout: float) -> Host:
+        """Wait until a coordinator other than ``other_than``'s leads (asked of the other hosts); returns it."""
         from mabeam_client.coordinator import CoordinatorClient
 
-        async with CoordinatorClient(self.bed.endpoints("coordinator"), timeout=2.0,
-                                     failover_timeout=timeout * self.slow) as coordinator:
-            leader = await coordinator.leader()
-        return self.bed.host(leader.node_id)
+        endpoints = [h.endpoint("coordinator") for h in self.bed.hosts if h is not other_than]
+        deadline = time.monotonic() + timeout * self.slow
+        last = ""
+        while True:
+            try:
+                async with CoordinatorClient(endpoints, timeout=2.0, failover_timeout=2.0) as coordinator:
+                    leader = await coordinator.leader()
+                if leader.leader_node_id and (other_than is None or leader.leader_node_id != other_than.name):
+                    host = self.bed.host(leader.leader_node_id)
+                    self.bed.note(f"coordinator leader: {host.name} (term {leader.term})")
+                    return host
+                last = f"leader is {leader.leader_node_id or 'nobody'}"
+            except Exception as error:  # noqa: BLE001 - not yet
+                last = repr(error)[:200]
+            if time.monotonic() > deadline:
+                self.fail([f"no coordinator other than {other_than.name if other_than else '-'} led within "
+                           f"{timeout * self.slow:.0f}s ({last})"])
+            await asyncio.sleep(0.1)
+
+    async def coordinator_leader(self, timeout: float = 15.0) -> Host:
+        """The host whose coordinator leads now (asked through the SDK; waits for one to lead)."""
+        return await self.wait_coordinator_leader(None, timeout)
 
     async def registry_views(self) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
         """Names and group memberships (``group/node/agent``) as each node's meshd serves them."""
@@ -317,7 +360,10 @@ class Workload:
     def stop_load(self) -> None:
         """Stop every load generator (each finishes the operation it is in)."""
         for daemon in self.loads.values():
-            daemon.stop(timeout=30.0 * self.slow)
+            daemon.terminate()
+        deadline = time.monotonic() + 30.0 * self.slow
+        for daemon in self.loads.values():
+            daemon.wait_stopped(deadline)
         self.bed.note("load stopped")
 
     async def finish(self) -> None:
@@ -412,4 +458,7 @@ class Workload:
     def close(self) -> None:
         """Stop the load generators (safe to call twice, and after a failure)."""
         for daemon in self.loads.values():
-            daemon.stop(timeout=10.0)
+            daemon.terminate()
+        deadline = time.monotonic() + 10.0
+        for daemon in self.loads.values():
+            daemon.wait_stopped(deadline)
