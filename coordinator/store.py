@@ -121,6 +121,12 @@ class Committer:
             except EtcdError as error:
                 self._break(batch, CommitFailed(f"etcd write failed: {error}"))
                 return
+            except asyncio.CancelledError:
+                # The term ended under this commit (lease lost, stopping): its outcome is unknown, so its
+                # requests are failed NOT_DURABLE and clients resend them, same ids, to the next leader.
+                # Left unresolved, every bid stream waiting on them hung for good (the netns test bed).
+                self._break(batch, CommitFailed("the term ended while this commit was in flight"))
+                raise
             elapsed = time.perf_counter() - started
             self.stats.seconds += elapsed
             if not result.succeeded:
