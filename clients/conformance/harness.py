@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -163,6 +164,7 @@ class Harness:
                 proc.kill()
                 proc.wait()
         self.cluster.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def main() -> int:
