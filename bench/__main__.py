@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import pkgutil
 import sys
@@ -28,10 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", choices=available())
     parser.add_argument("--quick", action="store_true", help="a short run (at most about 60 s)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--hosts", action="store_true",
+                        help="two-host mode (hol, dataplane): two network-namespace hosts of one core each "
+                             "(needs root; bench/_twohost.py); results go to NAME-hosts")
     args = parser.parse_args(argv)
     module = importlib.import_module(f"bench.{args.name}")
-    result = module.run(quick=args.quick)
-    path = write_result(args.name, result, args.quick)
+    if args.hosts:
+        if "hosts" not in inspect.signature(module.run).parameters:
+            parser.error(f"bench {args.name} has no two-host mode")
+        result = module.run(quick=args.quick, hosts=True)
+    else:
+        result = module.run(quick=args.quick)
+    path = write_result(f"{args.name}-hosts" if args.hosts else args.name, result, args.quick)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -44,20 +45,30 @@ def _counts(quick: bool) -> dict[str, int]:
 
 # ---------------------------------------------------------------- raw pyzmq baselines
 
-def _child(role: str, count: int) -> None:
+#: Where this process's baseline children bind (and their peers connect): loopback on one host, the host's
+#: address on host B of the two-host mode (``$MABEAM_BENCH_BIND``, set by :func:`_spawn`).
+BIND_ENV = "MABEAM_BENCH_BIND"
+
+
+def _bind_host() -> str:
+    return os.environ.get(BIND_ENV, "127.0.0.1")
+
+
+def _child(role: str, arg: str) -> None:
     if role == "aecho":
-        _asyncio_echo(count)
+        _asyncio_echo(int(arg))
         return
     if role == "relay":
-        _run_loop(_relay(count))
+        _run_loop(_relay(arg))
         return
+    count = int(arg)
     ctx = zmq.Context()
     if role == "pull":
         sock = ctx.socket(zmq.PULL)
         sock.setsockopt(zmq.RCVHWM, 100_000)
     else:
         sock = ctx.socket(zmq.REP)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    port = sock.bind_to_random_port(f"tcp://{_bind_host()}")
     print(port, flush=True)
     if role == "pull":
         for _ in range(count):
@@ -70,20 +81,26 @@ def _child(role: str, count: int) -> None:
     ctx.term()
 
 
-def _spawn(role: str, count: int) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, "-m", "bench.dataplane", role, str(count)], stdout=subprocess.PIPE,
-                            text=True)
+def _spawn(role: str, arg: int | str, far: bool = True) -> tuple[subprocess.Popen[str], str]:
+    """A baseline child; returns it and the ``host:port`` it bound. ``far``: on the other host in the two-host
+    mode (host B, CPU 1: as the receiver and meshd-2 are); otherwise beside this process."""
+    from bench._twohost import TwoHostEnv
+
+    two = TwoHostEnv.current()
+    prefix, host = (two.b.prefix, two.b.address) if two is not None and far else ([], "127.0.0.1")
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "bench.dataplane", role, str(arg)],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, BIND_ENV: host})
     assert proc.stdout is not None
-    return proc, int(proc.stdout.readline())
+    return proc, f"{host}:{int(proc.stdout.readline())}"
 
 
 def raw_push_pull(size: int, count: int) -> float:
     """Messages/s of plain pyzmq PUSH→PULL between two processes."""
-    proc, port = _spawn("pull", count)
+    proc, address = _spawn("pull", count)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, 100_000)
-    sock.connect(f"tcp://127.0.0.1:{port}")
+    sock.connect(f"tcp://{address}")
     payload = b"x" * size
     started = time.perf_counter()
     for _ in range(count):
@@ -97,11 +114,11 @@ def raw_push_pull(size: int, count: int) -> float:
     return count / elapsed
 
 
-def _ping(kind: int, port: int, count: int) -> list[float]:
-    """Round-trip times (µs) of ``count`` blocking 64 B send/recv pairs on a ``kind`` socket to ``port``."""
+def _ping(kind: int, address: str, count: int) -> list[float]:
+    """Round-trip times (µs) of ``count`` blocking 64 B send/recv pairs on a ``kind`` socket to ``address``."""
     ctx = zmq.Context(io_threads=1)
     sock = ctx.socket(kind)
-    sock.connect(f"tcp://127.0.0.1:{port}")
+    sock.connect(f"tcp://{address}")
     times = []
     for _ in range(count):
         started = time.perf_counter_ns()
@@ -115,8 +132,8 @@ def _ping(kind: int, port: int, count: int) -> list[float]:
 
 def raw_req_rep(count: int) -> list[float]:
     """Round-trip times (µs) of plain pyzmq REQ/REP, 64 B."""
-    proc, port = _spawn("rep", count)
-    times = _ping(zmq.REQ, port, count)
+    proc, address = _spawn("rep", count)
+    times = _ping(zmq.REQ, address, count)
     proc.wait(timeout=30)
     return times
 
@@ -136,7 +153,7 @@ def _asyncio_echo(count: int) -> None:
     async def serve() -> None:
         ctx = zmq.Context(io_threads=1)
         sock = ctx.socket(zmq.ROUTER)
-        print(sock.bind_to_random_port("tcp://127.0.0.1"), flush=True)
+        print(sock.bind_to_random_port(f"tcp://{_bind_host()}"), flush=True)
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         seen = [0]
@@ -165,12 +182,12 @@ def asyncio_floor(count: int) -> list[float]:
     no envelope, no routing: the floor under any asyncio data plane's call on this machine, to
     compare with the sync REQ/REP baseline (which blocks in libzmq and never touches a loop).
     """
-    proc, port = _spawn("aecho", count)
+    proc, address = _spawn("aecho", count)
 
     async def ping() -> list[float]:
         ctx = zmq.Context(io_threads=1)
         sock = ctx.socket(zmq.DEALER)
-        sock.connect(f"tcp://127.0.0.1:{port}")
+        sock.connect(f"tcp://{address}")
         loop = asyncio.get_running_loop()
         waiting: list[asyncio.Future[bytes]] = []
 
@@ -198,13 +215,13 @@ def asyncio_floor(count: int) -> list[float]:
     return times
 
 
-async def _relay(next_port: int) -> None:
-    """Child of the relay floor: ROUTER in, DEALER on to ``next_port``, replies back to the last requester."""
+async def _relay(next_address: str) -> None:
+    """Child of the relay floor: ROUTER in, DEALER on to ``next_address``, replies back to the last requester."""
     ctx = zmq.Context(io_threads=1)
     front = ctx.socket(zmq.ROUTER)
     back = ctx.socket(zmq.DEALER)
-    back.connect(f"tcp://127.0.0.1:{next_port}")
-    print(front.bind_to_random_port("tcp://127.0.0.1"), flush=True)
+    back.connect(f"tcp://{next_address}")
+    print(front.bind_to_random_port(f"tcp://{_bind_host()}"), flush=True)
     loop = asyncio.get_running_loop()
     requester = [b""]
 
@@ -235,13 +252,15 @@ def relay_floor(count: int) -> list[float]:
     their FD callbacks (as meshd does), 64 B, no envelope, no routing: the floor under any design that
     puts two daemons between two processes on this machine (bench "ratio_call_p50_vs_relay_floor").
     """
-    echo, port = _spawn("aecho", count)
+    # Placed as the call through two meshd is: the echo and the second relay where the receiver and
+    # meshd-2 are, the first relay beside this process (meshd-1 and the sender), in the two-host mode.
+    echo, address = _spawn("aecho", count)
     relays = []
-    for _ in range(2):
-        relay, port = _spawn("relay", port)
+    for far in (True, False):
+        relay, address = _spawn("relay", address, far=far)
         relays.append(relay)
     try:
-        times = _ping(zmq.DEALER, port, count)
+        times = _ping(zmq.DEALER, address, count)
         echo.wait(timeout=30)
     finally:
         for relay in relays:
@@ -252,10 +271,10 @@ def relay_floor(count: int) -> list[float]:
 
 # ---------------------------------------------------------------- through two real meshd processes
 
-async def _meshd(quick: bool) -> dict[str, Any]:
-    from bench.hol import MeshPair
+async def _meshd(quick: bool, two_hosts: bool = False) -> dict[str, Any]:
+    from bench.hol import HostsPair, MeshPair
 
-    pair = MeshPair(receiver="bench-rx")
+    pair = HostsPair(receiver="bench-rx") if two_hosts else MeshPair(receiver="bench-rx")
     out: dict[str, Any] = {}
     try:
         await pair.start()
@@ -321,31 +340,28 @@ def _plane(quick: bool) -> dict[str, Any]:
     return out
 
 
-def run(quick: bool) -> dict[str, Any]:
-    """Throughput per size and call latency through two meshd, then in-plane, then raw pyzmq; ratios."""
-    result: dict[str, Any] = dict(_run_loop(_meshd(quick)))
+def run(quick: bool, hosts: bool = False) -> dict[str, Any]:
+    """Throughput per size and call latency through two meshd, then in-plane, then raw pyzmq; ratios.
+
+    With ``hosts``: through two meshd on two network-namespace hosts of one core each, every baseline placed
+    and pinned the same way (bench/_twohost.py); the in-plane figures are not part of that mode.
+    """
+    if hosts:
+        from bench._twohost import TwoHosts
+
+        with TwoHosts() as two:
+            result = two.measure("bench.dataplane", "quick" if quick else "full")
+        result["notes"] = ("two hosts: network namespaces on a bridge, one core each; host A (CPU 0): sender "
+                           "attached (ipc) to meshd-1, PUSH/REQ/ping ends, the first relay; host B (CPU 1): "
+                           "meshd-2, the receiver, PULL/REP/echo ends, the second relay; CURVE off as in the "
+                           "one-host figures; no plane_* figures in this mode")
+        return result
+    result = _measure(quick, two_hosts=False)
     result.update(_plane(quick))
-    for key, count in _counts(quick).items():
-        rate = raw_push_pull(SIZES[key], count)
-        result[f"raw_{key}_msgs_per_s"] = round(rate)
-        result[f"ratio_{key}"] = round(result[f"mesh_{key}_msgs_per_s"] / rate, 3)
-        result[f"plane_ratio_{key}"] = round(result[f"plane_{key}_msgs_per_s"] / rate, 3)
-    rtts = raw_req_rep(2000 if quick else 10000)
-    result["raw_reqrep_p50_us"] = round(percentile(rtts, 50), 1)
-    result["raw_reqrep_p99_us"] = round(percentile(rtts, 99), 1)
-    result["ratio_call_p50"] = round(result["mesh_call_p50_us"] / result["raw_reqrep_p50_us"], 2)
+    for key in _counts(quick):
+        result[f"plane_ratio_{key}"] = round(result[f"plane_{key}_msgs_per_s"] / result[f"raw_{key}_msgs_per_s"], 3)
     result["plane_ratio_call_p50"] = round(result["plane_call_p50_us"] / result["raw_reqrep_p50_us"], 2)
-    floor = asyncio_floor(2000 if quick else 10000)
-    result["floor_asyncio_p50_us"] = round(percentile(floor, 50), 1)
-    result["floor_asyncio_p99_us"] = round(percentile(floor, 99), 1)
-    result["ratio_floor_p50"] = round(result["floor_asyncio_p50_us"] / result["raw_reqrep_p50_us"], 2)
-    result["ratio_call_p50_vs_floor"] = round(result["mesh_call_p50_us"] / result["floor_asyncio_p50_us"], 2)
     result["plane_ratio_call_p50_vs_floor"] = round(result["plane_call_p50_us"] / result["floor_asyncio_p50_us"], 2)
-    relay = relay_floor(2000 if quick else 10000)
-    result["floor_relay_p50_us"] = round(percentile(relay, 50), 1)
-    result["floor_relay_p99_us"] = round(percentile(relay, 99), 1)
-    result["ratio_relay_floor_p50"] = round(result["floor_relay_p50_us"] / result["raw_reqrep_p50_us"], 2)
-    result["ratio_call_p50_vs_relay_floor"] = round(result["mesh_call_p50_us"] / result["floor_relay_p50_us"], 2)
     result["notes"] = ("mesh_*: sender attached (ipc) to meshd node-1 -> TCP -> meshd node-2 -> ipc -> receiver "
                        "process (DevCluster(2)), casts on normal with a call barrier every window; "
                        "plane_*: DataPlane (uvloop) -> child DataPlane handler endpoint; "
@@ -353,6 +369,33 @@ def run(quick: bool) -> dict[str, Any]:
     return result
 
 
+def _measure(quick: bool, two_hosts: bool) -> dict[str, Any]:
+    """The mesh figures and every raw baseline, with their ratios (in host A, in the two-host mode)."""
+    result: dict[str, Any] = dict(_run_loop(_meshd(quick, two_hosts)))
+    for key, count in _counts(quick).items():
+        rate = raw_push_pull(SIZES[key], count)
+        result[f"raw_{key}_msgs_per_s"] = round(rate)
+        result[f"ratio_{key}"] = round(result[f"mesh_{key}_msgs_per_s"] / rate, 3)
+    rtts = raw_req_rep(2000 if quick else 10000)
+    result["raw_reqrep_p50_us"] = round(percentile(rtts, 50), 1)
+    result["raw_reqrep_p99_us"] = round(percentile(rtts, 99), 1)
+    result["ratio_call_p50"] = round(result["mesh_call_p50_us"] / result["raw_reqrep_p50_us"], 2)
+    floor = asyncio_floor(2000 if quick else 10000)
+    result["floor_asyncio_p50_us"] = round(percentile(floor, 50), 1)
+    result["floor_asyncio_p99_us"] = round(percentile(floor, 99), 1)
+    result["ratio_floor_p50"] = round(result["floor_asyncio_p50_us"] / result["raw_reqrep_p50_us"], 2)
+    result["ratio_call_p50_vs_floor"] = round(result["mesh_call_p50_us"] / result["floor_asyncio_p50_us"], 2)
+    relay = relay_floor(2000 if quick else 10000)
+    result["floor_relay_p50_us"] = round(percentile(relay, 50), 1)
+    result["floor_relay_p99_us"] = round(percentile(relay, 99), 1)
+    result["ratio_relay_floor_p50"] = round(result["floor_relay_p50_us"] / result["raw_reqrep_p50_us"], 2)
+    result["ratio_call_p50_vs_relay_floor"] = round(result["mesh_call_p50_us"] / result["floor_relay_p50_us"], 2)
+    return result
+
+
 if __name__ == "__main__":
-    _child(sys.argv[1], int(sys.argv[2]))
+    if sys.argv[1] == "hosts-inner":  # inside host A of the two-host mode (bench/_twohost.py)
+        print(json.dumps(_measure(sys.argv[2] == "quick", two_hosts=True)), flush=True)
+    else:
+        _child(sys.argv[1], sys.argv[2])
     json.dumps({})

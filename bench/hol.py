@@ -53,9 +53,10 @@ def bulk_payload() -> bytes:
 
 
 class _Child:
-    def __init__(self, args: list[str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.hol", *args], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+    def __init__(self, args: list[str], prefix: list[str] | None = None) -> None:
+        # ``prefix`` runs it elsewhere: on host B of the two-host mode (ip netns exec ... taskset -c 1).
+        self.proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", "bench.hol", *args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.addresses = json.loads(self._read()).get("addresses")
 
     def _read(self) -> str:
@@ -122,16 +123,36 @@ def _figures(prefix: str, measure: Any, result: dict[str, Any]) -> dict[str, Any
     return details
 
 
-def run(quick: bool) -> dict[str, Any]:
-    """Urgent p50/p99 idle, under continuous and paced bulk, multi vs single channel: through two meshd, then in-plane."""
+def run(quick: bool, hosts: bool = False) -> dict[str, Any]:
+    """Urgent p50/p99 idle, under continuous and paced bulk, multi vs single channel: through two meshd, then in-plane.
+
+    With ``hosts``: through two meshd on two network-namespace hosts of one core each (bench/_twohost.py).
+    """
     seconds = 3.0 if quick else 15.0
     result: dict[str, Any] = {}
+    if hosts:
+        return _run_two_hosts(seconds, result)
     mesh = _figures("", lambda mode: _run_loop(_mesh_mode(mode, seconds)), result)
     plane = _figures("plane.", lambda mode: _plane_mode(mode, seconds), result)
     result["details"] = {**mesh, "plane": plane}
     result["notes"] = ("headline: sender attached (ipc) to meshd node-1 -> TCP channels -> meshd node-2 -> ipc -> "
                        "receiver process, DevCluster(2); plane.*: two processes hosting DataPlane directly; "
                        "cpu_s per regime: sender, meshd-1, meshd-2, receiver (from /proc)")
+    return result
+
+
+def _run_two_hosts(seconds: float, result: dict[str, Any]) -> dict[str, Any]:
+    from bench._twohost import TwoHosts
+
+    with TwoHosts() as two:
+        def measure(mode: str) -> dict[str, Any]:
+            two.reconfigure(single_channel=mode == "single")
+            return two.measure("bench.hol", mode, str(seconds))
+
+        result["details"] = _figures("", measure, result)
+    result["notes"] = ("two hosts: network namespaces on a bridge, one core each; host A (CPU 0): sender attached "
+                       "(ipc) to meshd-1; host B (CPU 1): meshd-2 and the receiver; CURVE off as in the one-host "
+                       "figures; cpu_s per regime: sender, meshd-1, meshd-2, receiver")
     return result
 
 
@@ -210,6 +231,47 @@ class MeshPair:
             import shutil
 
             shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+class HostsPair(MeshPair):
+    """The same pair on the two hosts of ``bench/_twohost.py``: the meshd run already (on hosts A and B);
+    this process (inside host A, on CPU 0) is the sender; the receiver child runs on host B (CPU 1)."""
+
+    def __init__(self, receiver: str = "hol-rx") -> None:
+        from bench._twohost import TwoHostEnv
+
+        env = TwoHostEnv.current()
+        if env is None:
+            raise RuntimeError("HostsPair runs inside host A of `python -m bench NAME --hosts`")
+        self.env = env
+        self.receiver_id = receiver
+        self.child = None
+        self.sender = None
+
+    async def start(self) -> MeshPair:
+        from mabeam.dataplane.attach import AttachedEndpoint
+        from mabeam.dataplane.message import AgentRef
+
+        self.child = _Child(["rx", self.env.attach_b, self.receiver_id], prefix=self.env.b.prefix)
+        self.sender = await AttachedEndpoint.connect(self.env.attach_a, "bench-tx", max_pending=1 << 20)
+        self.target = AgentRef("default", self.env.node_b, self.receiver_id)
+        await self._warm_up()
+        return self
+
+    @property
+    def pids(self) -> dict[str, int | str]:
+        """The four processes of the measured path."""
+        assert self.child is not None
+        return {"sender": "self", "meshd1": self.env.meshd_a, "meshd2": self.env.meshd_b,
+                "receiver": self.child.proc.pid}
+
+    async def close(self) -> None:
+        try:
+            if self.sender is not None:
+                await self.sender.close()
+        finally:
+            if self.child is not None:
+                self.child.close()
 
 
 async def _rx(address: str, agent_id: str) -> None:
@@ -308,11 +370,11 @@ async def _mesh_regime(pair: MeshPair, seconds: float, bulk_senders: int, pace: 
             "cpu_s": {name: round(cpu_after[name] - cpu_before[name], 2) for name in cpu_before}}
 
 
-async def _mesh_mode(mode: str, seconds: float) -> dict[str, Any]:
+async def _mesh_mode(mode: str, seconds: float, two_hosts: bool = False) -> dict[str, Any]:
     from mabeam.dataplane import stallprobe
 
     probe = stallprobe.start_from_env("sender")
-    pair = MeshPair(single_channel=mode == "single")
+    pair = HostsPair() if two_hosts else MeshPair(single_channel=mode == "single")
     try:
         await pair.start()
         bulk_payload()
@@ -330,3 +392,5 @@ async def _mesh_mode(mode: str, seconds: float) -> dict[str, Any]:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["rx"]:
         _run_loop(_rx(sys.argv[2], sys.argv[3]))
+    elif sys.argv[1:2] == ["hosts-inner"]:  # inside host A of the two-host mode (bench/_twohost.py)
+        print(json.dumps(_run_loop(_mesh_mode(sys.argv[2], float(sys.argv[3]), two_hosts=True))), flush=True)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 #: The daemon kinds a host runs, in start order (agentd attaches to meshd).
 KINDS = ("meshd", "agentd", "coordinator")
@@ -74,11 +74,24 @@ def _toml_list(values: tuple[str, ...] | list[str]) -> str:
     return "[" + ", ".join(f'"{value}"' for value in values) + "]"
 
 
-class ConfigLauncher:
-    """Production-style TOML configs (as in ``deploy/``) and ``python -m <daemon> --config FILE``."""
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
 
-    def __init__(self, python: str = sys.executable) -> None:
+
+class ConfigLauncher:
+    """Production-style TOML configs (as in ``deploy/``) and ``python -m <daemon> --config FILE``.
+
+    ``dataplane`` overrides keys of meshd's ``[dataplane]`` table (benchmarks compare with CURVE off, or
+    run ``single_channel``); it may be changed between restarts.
+    """
+
+    def __init__(self, python: str = sys.executable, dataplane: Mapping[str, Any] | None = None) -> None:
         self.python = python
+        self.dataplane: dict[str, Any] = dict(dataplane or {})
 
     def spec(self, host: HostContext, kind: str) -> LaunchSpec:
         """See :class:`Launcher`."""
@@ -87,8 +100,7 @@ class ConfigLauncher:
         return LaunchSpec(argv=[self.python, "-m", kind, "--config", str(config)], files={config: text},
                           ready_line=f"{kind} ready")
 
-    @staticmethod
-    def meshd_toml(host: HostContext) -> str:
+    def meshd_toml(self, host: HostContext) -> str:
         """meshd's config: ``deploy/meshd.production.toml`` with this host's address and a CURVE data plane."""
         return f"""# meshd on {host.name} of the multi-host test bed (production-style; see deploy/).
 node_id = "{host.name}"
@@ -108,11 +120,9 @@ shutdown_grace = 5.0
 zone = "bed-{host.index}"
 
 [dataplane]
-bind_host = "{host.address}"
-base_port = {PORTS["meshd_data"]}
-attach_address = "{host.attach_address}"
-curve = true
-"""
+""" + "".join(f"{key} = {_toml_value(value)}\n" for key, value in {
+            "bind_host": host.address, "base_port": PORTS["meshd_data"], "attach_address": host.attach_address,
+            "curve": True, **self.dataplane}.items())
 
     @staticmethod
     def agentd_toml(host: HostContext) -> str:
@@ -143,3 +153,18 @@ advertise_host = "{host.address}"
 lease_ttl = {host.lease_ttl}
 shutdown_grace = 1.0
 """
+
+
+class PinnedLauncher:
+    """Another launcher's daemons, each pinned to CPUs with ``taskset`` (host name -> CPU list, e.g. ``"0"``);
+    hosts not listed run unpinned. The two-host benchmarks give each namespace host its own core."""
+
+    def __init__(self, inner: Launcher, cpus: Mapping[str, str]) -> None:
+        self.inner = inner
+        self.cpus = dict(cpus)
+
+    def spec(self, host: HostContext, kind: str) -> LaunchSpec:
+        """See :class:`Launcher`."""
+        spec = self.inner.spec(host, kind)
+        cpus = self.cpus.get(host.name)
+        return spec if cpus is None else replace(spec, argv=["taskset", "-c", cpus, *spec.argv])
