@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from agentd.config import ConfigError, load_config
+from mabeam import logs
+from mabeam.systemd import EXIT_TEMPFAIL
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,12 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"agentd: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup("agentd", node=config.node_id, level=config.log_level)
     import uvloop
 
-    from agentd.daemon import Daemon
+    from agentd.daemon import Daemon, StartupError
 
-    uvloop.run(Daemon(config).run())
+    try:
+        uvloop.run(Daemon(config).run())
+    except StartupError as error:
+        print(f"agentd: {error}", file=sys.stderr)
+        return EXIT_TEMPFAIL  # meshd not attachable yet, a port held: systemd retries
     return 0
 
 

@@ -33,6 +33,7 @@ from agentd.service import AgentService
 from agentd.workers import WorkerPool
 from mabeam.etcd.client import EtcdClient
 from mabeam.grpcutil import ErrorInterceptor
+from mabeam.systemd import Notifier
 from mabeam.v1 import agent_pb2, agent_pb2_grpc, model_pb2, model_pb2_grpc, run_pb2, run_pb2_grpc
 
 log = logging.getLogger("agentd")
@@ -44,6 +45,10 @@ RUN_SERVICE_NAME = run_pb2.DESCRIPTOR.services_by_name["RunService"].full_name
 def default_store_url(data_dir: str) -> str:
     """The runs store when none is configured: a SQLite file in the data dir."""
     return f"sqlite://{os.path.join(os.path.abspath(data_dir), 'runs.sqlite')}"
+
+
+class StartupError(RuntimeError):
+    """agentd cannot start (meshd not attachable, port in use); a retry may pass (exit code 75)."""
 
 
 class Daemon:
@@ -63,6 +68,7 @@ class Daemon:
         self.metrics_port = 0
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._stopped = asyncio.Event()
+        self.notifier = Notifier.from_env()
 
     async def start(self) -> None:
         """Start workers, then the gRPC server; ``grpc_port`` is the bound port."""
@@ -87,7 +93,7 @@ class Daemon:
                 await self.mesh.start()
             except Exception as error:  # noqa: BLE001 - reported as a startup failure naming the address
                 await self.pool.close()
-                raise RuntimeError(f"cannot attach to meshd at {config.meshd_attach}: {error}") from None
+                raise StartupError(f"cannot attach to meshd at {config.meshd_attach}: {error}") from None
             self.pool.mesh = self.mesh
         if config.etcd:
             await self._start_runs(worker_config, data_dir)
@@ -102,7 +108,7 @@ class Daemon:
                                              reflection.SERVICE_NAME), server)
         self.grpc_port = server.add_insecure_port(config.grpc_address)
         if self.grpc_port == 0:
-            raise RuntimeError(f"could not bind gRPC to {config.grpc_address}")
+            raise StartupError(f"could not bind gRPC to {config.grpc_address}")
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -174,14 +180,30 @@ class Daemon:
             self._tmp.cleanup()
         self._stopped.set()
 
+    def status(self) -> str:
+        """One line for ``systemctl status``: agents, workers, names and the mesh attachment."""
+        pool = self.pool
+        if pool is None:
+            return "starting"
+        handles = list(pool.workers.values())
+        agents = sum(sum(h.stats.get("agents", {}).values()) for h in handles)
+        alive = sum(1 for h in handles if h.alive)
+        mesh = f"attached to meshd at {self.config.meshd_attach}" if self.mesh is not None else "off the mesh"
+        return f"{agents} agents on {alive}/{len(handles)} workers, {len(pool.names)} names, {mesh}"
+
     async def run(self) -> None:
         """Start, print the ready line, serve until SIGTERM/SIGINT, stop."""
-        await self.start()
+        await self.start()  # attached to meshd (when configured) and serving gRPC with health SERVING
         http = f"{self.config.http_address.rsplit(':', 1)[0]}:{self.http_port}" if self.http_port else "0"
         print(f"agentd ready grpc=127.0.0.1:{self.grpc_port} metrics={self.metrics_port} http={http}", flush=True)
+        self.notifier.ready(self.status())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        async with asyncio.TaskGroup() as tg:
+            systemd = tg.create_task(self.notifier.run(self.status))
+            await stop.wait()
+            self.notifier.stopping("stopping agents and workers")
+            systemd.cancel()
         await self.stop()

@@ -29,6 +29,7 @@ from agentd.runs.context import RunHost
 from agentd.runtime import AgentRegistry, Runtime
 from agentd.store import CheckpointStore
 from agentd.supervision import ChildSpec
+from mabeam import logs
 
 log = logging.getLogger("agentd.worker")
 
@@ -378,8 +379,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="JSON worker config")
     args = parser.parse_args(argv)
     config = json.loads(args.config)
-    logging.basicConfig(level=config.get("log_level", "WARNING"),
-                        format=f"%(asctime)s worker {config['worker_id']} %(name)s %(levelname)s %(message)s")
+    logs.setup("agentd", node=config.get("node_id", ""), level=config.get("log_level", "WARNING"),
+               fields={"worker": config["worker_id"]})
     # Workers hold many long-lived objects (about 15 per agent): with the default gen0
     # threshold of 700, full collections made spawning 100,000 agents ~2x slower
     # (python -m bench agents, spawn_per_s). Raised like this, spawns stay >= 20k/s.

@@ -26,6 +26,7 @@ from coordinator.node import CoordinatorNode
 from coordinator.service import CoordinatorServicer
 from mabeam.etcd.client import EtcdUnavailable
 from mabeam.grpcutil import ErrorInterceptor
+from mabeam.systemd import EXIT_TEMPFAIL, Notifier
 from mabeam.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 log = logging.getLogger("coordinator")
@@ -57,6 +58,7 @@ class Daemon:
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
             ("grpc.http2.max_ping_strikes", 0),
         ])
+        self.notifier = Notifier.from_env()
 
     async def start_server(self) -> str:
         """Bind the gRPC port; returns the advertised address."""
@@ -86,8 +88,6 @@ class Daemon:
     async def _announce(self) -> None:
         await self.node.ready.wait()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        print(f"coordinator ready node_id={self.config.node_id} grpc={self.node.address} "
-              f"metrics={self.metrics_address}", flush=True)
         leading = None
         while True:  # keep the service's health equal to "this node leads"
             now = self.node.leading is not None
@@ -95,23 +95,45 @@ class Daemon:
                 leading = now
                 await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING if now
                                       else health_pb2.HealthCheckResponse.NOT_SERVING)
+            if not self.notifier.is_ready and self.node.standing:
+                # Serving and either elected or standing by with a candidacy in etcd.
+                print(f"coordinator ready node_id={self.config.node_id} grpc={self.node.address} "
+                      f"metrics={self.metrics_address}", flush=True)
+                self.notifier.ready(self.status())
             await asyncio.sleep(0.1)
+
+    def status(self) -> str:
+        """One line for ``systemctl status``: leader or standby, term, open instances."""
+        engine = self.node.leading
+        if engine is not None:
+            open_instances = sum(1 for i in engine.instances.values() if i.state == "open")
+            return f"leader, term {self.node.term}, {open_instances} open instances of {len(engine.instances)}"
+        if self.node.standing:
+            return "standby, campaigning for the coordinator role"
+        return "not a candidate yet (waiting for etcd)"
+
+    def stop(self) -> None:
+        """Resign and stop serving (SIGTERM/SIGINT)."""
+        self.notifier.stopping("resigning")
+        self.node.stop()
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.node.stop)
+            loop.add_signal_handler(sig, self.stop)
         self.node.address = await self.start_server()
         try:
             async with asyncio.TaskGroup() as tg:
                 announce = tg.create_task(self._announce())
+                systemd = tg.create_task(self.notifier.run(self.status))
                 try:
                     await self.node.run()
                 except EtcdUnavailable as error:
                     raise StartupError(f"etcd {','.join(self.config.etcd)} unreachable: {error}") from None
                 finally:
                     announce.cancel()
+                    systemd.cancel()
         finally:
             await self.server.stop(self.config.shutdown_grace)
             if self._metrics_server is not None:
@@ -145,5 +167,5 @@ def run(config: CoordinatorConfig) -> int:
             raise
         for problem in problems:
             print(f"coordinator: {problem}", file=sys.stderr)
-        return 2
+        return EXIT_TEMPFAIL  # etcd unreachable or the port held: a retry may pass
     return 0

@@ -53,6 +53,8 @@ class CoordinatorNode:
         self.client = EtcdClient(config.etcd, timeout=config.etcd_timeout)
         self.engine: Engine | None = None
         self.election: Election | None = None
+        #: This term's candidacy, from the moment it is created (``term > 0`` once its key is in etcd).
+        self.candidacy: Election | None = None
         self.term = 0
         self.ready = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -105,6 +107,7 @@ class CoordinatorNode:
         session = await Session.open(self.client, self.config.lease_ttl)
         value = json.dumps({"node_id": self.config.node_id, "address": self.address}).encode()
         election = Election(self.client, session, keys.election(self.config.cluster), value)
+        self.candidacy = election
         committer: Committer | None = None
         try:
             async with asyncio.TaskGroup() as tg:
@@ -142,6 +145,7 @@ class CoordinatorNode:
         finally:
             self.engine = None
             self.election = None
+            self.candidacy = None
             if committer is not None:
                 committer.close()
             await session.close(revoke=True)
@@ -151,6 +155,11 @@ class CoordinatorNode:
         # is_leader turns false by the clock (no keepalive for a TTL), so there is no event to wait on.
         while election.is_leader:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+
+    @property
+    def standing(self) -> bool:
+        """True while this node leads or its candidacy is in etcd (a standby ready to take over)."""
+        return self.leading is not None or (self.candidacy is not None and self.candidacy.term > 0)
 
     def stop(self) -> None:
         """Resign and stop campaigning."""

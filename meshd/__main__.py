@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
 
+from mabeam import logs
 from meshd import config as configuration
 from meshd.daemon import run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``meshd`` console script."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup("meshd")
     file, overrides = configuration.parse_args(argv)
     try:
         config = configuration.load(file, overrides=overrides)
     except configuration.ConfigError as error:
         print(f"meshd: {error}", file=sys.stderr)
         return 2
+    logs.register_secret(config.dataplane.curve_secret_key)
+    logs.setup("meshd", node=config.node_id)
     return run(config)
 
 

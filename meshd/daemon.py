@@ -20,6 +20,7 @@ from prometheus_client import start_http_server
 
 from mabeam.dataplane.errors import DataPlaneError
 from mabeam.grpcutil import ErrorInterceptor
+from mabeam.systemd import EXIT_TEMPFAIL, Notifier
 from mabeam.v1 import mesh_pb2, mesh_pb2_grpc
 from meshd.config import MeshdConfig
 from meshd.dataplane import DataPlane
@@ -50,6 +51,8 @@ class Daemon:
         ])
         self._metrics_server = None
         self._connected_changed = asyncio.Event()
+        self._serving = asyncio.Event()
+        self.notifier = Notifier.from_env()
 
     async def start_servers(self) -> None:
         """Bind the gRPC and metrics ports and publish their addresses in the node info."""
@@ -101,6 +104,7 @@ class Daemon:
         await self.node.ready.wait()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serving.set()
         while True:
             status = (health_pb2.HealthCheckResponse.SERVING if self.node.etcd_connected
                       else health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -109,11 +113,21 @@ class Daemon:
             await self._connected_changed.wait()
 
     async def _announce(self) -> None:
-        await self.node.ready.wait()
+        # Joined etcd, channels bound, gRPC health SERVING: only now is this meshd ready.
+        await self._serving.wait()
         info = self.node.info
         # One parseable line: `mabeam up` and scripts wait for it.
         print(f"meshd ready node_id={info.node_id} grpc={info.grpc_address} metrics={info.metrics_address or '-'} "
               f"attach={self.dataplane.attach_address}", flush=True)
+        self.notifier.ready(self.status())
+
+    def status(self) -> str:
+        """One line for ``systemctl status``: members, the mesh leader, names, attached endpoints, etcd."""
+        view = self.node.view
+        leader = view.leader("mesh").node_id or "none"
+        return (f"{len(view.members)} members, mesh leader {leader}, {len(view.names)} names, "
+                f"{len(self.dataplane.endpoints)} local endpoints, "
+                f"etcd {'connected' if self.node.etcd_connected else 'UNREACHABLE'}")
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT or :meth:`stop`."""
@@ -126,9 +140,11 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 health_task = tg.create_task(self._health_loop())
                 announce = tg.create_task(self._announce())
+                systemd = tg.create_task(self.notifier.run(self.status))
                 await self.node.run()
                 health_task.cancel()
                 announce.cancel()
+                systemd.cancel()
         finally:
             await self.server.stop(self.config.shutdown_grace)
             await self.dataplane.stop()
@@ -138,6 +154,7 @@ class Daemon:
 
     def stop(self) -> None:
         """Leave the cluster and shut down."""
+        self.notifier.stopping("leaving the cluster")
         self.node.stop()
 
 
@@ -156,7 +173,7 @@ def run(config: MeshdConfig) -> int:
             raise
         for problem in startup:
             print(f"meshd: {problem}", file=sys.stderr)
-        return 2
+        return EXIT_TEMPFAIL  # etcd unreachable, a port held, the node id still live: a retry may pass
     return 0
 
 
