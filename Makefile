@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTOS := $(wildcard proto/mabeam/v1/*.proto)
 
-.PHONY: setup demo test test-fast test-hosts proto proto-check proto-tools lint typecheck bench clean postgres
+.PHONY: setup demo test test-fast test-hosts proto proto-check proto-tools lint typecheck bench clean postgres install install-etcd
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -119,11 +119,25 @@ STRICT += mabeam/runchain.py agentd/runs/model.py agentd/runs/state.py agentd/ru
 STRICT += agentd/runs/retention.py agentd/runs/validation.py agentd/runs/scan.py agentd/runs/config.py
 STRICT += mabeam/dev/hostbed/invariants.py
 STRICT += agentd/frames.py coordinator/plugins.py
+STRICT += mabeam/systemd.py mabeam/logs.py mabeam/dev/units.py
 typecheck: setup
 	$(BIN)/mypy --strict $(STRICT)
 
 bench: setup
 	$(BIN)/python -m bench $(BENCH)
+
+# Installs this checkout as systemd services on this host (root; deploy/README.md):
+#   make install ADDRESS=10.0.0.11 ETCD=10.0.0.11:2379,10.0.0.12:2379,10.0.0.13:2379 [NODE_ID=host-a] [PREFIX=/opt/mabeam]
+# Runs with the system Python (no .venv needed); repeat it from a newer checkout to upgrade.
+PREFIX ?= /opt/mabeam
+install:
+	$(PY) deploy/install.py --prefix '$(PREFIX)' $(if $(NODE_ID),--node-id '$(NODE_ID)') \
+		$(if $(ADDRESS),--address '$(ADDRESS)') $(if $(ETCD),--etcd '$(ETCD)') $(if $(CLUSTER),--cluster '$(CLUSTER)')
+
+# One etcd member on this host (root; an etcd v3.5 binary at /usr/local/bin/etcd first, deploy/README.md):
+#   make install-etcd ETCD_MEMBER=host-a ETCD_PEERS=host-a=10.0.0.11,host-b=10.0.0.12,host-c=10.0.0.13
+install-etcd:
+	$(PY) deploy/install.py --etcd-member '$(ETCD_MEMBER)' --etcd-peers '$(ETCD_PEERS)' $(if $(CLUSTER),--cluster '$(CLUSTER)')
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
