@@ -127,17 +127,20 @@ bench: setup
 	$(BIN)/python -m bench $(BENCH)
 
 # Installs this checkout as systemd services on this host (root; deploy/README.md):
-#   make install ADDRESS=10.0.0.11 ETCD=10.0.0.11:2379,10.0.0.12:2379,10.0.0.13:2379 [NODE_ID=host-a] [PREFIX=/opt/mabeam]
+#   make install ADDRESS=10.0.0.11 NETWORK=10.0.0.0/24 ETCD=10.0.0.11:2379,10.0.0.12:2379,10.0.0.13:2379 \
+#       [NODE_ID=host-a] [CLUSTER=prod] [GRPC=loopback|network] [PREFIX=/opt/mabeam] [PY=/usr/bin/python3]
 # Runs with the system Python (no .venv needed); repeat it from a newer checkout to upgrade.
 PREFIX ?= /opt/mabeam
 install:
 	$(PY) deploy/install.py --prefix '$(PREFIX)' $(if $(NODE_ID),--node-id '$(NODE_ID)') \
-		$(if $(ADDRESS),--address '$(ADDRESS)') $(if $(ETCD),--etcd '$(ETCD)') $(if $(CLUSTER),--cluster '$(CLUSTER)')
+		$(if $(ADDRESS),--address '$(ADDRESS)') $(if $(ETCD),--etcd '$(ETCD)') $(if $(CLUSTER),--cluster '$(CLUSTER)') \
+		$(if $(NETWORK),--network '$(NETWORK)') $(if $(GRPC),--grpc '$(GRPC)')
 
 # One etcd member on this host (root; an etcd v3.5 binary at /usr/local/bin/etcd first, deploy/README.md):
-#   make install-etcd ETCD_MEMBER=host-a ETCD_PEERS=host-a=10.0.0.11,host-b=10.0.0.12,host-c=10.0.0.13
+#   make install-etcd ETCD_MEMBER=host-a ETCD_PEERS=host-a=10.0.0.11,host-b=10.0.0.12,host-c=10.0.0.13 NETWORK=10.0.0.0/24
 install-etcd:
-	$(PY) deploy/install.py --etcd-member '$(ETCD_MEMBER)' --etcd-peers '$(ETCD_PEERS)' $(if $(CLUSTER),--cluster '$(CLUSTER)')
+	$(PY) deploy/install.py --etcd-member '$(ETCD_MEMBER)' --etcd-peers '$(ETCD_PEERS)' $(if $(CLUSTER),--cluster '$(CLUSTER)') \
+		$(if $(NETWORK),--network '$(NETWORK)')
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

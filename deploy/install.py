@@ -12,8 +12,11 @@ safe to repeat (an upgrade is the same command from a newer checkout):
 3. sysusers.d and tmpfiles.d entries into /etc, applied at once (the ``mabeam``
    user; /var/lib/mabeam, /run/mabeam, /etc/mabeam);
 4. the production configs into /etc/mabeam with this host's values (node id,
-   data-plane address, etcd endpoints, cluster). An existing config is never
-   overwritten: the new rendering goes beside it as ``<name>.toml.dist``;
+   data-plane address, etcd endpoints, cluster; gRPC on loopback, or on the
+   host's address with ``--grpc network``), and a drop-in per unit allowing IP
+   traffic with the cluster network (``--network``). An existing config or
+   drop-in is never overwritten: the new rendering goes beside it as
+   ``<name>.dist``;
 5. this README into PREFIX/share/doc/mabeam; ``systemd-analyze verify`` of the
    installed units when the tool exists; ``systemctl daemon-reload`` when
    systemd runs.
@@ -80,7 +83,35 @@ def host_values(daemon: str, args: argparse.Namespace) -> dict[str, object]:
         values["etcd"] = args.etcd
     if daemon == "meshd":
         values["bind_host"] = args.address
+    if args.grpc == "network":  # reachable from the cluster network; the drop-in keeps everyone else out
+        if daemon == "agentd":
+            values["grpc_address"] = f"{args.address}:7300"
+            values["metrics_address"] = f"{args.address}:9300"
+        else:
+            values["grpc_host"] = args.address
+            values["advertise_host"] = args.address
     return values
+
+
+def network_dropin(network: list[str]) -> str:
+    """The drop-in that lets a unit exchange IP traffic with the cluster network (the units deny the rest)."""
+    return ("# Written by `make install` (deploy/README.md): IP traffic with this host (the unit's\n"
+            "# IPAddressAllow=localhost) and the cluster network only.\n"
+            f"[Service]\nIPAddressAllow={' '.join(network)}\n")
+
+
+def install_network_dropin(unit: str, args: argparse.Namespace) -> None:
+    """``<unit>.d/50-network.conf``, unless one exists (then ``.dist`` beside it when --network was given)."""
+    target = UNIT_DIR / f"{unit}.d" / "50-network.conf"
+    if target.exists() and not args.network:
+        return
+    if not args.network:
+        raise InstallError(f"{target} does not exist yet: give --network (NETWORK=), the cluster's CIDR")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    destination = target.with_suffix(".conf.dist") if target.exists() else target
+    destination.write_text(network_dropin(args.network))
+    destination.chmod(0o644)
+    print(f"  unit   {destination}")
 
 
 #: What the units hide from the daemons (ProtectHome=yes): a venv's Python must not live there.
@@ -132,6 +163,7 @@ def install_configs(args: argparse.Namespace) -> None:
     CONFIG_DIR.mkdir(parents=True, exist_ok=True)
     gid = grp.getgrnam("mabeam").gr_gid
     for daemon in DAEMONS:
+        install_network_dropin(f"{daemon}.service", args)
         target = CONFIG_DIR / f"{daemon}.toml"
         exists = target.exists()
         if not exists:
@@ -196,6 +228,7 @@ def install_etcd_member(args: argparse.Namespace) -> list[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(DEPLOY / "sysusers.d" / "mabeam-etcd.conf", target)
     run(["systemd-sysusers", str(target)], "creating the mabeam-etcd user")
+    install_network_dropin("mabeam-etcd.service", args)
     CONFIG_DIR.mkdir(parents=True, exist_ok=True)
     config = CONFIG_DIR / "etcd.conf.yml"
     text = render_etcd_config((DEPLOY / "etcd.production.yml").read_text(), args.etcd_member, members,
@@ -222,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default="", help="this host's address peers reach (the data plane binds it)")
     parser.add_argument("--etcd", default="", help="etcd client endpoints HOST:PORT,HOST:PORT,...")
     parser.add_argument("--cluster", default="prod", help="cluster name (etcd key prefix; default prod)")
+    parser.add_argument("--network", default="", help="the cluster network(s) the units may talk to: CIDR[,CIDR]")
+    parser.add_argument("--grpc", choices=("loopback", "network"), default="loopback",
+                        help="bind gRPC and /metrics on loopback (default) or on --address (cluster network only)")
     parser.add_argument("--python", default=sys.executable, help="the Python (>= 3.11) that creates the venv")
     parser.add_argument("--skip-venv", action="store_true", help="only place units and configs (venv exists)")
     parser.add_argument("--etcd-member", default="", help="install this host's etcd member NAME instead")
@@ -231,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         print("deploy/install.py: needs Python 3.11 or newer (make install PY=/usr/bin/python3.11)", file=sys.stderr)
         return 1
     args.etcd = [e.strip() for e in args.etcd.split(",") if e.strip()]
+    args.network = [n.strip() for n in args.network.split(",") if n.strip()]
+    if args.grpc == "network" and not (args.network and args.address):
+        print("deploy/install.py: --grpc network needs --address and --network (the allow-list that keeps\n"
+              "  everything outside the cluster network away from the unencrypted gRPC port)", file=sys.stderr)
+        return 1
     prefix = Path(args.prefix)
     if os.geteuid() != 0:
         print("deploy/install.py: run as root (it writes /etc and creates the mabeam user)", file=sys.stderr)

@@ -21,6 +21,7 @@ masked wherever it appears.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import re
@@ -117,6 +118,10 @@ def setup(daemon: str, node: str = "", level: str | int = "INFO", stream: TextIO
     `fields` are put on every line after the node (agentd's workers add ``worker=w0``).
     """
     stream = stream or sys.stderr
+    if stream is sys.stderr and not faulthandler.is_enabled():
+        # systemd's watchdog kills a hung daemon with SIGABRT: this prints every thread's Python
+        # stack first, so the journal shows where the event loop was stuck.
+        faulthandler.enable()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(LineFormatter(daemon, node, stderr_is_journal(stream) if journal is None else journal,
                                        fields))

@@ -131,6 +131,9 @@ class MeshNode:
                 session = tg.create_task(self._session_loop(registered))
                 await registered.wait()  # a StartupError in the session loop cancels this wait
                 await self._loaded.wait()
+                # Ready (and READY=1 to systemd) once this node's own view lists it: read-your-writes.
+                async with self._revision_changed:
+                    await self._revision_changed.wait_for(lambda: self.node_id in self.view.members)
                 self.ready.set()
                 await self._stopping.wait()
                 session.cancel()

@@ -29,6 +29,7 @@ from mabeam.dev.notify import watchdog_gap_while_blocked
 SOURCE = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)  # the first test pays for the image (a venv) and the install
 ADDRESS = "10.77.0.1"
+NETWORK = "10.77.0.0/24"
 UNITS = ("meshd.service", "agentd.service", "coordinator.service")
 WATCHDOG_S = 2.0  # the drop-in's WatchdogSec: pings every second
 BLOCK_S = 5.0  # the debug signal blocks the loop past WatchdogSec, as a hang would
@@ -78,9 +79,9 @@ def host(image: HostRoot, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         host = Host(HostRoot(base, "host-a", image).boot(), name, base)
         # The install path deploy/README.md gives a person, verbatim (outside the netns: pip needs PyPI).
         host.root.run(f"make -C {SOURCE} install PY=/usr/bin/python3 NODE_ID=host-a ADDRESS={ADDRESS} "
-                f"ETCD={ADDRESS}:2379 CLUSTER=test")
-        host.root.run(f"make -C {SOURCE} install-etcd PY=/usr/bin/python3 ETCD_MEMBER=host-a ETCD_PEERS=host-a={ADDRESS} "
-                "CLUSTER=test")
+                      f"NETWORK={NETWORK} ETCD={ADDRESS}:2379 CLUSTER=test")
+        host.root.run(f"make -C {SOURCE} install-etcd PY=/usr/bin/python3 ETCD_MEMBER=host-a "
+                      f"ETCD_PEERS=host-a={ADDRESS} NETWORK={NETWORK} CLUSTER=test")
         for unit in UNITS:  # what `systemctl edit` would do: a short watchdog and the test-only loop blocker
             host.root.drop_in(unit, "test", f"[Service]\nWatchdogSec={WATCHDOG_S:g}s\n"
                                             f"Environment=MABEAM_DEBUG_BLOCK_LOOP={BLOCK_S:g}\n")
@@ -108,9 +109,13 @@ def test_install_creates_the_user_directories_configs_and_units(host: Host) -> N
     for name in ("meshd.service", "agentd.service", "coordinator.service", "mabeam.target",
                  "mabeam-etcd.service", "mabeam.conf", "mabeam-etcd.conf", "README.md"):
         assert name in out
+    for unit in (*UNITS, "mabeam-etcd.service"):  # the cluster network joins the units' IP allow-list
+        dropin = host.root.file(f"/etc/systemd/system/{unit}.d/50-network.conf").read_text()
+        assert f"IPAddressAllow={NETWORK}" in dropin
     meshd = host.root.file("/etc/mabeam/meshd.toml").read_text()
     assert 'node_id = "host-a"' in meshd and f'bind_host = "{ADDRESS}"' in meshd
     assert f'etcd = ["{ADDRESS}:2379"]' in meshd and 'cluster = "test"' in meshd and "curve = true" in meshd
+    assert 'grpc_host = "127.0.0.1"' in meshd  # the default: gRPC on loopback only
 
 
 def test_installed_units_verify_and_score_ok(host: Host) -> None:

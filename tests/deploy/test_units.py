@@ -116,6 +116,20 @@ def test_installer_renders_host_values_into_the_configs() -> None:
         install.render_config("a = 1\n", {"missing_key": "x"})
 
 
+def test_installer_binds_grpc_on_the_host_only_in_network_mode() -> None:
+    import argparse
+
+    install = _installer()
+    args = argparse.Namespace(node_id="host-c", cluster="prod", etcd=["10.0.0.11:2379"], address="10.0.0.13",
+                              grpc="network", network=["10.0.0.0/24"])
+    assert install.host_values("meshd", args)["grpc_host"] == "10.0.0.13"
+    assert install.host_values("coordinator", args)["advertise_host"] == "10.0.0.13"
+    assert install.host_values("agentd", args)["grpc_address"] == "10.0.0.13:7300"
+    args.grpc = "loopback"
+    assert "grpc_host" not in install.host_values("meshd", args)
+    assert "IPAddressAllow=10.0.0.0/24\n" in install.network_dropin(["10.0.0.0/24"])
+
+
 def test_installer_renders_an_etcd_member() -> None:
     install = _installer()
     members = {"host-a": "10.0.0.11", "host-b": "10.0.0.12", "host-c": "10.0.0.13"}

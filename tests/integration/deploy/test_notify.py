@@ -21,6 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mabeam.dev.notify import NotifySocket, watchdog_gap_while_blocked
+from mabeam.dev.testing import wait_until
 
 WATCHDOG_USEC = 1_000_000  # WatchdogSec=1s: a ping every 0.5 s
 BLOCK_S = 3.0  # the debug signal blocks the loop this long: past WatchdogSec, so systemd would kill it
@@ -49,7 +50,9 @@ class Daemon:
                 out.flush()
 
     def ready_line(self, kind: str) -> str:
-        return next(line for line in self.lines if line.startswith(f"{kind} ready"))
+        # Printed just before READY=1, but read from the pipe by another thread: wait for it.
+        return wait_until(lambda: next((line for line in self.lines if line.startswith(f"{kind} ready")), None),
+                          10, what=f"{kind}'s ready line")
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -140,3 +143,19 @@ def test_coordinator_notifies_systemd_as_leader_and_as_standby(spawn, etcd_serve
     ready = standby.notify.wait_for("READY", "1", timeout=60)
     assert ready.fields["STATUS"].startswith("standby")
     check_lifecycle(leader, "coordinator", "mabeam.v1.CoordinatorService", ["leader, term", "open instances"])
+
+
+def test_a_watchdog_kill_leaves_the_hung_stack_in_the_log(spawn, etcd_server, cluster_name: str,
+                                                         tmp_path: Path) -> None:
+    """systemd kills a daemon whose pings stopped with SIGABRT: the log shows where its loop hung."""
+    daemon = spawn("meshd", [sys.executable, "-m", "meshd", "--node-id", "n1", "--cluster", cluster_name,
+                             "--etcd", etcd_server.endpoint, "--grpc-port", "0", "--metrics-port", "0",
+                             "--lease-ttl", "2", "--attach", f"ipc://{tmp_path}/n1.attach"])
+    ready = daemon.notify.wait_for("READY", "1", timeout=60)
+    daemon.notify.wait_for("WATCHDOG", "1", after=ready.at, timeout=10)
+    daemon.proc.send_signal(signal.SIGUSR2)  # the loop now sleeps BLOCK_S
+    wait_until(lambda: any("blocking the event loop" in line for line in daemon.lines), 10, what="the block began")
+    daemon.proc.send_signal(signal.SIGABRT)  # what WatchdogSec does to a silent daemon
+    assert daemon.proc.wait(30) == -signal.SIGABRT
+    wait_until(lambda: any(line.strip().startswith('File "') and "in block" in line for line in daemon.lines), 10,
+               what="faulthandler's stack with the blocking frame")
