@@ -14,7 +14,9 @@ that starts its ``ExecStart`` as systemd would, systemd not being PID 1 here:
 the unit's user and group (``setpriv``, no new privileges, no capabilities),
 ``UMask=``, ``LimitNOFILE=``, ``RuntimeDirectory=``/``StateDirectory=``
 created with their owner and mode, ``PrivateTmp=``, ``PrivateDevices=``,
-``ProtectHome=`` and ``ProtectSystem=strict`` as mounts, a clean environment
+``ProtectHome=`` and ``ProtectSystem=strict`` as mounts, the seccomp switches
+(``SystemCallFilter=``, ``MemoryDenyWriteExecute=``, ``RestrictAddressFamilies=``)
+through :mod:`mabeam.dev.sandbox`, a clean environment
 with the variables systemd sets (``NOTIFY_SOCKET``, ``WATCHDOG_USEC``,
 ``WATCHDOG_PID``, ``RUNTIME_DIRECTORY``, ``STATE_DIRECTORY``,
 ``JOURNAL_STREAM``, ...) and the unit's ``Environment=``. The command execs
@@ -25,6 +27,7 @@ Needs root, ``unshare``, ``nsenter``, ``setpriv`` and overlayfs (util-linux and 
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -34,12 +37,15 @@ import uuid
 from pathlib import Path
 
 from mabeam.dev.notify import Notification, NotifySocket
+from mabeam.dev.sandbox import spec_for
 from mabeam.dev.units import ExecSpec, exec_spec, read_unit
 
 #: The directories an install writes, overlaid per host.
 OVERLAID = ("/etc", "/opt", "/var", "/run", "/usr/local")
 #: Where a notify directory given to :meth:`HostRoot.service_argv` appears inside the host.
 NOTIFY_MOUNT = "/run/systemd/test-notify"
+#: The Python that runs :mod:`mabeam.dev.sandbox` on a host (the installed venv: the dev one may live under /root).
+SANDBOX_PYTHON = "/opt/mabeam/bin/python"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
@@ -161,16 +167,23 @@ class HostRoot:
 
     def service_argv(self, unit: str, netns: str | None = None, notify_dir: str | os.PathLike[str] | None = None,
                      journal_stream: str = "", extra_env: dict[str, str] | None = None,
-                     wrapper: list[str] | None = None) -> list[str]:
+                     seccomp: bool = True) -> list[str]:
         """argv that starts `unit`'s ExecStart on this host as systemd would; its process becomes the daemon.
 
         `notify_dir` (a directory of the test's) is mounted at :data:`NOTIFY_MOUNT` and
         ``NOTIFY_SOCKET`` points at ``<unit>.sock`` in it; `journal_stream` (``dev:ino``
         of the file the test gives as stderr) becomes ``JOURNAL_STREAM``; `extra_env`
-        is added for test switches; `wrapper` runs between the privilege drop and the
-        daemon (mabeam.dev.sandbox applies the unit's seccomp switches there).
+        is added for test switches; `seccomp` applies the unit's ``SystemCallFilter=``,
+        ``MemoryDenyWriteExecute=`` and ``RestrictAddressFamilies=`` (mabeam.dev.sandbox,
+        between the privilege drop and the daemon, as systemd does).
         """
-        script = service_script(self.unit(unit), notify_dir, journal_stream, extra_env, wrapper)
+        spec = self.unit(unit)
+        wrapper = None
+        if seccomp and (spec.system_call_filter or spec.memory_deny_write_execute or spec.address_families):
+            switches = spec_for(spec.system_call_filter, spec.system_call_error, spec.address_families,
+                                spec.memory_deny_write_execute)
+            wrapper = [SANDBOX_PYTHON, "-m", "mabeam.dev.sandbox", "--spec", json.dumps(switches), "--"]
+        script = service_script(spec, notify_dir, journal_stream, extra_env, wrapper)
         return self.argv(script, netns, private=True)
 
 
@@ -178,7 +191,7 @@ class Service:
     """One unit's main process on a host, with its fake notify socket and its journal-stream log file."""
 
     def __init__(self, host: HostRoot, unit: str, netns: str | None, run_dir: str | os.PathLike[str],
-                 wrapper: list[str] | None = None) -> None:
+                 seccomp: bool = True) -> None:
         self.host = host
         self.unit = unit
         notify_dir = Path(run_dir) / f"{host.name}-notify"
@@ -189,7 +202,7 @@ class Service:
         with self.log_path.open("ab") as log:
             stat = os.fstat(log.fileno())
             self.argv = host.service_argv(unit, netns, notify_dir=notify_dir,
-                                          journal_stream=f"{stat.st_dev}:{stat.st_ino}", wrapper=wrapper)
+                                          journal_stream=f"{stat.st_dev}:{stat.st_ino}", seccomp=seccomp)
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          start_new_session=True)
 

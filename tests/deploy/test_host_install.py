@@ -130,7 +130,7 @@ def test_installed_units_verify_and_score_ok(host: Host) -> None:
 
 def test_services_run_from_their_units_and_notify_systemd(host: Host) -> None:
     mabeam_uid = host.uid_of("mabeam")
-    assert host.services["mabeam-etcd.service"].uid() == host.uid_of("mabeam-etcd")
+    assert host.services["mabeam-etcd.service"].uid() == host.uid_of("mabeam-etcd")  # etcd is sandboxed too
     for unit in UNITS:  # meshd first: agentd attaches to it (After=meshd.service)
         service = host.start(unit)
         ready = service.wait_for("READY", "1", timeout=120)
@@ -146,6 +146,12 @@ def test_services_run_from_their_units_and_notify_systemd(host: Host) -> None:
         cmdline = Path(f"/proc/{service.pid}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
         assert cmdline[-len(spec.argv):][1:] == spec.argv[1:] and cmdline[1] == spec.argv[0], cmdline
         assert service.uid() == mabeam_uid != 0
+        status = dict(line.split(":\t", 1) for line in Path(f"/proc/{service.pid}/status").read_text().splitlines()
+                      if ":\t" in line)
+        # No capabilities, no way to gain any, and the unit's seccomp filters (system calls, W^X, families).
+        assert status["CapEff"].strip("0\n ") == "" and status["CapBnd"].strip("0\n ") == "", status
+        assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
+        assert int(status["Seccomp_filters"]) >= 3, status["Seccomp_filters"]
     # The unit's sandbox, as mounts in the service's own namespace: read-only system, private /tmp and /dev,
     # no home directories, its StateDirectory writable.
     agentd = host.services["agentd.service"]

@@ -146,3 +146,43 @@ def test_installer_refuses_a_python_the_units_would_hide(monkeypatch, tmp_path: 
     install = _installer()
     with pytest.raises(install.InstallError, match="ProtectHome"):
         install.install_venv(tmp_path / "venv", "/root/.pyenv/versions/3.11.7/bin/python3")
+
+
+PROBE = r"""
+import mmap, os, socket
+def attempt(name, call):
+    try:
+        call()
+        print(name, "allowed")
+    except OSError as error:
+        print(name, "refused", error.errno)
+attempt("inet", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).close())
+attempt("packet", lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW))
+attempt("rw", lambda: mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE))
+attempt("rwx", lambda: mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC))
+attempt("setuid", lambda: os.setuid(os.getuid()))
+attempt("sched_idle", lambda: os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0)))
+"""
+
+
+def test_the_sandbox_wrapper_applies_a_units_seccomp_switches() -> None:
+    """mabeam.dev.sandbox (how test hosts apply SystemCallFilter=, MemoryDenyWriteExecute=,
+    RestrictAddressFamilies= without systemd) refuses what the meshd unit refuses, allows what meshd uses."""
+    import ctypes.util
+    import json
+    import sys
+
+    from mabeam.dev.sandbox import spec_for
+
+    analyze("--version")
+    if ctypes.util.find_library("seccomp") is None:
+        pytest.skip("libseccomp is not installed")
+    unit = exec_spec(read_unit(DEPLOY / "meshd.service"))
+    spec = spec_for(unit.system_call_filter, unit.system_call_error, unit.address_families,
+                    unit.memory_deny_write_execute)
+    assert {"execve", "mmap", "socket", "sched_setscheduler"} <= set(spec["allow"])
+    assert not {"setuid", "chown", "mount", "bpf"} & set(spec["allow"])
+    result = subprocess.run([sys.executable, "-m", "mabeam.dev.sandbox", "--spec", json.dumps(spec), "--",
+                             sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split("\n")[:-1] == ["inet allowed", "packet refused 97", "rw allowed", "rwx refused 1",
+                                              "setuid refused 1", "sched_idle allowed"], result.stderr

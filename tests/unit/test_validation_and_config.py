@@ -76,4 +76,6 @@ def test_production_example_config_is_valid() -> None:
     from pathlib import Path
 
     cfg = configuration.load(Path(__file__).parents[2] / "deploy" / "meshd.production.toml", env={})
-    assert cfg.cluster == "prod" and len(cfg.etcd) == 3 and cfg.advertised == "host-a.internal"
+    # gRPC on loopback (no TLS yet), the CURVE data plane on the host's address (tests/deploy checks the rest).
+    assert cfg.cluster == "prod" and len(cfg.etcd) == 3 and cfg.advertised == "127.0.0.1"
+    assert cfg.dataplane.curve and cfg.dataplane.bind_host == "10.0.0.11"
