@@ -91,6 +91,7 @@ def test_production_configs_load_in_every_daemon() -> None:
     assert agentd.data_dir == "/var/lib/mabeam/agentd"  # the unit's StateDirectory
     coordinator = load_coordinator(DEPLOY / "coordinator.production.toml", env={})
     assert coordinator.grpc_host == "127.0.0.1" and coordinator.etcd == meshd.etcd
+    assert len({meshd.metrics_port, coordinator.metrics_port, int(agentd.metrics_address.rsplit(":", 1)[1])}) == 3
 
 
 def _installer():
