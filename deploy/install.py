@@ -77,16 +77,14 @@ def render_config(template: str, values: dict[str, object]) -> str:
 
 def host_values(daemon: str, args: argparse.Namespace) -> dict[str, object]:
     """The host-specific keys of one daemon's config."""
-    values: dict[str, object] = {"node_id": args.node_id}
-    if daemon in ("meshd", "coordinator"):
-        values["cluster"] = args.cluster
-        values["etcd"] = args.etcd
+    values: dict[str, object] = {"node_id": args.node_id, "cluster": args.cluster, "etcd": args.etcd}
     if daemon == "meshd":
         values["bind_host"] = args.address
     if args.grpc == "network":  # reachable from the cluster network; the drop-in keeps everyone else out
         if daemon == "agentd":
             values["grpc_address"] = f"{args.address}:7300"
             values["metrics_address"] = f"{args.address}:9300"
+            values["http_address"] = f"{args.address}:7380"
         else:
             values["grpc_host"] = args.address
             values["advertise_host"] = args.address

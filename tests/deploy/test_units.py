@@ -89,6 +89,7 @@ def test_production_configs_load_in_every_daemon() -> None:
     agentd = load_config(str(DEPLOY / "agentd.production.toml"), env={})
     assert agentd.meshd_attach == meshd.dataplane.attach_address and agentd.grpc_address.startswith("127.0.0.1:")
     assert agentd.data_dir == "/var/lib/mabeam/agentd"  # the unit's StateDirectory
+    assert agentd.etcd == meshd.etcd and agentd.cluster == meshd.cluster and agentd.http_address.startswith("127.0.0.1:")
     coordinator = load_coordinator(DEPLOY / "coordinator.production.toml", env={})
     assert coordinator.grpc_host == "127.0.0.1" and coordinator.etcd == meshd.etcd
     assert len({meshd.metrics_port, coordinator.metrics_port, int(agentd.metrics_address.rsplit(":", 1)[1])}) == 3
