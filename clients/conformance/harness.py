@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -172,6 +173,9 @@ def main() -> int:
     parser.add_argument("--langs", default=",".join(LANGS))
     parser.add_argument("--only", nargs="*")
     args = parser.parse_args()
+    # SIGTERM (a timeout, Ctrl-C from a supervisor) unwinds through the finally below, which stops the
+    # cluster: its daemons run in sessions of their own and would outlive a harness killed outright.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     langs = [lang for lang in args.langs.split(",") if lang]
     missing = [lang for lang in langs if not runner_built(lang)]
     if missing:
