@@ -235,6 +235,18 @@ class Run(Protocol):
         An exception from ``fn`` propagates and records nothing."""
         ...
 
+    async def model(self, request: dict[str, Any], key: str) -> dict[str, Any]:
+        """A model call as durable step ``key``: streamed into the log, answered from the log on a replay."""
+        ...
+
+    async def call(self, to: str, message: Any, timeout: float = 5.0) -> Any:
+        """Call an agent by name (anywhere in the mesh); not memoized unless wrapped in :meth:`step`."""
+        ...
+
+    async def wait_approval(self, call_id: str, deadline: float, after: int = 0) -> tuple[bool, str]:
+        """Wait for a human's decision on a tool call (read from the log; an expiry counts as a denial)."""
+        ...
+
     async def history(self, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         """Events of this run from ``after + 1`` on (each a dict: seq, type, version, time_ms, payload)."""
         ...

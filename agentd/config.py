@@ -52,6 +52,12 @@ class AgentdConfig(BaseModel):
     http_address: str = ""
     #: Durable runs (docs/runs.md): the store URL, leases, recovery, cancellation, retention.
     runs: RunsConfig = Field(default_factory=RunsConfig)
+    #: The tool catalogue: tool name -> "package.module:attribute" (a function made a tool with @tool).
+    tools: dict[str, str] = Field(default_factory=dict)
+    #: Gate rules for every tool of this agentd: [{scope, subject, tool, verdict, reason}] (docs/tools.md).
+    tool_policy: list[dict[str, str]] = Field(default_factory=list)
+    #: LLM agents defined by configuration: type name -> {model, system_prompt, tools, policy, max_steps, ...}.
+    llm_agents: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("etcd", mode="before")
     @classmethod
@@ -70,7 +76,7 @@ class AgentdConfig(BaseModel):
             raise ValueError("must look like host:port")
         return value
 
-    @field_validator("agent_types")
+    @field_validator("agent_types", "tools")
     @classmethod
     def _paths(cls, value: dict[str, str]) -> dict[str, str]:
         for name, path in value.items():

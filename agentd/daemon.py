@@ -82,7 +82,8 @@ class Daemon:
         worker_config = {"node_id": config.node_id, "store_path": str(Path(data_dir) / "checkpoints.sqlite"),
                          "codec": config.codec, "mailbox_capacity": config.mailbox_capacity,
                          "block_warn_s": config.block_warn_s, "agent_types": config.agent_types,
-                         "examples": config.examples, "log_level": config.log_level}
+                         "examples": config.examples, "log_level": config.log_level, "tools": config.tools,
+                         "tool_policy": config.tool_policy, "llm_agents": config.llm_agents}
         self.pool = WorkerPool(worker_config, workers=config.workers or None, block_kill_s=config.block_kill_s)
         interceptor = ErrorInterceptor()
         metrics.track(self.pool, interceptor)
@@ -158,6 +159,7 @@ class Daemon:
         node_id = config.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.runs = RunManager(config.runs, self.pool, node_id, self.etcd, config.cluster, store_url,
                                {name: registry.get(name) for name in registry.names()})
+        self.runs.models = self.models  # a run's model op calls the daemon's router (budgets, breakers)
         await self.runs.start()
 
     async def stop(self) -> None:

@@ -51,7 +51,34 @@ def build_registry(config: dict[str, Any]) -> AgentRegistry:
         registry.load_entry_points()
     for name, path in config.get("agent_types", {}).items():
         registry.load_path(name, path)
+    register_work_agents(registry, config)
     return registry
+
+
+def register_work_agents(registry: AgentRegistry, config: dict[str, Any]) -> None:
+    """The agent types of an agent's *work*: ``pipeline`` (always) and the LLM agents of the config.
+
+    Both get the tool catalogue (``tools``, plus the example tools with ``examples``) and the ``tool_policy``.
+    """
+    from agentd.llm import load_object, make_llm_agent
+    from agentd.pipelines.agent import make_pipeline_agent
+    from agentd.tools.registry import Tool
+
+    catalogue: dict[str, Tool] = {}
+    if config.get("examples"):
+        from agentd.example_tools import EXAMPLE_TOOLS
+
+        catalogue.update({t.name: t for t in EXAMPLE_TOOLS})
+    for name, path in config.get("tools", {}).items():
+        obj = load_object(path)
+        if not isinstance(obj, Tool):
+            raise ValueError(f"tool {name!r}: {path!r} is not a tool (decorate the function with @tool)")
+        catalogue[name] = obj
+    policy = list(config.get("tool_policy", []))
+    registry.register("pipeline", make_pipeline_agent(catalogue, policy))
+    for name, spec in config.get("llm_agents", {}).items():
+        registry.register(name, make_llm_agent(name, {**spec, "policy": [*policy, *spec.get("policy", [])]},
+                                               catalogue))
 
 
 def _ref(to: Any) -> AgentRef | str:

@@ -36,15 +36,17 @@ MAX_DEPTH = 8
 class StepRunner(Protocol):
     """Does the work of one step; agentd binds it to a run (models, tools, agents)."""
 
-    async def model(self, fields: dict[str, Any], timeout: float) -> Any:
-        """A model call from the rendered step fields (model, prompt/messages, system, ...); returns its output."""
+    async def model(self, fields: dict[str, Any], timeout: float, key: str) -> Any:
+        """A model call from the rendered step fields (model, prompt/messages, system, ...); returns its output.
+
+        ``key`` names this attempt uniquely in the run (``<memo key>#<attempt>``)."""
         ...
 
-    async def tool(self, name: str, args: dict[str, Any], timeout: float) -> Any:
+    async def tool(self, name: str, args: dict[str, Any], timeout: float, key: str) -> Any:
         """A tool task; returns the tool's output (raises on failure)."""
         ...
 
-    async def agent(self, name: str, message: Any, timeout: float) -> Any:
+    async def agent(self, name: str, message: Any, timeout: float, key: str) -> Any:
         """A call to an agent by name; returns its reply."""
         ...
 
@@ -57,7 +59,17 @@ class Memo(Protocol):
         ...
 
 
-Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+Emit = Callable[[str, dict[str, Any]], Awaitable[Any]]
+#: Loads a sub-pipeline named by ``path`` in ``parent`` (the default reads the file next to the parent's).
+Loader = Callable[[Pipeline, str], Pipeline]
+
+
+def load_from_disk(parent: Pipeline, path: str) -> Pipeline:
+    """A sub-pipeline file relative to its parent's directory (for pipelines run from files)."""
+    target = Path(path)
+    if not target.is_absolute():
+        target = (parent.base_dir or Path.cwd()) / target
+    return load_pipeline(target)
 
 
 class PipelineFailed(Exception):
@@ -104,6 +116,9 @@ class PipelineExecutor:
     memo: Memo
     emit: Emit = _no_events
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    loader: Loader = load_from_disk
+    #: Exceptions that end the pipeline as they are, never retried (a run's cancellation, say).
+    fatal: tuple[type[BaseException], ...] = ()
     _depth: int = field(default=0, repr=False)
 
     async def run(self, pipeline: Pipeline, inputs: dict[str, Any] | None = None, prefix: str = "") -> Any:
@@ -193,9 +208,11 @@ class PipelineExecutor:
                                                           "fallback": body is step.fallback})
                 try:
                     async with asyncio.timeout(body.timeout):
-                        return await self._do(pipeline, body, key, context)
+                        return await self._do(pipeline, body, key, context, f"{key}#{attempts}")
                 except TimeoutError:
                     last = TimeoutError(f"step {key!r} took longer than {body.timeout:g} s")
+                except self.fatal:
+                    raise
                 except (TemplateProblem, PipelineFailed, PipelineError) as error:
                     raise StepFailed(key, error, attempts) from None  # retrying cannot fix these
                 except Exception as error:  # the runner's errors are the step's failures
@@ -205,22 +222,20 @@ class PipelineExecutor:
         assert last is not None
         raise StepFailed(key, last, attempts)
 
-    async def _do(self, pipeline: Pipeline, body: StepBody, key: str, context: dict[str, Any]) -> Any:
+    async def _do(self, pipeline: Pipeline, body: StepBody, key: str, context: dict[str, Any], attempt: str) -> Any:
         fields = render(body.fields, context)
         if body.kind == "model":
-            return await self.runner.model(fields, body.timeout)
+            return await self.runner.model(fields, body.timeout, attempt)
         if body.kind == "tool":
-            return await self.runner.tool(fields["tool"], fields.get("args", {}), body.timeout)
+            return await self.runner.tool(fields["tool"], fields.get("args", {}), body.timeout, attempt)
         if body.kind == "agent":
-            return await self.runner.agent(fields["agent"], fields["message"], body.timeout)
+            return await self.runner.agent(fields["agent"], fields["message"], body.timeout, attempt)
         return await self._sub_pipeline(pipeline, fields, key)
 
     async def _sub_pipeline(self, pipeline: Pipeline, fields: dict[str, Any], key: str) -> Any:
         if self._depth + 1 >= MAX_DEPTH:
             raise PipelineFailed(f"step {key!r}: sub-pipelines nested deeper than {MAX_DEPTH}")
-        path = Path(fields["pipeline"])
-        if not path.is_absolute():
-            path = (pipeline.base_dir or Path.cwd()) / path
-        child = load_pipeline(path)
-        nested = PipelineExecutor(self.runner, self.memo, self.emit, self.sleep, self._depth + 1)
+        child = self.loader(pipeline, str(fields["pipeline"]))
+        nested = PipelineExecutor(self.runner, self.memo, self.emit, self.sleep, self.loader, self.fatal,
+                                  self._depth + 1)
         return await nested.run(child, fields.get("inputs", {}), prefix=f"{key}/")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,8 +29,12 @@ from agentd.runs.model import canonical_json
 
 log = logging.getLogger("agentd.runs")
 
-#: (op, args) -> the executor's answer; the worker's request to the main process.
-Request = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+#: (op, args[, timeout]) -> the executor's answer; the worker's request to the main process.
+Request = Callable[..., Awaitable[dict[str, Any]]]
+#: How long one effect may take before the worker gives up waiting for the executor's answer.
+OP_TIMEOUT = 60.0
+#: A model call's answer may take long (retries, fallbacks, a slow provider): its own bound.
+MODEL_OP_TIMEOUT = 900.0
 
 
 class RunOpRefused(Exception):
@@ -91,8 +96,8 @@ class RunContext:
         if self._canceled:
             raise RunCanceled(f"run {self._run_id} is being canceled")
 
-    async def _op(self, op: str, args: dict[str, Any]) -> Any:
-        answer = await self._request(op, args)
+    async def _op(self, op: str, args: dict[str, Any], timeout: float = OP_TIMEOUT) -> Any:
+        answer = await self._request(op, args, timeout)
         if "error" in answer:
             if answer["error"] == "RUN_CANCELED":
                 self._canceled = True
@@ -143,6 +148,45 @@ class RunContext:
         self._steps[key] = result
         return result
 
+    async def model(self, request: dict[str, Any], key: str) -> dict[str, Any]:
+        """One model call as a durable step: its deltas and receipt go into the log; a replay returns the answer.
+
+        ``request`` is agentd's JSON request (``model``, ``messages``, ``tools``, ``temperature``,
+        ``max_tokens``, ...; see :func:`agentd.models.runcall.request_from_json`). The call runs in agentd's
+        main process (where the providers, breakers and budgets live) and the answer is recorded as the step
+        ``key`` in the same fenced append as the receipt, so a finished call is never paid for twice.
+        A failed call raises :class:`RunOpRefused` with the model error's reason (BUDGET_EXHAUSTED, ...).
+        """
+        if key in self._steps:
+            self.replayed += 1
+            return dict(self._steps[key])
+        self._check()
+        value = await self._op("model", {"key": key, "request": canonical_json(request)}, MODEL_OP_TIMEOUT)
+        self._steps[key] = value
+        return dict(value)
+
+    async def call(self, to: str, message: Any, timeout: float = 5.0) -> Any:
+        """Call an agent by name (on this agentd or anywhere in the mesh) and return its reply.
+
+        Not a step by itself: wrap it in :meth:`step` when its reply must not be asked for again after a
+        crash. A failed call raises :class:`RunOpRefused` (reason CALL_FAILED, the callee's code in the text).
+        """
+        self._check()
+        return await self._op("agent_call", {"to": to, "message": message, "timeout": timeout}, timeout + OP_TIMEOUT)
+
+    async def wait_approval(self, call_id: str, deadline: float, after: int = 0) -> tuple[bool, str]:
+        """Wait for a human's decision on tool call ``call_id`` (ApproveToolCall / DenyToolCall).
+
+        The decision is read from the log (a decision frame, or the expiry the executor appends when
+        ``deadline`` — wall-clock seconds — passes first), so a wait that a crash interrupted finds the same
+        answer after a restart. Returns (approved, note); the note is "expired" for an expiry.
+        """
+        self._check()
+        timeout = max(0.0, deadline - time.time()) + OP_TIMEOUT
+        value = await self._op("wait_approval", {"tool_call_id": call_id, "deadline": deadline, "after": after},
+                               timeout)
+        return bool(value["approved"]), str(value.get("note", ""))
+
     async def history(self, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         """Events of this run from ``after + 1`` on."""
         value = await self._op("history", {"after": int(after), "limit": int(limit)})
@@ -178,8 +222,8 @@ class RunHost:
         if agent is None:
             agent = self._agents[run_id] = self._make_agent(str(delivery["agent_type"]))
 
-        async def request(op: str, args: dict[str, Any]) -> dict[str, Any]:
-            answer: dict[str, Any] = await self._request(RunOp(0, run_id, delivery_id, op, args), 60.0)
+        async def request(op: str, args: dict[str, Any], timeout: float = OP_TIMEOUT) -> dict[str, Any]:
+            answer: dict[str, Any] = await self._request(RunOp(0, run_id, delivery_id, op, args), timeout)
             return answer
 
         context = RunContext(delivery, request)

@@ -35,9 +35,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agentd.errors import AgentError
+from agentd.models.runcall import run_model_call
+from agentd.models.service import status_for as model_status
+from agentd.models.types import ModelError
 from agentd.runs.lease import RunLease
 from agentd.runs.model import (
+    AgentCallFailed,
     ExecutorFenced,
+    ModelsNotConfigured,
     NewEvent,
     RunCanceling,
     RunError,
@@ -46,7 +51,7 @@ from agentd.runs.model import (
     StaleCursor,
     canonical_json,
 )
-from agentd.runs.scan import LogScan, PendingFrame
+from agentd.runs.scan import APPROVAL_EXPIRED, LogScan, PendingFrame
 from agentd.runs.upcasters import upcast
 from agentd.runs.validation import check_type, json_text, raise_if
 
@@ -332,6 +337,84 @@ class Executor:
             return {"error": "RUN_CANCELED", "message": error.message}
         except RunError as error:
             return {"error": error.reason or error.code, "message": error.message}
+        except ModelError as error:  # the model op: the call failed after everything was tried
+            status = model_status(error)
+            return {"error": status.reason or status.code.name, "message": status.message}
+
+    async def _record_step(self, frame: PendingFrame, key: str, result: Any, late: bool) -> int:
+        """Append ``step.completed``; a result that cancellation overtook is recorded non-authoritative."""
+
+        def step(authoritative: bool) -> NewEvent:
+            return NewEvent("step.completed", canonical_json({
+                "key": key, "frame_seq": frame.seq, "authoritative": authoritative, "result": result}))
+
+        if not late:
+            try:
+                return await self._append([step(True)])
+            except RunCanceling:
+                pass  # cancellation landed while the step ran: its result is late
+        await self._append([step(False)])
+        raise RunCanceling("the run is being canceled: the step's result was recorded as non-authoritative")
+
+    async def _model_call(self, frame: PendingFrame, key: str, request_json: str) -> Any:
+        """The ``model`` op: the call streams into the log, then its answer is recorded as step ``key``."""
+        router = self.manager.models
+        if router is None:
+            raise ModelsNotConfigured("no model providers are configured on this agentd ([models] in its config)")
+        violations: dict[str, str] = {}
+        if not key:
+            violations["key"] = "a model call needs a step key"
+        request = json_text("request", request_json, violations)
+        raise_if(violations)
+        assert request is not None
+        answer = await run_model_call(router, lambda events: self._append(list(events)), self.run_id, self.tenant,
+                                      json.loads(request))
+        await self._record_step(frame, key, answer, late=self.scan.canceled)
+        return answer
+
+    async def _agent_call(self, to: str, message: Any, timeout: float) -> Any:
+        """The ``agent_call`` op: call an agent by name (here or through the mesh); its errors become refusals."""
+        if not to:
+            raise_if({"to": "must name an agent"})
+        try:
+            return await self.manager.pool.call(to, message, max(0.001, min(timeout, 3600.0)))
+        except AgentError as error:
+            raise AgentCallFailed(f"call to {to!r} failed: {error.message}", {"code": error.code}) from None
+
+    async def _wait_approval(self, call_id: str, deadline: float, after: int) -> dict[str, Any]:
+        """The ``wait_approval`` op: the first word on ``call_id`` in the log (a decision, or the expiry).
+
+        Reads its own copy of the log from ``after`` (the executor's scan belongs to the frame loop). When the
+        deadline passes with no decision, the executor appends ``tool.approval_expired`` and reads again: the
+        log's order decides, so a decision that landed just before the expiry still counts.
+        """
+        if not call_id:
+            raise_if({"tool_call_id": "must not be empty"})
+        scan = LogScan(cursor=after)
+        with self.manager.wakeups.subscribe(self.run_id) as sub:
+            while True:
+                sub.clear()
+                while True:
+                    try:
+                        _, events = await self.store.read(self.run_id, scan.cursor, 512)
+                    except StaleCursor as stale:
+                        scan.cursor = stale.floor - 1
+                        continue
+                    for event in events:
+                        scan.feed(event)
+                    if len(events) < 512:
+                        break
+                word = scan.approvals.get(call_id)
+                if word is not None:
+                    return word
+                if scan.canceled or self.scan.canceled:
+                    raise RunCanceling("the run is being canceled while a tool call waits for approval")
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    await self._append([NewEvent(APPROVAL_EXPIRED, canonical_json(
+                        {"tool_call_id": call_id, "deadline": deadline}))])
+                    continue
+                await sub.wait(timeout=remaining)
 
     async def _op(self, current: Delivery, op: str, args: dict[str, Any]) -> Any:
         frame = current.frame
@@ -355,20 +438,20 @@ class Executor:
             result = json_text("result", str(args.get("result", "null")), violations)
             raise_if(violations)
             assert result is not None
-            late = bool(args.get("late")) or canceled
-
-            def step(authoritative: bool) -> NewEvent:
-                return NewEvent("step.completed", canonical_json({
-                    "key": str(args.get("key", "")), "frame_seq": frame.seq, "authoritative": authoritative,
-                    "result": json.loads(result)}))
-
-            if not late:
-                try:
-                    return await self._append([step(True)])
-                except RunCanceling:
-                    pass  # cancellation landed while the step ran: its result is late
-            await self._append([step(False)])
-            raise RunCanceling("the run is being canceled: the step's result was recorded as non-authoritative")
+            return await self._record_step(frame, str(args.get("key", "")), json.loads(result),
+                                           late=bool(args.get("late")) or canceled)
+        if op == "model":
+            if canceled:
+                raise RunCanceling("the run is being canceled: no new model calls")
+            return await self._model_call(frame, str(args.get("key", "")), str(args.get("request", "null")))
+        if op == "agent_call":
+            if canceled:
+                raise RunCanceling("the run is being canceled: no new agent calls")
+            return await self._agent_call(str(args.get("to", "")), args.get("message"),
+                                          float(args.get("timeout", 5.0)))
+        if op == "wait_approval":
+            return await self._wait_approval(str(args.get("tool_call_id", "")), float(args.get("deadline", 0)),
+                                             max(0, int(args.get("after", 0))))
         if op == "history":
             _, events = await self.store.read(self.run_id, max(0, int(args.get("after", 0))),
                                               min(max(1, int(args.get("limit", 1000))), 10_000))

@@ -8,6 +8,9 @@ Routes (JSON bodies; every error is ``{"error": {"code", "reason", "message", "f
 ``GET  /v1/runs/{run_id}``            the snapshot; 404 RUN_NOT_FOUND
 ``POST /v1/runs/{run_id}/frames``     append a frame: 202 accepted, 200 a replay, 409 FRAME_CONFLICT
 ``POST /v1/runs/{run_id}/cancel``     202 requested, 200 a replay
+``POST /v1/runs/{run_id}/tool-calls/{tool_call_id}/approve``  (and ``/deny``; body ``{"note"}`` optional):
+                                      202 recorded, 200 a replay, 404 APPROVAL_NOT_FOUND, 409
+                                      APPROVAL_DECIDED / APPROVAL_EXPIRED
 ``GET  /v1/runs/{run_id}/stream``     ``text/event-stream``; ``id:`` is the seq; resume with ``Last-Event-ID``
                                       or ``?cursor=`` (both and different: 400); ``?follow=false`` stops
                                       when caught up; 410 STALE_CURSOR with ``retention_floor``; a run
@@ -63,6 +66,13 @@ class FrameBody(BaseModel):
     frame_id: str
     type: str
     payload: Any = None
+
+
+class DecisionBody(BaseModel):
+    """POST /v1/runs/{run_id}/tool-calls/{tool_call_id}/approve|deny (the body is optional)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    note: str = ""
 
 
 class CancelBody(BaseModel):
@@ -133,6 +143,8 @@ class RunsHttp:
             Route("/v1/runs/{run_id}", self.get, methods=["GET"]),
             Route("/v1/runs/{run_id}/frames", self.frame, methods=["POST"]),
             Route("/v1/runs/{run_id}/cancel", self.cancel, methods=["POST"]),
+            Route("/v1/runs/{run_id}/tool-calls/{tool_call_id}/approve", self.approve, methods=["POST"]),
+            Route("/v1/runs/{run_id}/tool-calls/{tool_call_id}/deny", self.deny, methods=["POST"]),
             Route("/v1/runs/{run_id}/stream", self.stream, methods=["GET"]),
         ], exception_handlers={RunError: self._run_error, EtcdError: self._etcd_error})
         self._server: _Server | None = None
@@ -202,6 +214,20 @@ class RunsHttp:
         """POST /v1/runs/{run_id}/cancel."""
         body: CancelBody = await self._body(request, CancelBody, optional=True)
         duplicate, seq = await self.manager.cancel(request.path_params["run_id"], body.reason)
+        return JSONResponse({"duplicate": duplicate, "seq": seq}, status_code=200 if duplicate else 202)
+
+    async def approve(self, request: Request) -> Response:
+        """POST /v1/runs/{run_id}/tool-calls/{tool_call_id}/approve."""
+        return await self._decide(request, approved=True)
+
+    async def deny(self, request: Request) -> Response:
+        """POST /v1/runs/{run_id}/tool-calls/{tool_call_id}/deny."""
+        return await self._decide(request, approved=False)
+
+    async def _decide(self, request: Request, approved: bool) -> Response:
+        body: DecisionBody = await self._body(request, DecisionBody, optional=True)
+        duplicate, seq = await self.manager.decide_tool_call(
+            request.path_params["run_id"], request.path_params["tool_call_id"], approved, body.note)
         return JSONResponse({"duplicate": duplicate, "seq": seq}, status_code=200 if duplicate else 202)
 
     async def stream(self, request: Request) -> Response:

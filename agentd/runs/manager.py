@@ -12,27 +12,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentd.runs.config import RunsConfig
 from agentd.runs.executor import Executor
+from agentd.runs.frames import APPROVAL_FRAME, approval_frame_id
 from agentd.runs.lease import RunLease, holder_of
 from agentd.runs.model import (
     POLICIES,
     STATUSES,
+    ApprovalDecided,
+    ApprovalExpired,
+    ApprovalNotFound,
     EventRow,
+    FrameConflict,
     InvalidRunRequest,
     RunError,
     RunNotFound,
     RunRow,
     RunSpec,
     RunsUnavailable,
+    StaleCursor,
+    canonical_json,
 )
+from agentd.runs.scan import LogScan
 from agentd.runs.store import RunStore, open_store
 from agentd.runs.validation import (
     MAX_REASON,
@@ -47,6 +56,9 @@ from agentd.runs.validation import (
 from agentd.runs.wake import EtcdRelay, PostgresRelay, Wakeups
 from agentd.workers import WorkerPool
 from mabeam.etcd.client import EtcdClient, EtcdError
+
+if TYPE_CHECKING:
+    from agentd.models.router import ModelRouter
 
 log = logging.getLogger("agentd.runs")
 
@@ -82,6 +94,8 @@ class RunManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._relay_ready = asyncio.Event()
         self.janitor: Any = None
+        #: The daemon's model router (None without a [models] config): what a run's model op calls.
+        self.models: ModelRouter | None = None
 
     def _now_ms(self) -> int:
         return int(time.time() * 1000)
@@ -209,11 +223,60 @@ class RunManager:
         check_run_id("run_id", run_id, violations)
         check_run_id("frame_id", frame_id, violations)
         check_type("type", type_, violations)
+        if type_ == APPROVAL_FRAME:
+            violations["type"] = f"{APPROVAL_FRAME!r} frames come from ApproveToolCall / DenyToolCall only"
         payload = json_text("payload_json", payload_json, violations)
         raise_if(violations)
         assert payload is not None
         plan = await self.store.append_frame(run_id, frame_id, type_, payload, self._now_ms())
         return plan.duplicate, plan.seq
+
+    async def decide_tool_call(self, run_id: str, tool_call_id: str, approved: bool, note: str) -> tuple[bool, int]:
+        """ApproveToolCall / DenyToolCall: (duplicate?, seq of the decision frame).
+
+        The decision is a frame of type ``tool.approval`` (frame id ``approval:<tool_call_id>``): durable,
+        idempotent, and final — the other decision afterwards is APPROVAL_DECIDED. It must answer a
+        ``tool.approval_requested`` of the run, and it comes too late once the executor recorded the expiry.
+        """
+        violations: dict[str, str] = {}
+        check_run_id("run_id", run_id, violations)
+        check_run_id("tool_call_id", tool_call_id, violations)
+        if len(note) > MAX_REASON:
+            violations["note"] = f"is {len(note)} characters long; the limit is {MAX_REASON}"
+        raise_if(violations)
+        requested, word = await self._approval_state(run_id, tool_call_id)
+        if not requested:
+            raise ApprovalNotFound(f"run {run_id!r} has no tool call {tool_call_id!r} waiting for approval")
+        if word is not None and word.get("note") == "expired" and not word.get("approved"):
+            raise ApprovalExpired(f"the approval deadline of tool call {tool_call_id!r} passed (event "
+                                  f"{word.get('seq')}); the call was denied")
+        payload = canonical_json({"approved": approved, "note": note})
+        try:
+            plan = await self.store.append_frame(run_id, approval_frame_id(tool_call_id), APPROVAL_FRAME, payload,
+                                                 self._now_ms())
+        except FrameConflict:
+            decided = "approved" if word and word.get("approved") else "denied"
+            raise ApprovalDecided(f"tool call {tool_call_id!r} of run {run_id!r} was already {decided}"
+                                  f" (event {word.get('seq') if word else '?'}); a decision is final") from None
+        return plan.duplicate, plan.seq
+
+    async def _approval_state(self, run_id: str, tool_call_id: str) -> tuple[bool, dict[str, Any] | None]:
+        """Whether the run asked about ``tool_call_id``, and the first word on it so far (None: undecided)."""
+        scan = LogScan()
+        requested = False
+        while True:
+            try:
+                _, events = await self.store.read(run_id, scan.cursor, 512)
+            except StaleCursor as stale:
+                scan.cursor = stale.floor - 1
+                continue
+            for event in events:
+                scan.feed(event)
+                if event.type == "tool.approval_requested" and event.payload is not None:
+                    data = json.loads(event.payload)
+                    requested = requested or (isinstance(data, dict) and data.get("tool_call_id") == tool_call_id)
+            if len(events) < 512:
+                return requested, scan.approvals.get(tool_call_id)
 
     async def cancel(self, run_id: str, reason: str) -> tuple[bool, int]:
         """CancelRun: (duplicate?, seq of run.cancel_requested)."""

@@ -231,3 +231,33 @@ class RunsUnavailable(RunError):
     """The store or etcd cannot be reached; retry later."""
 
     code, reason, http_status = "UNAVAILABLE", "RUNS_UNAVAILABLE", 503
+
+
+class ModelsNotConfigured(RunError):
+    """A run asked for a model call on an agentd with no ``[models]`` configuration."""
+
+    code, reason, http_status = "FAILED_PRECONDITION", "PROVIDER_UNAVAILABLE", 409
+
+
+class ApprovalNotFound(RunError):
+    """A decision named a tool call the run never asked a human about."""
+
+    code, reason, http_status = "NOT_FOUND", "APPROVAL_NOT_FOUND", 404
+
+
+class ApprovalDecided(RunError):
+    """The tool call was already decided the other way; a decision is final."""
+
+    code, reason, http_status = "FAILED_PRECONDITION", "APPROVAL_DECIDED", 409
+
+
+class ApprovalExpired(RunError):
+    """The approval's deadline passed before the decision; the call counted as denied."""
+
+    code, reason, http_status = "FAILED_PRECONDITION", "APPROVAL_EXPIRED", 409
+
+
+class AgentCallFailed(RunError):
+    """A run's call to an agent failed (the callee's error code is in ``metadata["code"]``)."""
+
+    code, reason, http_status = "FAILED_PRECONDITION", "CALL_FAILED", 409

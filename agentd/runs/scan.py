@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentd.runs.frames import APPROVAL_FRAME, APPROVAL_PREFIX
 from agentd.runs.model import EventRow
 from agentd.runs.state import RESERVED_PREFIXES, TERMINAL_EVENTS
 
@@ -43,6 +44,10 @@ class Replay:
                 "steps": self.steps}
 
 
+#: Appended by the executor when a tool call's approval deadline passed first (the first word wins).
+APPROVAL_EXPIRED = "tool.approval_expired"
+
+
 def _payload(event: EventRow) -> Any:
     return json.loads(event.payload) if event.payload is not None else None
 
@@ -59,6 +64,8 @@ class LogScan:
     replays: dict[int, Replay] = field(default_factory=dict)
     cancel_reason: str | None = None
     terminal: str = ""
+    #: tool_call_id -> the first word on it: {"approved", "note", "seq"} (a decision frame or an expiry).
+    approvals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def feed(self, event: EventRow) -> None:
         """Fold one event (in seq order) into the picture."""
@@ -66,6 +73,12 @@ class LogScan:
         type_ = event.type
         if type_ == "frame.received":
             data = _payload(event) or {}
+            if data.get("type") == APPROVAL_FRAME:
+                decision = data.get("payload") or {}
+                call_id = str(data.get("frame_id", ""))[len(APPROVAL_PREFIX):]
+                self.approvals.setdefault(call_id, {"approved": bool(decision.get("approved")),
+                                                    "note": str(decision.get("note", "")), "seq": event.seq})
+                return
             self.pending[event.seq] = PendingFrame(event.seq, str(data.get("frame_id", "")),
                                                    str(data.get("type", "")), data.get("payload"))
         elif type_ == "frame.started":
@@ -81,6 +94,9 @@ class LogScan:
             self.cancel_reason = str((_payload(event) or {}).get("reason", ""))
         elif type_ in TERMINAL_EVENTS:
             self.terminal = type_
+        elif type_ == APPROVAL_EXPIRED:
+            call_id = str((_payload(event) or {}).get("tool_call_id", ""))
+            self.approvals.setdefault(call_id, {"approved": False, "note": "expired", "seq": event.seq})
         elif type_ == "step.completed":
             data = _payload(event) or {}
             replay = self.replays.get(int(data.get("frame_seq", 0)))

@@ -132,6 +132,22 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
                                                   request.page_size, request.page_token)
         return run_pb2.ListRunsResponse(runs=[run_message(v) for v in views], next_page_token=token)
 
+    @translated
+    async def ApproveToolCall(self, request: run_pb2.ToolCallDecisionRequest,  # noqa: N802
+                              context: grpc.aio.ServicerContext) -> run_pb2.ToolCallDecisionResponse:
+        """Approve a tool call waiting for a human (a durable decision frame)."""
+        duplicate, seq = await self._manager().decide_tool_call(request.run_id, request.tool_call_id, True,
+                                                                request.note)
+        return run_pb2.ToolCallDecisionResponse(duplicate=duplicate, seq=seq)
+
+    @translated
+    async def DenyToolCall(self, request: run_pb2.ToolCallDecisionRequest,  # noqa: N802
+                           context: grpc.aio.ServicerContext) -> run_pb2.ToolCallDecisionResponse:
+        """Deny a tool call waiting for a human (a durable decision frame)."""
+        duplicate, seq = await self._manager().decide_tool_call(request.run_id, request.tool_call_id, False,
+                                                                request.note)
+        return run_pb2.ToolCallDecisionResponse(duplicate=duplicate, seq=seq)
+
     async def StreamRun(self, request: run_pb2.StreamRunRequest,  # noqa: N802
                         context: grpc.aio.ServicerContext) -> AsyncIterator[run_pb2.RunEvent]:
         """Events from cursor + 1, gap-free; with follow, until the run ends."""

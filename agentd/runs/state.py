@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agentd.runs.frames import FrameDecision, decide_frame
+from agentd.runs.frames import APPROVAL_FRAME, FrameDecision, decide_frame
 from agentd.runs.model import (
     CANCELED,
     COMPLETED,
@@ -102,8 +102,9 @@ def _fold(run: dict[str, Any], event: NewEvent) -> None:
     if not type_.startswith(RESERVED_PREFIXES):
         run["emitted"] += 1
     elif type_ == "frame.received":
-        run["frames"] += 1
-        run["frames_pending"] += 1
+        if _payload(event).get("type") != APPROVAL_FRAME:  # a decision for a waiting tool call, not input
+            run["frames"] += 1
+            run["frames_pending"] += 1
     elif type_ == "frame.handled":
         run["frames_pending"] = max(0, run["frames_pending"] - 1)
     elif type_ == "step.completed":

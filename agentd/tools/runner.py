@@ -65,15 +65,15 @@ class ToolRun(Protocol):
     tenant: str
     agent: str
 
-    async def emit(self, event_type: str, payload: dict[str, Any]) -> None:
-        """Append an event to the run's log."""
+    async def emit(self, event_type: str, payload: dict[str, Any]) -> Any:
+        """Append an event to the run's log (its seq)."""
         ...
 
     async def step(self, key: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         """Durable memo: the recorded result of ``key`` or ``fn()``, recorded now."""
         ...
 
-    async def wait_approval(self, call_id: str, deadline: float) -> tuple[bool, str]:
+    async def wait_approval(self, call_id: str, deadline: float, after: int = 0) -> tuple[bool, str]:
         """Wait for a human's decision on ``call_id`` until ``deadline`` (wall clock); (approved, note)."""
         ...
 
@@ -166,11 +166,13 @@ class ToolRunner:
         if decision.verdict is Verdict.DENY:
             return await task.finish(TaskState.FAILED, error_class="policy_denied", error=decision.reason)
         if decision.verdict is Verdict.ASK:
-            deadline = self.clock() + self.limits.approval_timeout
-            await run.emit("tool.approval_requested", {
+            # The deadline is a step of its own: a run resumed after a crash waits for the same one.
+            timeout = self.limits.approval_timeout
+            deadline = float(await run.step(f"tool-deadline:{call_id}", _constant(self.clock() + timeout)))
+            seq = await run.emit("tool.approval_requested", {
                 "tool_call_id": call_id, "tool": tool.name, "arguments": redact(args), "reason": decision.reason,
                 "deadline": deadline})
-            approved, note = await run.wait_approval(call_id, deadline)
+            approved, note = await run.wait_approval(call_id, deadline, int(seq or 0))
             if not approved:
                 event = TaskEvent.EXPIRE if note == "expired" else TaskEvent.DENY
                 task.state = step(task.state, event).state

@@ -109,9 +109,20 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The answer did not arrive before the attempt or total deadline."""
     STREAM_CUT: _ErrorReason.ValueType  # 78
     """The stream was cut after part of the answer was sent; the partial message is in the last event."""
-    AGENT_PROTOCOL: _ErrorReason.ValueType  # 130
+    APPROVAL_NOT_FOUND: _ErrorReason.ValueType  # 90
     """90-109: tools, approvals and pipelines.
-    110-129: tenants, authentication and quotas.
+    An approval decision names a tool call that never asked for one (no tool.approval_requested in the run).
+    """
+    APPROVAL_DECIDED: _ErrorReason.ValueType  # 91
+    """The tool call was already approved or denied the other way; a decision is final."""
+    APPROVAL_EXPIRED: _ErrorReason.ValueType  # 92
+    """The approval's deadline passed before a decision: the call counts as denied."""
+    PIPELINE_INVALID: _ErrorReason.ValueType  # 93
+    """A pipeline file failed its checks (BadRequest field violations name line, column and field)."""
+    CALL_FAILED: _ErrorReason.ValueType  # 94
+    """A run's call to an agent (a pipeline's agent step) failed; the callee's code is in the message."""
+    AGENT_PROTOCOL: _ErrorReason.ValueType  # 130
+    """110-129: tenants, authentication and quotas.
     130-149: agents and external agents.
     An external agent's stream broke the protocol (MeshService.AttachAgent: first message not
     `attach`, `handled` for a delivery that is not awaiting an answer).
@@ -220,9 +231,20 @@ PROVIDER_TIMEOUT: ErrorReason.ValueType  # 77
 """The answer did not arrive before the attempt or total deadline."""
 STREAM_CUT: ErrorReason.ValueType  # 78
 """The stream was cut after part of the answer was sent; the partial message is in the last event."""
-AGENT_PROTOCOL: ErrorReason.ValueType  # 130
+APPROVAL_NOT_FOUND: ErrorReason.ValueType  # 90
 """90-109: tools, approvals and pipelines.
-110-129: tenants, authentication and quotas.
+An approval decision names a tool call that never asked for one (no tool.approval_requested in the run).
+"""
+APPROVAL_DECIDED: ErrorReason.ValueType  # 91
+"""The tool call was already approved or denied the other way; a decision is final."""
+APPROVAL_EXPIRED: ErrorReason.ValueType  # 92
+"""The approval's deadline passed before a decision: the call counts as denied."""
+PIPELINE_INVALID: ErrorReason.ValueType  # 93
+"""A pipeline file failed its checks (BadRequest field violations name line, column and field)."""
+CALL_FAILED: ErrorReason.ValueType  # 94
+"""A run's call to an agent (a pipeline's agent step) failed; the callee's code is in the message."""
+AGENT_PROTOCOL: ErrorReason.ValueType  # 130
+"""110-129: tenants, authentication and quotas.
 130-149: agents and external agents.
 An external agent's stream broke the protocol (MeshService.AttachAgent: first message not
 `attach`, `handled` for a delivery that is not awaiting an answer).

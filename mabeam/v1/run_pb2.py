@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mabeam/v1/run.proto\x12\tmabeam.v1\"\xd6\x01\n\x0fStartRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x12\n\nagent_type\x18\x03 \x01(\t\x12\x12\n\ninput_json\x18\x04 \x01(\t\x12\x14\n\x0cinput_policy\x18\x05 \x01(\t\x12\x36\n\x06labels\x18\x06 \x03(\x0b\x32&.mabeam.v1.StartRunRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x10StartRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.mabeam.v1.Run\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"Z\n\x12\x41ppendFrameRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x14\n\x0cpayload_json\x18\x04 \x01(\t\"5\n\x13\x41ppendFrameResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"O\n\x10StreamRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x0b\n\x03raw\x18\x04 \x01(\x08\"\xbb\x01\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x05\x12\x14\n\x0ctime_unix_ms\x18\x05 \x01(\x03\x12\x14\n\x0cpayload_json\x18\x06 \x01(\t\x12\x16\n\x0epayload_sha256\x18\x07 \x01(\t\x12\x0c\n\x04hash\x18\x08 \x01(\t\x12\x11\n\tprev_hash\x18\t \x01(\t\x12\x0e\n\x06pruned\x18\n \x01(\x08\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"3\n\x11\x43\x61ncelRunResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"-\n\x0eGetRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.mabeam.v1.Run\"l\n\x0fListRunsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\nagent_type\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"I\n\x10ListRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.mabeam.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xde\x03\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x12\n\nagent_type\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x14\n\x0cinput_policy\x18\x05 \x01(\t\x12\x10\n\x08last_seq\x18\x06 \x01(\x03\x12\x17\n\x0fretention_floor\x18\x07 \x01(\x03\x12(\n\x08\x65xecutor\x18\x08 \x01(\x0b\x32\x16.mabeam.v1.RunExecutor\x12\x16\n\x0e\x66rames_pending\x18\t \x01(\x03\x12(\n\x08\x63ounters\x18\n \x01(\x0b\x32\x16.mabeam.v1.RunCounters\x12\x18\n\x10\x63\x61ncel_requested\x18\x0b \x01(\x08\x12\x13\n\x0b\x65rror_class\x18\x0c \x01(\t\x12\x15\n\rerror_message\x18\r \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x0e \x01(\x03\x12\x17\n\x0fupdated_unix_ms\x18\x0f \x01(\x03\x12*\n\x06labels\x18\x10 \x03(\x0b\x32\x1a.mabeam.v1.Run.LabelsEntry\x12\x13\n\x0boutput_json\x18\x11 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"d\n\x0bRunExecutor\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\x03\x12\x15\n\rfencing_token\x18\x04 \x01(\x03\x12\x0c\n\x04live\x18\x05 \x01(\x08\"f\n\x0bRunCounters\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x03\x12\r\n\x05steps\x18\x02 \x01(\x03\x12\x12\n\nrecoveries\x18\x03 \x01(\x03\x12\x13\n\x0b\x63heckpoints\x18\x04 \x01(\x03\x12\x0f\n\x07\x65mitted\x18\x05 \x01(\x03\x32\xac\x03\n\nRunService\x12\x43\n\x08StartRun\x12\x1a.mabeam.v1.StartRunRequest\x1a\x1b.mabeam.v1.StartRunResponse\x12L\n\x0b\x41ppendFrame\x12\x1d.mabeam.v1.AppendFrameRequest\x1a\x1e.mabeam.v1.AppendFrameResponse\x12?\n\tStreamRun\x12\x1b.mabeam.v1.StreamRunRequest\x1a\x13.mabeam.v1.RunEvent0\x01\x12\x46\n\tCancelRun\x12\x1b.mabeam.v1.CancelRunRequest\x1a\x1c.mabeam.v1.CancelRunResponse\x12=\n\x06GetRun\x12\x18.mabeam.v1.GetRunRequest\x1a\x19.mabeam.v1.GetRunResponse\x12\x43\n\x08ListRuns\x12\x1a.mabeam.v1.ListRunsRequest\x1a\x1b.mabeam.v1.ListRunsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mabeam/v1/run.proto\x12\tmabeam.v1\"M\n\x17ToolCallDecisionRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\":\n\x18ToolCallDecisionResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"\xd6\x01\n\x0fStartRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x12\n\nagent_type\x18\x03 \x01(\t\x12\x12\n\ninput_json\x18\x04 \x01(\t\x12\x14\n\x0cinput_policy\x18\x05 \x01(\t\x12\x36\n\x06labels\x18\x06 \x03(\x0b\x32&.mabeam.v1.StartRunRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x10StartRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.mabeam.v1.Run\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"Z\n\x12\x41ppendFrameRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x14\n\x0cpayload_json\x18\x04 \x01(\t\"5\n\x13\x41ppendFrameResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"O\n\x10StreamRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x0b\n\x03raw\x18\x04 \x01(\x08\"\xbb\x01\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x05\x12\x14\n\x0ctime_unix_ms\x18\x05 \x01(\x03\x12\x14\n\x0cpayload_json\x18\x06 \x01(\t\x12\x16\n\x0epayload_sha256\x18\x07 \x01(\t\x12\x0c\n\x04hash\x18\x08 \x01(\t\x12\x11\n\tprev_hash\x18\t \x01(\t\x12\x0e\n\x06pruned\x18\n \x01(\x08\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"3\n\x11\x43\x61ncelRunResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"-\n\x0eGetRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.mabeam.v1.Run\"l\n\x0fListRunsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\nagent_type\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"I\n\x10ListRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.mabeam.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xde\x03\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x12\n\nagent_type\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x14\n\x0cinput_policy\x18\x05 \x01(\t\x12\x10\n\x08last_seq\x18\x06 \x01(\x03\x12\x17\n\x0fretention_floor\x18\x07 \x01(\x03\x12(\n\x08\x65xecutor\x18\x08 \x01(\x0b\x32\x16.mabeam.v1.RunExecutor\x12\x16\n\x0e\x66rames_pending\x18\t \x01(\x03\x12(\n\x08\x63ounters\x18\n \x01(\x0b\x32\x16.mabeam.v1.RunCounters\x12\x18\n\x10\x63\x61ncel_requested\x18\x0b \x01(\x08\x12\x13\n\x0b\x65rror_class\x18\x0c \x01(\t\x12\x15\n\rerror_message\x18\r \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x0e \x01(\x03\x12\x17\n\x0fupdated_unix_ms\x18\x0f \x01(\x03\x12*\n\x06labels\x18\x10 \x03(\x0b\x32\x1a.mabeam.v1.Run.LabelsEntry\x12\x13\n\x0boutput_json\x18\x11 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"d\n\x0bRunExecutor\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\x03\x12\x15\n\rfencing_token\x18\x04 \x01(\x03\x12\x0c\n\x04live\x18\x05 \x01(\x08\"f\n\x0bRunCounters\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x03\x12\r\n\x05steps\x18\x02 \x01(\x03\x12\x12\n\nrecoveries\x18\x03 \x01(\x03\x12\x13\n\x0b\x63heckpoints\x18\x04 \x01(\x03\x12\x0f\n\x07\x65mitted\x18\x05 \x01(\x03\x32\xe1\x04\n\nRunService\x12\x43\n\x08StartRun\x12\x1a.mabeam.v1.StartRunRequest\x1a\x1b.mabeam.v1.StartRunResponse\x12L\n\x0b\x41ppendFrame\x12\x1d.mabeam.v1.AppendFrameRequest\x1a\x1e.mabeam.v1.AppendFrameResponse\x12?\n\tStreamRun\x12\x1b.mabeam.v1.StreamRunRequest\x1a\x13.mabeam.v1.RunEvent0\x01\x12\x46\n\tCancelRun\x12\x1b.mabeam.v1.CancelRunRequest\x1a\x1c.mabeam.v1.CancelRunResponse\x12=\n\x06GetRun\x12\x18.mabeam.v1.GetRunRequest\x1a\x19.mabeam.v1.GetRunResponse\x12\x43\n\x08ListRuns\x12\x1a.mabeam.v1.ListRunsRequest\x1a\x1b.mabeam.v1.ListRunsResponse\x12Z\n\x0f\x41pproveToolCall\x12\".mabeam.v1.ToolCallDecisionRequest\x1a#.mabeam.v1.ToolCallDecisionResponse\x12W\n\x0c\x44\x65nyToolCall\x12\".mabeam.v1.ToolCallDecisionRequest\x1a#.mabeam.v1.ToolCallDecisionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,40 +35,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTRUNREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_RUN_LABELSENTRY']._loaded_options = None
   _globals['_RUN_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_STARTRUNREQUEST']._serialized_start=35
-  _globals['_STARTRUNREQUEST']._serialized_end=249
-  _globals['_STARTRUNREQUEST_LABELSENTRY']._serialized_start=204
-  _globals['_STARTRUNREQUEST_LABELSENTRY']._serialized_end=249
-  _globals['_STARTRUNRESPONSE']._serialized_start=251
-  _globals['_STARTRUNRESPONSE']._serialized_end=315
-  _globals['_APPENDFRAMEREQUEST']._serialized_start=317
-  _globals['_APPENDFRAMEREQUEST']._serialized_end=407
-  _globals['_APPENDFRAMERESPONSE']._serialized_start=409
-  _globals['_APPENDFRAMERESPONSE']._serialized_end=462
-  _globals['_STREAMRUNREQUEST']._serialized_start=464
-  _globals['_STREAMRUNREQUEST']._serialized_end=543
-  _globals['_RUNEVENT']._serialized_start=546
-  _globals['_RUNEVENT']._serialized_end=733
-  _globals['_CANCELRUNREQUEST']._serialized_start=735
-  _globals['_CANCELRUNREQUEST']._serialized_end=785
-  _globals['_CANCELRUNRESPONSE']._serialized_start=787
-  _globals['_CANCELRUNRESPONSE']._serialized_end=838
-  _globals['_GETRUNREQUEST']._serialized_start=840
-  _globals['_GETRUNREQUEST']._serialized_end=871
-  _globals['_GETRUNRESPONSE']._serialized_start=873
-  _globals['_GETRUNRESPONSE']._serialized_end=918
-  _globals['_LISTRUNSREQUEST']._serialized_start=920
-  _globals['_LISTRUNSREQUEST']._serialized_end=1028
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1030
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1103
-  _globals['_RUN']._serialized_start=1106
-  _globals['_RUN']._serialized_end=1584
-  _globals['_RUN_LABELSENTRY']._serialized_start=204
-  _globals['_RUN_LABELSENTRY']._serialized_end=249
-  _globals['_RUNEXECUTOR']._serialized_start=1586
-  _globals['_RUNEXECUTOR']._serialized_end=1686
-  _globals['_RUNCOUNTERS']._serialized_start=1688
-  _globals['_RUNCOUNTERS']._serialized_end=1790
-  _globals['_RUNSERVICE']._serialized_start=1793
-  _globals['_RUNSERVICE']._serialized_end=2221
+  _globals['_TOOLCALLDECISIONREQUEST']._serialized_start=34
+  _globals['_TOOLCALLDECISIONREQUEST']._serialized_end=111
+  _globals['_TOOLCALLDECISIONRESPONSE']._serialized_start=113
+  _globals['_TOOLCALLDECISIONRESPONSE']._serialized_end=171
+  _globals['_STARTRUNREQUEST']._serialized_start=174
+  _globals['_STARTRUNREQUEST']._serialized_end=388
+  _globals['_STARTRUNREQUEST_LABELSENTRY']._serialized_start=343
+  _globals['_STARTRUNREQUEST_LABELSENTRY']._serialized_end=388
+  _globals['_STARTRUNRESPONSE']._serialized_start=390
+  _globals['_STARTRUNRESPONSE']._serialized_end=454
+  _globals['_APPENDFRAMEREQUEST']._serialized_start=456
+  _globals['_APPENDFRAMEREQUEST']._serialized_end=546
+  _globals['_APPENDFRAMERESPONSE']._serialized_start=548
+  _globals['_APPENDFRAMERESPONSE']._serialized_end=601
+  _globals['_STREAMRUNREQUEST']._serialized_start=603
+  _globals['_STREAMRUNREQUEST']._serialized_end=682
+  _globals['_RUNEVENT']._serialized_start=685
+  _globals['_RUNEVENT']._serialized_end=872
+  _globals['_CANCELRUNREQUEST']._serialized_start=874
+  _globals['_CANCELRUNREQUEST']._serialized_end=924
+  _globals['_CANCELRUNRESPONSE']._serialized_start=926
+  _globals['_CANCELRUNRESPONSE']._serialized_end=977
+  _globals['_GETRUNREQUEST']._serialized_start=979
+  _globals['_GETRUNREQUEST']._serialized_end=1010
+  _globals['_GETRUNRESPONSE']._serialized_start=1012
+  _globals['_GETRUNRESPONSE']._serialized_end=1057
+  _globals['_LISTRUNSREQUEST']._serialized_start=1059
+  _globals['_LISTRUNSREQUEST']._serialized_end=1167
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1169
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1242
+  _globals['_RUN']._serialized_start=1245
+  _globals['_RUN']._serialized_end=1723
+  _globals['_RUN_LABELSENTRY']._serialized_start=343
+  _globals['_RUN_LABELSENTRY']._serialized_end=388
+  _globals['_RUNEXECUTOR']._serialized_start=1725
+  _globals['_RUNEXECUTOR']._serialized_end=1825
+  _globals['_RUNCOUNTERS']._serialized_start=1827
+  _globals['_RUNCOUNTERS']._serialized_end=1929
+  _globals['_RUNSERVICE']._serialized_start=1932
+  _globals['_RUNSERVICE']._serialized_end=2541
 # @@protoc_insertion_point(module_scope)

@@ -64,6 +64,16 @@ class RunServiceStub:
                 request_serializer=mabeam_dot_v1_dot_run__pb2.ListRunsRequest.SerializeToString,
                 response_deserializer=mabeam_dot_v1_dot_run__pb2.ListRunsResponse.FromString,
                 _registered_method=True)
+        self.ApproveToolCall = channel.unary_unary(
+                '/mabeam.v1.RunService/ApproveToolCall',
+                request_serializer=mabeam_dot_v1_dot_run__pb2.ToolCallDecisionRequest.SerializeToString,
+                response_deserializer=mabeam_dot_v1_dot_run__pb2.ToolCallDecisionResponse.FromString,
+                _registered_method=True)
+        self.DenyToolCall = channel.unary_unary(
+                '/mabeam.v1.RunService/DenyToolCall',
+                request_serializer=mabeam_dot_v1_dot_run__pb2.ToolCallDecisionRequest.SerializeToString,
+                response_deserializer=mabeam_dot_v1_dot_run__pb2.ToolCallDecisionResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -123,6 +133,26 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApproveToolCall(self, request, context):
+        """Approve a tool call that waits for a human (a "tool.approval_requested" event names its
+        tool_call_id). The decision is a durable input of the run (a frame of type "tool.approval"
+        with frame_id "approval:<tool_call_id>"), so it survives restarts and executor failover.
+        The same decision again is a replay (duplicate = true). NOT_FOUND (APPROVAL_NOT_FOUND) when
+        the run never asked about that call; FAILED_PRECONDITION with APPROVAL_DECIDED when it was
+        denied, APPROVAL_EXPIRED when its deadline passed first, RUN_TERMINAL when the run ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DenyToolCall(self, request, context):
+        """Deny a tool call that waits for a human; the model is told, and may try something else.
+        Same rules as ApproveToolCall.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +185,16 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.ListRuns,
                     request_deserializer=mabeam_dot_v1_dot_run__pb2.ListRunsRequest.FromString,
                     response_serializer=mabeam_dot_v1_dot_run__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'ApproveToolCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveToolCall,
+                    request_deserializer=mabeam_dot_v1_dot_run__pb2.ToolCallDecisionRequest.FromString,
+                    response_serializer=mabeam_dot_v1_dot_run__pb2.ToolCallDecisionResponse.SerializeToString,
+            ),
+            'DenyToolCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.DenyToolCall,
+                    request_deserializer=mabeam_dot_v1_dot_run__pb2.ToolCallDecisionRequest.FromString,
+                    response_serializer=mabeam_dot_v1_dot_run__pb2.ToolCallDecisionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -319,6 +359,60 @@ class RunService:
             '/mabeam.v1.RunService/ListRuns',
             mabeam_dot_v1_dot_run__pb2.ListRunsRequest.SerializeToString,
             mabeam_dot_v1_dot_run__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveToolCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mabeam.v1.RunService/ApproveToolCall',
+            mabeam_dot_v1_dot_run__pb2.ToolCallDecisionRequest.SerializeToString,
+            mabeam_dot_v1_dot_run__pb2.ToolCallDecisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DenyToolCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mabeam.v1.RunService/DenyToolCall',
+            mabeam_dot_v1_dot_run__pb2.ToolCallDecisionRequest.SerializeToString,
+            mabeam_dot_v1_dot_run__pb2.ToolCallDecisionResponse.FromString,
             options,
             channel_credentials,
             insecure,

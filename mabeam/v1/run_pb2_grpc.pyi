@@ -68,6 +68,18 @@ class RunServiceStub:
     """A snapshot: status, last seq, retention floor, executor and lease, frames pending, counters."""
     ListRuns: _grpc.UnaryUnaryMultiCallable[_run_pb2.ListRunsRequest, _run_pb2.ListRunsResponse]
     """Runs of a tenant, optionally of one agent type and status, newest first, paged."""
+    ApproveToolCall: _grpc.UnaryUnaryMultiCallable[_run_pb2.ToolCallDecisionRequest, _run_pb2.ToolCallDecisionResponse]
+    """Approve a tool call that waits for a human (a "tool.approval_requested" event names its
+    tool_call_id). The decision is a durable input of the run (a frame of type "tool.approval"
+    with frame_id "approval:<tool_call_id>"), so it survives restarts and executor failover.
+    The same decision again is a replay (duplicate = true). NOT_FOUND (APPROVAL_NOT_FOUND) when
+    the run never asked about that call; FAILED_PRECONDITION with APPROVAL_DECIDED when it was
+    denied, APPROVAL_EXPIRED when its deadline passed first, RUN_TERMINAL when the run ended.
+    """
+    DenyToolCall: _grpc.UnaryUnaryMultiCallable[_run_pb2.ToolCallDecisionRequest, _run_pb2.ToolCallDecisionResponse]
+    """Deny a tool call that waits for a human; the model is told, and may try something else.
+    Same rules as ApproveToolCall.
+    """
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
@@ -100,6 +112,18 @@ class RunServiceAsyncStub(RunServiceStub):
     """A snapshot: status, last seq, retention floor, executor and lease, frames pending, counters."""
     ListRuns: _aio.UnaryUnaryMultiCallable[_run_pb2.ListRunsRequest, _run_pb2.ListRunsResponse]  # type: ignore[assignment]
     """Runs of a tenant, optionally of one agent type and status, newest first, paged."""
+    ApproveToolCall: _aio.UnaryUnaryMultiCallable[_run_pb2.ToolCallDecisionRequest, _run_pb2.ToolCallDecisionResponse]  # type: ignore[assignment]
+    """Approve a tool call that waits for a human (a "tool.approval_requested" event names its
+    tool_call_id). The decision is a durable input of the run (a frame of type "tool.approval"
+    with frame_id "approval:<tool_call_id>"), so it survives restarts and executor failover.
+    The same decision again is a replay (duplicate = true). NOT_FOUND (APPROVAL_NOT_FOUND) when
+    the run never asked about that call; FAILED_PRECONDITION with APPROVAL_DECIDED when it was
+    denied, APPROVAL_EXPIRED when its deadline passed first, RUN_TERMINAL when the run ended.
+    """
+    DenyToolCall: _aio.UnaryUnaryMultiCallable[_run_pb2.ToolCallDecisionRequest, _run_pb2.ToolCallDecisionResponse]  # type: ignore[assignment]
+    """Deny a tool call that waits for a human; the model is told, and may try something else.
+    Same rules as ApproveToolCall.
+    """
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -165,5 +189,29 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_run_pb2.ListRunsResponse, _abc.Awaitable[_run_pb2.ListRunsResponse]]:
         """Runs of a tenant, optionally of one agent type and status, newest first, paged."""
+
+    @_abc_1.abstractmethod
+    def ApproveToolCall(
+        self,
+        request: _run_pb2.ToolCallDecisionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_pb2.ToolCallDecisionResponse, _abc.Awaitable[_run_pb2.ToolCallDecisionResponse]]:
+        """Approve a tool call that waits for a human (a "tool.approval_requested" event names its
+        tool_call_id). The decision is a durable input of the run (a frame of type "tool.approval"
+        with frame_id "approval:<tool_call_id>"), so it survives restarts and executor failover.
+        The same decision again is a replay (duplicate = true). NOT_FOUND (APPROVAL_NOT_FOUND) when
+        the run never asked about that call; FAILED_PRECONDITION with APPROVAL_DECIDED when it was
+        denied, APPROVAL_EXPIRED when its deadline passed first, RUN_TERMINAL when the run ended.
+        """
+
+    @_abc_1.abstractmethod
+    def DenyToolCall(
+        self,
+        request: _run_pb2.ToolCallDecisionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_pb2.ToolCallDecisionResponse, _abc.Awaitable[_run_pb2.ToolCallDecisionResponse]]:
+        """Deny a tool call that waits for a human; the model is told, and may try something else.
+        Same rules as ApproveToolCall.
+        """
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,7 +25,7 @@ from mabeam_client.output import emit, to_dict
 
 DEFAULT_ENDPOINT = "127.0.0.1:7110"
 PLUGINS = ("mabeam_client.cli_agents", "mabeam_client.cli_models", "mabeam_client.cli_dataplane",
-           "mabeam_client.cli_coordinator", "mabeam_client.cli_runs")
+           "mabeam_client.cli_coordinator", "mabeam_client.cli_runs", "mabeam_client.cli_pipelines")
 
 async def cmd_ping(args: argparse.Namespace) -> int:
     async with MeshClient(args.endpoint) as mesh:

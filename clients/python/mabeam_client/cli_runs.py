@@ -1,4 +1,4 @@
-"""``meshctl run start|send|stream|cancel|get|list|verify``: durable runs from the command line.
+"""``meshctl run start|send|stream|cancel|approve|deny|get|list|verify``: durable runs from the command line.
 
 The agentd address comes from ``--agentd`` (several, comma-separated: ``stream``
 resumes on the next one if one goes away), else ``$MABEAM_AGENTD``, else
@@ -86,6 +86,17 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_decide(args: argparse.Namespace) -> int:
+    """Approve or deny a tool call that waits for a human."""
+    async with _client(args) as client:
+        decide = client.approve if args.run_command == "approve" else client.deny
+        result = await decide(args.run_id, args.tool_call_id, args.note)
+    verb = "approved" if args.run_command == "approve" else "denied"
+    emit(args, {"duplicate": result.duplicate, "seq": result.seq},
+         text=f"already {verb}" if result.duplicate else f"{verb} (event {result.seq})")
+    return 0
+
+
 async def cmd_get(args: argparse.Namespace) -> int:
     """Show a run's snapshot."""
     async with _client(args) as client:
@@ -122,7 +133,7 @@ async def cmd_verify(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers: Any) -> None:
     """Add ``meshctl run ...`` to meshctl."""
-    run = subparsers.add_parser("run", help="durable runs: start, send, stream, cancel, get, list, verify")
+    run = subparsers.add_parser("run", help="durable runs: start, send, stream, cancel, approve, deny, get, list, verify")
     sub = run.add_subparsers(dest="run_command", required=True)
 
     def add(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
@@ -154,6 +165,11 @@ def add_commands(subparsers: Any) -> None:
     p = add("cancel", cmd_cancel, "request a run's cancellation")
     p.add_argument("run_id")
     p.add_argument("--reason", default="")
+    for verb in ("approve", "deny"):
+        p = add(verb, cmd_decide, f"{verb} a tool call that waits for a human (see tool.approval_requested events)")
+        p.add_argument("run_id")
+        p.add_argument("tool_call_id")
+        p.add_argument("--note", default="", help="why, for the log and the model")
     add("get", cmd_get, "show a run's snapshot").add_argument("run_id")
     p = add("list", cmd_list, "list runs, newest first")
     p.add_argument("--tenant", default="")

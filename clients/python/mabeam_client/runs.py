@@ -126,6 +126,18 @@ class RunClient:
         response = await self._call(lambda s: s.CancelRun, run_pb2.CancelRunRequest(run_id=run_id, reason=reason))
         return Appended(response.duplicate, response.seq)
 
+    async def approve(self, run_id: str, tool_call_id: str, note: str = "") -> Appended:
+        """Approve a tool call waiting for a human (durable; the same decision again is ``duplicate``)."""
+        request = run_pb2.ToolCallDecisionRequest(run_id=run_id, tool_call_id=tool_call_id, note=note)
+        response = await self._call(lambda s: s.ApproveToolCall, request)
+        return Appended(response.duplicate, response.seq)
+
+    async def deny(self, run_id: str, tool_call_id: str, note: str = "") -> Appended:
+        """Deny a tool call waiting for a human (durable; final)."""
+        request = run_pb2.ToolCallDecisionRequest(run_id=run_id, tool_call_id=tool_call_id, note=note)
+        response = await self._call(lambda s: s.DenyToolCall, request)
+        return Appended(response.duplicate, response.seq)
+
     async def get(self, run_id: str) -> run_pb2.Run:
         """A run's snapshot."""
         return (await self._call(lambda s: s.GetRun, run_pb2.GetRunRequest(run_id=run_id))).run

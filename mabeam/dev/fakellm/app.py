@@ -7,7 +7,7 @@ Routes:
   JSON Schema), ``max_tokens``/``max_completion_tokens``, ``stop``;
 - ``POST /v1/messages`` — Anthropic-style Messages, JSON or SSE;
 - ``GET /v1/models`` — the models this server knows;
-- ``GET /_fake/stats`` — requests served (total, per model, per path, in flight,
+- ``GET /_fake/stats`` — requests served (total, per model, per path, per prompt, in flight,
   the most in flight at once), so tests can prove how many calls really happened;
 - ``POST /_fake/reset`` — zero the counters and load a script (the JSON body,
   see :mod:`mabeam.dev.fakellm.script`; empty keeps the current one).
@@ -55,13 +55,15 @@ class State:
         self.by_model: Counter[str] = Counter()
         self.by_path: Counter[str] = Counter()
         self.by_outcome: Counter[str] = Counter()
+        #: Requests by their last user message (first 200 characters): which prompts really reached a model.
+        self.by_prompt: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
 
     def stats(self) -> dict[str, Any]:
         """The counters as JSON."""
         return {"requests": self.total, "by_model": dict(self.by_model), "by_path": dict(self.by_path),
-                "by_outcome": dict(self.by_outcome), "in_flight": self.in_flight,
+                "by_outcome": dict(self.by_outcome), "by_prompt": dict(self.by_prompt), "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight}
 
 
@@ -181,6 +183,7 @@ class FakeLLM:
         messages = body["messages"]
         prompt = next((_text_of(m.get("content")) for m in reversed(messages)
                        if isinstance(m, dict) and m.get("role") == "user"), "")
+        self.state.by_prompt[prompt[:200]] += 1
         fmt = body.get("response_format") or {}
         json_mode = isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
         header = request.headers.get("x-fake-fault")

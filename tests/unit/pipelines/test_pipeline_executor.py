@@ -38,13 +38,13 @@ class Runner:
         finally:
             self.running -= 1
 
-    async def model(self, fields: dict[str, Any], timeout: float) -> Any:
+    async def model(self, fields: dict[str, Any], timeout: float, key: str) -> Any:
         return await self._work("model", fields.get("model", ""), fields.get("prompt"))
 
-    async def tool(self, name: str, args: dict[str, Any], timeout: float) -> Any:
+    async def tool(self, name: str, args: dict[str, Any], timeout: float, key: str) -> Any:
         return await self._work("tool", name, args)
 
-    async def agent(self, name: str, message: Any, timeout: float) -> Any:
+    async def agent(self, name: str, message: Any, timeout: float, key: str) -> Any:
         return await self._work("agent", name, message)
 
 

@@ -32,15 +32,16 @@ class MemoryRun:
         self.decisions = decisions or {}
         self.waited: list[str] = []
 
-    async def emit(self, event_type: str, payload: dict[str, Any]) -> None:
+    async def emit(self, event_type: str, payload: dict[str, Any]) -> int:
         self.events.append((event_type, payload))
+        return len(self.events)
 
     async def step(self, key: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         if key not in self.memo:
             self.memo[key] = await fn()
         return self.memo[key]
 
-    async def wait_approval(self, call_id: str, deadline: float) -> tuple[bool, str]:
+    async def wait_approval(self, call_id: str, deadline: float, after: int = 0) -> tuple[bool, str]:
         self.waited.append(call_id)
         return self.decisions.get(call_id, (False, "expired"))
 

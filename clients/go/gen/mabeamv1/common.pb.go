@@ -108,6 +108,16 @@ const (
 	// The stream was cut after part of the answer was sent; the partial message is in the last event.
 	ErrorReason_STREAM_CUT ErrorReason = 78
 	// 90-109: tools, approvals and pipelines.
+	// An approval decision names a tool call that never asked for one (no tool.approval_requested in the run).
+	ErrorReason_APPROVAL_NOT_FOUND ErrorReason = 90
+	// The tool call was already approved or denied the other way; a decision is final.
+	ErrorReason_APPROVAL_DECIDED ErrorReason = 91
+	// The approval's deadline passed before a decision: the call counts as denied.
+	ErrorReason_APPROVAL_EXPIRED ErrorReason = 92
+	// A pipeline file failed its checks (BadRequest field violations name line, column and field).
+	ErrorReason_PIPELINE_INVALID ErrorReason = 93
+	// A run's call to an agent (a pipeline's agent step) failed; the callee's code is in the message.
+	ErrorReason_CALL_FAILED ErrorReason = 94
 	// 110-129: tenants, authentication and quotas.
 	// 130-149: agents and external agents.
 	// An external agent's stream broke the protocol (MeshService.AttachAgent: first message not
@@ -170,6 +180,11 @@ var (
 		76:  "MALFORMED_RESPONSE",
 		77:  "PROVIDER_TIMEOUT",
 		78:  "STREAM_CUT",
+		90:  "APPROVAL_NOT_FOUND",
+		91:  "APPROVAL_DECIDED",
+		92:  "APPROVAL_EXPIRED",
+		93:  "PIPELINE_INVALID",
+		94:  "CALL_FAILED",
 		130: "AGENT_PROTOCOL",
 		140: "NO_SUCH_AGENT",
 		141: "AGENT_EXITED",
@@ -217,6 +232,11 @@ var (
 		"MALFORMED_RESPONSE":       76,
 		"PROVIDER_TIMEOUT":         77,
 		"STREAM_CUT":               78,
+		"APPROVAL_NOT_FOUND":       90,
+		"APPROVAL_DECIDED":         91,
+		"APPROVAL_EXPIRED":         92,
+		"PIPELINE_INVALID":         93,
+		"CALL_FAILED":              94,
 		"AGENT_PROTOCOL":           130,
 		"NO_SUCH_AGENT":            140,
 		"AGENT_EXITED":             141,
@@ -520,7 +540,7 @@ const file_mabeam_v1_common_proto_rawDesc = "" +
 	"\bAgentRef\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x19\n" +
-	"\bagent_id\x18\x03 \x01(\tR\aagentId*\x9d\a\n" +
+	"\bagent_id\x18\x03 \x01(\tR\aagentId*\x88\b\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -563,7 +583,12 @@ const file_mabeam_v1_common_proto_rawDesc = "" +
 	"\x12MALFORMED_RESPONSE\x10L\x12\x14\n" +
 	"\x10PROVIDER_TIMEOUT\x10M\x12\x0e\n" +
 	"\n" +
-	"STREAM_CUT\x10N\x12\x13\n" +
+	"STREAM_CUT\x10N\x12\x16\n" +
+	"\x12APPROVAL_NOT_FOUND\x10Z\x12\x14\n" +
+	"\x10APPROVAL_DECIDED\x10[\x12\x14\n" +
+	"\x10APPROVAL_EXPIRED\x10\\\x12\x14\n" +
+	"\x10PIPELINE_INVALID\x10]\x12\x0f\n" +
+	"\vCALL_FAILED\x10^\x12\x13\n" +
 	"\x0eAGENT_PROTOCOL\x10\x82\x01\x12\x12\n" +
 	"\rNO_SUCH_AGENT\x10\x8c\x01\x12\x11\n" +
 	"\fAGENT_EXITED\x10\x8d\x01\x12\x15\n" +

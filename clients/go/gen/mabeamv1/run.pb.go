@@ -31,6 +31,122 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ToolCallDecisionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	RunId string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	// The tool_call_id of the run's "tool.approval_requested" event.
+	ToolCallId string `protobuf:"bytes,2,opt,name=tool_call_id,json=toolCallId,proto3" json:"tool_call_id,omitempty"`
+	// Why, for the log and the model (at most 1 KiB).
+	Note          string `protobuf:"bytes,3,opt,name=note,proto3" json:"note,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolCallDecisionRequest) Reset() {
+	*x = ToolCallDecisionRequest{}
+	mi := &file_mabeam_v1_run_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolCallDecisionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolCallDecisionRequest) ProtoMessage() {}
+
+func (x *ToolCallDecisionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mabeam_v1_run_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolCallDecisionRequest.ProtoReflect.Descriptor instead.
+func (*ToolCallDecisionRequest) Descriptor() ([]byte, []int) {
+	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ToolCallDecisionRequest) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
+func (x *ToolCallDecisionRequest) GetToolCallId() string {
+	if x != nil {
+		return x.ToolCallId
+	}
+	return ""
+}
+
+func (x *ToolCallDecisionRequest) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
+type ToolCallDecisionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True when the same decision was already recorded: nothing appended.
+	Duplicate bool `protobuf:"varint,1,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
+	// The seq of the decision's "frame.received" event.
+	Seq           int64 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolCallDecisionResponse) Reset() {
+	*x = ToolCallDecisionResponse{}
+	mi := &file_mabeam_v1_run_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolCallDecisionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolCallDecisionResponse) ProtoMessage() {}
+
+func (x *ToolCallDecisionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mabeam_v1_run_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolCallDecisionResponse.ProtoReflect.Descriptor instead.
+func (*ToolCallDecisionResponse) Descriptor() ([]byte, []int) {
+	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ToolCallDecisionResponse) GetDuplicate() bool {
+	if x != nil {
+		return x.Duplicate
+	}
+	return false
+}
+
+func (x *ToolCallDecisionResponse) GetSeq() int64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 type StartRunRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Client-chosen id for idempotent starts (1-128 of [A-Za-z0-9_.:-]); empty generates one.
@@ -53,7 +169,7 @@ type StartRunRequest struct {
 
 func (x *StartRunRequest) Reset() {
 	*x = StartRunRequest{}
-	mi := &file_mabeam_v1_run_proto_msgTypes[0]
+	mi := &file_mabeam_v1_run_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -65,7 +181,7 @@ func (x *StartRunRequest) String() string {
 func (*StartRunRequest) ProtoMessage() {}
 
 func (x *StartRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_run_proto_msgTypes[0]
+	mi := &file_mabeam_v1_run_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -78,7 +194,7 @@ func (x *StartRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRunRequest.ProtoReflect.Descriptor instead.
 func (*StartRunRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{0}
+	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *StartRunRequest) GetRunId() string {
@@ -134,7 +250,7 @@ type StartRunResponse struct {
 
 func (x *StartRunResponse) Reset() {
 	*x = StartRunResponse{}
-	mi := &file_mabeam_v1_run_proto_msgTypes[1]
+	mi := &file_mabeam_v1_run_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -146,7 +262,7 @@ func (x *StartRunResponse) String() string {
 func (*StartRunResponse) ProtoMessage() {}
 
 func (x *StartRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_run_proto_msgTypes[1]
+	mi := &file_mabeam_v1_run_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -159,7 +275,7 @@ func (x *StartRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRunResponse.ProtoReflect.Descriptor instead.
 func (*StartRunResponse) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{1}
+	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *StartRunResponse) GetRun() *Run {
@@ -191,7 +307,7 @@ type AppendFrameRequest struct {
 
 func (x *AppendFrameRequest) Reset() {
 	*x = AppendFrameRequest{}
-	mi := &file_mabeam_v1_run_proto_msgTypes[2]
+	mi := &file_mabeam_v1_run_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -203,7 +319,7 @@ func (x *AppendFrameRequest) String() string {
 func (*AppendFrameRequest) ProtoMessage() {}
 
 func (x *AppendFrameRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_run_proto_msgTypes[2]
+	mi := &file_mabeam_v1_run_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -216,7 +332,7 @@ func (x *AppendFrameRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendFrameRequest.ProtoReflect.Descriptor instead.
 func (*AppendFrameRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{2}
+	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AppendFrameRequest) GetRunId() string {
@@ -259,7 +375,7 @@ type AppendFrameResponse struct {
 
 func (x *AppendFrameResponse) Reset() {
 	*x = AppendFrameResponse{}
-	mi := &file_mabeam_v1_run_proto_msgTypes[3]
+	mi := &file_mabeam_v1_run_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -271,7 +387,7 @@ func (x *AppendFrameResponse) String() string {
 func (*AppendFrameResponse) ProtoMessage() {}
 
 func (x *AppendFrameResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_run_proto_msgTypes[3]
+	mi := &file_mabeam_v1_run_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -284,7 +400,7 @@ func (x *AppendFrameResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendFrameResponse.ProtoReflect.Descriptor instead.
 func (*AppendFrameResponse) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{3}
+	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AppendFrameResponse) GetDuplicate() bool {
@@ -316,7 +432,7 @@ type StreamRunRequest struct {
 
 func (x *StreamRunRequest) Reset() {
 	*x = StreamRunRequest{}
-	mi := &file_mabeam_v1_run_proto_msgTypes[4]
+	mi := &file_mabeam_v1_run_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -328,7 +444,7 @@ func (x *StreamRunRequest) String() string {
 func (*StreamRunRequest) ProtoMessage() {}
 
 func (x *StreamRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_run_proto_msgTypes[4]
+	mi := &file_mabeam_v1_run_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -341,7 +457,7 @@ func (x *StreamRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamRunRequest.ProtoReflect.Descriptor instead.
 func (*StreamRunRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{4}
+	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StreamRunRequest) GetRunId() string {
@@ -399,7 +515,7 @@ type RunEvent struct {
 
 func (x *RunEvent) Reset() {
 	*x = RunEvent{}
-	mi := &file_mabeam_v1_run_proto_msgTypes[5]
+	mi := &file_mabeam_v1_run_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -411,7 +527,7 @@ func (x *RunEvent) String() string {
 func (*RunEvent) ProtoMessage() {}
 
 func (x *RunEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_run_proto_msgTypes[5]
+	mi := &file_mabeam_v1_run_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -424,7 +540,7 @@ func (x *RunEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunEvent.ProtoReflect.Descriptor instead.
 func (*RunEvent) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{5}
+	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RunEvent) GetRunId() string {
@@ -508,7 +624,7 @@ type CancelRunRequest struct {
 
 func (x *CancelRunRequest) Reset() {
 	*x = CancelRunRequest{}
-	mi := &file_mabeam_v1_run_proto_msgTypes[6]
+	mi := &file_mabeam_v1_run_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -520,7 +636,7 @@ func (x *CancelRunRequest) String() string {
 func (*CancelRunRequest) ProtoMessage() {}
 
 func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_run_proto_msgTypes[6]
+	mi := &file_mabeam_v1_run_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -533,7 +649,7 @@ func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunRequest.ProtoReflect.Descriptor instead.
 func (*CancelRunRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{6}
+	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CancelRunRequest) GetRunId() string {
@@ -562,7 +678,7 @@ type CancelRunResponse struct {
 
 func (x *CancelRunResponse) Reset() {
 	*x = CancelRunResponse{}
-	mi := &file_mabeam_v1_run_proto_msgTypes[7]
+	mi := &file_mabeam_v1_run_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -574,7 +690,7 @@ func (x *CancelRunResponse) String() string {
 func (*CancelRunResponse) ProtoMessage() {}
 
 func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_run_proto_msgTypes[7]
+	mi := &file_mabeam_v1_run_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -587,7 +703,7 @@ func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunResponse.ProtoReflect.Descriptor instead.
 func (*CancelRunResponse) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{7}
+	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CancelRunResponse) GetDuplicate() bool {
@@ -613,7 +729,7 @@ type GetRunRequest struct {
 
 func (x *GetRunRequest) Reset() {
 	*x = GetRunRequest{}
-	mi := &file_mabeam_v1_run_proto_msgTypes[8]
+	mi := &file_mabeam_v1_run_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -625,7 +741,7 @@ func (x *GetRunRequest) String() string {
 func (*GetRunRequest) ProtoMessage() {}
 
 func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_run_proto_msgTypes[8]
+	mi := &file_mabeam_v1_run_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -638,7 +754,7 @@ func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunRequest.ProtoReflect.Descriptor instead.
 func (*GetRunRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{8}
+	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetRunRequest) GetRunId() string {
@@ -657,7 +773,7 @@ type GetRunResponse struct {
 
 func (x *GetRunResponse) Reset() {
 	*x = GetRunResponse{}
-	mi := &file_mabeam_v1_run_proto_msgTypes[9]
+	mi := &file_mabeam_v1_run_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -669,7 +785,7 @@ func (x *GetRunResponse) String() string {
 func (*GetRunResponse) ProtoMessage() {}
 
 func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_run_proto_msgTypes[9]
+	mi := &file_mabeam_v1_run_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -682,7 +798,7 @@ func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunResponse.ProtoReflect.Descriptor instead.
 func (*GetRunResponse) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{9}
+	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetRunResponse) GetRun() *Run {
@@ -710,7 +826,7 @@ type ListRunsRequest struct {
 
 func (x *ListRunsRequest) Reset() {
 	*x = ListRunsRequest{}
-	mi := &file_mabeam_v1_run_proto_msgTypes[10]
+	mi := &file_mabeam_v1_run_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -722,7 +838,7 @@ func (x *ListRunsRequest) String() string {
 func (*ListRunsRequest) ProtoMessage() {}
 
 func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_run_proto_msgTypes[10]
+	mi := &file_mabeam_v1_run_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -735,7 +851,7 @@ func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsRequest.ProtoReflect.Descriptor instead.
 func (*ListRunsRequest) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{10}
+	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListRunsRequest) GetTenant() string {
@@ -784,7 +900,7 @@ type ListRunsResponse struct {
 
 func (x *ListRunsResponse) Reset() {
 	*x = ListRunsResponse{}
-	mi := &file_mabeam_v1_run_proto_msgTypes[11]
+	mi := &file_mabeam_v1_run_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -796,7 +912,7 @@ func (x *ListRunsResponse) String() string {
 func (*ListRunsResponse) ProtoMessage() {}
 
 func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_run_proto_msgTypes[11]
+	mi := &file_mabeam_v1_run_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -809,7 +925,7 @@ func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsResponse.ProtoReflect.Descriptor instead.
 func (*ListRunsResponse) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{11}
+	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListRunsResponse) GetRuns() []*Run {
@@ -859,7 +975,7 @@ type Run struct {
 
 func (x *Run) Reset() {
 	*x = Run{}
-	mi := &file_mabeam_v1_run_proto_msgTypes[12]
+	mi := &file_mabeam_v1_run_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -871,7 +987,7 @@ func (x *Run) String() string {
 func (*Run) ProtoMessage() {}
 
 func (x *Run) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_run_proto_msgTypes[12]
+	mi := &file_mabeam_v1_run_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -884,7 +1000,7 @@ func (x *Run) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Run.ProtoReflect.Descriptor instead.
 func (*Run) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{12}
+	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Run) GetRunId() string {
@@ -1026,7 +1142,7 @@ type RunExecutor struct {
 
 func (x *RunExecutor) Reset() {
 	*x = RunExecutor{}
-	mi := &file_mabeam_v1_run_proto_msgTypes[13]
+	mi := &file_mabeam_v1_run_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1154,7 @@ func (x *RunExecutor) String() string {
 func (*RunExecutor) ProtoMessage() {}
 
 func (x *RunExecutor) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_run_proto_msgTypes[13]
+	mi := &file_mabeam_v1_run_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1167,7 @@ func (x *RunExecutor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunExecutor.ProtoReflect.Descriptor instead.
 func (*RunExecutor) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{13}
+	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RunExecutor) GetNodeId() string {
@@ -1107,7 +1223,7 @@ type RunCounters struct {
 
 func (x *RunCounters) Reset() {
 	*x = RunCounters{}
-	mi := &file_mabeam_v1_run_proto_msgTypes[14]
+	mi := &file_mabeam_v1_run_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1119,7 +1235,7 @@ func (x *RunCounters) String() string {
 func (*RunCounters) ProtoMessage() {}
 
 func (x *RunCounters) ProtoReflect() protoreflect.Message {
-	mi := &file_mabeam_v1_run_proto_msgTypes[14]
+	mi := &file_mabeam_v1_run_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1132,7 +1248,7 @@ func (x *RunCounters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunCounters.ProtoReflect.Descriptor instead.
 func (*RunCounters) Descriptor() ([]byte, []int) {
-	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{14}
+	return file_mabeam_v1_run_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RunCounters) GetFrames() int64 {
@@ -1174,7 +1290,15 @@ var File_mabeam_v1_run_proto protoreflect.FileDescriptor
 
 const file_mabeam_v1_run_proto_rawDesc = "" +
 	"\n" +
-	"\x13mabeam/v1/run.proto\x12\tmabeam.v1\"\x9c\x02\n" +
+	"\x13mabeam/v1/run.proto\x12\tmabeam.v1\"f\n" +
+	"\x17ToolCallDecisionRequest\x12\x15\n" +
+	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12 \n" +
+	"\ftool_call_id\x18\x02 \x01(\tR\n" +
+	"toolCallId\x12\x12\n" +
+	"\x04note\x18\x03 \x01(\tR\x04note\"J\n" +
+	"\x18ToolCallDecisionResponse\x12\x1c\n" +
+	"\tduplicate\x18\x01 \x01(\bR\tduplicate\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x03R\x03seq\"\x9c\x02\n" +
 	"\x0fStartRunRequest\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x1d\n" +
@@ -1275,7 +1399,7 @@ const file_mabeam_v1_run_proto_rawDesc = "" +
 	"recoveries\x18\x03 \x01(\x03R\n" +
 	"recoveries\x12 \n" +
 	"\vcheckpoints\x18\x04 \x01(\x03R\vcheckpoints\x12\x18\n" +
-	"\aemitted\x18\x05 \x01(\x03R\aemitted2\xac\x03\n" +
+	"\aemitted\x18\x05 \x01(\x03R\aemitted2\xe1\x04\n" +
 	"\n" +
 	"RunService\x12C\n" +
 	"\bStartRun\x12\x1a.mabeam.v1.StartRunRequest\x1a\x1b.mabeam.v1.StartRunResponse\x12L\n" +
@@ -1283,7 +1407,9 @@ const file_mabeam_v1_run_proto_rawDesc = "" +
 	"\tStreamRun\x12\x1b.mabeam.v1.StreamRunRequest\x1a\x13.mabeam.v1.RunEvent0\x01\x12F\n" +
 	"\tCancelRun\x12\x1b.mabeam.v1.CancelRunRequest\x1a\x1c.mabeam.v1.CancelRunResponse\x12=\n" +
 	"\x06GetRun\x12\x18.mabeam.v1.GetRunRequest\x1a\x19.mabeam.v1.GetRunResponse\x12C\n" +
-	"\bListRuns\x12\x1a.mabeam.v1.ListRunsRequest\x1a\x1b.mabeam.v1.ListRunsResponseb\x06proto3"
+	"\bListRuns\x12\x1a.mabeam.v1.ListRunsRequest\x1a\x1b.mabeam.v1.ListRunsResponse\x12Z\n" +
+	"\x0fApproveToolCall\x12\".mabeam.v1.ToolCallDecisionRequest\x1a#.mabeam.v1.ToolCallDecisionResponse\x12W\n" +
+	"\fDenyToolCall\x12\".mabeam.v1.ToolCallDecisionRequest\x1a#.mabeam.v1.ToolCallDecisionResponseb\x06proto3"
 
 var (
 	file_mabeam_v1_run_proto_rawDescOnce sync.Once
@@ -1297,48 +1423,54 @@ func file_mabeam_v1_run_proto_rawDescGZIP() []byte {
 	return file_mabeam_v1_run_proto_rawDescData
 }
 
-var file_mabeam_v1_run_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_mabeam_v1_run_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_mabeam_v1_run_proto_goTypes = []any{
-	(*StartRunRequest)(nil),     // 0: mabeam.v1.StartRunRequest
-	(*StartRunResponse)(nil),    // 1: mabeam.v1.StartRunResponse
-	(*AppendFrameRequest)(nil),  // 2: mabeam.v1.AppendFrameRequest
-	(*AppendFrameResponse)(nil), // 3: mabeam.v1.AppendFrameResponse
-	(*StreamRunRequest)(nil),    // 4: mabeam.v1.StreamRunRequest
-	(*RunEvent)(nil),            // 5: mabeam.v1.RunEvent
-	(*CancelRunRequest)(nil),    // 6: mabeam.v1.CancelRunRequest
-	(*CancelRunResponse)(nil),   // 7: mabeam.v1.CancelRunResponse
-	(*GetRunRequest)(nil),       // 8: mabeam.v1.GetRunRequest
-	(*GetRunResponse)(nil),      // 9: mabeam.v1.GetRunResponse
-	(*ListRunsRequest)(nil),     // 10: mabeam.v1.ListRunsRequest
-	(*ListRunsResponse)(nil),    // 11: mabeam.v1.ListRunsResponse
-	(*Run)(nil),                 // 12: mabeam.v1.Run
-	(*RunExecutor)(nil),         // 13: mabeam.v1.RunExecutor
-	(*RunCounters)(nil),         // 14: mabeam.v1.RunCounters
-	nil,                         // 15: mabeam.v1.StartRunRequest.LabelsEntry
-	nil,                         // 16: mabeam.v1.Run.LabelsEntry
+	(*ToolCallDecisionRequest)(nil),  // 0: mabeam.v1.ToolCallDecisionRequest
+	(*ToolCallDecisionResponse)(nil), // 1: mabeam.v1.ToolCallDecisionResponse
+	(*StartRunRequest)(nil),          // 2: mabeam.v1.StartRunRequest
+	(*StartRunResponse)(nil),         // 3: mabeam.v1.StartRunResponse
+	(*AppendFrameRequest)(nil),       // 4: mabeam.v1.AppendFrameRequest
+	(*AppendFrameResponse)(nil),      // 5: mabeam.v1.AppendFrameResponse
+	(*StreamRunRequest)(nil),         // 6: mabeam.v1.StreamRunRequest
+	(*RunEvent)(nil),                 // 7: mabeam.v1.RunEvent
+	(*CancelRunRequest)(nil),         // 8: mabeam.v1.CancelRunRequest
+	(*CancelRunResponse)(nil),        // 9: mabeam.v1.CancelRunResponse
+	(*GetRunRequest)(nil),            // 10: mabeam.v1.GetRunRequest
+	(*GetRunResponse)(nil),           // 11: mabeam.v1.GetRunResponse
+	(*ListRunsRequest)(nil),          // 12: mabeam.v1.ListRunsRequest
+	(*ListRunsResponse)(nil),         // 13: mabeam.v1.ListRunsResponse
+	(*Run)(nil),                      // 14: mabeam.v1.Run
+	(*RunExecutor)(nil),              // 15: mabeam.v1.RunExecutor
+	(*RunCounters)(nil),              // 16: mabeam.v1.RunCounters
+	nil,                              // 17: mabeam.v1.StartRunRequest.LabelsEntry
+	nil,                              // 18: mabeam.v1.Run.LabelsEntry
 }
 var file_mabeam_v1_run_proto_depIdxs = []int32{
-	15, // 0: mabeam.v1.StartRunRequest.labels:type_name -> mabeam.v1.StartRunRequest.LabelsEntry
-	12, // 1: mabeam.v1.StartRunResponse.run:type_name -> mabeam.v1.Run
-	12, // 2: mabeam.v1.GetRunResponse.run:type_name -> mabeam.v1.Run
-	12, // 3: mabeam.v1.ListRunsResponse.runs:type_name -> mabeam.v1.Run
-	13, // 4: mabeam.v1.Run.executor:type_name -> mabeam.v1.RunExecutor
-	14, // 5: mabeam.v1.Run.counters:type_name -> mabeam.v1.RunCounters
-	16, // 6: mabeam.v1.Run.labels:type_name -> mabeam.v1.Run.LabelsEntry
-	0,  // 7: mabeam.v1.RunService.StartRun:input_type -> mabeam.v1.StartRunRequest
-	2,  // 8: mabeam.v1.RunService.AppendFrame:input_type -> mabeam.v1.AppendFrameRequest
-	4,  // 9: mabeam.v1.RunService.StreamRun:input_type -> mabeam.v1.StreamRunRequest
-	6,  // 10: mabeam.v1.RunService.CancelRun:input_type -> mabeam.v1.CancelRunRequest
-	8,  // 11: mabeam.v1.RunService.GetRun:input_type -> mabeam.v1.GetRunRequest
-	10, // 12: mabeam.v1.RunService.ListRuns:input_type -> mabeam.v1.ListRunsRequest
-	1,  // 13: mabeam.v1.RunService.StartRun:output_type -> mabeam.v1.StartRunResponse
-	3,  // 14: mabeam.v1.RunService.AppendFrame:output_type -> mabeam.v1.AppendFrameResponse
-	5,  // 15: mabeam.v1.RunService.StreamRun:output_type -> mabeam.v1.RunEvent
-	7,  // 16: mabeam.v1.RunService.CancelRun:output_type -> mabeam.v1.CancelRunResponse
-	9,  // 17: mabeam.v1.RunService.GetRun:output_type -> mabeam.v1.GetRunResponse
-	11, // 18: mabeam.v1.RunService.ListRuns:output_type -> mabeam.v1.ListRunsResponse
-	13, // [13:19] is the sub-list for method output_type
-	7,  // [7:13] is the sub-list for method input_type
+	17, // 0: mabeam.v1.StartRunRequest.labels:type_name -> mabeam.v1.StartRunRequest.LabelsEntry
+	14, // 1: mabeam.v1.StartRunResponse.run:type_name -> mabeam.v1.Run
+	14, // 2: mabeam.v1.GetRunResponse.run:type_name -> mabeam.v1.Run
+	14, // 3: mabeam.v1.ListRunsResponse.runs:type_name -> mabeam.v1.Run
+	15, // 4: mabeam.v1.Run.executor:type_name -> mabeam.v1.RunExecutor
+	16, // 5: mabeam.v1.Run.counters:type_name -> mabeam.v1.RunCounters
+	18, // 6: mabeam.v1.Run.labels:type_name -> mabeam.v1.Run.LabelsEntry
+	2,  // 7: mabeam.v1.RunService.StartRun:input_type -> mabeam.v1.StartRunRequest
+	4,  // 8: mabeam.v1.RunService.AppendFrame:input_type -> mabeam.v1.AppendFrameRequest
+	6,  // 9: mabeam.v1.RunService.StreamRun:input_type -> mabeam.v1.StreamRunRequest
+	8,  // 10: mabeam.v1.RunService.CancelRun:input_type -> mabeam.v1.CancelRunRequest
+	10, // 11: mabeam.v1.RunService.GetRun:input_type -> mabeam.v1.GetRunRequest
+	12, // 12: mabeam.v1.RunService.ListRuns:input_type -> mabeam.v1.ListRunsRequest
+	0,  // 13: mabeam.v1.RunService.ApproveToolCall:input_type -> mabeam.v1.ToolCallDecisionRequest
+	0,  // 14: mabeam.v1.RunService.DenyToolCall:input_type -> mabeam.v1.ToolCallDecisionRequest
+	3,  // 15: mabeam.v1.RunService.StartRun:output_type -> mabeam.v1.StartRunResponse
+	5,  // 16: mabeam.v1.RunService.AppendFrame:output_type -> mabeam.v1.AppendFrameResponse
+	7,  // 17: mabeam.v1.RunService.StreamRun:output_type -> mabeam.v1.RunEvent
+	9,  // 18: mabeam.v1.RunService.CancelRun:output_type -> mabeam.v1.CancelRunResponse
+	11, // 19: mabeam.v1.RunService.GetRun:output_type -> mabeam.v1.GetRunResponse
+	13, // 20: mabeam.v1.RunService.ListRuns:output_type -> mabeam.v1.ListRunsResponse
+	1,  // 21: mabeam.v1.RunService.ApproveToolCall:output_type -> mabeam.v1.ToolCallDecisionResponse
+	1,  // 22: mabeam.v1.RunService.DenyToolCall:output_type -> mabeam.v1.ToolCallDecisionResponse
+	15, // [15:23] is the sub-list for method output_type
+	7,  // [7:15] is the sub-list for method input_type
 	7,  // [7:7] is the sub-list for extension type_name
 	7,  // [7:7] is the sub-list for extension extendee
 	0,  // [0:7] is the sub-list for field type_name
@@ -1355,7 +1487,7 @@ func file_mabeam_v1_run_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mabeam_v1_run_proto_rawDesc), len(file_mabeam_v1_run_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

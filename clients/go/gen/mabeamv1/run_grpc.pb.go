@@ -29,12 +29,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	RunService_StartRun_FullMethodName    = "/mabeam.v1.RunService/StartRun"
-	RunService_AppendFrame_FullMethodName = "/mabeam.v1.RunService/AppendFrame"
-	RunService_StreamRun_FullMethodName   = "/mabeam.v1.RunService/StreamRun"
-	RunService_CancelRun_FullMethodName   = "/mabeam.v1.RunService/CancelRun"
-	RunService_GetRun_FullMethodName      = "/mabeam.v1.RunService/GetRun"
-	RunService_ListRuns_FullMethodName    = "/mabeam.v1.RunService/ListRuns"
+	RunService_StartRun_FullMethodName        = "/mabeam.v1.RunService/StartRun"
+	RunService_AppendFrame_FullMethodName     = "/mabeam.v1.RunService/AppendFrame"
+	RunService_StreamRun_FullMethodName       = "/mabeam.v1.RunService/StreamRun"
+	RunService_CancelRun_FullMethodName       = "/mabeam.v1.RunService/CancelRun"
+	RunService_GetRun_FullMethodName          = "/mabeam.v1.RunService/GetRun"
+	RunService_ListRuns_FullMethodName        = "/mabeam.v1.RunService/ListRuns"
+	RunService_ApproveToolCall_FullMethodName = "/mabeam.v1.RunService/ApproveToolCall"
+	RunService_DenyToolCall_FullMethodName    = "/mabeam.v1.RunService/DenyToolCall"
 )
 
 // RunServiceClient is the client API for RunService service.
@@ -65,6 +67,16 @@ type RunServiceClient interface {
 	GetRun(ctx context.Context, in *GetRunRequest, opts ...grpc.CallOption) (*GetRunResponse, error)
 	// Runs of a tenant, optionally of one agent type and status, newest first, paged.
 	ListRuns(ctx context.Context, in *ListRunsRequest, opts ...grpc.CallOption) (*ListRunsResponse, error)
+	// Approve a tool call that waits for a human (a "tool.approval_requested" event names its
+	// tool_call_id). The decision is a durable input of the run (a frame of type "tool.approval"
+	// with frame_id "approval:<tool_call_id>"), so it survives restarts and executor failover.
+	// The same decision again is a replay (duplicate = true). NOT_FOUND (APPROVAL_NOT_FOUND) when
+	// the run never asked about that call; FAILED_PRECONDITION with APPROVAL_DECIDED when it was
+	// denied, APPROVAL_EXPIRED when its deadline passed first, RUN_TERMINAL when the run ended.
+	ApproveToolCall(ctx context.Context, in *ToolCallDecisionRequest, opts ...grpc.CallOption) (*ToolCallDecisionResponse, error)
+	// Deny a tool call that waits for a human; the model is told, and may try something else.
+	// Same rules as ApproveToolCall.
+	DenyToolCall(ctx context.Context, in *ToolCallDecisionRequest, opts ...grpc.CallOption) (*ToolCallDecisionResponse, error)
 }
 
 type runServiceClient struct {
@@ -144,6 +156,26 @@ func (c *runServiceClient) ListRuns(ctx context.Context, in *ListRunsRequest, op
 	return out, nil
 }
 
+func (c *runServiceClient) ApproveToolCall(ctx context.Context, in *ToolCallDecisionRequest, opts ...grpc.CallOption) (*ToolCallDecisionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ToolCallDecisionResponse)
+	err := c.cc.Invoke(ctx, RunService_ApproveToolCall_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *runServiceClient) DenyToolCall(ctx context.Context, in *ToolCallDecisionRequest, opts ...grpc.CallOption) (*ToolCallDecisionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ToolCallDecisionResponse)
+	err := c.cc.Invoke(ctx, RunService_DenyToolCall_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RunServiceServer is the server API for RunService service.
 // All implementations must embed UnimplementedRunServiceServer
 // for forward compatibility.
@@ -172,6 +204,16 @@ type RunServiceServer interface {
 	GetRun(context.Context, *GetRunRequest) (*GetRunResponse, error)
 	// Runs of a tenant, optionally of one agent type and status, newest first, paged.
 	ListRuns(context.Context, *ListRunsRequest) (*ListRunsResponse, error)
+	// Approve a tool call that waits for a human (a "tool.approval_requested" event names its
+	// tool_call_id). The decision is a durable input of the run (a frame of type "tool.approval"
+	// with frame_id "approval:<tool_call_id>"), so it survives restarts and executor failover.
+	// The same decision again is a replay (duplicate = true). NOT_FOUND (APPROVAL_NOT_FOUND) when
+	// the run never asked about that call; FAILED_PRECONDITION with APPROVAL_DECIDED when it was
+	// denied, APPROVAL_EXPIRED when its deadline passed first, RUN_TERMINAL when the run ended.
+	ApproveToolCall(context.Context, *ToolCallDecisionRequest) (*ToolCallDecisionResponse, error)
+	// Deny a tool call that waits for a human; the model is told, and may try something else.
+	// Same rules as ApproveToolCall.
+	DenyToolCall(context.Context, *ToolCallDecisionRequest) (*ToolCallDecisionResponse, error)
 	mustEmbedUnimplementedRunServiceServer()
 }
 
@@ -199,6 +241,12 @@ func (UnimplementedRunServiceServer) GetRun(context.Context, *GetRunRequest) (*G
 }
 func (UnimplementedRunServiceServer) ListRuns(context.Context, *ListRunsRequest) (*ListRunsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListRuns not implemented")
+}
+func (UnimplementedRunServiceServer) ApproveToolCall(context.Context, *ToolCallDecisionRequest) (*ToolCallDecisionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ApproveToolCall not implemented")
+}
+func (UnimplementedRunServiceServer) DenyToolCall(context.Context, *ToolCallDecisionRequest) (*ToolCallDecisionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DenyToolCall not implemented")
 }
 func (UnimplementedRunServiceServer) mustEmbedUnimplementedRunServiceServer() {}
 func (UnimplementedRunServiceServer) testEmbeddedByValue()                    {}
@@ -322,6 +370,42 @@ func _RunService_ListRuns_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RunService_ApproveToolCall_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ToolCallDecisionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RunServiceServer).ApproveToolCall(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RunService_ApproveToolCall_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RunServiceServer).ApproveToolCall(ctx, req.(*ToolCallDecisionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RunService_DenyToolCall_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ToolCallDecisionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RunServiceServer).DenyToolCall(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RunService_DenyToolCall_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RunServiceServer).DenyToolCall(ctx, req.(*ToolCallDecisionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RunService_ServiceDesc is the grpc.ServiceDesc for RunService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -348,6 +432,14 @@ var RunService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListRuns",
 			Handler:    _RunService_ListRuns_Handler,
+		},
+		{
+			MethodName: "ApproveToolCall",
+			Handler:    _RunService_ApproveToolCall_Handler,
+		},
+		{
+			MethodName: "DenyToolCall",
+			Handler:    _RunService_DenyToolCall_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

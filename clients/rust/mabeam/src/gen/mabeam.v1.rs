@@ -680,6 +680,16 @@ pub enum ErrorReason {
     /// The stream was cut after part of the answer was sent; the partial message is in the last event.
     StreamCut = 78,
     /// 90-109: tools, approvals and pipelines.
+    /// An approval decision names a tool call that never asked for one (no tool.approval_requested in the run).
+    ApprovalNotFound = 90,
+    /// The tool call was already approved or denied the other way; a decision is final.
+    ApprovalDecided = 91,
+    /// The approval's deadline passed before a decision: the call counts as denied.
+    ApprovalExpired = 92,
+    /// A pipeline file failed its checks (BadRequest field violations name line, column and field).
+    PipelineInvalid = 93,
+    /// A run's call to an agent (a pipeline's agent step) failed; the callee's code is in the message.
+    CallFailed = 94,
     /// 110-129: tenants, authentication and quotas.
     /// 130-149: agents and external agents.
     /// An external agent's stream broke the protocol (MeshService.AttachAgent: first message not
@@ -745,6 +755,11 @@ impl ErrorReason {
             Self::MalformedResponse => "MALFORMED_RESPONSE",
             Self::ProviderTimeout => "PROVIDER_TIMEOUT",
             Self::StreamCut => "STREAM_CUT",
+            Self::ApprovalNotFound => "APPROVAL_NOT_FOUND",
+            Self::ApprovalDecided => "APPROVAL_DECIDED",
+            Self::ApprovalExpired => "APPROVAL_EXPIRED",
+            Self::PipelineInvalid => "PIPELINE_INVALID",
+            Self::CallFailed => "CALL_FAILED",
             Self::AgentProtocol => "AGENT_PROTOCOL",
             Self::NoSuchAgent => "NO_SUCH_AGENT",
             Self::AgentExited => "AGENT_EXITED",
@@ -795,6 +810,11 @@ impl ErrorReason {
             "MALFORMED_RESPONSE" => Some(Self::MalformedResponse),
             "PROVIDER_TIMEOUT" => Some(Self::ProviderTimeout),
             "STREAM_CUT" => Some(Self::StreamCut),
+            "APPROVAL_NOT_FOUND" => Some(Self::ApprovalNotFound),
+            "APPROVAL_DECIDED" => Some(Self::ApprovalDecided),
+            "APPROVAL_EXPIRED" => Some(Self::ApprovalExpired),
+            "PIPELINE_INVALID" => Some(Self::PipelineInvalid),
+            "CALL_FAILED" => Some(Self::CallFailed),
             "AGENT_PROTOCOL" => Some(Self::AgentProtocol),
             "NO_SUCH_AGENT" => Some(Self::NoSuchAgent),
             "AGENT_EXITED" => Some(Self::AgentExited),
@@ -3976,6 +3996,28 @@ pub mod model_service_client {
     }
 }
 #[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ToolCallDecisionRequest {
+    #[prost(string, tag = "1")]
+    pub run_id: ::prost::alloc::string::String,
+    /// The tool_call_id of the run's "tool.approval_requested" event.
+    #[prost(string, tag = "2")]
+    pub tool_call_id: ::prost::alloc::string::String,
+    /// Why, for the log and the model (at most 1 KiB).
+    #[prost(string, tag = "3")]
+    pub note: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ToolCallDecisionResponse {
+    /// True when the same decision was already recorded: nothing appended.
+    #[prost(bool, tag = "1")]
+    pub duplicate: bool,
+    /// The seq of the decision's "frame.received" event.
+    #[prost(int64, tag = "2")]
+    pub seq: i64,
+}
+#[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct StartRunRequest {
     /// Client-chosen id for idempotent starts (1-128 of \[A-Za-z0-9\_.:-\]); empty generates one.
@@ -4480,6 +4522,62 @@ pub mod run_service_client {
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("mabeam.v1.RunService", "ListRuns"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Approve a tool call that waits for a human (a "tool.approval_requested" event names its
+        /// tool_call_id). The decision is a durable input of the run (a frame of type "tool.approval"
+        /// with frame_id "approval:\<tool_call_id>"), so it survives restarts and executor failover.
+        /// The same decision again is a replay (duplicate = true). NOT_FOUND (APPROVAL_NOT_FOUND) when
+        /// the run never asked about that call; FAILED_PRECONDITION with APPROVAL_DECIDED when it was
+        /// denied, APPROVAL_EXPIRED when its deadline passed first, RUN_TERMINAL when the run ended.
+        pub async fn approve_tool_call(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ToolCallDecisionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ToolCallDecisionResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/mabeam.v1.RunService/ApproveToolCall",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("mabeam.v1.RunService", "ApproveToolCall"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Deny a tool call that waits for a human; the model is told, and may try something else.
+        /// Same rules as ApproveToolCall.
+        pub async fn deny_tool_call(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ToolCallDecisionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ToolCallDecisionResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/mabeam.v1.RunService/DenyToolCall",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("mabeam.v1.RunService", "DenyToolCall"));
             self.inner.unary(req, path, codec).await
         }
     }

@@ -20,7 +20,64 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mabeam/v1/run.proto.
  */
 export const file_mabeam_v1_run: GenFile = /*@__PURE__*/
-  fileDesc("ChNtYWJlYW0vdjEvcnVuLnByb3RvEgltYWJlYW0udjEi1gEKD1N0YXJ0UnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkSDgoGdGVuYW50GAIgASgJEhIKCmFnZW50X3R5cGUYAyABKAkSEgoKaW5wdXRfanNvbhgEIAEoCRIUCgxpbnB1dF9wb2xpY3kYBSABKAkSNgoGbGFiZWxzGAYgAygLMiYubWFiZWFtLnYxLlN0YXJ0UnVuUmVxdWVzdC5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkAKEFN0YXJ0UnVuUmVzcG9uc2USGwoDcnVuGAEgASgLMg4ubWFiZWFtLnYxLlJ1bhIPCgdjcmVhdGVkGAIgASgIIloKEkFwcGVuZEZyYW1lUmVxdWVzdBIOCgZydW5faWQYASABKAkSEAoIZnJhbWVfaWQYAiABKAkSDAoEdHlwZRgDIAEoCRIUCgxwYXlsb2FkX2pzb24YBCABKAkiNQoTQXBwZW5kRnJhbWVSZXNwb25zZRIRCglkdXBsaWNhdGUYASABKAgSCwoDc2VxGAIgASgDIk8KEFN0cmVhbVJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEg4KBmN1cnNvchgCIAEoAxIOCgZmb2xsb3cYAyABKAgSCwoDcmF3GAQgASgIIrsBCghSdW5FdmVudBIOCgZydW5faWQYASABKAkSCwoDc2VxGAIgASgDEgwKBHR5cGUYAyABKAkSDwoHdmVyc2lvbhgEIAEoBRIUCgx0aW1lX3VuaXhfbXMYBSABKAMSFAoMcGF5bG9hZF9qc29uGAYgASgJEhYKDnBheWxvYWRfc2hhMjU2GAcgASgJEgwKBGhhc2gYCCABKAkSEQoJcHJldl9oYXNoGAkgASgJEg4KBnBydW5lZBgKIAEoCCIyChBDYW5jZWxSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiMwoRQ2FuY2VsUnVuUmVzcG9uc2USEQoJZHVwbGljYXRlGAEgASgIEgsKA3NlcRgCIAEoAyIfCg1HZXRSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCSItCg5HZXRSdW5SZXNwb25zZRIbCgNydW4YASABKAsyDi5tYWJlYW0udjEuUnVuImwKD0xpc3RSdW5zUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSEgoKYWdlbnRfdHlwZRgCIAEoCRIOCgZzdGF0dXMYAyABKAkSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiSQoQTGlzdFJ1bnNSZXNwb25zZRIcCgRydW5zGAEgAygLMg4ubWFiZWFtLnYxLlJ1bhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki3gMKA1J1bhIOCgZydW5faWQYASABKAkSDgoGdGVuYW50GAIgASgJEhIKCmFnZW50X3R5cGUYAyABKAkSDgoGc3RhdHVzGAQgASgJEhQKDGlucHV0X3BvbGljeRgFIAEoCRIQCghsYXN0X3NlcRgGIAEoAxIXCg9yZXRlbnRpb25fZmxvb3IYByABKAMSKAoIZXhlY3V0b3IYCCABKAsyFi5tYWJlYW0udjEuUnVuRXhlY3V0b3ISFgoOZnJhbWVzX3BlbmRpbmcYCSABKAMSKAoIY291bnRlcnMYCiABKAsyFi5tYWJlYW0udjEuUnVuQ291bnRlcnMSGAoQY2FuY2VsX3JlcXVlc3RlZBgLIAEoCBITCgtlcnJvcl9jbGFzcxgMIAEoCRIVCg1lcnJvcl9tZXNzYWdlGA0gASgJEhcKD2NyZWF0ZWRfdW5peF9tcxgOIAEoAxIXCg91cGRhdGVkX3VuaXhfbXMYDyABKAMSKgoGbGFiZWxzGBAgAygLMhoubWFiZWFtLnYxLlJ1bi5MYWJlbHNFbnRyeRITCgtvdXRwdXRfanNvbhgRIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBImQKC1J1bkV4ZWN1dG9yEg8KB25vZGVfaWQYASABKAkSDQoFYWdlbnQYAiABKAkSEAoIbGVhc2VfaWQYAyABKAMSFQoNZmVuY2luZ190b2tlbhgEIAEoAxIMCgRsaXZlGAUgASgIImYKC1J1bkNvdW50ZXJzEg4KBmZyYW1lcxgBIAEoAxINCgVzdGVwcxgCIAEoAxISCgpyZWNvdmVyaWVzGAMgASgDEhMKC2NoZWNrcG9pbnRzGAQgASgDEg8KB2VtaXR0ZWQYBSABKAMyrAMKClJ1blNlcnZpY2USQwoIU3RhcnRSdW4SGi5tYWJlYW0udjEuU3RhcnRSdW5SZXF1ZXN0GhsubWFiZWFtLnYxLlN0YXJ0UnVuUmVzcG9uc2USTAoLQXBwZW5kRnJhbWUSHS5tYWJlYW0udjEuQXBwZW5kRnJhbWVSZXF1ZXN0Gh4ubWFiZWFtLnYxLkFwcGVuZEZyYW1lUmVzcG9uc2USPwoJU3RyZWFtUnVuEhsubWFiZWFtLnYxLlN0cmVhbVJ1blJlcXVlc3QaEy5tYWJlYW0udjEuUnVuRXZlbnQwARJGCglDYW5jZWxSdW4SGy5tYWJlYW0udjEuQ2FuY2VsUnVuUmVxdWVzdBocLm1hYmVhbS52MS5DYW5jZWxSdW5SZXNwb25zZRI9CgZHZXRSdW4SGC5tYWJlYW0udjEuR2V0UnVuUmVxdWVzdBoZLm1hYmVhbS52MS5HZXRSdW5SZXNwb25zZRJDCghMaXN0UnVucxIaLm1hYmVhbS52MS5MaXN0UnVuc1JlcXVlc3QaGy5tYWJlYW0udjEuTGlzdFJ1bnNSZXNwb25zZWIGcHJvdG8z");
+  fileDesc("ChNtYWJlYW0vdjEvcnVuLnByb3RvEgltYWJlYW0udjEiTQoXVG9vbENhbGxEZWNpc2lvblJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhQKDHRvb2xfY2FsbF9pZBgCIAEoCRIMCgRub3RlGAMgASgJIjoKGFRvb2xDYWxsRGVjaXNpb25SZXNwb25zZRIRCglkdXBsaWNhdGUYASABKAgSCwoDc2VxGAIgASgDItYBCg9TdGFydFJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEg4KBnRlbmFudBgCIAEoCRISCgphZ2VudF90eXBlGAMgASgJEhIKCmlucHV0X2pzb24YBCABKAkSFAoMaW5wdXRfcG9saWN5GAUgASgJEjYKBmxhYmVscxgGIAMoCzImLm1hYmVhbS52MS5TdGFydFJ1blJlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJAChBTdGFydFJ1blJlc3BvbnNlEhsKA3J1bhgBIAEoCzIOLm1hYmVhbS52MS5SdW4SDwoHY3JlYXRlZBgCIAEoCCJaChJBcHBlbmRGcmFtZVJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhAKCGZyYW1lX2lkGAIgASgJEgwKBHR5cGUYAyABKAkSFAoMcGF5bG9hZF9qc29uGAQgASgJIjUKE0FwcGVuZEZyYW1lUmVzcG9uc2USEQoJZHVwbGljYXRlGAEgASgIEgsKA3NlcRgCIAEoAyJPChBTdHJlYW1SdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIOCgZjdXJzb3IYAiABKAMSDgoGZm9sbG93GAMgASgIEgsKA3JhdxgEIAEoCCK7AQoIUnVuRXZlbnQSDgoGcnVuX2lkGAEgASgJEgsKA3NlcRgCIAEoAxIMCgR0eXBlGAMgASgJEg8KB3ZlcnNpb24YBCABKAUSFAoMdGltZV91bml4X21zGAUgASgDEhQKDHBheWxvYWRfanNvbhgGIAEoCRIWCg5wYXlsb2FkX3NoYTI1NhgHIAEoCRIMCgRoYXNoGAggASgJEhEKCXByZXZfaGFzaBgJIAEoCRIOCgZwcnVuZWQYCiABKAgiMgoQQ2FuY2VsUnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkSDgoGcmVhc29uGAIgASgJIjMKEUNhbmNlbFJ1blJlc3BvbnNlEhEKCWR1cGxpY2F0ZRgBIAEoCBILCgNzZXEYAiABKAMiHwoNR2V0UnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkiLQoOR2V0UnVuUmVzcG9uc2USGwoDcnVuGAEgASgLMg4ubWFiZWFtLnYxLlJ1biJsCg9MaXN0UnVuc1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEhIKCmFnZW50X3R5cGUYAiABKAkSDgoGc3RhdHVzGAMgASgJEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIkkKEExpc3RSdW5zUmVzcG9uc2USHAoEcnVucxgBIAMoCzIOLm1hYmVhbS52MS5SdW4SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIt4DCgNSdW4SDgoGcnVuX2lkGAEgASgJEg4KBnRlbmFudBgCIAEoCRISCgphZ2VudF90eXBlGAMgASgJEg4KBnN0YXR1cxgEIAEoCRIUCgxpbnB1dF9wb2xpY3kYBSABKAkSEAoIbGFzdF9zZXEYBiABKAMSFwoPcmV0ZW50aW9uX2Zsb29yGAcgASgDEigKCGV4ZWN1dG9yGAggASgLMhYubWFiZWFtLnYxLlJ1bkV4ZWN1dG9yEhYKDmZyYW1lc19wZW5kaW5nGAkgASgDEigKCGNvdW50ZXJzGAogASgLMhYubWFiZWFtLnYxLlJ1bkNvdW50ZXJzEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYCyABKAgSEwoLZXJyb3JfY2xhc3MYDCABKAkSFQoNZXJyb3JfbWVzc2FnZRgNIAEoCRIXCg9jcmVhdGVkX3VuaXhfbXMYDiABKAMSFwoPdXBkYXRlZF91bml4X21zGA8gASgDEioKBmxhYmVscxgQIAMoCzIaLm1hYmVhbS52MS5SdW4uTGFiZWxzRW50cnkSEwoLb3V0cHV0X2pzb24YESABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJkCgtSdW5FeGVjdXRvchIPCgdub2RlX2lkGAEgASgJEg0KBWFnZW50GAIgASgJEhAKCGxlYXNlX2lkGAMgASgDEhUKDWZlbmNpbmdfdG9rZW4YBCABKAMSDAoEbGl2ZRgFIAEoCCJmCgtSdW5Db3VudGVycxIOCgZmcmFtZXMYASABKAMSDQoFc3RlcHMYAiABKAMSEgoKcmVjb3ZlcmllcxgDIAEoAxITCgtjaGVja3BvaW50cxgEIAEoAxIPCgdlbWl0dGVkGAUgASgDMuEECgpSdW5TZXJ2aWNlEkMKCFN0YXJ0UnVuEhoubWFiZWFtLnYxLlN0YXJ0UnVuUmVxdWVzdBobLm1hYmVhbS52MS5TdGFydFJ1blJlc3BvbnNlEkwKC0FwcGVuZEZyYW1lEh0ubWFiZWFtLnYxLkFwcGVuZEZyYW1lUmVxdWVzdBoeLm1hYmVhbS52MS5BcHBlbmRGcmFtZVJlc3BvbnNlEj8KCVN0cmVhbVJ1bhIbLm1hYmVhbS52MS5TdHJlYW1SdW5SZXF1ZXN0GhMubWFiZWFtLnYxLlJ1bkV2ZW50MAESRgoJQ2FuY2VsUnVuEhsubWFiZWFtLnYxLkNhbmNlbFJ1blJlcXVlc3QaHC5tYWJlYW0udjEuQ2FuY2VsUnVuUmVzcG9uc2USPQoGR2V0UnVuEhgubWFiZWFtLnYxLkdldFJ1blJlcXVlc3QaGS5tYWJlYW0udjEuR2V0UnVuUmVzcG9uc2USQwoITGlzdFJ1bnMSGi5tYWJlYW0udjEuTGlzdFJ1bnNSZXF1ZXN0GhsubWFiZWFtLnYxLkxpc3RSdW5zUmVzcG9uc2USWgoPQXBwcm92ZVRvb2xDYWxsEiIubWFiZWFtLnYxLlRvb2xDYWxsRGVjaXNpb25SZXF1ZXN0GiMubWFiZWFtLnYxLlRvb2xDYWxsRGVjaXNpb25SZXNwb25zZRJXCgxEZW55VG9vbENhbGwSIi5tYWJlYW0udjEuVG9vbENhbGxEZWNpc2lvblJlcXVlc3QaIy5tYWJlYW0udjEuVG9vbENhbGxEZWNpc2lvblJlc3BvbnNlYgZwcm90bzM");
+
+/**
+ * @generated from message mabeam.v1.ToolCallDecisionRequest
+ */
+export type ToolCallDecisionRequest = Message<"mabeam.v1.ToolCallDecisionRequest"> & {
+  /**
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * The tool_call_id of the run's "tool.approval_requested" event.
+   *
+   * @generated from field: string tool_call_id = 2;
+   */
+  toolCallId: string;
+
+  /**
+   * Why, for the log and the model (at most 1 KiB).
+   *
+   * @generated from field: string note = 3;
+   */
+  note: string;
+};
+
+/**
+ * Describes the message mabeam.v1.ToolCallDecisionRequest.
+ * Use `create(ToolCallDecisionRequestSchema)` to create a new message.
+ */
+export const ToolCallDecisionRequestSchema: GenMessage<ToolCallDecisionRequest> = /*@__PURE__*/
+  messageDesc(file_mabeam_v1_run, 0);
+
+/**
+ * @generated from message mabeam.v1.ToolCallDecisionResponse
+ */
+export type ToolCallDecisionResponse = Message<"mabeam.v1.ToolCallDecisionResponse"> & {
+  /**
+   * True when the same decision was already recorded: nothing appended.
+   *
+   * @generated from field: bool duplicate = 1;
+   */
+  duplicate: boolean;
+
+  /**
+   * The seq of the decision's "frame.received" event.
+   *
+   * @generated from field: int64 seq = 2;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message mabeam.v1.ToolCallDecisionResponse.
+ * Use `create(ToolCallDecisionResponseSchema)` to create a new message.
+ */
+export const ToolCallDecisionResponseSchema: GenMessage<ToolCallDecisionResponse> = /*@__PURE__*/
+  messageDesc(file_mabeam_v1_run, 1);
 
 /**
  * @generated from message mabeam.v1.StartRunRequest
@@ -76,7 +133,7 @@ export type StartRunRequest = Message<"mabeam.v1.StartRunRequest"> & {
  * Use `create(StartRunRequestSchema)` to create a new message.
  */
 export const StartRunRequestSchema: GenMessage<StartRunRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_run, 0);
+  messageDesc(file_mabeam_v1_run, 2);
 
 /**
  * @generated from message mabeam.v1.StartRunResponse
@@ -100,7 +157,7 @@ export type StartRunResponse = Message<"mabeam.v1.StartRunResponse"> & {
  * Use `create(StartRunResponseSchema)` to create a new message.
  */
 export const StartRunResponseSchema: GenMessage<StartRunResponse> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_run, 1);
+  messageDesc(file_mabeam_v1_run, 3);
 
 /**
  * @generated from message mabeam.v1.AppendFrameRequest
@@ -138,7 +195,7 @@ export type AppendFrameRequest = Message<"mabeam.v1.AppendFrameRequest"> & {
  * Use `create(AppendFrameRequestSchema)` to create a new message.
  */
 export const AppendFrameRequestSchema: GenMessage<AppendFrameRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_run, 2);
+  messageDesc(file_mabeam_v1_run, 4);
 
 /**
  * @generated from message mabeam.v1.AppendFrameResponse
@@ -164,7 +221,7 @@ export type AppendFrameResponse = Message<"mabeam.v1.AppendFrameResponse"> & {
  * Use `create(AppendFrameResponseSchema)` to create a new message.
  */
 export const AppendFrameResponseSchema: GenMessage<AppendFrameResponse> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_run, 3);
+  messageDesc(file_mabeam_v1_run, 5);
 
 /**
  * @generated from message mabeam.v1.StreamRunRequest
@@ -202,7 +259,7 @@ export type StreamRunRequest = Message<"mabeam.v1.StreamRunRequest"> & {
  * Use `create(StreamRunRequestSchema)` to create a new message.
  */
 export const StreamRunRequestSchema: GenMessage<StreamRunRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_run, 4);
+  messageDesc(file_mabeam_v1_run, 6);
 
 /**
  * One event of a run's log.
@@ -282,7 +339,7 @@ export type RunEvent = Message<"mabeam.v1.RunEvent"> & {
  * Use `create(RunEventSchema)` to create a new message.
  */
 export const RunEventSchema: GenMessage<RunEvent> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_run, 5);
+  messageDesc(file_mabeam_v1_run, 7);
 
 /**
  * @generated from message mabeam.v1.CancelRunRequest
@@ -306,7 +363,7 @@ export type CancelRunRequest = Message<"mabeam.v1.CancelRunRequest"> & {
  * Use `create(CancelRunRequestSchema)` to create a new message.
  */
 export const CancelRunRequestSchema: GenMessage<CancelRunRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_run, 6);
+  messageDesc(file_mabeam_v1_run, 8);
 
 /**
  * @generated from message mabeam.v1.CancelRunResponse
@@ -332,7 +389,7 @@ export type CancelRunResponse = Message<"mabeam.v1.CancelRunResponse"> & {
  * Use `create(CancelRunResponseSchema)` to create a new message.
  */
 export const CancelRunResponseSchema: GenMessage<CancelRunResponse> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_run, 7);
+  messageDesc(file_mabeam_v1_run, 9);
 
 /**
  * @generated from message mabeam.v1.GetRunRequest
@@ -349,7 +406,7 @@ export type GetRunRequest = Message<"mabeam.v1.GetRunRequest"> & {
  * Use `create(GetRunRequestSchema)` to create a new message.
  */
 export const GetRunRequestSchema: GenMessage<GetRunRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_run, 8);
+  messageDesc(file_mabeam_v1_run, 10);
 
 /**
  * @generated from message mabeam.v1.GetRunResponse
@@ -366,7 +423,7 @@ export type GetRunResponse = Message<"mabeam.v1.GetRunResponse"> & {
  * Use `create(GetRunResponseSchema)` to create a new message.
  */
 export const GetRunResponseSchema: GenMessage<GetRunResponse> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_run, 9);
+  messageDesc(file_mabeam_v1_run, 11);
 
 /**
  * @generated from message mabeam.v1.ListRunsRequest
@@ -413,7 +470,7 @@ export type ListRunsRequest = Message<"mabeam.v1.ListRunsRequest"> & {
  * Use `create(ListRunsRequestSchema)` to create a new message.
  */
 export const ListRunsRequestSchema: GenMessage<ListRunsRequest> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_run, 10);
+  messageDesc(file_mabeam_v1_run, 12);
 
 /**
  * @generated from message mabeam.v1.ListRunsResponse
@@ -437,7 +494,7 @@ export type ListRunsResponse = Message<"mabeam.v1.ListRunsResponse"> & {
  * Use `create(ListRunsResponseSchema)` to create a new message.
  */
 export const ListRunsResponseSchema: GenMessage<ListRunsResponse> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_run, 11);
+  messageDesc(file_mabeam_v1_run, 13);
 
 /**
  * A run as a snapshot.
@@ -550,7 +607,7 @@ export type Run = Message<"mabeam.v1.Run"> & {
  * Use `create(RunSchema)` to create a new message.
  */
 export const RunSchema: GenMessage<Run> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_run, 12);
+  messageDesc(file_mabeam_v1_run, 14);
 
 /**
  * The executor of a run: one agentd holding the run's etcd lease.
@@ -600,7 +657,7 @@ export type RunExecutor = Message<"mabeam.v1.RunExecutor"> & {
  * Use `create(RunExecutorSchema)` to create a new message.
  */
 export const RunExecutorSchema: GenMessage<RunExecutor> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_run, 13);
+  messageDesc(file_mabeam_v1_run, 15);
 
 /**
  * @generated from message mabeam.v1.RunCounters
@@ -647,7 +704,7 @@ export type RunCounters = Message<"mabeam.v1.RunCounters"> & {
  * Use `create(RunCountersSchema)` to create a new message.
  */
 export const RunCountersSchema: GenMessage<RunCounters> = /*@__PURE__*/
-  messageDesc(file_mabeam_v1_run, 14);
+  messageDesc(file_mabeam_v1_run, 16);
 
 /**
  * @generated from service mabeam.v1.RunService
@@ -724,6 +781,32 @@ export const RunService: GenService<{
     methodKind: "unary";
     input: typeof ListRunsRequestSchema;
     output: typeof ListRunsResponseSchema;
+  },
+  /**
+   * Approve a tool call that waits for a human (a "tool.approval_requested" event names its
+   * tool_call_id). The decision is a durable input of the run (a frame of type "tool.approval"
+   * with frame_id "approval:<tool_call_id>"), so it survives restarts and executor failover.
+   * The same decision again is a replay (duplicate = true). NOT_FOUND (APPROVAL_NOT_FOUND) when
+   * the run never asked about that call; FAILED_PRECONDITION with APPROVAL_DECIDED when it was
+   * denied, APPROVAL_EXPIRED when its deadline passed first, RUN_TERMINAL when the run ended.
+   *
+   * @generated from rpc mabeam.v1.RunService.ApproveToolCall
+   */
+  approveToolCall: {
+    methodKind: "unary";
+    input: typeof ToolCallDecisionRequestSchema;
+    output: typeof ToolCallDecisionResponseSchema;
+  },
+  /**
+   * Deny a tool call that waits for a human; the model is told, and may try something else.
+   * Same rules as ApproveToolCall.
+   *
+   * @generated from rpc mabeam.v1.RunService.DenyToolCall
+   */
+  denyToolCall: {
+    methodKind: "unary";
+    input: typeof ToolCallDecisionRequestSchema;
+    output: typeof ToolCallDecisionResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_mabeam_v1_run, 0);
