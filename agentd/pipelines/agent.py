@@ -110,7 +110,7 @@ class PipelineAgent(Agent):
         except PipelineFailed as failed:
             await run.fail("pipeline_failed", str(failed))
             return
-        await run.complete({"output": output})
+        await run.complete(output)
 
 
 def _bundle_loader(files: dict[str, Any], source: str) -> Any:

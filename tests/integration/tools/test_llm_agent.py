@@ -8,84 +8,16 @@ and the example tools append every execution to a ledger file (MABEAM_TOOL_LEDGE
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from tools_helpers import endpoints, events_until, executing_agentd, ledger_calls, payload
 
-from mabeam.dev.cluster import DevCluster
-from mabeam.dev.fakellm.process import FakeLLMProcess
-from mabeam.dev.testing import free_port_block, wait_until
+from mabeam.dev.testing import wait_until
 from mabeam_client.errors import FailedPrecondition, NotFound
 from mabeam_client.runs import RunClient
-
-RUNS = {"lease_ttl": 2, "cancel_grace_s": 1.0, "janitor_interval_s": 1.0, "pending_grace_s": 1.0}
-TERMINAL = ("run.completed", "run.failed", "run.canceled")
-
-
-@pytest.fixture(scope="module")
-def bed(etcd_server, tmp_path_factory) -> Iterator[dict[str, Any]]:
-    """Two nodes (meshd + agentd) sharing one runs store, agentd configured with the fake model server."""
-    tmp = tmp_path_factory.mktemp("llm")
-    ledger = tmp / "ledger.jsonl"
-    ledger.touch()
-    llm = FakeLLMProcess().start()
-    models = {"providers": {"fake": {"kind": "openai", "base_url": llm.openai_base}},
-              "models": {"helper-model": {"provider": "fake", "name": "fake-helper",
-                                          "input_per_1k_usd": 0.0001, "output_per_1k_usd": 0.0002}},
-              "retry": {"max_attempts": 1}}
-    agents = {
-        "helper": {"model": "helper-model", "tools": ["weather", "add", "refund"],
-                   "policy": [{"tool": "refund", "verdict": "ask", "reason": "refunds need a human"}],
-                   "approval_timeout": 300},
-        "hasty": {"model": "helper-model", "tools": ["refund"], "policy": [{"tool": "refund", "verdict": "ask"}],
-                  "approval_timeout": 1},
-        "payer": {"model": "helper-model", "tools": ["refund"]},
-    }
-    env = pytest.MonkeyPatch()
-    env.setenv("AGENTD_MODELS", json.dumps(models))
-    env.setenv("AGENTD_LLM_AGENTS", json.dumps(agents))
-    env.setenv("MABEAM_TOOL_LEDGER", str(ledger))
-    cluster = DevCluster(2, free_port_block(32), etcd=etcd_server.endpoint, cluster=f"l{uuid.uuid4().hex[:10]}",
-                         lease_ttl=2, agentd=True, runs_config=RUNS)
-    try:
-        cluster.start()
-        yield {"cluster": cluster, "llm": llm, "ledger": ledger}
-    finally:
-        cluster.close()
-        llm.close()
-        env.undo()
-
-
-def endpoints(cluster: DevCluster) -> list[str]:
-    return [n.agentd.endpoint for n in cluster.nodes if n.agentd is not None and n.agentd.alive]
-
-
-def ledger_calls(path: Path, tool: str) -> list[dict[str, Any]]:
-    return [e for e in map(json.loads, path.read_text().splitlines()) if e["tool"] == tool]
-
-
-async def events_until(client: RunClient, run_id: str, stop: Any, timeout: float = 90.0) -> list[Any]:
-    """Stream the run from the start until ``stop(event)`` is true (or the run ends); the events seen."""
-    seen: list[Any] = []
-    async with asyncio.timeout(timeout):
-        async for event in client.stream(run_id):
-            seen.append(event)
-            if stop(event) or event.type in TERMINAL:
-                return seen
-    return seen
-
-
-def payload(event: Any) -> Any:
-    return json.loads(event.payload_json)
-
-
-def executing_agentd(cluster: DevCluster, node_id: str) -> Any:
-    return next(n.agentd for n in cluster.nodes if n.node_id == node_id)
 
 
 async def test_answer_with_two_tools_in_one_turn(bed: dict[str, Any]) -> None:
