@@ -28,6 +28,7 @@ from coordinator.node import CoordinatorNode
 from coordinator.store import CommitFailed
 from coordinator.variables import DEFAULT_HISTORY, MAX_SCHEMA_BYTES, VariableError, VariableRecord, parse_json
 from mabeam.errors import FieldViolation, ServiceError, raise_if
+from mabeam.structs import from_struct, to_list, to_struct
 from mabeam.v1 import coordinator_pb2 as pb
 from mabeam.v1 import coordinator_pb2_grpc
 
@@ -66,6 +67,21 @@ def _json_object(text: str, field: str, violations: list[FieldViolation], limit:
     return value
 
 
+def _object(request: Any, name: str, violations: list[FieldViolation], default: str = "") -> Any:
+    """The JSON object a request carries as ``<name>_json`` text or as the ``<name>`` Struct (one, not both)."""
+    text = getattr(request, f"{name}_json")
+    if not request.HasField(name):
+        return _json_object(text or default, f"{name}_json", violations)
+    if text:
+        violations.append(FieldViolation(name, f"set {name}_json or {name}, not both"))
+        return None
+    struct = getattr(request, name)
+    if struct.ByteSize() > MAX_JSON_BYTES:
+        violations.append(FieldViolation(name, f"is larger than {MAX_JSON_BYTES} bytes"))
+        return None
+    return from_struct(struct)
+
+
 def _json_value(text: str, field: str, violations: list[FieldViolation]) -> Any:
     if not text:
         violations.append(FieldViolation(field, "is required (JSON text)"))
@@ -93,7 +109,7 @@ def instance_message(instance: Instance, engine: Engine, with_receipt: bool = Tr
     meta = instance.meta
     return pb.Instance(
         id=instance.id, tenant=instance.tenant, kind=instance.kind, family=instance.family,
-        config_json=json.dumps(meta["config"]), state=instance.state,
+        config_json=json.dumps(meta["config"]), config=to_struct(meta["config"]), state=instance.state,
         outcome_json=json.dumps(outcome) if outcome is not None else "", receipt_json=receipt,
         receipt_hash=str(end.get("receipt_hash", "")), event_count=instance.seq, created_at_ms=meta["created_at"],
         escrow=instance.escrow, seller=meta.get("seller", ""), bind_variable=meta.get("bind_variable", ""),
@@ -106,6 +122,12 @@ def mechanism_kind_message(cls: type[Mechanism[Any, Any]]) -> pb.MechanismKind:
     return pb.MechanismKind(kind=cls.kind, family=cls.family, deadline_fields=list(cls.deadline_fields),
                             closes_field=cls.closes_field or "", opens_field=cls.opens_field or "",
                             summary=cls.summary())
+
+
+def event_response(ack: Ack, duplicate: bool) -> pb.SubmitEventResponse:
+    """What a submit answers: the accepted event's seq, the actions (as JSON and as a ListValue), the state."""
+    return pb.SubmitEventResponse(seq=ack.seq, duplicate=duplicate, actions_json=ack.actions_json(),
+                                  actions=to_list(ack.actions), state=ack.state, now_ms=ack.now)
 
 
 def variable_message(record: VariableRecord) -> pb.Variable:
@@ -165,7 +187,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         kinds = registered_kinds()
         if request.kind not in kinds:
             violations.append(FieldViolation("kind", f"unknown kind {request.kind!r}; one of {kinds}"))
-        config = _json_object(request.config_json or "{}", "config_json", violations)
+        config = _object(request, "config", violations, default="{}")
         _id(request.instance_id, "instance_id", violations, required=False)
         _id(request.seller, "seller", violations, required=False)
         _id(request.bind_variable, "bind_variable", violations, required=False)
@@ -188,12 +210,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         violations: list[FieldViolation] = []
         _id(request.id, "id", violations)
         _client_id(request.client_event_id, "client_event_id", violations)
-        event = _json_object(request.event_json, "event_json", violations)
+        event = _object(request, "event", violations)
         raise_if(violations)
         cid = request.client_event_id or f"auto-{engine.clock()}-{id(request)}"
         ack, duplicate = await engine.submit(request.id, family, cid, event)
-        return pb.SubmitEventResponse(seq=ack.seq, duplicate=duplicate, actions_json=ack.actions_json(),
-                                      state=ack.state, now_ms=ack.now)
+        return event_response(ack, duplicate)
 
     @leader_call
     async def CreateAuction(self, engine: Engine, request: pb.CreateInstanceRequest) -> pb.Instance:
@@ -504,7 +525,7 @@ class BidStream:
         if not bid.client_event_id:
             violations.append(FieldViolation("client_event_id", "is required on a stream (acks are matched by it)"))
         _client_id(bid.client_event_id, "client_event_id", violations)
-        event = _json_object(bid.event_json, "event_json", violations)
+        event = _object(bid, "event", violations)
         try:
             raise_if(violations)
             ack, duplicate, done = self.engine.stage_submit(bid.id, "auction", bid.client_event_id, event)
@@ -529,8 +550,8 @@ class BidStream:
                 error = done.exception() if not done.cancelled() else None
                 self.failure = not_durable(error if isinstance(error, CommitFailed) else CommitFailed("cancelled"))
             return
-        self.ready.append(pb.BidAck(id=bid.id, client_event_id=bid.client_event_id, result=pb.SubmitEventResponse(
-            seq=ack.seq, duplicate=duplicate, actions_json=ack.actions_json(), state=ack.state, now_ms=ack.now)))
+        self.ready.append(pb.BidAck(id=bid.id, client_event_id=bid.client_event_id,
+                                    result=event_response(ack, duplicate)))
 
     async def _read(self, request_iterator: Any) -> None:
         try:

@@ -170,6 +170,8 @@ def parse_json(text: str, what: str, limit: int = MAX_VALUE_BYTES) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise VariableError(f"{what} is not valid JSON: {error.msg} at position {error.pos}") from None
+    except RecursionError:
+        raise VariableError(f"{what} is nested too deeply") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from coordinator.store import read_prefix
 from coordinator.variables import VariableRecord
 from mabeam.errors import FieldViolation, ServiceError, invalid_argument
 from mabeam.etcd.client import EtcdClient
+from mabeam.structs import to_struct
 from mabeam.v1 import coordinator_pb2 as pb
 
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -75,7 +76,9 @@ async def watch_instance(client: EtcdClient, cluster: str, request: pb.WatchInst
         if kind == "event":
             seq, record = item
             if seq >= request.from_seq:
-                yield pb.InstanceEvent(seq=seq, now_ms=record["now"], event_json=json.dumps(record["event"]))
+                event = record["event"]
+                yield pb.InstanceEvent(seq=seq, now_ms=record["now"], event_json=json.dumps(event),
+                                       event=to_struct(event) if isinstance(event, dict) else None)
         elif kind == "end":
             outcome = item.get("outcome")
             yield pb.InstanceEvent(final_state=item["state"],

@@ -4,9 +4,12 @@ isort:skip_file
 CoordinatorService: MABEAM as a cluster service — auctions, negotiations, votes and markets
 (durable mechanism instances), variables and the credit ledger.
 
-Mechanism configurations and events travel as JSON strings (`config_json`, `event_json`).
-They are validated by the mechanisms' own pydantic models (coordinator/mechanisms): the
-JSON shapes per kind are documented in docs/mechanisms/*.md. All amounts are integers; all
+Mechanism configurations, events and actions travel as JSON text (`config_json`, `event_json`,
+`actions_json`) and, beside each, as a structured google.protobuf value (`config`, `event`,
+`actions`) for clients that would rather not parse JSON. A request sets one of the two (setting
+both is INVALID_ARGUMENT); a response fills both. Struct numbers are doubles: integers above 2^53
+are exact only in the JSON fields. Everything is validated by the mechanisms' own pydantic models
+(coordinator/mechanisms): the JSON shapes per kind are documented in docs/mechanisms/*.md. All amounts are integers; all
 times are absolute milliseconds since the Unix epoch (deadlines are stored as absolute times).
 
 Only the active coordinator (the leader of role "coordinator") answers mutating and reading
@@ -18,6 +21,7 @@ Watch streams (WatchAuction, WatchTrades, WatchVariable) are served by every nod
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -89,6 +93,7 @@ class CreateInstanceRequest(_message.Message):
     SELLER_FIELD_NUMBER: _builtins.int
     BIND_VARIABLE_FIELD_NUMBER: _builtins.int
     BIND_FIELD_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """Empty means "default"."""
     kind: _builtins.str
@@ -105,6 +110,10 @@ class CreateInstanceRequest(_message.Message):
     """Variable (same tenant) that the outcome sets when the instance concludes."""
     bind_field: _builtins.str
     """Dotted path into the outcome JSON whose value is written (empty: the whole outcome)."""
+    @_builtins.property
+    def config(self) -> _struct_pb2.Struct:
+        """The config as a Struct, instead of config_json."""
+
     def __init__(
         self,
         *,
@@ -116,10 +125,11 @@ class CreateInstanceRequest(_message.Message):
         seller: _builtins.str = ...,
         bind_variable: _builtins.str = ...,
         bind_field: _builtins.str = ...,
+        config: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bind_field", b"bind_field", "bind_variable", b"bind_variable", "config_json", b"config_json", "escrow", b"escrow", "instance_id", b"instance_id", "kind", b"kind", "seller", b"seller", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bind_field", b"bind_field", "bind_variable", b"bind_variable", "config", b"config", "config_json", b"config_json", "escrow", b"escrow", "instance_id", b"instance_id", "kind", b"kind", "seller", b"seller", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -146,6 +156,7 @@ class Instance(_message.Message):
     BIND_FIELD_FIELD_NUMBER: _builtins.int
     STATUS_JSON_FIELD_NUMBER: _builtins.int
     NEXT_TICK_MS_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     tenant: _builtins.str
     kind: _builtins.str
@@ -167,6 +178,10 @@ class Instance(_message.Message):
     """Kind-specific live view (standing bid, clock price, tallies withheld for sealed bids)."""
     next_tick_ms: _builtins.int
     """When the next deadline tick is due (0: none scheduled)."""
+    @_builtins.property
+    def config(self) -> _struct_pb2.Struct:
+        """config_json as a Struct."""
+
     def __init__(
         self,
         *,
@@ -187,10 +202,11 @@ class Instance(_message.Message):
         bind_field: _builtins.str = ...,
         status_json: _builtins.str = ...,
         next_tick_ms: _builtins.int = ...,
+        config: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bind_field", b"bind_field", "bind_variable", b"bind_variable", "config_json", b"config_json", "created_at_ms", b"created_at_ms", "escrow", b"escrow", "event_count", b"event_count", "family", b"family", "id", b"id", "kind", b"kind", "next_tick_ms", b"next_tick_ms", "outcome_json", b"outcome_json", "receipt_hash", b"receipt_hash", "receipt_json", b"receipt_json", "seller", b"seller", "state", b"state", "status_json", b"status_json", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bind_field", b"bind_field", "bind_variable", b"bind_variable", "config", b"config", "config_json", b"config_json", "created_at_ms", b"created_at_ms", "escrow", b"escrow", "event_count", b"event_count", "family", b"family", "id", b"id", "kind", b"kind", "next_tick_ms", b"next_tick_ms", "outcome_json", b"outcome_json", "receipt_hash", b"receipt_hash", "receipt_json", b"receipt_json", "seller", b"seller", "state", b"state", "status_json", b"status_json", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -391,21 +407,27 @@ class SubmitEventRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     CLIENT_EVENT_ID_FIELD_NUMBER: _builtins.int
     EVENT_JSON_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     client_event_id: _builtins.str
     """Idempotency key ([A-Za-z0-9_.:-], ≤ 128): a retry returns the first answer, never applies twice."""
     event_json: _builtins.str
     """The mechanism event as JSON, validated by the mechanism."""
+    @_builtins.property
+    def event(self) -> _struct_pb2.Struct:
+        """The event as a Struct, instead of event_json."""
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         client_event_id: _builtins.str = ...,
         event_json: _builtins.str = ...,
+        event: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_event_id", b"client_event_id", "event_json", b"event_json", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_event_id", b"client_event_id", "event", b"event", "event_json", b"event_json", "id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -420,6 +442,7 @@ class SubmitEventResponse(_message.Message):
     ACTIONS_JSON_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     NOW_MS_FIELD_NUMBER: _builtins.int
+    ACTIONS_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """The event's position in the instance's durable log (1-based)."""
     duplicate: _builtins.bool
@@ -429,6 +452,10 @@ class SubmitEventResponse(_message.Message):
     state: _builtins.str
     """The instance state after the event (open/concluded)."""
     now_ms: _builtins.int
+    @_builtins.property
+    def actions(self) -> _struct_pb2.ListValue:
+        """actions_json as a ListValue."""
+
     def __init__(
         self,
         *,
@@ -437,10 +464,11 @@ class SubmitEventResponse(_message.Message):
         actions_json: _builtins.str = ...,
         state: _builtins.str = ...,
         now_ms: _builtins.int = ...,
+        actions: _struct_pb2.ListValue | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions_json", b"actions_json", "duplicate", b"duplicate", "now_ms", b"now_ms", "seq", b"seq", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "actions_json", b"actions_json", "duplicate", b"duplicate", "now_ms", b"now_ms", "seq", b"seq", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -612,12 +640,17 @@ class InstanceEvent(_message.Message):
     EVENT_JSON_FIELD_NUMBER: _builtins.int
     FINAL_STATE_FIELD_NUMBER: _builtins.int
     OUTCOME_JSON_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     now_ms: _builtins.int
     event_json: _builtins.str
     final_state: _builtins.str
     """Set on the last message: concluded or cancelled."""
     outcome_json: _builtins.str
+    @_builtins.property
+    def event(self) -> _struct_pb2.Struct:
+        """event_json as a Struct (unset on the last message, which carries no event)."""
+
     def __init__(
         self,
         *,
@@ -626,10 +659,11 @@ class InstanceEvent(_message.Message):
         event_json: _builtins.str = ...,
         final_state: _builtins.str = ...,
         outcome_json: _builtins.str = ...,
+        event: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_json", b"event_json", "final_state", b"final_state", "now_ms", b"now_ms", "outcome_json", b"outcome_json", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "event_json", b"event_json", "final_state", b"final_state", "now_ms", b"now_ms", "outcome_json", b"outcome_json", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,9 +4,12 @@ isort:skip_file
 CoordinatorService: MABEAM as a cluster service — auctions, negotiations, votes and markets
 (durable mechanism instances), variables and the credit ledger.
 
-Mechanism configurations and events travel as JSON strings (`config_json`, `event_json`).
-They are validated by the mechanisms' own pydantic models (coordinator/mechanisms): the
-JSON shapes per kind are documented in docs/mechanisms/*.md. All amounts are integers; all
+Mechanism configurations, events and actions travel as JSON text (`config_json`, `event_json`,
+`actions_json`) and, beside each, as a structured google.protobuf value (`config`, `event`,
+`actions`) for clients that would rather not parse JSON. A request sets one of the two (setting
+both is INVALID_ARGUMENT); a response fills both. Struct numbers are doubles: integers above 2^53
+are exact only in the JSON fields. Everything is validated by the mechanisms' own pydantic models
+(coordinator/mechanisms): the JSON shapes per kind are documented in docs/mechanisms/*.md. All amounts are integers; all
 times are absolute milliseconds since the Unix epoch (deadlines are stored as absolute times).
 
 Only the active coordinator (the leader of role "coordinator") answers mutating and reading

@@ -1,9 +1,12 @@
 // CoordinatorService: MABEAM as a cluster service — auctions, negotiations, votes and markets
 // (durable mechanism instances), variables and the credit ledger.
 //
-// Mechanism configurations and events travel as JSON strings (`config_json`, `event_json`).
-// They are validated by the mechanisms' own pydantic models (coordinator/mechanisms): the
-// JSON shapes per kind are documented in docs/mechanisms/*.md. All amounts are integers; all
+// Mechanism configurations, events and actions travel as JSON text (`config_json`, `event_json`,
+// `actions_json`) and, beside each, as a structured google.protobuf value (`config`, `event`,
+// `actions`) for clients that would rather not parse JSON. A request sets one of the two (setting
+// both is INVALID_ARGUMENT); a response fills both. Struct numbers are doubles: integers above 2^53
+// are exact only in the JSON fields. Everything is validated by the mechanisms' own pydantic models
+// (coordinator/mechanisms): the JSON shapes per kind are documented in docs/mechanisms/*.md. All amounts are integers; all
 // times are absolute milliseconds since the Unix epoch (deadlines are stored as absolute times).
 //
 // Only the active coordinator (the leader of role "coordinator") answers mutating and reading
@@ -22,6 +25,7 @@ package mabeamv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	structpb "google.golang.org/protobuf/types/known/structpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -164,7 +168,9 @@ type CreateInstanceRequest struct {
 	// Variable (same tenant) that the outcome sets when the instance concludes.
 	BindVariable string `protobuf:"bytes,7,opt,name=bind_variable,json=bindVariable,proto3" json:"bind_variable,omitempty"`
 	// Dotted path into the outcome JSON whose value is written (empty: the whole outcome).
-	BindField     string `protobuf:"bytes,8,opt,name=bind_field,json=bindField,proto3" json:"bind_field,omitempty"`
+	BindField string `protobuf:"bytes,8,opt,name=bind_field,json=bindField,proto3" json:"bind_field,omitempty"`
+	// The config as a Struct, instead of config_json.
+	Config        *structpb.Struct `protobuf:"bytes,9,opt,name=config,proto3" json:"config,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -255,6 +261,13 @@ func (x *CreateInstanceRequest) GetBindField() string {
 	return ""
 }
 
+func (x *CreateInstanceRequest) GetConfig() *structpb.Struct {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
 type Instance struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -277,7 +290,9 @@ type Instance struct {
 	// Kind-specific live view (standing bid, clock price, tallies withheld for sealed bids).
 	StatusJson string `protobuf:"bytes,16,opt,name=status_json,json=statusJson,proto3" json:"status_json,omitempty"`
 	// When the next deadline tick is due (0: none scheduled).
-	NextTickMs    int64 `protobuf:"varint,17,opt,name=next_tick_ms,json=nextTickMs,proto3" json:"next_tick_ms,omitempty"`
+	NextTickMs int64 `protobuf:"varint,17,opt,name=next_tick_ms,json=nextTickMs,proto3" json:"next_tick_ms,omitempty"`
+	// config_json as a Struct.
+	Config        *structpb.Struct `protobuf:"bytes,18,opt,name=config,proto3" json:"config,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -429,6 +444,13 @@ func (x *Instance) GetNextTickMs() int64 {
 		return x.NextTickMs
 	}
 	return 0
+}
+
+func (x *Instance) GetConfig() *structpb.Struct {
+	if x != nil {
+		return x.Config
+	}
+	return nil
 }
 
 type ListMechanismsRequest struct {
@@ -848,7 +870,9 @@ type SubmitEventRequest struct {
 	// Idempotency key ([A-Za-z0-9_.:-], ≤ 128): a retry returns the first answer, never applies twice.
 	ClientEventId string `protobuf:"bytes,2,opt,name=client_event_id,json=clientEventId,proto3" json:"client_event_id,omitempty"`
 	// The mechanism event as JSON, validated by the mechanism.
-	EventJson     string `protobuf:"bytes,3,opt,name=event_json,json=eventJson,proto3" json:"event_json,omitempty"`
+	EventJson string `protobuf:"bytes,3,opt,name=event_json,json=eventJson,proto3" json:"event_json,omitempty"`
+	// The event as a Struct, instead of event_json.
+	Event         *structpb.Struct `protobuf:"bytes,4,opt,name=event,proto3" json:"event,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -904,6 +928,13 @@ func (x *SubmitEventRequest) GetEventJson() string {
 	return ""
 }
 
+func (x *SubmitEventRequest) GetEvent() *structpb.Struct {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
 type SubmitEventResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The event's position in the instance's durable log (1-based).
@@ -913,8 +944,10 @@ type SubmitEventResponse struct {
 	// The mechanism's actions for this event, as a JSON list.
 	ActionsJson string `protobuf:"bytes,3,opt,name=actions_json,json=actionsJson,proto3" json:"actions_json,omitempty"`
 	// The instance state after the event (open/concluded).
-	State         string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
-	NowMs         int64  `protobuf:"varint,5,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
+	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	NowMs int64  `protobuf:"varint,5,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
+	// actions_json as a ListValue.
+	Actions       *structpb.ListValue `protobuf:"bytes,6,opt,name=actions,proto3" json:"actions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -982,6 +1015,13 @@ func (x *SubmitEventResponse) GetNowMs() int64 {
 		return x.NowMs
 	}
 	return 0
+}
+
+func (x *SubmitEventResponse) GetActions() *structpb.ListValue {
+	if x != nil {
+		return x.Actions
+	}
+	return nil
 }
 
 type SubmitBidsRequest struct {
@@ -1363,8 +1403,10 @@ type InstanceEvent struct {
 	NowMs     int64                  `protobuf:"varint,2,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
 	EventJson string                 `protobuf:"bytes,3,opt,name=event_json,json=eventJson,proto3" json:"event_json,omitempty"`
 	// Set on the last message: concluded or cancelled.
-	FinalState    string `protobuf:"bytes,4,opt,name=final_state,json=finalState,proto3" json:"final_state,omitempty"`
-	OutcomeJson   string `protobuf:"bytes,5,opt,name=outcome_json,json=outcomeJson,proto3" json:"outcome_json,omitempty"`
+	FinalState  string `protobuf:"bytes,4,opt,name=final_state,json=finalState,proto3" json:"final_state,omitempty"`
+	OutcomeJson string `protobuf:"bytes,5,opt,name=outcome_json,json=outcomeJson,proto3" json:"outcome_json,omitempty"`
+	// event_json as a Struct (unset on the last message, which carries no event).
+	Event         *structpb.Struct `protobuf:"bytes,6,opt,name=event,proto3" json:"event,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1432,6 +1474,13 @@ func (x *InstanceEvent) GetOutcomeJson() string {
 		return x.OutcomeJson
 	}
 	return ""
+}
+
+func (x *InstanceEvent) GetEvent() *structpb.Struct {
+	if x != nil {
+		return x.Event
+	}
+	return nil
 }
 
 type BookLevel struct {
@@ -2627,14 +2676,14 @@ var File_mabeam_v1_coordinator_proto protoreflect.FileDescriptor
 
 const file_mabeam_v1_coordinator_proto_rawDesc = "" +
 	"\n" +
-	"\x1bmabeam/v1/coordinator.proto\x12\tmabeam.v1\"\x1d\n" +
+	"\x1bmabeam/v1/coordinator.proto\x12\tmabeam.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x1d\n" +
 	"\x1bGetCoordinatorLeaderRequest\"\xb5\x01\n" +
 	"\x1cGetCoordinatorLeaderResponse\x12$\n" +
 	"\x0eleader_node_id\x18\x01 \x01(\tR\fleaderNodeId\x12%\n" +
 	"\x0eleader_address\x18\x02 \x01(\tR\rleaderAddress\x12\x12\n" +
 	"\x04term\x18\x03 \x01(\x03R\x04term\x12\x17\n" +
 	"\anode_id\x18\x04 \x01(\tR\x06nodeId\x12\x1b\n" +
-	"\tis_leader\x18\x05 \x01(\bR\bisLeader\"\xf9\x01\n" +
+	"\tis_leader\x18\x05 \x01(\bR\bisLeader\"\xaa\x02\n" +
 	"\x15CreateInstanceRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x1f\n" +
@@ -2646,7 +2695,8 @@ const file_mabeam_v1_coordinator_proto_rawDesc = "" +
 	"\x06seller\x18\x06 \x01(\tR\x06seller\x12#\n" +
 	"\rbind_variable\x18\a \x01(\tR\fbindVariable\x12\x1d\n" +
 	"\n" +
-	"bind_field\x18\b \x01(\tR\tbindField\"\xfa\x03\n" +
+	"bind_field\x18\b \x01(\tR\tbindField\x12/\n" +
+	"\x06config\x18\t \x01(\v2\x17.google.protobuf.StructR\x06config\"\xab\x04\n" +
 	"\bInstance\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x12\n" +
@@ -2670,7 +2720,8 @@ const file_mabeam_v1_coordinator_proto_rawDesc = "" +
 	"\vstatus_json\x18\x10 \x01(\tR\n" +
 	"statusJson\x12 \n" +
 	"\fnext_tick_ms\x18\x11 \x01(\x03R\n" +
-	"nextTickMs\"\x17\n" +
+	"nextTickMs\x12/\n" +
+	"\x06config\x18\x12 \x01(\v2\x17.google.protobuf.StructR\x06config\"\x17\n" +
 	"\x15ListMechanismsRequest\"\xc2\x01\n" +
 	"\rMechanismKind\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x16\n" +
@@ -2693,18 +2744,20 @@ const file_mabeam_v1_coordinator_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"&\n" +
 	"\x14CloseInstanceRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"k\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x9a\x01\n" +
 	"\x12SubmitEventRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12&\n" +
 	"\x0fclient_event_id\x18\x02 \x01(\tR\rclientEventId\x12\x1d\n" +
 	"\n" +
-	"event_json\x18\x03 \x01(\tR\teventJson\"\x95\x01\n" +
+	"event_json\x18\x03 \x01(\tR\teventJson\x12-\n" +
+	"\x05event\x18\x04 \x01(\v2\x17.google.protobuf.StructR\x05event\"\xcb\x01\n" +
 	"\x13SubmitEventResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12\x1c\n" +
 	"\tduplicate\x18\x02 \x01(\bR\tduplicate\x12!\n" +
 	"\factions_json\x18\x03 \x01(\tR\vactionsJson\x12\x14\n" +
 	"\x05state\x18\x04 \x01(\tR\x05state\x12\x15\n" +
-	"\x06now_ms\x18\x05 \x01(\x03R\x05nowMs\"F\n" +
+	"\x06now_ms\x18\x05 \x01(\x03R\x05nowMs\x124\n" +
+	"\aactions\x18\x06 \x01(\v2\x1a.google.protobuf.ListValueR\aactions\"F\n" +
 	"\x11SubmitBidsRequest\x121\n" +
 	"\x04bids\x18\x01 \x03(\v2\x1d.mabeam.v1.SubmitEventRequestR\x04bids\"P\n" +
 	"\bBidError\x12\x12\n" +
@@ -2726,7 +2779,7 @@ const file_mabeam_v1_coordinator_proto_rawDesc = "" +
 	"\x06trader\x18\x04 \x01(\tR\x06trader\"A\n" +
 	"\x14WatchInstanceRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
-	"\bfrom_seq\x18\x02 \x01(\x03R\afromSeq\"\x9b\x01\n" +
+	"\bfrom_seq\x18\x02 \x01(\x03R\afromSeq\"\xca\x01\n" +
 	"\rInstanceEvent\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12\x15\n" +
 	"\x06now_ms\x18\x02 \x01(\x03R\x05nowMs\x12\x1d\n" +
@@ -2734,7 +2787,8 @@ const file_mabeam_v1_coordinator_proto_rawDesc = "" +
 	"event_json\x18\x03 \x01(\tR\teventJson\x12\x1f\n" +
 	"\vfinal_state\x18\x04 \x01(\tR\n" +
 	"finalState\x12!\n" +
-	"\foutcome_json\x18\x05 \x01(\tR\voutcomeJson\"U\n" +
+	"\foutcome_json\x18\x05 \x01(\tR\voutcomeJson\x12-\n" +
+	"\x05event\x18\x06 \x01(\v2\x17.google.protobuf.StructR\x05event\"U\n" +
 	"\tBookLevel\x12\x14\n" +
 	"\x05price\x18\x01 \x01(\x03R\x05price\x12\x1a\n" +
 	"\bquantity\x18\x02 \x01(\x03R\bquantity\x12\x16\n" +
@@ -2920,90 +2974,97 @@ var file_mabeam_v1_coordinator_proto_goTypes = []any{
 	(*GetBalanceRequest)(nil),            // 37: mabeam.v1.GetBalanceRequest
 	(*ListBalancesRequest)(nil),          // 38: mabeam.v1.ListBalancesRequest
 	(*ListBalancesResponse)(nil),         // 39: mabeam.v1.ListBalancesResponse
+	(*structpb.Struct)(nil),              // 40: google.protobuf.Struct
+	(*structpb.ListValue)(nil),           // 41: google.protobuf.ListValue
 }
 var file_mabeam_v1_coordinator_proto_depIdxs = []int32{
-	5,  // 0: mabeam.v1.ListMechanismsResponse.kinds:type_name -> mabeam.v1.MechanismKind
-	3,  // 1: mabeam.v1.ListInstancesResponse.instances:type_name -> mabeam.v1.Instance
-	12, // 2: mabeam.v1.SubmitBidsRequest.bids:type_name -> mabeam.v1.SubmitEventRequest
-	13, // 3: mabeam.v1.BidAck.result:type_name -> mabeam.v1.SubmitEventResponse
-	15, // 4: mabeam.v1.BidAck.error:type_name -> mabeam.v1.BidError
-	16, // 5: mabeam.v1.SubmitBidsResponse.acks:type_name -> mabeam.v1.BidAck
-	21, // 6: mabeam.v1.BookSnapshot.bids:type_name -> mabeam.v1.BookLevel
-	21, // 7: mabeam.v1.BookSnapshot.asks:type_name -> mabeam.v1.BookLevel
-	24, // 8: mabeam.v1.ListVariablesResponse.variables:type_name -> mabeam.v1.Variable
-	24, // 9: mabeam.v1.VariableHistoryResponse.versions:type_name -> mabeam.v1.Variable
-	33, // 10: mabeam.v1.TransferResponse.from_balance:type_name -> mabeam.v1.Balance
-	33, // 11: mabeam.v1.TransferResponse.to_balance:type_name -> mabeam.v1.Balance
-	33, // 12: mabeam.v1.ListBalancesResponse.balances:type_name -> mabeam.v1.Balance
-	0,  // 13: mabeam.v1.CoordinatorService.GetCoordinatorLeader:input_type -> mabeam.v1.GetCoordinatorLeaderRequest
-	2,  // 14: mabeam.v1.CoordinatorService.CreateAuction:input_type -> mabeam.v1.CreateInstanceRequest
-	7,  // 15: mabeam.v1.CoordinatorService.GetAuction:input_type -> mabeam.v1.GetInstanceRequest
-	8,  // 16: mabeam.v1.CoordinatorService.ListAuctions:input_type -> mabeam.v1.ListInstancesRequest
-	10, // 17: mabeam.v1.CoordinatorService.CancelAuction:input_type -> mabeam.v1.CancelInstanceRequest
-	12, // 18: mabeam.v1.CoordinatorService.SubmitBid:input_type -> mabeam.v1.SubmitEventRequest
-	14, // 19: mabeam.v1.CoordinatorService.SubmitBids:input_type -> mabeam.v1.SubmitBidsRequest
-	19, // 20: mabeam.v1.CoordinatorService.WatchAuction:input_type -> mabeam.v1.WatchInstanceRequest
-	2,  // 21: mabeam.v1.CoordinatorService.CreateNegotiation:input_type -> mabeam.v1.CreateInstanceRequest
-	7,  // 22: mabeam.v1.CoordinatorService.GetNegotiation:input_type -> mabeam.v1.GetInstanceRequest
-	12, // 23: mabeam.v1.CoordinatorService.Negotiate:input_type -> mabeam.v1.SubmitEventRequest
-	2,  // 24: mabeam.v1.CoordinatorService.CreateVote:input_type -> mabeam.v1.CreateInstanceRequest
-	7,  // 25: mabeam.v1.CoordinatorService.GetVote:input_type -> mabeam.v1.GetInstanceRequest
-	12, // 26: mabeam.v1.CoordinatorService.CastVote:input_type -> mabeam.v1.SubmitEventRequest
-	2,  // 27: mabeam.v1.CoordinatorService.CreateMarket:input_type -> mabeam.v1.CreateInstanceRequest
-	7,  // 28: mabeam.v1.CoordinatorService.GetMarket:input_type -> mabeam.v1.GetInstanceRequest
-	12, // 29: mabeam.v1.CoordinatorService.PlaceOrder:input_type -> mabeam.v1.SubmitEventRequest
-	18, // 30: mabeam.v1.CoordinatorService.CancelOrder:input_type -> mabeam.v1.CancelOrderRequest
-	7,  // 31: mabeam.v1.CoordinatorService.GetBook:input_type -> mabeam.v1.GetInstanceRequest
-	19, // 32: mabeam.v1.CoordinatorService.WatchTrades:input_type -> mabeam.v1.WatchInstanceRequest
-	11, // 33: mabeam.v1.CoordinatorService.CloseInstance:input_type -> mabeam.v1.CloseInstanceRequest
-	4,  // 34: mabeam.v1.CoordinatorService.ListMechanisms:input_type -> mabeam.v1.ListMechanismsRequest
-	25, // 35: mabeam.v1.CoordinatorService.CreateVariable:input_type -> mabeam.v1.CreateVariableRequest
-	26, // 36: mabeam.v1.CoordinatorService.GetVariable:input_type -> mabeam.v1.GetVariableRequest
-	27, // 37: mabeam.v1.CoordinatorService.ListVariables:input_type -> mabeam.v1.ListVariablesRequest
-	29, // 38: mabeam.v1.CoordinatorService.SetVariable:input_type -> mabeam.v1.SetVariableRequest
-	30, // 39: mabeam.v1.CoordinatorService.WatchVariable:input_type -> mabeam.v1.WatchVariableRequest
-	31, // 40: mabeam.v1.CoordinatorService.VariableHistory:input_type -> mabeam.v1.VariableHistoryRequest
-	34, // 41: mabeam.v1.CoordinatorService.Deposit:input_type -> mabeam.v1.DepositRequest
-	35, // 42: mabeam.v1.CoordinatorService.Transfer:input_type -> mabeam.v1.TransferRequest
-	37, // 43: mabeam.v1.CoordinatorService.GetBalance:input_type -> mabeam.v1.GetBalanceRequest
-	38, // 44: mabeam.v1.CoordinatorService.ListBalances:input_type -> mabeam.v1.ListBalancesRequest
-	1,  // 45: mabeam.v1.CoordinatorService.GetCoordinatorLeader:output_type -> mabeam.v1.GetCoordinatorLeaderResponse
-	3,  // 46: mabeam.v1.CoordinatorService.CreateAuction:output_type -> mabeam.v1.Instance
-	3,  // 47: mabeam.v1.CoordinatorService.GetAuction:output_type -> mabeam.v1.Instance
-	9,  // 48: mabeam.v1.CoordinatorService.ListAuctions:output_type -> mabeam.v1.ListInstancesResponse
-	3,  // 49: mabeam.v1.CoordinatorService.CancelAuction:output_type -> mabeam.v1.Instance
-	13, // 50: mabeam.v1.CoordinatorService.SubmitBid:output_type -> mabeam.v1.SubmitEventResponse
-	17, // 51: mabeam.v1.CoordinatorService.SubmitBids:output_type -> mabeam.v1.SubmitBidsResponse
-	20, // 52: mabeam.v1.CoordinatorService.WatchAuction:output_type -> mabeam.v1.InstanceEvent
-	3,  // 53: mabeam.v1.CoordinatorService.CreateNegotiation:output_type -> mabeam.v1.Instance
-	3,  // 54: mabeam.v1.CoordinatorService.GetNegotiation:output_type -> mabeam.v1.Instance
-	13, // 55: mabeam.v1.CoordinatorService.Negotiate:output_type -> mabeam.v1.SubmitEventResponse
-	3,  // 56: mabeam.v1.CoordinatorService.CreateVote:output_type -> mabeam.v1.Instance
-	3,  // 57: mabeam.v1.CoordinatorService.GetVote:output_type -> mabeam.v1.Instance
-	13, // 58: mabeam.v1.CoordinatorService.CastVote:output_type -> mabeam.v1.SubmitEventResponse
-	3,  // 59: mabeam.v1.CoordinatorService.CreateMarket:output_type -> mabeam.v1.Instance
-	3,  // 60: mabeam.v1.CoordinatorService.GetMarket:output_type -> mabeam.v1.Instance
-	13, // 61: mabeam.v1.CoordinatorService.PlaceOrder:output_type -> mabeam.v1.SubmitEventResponse
-	13, // 62: mabeam.v1.CoordinatorService.CancelOrder:output_type -> mabeam.v1.SubmitEventResponse
-	22, // 63: mabeam.v1.CoordinatorService.GetBook:output_type -> mabeam.v1.BookSnapshot
-	23, // 64: mabeam.v1.CoordinatorService.WatchTrades:output_type -> mabeam.v1.TradeEvent
-	3,  // 65: mabeam.v1.CoordinatorService.CloseInstance:output_type -> mabeam.v1.Instance
-	6,  // 66: mabeam.v1.CoordinatorService.ListMechanisms:output_type -> mabeam.v1.ListMechanismsResponse
-	24, // 67: mabeam.v1.CoordinatorService.CreateVariable:output_type -> mabeam.v1.Variable
-	24, // 68: mabeam.v1.CoordinatorService.GetVariable:output_type -> mabeam.v1.Variable
-	28, // 69: mabeam.v1.CoordinatorService.ListVariables:output_type -> mabeam.v1.ListVariablesResponse
-	24, // 70: mabeam.v1.CoordinatorService.SetVariable:output_type -> mabeam.v1.Variable
-	24, // 71: mabeam.v1.CoordinatorService.WatchVariable:output_type -> mabeam.v1.Variable
-	32, // 72: mabeam.v1.CoordinatorService.VariableHistory:output_type -> mabeam.v1.VariableHistoryResponse
-	33, // 73: mabeam.v1.CoordinatorService.Deposit:output_type -> mabeam.v1.Balance
-	36, // 74: mabeam.v1.CoordinatorService.Transfer:output_type -> mabeam.v1.TransferResponse
-	33, // 75: mabeam.v1.CoordinatorService.GetBalance:output_type -> mabeam.v1.Balance
-	39, // 76: mabeam.v1.CoordinatorService.ListBalances:output_type -> mabeam.v1.ListBalancesResponse
-	45, // [45:77] is the sub-list for method output_type
-	13, // [13:45] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	40, // 0: mabeam.v1.CreateInstanceRequest.config:type_name -> google.protobuf.Struct
+	40, // 1: mabeam.v1.Instance.config:type_name -> google.protobuf.Struct
+	5,  // 2: mabeam.v1.ListMechanismsResponse.kinds:type_name -> mabeam.v1.MechanismKind
+	3,  // 3: mabeam.v1.ListInstancesResponse.instances:type_name -> mabeam.v1.Instance
+	40, // 4: mabeam.v1.SubmitEventRequest.event:type_name -> google.protobuf.Struct
+	41, // 5: mabeam.v1.SubmitEventResponse.actions:type_name -> google.protobuf.ListValue
+	12, // 6: mabeam.v1.SubmitBidsRequest.bids:type_name -> mabeam.v1.SubmitEventRequest
+	13, // 7: mabeam.v1.BidAck.result:type_name -> mabeam.v1.SubmitEventResponse
+	15, // 8: mabeam.v1.BidAck.error:type_name -> mabeam.v1.BidError
+	16, // 9: mabeam.v1.SubmitBidsResponse.acks:type_name -> mabeam.v1.BidAck
+	40, // 10: mabeam.v1.InstanceEvent.event:type_name -> google.protobuf.Struct
+	21, // 11: mabeam.v1.BookSnapshot.bids:type_name -> mabeam.v1.BookLevel
+	21, // 12: mabeam.v1.BookSnapshot.asks:type_name -> mabeam.v1.BookLevel
+	24, // 13: mabeam.v1.ListVariablesResponse.variables:type_name -> mabeam.v1.Variable
+	24, // 14: mabeam.v1.VariableHistoryResponse.versions:type_name -> mabeam.v1.Variable
+	33, // 15: mabeam.v1.TransferResponse.from_balance:type_name -> mabeam.v1.Balance
+	33, // 16: mabeam.v1.TransferResponse.to_balance:type_name -> mabeam.v1.Balance
+	33, // 17: mabeam.v1.ListBalancesResponse.balances:type_name -> mabeam.v1.Balance
+	0,  // 18: mabeam.v1.CoordinatorService.GetCoordinatorLeader:input_type -> mabeam.v1.GetCoordinatorLeaderRequest
+	2,  // 19: mabeam.v1.CoordinatorService.CreateAuction:input_type -> mabeam.v1.CreateInstanceRequest
+	7,  // 20: mabeam.v1.CoordinatorService.GetAuction:input_type -> mabeam.v1.GetInstanceRequest
+	8,  // 21: mabeam.v1.CoordinatorService.ListAuctions:input_type -> mabeam.v1.ListInstancesRequest
+	10, // 22: mabeam.v1.CoordinatorService.CancelAuction:input_type -> mabeam.v1.CancelInstanceRequest
+	12, // 23: mabeam.v1.CoordinatorService.SubmitBid:input_type -> mabeam.v1.SubmitEventRequest
+	14, // 24: mabeam.v1.CoordinatorService.SubmitBids:input_type -> mabeam.v1.SubmitBidsRequest
+	19, // 25: mabeam.v1.CoordinatorService.WatchAuction:input_type -> mabeam.v1.WatchInstanceRequest
+	2,  // 26: mabeam.v1.CoordinatorService.CreateNegotiation:input_type -> mabeam.v1.CreateInstanceRequest
+	7,  // 27: mabeam.v1.CoordinatorService.GetNegotiation:input_type -> mabeam.v1.GetInstanceRequest
+	12, // 28: mabeam.v1.CoordinatorService.Negotiate:input_type -> mabeam.v1.SubmitEventRequest
+	2,  // 29: mabeam.v1.CoordinatorService.CreateVote:input_type -> mabeam.v1.CreateInstanceRequest
+	7,  // 30: mabeam.v1.CoordinatorService.GetVote:input_type -> mabeam.v1.GetInstanceRequest
+	12, // 31: mabeam.v1.CoordinatorService.CastVote:input_type -> mabeam.v1.SubmitEventRequest
+	2,  // 32: mabeam.v1.CoordinatorService.CreateMarket:input_type -> mabeam.v1.CreateInstanceRequest
+	7,  // 33: mabeam.v1.CoordinatorService.GetMarket:input_type -> mabeam.v1.GetInstanceRequest
+	12, // 34: mabeam.v1.CoordinatorService.PlaceOrder:input_type -> mabeam.v1.SubmitEventRequest
+	18, // 35: mabeam.v1.CoordinatorService.CancelOrder:input_type -> mabeam.v1.CancelOrderRequest
+	7,  // 36: mabeam.v1.CoordinatorService.GetBook:input_type -> mabeam.v1.GetInstanceRequest
+	19, // 37: mabeam.v1.CoordinatorService.WatchTrades:input_type -> mabeam.v1.WatchInstanceRequest
+	11, // 38: mabeam.v1.CoordinatorService.CloseInstance:input_type -> mabeam.v1.CloseInstanceRequest
+	4,  // 39: mabeam.v1.CoordinatorService.ListMechanisms:input_type -> mabeam.v1.ListMechanismsRequest
+	25, // 40: mabeam.v1.CoordinatorService.CreateVariable:input_type -> mabeam.v1.CreateVariableRequest
+	26, // 41: mabeam.v1.CoordinatorService.GetVariable:input_type -> mabeam.v1.GetVariableRequest
+	27, // 42: mabeam.v1.CoordinatorService.ListVariables:input_type -> mabeam.v1.ListVariablesRequest
+	29, // 43: mabeam.v1.CoordinatorService.SetVariable:input_type -> mabeam.v1.SetVariableRequest
+	30, // 44: mabeam.v1.CoordinatorService.WatchVariable:input_type -> mabeam.v1.WatchVariableRequest
+	31, // 45: mabeam.v1.CoordinatorService.VariableHistory:input_type -> mabeam.v1.VariableHistoryRequest
+	34, // 46: mabeam.v1.CoordinatorService.Deposit:input_type -> mabeam.v1.DepositRequest
+	35, // 47: mabeam.v1.CoordinatorService.Transfer:input_type -> mabeam.v1.TransferRequest
+	37, // 48: mabeam.v1.CoordinatorService.GetBalance:input_type -> mabeam.v1.GetBalanceRequest
+	38, // 49: mabeam.v1.CoordinatorService.ListBalances:input_type -> mabeam.v1.ListBalancesRequest
+	1,  // 50: mabeam.v1.CoordinatorService.GetCoordinatorLeader:output_type -> mabeam.v1.GetCoordinatorLeaderResponse
+	3,  // 51: mabeam.v1.CoordinatorService.CreateAuction:output_type -> mabeam.v1.Instance
+	3,  // 52: mabeam.v1.CoordinatorService.GetAuction:output_type -> mabeam.v1.Instance
+	9,  // 53: mabeam.v1.CoordinatorService.ListAuctions:output_type -> mabeam.v1.ListInstancesResponse
+	3,  // 54: mabeam.v1.CoordinatorService.CancelAuction:output_type -> mabeam.v1.Instance
+	13, // 55: mabeam.v1.CoordinatorService.SubmitBid:output_type -> mabeam.v1.SubmitEventResponse
+	17, // 56: mabeam.v1.CoordinatorService.SubmitBids:output_type -> mabeam.v1.SubmitBidsResponse
+	20, // 57: mabeam.v1.CoordinatorService.WatchAuction:output_type -> mabeam.v1.InstanceEvent
+	3,  // 58: mabeam.v1.CoordinatorService.CreateNegotiation:output_type -> mabeam.v1.Instance
+	3,  // 59: mabeam.v1.CoordinatorService.GetNegotiation:output_type -> mabeam.v1.Instance
+	13, // 60: mabeam.v1.CoordinatorService.Negotiate:output_type -> mabeam.v1.SubmitEventResponse
+	3,  // 61: mabeam.v1.CoordinatorService.CreateVote:output_type -> mabeam.v1.Instance
+	3,  // 62: mabeam.v1.CoordinatorService.GetVote:output_type -> mabeam.v1.Instance
+	13, // 63: mabeam.v1.CoordinatorService.CastVote:output_type -> mabeam.v1.SubmitEventResponse
+	3,  // 64: mabeam.v1.CoordinatorService.CreateMarket:output_type -> mabeam.v1.Instance
+	3,  // 65: mabeam.v1.CoordinatorService.GetMarket:output_type -> mabeam.v1.Instance
+	13, // 66: mabeam.v1.CoordinatorService.PlaceOrder:output_type -> mabeam.v1.SubmitEventResponse
+	13, // 67: mabeam.v1.CoordinatorService.CancelOrder:output_type -> mabeam.v1.SubmitEventResponse
+	22, // 68: mabeam.v1.CoordinatorService.GetBook:output_type -> mabeam.v1.BookSnapshot
+	23, // 69: mabeam.v1.CoordinatorService.WatchTrades:output_type -> mabeam.v1.TradeEvent
+	3,  // 70: mabeam.v1.CoordinatorService.CloseInstance:output_type -> mabeam.v1.Instance
+	6,  // 71: mabeam.v1.CoordinatorService.ListMechanisms:output_type -> mabeam.v1.ListMechanismsResponse
+	24, // 72: mabeam.v1.CoordinatorService.CreateVariable:output_type -> mabeam.v1.Variable
+	24, // 73: mabeam.v1.CoordinatorService.GetVariable:output_type -> mabeam.v1.Variable
+	28, // 74: mabeam.v1.CoordinatorService.ListVariables:output_type -> mabeam.v1.ListVariablesResponse
+	24, // 75: mabeam.v1.CoordinatorService.SetVariable:output_type -> mabeam.v1.Variable
+	24, // 76: mabeam.v1.CoordinatorService.WatchVariable:output_type -> mabeam.v1.Variable
+	32, // 77: mabeam.v1.CoordinatorService.VariableHistory:output_type -> mabeam.v1.VariableHistoryResponse
+	33, // 78: mabeam.v1.CoordinatorService.Deposit:output_type -> mabeam.v1.Balance
+	36, // 79: mabeam.v1.CoordinatorService.Transfer:output_type -> mabeam.v1.TransferResponse
+	33, // 80: mabeam.v1.CoordinatorService.GetBalance:output_type -> mabeam.v1.Balance
+	39, // 81: mabeam.v1.CoordinatorService.ListBalances:output_type -> mabeam.v1.ListBalancesResponse
+	50, // [50:82] is the sub-list for method output_type
+	18, // [18:50] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_mabeam_v1_coordinator_proto_init() }

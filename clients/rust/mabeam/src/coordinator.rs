@@ -143,6 +143,7 @@ impl CoordinatorClient {
             tenant: self.tenant.clone(), kind: kind.to_string(), config_json: json_text(config)?,
             instance_id: if o.instance_id.is_empty() { new_id() } else { o.instance_id },
             escrow: o.escrow, seller: o.seller, bind_variable: o.bind_variable, bind_field: o.bind_field,
+            ..Default::default()
         };
         let family = family.to_string();
         self.invoke(|mut s, t| {
@@ -192,7 +193,7 @@ impl CoordinatorClient {
 
     async fn submit<E: Serialize + ?Sized>(&self, method: &'static str, id: &str, event: &E, client_event_id: Option<&str>) -> Result<v1::SubmitEventResponse> {
         let req = v1::SubmitEventRequest { id: id.to_string(), event_json: json_text(event)?,
-            client_event_id: client_event_id.map(str::to_string).unwrap_or_else(new_id) };
+            client_event_id: client_event_id.map(str::to_string).unwrap_or_else(new_id), ..Default::default() };
         self.invoke(|mut s, t| {
             let r = request(req.clone(), t);
             async move {
@@ -309,7 +310,7 @@ impl BidStream {
     /// Submit one bid; Ok once durable, or the error it was refused with.
     pub async fn submit<E: Serialize + ?Sized>(&self, id: &str, event: &E, client_event_id: Option<&str>) -> Result<v1::SubmitEventResponse> {
         let req = v1::SubmitEventRequest { id: id.to_string(), event_json: json_text(event)?,
-            client_event_id: client_event_id.map(str::to_string).unwrap_or_else(new_id) };
+            client_event_id: client_event_id.map(str::to_string).unwrap_or_else(new_id), ..Default::default() };
         let (answer, wait) = oneshot::channel();
         self.tx.send((req, answer)).map_err(|_| Error::msg(Code::FailedPrecondition, "the bid stream is closed"))?;
         wait.await.map_err(|_| Error::msg(Code::Unavailable, "the bid stream stopped"))?

@@ -846,7 +846,7 @@ pub struct GetCoordinatorLeaderResponse {
     pub is_leader: bool,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CreateInstanceRequest {
     /// Empty means "default".
     #[prost(string, tag = "1")]
@@ -872,9 +872,12 @@ pub struct CreateInstanceRequest {
     /// Dotted path into the outcome JSON whose value is written (empty: the whole outcome).
     #[prost(string, tag = "8")]
     pub bind_field: ::prost::alloc::string::String,
+    /// The config as a Struct, instead of config_json.
+    #[prost(message, optional, tag = "9")]
+    pub config: ::core::option::Option<::prost_types::Struct>,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Instance {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
@@ -914,6 +917,9 @@ pub struct Instance {
     /// When the next deadline tick is due (0: none scheduled).
     #[prost(int64, tag = "17")]
     pub next_tick_ms: i64,
+    /// config_json as a Struct.
+    #[prost(message, optional, tag = "18")]
+    pub config: ::core::option::Option<::prost_types::Struct>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -986,7 +992,7 @@ pub struct CloseInstanceRequest {
     pub id: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SubmitEventRequest {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
@@ -996,9 +1002,12 @@ pub struct SubmitEventRequest {
     /// The mechanism event as JSON, validated by the mechanism.
     #[prost(string, tag = "3")]
     pub event_json: ::prost::alloc::string::String,
+    /// The event as a Struct, instead of event_json.
+    #[prost(message, optional, tag = "4")]
+    pub event: ::core::option::Option<::prost_types::Struct>,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SubmitEventResponse {
     /// The event's position in the instance's durable log (1-based).
     #[prost(int64, tag = "1")]
@@ -1014,6 +1023,9 @@ pub struct SubmitEventResponse {
     pub state: ::prost::alloc::string::String,
     #[prost(int64, tag = "5")]
     pub now_ms: i64,
+    /// actions_json as a ListValue.
+    #[prost(message, optional, tag = "6")]
+    pub actions: ::core::option::Option<::prost_types::ListValue>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1036,7 +1048,7 @@ pub struct BidError {
     pub reason: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct BidAck {
     /// The instance id and client_event_id of the bid this answers.
     #[prost(string, tag = "1")]
@@ -1049,7 +1061,7 @@ pub struct BidAck {
 /// Nested message and enum types in `BidAck`.
 pub mod bid_ack {
     #[allow(clippy::all)]
-    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum Outcome {
         /// Accepted (or a duplicate of an accepted bid): durable in etcd.
         #[prost(message, tag = "3")]
@@ -1086,7 +1098,7 @@ pub struct WatchInstanceRequest {
     pub from_seq: i64,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct InstanceEvent {
     #[prost(int64, tag = "1")]
     pub seq: i64,
@@ -1099,6 +1111,9 @@ pub struct InstanceEvent {
     pub final_state: ::prost::alloc::string::String,
     #[prost(string, tag = "5")]
     pub outcome_json: ::prost::alloc::string::String,
+    /// event_json as a Struct (unset on the last message, which carries no event).
+    #[prost(message, optional, tag = "6")]
+    pub event: ::core::option::Option<::prost_types::Struct>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
