@@ -200,7 +200,7 @@ class Ledger:
         accounts, holds = snapshot
         for key in set(self.accounts) | set(accounts):
             self._dirty_accounts.add(key)
-        for key in set(self.holds) | set(holds):
-            self._dirty_holds.add(key)
+        for hold in set(self.holds) | set(holds):
+            self._dirty_holds.add(hold)
         self.accounts = {k: Account(v.available, v.held) for k, v in accounts.items()}
         self.holds = dict(holds)

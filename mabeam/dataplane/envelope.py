@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from google.protobuf.message import DecodeError
 
@@ -140,7 +140,8 @@ def override_suffix(sender: AgentRef, target: AgentRef, channel: int, flags: int
     field by field, a oneof takes the last member). Every string of both refs must be non-empty for the
     merge to replace rather than keep a field, which holds for resolved endpoints (tenant defaults).
     """
-    env = pb.Envelope(version=VERSION, channel=channel, tenant=sender.tenant, flags=flags)
+    env = pb.Envelope(version=VERSION, channel=cast("pb.Channel.ValueType", channel), tenant=sender.tenant,
+                      flags=flags)
     s = env.sender
     s.tenant, s.node_id, s.agent_id = sender.tenant, sender.node_id, sender.agent_id
     t = env.to_agent

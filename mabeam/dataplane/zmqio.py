@@ -11,6 +11,7 @@ import functools
 import os
 import sys
 import threading
+from typing import Any
 
 import zmq
 
@@ -42,7 +43,7 @@ def sched_idle_ok() -> bool:
     return bool(ok and ok[0])
 
 
-def send_frames(sock: zmq.Socket, frames: list[bytes | memoryview], copy_threshold: int = 65536) -> None:
+def send_frames(sock: zmq.Socket[Any], frames: list[bytes | memoryview], copy_threshold: int = 65536) -> None:
     """Send one multipart message with NOBLOCK (raises ``zmq.Again`` only before the first frame goes).
 
     Frames above ``copy_threshold`` go zero-copy (STACK-NOTES: copy=False pays only above ~64 KiB).
