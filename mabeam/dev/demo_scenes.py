@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from rich.console import Console
@@ -119,10 +118,10 @@ async def auction_scene(cluster: DevCluster, step) -> None:  # type: ignore[no-u
         console.print(f"bob bids 45 → accepted by {new.leader_node_id} as event #{ack.seq}, "
                       f"{time.monotonic() - killed:.2f} s after the kill (nothing acknowledged was lost)")
         final = await _until(lambda: _concluded(coord, auction.id), 15, "the auction closed")
-        outcome = json.loads(final.outcome_json)
+        outcome = final.outcome
         console.print(f"closed after its quiet period: winner [bold]{outcome.get('winner')}[/bold] pays "
                       f"{outcome.get('price')}; receipt {final.receipt_hash[:16]}… verifies by replay: "
-                      f"{verify_receipt(json.loads(final.receipt_json))}")
+                      f"{verify_receipt(final.receipt)}")
     finally:
         await coord.close()
 

@@ -7,7 +7,9 @@
         await agents.cast("c1", 5)
         assert await agents.call("c1", "get") == 6
 
-Messages, arguments and replies are JSON values. Errors raise the
+Messages, arguments and replies are JSON values; agents come back as
+:class:`~mabeam_client.types.AgentInfo` and trees as
+:class:`~mabeam_client.types.TreeNode`. Errors raise the
 :mod:`mabeam_client.errors` tree: ``InvalidArgument`` (unknown type, bad args),
 ``NotFound``, ``AlreadyExists``, ``ResourceExhausted`` (mailbox full),
 ``DeadlineExceeded``, ``Aborted`` (the agent exited before replying).
@@ -15,6 +17,7 @@ Messages, arguments and replies are JSON values. Errors raise the
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -24,6 +27,7 @@ import grpc
 from mabeam.v1 import agent_pb2, agent_pb2_grpc
 from mabeam_client.errors import translate
 from mabeam_client.sync import SyncFace
+from mabeam_client.types import AgentInfo, TreeNode
 
 T = TypeVar("T")
 
@@ -56,32 +60,33 @@ class AgentClient:
     async def spawn(self, agent_type: str, args: dict[str, Any] | None = None, *, name: str = "",
                     supervisor: str = "", isolation: str = "shared", restart: str = "temporary",
                     child_id: str = "", shutdown_seconds: float = 0.0,
-                    brutal_kill: bool = False) -> agent_pb2.AgentInfo:
+                    brutal_kill: bool = False) -> AgentInfo:
         """Start an agent of an allow-listed type; returns its info."""
         request = agent_pb2.SpawnAgentRequest(
             type=agent_type, args_json=json.dumps(args or {}), name=name, supervisor=supervisor,
             isolation=isolation, restart=restart, child_id=child_id, shutdown_seconds=shutdown_seconds,
             brutal_kill=brutal_kill)
         response = await self._call(self._stub.SpawnAgent, request)
-        return response.agent
+        return AgentInfo.from_proto(response.agent)
 
     async def stop(self, agent: str) -> None:
         """Stop an agent (id or name) for good."""
         await self._call(self._stub.StopAgent, agent_pb2.StopAgentRequest(agent=agent))
 
-    async def get(self, agent: str) -> agent_pb2.AgentInfo:
+    async def get(self, agent: str) -> AgentInfo:
         """One agent's info."""
-        return (await self._call(self._stub.GetAgent, agent_pb2.GetAgentRequest(agent=agent))).agent
+        return AgentInfo.from_proto((await self._call(self._stub.GetAgent, agent_pb2.GetAgentRequest(agent=agent)))
+                                    .agent)
 
-    async def list(self, agent_type: str = "") -> list[agent_pb2.AgentInfo]:
+    async def list(self, agent_type: str = "") -> list[AgentInfo]:
         """Every agent (optionally of one type)."""
         response = await self._call(self._stub.ListAgents, agent_pb2.ListAgentsRequest(type=agent_type))
-        return list(response.agents)
+        return [AgentInfo.from_proto(info) for info in response.agents]
 
-    async def tree(self, root: str = "") -> list[agent_pb2.TreeNode]:
+    async def tree(self, root: str = "") -> builtins.list[TreeNode]:
         """The supervision trees (one per worker) or the subtree under ``root``."""
         response = await self._call(self._stub.SupervisionTree, agent_pb2.SupervisionTreeRequest(root=root))
-        return list(response.roots)
+        return [TreeNode.from_proto(node) for node in response.roots]
 
     async def cast(self, agent: str, message: Any) -> None:
         """Enqueue a JSON message (ResourceExhausted when the mailbox is full)."""
@@ -97,9 +102,9 @@ class AgentClient:
         """Cast a JSON message to a process group: every member cluster-wide ("all") or one in
         round-robin turn ("one"); returns how many members of this agentd it was handed to."""
         request = agent_pb2.AgentCastGroupRequest(group=group, message_json=json.dumps(message), mode=mode)
-        return (await self._call(self._stub.CastGroup, request)).local_deliveries
+        return int((await self._call(self._stub.CastGroup, request)).local_deliveries)
 
-    async def group_members(self, group: str) -> list[str]:
+    async def group_members(self, group: str) -> builtins.list[str]:
         """This agentd's members of a process group (agent ids); meshd lists the nodes."""
         response = await self._call(self._stub.GroupMembers, agent_pb2.AgentGroupMembersRequest(group=group))
         return list(response.agent_ids)

@@ -14,7 +14,7 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from rich.table import Table
@@ -180,13 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def _awaited(result: Awaitable[Any]) -> Any:
+    return await result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``meshctl`` console script."""
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
         if inspect.isawaitable(result):
-            result = asyncio.run(result)
+            result = asyncio.run(_awaited(result))
         return int(result or 0)
     except MabeamError as error:
         print(f"meshctl: {error}", file=sys.stderr)

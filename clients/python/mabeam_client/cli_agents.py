@@ -14,12 +14,12 @@ import json
 import os
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
 from mabeam_client.agents import AgentClient
+from mabeam_client.output import to_dict
 
 DEFAULT_AGENTD = "127.0.0.1:7300"
 
@@ -41,7 +41,7 @@ async def cmd_agents(args: argparse.Namespace) -> int:
     async with AgentClient(_address(args)) as client:
         agents = await client.list(args.type)
     if _json(args):
-        _print_json([MessageToDict(a, preserving_proto_field_name=True) for a in agents])
+        _print_json([to_dict(a) for a in agents])
         return 0
     table = Table("AGENT", "NAME", "TYPE", "STATUS", "WORKER", "RESTARTS", "MAILBOX", "HANDLED", "LAST ERROR")
     for a in sorted(agents, key=lambda a: (a.worker, a.agent_id)):
@@ -69,7 +69,7 @@ async def cmd_tree(args: argparse.Namespace) -> int:
     async with AgentClient(_address(args)) as client:
         roots = await client.tree(args.root)
     if _json(args):
-        _print_json([MessageToDict(r, preserving_proto_field_name=True) for r in roots])
+        _print_json([to_dict(r) for r in roots])
         return 0
     top = Tree(f"agentd {_address(args)}")
     for root in roots:
@@ -85,7 +85,7 @@ async def cmd_spawn(args: argparse.Namespace) -> int:
         info = await client.spawn(args.type, json.loads(args.args), name=args.name, supervisor=args.supervisor,
                                   isolation=args.isolation, restart=args.restart)
     if _json(args):
-        _print_json(MessageToDict(info, preserving_proto_field_name=True))
+        _print_json(to_dict(info))
     else:
         print(f"spawned {info.agent_id} ({info.type}) on worker {info.worker}")
     return 0

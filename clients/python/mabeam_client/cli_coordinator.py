@@ -55,8 +55,13 @@ def _run(args: argparse.Namespace, body: Callable[[CoordinatorClient], Awaitable
 def _instance_table(instances: list[Any], title: str) -> Table:
     table = Table("id", "kind", "state", "events", "outcome", title=title)
     for i in instances:
-        table.add_row(i.id, i.kind, i.state, str(i.event_count), i.outcome_json[:60])
+        table.add_row(i.id, i.kind, i.state, str(i.event_count), _text(i.outcome)[:60])
     return table
+
+
+def _text(value: Any) -> str:
+    """A parsed JSON value back as compact JSON text (empty for none)."""
+    return "" if value is None else json.dumps(value, separators=(",", ":"))
 
 
 def _now_ms() -> int:
@@ -101,16 +106,16 @@ def cmd_auction(args: argparse.Namespace) -> Awaitable[int]:
             emit(args, to_dict(instance), text=f"cancelled {instance.id}")
         elif args.action == "close":
             instance = await coord.close_instance(args.id)
-            emit(args, to_dict(instance), text=f"{instance.id}: {instance.state} {instance.outcome_json}")
+            emit(args, to_dict(instance), text=f"{instance.id}: {instance.state} {_text(instance.outcome)}")
         elif args.action == "watch":
             async for item in coord.watch(args.id):
                 data = to_dict(item)
                 if args.json:
                     print(json.dumps(data, sort_keys=True), flush=True)
                 elif item.final_state:
-                    console.print(f"[bold]{item.final_state}[/bold] {item.outcome_json}")
+                    console.print(f"[bold]{item.final_state}[/bold] {_text(item.outcome)}")
                 else:
-                    console.print(f"#{item.seq} @{item.now_ms} {item.event_json}")
+                    console.print(f"#{item.seq} @{item.now_ms} {_text(item.event)}")
         return 0
 
     return _run(args, body)
@@ -162,7 +167,7 @@ def cmd_vote(args: argparse.Namespace) -> Awaitable[int]:
             emit(args, to_dict(ack), text=f"ballot #{ack.seq} ({ack.state})")
         elif args.action == "close":
             instance = await coord.close_instance(args.id)
-            emit(args, to_dict(instance), text=f"{instance.id}: {instance.outcome_json}")
+            emit(args, to_dict(instance), text=f"{instance.id}: {_text(instance.outcome)}")
         else:
             instance = await coord.get(args.id, "vote")
             emit(args, to_dict(instance), _instance_table([instance], "vote"))
@@ -177,7 +182,7 @@ def cmd_vote(args: argparse.Namespace) -> Awaitable[int]:
 def _var_table(variables: list[Any], title: str) -> Table:
     table = Table("name", "version", "value", "set_by", title=title)
     for v in variables:
-        table.add_row(v.name, str(v.version), v.value_json[:60], v.set_by)
+        table.add_row(v.name, str(v.version), _text(v.value)[:60], v.set_by)
     return table
 
 
@@ -187,14 +192,14 @@ def cmd_var(args: argparse.Namespace) -> Awaitable[int]:
     async def body(coord: CoordinatorClient) -> int:
         if args.action == "create":
             var = await coord.create_variable(args.name, args.schema or {}, args.value)
-            emit(args, to_dict(var), text=f"{var.name} v{var.version} = {var.value_json}")
+            emit(args, to_dict(var), text=f"{var.name} v{var.version} = {_text(var.value)}")
         elif args.action == "set":
             expected = args.expected if args.expected is not None else (await coord.get_variable(args.name)).version
             var = await coord.set_variable(args.name, args.value, expected)
-            emit(args, to_dict(var), text=f"{var.name} v{var.version} = {var.value_json}")
+            emit(args, to_dict(var), text=f"{var.name} v{var.version} = {_text(var.value)}")
         elif args.action == "get":
             var = await coord.get_variable(args.name)
-            emit(args, to_dict(var), text=f"{var.name} v{var.version} = {var.value_json}")
+            emit(args, to_dict(var), text=f"{var.name} v{var.version} = {_text(var.value)}")
         elif args.action == "list":
             variables = await coord.list_variables()
             emit(args, [to_dict(v) for v in variables], _var_table(variables, "variables"))
@@ -206,7 +211,7 @@ def cmd_var(args: argparse.Namespace) -> Awaitable[int]:
                 if args.json:
                     print(json.dumps(to_dict(var), sort_keys=True), flush=True)
                 else:
-                    console.print(f"{var.name} v{var.version} = {var.value_json}")
+                    console.print(f"{var.name} v{var.version} = {_text(var.value)}")
         return 0
 
     return _run(args, body)
@@ -243,7 +248,7 @@ def add_commands(sub: Any) -> None:
     """Register auction, bid, var, ledger and vote under meshctl's subparsers."""
 
     def parser(name: str, func: Callable[[argparse.Namespace], Any], help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
         p.add_argument("--coordinator", help=f"coordinator HOST:PORT[,...] (default $MABEAM_COORDINATOR or "
                                              f"{DEFAULT_COORDINATOR})")
         p.set_defaults(func=func)

@@ -32,6 +32,18 @@ from mabeam.v1 import coordinator_pb2 as pb
 from mabeam.v1 import coordinator_pb2_grpc
 from mabeam_client.errors import MabeamError, translate
 from mabeam_client.sync import SyncFace
+from mabeam_client.types import (
+    Balance,
+    Book,
+    CoordinatorLeader,
+    EventResult,
+    Instance,
+    InstanceEvent,
+    MechanismKind,
+    Trade,
+    TransferResult,
+    Variable,
+)
 
 RETRYABLE_REASONS = {"WRONG_NODE", "NOT_DURABLE", "ETCD_UNAVAILABLE", ""}
 #: HTTP/2 keepalive on every coordinator channel: a leader that goes silent (its host cut off, its process
@@ -130,15 +142,16 @@ class CoordinatorClient:
         finally:
             call.cancel()
 
-    async def leader(self) -> pb.GetCoordinatorLeaderResponse:
+    async def leader(self) -> CoordinatorLeader:
         """Who leads the coordinator role (answered by any node)."""
-        return await self._call("GetCoordinatorLeader", pb.GetCoordinatorLeaderRequest())
+        return CoordinatorLeader.from_proto(await self._call("GetCoordinatorLeader", pb.GetCoordinatorLeaderRequest()))
 
-    async def list_mechanisms(self) -> list[pb.MechanismKind]:
+    async def list_mechanisms(self) -> list[MechanismKind]:
         """The mechanism kinds the coordinator runs: family, deadline fields, closes/opens fields (any node)."""
-        return list((await self._call("ListMechanisms", pb.ListMechanismsRequest())).kinds)
+        response = await self._call("ListMechanisms", pb.ListMechanismsRequest())
+        return [MechanismKind.from_proto(kind) for kind in response.kinds]
 
-    async def mechanism(self, kind: str) -> pb.MechanismKind:
+    async def mechanism(self, kind: str) -> MechanismKind:
         """One kind's description; ValueError naming the known kinds when the coordinator does not run it."""
         kinds = await self.list_mechanisms()
         for described in kinds:
@@ -156,59 +169,61 @@ class CoordinatorClient:
 
     async def create_auction(self, kind: str, config: Any, tenant: str = "", instance_id: str | None = None,
                              escrow: bool = False, seller: str = "", bind_variable: str = "",
-                             bind_field: str = "") -> pb.Instance:
+                             bind_field: str = "") -> Instance:
         """Create an auction (sealed, english, dutch, multi_unit, combinatorial); times are absolute ms."""
-        return await self._call("CreateAuction", self._create_request(kind, config, tenant, instance_id, escrow,
-                                                                      seller, bind_variable, bind_field))
+        return Instance.from_proto(await self._call("CreateAuction", self._create_request(
+            kind, config, tenant, instance_id, escrow, seller, bind_variable, bind_field)))
 
     async def create_negotiation(self, kind: str, config: Any, tenant: str = "",
-                                 instance_id: str | None = None) -> pb.Instance:
+                                 instance_id: str | None = None) -> Instance:
         """Create a contract_net, alternating_offers or mediated_bargaining session."""
-        return await self._call("CreateNegotiation",
-                                self._create_request(kind, config, tenant, instance_id, False, "", "", ""))
+        return Instance.from_proto(await self._call(
+            "CreateNegotiation", self._create_request(kind, config, tenant, instance_id, False, "", "", "")))
 
     async def create_vote(self, config: Any, tenant: str = "", instance_id: str | None = None,
-                          bind_variable: str = "", bind_field: str = "decision") -> pb.Instance:
+                          bind_variable: str = "", bind_field: str = "decision") -> Instance:
         """Create a vote; with ``bind_variable`` its decision sets that variable."""
-        return await self._call("CreateVote", self._create_request(
-            "vote", config, tenant, instance_id, False, "", bind_variable, bind_field if bind_variable else ""))
+        return Instance.from_proto(await self._call("CreateVote", self._create_request(
+            "vote", config, tenant, instance_id, False, "", bind_variable, bind_field if bind_variable else "")))
 
     async def create_market(self, kind: str, config: Any | None = None, tenant: str = "",
-                            instance_id: str | None = None, escrow: bool = False) -> pb.Instance:
+                            instance_id: str | None = None, escrow: bool = False) -> Instance:
         """Create a double_auction or call_market."""
-        return await self._call("CreateMarket", self._create_request(kind, config or {}, tenant, instance_id,
-                                                                     escrow, "", "", ""))
+        return Instance.from_proto(await self._call("CreateMarket", self._create_request(
+            kind, config or {}, tenant, instance_id, escrow, "", "", "")))
 
-    async def get(self, instance_id: str, family: str = "auction") -> pb.Instance:
+    async def get(self, instance_id: str, family: str = "auction") -> Instance:
         """An instance's state, outcome and receipt (family: auction, negotiation, vote, market)."""
         method = {"auction": "GetAuction", "negotiation": "GetNegotiation", "vote": "GetVote",
                   "market": "GetMarket"}[family]
-        return await self._call(method, pb.GetInstanceRequest(id=instance_id))
+        return Instance.from_proto(await self._call(method, pb.GetInstanceRequest(id=instance_id)))
 
-    async def get_auction(self, instance_id: str) -> pb.Instance:
+    async def get_auction(self, instance_id: str) -> Instance:
         """An auction's state, outcome and receipt."""
         return await self.get(instance_id, "auction")
 
-    async def list_instances(self, tenant: str = "", state: str = "") -> list[pb.Instance]:
+    async def list_instances(self, tenant: str = "", state: str = "") -> list[Instance]:
         """Every instance of a tenant, optionally by state."""
-        return list((await self._call("ListAuctions", pb.ListInstancesRequest(tenant=tenant, state=state))).instances)
+        response = await self._call("ListAuctions", pb.ListInstancesRequest(tenant=tenant, state=state))
+        return [Instance.from_proto(instance) for instance in response.instances]
 
-    async def cancel(self, instance_id: str, reason: str = "") -> pb.Instance:
+    async def cancel(self, instance_id: str, reason: str = "") -> Instance:
         """Cancel an open instance (escrow released)."""
-        return await self._call("CancelAuction", pb.CancelInstanceRequest(id=instance_id, reason=reason))
+        return Instance.from_proto(await self._call("CancelAuction",
+                                                    pb.CancelInstanceRequest(id=instance_id, reason=reason)))
 
-    async def close_instance(self, instance_id: str) -> pb.Instance:
+    async def close_instance(self, instance_id: str) -> Instance:
         """Close an instance now (explicit Close)."""
-        return await self._call("CloseInstance", pb.CloseInstanceRequest(id=instance_id))
+        return Instance.from_proto(await self._call("CloseInstance", pb.CloseInstanceRequest(id=instance_id)))
 
     async def _submit(self, method: str, instance_id: str, event: Any,
-                      client_event_id: str | None) -> pb.SubmitEventResponse:
+                      client_event_id: str | None) -> EventResult:
         request = pb.SubmitEventRequest(id=instance_id, event_json=_json(event),
                                         client_event_id=client_event_id or uuid.uuid4().hex)
-        return await self._call(method, request)
+        return EventResult.from_proto(await self._call(method, request))
 
     async def submit_bid(self, instance_id: str, event: Any, client_event_id: str | None = None
-                         ) -> pb.SubmitEventResponse:
+                         ) -> EventResult:
         """Submit a bid; acknowledged only once durable; safe to retry with the same client_event_id."""
         return await self._submit("SubmitBid", instance_id, event, client_event_id)
 
@@ -221,95 +236,97 @@ class CoordinatorClient:
         return BidStream(self)
 
     async def negotiate(self, instance_id: str, event: Any, client_event_id: str | None = None
-                        ) -> pb.SubmitEventResponse:
+                        ) -> EventResult:
         """One negotiation event."""
         return await self._submit("Negotiate", instance_id, event, client_event_id)
 
     async def cast_vote(self, instance_id: str, event: Any, client_event_id: str | None = None
-                        ) -> pb.SubmitEventResponse:
+                        ) -> EventResult:
         """One ballot, e.g. {"type": "cast", "voter": "a", "choice": "x"}."""
         return await self._submit("CastVote", instance_id, event, client_event_id)
 
     async def place_order(self, instance_id: str, event: Any, client_event_id: str | None = None
-                          ) -> pb.SubmitEventResponse:
+                          ) -> EventResult:
         """A limit or market order (or clear)."""
         return await self._submit("PlaceOrder", instance_id, event, client_event_id)
 
     async def cancel_order(self, instance_id: str, order_id: str, trader: str,
-                           client_event_id: str | None = None) -> pb.SubmitEventResponse:
+                           client_event_id: str | None = None) -> EventResult:
         """Cancel a resting order."""
-        return await self._call("CancelOrder", pb.CancelOrderRequest(
-            id=instance_id, order_id=order_id, trader=trader, client_event_id=client_event_id or uuid.uuid4().hex))
+        return EventResult.from_proto(await self._call("CancelOrder", pb.CancelOrderRequest(
+            id=instance_id, order_id=order_id, trader=trader, client_event_id=client_event_id or uuid.uuid4().hex)))
 
-    async def book(self, instance_id: str) -> pb.BookSnapshot:
+    async def book(self, instance_id: str) -> Book:
         """A market's price levels."""
-        return await self._call("GetBook", pb.GetInstanceRequest(id=instance_id))
+        return Book.from_proto(await self._call("GetBook", pb.GetInstanceRequest(id=instance_id)))
 
-    async def watch(self, instance_id: str, from_seq: int = 0) -> AsyncIterator[pb.InstanceEvent]:
+    async def watch(self, instance_id: str, from_seq: int = 0) -> AsyncIterator[InstanceEvent]:
         """Accepted events, then a final message with final_state set."""
         async for item in self._stream("WatchAuction", pb.WatchInstanceRequest(id=instance_id, from_seq=from_seq)):
-            yield item
+            yield InstanceEvent.from_proto(item)
 
-    async def watch_trades(self, instance_id: str, from_seq: int = 0) -> AsyncIterator[pb.TradeEvent]:
+    async def watch_trades(self, instance_id: str, from_seq: int = 0) -> AsyncIterator[Trade]:
         """A market's trades."""
         async for item in self._stream("WatchTrades", pb.WatchInstanceRequest(id=instance_id, from_seq=from_seq)):
-            yield item
+            yield Trade.from_proto(item)
 
     # -- variables -------------------------------------------------------------------
 
     async def create_variable(self, name: str, schema: Any, initial: Any, tenant: str = "",
-                              history_limit: int = 0) -> pb.Variable:
+                              history_limit: int = 0) -> Variable:
         """Create a typed variable at version 1."""
-        return await self._call("CreateVariable", pb.CreateVariableRequest(
+        return Variable.from_proto(await self._call("CreateVariable", pb.CreateVariableRequest(
             tenant=tenant, name=name, schema_json=_json(schema), initial_json=json.dumps(initial),
-            history_limit=history_limit))
+            history_limit=history_limit)))
 
-    async def get_variable(self, name: str, tenant: str = "") -> pb.Variable:
+    async def get_variable(self, name: str, tenant: str = "") -> Variable:
         """The current version."""
-        return await self._call("GetVariable", pb.GetVariableRequest(tenant=tenant, name=name))
+        return Variable.from_proto(await self._call("GetVariable", pb.GetVariableRequest(tenant=tenant, name=name)))
 
-    async def list_variables(self, tenant: str = "") -> list[pb.Variable]:
+    async def list_variables(self, tenant: str = "") -> list[Variable]:
         """A tenant's variables."""
-        return list((await self._call("ListVariables", pb.ListVariablesRequest(tenant=tenant))).variables)
+        response = await self._call("ListVariables", pb.ListVariablesRequest(tenant=tenant))
+        return [Variable.from_proto(variable) for variable in response.variables]
 
-    async def set_variable(self, name: str, value: Any, expected_version: int, tenant: str = "") -> pb.Variable:
+    async def set_variable(self, name: str, value: Any, expected_version: int, tenant: str = "") -> Variable:
         """Compare-and-set; raises Aborted (reason VERSION_MISMATCH) when the version is stale."""
-        return await self._call("SetVariable", pb.SetVariableRequest(
-            tenant=tenant, name=name, value_json=json.dumps(value), expected_version=expected_version))
+        return Variable.from_proto(await self._call("SetVariable", pb.SetVariableRequest(
+            tenant=tenant, name=name, value_json=json.dumps(value), expected_version=expected_version)))
 
-    async def variable_history(self, name: str, tenant: str = "") -> list[pb.Variable]:
+    async def variable_history(self, name: str, tenant: str = "") -> list[Variable]:
         """Kept versions, oldest first."""
-        return list((await self._call("VariableHistory", pb.VariableHistoryRequest(tenant=tenant, name=name)))
-                    .versions)
+        response = await self._call("VariableHistory", pb.VariableHistoryRequest(tenant=tenant, name=name))
+        return [Variable.from_proto(variable) for variable in response.versions]
 
-    async def watch_variable(self, name: str, from_version: int = 0, tenant: str = "") -> AsyncIterator[pb.Variable]:
+    async def watch_variable(self, name: str, from_version: int = 0, tenant: str = "") -> AsyncIterator[Variable]:
         """Versions from ``from_version`` (0: current), then each new one, in order."""
         request = pb.WatchVariableRequest(tenant=tenant, name=name, from_version=from_version)
         async for item in self._stream("WatchVariable", request):
-            yield item
+            yield Variable.from_proto(item)
 
     # -- ledger -------------------------------------------------------------------------
 
     async def deposit(self, agent: str, amount: int, tenant: str = "", client_op_id: str | None = None
-                      ) -> pb.Balance:
+                      ) -> Balance:
         """Credit an account."""
-        return await self._call("Deposit", pb.DepositRequest(tenant=tenant, agent=agent, amount=amount,
-                                                             client_op_id=client_op_id or uuid.uuid4().hex))
+        return Balance.from_proto(await self._call("Deposit", pb.DepositRequest(
+            tenant=tenant, agent=agent, amount=amount, client_op_id=client_op_id or uuid.uuid4().hex)))
 
     async def transfer(self, from_agent: str, to_agent: str, amount: int, tenant: str = "",
-                       client_op_id: str | None = None) -> pb.TransferResponse:
+                       client_op_id: str | None = None) -> TransferResult:
         """Move credit; raises FailedPrecondition (INSUFFICIENT_FUNDS) rather than overdraw."""
-        return await self._call("Transfer", pb.TransferRequest(
+        return TransferResult.from_proto(await self._call("Transfer", pb.TransferRequest(
             tenant=tenant, from_agent=from_agent, to_agent=to_agent, amount=amount,
-            client_op_id=client_op_id or uuid.uuid4().hex))
+            client_op_id=client_op_id or uuid.uuid4().hex)))
 
-    async def balance(self, agent: str, tenant: str = "") -> pb.Balance:
+    async def balance(self, agent: str, tenant: str = "") -> Balance:
         """An account's available and held credit."""
-        return await self._call("GetBalance", pb.GetBalanceRequest(tenant=tenant, agent=agent))
+        return Balance.from_proto(await self._call("GetBalance", pb.GetBalanceRequest(tenant=tenant, agent=agent)))
 
-    async def balances(self, tenant: str = "") -> list[pb.Balance]:
+    async def balances(self, tenant: str = "") -> list[Balance]:
         """Every account of a tenant."""
-        return list((await self._call("ListBalances", pb.ListBalancesRequest(tenant=tenant))).balances)
+        response = await self._call("ListBalances", pb.ListBalancesRequest(tenant=tenant))
+        return [Balance.from_proto(balance) for balance in response.balances]
 
 
 class BidStream:
@@ -329,8 +346,7 @@ class BidStream:
     def __init__(self, client: CoordinatorClient) -> None:
         self.client = client
         self.reconnects = 0
-        self._pending: dict[tuple[str, str], tuple[pb.SubmitEventRequest, asyncio.Future[pb.SubmitEventResponse]]] \
-            = {}
+        self._pending: dict[tuple[str, str], tuple[pb.SubmitEventRequest, asyncio.Future[EventResult]]] = {}
         self._outbox: list[pb.SubmitEventRequest] = []
         self._send_wake = asyncio.Event()
         self._closing = False
@@ -343,7 +359,7 @@ class BidStream:
         await self.close()
 
     async def submit(self, instance_id: str, event: Any, client_event_id: str | None = None
-                     ) -> pb.SubmitEventResponse:
+                     ) -> EventResult:
         """Submit one bid; returns once it is durable (or raises why it was refused)."""
         if self._closing:
             raise RuntimeError("the bid stream is closed")
@@ -390,7 +406,7 @@ class BidStream:
         if ack.WhichOneof("outcome") == "error":
             entry[1].set_exception(translate(ack.error))
         else:
-            entry[1].set_result(ack.result)
+            entry[1].set_result(EventResult.from_proto(ack.result))
 
     async def _send(self, call: Any) -> None:
         try:

@@ -91,7 +91,9 @@ class ModelClient:
     async def list_models(self) -> model_pb2.ListModelsResponse:
         """The configured models (with prices and breaker states) and routes."""
         try:
-            return await self._stub.ListModels(model_pb2.ListModelsRequest(), timeout=self.timeout)
+            listing: model_pb2.ListModelsResponse = await self._stub.ListModels(model_pb2.ListModelsRequest(),
+                                                                                timeout=self.timeout)
+            return listing
         except grpc.RpcError as error:
             raise translate(error) from None
 
@@ -100,7 +102,8 @@ class ModelClient:
         """One completion (options: see :func:`build_request`); the response carries its receipt."""
         request = build_request(model, messages, **options)
         try:
-            return await self._stub.Complete(request, timeout=self.timeout)
+            response: model_pb2.CompleteResponse = await self._stub.Complete(request, timeout=self.timeout)
+            return response
         except grpc.RpcError as error:
             raise translate(error) from None
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import signal
 import time
 
@@ -58,7 +57,7 @@ async def test_kill9_under_bid_streams_with_100_bidders(coordinators) -> None:
         await bids.close()
 
     closed = await coord.close_instance(auction.id)
-    receipt = json.loads(closed.receipt_json)
+    receipt = closed.receipt
     in_log = {r["event"]["bidder"]: seq for seq, r in enumerate(receipt["events"], 1) if r["event"]["type"] == "bid"}
     lost = [name for name, seq in acked.items() if in_log.get(name) != seq]
     assert not lost, f"acknowledged bids lost or moved: {lost[:5]}"

@@ -89,7 +89,7 @@ async def test_kill9_during_english_auction_with_100_bidders(coordinators, etcd_
     while (final := await coord.get_auction(auction.id)).state != "concluded":
         assert time.monotonic() < deadline, "the auction did not close after its quiet period"
         await asyncio.sleep(0.2)
-    receipt = json.loads(final.receipt_json)
+    receipt = final.receipt
     bids_in_log = {(r["event"]["bidder"], r["event"]["amount"]): seq
                    for seq, r in enumerate(receipt["events"], 1) if r["event"]["type"] == "bid"}
     for cid, (seq, _, event) in acked.items():
@@ -99,7 +99,7 @@ async def test_kill9_during_english_auction_with_100_bidders(coordinators, etcd_
     pure = EnglishAuction(config)
     for _seq, now, event in sorted(acked.values(), key=lambda item: item[0]):
         pure.apply(event, now)
-    outcome = json.loads(final.outcome_json)
+    outcome = final.outcome
     pure.apply({"type": "tick"}, outcome["closed_at"])
     assert pure.outcome().model_dump(mode="json") == outcome
     await coord.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 
@@ -28,9 +27,9 @@ def test_sealed_auction_outcome_and_receipt(coordinators) -> None:
             assert ack.state == "open"
         closed = coord.close_instance(auction.id)
         assert closed.state == "concluded"
-        outcome = json.loads(closed.outcome_json)
+        outcome = closed.outcome
         assert (outcome["winner"], outcome["price"]) == ("a", 45)
-        receipt = json.loads(closed.receipt_json)
+        receipt = closed.receipt
         replayed = SealedBidAuction.replay(receipt["config"], receipt["events"])
         assert replayed.receipt().hash == closed.receipt_hash
         with pytest.raises(FailedPrecondition):
@@ -73,9 +72,9 @@ def test_standby_redirects_and_takeover_replays(coordinators) -> None:
             assert time.monotonic() < deadline, "the English auction never closed after takeover"
             time.sleep(0.1)
         final = coord.get_auction(auction.id)
-        outcome = json.loads(final.outcome_json)
+        outcome = final.outcome
         assert (outcome["winner"], outcome["price"], outcome["reason"]) == ("b", 12, "quiet_period")
-        receipt = json.loads(final.receipt_json)
+        receipt = final.receipt
         assert EnglishAuction.replay(receipt["config"], receipt["events"]).receipt().hash == final.receipt_hash
 
 
@@ -95,4 +94,4 @@ def test_watch_streams_every_event_then_the_end(coordinators) -> None:
     items = asyncio.run(_watch_all(cluster.endpoints[0], auction.id))
     assert [i.seq for i in items[:-1]] == [1, 2, 3, 4, 5, 6]
     assert items[-1].final_state == "concluded"
-    assert json.loads(items[-1].outcome_json)["winner"] == "b4"
+    assert items[-1].outcome["winner"] == "b4"

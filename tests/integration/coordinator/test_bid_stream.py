@@ -177,7 +177,7 @@ async def test_deposed_leader_ends_its_stream_and_the_sdk_resends_to_the_new_lea
         final = await coord.get_auction(auction.id)
         seen, count = [], 0
         async for item in coord.watch(auction.id):
-            event = json.loads(item.event_json)
+            event = item.event
             count += 1
             if event["type"] == "bid":  # the new leader's takeover tick is logged too
                 seen.append((event["bidder"], item.seq))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 from mabeam.dev.testing import async_wait_until
 from mabeam_client.coordinator import CoordinatorClient
@@ -47,7 +46,7 @@ async def test_escrow_settles_winner_and_releases_losers_and_cancel(coordinators
             assert error.reason == "INSUFFICIENT_FUNDS"
         assert (await coord.get_auction(auction.id)).event_count == 2
         closed = await coord.close_instance(auction.id)
-        assert json.loads(closed.outcome_json)["price"] == 50
+        assert closed.outcome["price"] == 50
 
         async def settled() -> bool:
             return await _balances(coord) == {"a": (50, 0), "b": (100, 0), "c": (100, 0), "s": (50, 0)}

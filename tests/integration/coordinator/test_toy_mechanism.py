@@ -115,21 +115,21 @@ def test_a_kind_defined_in_a_test_module_runs_through_the_coordinator(coordinato
         coord.deposit("alice", 100)
         sale = coord.create_auction("posted_price_test", {"price": 30, "closes_at": now_ms() + 60_000},
                                     escrow=True, seller="shop")
-        assert json.loads(sale.status_json) == {"events": 0, "price": 30, "sold": False}
+        assert sale.status == {"events": 0, "price": 30, "sold": False}
         ack = coord.submit_bid(sale.id, {"type": "buy", "bidder": "alice"})
         assert ack.state == "concluded"
         wait_until(lambda: coord.balance("shop").available == 30, 10, what="the seller is paid")
         alice = coord.balance("alice")
         assert (alice.available, alice.held) == (70, 0)
         done = coord.get_auction(sale.id)
-        assert json.loads(done.outcome_json) == {"winner": "alice", "price": 30}
-        assert json.loads(done.status_json)["sold"] is True
-        assert verify_receipt(json.loads(done.receipt_json))  # replays here: the kind is registered in both
+        assert done.outcome == {"winner": "alice", "price": 30}
+        assert done.status["sold"] is True
+        assert verify_receipt(done.receipt)  # replays here: the kind is registered in both
 
         # The deadline field is ticked by the coordinator: unsold at closes_at with nobody buying.
         soon = coord.create_auction("posted_price_test", {"price": 5, "closes_at": now_ms() + 300})
         wait_until(lambda: coord.get_auction(soon.id).state == "concluded", 15, what="the deadline closes it")
-        assert json.loads(coord.get_auction(soon.id).outcome_json) == {"winner": None, "price": None}
+        assert coord.get_auction(soon.id).outcome == {"winner": None, "price": None}
 
         # Not a negotiation: the family decides which RPCs serve the kind.
         from mabeam_client.errors import InvalidArgument
@@ -145,7 +145,7 @@ def test_a_kind_defined_in_a_test_module_runs_through_the_coordinator(coordinato
                           cluster.endpoints[0], "create", "--kind", "posted_price_test", "--config", '{"price": 7}',
                           "--closes-in", "30"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    config = json.loads(json.loads(out.stdout)["config_json"])
+    config = json.loads(out.stdout)["config"]
     assert config["price"] == 7 and config["closes_at"] > now_ms() + 20_000
 
 

@@ -36,7 +36,7 @@ async def test_cas_schema_watch_and_history(coordinators) -> None:
         await asyncio.wait_for(watcher, 10)
         assert seen == list(range(1, 22))
         current = await coord.get_variable("budget")
-        assert (current.version, current.value_json) == (21, "20")
+        assert (current.version, current.value) == (21, 20)
         history = await coord.variable_history("budget")
         assert [h.version for h in history] == [17, 18, 19, 20, 21]
         with pytest.raises(InvalidArgument):
@@ -57,4 +57,4 @@ async def test_vote_outcome_sets_bound_variable(coordinators) -> None:
         closed = await coord.close_instance(vote.id)
         assert closed.state == "concluded"
         plan = await coord.get_variable("plan")
-        assert (plan.version, plan.value_json, plan.set_by) == (2, '"y"', f"instance:{vote.id}")
+        assert (plan.version, plan.value, plan.set_by) == (2, "y", f"instance:{vote.id}")

@@ -12,6 +12,9 @@ import pytest
 from mabeam.grpcutil import ErrorInterceptor
 from mabeam.v1 import common_pb2, dataplane_pb2, mesh_pb2_grpc
 from mabeam_client import cli_dataplane
+from mabeam_client.errors import NotFound
+from mabeam_client.mesh import MeshClient
+from mabeam_client.types import AgentRef, Delivery, Endpoint
 from meshd.dataplane import DataPlane
 from meshd.dataplane.grpc_face import DataPlaneServicerMixin
 from meshd.dataplane.testing import wait_until
@@ -100,3 +103,28 @@ async def test_meshctl_send_call_subscribe(served: tuple[Pair, str], capsys: pyt
     assert await sub == 0
     out = capsys.readouterr().out
     assert '"payload": "to the cli"' in out and '"endpoint"' in out
+
+
+async def test_the_sdk_subscribes_calls_and_replies(served: tuple[Pair, str]) -> None:
+    # MeshClient's data-plane face: typed Endpoint/Delivery items, a call answered through MeshClient.reply.
+    _, address = served
+    async with MeshClient(address) as server_side, MeshClient(address) as client_side:
+        stream = server_side.subscribe(agent_id="sdk-svc", names=["sdk-svc"])
+        first = await anext(stream)
+        assert isinstance(first, Endpoint) and first.ref.agent_id == "sdk-svc"
+
+        async def serve() -> None:
+            delivery = await anext(stream)
+            assert isinstance(delivery, Delivery) and delivery.kind == "call"
+            await server_side.reply(delivery, b"re:" + delivery.payload, sender="sdk-svc")
+
+        server = asyncio.create_task(serve())
+        reply = await client_side.call("sdk-svc", b"question", timeout=5.0)
+        await server
+        assert reply.payload == b"re:question" and reply.responder.agent_id == "sdk-svc"
+        assert len(await client_side.send(AgentRef("", "n0", "sdk-svc"), b"cast")) == 1
+        cast = await anext(stream)
+        assert isinstance(cast, Delivery) and (cast.kind, cast.payload) == ("cast", b"cast")
+        with pytest.raises(NotFound):
+            await client_side.call("nobody-here", b"x", timeout=2.0)
+        await stream.aclose()
