@@ -140,7 +140,8 @@ class RunClient:
 
     async def get(self, run_id: str) -> run_pb2.Run:
         """A run's snapshot."""
-        return (await self._call(lambda s: s.GetRun, run_pb2.GetRunRequest(run_id=run_id))).run
+        run: run_pb2.Run = (await self._call(lambda s: s.GetRun, run_pb2.GetRunRequest(run_id=run_id))).run
+        return run
 
     async def list(self, tenant: str = "", agent_type: str = "", status: str = "", page_size: int = 0,
                    page_token: str = "") -> tuple[list[run_pb2.Run], str]:
