@@ -26,7 +26,7 @@ import yaml
 
 from mabeam_client.agents import AgentClient
 from mabeam_client.coordinator import CoordinatorClient
-from mabeam_client.errors import MabeamError, translate
+from mabeam_client.errors import MabeamError
 from mabeam_client.external import ExternalAgent, Incoming
 from mabeam_client.mesh import MeshClient
 
@@ -203,14 +203,7 @@ class Runner:
             await self.agents[a["from"]].cast_group(a["group"], a.get("msg"), a.get("mode", "all"))
             return {}
         if name == "mesh_call":
-            from mabeam.v1 import dataplane_pb2, mesh_pb2_grpc
-            stub = mesh_pb2_grpc.MeshServiceStub(self.mesh(a)._channel)
-            timeout = float(a.get("timeout", 5))
-            try:
-                reply = await stub.Call(dataplane_pb2.CallRequest(
-                    to_name=a["to"], payload=b"\xc0", timeout_ms=int(timeout * 1000)), timeout=timeout + 1)
-            except Exception as error:
-                raise translate(error) from None
+            reply = await self.mesh(a).call(a["to"], b"\xc0", timeout=float(a.get("timeout", 5)))
             return {"payload_size": len(reply.payload)}
         if name == "spawn":
             info = await self.agentd(a).spawn(a["type"], a.get("args") or {}, name=a.get("name"))
@@ -247,7 +240,7 @@ class Runner:
             return {"node_id": leader.leader_node_id}
         if name == "close_instance":
             instance = await self.coordinator.close_instance(a["id"])
-            return {"state": instance.state, "outcome": json.loads(instance.outcome_json or "null")}
+            return {"state": instance.state, "outcome": instance.outcome}
         if name in ("create_variable", "set_variable", "get_variable"):
             if name == "create_variable":
                 var = await self.coordinator.create_variable(a["name"], a["schema"], a["initial"])
@@ -255,7 +248,7 @@ class Runner:
                 var = await self.coordinator.set_variable(a["name"], a["value"], int(a["expected_version"]))
             else:
                 var = await self.coordinator.get_variable(a["name"])
-            return {"version": var.version, "value": json.loads(var.value_json)}
+            return {"version": var.version, "value": var.value}
         if name.startswith("run_"):
             return await self.run_op(name, a)
         raise StepFailed(f"unknown op {name!r}")
