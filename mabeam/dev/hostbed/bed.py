@@ -30,7 +30,7 @@ from pathlib import Path
 
 from mabeam.dev.hostbed.etcdcluster import EtcdCluster
 from mabeam.dev.hostbed.launch import KINDS, PORTS, ConfigLauncher, HostContext, Launcher
-from mabeam.dev.hostbed.netns import HostNet, Network
+from mabeam.dev.hostbed.netns import HostNet, Network, run_dir_prefix
 from mabeam.dev.hostbed.processes import Daemon
 
 
@@ -69,7 +69,7 @@ class HostBed:
         self.etcd_members = etcd_members
         self.cluster = f"bed{uuid.uuid4().hex[:8]}"
         self._own_dir = run_dir is None
-        self.run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="mabeam-hostbed-"))
+        self.run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix=run_dir_prefix(self.network.tag)))
         self.hosts: list[Host] = []
         self.etcd: EtcdCluster | None = None
         self.timeline: list[tuple[float, str]] = []

@@ -74,9 +74,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: Run directories: ``<tmp>/mabeam-hostbed-<tag>-<random>`` (see :func:`run_dir_prefix`).
+_DIR_RE = re.compile(r"^mabeam-hostbed-(\d+)([a-z])-")
+
+
+def run_dir_prefix(tag: str) -> str:
+    """The prefix of a run directory of the run ``tag``, so a later run can remove it if this one dies."""
+    return f"mabeam-hostbed-{tag}-"
+
+
 def clean_stale() -> list[str]:
-    """Remove namespaces, veths and bridges of bed runs whose process no longer exists; returns what went."""
+    """Remove namespaces, veths, bridges and run directories of bed runs whose process no longer exists
+    (one killed before it could clean up); returns what went."""
     removed: list[str] = []
+    for entry in Path(tempfile.gettempdir()).iterdir():
+        match = _DIR_RE.match(entry.name)
+        if match and entry.is_dir() and not _alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(str(entry))
     for line in _run("ip", "netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.strip() else ""
         match = _NS_RE.match(name)
