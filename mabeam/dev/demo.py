@@ -5,7 +5,8 @@ loopback ports. The tour shows a supervised team of agents (a crash restored
 from its checkpoint, a hang killed by its timeout, a call across nodes by
 name), an English auction surviving a kill -9 of the active coordinator, a
 durable run streamed over SSE from another node while its executor is killed with
--9 (the stream continues gap-free), then membership, the leader, a name registered on one node and resolved on another,
+-9 (the stream continues gap-free), an LLM agent whose run survives a kill -9 while a
+tool waits for a human's approval, then membership, the leader, a name registered on one node and resolved on another,
 a group spanning nodes, and a node killed with -9 and seen leaving (with its
 names) while the leadership moves.
 """
@@ -19,8 +20,9 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from mabeam.dev import demo_models, demo_scenes
+from mabeam.dev import demo_models, demo_scenes, demo_work
 from mabeam.dev.cluster import DevCluster
+from mabeam.dev.fakellm.process import FakeLLMProcess
 from mabeam.dev.testing import free_port_block, wait_until
 from mabeam_client.mesh import SyncMeshClient
 
@@ -47,17 +49,17 @@ def tour(cluster: DevCluster) -> None:
     clients = [SyncMeshClient(e) for e in cluster.endpoints]
     try:
         n1, n2, n3 = clients
-        step("9. three meshd processes joined through etcd")
+        step("11. three meshd processes joined through etcd")
         wait_until(lambda: len(n1.members()) == 3, 5.0, what="three members")
         console.print(members_table(n1))
 
-        step("10. the leader of role 'mesh' (same answer from every node)")
+        step("12. the leader of role 'mesh' (same answer from every node)")
         for client in clients:
             leader = client.leader()
             console.print(f"asked {client.ping().node.node_id}: leader is [bold]{leader.node_id}[/bold] "
                           f"(term {leader.term})")
 
-        step("11. a name registered on node-1, looked up on node-3")
+        step("13. a name registered on node-1, looked up on node-3")
         entry = n1.register_name("planner", "agent-7", metadata={"model": "large"})
         started = time.perf_counter()
         found = wait_until(lambda: n3.lookup("planner"), 2.0, interval=0.001, what="name visible on node-3")
@@ -69,14 +71,14 @@ def tour(cluster: DevCluster) -> None:
         except Exception as error:  # noqa: BLE001 - the point is to show the error
             console.print(f"node-2 tried to take 'planner' too: [yellow]{error}[/yellow]")
 
-        step("12. a group spanning nodes (Erlang :pg style)")
+        step("14. a group spanning nodes (Erlang :pg style)")
         n2.join_group("workers", "w-2")
         n3.join_group("workers", "w-3")
         wait_until(lambda: len(n1.group_members("workers")) == 2, 2.0, what="group visible")
         console.print("workers: " + ", ".join(f"{m.member.agent_id}@{m.member.node_id}"
                                               for m in n1.group_members("workers")))
 
-        step("13. kill -9 the leader: it leaves when its lease expires; a new leader takes over")
+        step("15. kill -9 the leader: it leaves when its lease expires; a new leader takes over")
         victim = n1.leader().node_id  # kill the leader, so leadership has to move
         index = int(victim.split("-")[1]) - 1
         witness = clients[(index + 1) % 3]
@@ -105,16 +107,23 @@ def main() -> int:
                   f"ports {base}–{base + 41}")
     cluster = DevCluster(nodes=3, base_port=base, lease_ttl=2, agentd=True, coordinator=True,
                          runs_config={"lease_ttl": 2})
+    # The local model server first: every agentd inherits its address (the LLM agent scene).
+    llm = FakeLLMProcess().start()
+    ledger = cluster.run_dir / "tool-ledger.jsonl"
+    ledger.touch()
+    demo_work.configure(llm, ledger)
     try:
         cluster.start()
         # Agents and the auction first, on the whole cluster; the mesh scenes end by killing a node.
         asyncio.run(demo_scenes.agents_scene(cluster, step))
         asyncio.run(demo_scenes.auction_scene(cluster, step))
         asyncio.run(demo_scenes.runs_scene(cluster, step))
+        asyncio.run(demo_work.llm_agent_scene(cluster, llm, ledger, step))
         tour(cluster)
         demo_models.models_scene(step)
     finally:
         cluster.close()
+        llm.close()
     console.rule("[bold green]demo finished: everything stopped cleanly")
     return 0
 

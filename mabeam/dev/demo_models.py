@@ -103,7 +103,7 @@ def models_scene(step: Callable[[str], None]) -> None:
 
 async def _scenes(step: Callable[[str], None], endpoint: str, llm: FakeLLMProcess) -> None:
     async with ModelClient(endpoint) as models, AgentClient(endpoint) as agents:
-        step("14. models: one interface over providers, keys and budgets in agentd (local fake LLM server)")
+        step("16. models: one interface over providers, keys and budgets in agentd (local fake LLM server)")
         listing = await models.list_models()
         table = Table("model", "provider", "kind", "$/1k in", "$/1k out", "breaker", title="meshctl model list")
         for m in listing.models:
@@ -117,7 +117,7 @@ async def _scenes(step: Callable[[str], None], endpoint: str, llm: FakeLLMProces
         reply = await models.complete("chat", "Say hello again")
         console.print(f"two failures opened the primary's circuit breaker: {_receipt(reply.receipt)}")
 
-        step("15. tokens stream live (StreamComplete), then the receipt")
+        step("17. tokens stream live (StreamComplete), then the receipt")
         console.print("strong> ", end="")
         async for event in models.stream("strong", "write a poem"):
             kind = event.WhichOneof("event")
@@ -127,7 +127,7 @@ async def _scenes(step: Callable[[str], None], endpoint: str, llm: FakeLLMProces
                 console.print()
                 console.print(f"receipt: {_receipt(event.done.receipt)}")
 
-        step("16. a budget that holds: tenant 'frugal' has 40 tokens; the worst case does not fit")
+        step("18. a budget that holds: tenant 'frugal' has 40 tokens; the worst case does not fit")
         before = llm.stats()["requests"]
         try:
             await models.complete("strong", "Explain everything", tenant="frugal", max_tokens=100)
@@ -135,7 +135,7 @@ async def _scenes(step: Callable[[str], None], endpoint: str, llm: FakeLLMProces
             console.print(f"refused before sending: {error.code.name} {error.reason}: {error.message}")
         console.print(f"requests the model server saw meanwhile: {llm.stats()['requests'] - before}")
 
-        step("17. escalation (restart policy): the cheap model hangs, the agent's timeout kills it twice, "
+        step("19. escalation (restart policy): the cheap model hangs, the agent's timeout kills it twice, "
              "the supervisor restarts it on the strong model")
         await agents.spawn("model_worker", {"endpoint": endpoint, "model": "cheap", "escalate_to": "strong",
                                             "escalate_after": 2}, name="writer", restart="permanent")
