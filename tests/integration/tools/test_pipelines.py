@@ -108,3 +108,42 @@ async def test_validate_and_refuse_bad_files(bed: dict[str, Any], tmp_path: Path
     end = payload(events[-1])
     assert events[-1].type == "run.failed" and end["error_class"] == "pipeline_invalid"
     assert "bad.yaml:5:11: steps[0].kind" in end["message"]
+
+
+async def test_agent_steps_sub_pipelines_and_a_failing_step(bed: dict[str, Any], tmp_path: Path) -> None:
+    # An agent step calls an agent by name on the other node; a sub-pipeline file travels in the run's input
+    # (bundled by meshctl); a step that keeps failing fails the run with the step and its attempts named.
+    from mabeam_client.agents import AgentClient
+
+    cluster = bed["cluster"]
+    tag = uuid.uuid4().hex[:6]
+    async with AgentClient(cluster.nodes[1].agentd.endpoint) as agents:
+        await agents.spawn("echo", {}, name=f"echo-{tag}")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "double.yaml").write_text(
+        "version: 1\nname: double\ninputs: {n: {type: number}}\n"
+        "steps:\n  - {id: twice, kind: tool, tool: add, args: {a: '${{ inputs.n }}', b: '${{ inputs.n }}'}}\n")
+    (tmp_path / "main.yaml").write_text(
+        "version: 1\nname: main\nsteps:\n"
+        f"  - {{id: ask, kind: agent, agent: echo-{tag}, message: {{q: 21}}}}\n"
+        "  - {id: sub, kind: pipeline, pipeline: sub/double.yaml, inputs: {n: '${{ steps.ask.output.q }}'}}\n"
+        "output: '${{ steps.sub.output }}'\n")
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mabeam_client.cli", "pipeline", "run", str(tmp_path / "main.yaml"),
+        "--agentd", cluster.nodes[0].agentd.endpoint, "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(cli.communicate(), 120)
+    assert cli.returncode == 0, err.decode()[-2000:]
+    final = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")][-1]
+    assert final["type"] == "run.completed" and final["payload"]["output"] == 42
+
+    failing = ("version: 1\nname: failing\nsteps:\n"
+               f"  - {{id: nobody, kind: agent, agent: no-such-agent-{tag}, message: 1, retry: {{attempts: 2, "
+               "backoff: 0.01}}\n")
+    async with RunClient(endpoints(cluster)) as runs:
+        run_id = f"fail-{tag}"
+        await runs.start("pipeline", {"pipeline": failing, "source": "failing.yaml"}, run_id=run_id)
+        events = await events_until(runs, run_id, lambda e: False)
+    end = payload(events[-1])
+    assert events[-1].type == "run.failed" and end["error_class"] == "step_failed"
+    assert "step 'nobody' failed after 2 attempt(s)" in end["message"]
