@@ -168,3 +168,55 @@ async def _async_wait(predicate: Any, timeout: float, what: str) -> None:
     from mabeam.dev.testing import async_wait_until
 
     await async_wait_until(predicate, timeout, interval=0.1, what=what)
+
+
+async def test_tokens_stream_live_over_sse_and_resume_mid_message_on_another_node(bed: dict[str, Any]) -> None:
+    # The model call of a run streams its deltas into the log as they arrive: an SSE client reads part of
+    # the message from node-1, disconnects, resumes with Last-Event-ID on node-2 and gets the rest, gap-free.
+    import httpx
+
+    llm, cluster = bed["llm"], bed["cluster"]
+    question = f"tell a story {uuid.uuid4().hex[:6]}"
+    story = " ".join(f"word{i}" for i in range(40))
+    llm.reset({"rules": [{"match": question, "reply": story, "fault": {"chunk_delay_ms": 60}}]})
+    async with RunClient(endpoints(cluster)) as runs:
+        run_id = f"llm-{uuid.uuid4().hex[:8]}"
+        await runs.start("helper", question, run_id=run_id)
+    first, second = (f"http://{n.agentd.http_endpoint}/v1/runs/{run_id}/stream" for n in cluster.nodes)
+    seqs: list[int] = []
+    text = ""
+    async with httpx.AsyncClient(timeout=60) as http:
+        async with http.stream("GET", first) as response:
+            deltas = 0
+            async for data, seq in _sse(response):
+                seqs.append(seq)
+                if data["type"] == "model.delta":
+                    text += data["payload"].get("text", "")
+                    deltas += 1
+                    if deltas == 5:
+                        break  # hang up mid-message
+        async with http.stream("GET", second, headers={"Last-Event-ID": str(seqs[-1])}) as response:
+            async for data, seq in _sse(response):
+                seqs.append(seq)
+                if data["type"] == "model.delta":
+                    text += data["payload"].get("text", "")
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert text == story
+    assert llm.stats()["by_prompt"][question] == 1
+
+
+async def _sse(response: Any) -> Any:
+    """(data, seq) of each event of an SSE response until [DONE]."""
+    import json as _json
+
+    event: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line:
+            name, _, value = line.partition(":")
+            event[name] = value.lstrip(" ")
+            continue
+        if event.get("data") == "[DONE]":
+            return
+        if "id" in event:
+            yield _json.loads(event["data"]), int(event["id"])
+        event = {}
