@@ -40,6 +40,16 @@ DEFAULT_REASONS: dict[grpc.StatusCode, str] = {
 
 _BY_VALUE: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
 
+#: Bounds on what a status carries: it travels in HTTP/2 trailers, which gRPC refuses past 16 KiB (a message
+#: quoting a 300 KB request field would never reach the client; found by tests/fuzz).
+MAX_MESSAGE = 1024
+MAX_DETAIL = 256
+MAX_VIOLATIONS = 16
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
 
 def code_from_value(value: int) -> grpc.StatusCode:
     """The ``grpc.StatusCode`` for a numeric code (UNKNOWN for values gRPC does not define)."""
@@ -97,17 +107,19 @@ class ServiceError(Exception):
         return f"{type(self).__name__}({self.code.name}/{self.reason or '-'}: {self.message!r})"
 
     def to_status(self) -> grpc.Status:
-        """The grpc.Status with rich details for this error."""
+        """The grpc.Status with rich details for this error (message and details clipped to fit the trailers)."""
         details: list[any_pb2.Any] = []
         if self.reason:
             packed = any_pb2.Any()
-            packed.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata))
+            metadata = {_clip(k, MAX_DETAIL): _clip(v, MAX_DETAIL) for k, v in list(self.metadata.items())[:16]}
+            packed.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=metadata))
             details.append(packed)
         if self.violations:
             packed = any_pb2.Any()
             packed.Pack(error_details_pb2.BadRequest(field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in self.violations
+                error_details_pb2.BadRequest.FieldViolation(field=_clip(v.field, MAX_DETAIL),
+                                                            description=_clip(v.description, MAX_DETAIL))
+                for v in self.violations[:MAX_VIOLATIONS]
             ]))
             details.append(packed)
         if self.retry_after_s is not None:
@@ -116,7 +128,7 @@ class ServiceError(Exception):
             delay.FromNanoseconds(int(self.retry_after_s * 1e9))
             packed.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
             details.append(packed)
-        message = self.message or self.code.name
+        message = _clip(self.message or self.code.name, MAX_MESSAGE)
         return rpc_status.to_status(status_pb2.Status(code=self.code_value, message=message, details=details))
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from google.protobuf.message import DecodeError
 
+from mabeam.dataplane.errors import InvalidArgument
 from mabeam.v1 import dataplane_pb2 as pb
 
 if TYPE_CHECKING:
@@ -66,16 +67,19 @@ def channel_name(channel: int) -> str:
 
 
 def parse_channel(value: int | str | None, default: int = NORMAL) -> int:
-    """A channel from its enum value or name; None or UNSPECIFIED gives ``default``."""
+    """A channel from its enum value or name; None or UNSPECIFIED gives ``default``; InvalidArgument otherwise.
+
+    (A request may carry any enum number: proto3 enums are open, so an unknown one is bad input, not a bug.)
+    """
     if value is None or value == 0 or value == "":
         return default
     if isinstance(value, str):
         try:
             return CHANNEL_BY_NAME[value.lower()]
         except KeyError:
-            raise ValueError(f"unknown channel {value!r}; use one of {sorted(CHANNEL_BY_NAME)}") from None
+            raise InvalidArgument(f"unknown channel {value!r}; use one of {sorted(CHANNEL_BY_NAME)}") from None
     if value not in CHANNEL_NAMES:
-        raise ValueError(f"unknown channel {value}")
+        raise InvalidArgument(f"unknown channel {value}; use one of {sorted(CHANNEL_BY_NAME)}")
     return value
 
 

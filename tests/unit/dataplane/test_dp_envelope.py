@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mabeam.dataplane import envelope as wire
+from mabeam.dataplane.errors import InvalidArgument
 from mabeam.v1 import dataplane_pb2 as pb
 
 
@@ -62,8 +63,10 @@ def test_parse_channel_accepts_names_values_and_default() -> None:
     assert wire.parse_channel(None) == wire.NORMAL
     assert wire.parse_channel(0) == wire.NORMAL
     assert wire.parse_channel(wire.HIGH) == wire.HIGH
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidArgument):
         wire.parse_channel("urgent")
+    with pytest.raises(InvalidArgument):  # an enum number the contract does not define (proto3 enums are open)
+        wire.parse_channel(12)
 
 
 def _packed(sizes: list[int], envelopes: int | None = None) -> bytes:
