@@ -58,10 +58,11 @@ export class CoordinatorClient {
   /** After an error from `endpoint`: the delay before a retry on the (new) leader, or the error to throw. */
   failedOver(raw: unknown, endpoint: string, deadline: number): number | MabeamError {
     const error = translate(raw);
-    // A connection torn down under a live call (a killed coordinator) surfaces without a mabeam reason,
-    // as INTERNAL or UNKNOWN, or from connect-node as ABORTED (ECONNRESET) or CANCELLED (an HTTP/2 CANCEL the
-    // SDK did not ask for): as safe to repeat as UNAVAILABLE.
-    const torn = ["INTERNAL", "UNKNOWN", "ABORTED", "CANCELLED"].includes(error.code) && !error.reason;
+    // A connection torn down under a live call (a killed coordinator) is UNAVAILABLE without a reason here
+    // (src/grpc.ts); a server going away may also reset its streams (CANCELLED, INTERNAL) or end them without
+    // a mabeam reason (UNKNOWN): all as safe to repeat as UNAVAILABLE. (The caller's own cancellation is not
+    // retried: invoke() checks its signal first.)
+    const torn = ["INTERNAL", "UNKNOWN", "CANCELLED"].includes(error.code) && !error.reason;
     if (!((error.code === "UNAVAILABLE" && RETRYABLE.has(error.reason)) || torn) || Date.now() > deadline) return error;
     const hint = error.metadata["leader"];
     if (error.reason === "WRONG_NODE" && hint && hint !== endpoint) {
@@ -74,13 +75,14 @@ export class CoordinatorClient {
     return Math.min(50 * this.tried, 200);
   }
 
-  private async invoke<T>(fn: (stub: Stub) => Promise<T>): Promise<T> {
+  private async invoke<T>(fn: (stub: Stub) => Promise<T>, opts?: CallOptions): Promise<T> {
     const deadline = Date.now() + this.failoverTimeoutMs;
     for (;;) {
       const [stub, endpoint] = this.stub();
       try {
         return await fn(stub);
       } catch (raw) {
+        if (opts?.signal?.aborted) throw translate(raw); // the caller cancelled: no failover
         const next = this.failedOver(raw, endpoint, deadline);
         if (next instanceof MabeamError) throw next;
         await new Promise((r) => setTimeout(r, next));
@@ -89,7 +91,7 @@ export class CoordinatorClient {
   }
 
   leader(opts?: CallOptions) {
-    return this.invoke((s) => s.getCoordinatorLeader({}, opts));
+    return this.invoke((s) => s.getCoordinatorLeader({}, opts), opts);
   }
 
   private create(family: string, kind: string, config: unknown, o: CreateOptions, opts?: CallOptions): Promise<Instance> {
@@ -97,7 +99,7 @@ export class CoordinatorClient {
       escrow: o.escrow ?? false, seller: o.seller ?? "", bindVariable: o.bindVariable ?? "", bindField: o.bindField ?? "" };
     return this.invoke((s) => family === "negotiation" ? s.createNegotiation(request, opts)
       : family === "vote" ? s.createVote(request, opts)
-      : family === "market" ? s.createMarket(request, opts) : s.createAuction(request, opts));
+      : family === "market" ? s.createMarket(request, opts) : s.createAuction(request, opts), opts);
   }
 
   createAuction(kind: string, config: unknown, o: CreateOptions = {}, opts?: CallOptions) {
@@ -113,22 +115,22 @@ export class CoordinatorClient {
     return this.create("market", kind, config, o, opts);
   }
   get(id: string, opts?: CallOptions) {
-    return this.invoke((s) => s.getAuction({ id }, opts));
+    return this.invoke((s) => s.getAuction({ id }, opts), opts);
   }
   async list(state = "", opts?: CallOptions) {
-    return (await this.invoke((s) => s.listAuctions({ tenant: this.tenant, state }, opts))).instances;
+    return (await this.invoke((s) => s.listAuctions({ tenant: this.tenant, state }, opts), opts)).instances;
   }
   cancel(id: string, reason = "", opts?: CallOptions) {
-    return this.invoke((s) => s.cancelAuction({ id, reason }, opts));
+    return this.invoke((s) => s.cancelAuction({ id, reason }, opts), opts);
   }
   closeInstance(id: string, opts?: CallOptions) {
-    return this.invoke((s) => s.closeInstance({ id }, opts));
+    return this.invoke((s) => s.closeInstance({ id }, opts), opts);
   }
 
   private submit(kind: string, id: string, event: unknown, clientEventId?: string, opts?: CallOptions) {
     const request = { id, eventJson: json(event), clientEventId: clientEventId ?? newId() };
     return this.invoke((s) => kind === "negotiate" ? s.negotiate(request, opts) : kind === "vote" ? s.castVote(request, opts)
-      : kind === "order" ? s.placeOrder(request, opts) : s.submitBid(request, opts));
+      : kind === "order" ? s.placeOrder(request, opts) : s.submitBid(request, opts), opts);
   }
   /** One bid, acknowledged once durable; the same clientEventId makes a retry safe. */
   submitBid(id: string, event: unknown, clientEventId?: string, opts?: CallOptions) {
@@ -144,10 +146,10 @@ export class CoordinatorClient {
     return this.submit("order", id, event, clientEventId, opts);
   }
   cancelOrder(id: string, orderId: string, trader: string, opts?: CallOptions) {
-    return this.invoke((s) => s.cancelOrder({ id, orderId, trader, clientEventId: newId() }, opts));
+    return this.invoke((s) => s.cancelOrder({ id, orderId, trader, clientEventId: newId() }, opts), opts);
   }
   book(id: string, opts?: CallOptions) {
-    return this.invoke((s) => s.getBook({ id }, opts));
+    return this.invoke((s) => s.getBook({ id }, opts), opts);
   }
   /** An instance's accepted events from `fromSeq`, then a final one with finalState set. */
   watch(id: string, fromSeq = 0, opts?: CallOptions) {
@@ -159,37 +161,37 @@ export class CoordinatorClient {
 
   createVariable(name: string, schema: unknown, initial: unknown, historyLimit = 0, opts?: CallOptions): Promise<Variable> {
     return this.invoke((s) => s.createVariable({ tenant: this.tenant, name, schemaJson: json(schema),
-      initialJson: JSON.stringify(initial), historyLimit }, opts));
+      initialJson: JSON.stringify(initial), historyLimit }, opts), opts);
   }
   variable(name: string, opts?: CallOptions): Promise<Variable> {
-    return this.invoke((s) => s.getVariable({ tenant: this.tenant, name }, opts));
+    return this.invoke((s) => s.getVariable({ tenant: this.tenant, name }, opts), opts);
   }
   async variables(opts?: CallOptions): Promise<Variable[]> {
-    return (await this.invoke((s) => s.listVariables({ tenant: this.tenant }, opts))).variables;
+    return (await this.invoke((s) => s.listVariables({ tenant: this.tenant }, opts), opts)).variables;
   }
   /** Compare-and-set: ABORTED (reason VERSION_MISMATCH) when expectedVersion is stale. */
   setVariable(name: string, value: unknown, expectedVersion: number, opts?: CallOptions): Promise<Variable> {
     return this.invoke((s) => s.setVariable({ tenant: this.tenant, name, valueJson: JSON.stringify(value),
-      expectedVersion: BigInt(expectedVersion) }, opts));
+      expectedVersion: BigInt(expectedVersion) }, opts), opts);
   }
   async variableHistory(name: string, opts?: CallOptions): Promise<Variable[]> {
-    return (await this.invoke((s) => s.variableHistory({ tenant: this.tenant, name }, opts))).versions;
+    return (await this.invoke((s) => s.variableHistory({ tenant: this.tenant, name }, opts), opts)).versions;
   }
   watchVariable(name: string, fromVersion = 0, opts?: CallOptions): AsyncIterable<Variable> {
     return stream(this.stub()[0].watchVariable({ tenant: this.tenant, name, fromVersion: BigInt(fromVersion) }, opts));
   }
 
   deposit(agent: string, amount: number, opts?: CallOptions): Promise<Balance> {
-    return this.invoke((s) => s.deposit({ tenant: this.tenant, agent, amount: BigInt(amount), clientOpId: newId() }, opts));
+    return this.invoke((s) => s.deposit({ tenant: this.tenant, agent, amount: BigInt(amount), clientOpId: newId() }, opts), opts);
   }
   transfer(fromAgent: string, toAgent: string, amount: number, opts?: CallOptions) {
-    return this.invoke((s) => s.transfer({ tenant: this.tenant, fromAgent, toAgent, amount: BigInt(amount), clientOpId: newId() }, opts));
+    return this.invoke((s) => s.transfer({ tenant: this.tenant, fromAgent, toAgent, amount: BigInt(amount), clientOpId: newId() }, opts), opts);
   }
   balance(agent: string, opts?: CallOptions): Promise<Balance> {
-    return this.invoke((s) => s.getBalance({ tenant: this.tenant, agent }, opts));
+    return this.invoke((s) => s.getBalance({ tenant: this.tenant, agent }, opts), opts);
   }
   async balances(opts?: CallOptions): Promise<Balance[]> {
-    return (await this.invoke((s) => s.listBalances({ tenant: this.tenant }, opts))).balances;
+    return (await this.invoke((s) => s.listBalances({ tenant: this.tenant }, opts), opts)).balances;
   }
 
   /** A SubmitBids stream that follows the leader and resends unacknowledged bids (see BidStream). */

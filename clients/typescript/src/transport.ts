@@ -1,27 +1,18 @@
-import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { Transport } from "@connectrpc/connect";
-import { connect as tcpConnect } from "node:net";
+import { grpcTransport } from "./grpc.js";
 
 /**
- * A gRPC (HTTP/2) transport to host:port, plaintext (loopback dev clusters) unless a URL is given.
+ * A gRPC (HTTP/2) transport to host:port, plaintext (loopback dev clusters) unless a URL is given
+ * (`src/grpc.ts`: a lean transport over node:http2; see there why not connect-node's).
  * `keepalive`: ping every 2 s and drop the connection when a ping goes unanswered for 2 s, so a stream
  * on a server that went silent (host cut off, process paused) breaks instead of waiting forever (the
  * coordinator clients use it; the coordinator accepts pings this often).
  */
 export function transport(target: string, keepalive = false): Transport {
   const baseUrl = target.includes("://") ? target : `http://${target}`;
-  const pings = keepalive ? { pingIntervalMs: 2000, pingTimeoutMs: 2000, pingIdleConnection: true } : {};
-  if (baseUrl.startsWith("https:")) return createGrpcTransport({ baseUrl, ...pings });
-  // Plaintext: our own socket with Nagle off, as gRPC's own clients (C-core, grpc-js) set TCP_NODELAY:
-  // with Nagle on, a request's small DATA frame can wait for the ACK of its HEADERS frame.
-  return createGrpcTransport({
-    baseUrl,
-    ...pings,
-    nodeOptions: {
-      createConnection: (url: URL) => tcpConnect({ host: url.hostname, port: Number(url.port || 80), noDelay: true }),
-    },
-  });
+  return grpcTransport(baseUrl, keepalive ? { ping: { pingIntervalMs: 2000, pingTimeoutMs: 2000, pingIdleConnection: true } } : {});
 }
+
 /** Options every call accepts: a deadline (ms from now) and an AbortSignal that cancels the call. */
 export interface CallOptions {
   timeoutMs?: number;
