@@ -376,6 +376,10 @@ class MeshNode:
                            f"name {name!r} in tenant {tenant!r} is already registered to agent "
                            f"{existing.target.agent_id!r} on node {existing.target.node_id!r}", "NAME_TAKEN")
 
+    def owned_name(self, tenant: str, name: str) -> mesh_pb2.NameEntry | None:
+        """The entry of a name this node registered, known from the write (the view may not show it yet)."""
+        return self._owned_names.get((tenant, name))
+
     async def unregister_name(self, tenant: str, name: str) -> None:
         """Remove a name this node owns (NOT_FOUND if absent, FAILED_PRECONDITION if another node owns it)."""
         self.require_tenant(tenant)

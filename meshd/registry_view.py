@@ -60,7 +60,9 @@ class NodeRegistryView:
     async def unregister_name(self, tenant: str, name: str, agent: AgentRef) -> None:
         """Remove a name the endpoint owns; no error when it is already gone."""
         tenant = tenant_or_default(tenant)
-        entry = self.node.view.names.get((tenant, name))
+        # This node's own record first: right after a registration (or one cut short by a cancellation
+        # after etcd committed it) the watch-fed view may not show the name yet.
+        entry = self.node.owned_name(tenant, name) or self.node.view.names.get((tenant, name))
         if entry is None or entry.target.agent_id != agent.agent_id or entry.target.node_id != self.node.node_id:
             return
         try:

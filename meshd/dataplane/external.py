@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import Any
 
 import grpc
@@ -203,12 +203,7 @@ async def attach_agent(plane: DataPlane, requests: AsyncIterator[pb.AgentStreamI
     groups: list[str] = []
     tasks: list[asyncio.Task[Any]] = []
     try:
-        for name in attach.names:
-            await plane.registry.register_name(tenant, name, endpoint.ref)
-            names.append(name)
-        for group in attach.groups:
-            await plane.registry.join_group(tenant, group, endpoint.ref)
-            groups.append(group)
+        await register(plane, tenant, endpoint.ref, attach.names, attach.groups, names, groups)
         # A cancelled or broken RPC ends the loop below even when no task notices it otherwise.
         context.add_done_callback(lambda _: session.out.put_nowait(None))
         yield pb.AgentStreamOut(attached=pb.AgentAttached(endpoint=endpoint.ref.to_proto()))
@@ -222,16 +217,53 @@ async def attach_agent(plane: DataPlane, requests: AsyncIterator[pb.AgentStreamI
             assert isinstance(item, pb.AgentStreamOut)
             yield item
     finally:
-        # gRPC may cancel this handler again while it cleans up; the cleanup runs in a task of its own
-        # so a second cancellation cannot leave the agent's names registered.
-        cleanup = asyncio.create_task(_detach(plane, session, tasks, tenant, names, groups))
-        _CLEANUPS.add(cleanup)
-        cleanup.add_done_callback(_CLEANUPS.discard)
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(cleanup)
+        await run_detached(_detach(plane, session, tasks, tenant, names, groups))
 
 
 _CLEANUPS: set[asyncio.Task[None]] = set()
+
+
+async def run_detached(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Run a stream's cleanup in a task of its own and wait for it.
+
+    A cancellation of the waiting handler (a second one, while it cleans up after the first, or the
+    loop's teardown) then cannot stop the cleanup half-way and leave names registered.
+    """
+    task = asyncio.create_task(cleanup)
+    _CLEANUPS.add(task)
+    task.add_done_callback(_CLEANUPS.discard)
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.shield(task)
+
+
+async def register(plane: DataPlane, tenant: str, ref: AgentRef, names: Iterable[str], groups: Iterable[str],
+                   registered_names: list[str], joined_groups: list[str]) -> None:
+    """Register a stream's names and join its groups, recording each *before* its write.
+
+    A cancellation can arrive after etcd committed a write but before the call returned (meshd waits for
+    its own view to catch up): recorded first, the name still goes in :func:`release`; releasing a name
+    the endpoint does not own (taken by another) is a no-op.
+    """
+    for name in names:
+        registered_names.append(name)
+        await plane.registry.register_name(tenant, name, ref)
+    for group in groups:
+        joined_groups.append(group)
+        await plane.registry.join_group(tenant, group, ref)
+
+
+async def release(plane: DataPlane, tenant: str, ref: AgentRef, names: list[str], groups: list[str]) -> None:
+    """Remove a closed endpoint's names and leave its groups; failures are logged (the lease removes them)."""
+    for name in names:
+        try:
+            await plane.registry.unregister_name(tenant, name, ref)
+        except Exception as error:  # noqa: BLE001 - logged; the name still goes with the node's lease
+            log.warning("endpoint %s: name %r not removed: %r", ref.agent_id, name, error)
+    for group in groups:
+        try:
+            await plane.registry.leave_group(tenant, group, ref)
+        except Exception as error:  # noqa: BLE001
+            log.warning("endpoint %s: group %r not left: %r", ref.agent_id, group, error)
 
 
 async def _detach(plane: DataPlane, session: ExternalAgentSession, tasks: list[asyncio.Task[Any]], tenant: str,
@@ -245,13 +277,4 @@ async def _detach(plane: DataPlane, session: ExternalAgentSession, tasks: list[a
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
     session.close()
-    for name in names:
-        try:
-            await plane.registry.unregister_name(tenant, name, ref)
-        except Exception as error:  # noqa: BLE001 - logged; the name still goes with the node's lease
-            log.warning("external agent %s: name %r not removed: %r", ref.agent_id, name, error)
-    for group in groups:
-        try:
-            await plane.registry.leave_group(tenant, group, ref)
-        except Exception as error:  # noqa: BLE001
-            log.warning("external agent %s: group %r not left: %r", ref.agent_id, group, error)
+    await release(plane, tenant, ref, names, groups)

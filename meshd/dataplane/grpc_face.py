@@ -10,7 +10,6 @@ daemon's error interceptor answers with their status and reason.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -19,7 +18,7 @@ from mabeam.dataplane.errors import InvalidArgument
 from mabeam.dataplane.message import AgentRef, Destination, Group, tenant_or_default
 from mabeam.v1 import dataplane_pb2 as pb
 from mabeam.v1 import external_agent_pb2
-from meshd.dataplane.external import attach_agent
+from meshd.dataplane.external import attach_agent, register, release, run_detached
 from meshd.dataplane.plane import DataPlane
 
 MAX_PENDING_LIMIT = 65536
@@ -84,25 +83,14 @@ async def subscribe(plane: DataPlane, request: pb.SubscribeRequest, context: grp
     names: list[str] = []
     groups: list[str] = []
     try:
-        for name in request.names:
-            await plane.registry.register_name(tenant, name, endpoint.ref)
-            names.append(name)
-        for group in request.groups:
-            await plane.registry.join_group(tenant, group, endpoint.ref)
-            groups.append(group)
+        await register(plane, tenant, endpoint.ref, request.names, request.groups, names, groups)
         yield pb.SubscribeResponse(endpoint=endpoint.ref.to_proto())
         while True:
             message = await endpoint.receive()
             yield pb.SubscribeResponse(envelope=message.envelope, payload=bytes(message.payload))
     finally:
         endpoint.close()
-        for name in names:
-            with contextlib.suppress(Exception):
-                await plane.registry.unregister_name(tenant, name, endpoint.ref)
-        for group in groups:
-            with contextlib.suppress(Exception):
-                await plane.registry.leave_group(tenant, group, endpoint.ref)
-
+        await run_detached(release(plane, tenant, endpoint.ref, names, groups))
 
 class DataPlaneServicerMixin:
     """Send/Call/Subscribe for the MeshService servicer; the class using it sets ``self.dataplane``."""

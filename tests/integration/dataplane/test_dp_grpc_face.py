@@ -9,15 +9,16 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from mabeam.dataplane.message import AgentRef as MessageRef
 from mabeam.grpcutil import ErrorInterceptor
-from mabeam.v1 import common_pb2, dataplane_pb2, mesh_pb2_grpc
+from mabeam.v1 import common_pb2, dataplane_pb2, external_agent_pb2, mesh_pb2_grpc
 from mabeam_client import cli_dataplane
 from mabeam_client.errors import NotFound
 from mabeam_client.mesh import MeshClient
 from mabeam_client.types import AgentRef, Delivery, Endpoint
-from meshd.dataplane import DataPlane
+from meshd.dataplane import DataPlane, InMemoryRegistry
 from meshd.dataplane.grpc_face import DataPlaneServicerMixin
-from meshd.dataplane.testing import wait_until
+from meshd.dataplane.testing import started_planes, wait_until
 
 Pair = tuple[DataPlane, DataPlane]
 
@@ -128,3 +129,49 @@ async def test_the_sdk_subscribes_calls_and_replies(served: tuple[Pair, str]) ->
         with pytest.raises(NotFound):
             await client_side.call("nobody-here", b"x", timeout=2.0)
         await stream.aclose()
+
+
+
+class _SlowViewRegistry(InMemoryRegistry):
+    """Registrations land, then wait for the test's gate: meshd's etcd write committed while its own view of
+    the registry has not caught up yet (``MeshNode.register_name`` awaits ``wait_revision`` after the txn)."""
+
+    def __init__(self, slow: str) -> None:
+        super().__init__()
+        self.slow = slow
+        self.committed = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def register_name(self, tenant: str, name: str, agent: MessageRef) -> None:
+        await super().register_name(tenant, name, agent)
+        if name == self.slow:
+            self.committed.set()
+            await self.gate.wait()
+
+
+@pytest.mark.parametrize("rpc", ["Subscribe", "AttachAgent"])
+async def test_a_stream_cancelled_while_its_name_registers_leaves_no_name_behind(rpc: str) -> None:
+    # The client gives up while meshd registers the stream's second name: the write has landed, the handler
+    # is still waiting for it. Both names must go with the stream, or they would point at a closed
+    # endpoint for as long as this meshd lives (its lease keeps them).
+    registry = _SlowViewRegistry(slow="second")
+    [plane] = await started_planes(1, registry)
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=[("grpc.so_reuseport", 0)])
+    mesh_pb2_grpc.add_MeshServiceServicer_to_server(_Servicer(plane), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = mesh_pb2_grpc.MeshServiceStub(channel)
+            if rpc == "Subscribe":
+                stream = stub.Subscribe(dataplane_pb2.SubscribeRequest(agent_id="ep", names=["first", "second"]))
+            else:
+                attach = external_agent_pb2.AttachAgentRequest(agent_id="ep", names=["first", "second"])
+                stream = stub.AttachAgent(iter([external_agent_pb2.AgentStreamIn(attach=attach)]))
+            await asyncio.wait_for(registry.committed.wait(), 10)
+            stream.cancel()
+            await wait_until(lambda: not registry.names, 10, f"both names removed (left: {registry.names})")
+    finally:
+        registry.gate.set()
+        await server.stop(None)
+        await plane.stop()
