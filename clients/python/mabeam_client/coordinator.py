@@ -8,12 +8,26 @@
         await coord.close_instance(auction.id)
 
 Any node can be given: a standby answers WRONG_NODE with the leader's address
-and the client follows it. While a failover is under way (no leader, or a
-write that was not confirmed durable) calls are retried until
-``failover_timeout``. Retries are safe because every mutating call carries an
-idempotency key the client generates once per call (``client_event_id``,
-``client_op_id``, ``instance_id``); ``set_variable`` is a compare-and-set, so
-a retried set whose first attempt landed reports a version mismatch.
+and the client follows it. While a failover is under way (no leader, a write
+that was not confirmed durable, or the connection to the leader lost under a
+live call, which gRPC reports as UNAVAILABLE or ``INTERNAL: Internal error
+from Core``) calls are retried on the other endpoints until
+``failover_timeout``. Which calls are retried after a lost connection:
+
+- reads (Get*, List*, GetBook, VariableHistory, GetBalance, ...): always;
+- creates, submits (SubmitBid, SubmitBids, Negotiate, CastVote, PlaceOrder,
+  CancelOrder) and the ledger (Deposit, Transfer): always, because each carries
+  an idempotency key the client generates once per call (``instance_id``,
+  ``client_event_id``, ``client_op_id``), so an attempt that did land is
+  answered again, not applied twice;
+- CancelAuction, CloseInstance, CreateVariable and SetVariable (a
+  compare-and-set) have no key: they are retried only when the request cannot
+  have reached the server (the connection was refused); when the connection
+  broke mid-call they raise ``Unavailable`` saying the call may have been
+  applied, so the caller checks the state before trying again.
+
+A server's own answers are not retried, except UNAVAILABLE with reason
+WRONG_NODE, NOT_DURABLE or ETCD_UNAVAILABLE (nothing was applied).
 Errors raise the :mod:`mabeam_client.errors` tree.
 """
 
@@ -30,7 +44,7 @@ import grpc
 
 from mabeam.v1 import coordinator_pb2 as pb
 from mabeam.v1 import coordinator_pb2_grpc
-from mabeam_client.errors import MabeamError, translate
+from mabeam_client.errors import MabeamError, Unavailable, connection_lost, translate
 from mabeam_client.sync import SyncFace
 from mabeam_client.types import (
     Balance,
@@ -56,17 +70,28 @@ RETRYABLE_REASONS = {"WRONG_NODE", "NOT_DURABLE", "ETCD_UNAVAILABLE", ""}
 KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 2000), ("grpc.keepalive_timeout_ms", 2000),
                      ("grpc.http2.max_pings_without_data", 0), ("grpc.http2.ping_timeout_ms", 2000),
                      ("grpc.min_reconnect_backoff_ms", 2000)]
+#: Calls without an idempotency key: a retry after a connection lost mid-call could fail for an attempt that landed.
+NOT_IDEMPOTENT = frozenset({"CancelAuction", "CloseInstance", "CreateVariable", "SetVariable"})
+# What gRPC says when the connection was never made (so the request was never sent).
+_NEVER_SENT = ("failed to connect to all addresses", "Connection refused", "connections to all backends failing")
 
 
-def retryable(error: grpc.RpcError, translated: MabeamError) -> bool:
-    """Whether a coordinator call may be repeated on the leader: UNAVAILABLE for a retryable reason, or a
-    connection torn down under a live call (a killed coordinator surfaces as INTERNAL or UNKNOWN from
-    gRPC's core, with no mabeam reason). Every mutating call carries an idempotency key, so a repeat
-    never applies twice."""
-    code = error.code()
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return translated.reason in RETRYABLE_REASONS
-    return code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) and not translated.reason
+def retryable(method: str, error: grpc.RpcError, translated: MabeamError) -> bool:
+    """Whether another attempt (here or on another endpoint) is safe and may succeed (see the module docstring)."""
+    if connection_lost(error):
+        if method not in NOT_IDEMPOTENT:
+            return True
+        details = (error.details() if hasattr(error, "details") else "") or ""
+        return any(marker in details for marker in _NEVER_SENT)
+    return error.code() == grpc.StatusCode.UNAVAILABLE and translated.reason in RETRYABLE_REASONS
+
+
+def _final_error(method: str, endpoint: str, error: grpc.RpcError, translated: MabeamError) -> MabeamError:
+    """The error a caller gets: a lost connection is UNAVAILABLE, never gRPC's INTERNAL."""
+    if connection_lost(error) and error.code() != grpc.StatusCode.UNAVAILABLE:
+        applied = " and may have been applied: check before retrying" if method in NOT_IDEMPOTENT else ""
+        return Unavailable(f"the connection to {endpoint} was lost during {method}{applied} ({translated.message})")
+    return translated
 
 
 def leader_hint(error: grpc.RpcError) -> str | None:
@@ -119,8 +144,8 @@ class CoordinatorClient:
                 return await getattr(self._stub(endpoint), method)(request, timeout=self.timeout)
             except grpc.RpcError as error:
                 translated = translate(error)
-                if not retryable(error, translated) or time.monotonic() >= deadline:
-                    raise translated from None
+                if not retryable(method, error, translated) or time.monotonic() >= deadline:
+                    raise _final_error(method, endpoint, error, translated) from None
                 hint = leader_hint(error)
                 if hint and hint != endpoint:
                     self._current = hint
@@ -131,16 +156,36 @@ class CoordinatorClient:
                     self._current = self.endpoints[tried % len(self.endpoints)]
                 await asyncio.sleep(min(0.05 * tried, 0.2) if tried else 0.05)
 
-    async def _stream(self, method: str, request: Any) -> AsyncIterator[Any]:
-        # Watches are served by every node from etcd: no redirect is needed.
-        call = getattr(self._stub(self._current), method)(request)
-        try:
-            async for item in call:
-                yield item
-        except grpc.RpcError as error:
-            raise translate(error) from None
-        finally:
-            call.cancel()
+    async def _stream(self, method: str, request: Any, resume: Any = None) -> AsyncIterator[Any]:
+        """A watch: served by every node from etcd, so no redirect is needed.
+
+        When the connection breaks (the node died) the watch reopens on the next endpoint from the
+        cursor ``resume(request, item)`` advanced past each item, until ``failover_timeout`` passes
+        without an item; a watch without ``resume`` raises instead.
+        """
+        deadline: float | None = None
+        tried = 0
+        while True:
+            endpoint = self._current
+            call = getattr(self._stub(endpoint), method)(request)
+            try:
+                async for item in call:
+                    deadline = None
+                    if resume is not None:
+                        resume(request, item)
+                    yield item
+                return
+            except grpc.RpcError as error:
+                translated = translate(error)
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + self.failover_timeout
+                if resume is None or not retryable(method, error, translated) or now >= deadline:
+                    raise _final_error(method, endpoint, error, translated) from None
+                tried += 1
+                self._current = self.endpoints[tried % len(self.endpoints)]
+                await asyncio.sleep(min(0.05 * tried, 0.2))
+            finally:
+                call.cancel()
 
     async def leader(self) -> CoordinatorLeader:
         """Who leads the coordinator role (answered by any node)."""
@@ -262,12 +307,23 @@ class CoordinatorClient:
 
     async def watch(self, instance_id: str, from_seq: int = 0) -> AsyncIterator[InstanceEvent]:
         """Accepted events, then a final message with final_state set."""
-        async for item in self._stream("WatchAuction", pb.WatchInstanceRequest(id=instance_id, from_seq=from_seq)):
+        async for item in self._stream("WatchAuction", pb.WatchInstanceRequest(id=instance_id, from_seq=from_seq),
+                                       _resume_events):
             yield InstanceEvent.from_proto(item)
 
     async def watch_trades(self, instance_id: str, from_seq: int = 0) -> AsyncIterator[Trade]:
         """A market's trades."""
-        async for item in self._stream("WatchTrades", pb.WatchInstanceRequest(id=instance_id, from_seq=from_seq)):
+        # One event may make several trades, so a reconnect resumes at the last trade's seq and skips
+        # the trades of that seq already yielded (the replay is deterministic).
+        request = pb.WatchInstanceRequest(id=instance_id, from_seq=from_seq)
+        last_seq, yielded = 0, set()
+        async for item in self._stream("WatchTrades", request, _resume_trades):
+            key = item.SerializeToString(deterministic=True)
+            if item.seq == last_seq and key in yielded:
+                continue
+            if item.seq != last_seq:
+                last_seq, yielded = item.seq, set()
+            yielded.add(key)
             yield Trade.from_proto(item)
 
     # -- variables -------------------------------------------------------------------
@@ -301,7 +357,7 @@ class CoordinatorClient:
     async def watch_variable(self, name: str, from_version: int = 0, tenant: str = "") -> AsyncIterator[Variable]:
         """Versions from ``from_version`` (0: current), then each new one, in order."""
         request = pb.WatchVariableRequest(tenant=tenant, name=name, from_version=from_version)
-        async for item in self._stream("WatchVariable", request):
+        async for item in self._stream("WatchVariable", request, _resume_versions):
             yield Variable.from_proto(item)
 
     # -- ledger -------------------------------------------------------------------------
@@ -329,13 +385,27 @@ class CoordinatorClient:
         return [Balance.from_proto(balance) for balance in response.balances]
 
 
+def _resume_events(request: pb.WatchInstanceRequest, item: pb.InstanceEvent) -> None:
+    if item.seq:
+        request.from_seq = item.seq + 1
+
+
+def _resume_versions(request: pb.WatchVariableRequest, item: pb.Variable) -> None:
+    request.from_version = item.version + 1
+
+
+def _resume_trades(request: pb.WatchInstanceRequest, item: pb.TradeEvent) -> None:
+    request.from_seq = item.seq
+
+
 class BidStream:
     """Bids over one SubmitBids stream that follows the leader (see :meth:`CoordinatorClient.bid_stream`).
 
     Every bid carries a client_event_id (generated if not given). Bids submitted while a message is
     being written are sent together in the next one (at most ``MAX_BATCH``). When the stream ends
     with UNAVAILABLE (WRONG_NODE, NOT_DURABLE, ETCD_UNAVAILABLE, or the node is gone) the stream is
-    reopened on the leader (following the WRONG_NODE hint) and every unacknowledged bid is sent again
+    reopened on the leader (following the WRONG_NODE hint; also when the connection was lost under the
+    stream, which gRPC reports as UNAVAILABLE or INTERNAL) and every unacknowledged bid is sent again
     with the same id, which the coordinator answers once (a retry of a durable bid comes back marked
     ``duplicate``); this is retried until the client's ``failover_timeout`` passes without progress.
     A refused bid raises the SDK error for its code on that ``submit`` only.
@@ -444,8 +514,9 @@ class BidStream:
                 translated = translate(error)
                 now = time.monotonic()
                 deadline = deadline if deadline is not None else now + client.failover_timeout
-                if not retryable(error, translated) or now >= deadline:
-                    self._fail_all(translated)
+                # Every bid carries its client_event_id: resending after a lost connection is always safe.
+                if not retryable("SubmitBids", error, translated) or now >= deadline:
+                    self._fail_all(_final_error("SubmitBids", endpoint, error, translated))
                     return
                 self.reconnects += 1
                 hint = leader_hint(error)

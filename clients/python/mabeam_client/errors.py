@@ -189,3 +189,22 @@ def translate(error: grpc.RpcError | coordinator_pb2.BidError) -> MabeamError:
                 detail.Unpack(info_retry)
                 retry = info_retry.retry_delay.ToNanoseconds() / 1e9
     return error_for(code, message, reason, violations, retry, info_metadata)
+
+
+def connection_lost(error: grpc.RpcError) -> bool:
+    """True when the call failed because its connection went away, not because a server answered.
+
+    That is UNAVAILABLE, INTERNAL or UNKNOWN without a server's ErrorInfo: gRPC reports a connection torn
+    down under a live call (a server killed with -9 mid-stream) as ``INTERNAL: Internal error from Core``, a
+    RST_STREAM or ``UNKNOWN: Stream removed``, never with rich details, while every status a mabeam server
+    sends itself carries an ErrorInfo reason. (A servicer's unhandled exception, ``UNKNOWN: Unexpected
+    <class ...>``, is an answer, not a lost connection.) Only idempotent calls may be retried on it.
+    """
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        return False
+    details = (error.details() if hasattr(error, "details") else "") or ""
+    if code == grpc.StatusCode.UNKNOWN and details.startswith("Unexpected"):
+        return False
+    metadata = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    return not any(key == "grpc-status-details-bin" for key, _ in metadata or ())
