@@ -58,10 +58,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A compare-and-set named a version that is no longer current; read again and retry."""
     WRONG_FAMILY: _ErrorReason.ValueType  # 14
     """The instance exists but belongs to another family (e.g. an auction asked for as a market)."""
-    MAILBOX_FULL: _ErrorReason.ValueType  # 40
+    DETACHED: _ErrorReason.ValueType  # 30
     """30-49: mesh and data plane (attach, healing).
-    The destination's mailbox (or the sender's outbound queue) is at capacity; nothing was delivered.
+    The attached process is not attached to its meshd right now (meshd detached it, or restarted); it is
+    re-attaching by itself. Sends and calls fail fast with UNAVAILABLE and this reason meanwhile: retry shortly.
     """
+    MAILBOX_FULL: _ErrorReason.ValueType  # 40
+    """The destination's mailbox (or the sender's outbound queue) is at capacity; nothing was delivered."""
     PEER_UNAVAILABLE: _ErrorReason.ValueType  # 41
     """The destination's node is down, unreachable or left the cluster."""
     CALL_TIMEOUT: _ErrorReason.ValueType  # 42
@@ -180,10 +183,13 @@ VERSION_MISMATCH: ErrorReason.ValueType  # 13
 """A compare-and-set named a version that is no longer current; read again and retry."""
 WRONG_FAMILY: ErrorReason.ValueType  # 14
 """The instance exists but belongs to another family (e.g. an auction asked for as a market)."""
-MAILBOX_FULL: ErrorReason.ValueType  # 40
+DETACHED: ErrorReason.ValueType  # 30
 """30-49: mesh and data plane (attach, healing).
-The destination's mailbox (or the sender's outbound queue) is at capacity; nothing was delivered.
+The attached process is not attached to its meshd right now (meshd detached it, or restarted); it is
+re-attaching by itself. Sends and calls fail fast with UNAVAILABLE and this reason meanwhile: retry shortly.
 """
+MAILBOX_FULL: ErrorReason.ValueType  # 40
+"""The destination's mailbox (or the sender's outbound queue) is at capacity; nothing was delivered."""
 PEER_UNAVAILABLE: ErrorReason.ValueType  # 41
 """The destination's node is down, unreachable or left the cluster."""
 CALL_TIMEOUT: ErrorReason.ValueType  # 42

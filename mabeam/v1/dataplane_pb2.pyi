@@ -138,6 +138,14 @@ class _SystemOpEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SystemOp.Val
     """Local attach: leave the group in the payload."""
     SYSTEM_OP_RESULT: _SystemOp.ValueType  # 9
     """Local attach: the result of an operation (correlation_id names it; error_code 0 is success)."""
+    SYSTEM_OP_DETACHED: _SystemOp.ValueType  # 10
+    """Local attach, meshd -> process: this connection is not attached (meshd detached it as silent, or meshd
+    restarted). The process re-attaches and registers its names and groups again.
+    """
+    SYSTEM_OP_NAME_LOST: _SystemOp.ValueType  # 11
+    """Local attach, meshd -> process: a name it registered (payload, UTF-8) was taken by another owner while this
+    node's lease had lapsed, so it is no longer this endpoint's; error_message says who holds it now.
+    """
 
 class SystemOp(_SystemOp, metaclass=_SystemOpEnumTypeWrapper):
     """Housekeeping operations carried by SYSTEM envelopes."""
@@ -161,6 +169,14 @@ SYSTEM_OP_LEAVE_GROUP: SystemOp.ValueType  # 8
 """Local attach: leave the group in the payload."""
 SYSTEM_OP_RESULT: SystemOp.ValueType  # 9
 """Local attach: the result of an operation (correlation_id names it; error_code 0 is success)."""
+SYSTEM_OP_DETACHED: SystemOp.ValueType  # 10
+"""Local attach, meshd -> process: this connection is not attached (meshd detached it as silent, or meshd
+restarted). The process re-attaches and registers its names and groups again.
+"""
+SYSTEM_OP_NAME_LOST: SystemOp.ValueType  # 11
+"""Local attach, meshd -> process: a name it registered (payload, UTF-8) was taken by another owner while this
+node's lease had lapsed, so it is no longer this endpoint's; error_message says who holds it now.
+"""
 Global___SystemOp: _TypeAlias = SystemOp  # noqa: Y015
 
 class _GroupMode:

@@ -60,6 +60,9 @@ const (
 	// The instance exists but belongs to another family (e.g. an auction asked for as a market).
 	ErrorReason_WRONG_FAMILY ErrorReason = 14
 	// 30-49: mesh and data plane (attach, healing).
+	// The attached process is not attached to its meshd right now (meshd detached it, or restarted); it is
+	// re-attaching by itself. Sends and calls fail fast with UNAVAILABLE and this reason meanwhile: retry shortly.
+	ErrorReason_DETACHED ErrorReason = 30
 	// The destination's mailbox (or the sender's outbound queue) is at capacity; nothing was delivered.
 	ErrorReason_MAILBOX_FULL ErrorReason = 40
 	// The destination's node is down, unreachable or left the cluster.
@@ -158,6 +161,7 @@ var (
 		12:  "NOT_DURABLE",
 		13:  "VERSION_MISMATCH",
 		14:  "WRONG_FAMILY",
+		30:  "DETACHED",
 		40:  "MAILBOX_FULL",
 		41:  "PEER_UNAVAILABLE",
 		42:  "CALL_TIMEOUT",
@@ -210,6 +214,7 @@ var (
 		"NOT_DURABLE":              12,
 		"VERSION_MISMATCH":         13,
 		"WRONG_FAMILY":             14,
+		"DETACHED":                 30,
 		"MAILBOX_FULL":             40,
 		"PEER_UNAVAILABLE":         41,
 		"CALL_TIMEOUT":             42,
@@ -540,7 +545,7 @@ const file_mabeam_v1_common_proto_rawDesc = "" +
 	"\bAgentRef\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x19\n" +
-	"\bagent_id\x18\x03 \x01(\tR\aagentId*\x88\b\n" +
+	"\bagent_id\x18\x03 \x01(\tR\aagentId*\x96\b\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -559,7 +564,8 @@ const file_mabeam_v1_common_proto_rawDesc = "" +
 	"\rINVALID_EVENT\x10\v\x12\x0f\n" +
 	"\vNOT_DURABLE\x10\f\x12\x14\n" +
 	"\x10VERSION_MISMATCH\x10\r\x12\x10\n" +
-	"\fWRONG_FAMILY\x10\x0e\x12\x10\n" +
+	"\fWRONG_FAMILY\x10\x0e\x12\f\n" +
+	"\bDETACHED\x10\x1e\x12\x10\n" +
 	"\fMAILBOX_FULL\x10(\x12\x14\n" +
 	"\x10PEER_UNAVAILABLE\x10)\x12\x10\n" +
 	"\fCALL_TIMEOUT\x10*\x12\x17\n" +

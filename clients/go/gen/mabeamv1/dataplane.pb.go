@@ -228,21 +228,29 @@ const (
 	SystemOp_SYSTEM_OP_LEAVE_GROUP SystemOp = 8
 	// Local attach: the result of an operation (correlation_id names it; error_code 0 is success).
 	SystemOp_SYSTEM_OP_RESULT SystemOp = 9
+	// Local attach, meshd -> process: this connection is not attached (meshd detached it as silent, or meshd
+	// restarted). The process re-attaches and registers its names and groups again.
+	SystemOp_SYSTEM_OP_DETACHED SystemOp = 10
+	// Local attach, meshd -> process: a name it registered (payload, UTF-8) was taken by another owner while this
+	// node's lease had lapsed, so it is no longer this endpoint's; error_message says who holds it now.
+	SystemOp_SYSTEM_OP_NAME_LOST SystemOp = 11
 )
 
 // Enum value maps for SystemOp.
 var (
 	SystemOp_name = map[int32]string{
-		0: "SYSTEM_OP_UNSPECIFIED",
-		1: "SYSTEM_OP_HEARTBEAT",
-		2: "SYSTEM_OP_ACK",
-		3: "SYSTEM_OP_ATTACH",
-		4: "SYSTEM_OP_DETACH",
-		5: "SYSTEM_OP_REGISTER_NAME",
-		6: "SYSTEM_OP_UNREGISTER_NAME",
-		7: "SYSTEM_OP_JOIN_GROUP",
-		8: "SYSTEM_OP_LEAVE_GROUP",
-		9: "SYSTEM_OP_RESULT",
+		0:  "SYSTEM_OP_UNSPECIFIED",
+		1:  "SYSTEM_OP_HEARTBEAT",
+		2:  "SYSTEM_OP_ACK",
+		3:  "SYSTEM_OP_ATTACH",
+		4:  "SYSTEM_OP_DETACH",
+		5:  "SYSTEM_OP_REGISTER_NAME",
+		6:  "SYSTEM_OP_UNREGISTER_NAME",
+		7:  "SYSTEM_OP_JOIN_GROUP",
+		8:  "SYSTEM_OP_LEAVE_GROUP",
+		9:  "SYSTEM_OP_RESULT",
+		10: "SYSTEM_OP_DETACHED",
+		11: "SYSTEM_OP_NAME_LOST",
 	}
 	SystemOp_value = map[string]int32{
 		"SYSTEM_OP_UNSPECIFIED":     0,
@@ -255,6 +263,8 @@ var (
 		"SYSTEM_OP_JOIN_GROUP":      7,
 		"SYSTEM_OP_LEAVE_GROUP":     8,
 		"SYSTEM_OP_RESULT":          9,
+		"SYSTEM_OP_DETACHED":        10,
+		"SYSTEM_OP_NAME_LOST":       11,
 	}
 )
 
@@ -1383,7 +1393,7 @@ const file_mabeam_v1_dataplane_proto_rawDesc = "" +
 	"\fEnvelopeFlag\x12\x16\n" +
 	"\x12ENVELOPE_FLAG_NONE\x10\x00\x12\x1f\n" +
 	"\x1bENVELOPE_FLAG_ACK_REQUESTED\x10\x01\x12\x17\n" +
-	"\x13ENVELOPE_FLAG_CHUNK\x10\x02*\x84\x02\n" +
+	"\x13ENVELOPE_FLAG_CHUNK\x10\x02*\xb5\x02\n" +
 	"\bSystemOp\x12\x19\n" +
 	"\x15SYSTEM_OP_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13SYSTEM_OP_HEARTBEAT\x10\x01\x12\x11\n" +
@@ -1394,7 +1404,10 @@ const file_mabeam_v1_dataplane_proto_rawDesc = "" +
 	"\x19SYSTEM_OP_UNREGISTER_NAME\x10\x06\x12\x18\n" +
 	"\x14SYSTEM_OP_JOIN_GROUP\x10\a\x12\x19\n" +
 	"\x15SYSTEM_OP_LEAVE_GROUP\x10\b\x12\x14\n" +
-	"\x10SYSTEM_OP_RESULT\x10\t*O\n" +
+	"\x10SYSTEM_OP_RESULT\x10\t\x12\x16\n" +
+	"\x12SYSTEM_OP_DETACHED\x10\n" +
+	"\x12\x17\n" +
+	"\x13SYSTEM_OP_NAME_LOST\x10\v*O\n" +
 	"\tGroupMode\x12\x1a\n" +
 	"\x16GROUP_MODE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eGROUP_MODE_ALL\x10\x01\x12\x12\n" +

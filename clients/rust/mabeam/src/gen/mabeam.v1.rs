@@ -632,6 +632,9 @@ pub enum ErrorReason {
     /// The instance exists but belongs to another family (e.g. an auction asked for as a market).
     WrongFamily = 14,
     /// 30-49: mesh and data plane (attach, healing).
+    /// The attached process is not attached to its meshd right now (meshd detached it, or restarted); it is
+    /// re-attaching by itself. Sends and calls fail fast with UNAVAILABLE and this reason meanwhile: retry shortly.
+    Detached = 30,
     /// The destination's mailbox (or the sender's outbound queue) is at capacity; nothing was delivered.
     MailboxFull = 40,
     /// The destination's node is down, unreachable or left the cluster.
@@ -733,6 +736,7 @@ impl ErrorReason {
             Self::NotDurable => "NOT_DURABLE",
             Self::VersionMismatch => "VERSION_MISMATCH",
             Self::WrongFamily => "WRONG_FAMILY",
+            Self::Detached => "DETACHED",
             Self::MailboxFull => "MAILBOX_FULL",
             Self::PeerUnavailable => "PEER_UNAVAILABLE",
             Self::CallTimeout => "CALL_TIMEOUT",
@@ -788,6 +792,7 @@ impl ErrorReason {
             "NOT_DURABLE" => Some(Self::NotDurable),
             "VERSION_MISMATCH" => Some(Self::VersionMismatch),
             "WRONG_FAMILY" => Some(Self::WrongFamily),
+            "DETACHED" => Some(Self::Detached),
             "MAILBOX_FULL" => Some(Self::MailboxFull),
             "PEER_UNAVAILABLE" => Some(Self::PeerUnavailable),
             "CALL_TIMEOUT" => Some(Self::CallTimeout),
@@ -2551,6 +2556,12 @@ pub enum SystemOp {
     LeaveGroup = 8,
     /// Local attach: the result of an operation (correlation_id names it; error_code 0 is success).
     Result = 9,
+    /// Local attach, meshd -> process: this connection is not attached (meshd detached it as silent, or meshd
+    /// restarted). The process re-attaches and registers its names and groups again.
+    Detached = 10,
+    /// Local attach, meshd -> process: a name it registered (payload, UTF-8) was taken by another owner while this
+    /// node's lease had lapsed, so it is no longer this endpoint's; error_message says who holds it now.
+    NameLost = 11,
 }
 impl SystemOp {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -2569,6 +2580,8 @@ impl SystemOp {
             Self::JoinGroup => "SYSTEM_OP_JOIN_GROUP",
             Self::LeaveGroup => "SYSTEM_OP_LEAVE_GROUP",
             Self::Result => "SYSTEM_OP_RESULT",
+            Self::Detached => "SYSTEM_OP_DETACHED",
+            Self::NameLost => "SYSTEM_OP_NAME_LOST",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -2584,6 +2597,8 @@ impl SystemOp {
             "SYSTEM_OP_JOIN_GROUP" => Some(Self::JoinGroup),
             "SYSTEM_OP_LEAVE_GROUP" => Some(Self::LeaveGroup),
             "SYSTEM_OP_RESULT" => Some(Self::Result),
+            "SYSTEM_OP_DETACHED" => Some(Self::Detached),
+            "SYSTEM_OP_NAME_LOST" => Some(Self::NameLost),
             _ => None,
         }
     }
