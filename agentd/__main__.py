@@ -40,13 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup("agentd", node=config.node_id, level=config.log_level)
     import uvloop
 
-    from agentd.daemon import Daemon, StartupError
+    from agentd.daemon import Daemon
+    from mabeam.startup import StartupError, startup_exit
 
     try:
         uvloop.run(Daemon(config).run())
-    except StartupError as error:
-        print(f"agentd: {error}", file=sys.stderr)
-        return EXIT_TEMPFAIL  # meshd not attachable yet, a port held: systemd retries
+    except (StartupError, BaseExceptionGroup) as error:
+        return startup_exit("agentd", error, EXIT_TEMPFAIL)  # meshd not attachable yet, a port held: retried
     return 0
 
 

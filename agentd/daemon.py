@@ -33,6 +33,7 @@ from agentd.service import AgentService
 from agentd.workers import WorkerPool
 from mabeam.etcd.client import EtcdClient
 from mabeam.grpcutil import ErrorInterceptor
+from mabeam.startup import StartupError, announce_ready
 from mabeam.systemd import Notifier
 from mabeam.v1 import agent_pb2, agent_pb2_grpc, model_pb2, model_pb2_grpc, run_pb2, run_pb2_grpc
 
@@ -45,10 +46,6 @@ RUN_SERVICE_NAME = run_pb2.DESCRIPTOR.services_by_name["RunService"].full_name
 def default_store_url(data_dir: str) -> str:
     """The runs store when none is configured: a SQLite file in the data dir."""
     return f"sqlite://{os.path.join(os.path.abspath(data_dir), 'runs.sqlite')}"
-
-
-class StartupError(RuntimeError):
-    """agentd cannot start (meshd not attachable, port in use); a retry may pass (exit code 75)."""
 
 
 class Daemon:
@@ -93,7 +90,7 @@ class Daemon:
             try:
                 await self.mesh.start()
             except Exception as error:  # noqa: BLE001 - reported as a startup failure naming the address
-                await self.pool.close()
+                self.mesh = None
                 raise StartupError(f"cannot attach to meshd at {config.meshd_attach}: {error}") from None
             self.pool.mesh = self.mesh
         if config.etcd:
@@ -107,9 +104,13 @@ class Daemon:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE_NAME, MODEL_SERVICE_NAME, RUN_SERVICE_NAME, health.SERVICE_NAME,
                                              reflection.SERVICE_NAME), server)
-        self.grpc_port = server.add_insecure_port(config.grpc_address)
+        try:
+            self.grpc_port = server.add_insecure_port(config.grpc_address)
+        except RuntimeError:  # newer grpcio raises where older ones returned 0
+            self.grpc_port = 0
         if self.grpc_port == 0:
-            raise StartupError(f"could not bind gRPC to {config.grpc_address}")
+            raise StartupError(f"cannot bind gRPC on {config.grpc_address}: the port is in use or the address "
+                               "is not local")
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -124,7 +125,10 @@ class Daemon:
                 self.http_port = await self.http.start_server(config.http_address)
         if config.metrics_address:
             host, port = config.metrics_address.rsplit(":", 1)
-            metrics_server, _ = start_http_server(int(port), addr=host)
+            try:
+                metrics_server, _ = start_http_server(int(port), addr=host)
+            except OSError as error:
+                raise StartupError(f"cannot bind metrics on {config.metrics_address}: {error.strerror}") from None
             self.metrics_port = metrics_server.server_port
         log.info("agentd serving AgentService on %s:%d with %d workers",
                  config.grpc_address.rsplit(":", 1)[0], self.grpc_port, self.pool.shared_count)
@@ -152,8 +156,7 @@ class Daemon:
         try:
             await self.etcd.wait_connected(30.0)
         except Exception as error:
-            await self.pool.close()
-            raise RuntimeError(f"cannot reach etcd at {','.join(config.etcd)}: {error}") from None
+            raise StartupError(f"cannot reach etcd at {','.join(config.etcd)}: {error}") from None
         registry = build_registry(worker_config)
         store_url = config.runs.store or default_store_url(data_dir)
         node_id = config.node_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -193,11 +196,24 @@ class Daemon:
         mesh = f"attached to meshd at {self.config.meshd_attach}" if self.mesh is not None else "off the mesh"
         return f"{agents} agents on {alive}/{len(handles)} workers, {len(pool.names)} names, {mesh}"
 
+    def announce(self) -> None:
+        """Print the ready line with the addresses actually bound (see :mod:`mabeam.startup`)."""
+        config = self.config
+        host = config.grpc_address.rsplit(":", 1)[0]
+        metrics_host = config.metrics_address.rsplit(":", 1)[0] if config.metrics_address else ""
+        http_host = config.http_address.rsplit(":", 1)[0] if config.http_address else ""
+        announce_ready("agentd", node_id=config.node_id, grpc=f"{host}:{self.grpc_port}",
+                       metrics=f"{metrics_host}:{self.metrics_port}" if self.metrics_port else None,
+                       http=f"{http_host}:{self.http_port}" if self.http_port else None)
+
     async def run(self) -> None:
         """Start, print the ready line, serve until SIGTERM/SIGINT, stop."""
-        await self.start()  # attached to meshd (when configured) and serving gRPC with health SERVING
-        http = f"{self.config.http_address.rsplit(':', 1)[0]}:{self.http_port}" if self.http_port else "0"
-        print(f"agentd ready grpc=127.0.0.1:{self.grpc_port} metrics={self.metrics_port} http={http}", flush=True)
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # workers already started must not outlive a failed start
+            raise
+        self.announce()
         self.notifier.ready(self.status())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

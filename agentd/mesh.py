@@ -22,6 +22,13 @@ only (all of them, or one in round-robin turn). In mode ``all`` meshd also hands
 the sending agentd its own copy: ``origin`` (random per link) lets it drop that,
 since it delivered to its members directly. A cast meshd bounces (unknown name,
 empty group, full mailbox) comes back to the sending agent as DeliveryFailed.
+
+Healing: when meshd detaches this agentd (meshd was paused past its expiry, or
+restarted), the endpoint re-attaches by itself and registers every name and
+group again (:mod:`mabeam.dataplane.attach`); meanwhile casts and calls fail at
+once with UNAVAILABLE (reason DETACHED). A name another owner took meanwhile is
+logged and counted (``agentd_mesh_events_total{kind="names_lost"}``), like
+detachments and re-attaches.
 """
 
 from __future__ import annotations
@@ -88,6 +95,7 @@ class MeshLink:
     async def start(self) -> None:
         """Attach to meshd and start serving inbound messages."""
         self.endpoint = await AttachedEndpoint.connect(self.attach_address, ENDPOINT_ID, self.tenant or None)
+        self.endpoint.on_name_lost = self._name_lost
         ready = asyncio.Event()
         self._runner = asyncio.create_task(self._run(ready))
         await ready.wait()
@@ -107,6 +115,16 @@ class MeshLink:
                 await self._runner
         if self.endpoint is not None:
             await self.endpoint.close()
+
+    @property
+    def events(self) -> dict[str, int]:
+        """Counts of the link's healing events: detached, reattached, names_lost."""
+        return dict(self.endpoint.events) if self.endpoint is not None else {}
+
+    def _name_lost(self, name: str, why: str) -> None:
+        """Another owner took a name of an agent here while this node's lease had lapsed: say so loudly."""
+        log.error("the mesh name %r is no longer registered to this agentd (%s); the agent %s but other nodes "
+                  "cannot reach it by that name", name, why, "keeps running" if self.pool.hosts(name) else "is gone")
 
     # --- MeshBridge: called by the worker pool (synchronous ones queue their work) ---
 

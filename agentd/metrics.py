@@ -42,6 +42,9 @@ class AgentdCollector:
         depth = GaugeMetricFamily("agentd_mailbox_depth", "Messages queued in all mailboxes")
         watchdog = CounterMetricFamily("agentd_watchdog_events", "Watchdog events by kind", labels=["kind"])
         worker_restarts = CounterMetricFamily("agentd_worker_restarts", "Worker processes restarted")
+        mesh_events = CounterMetricFamily("agentd_mesh_events", "Healing of the link to meshd: detached, "
+                                          "reattached, names_lost (to another owner)", labels=["kind"])
+        healing = {"detached": 0, "reattached": 0, "names_lost": 0}
         by_state: dict[str, int] = {}
         by_reason: dict[str, int] = {}
         queued = 0
@@ -52,6 +55,9 @@ class AgentdCollector:
             blocked += pool.events.blocked
             killed += pool.events.killed
             restarted += pool.events.worker_restarts
+            link = getattr(pool, "mesh", None)
+            for kind, count in (getattr(link, "events", None) or {}).items():
+                healing[kind] = healing.get(kind, 0) + count
             for handle in pool.workers.values():
                 stats: dict[str, Any] = handle.stats
                 for state, count in stats.get("agents", {}).items():
@@ -70,6 +76,8 @@ class AgentdCollector:
         watchdog.add_metric(["blocked"], blocked)
         watchdog.add_metric(["killed"], killed)
         worker_restarts.add_metric([], restarted)
+        for kind, count in sorted(healing.items()):
+            mesh_events.add_metric([kind], count)
         cumulative = []
         running = 0
         for bound, count in zip((*LATENCY_BUCKETS, float("inf")), buckets, strict=True):
@@ -77,7 +85,7 @@ class AgentdCollector:
             cumulative.append(("+Inf" if bound == float("inf") else str(bound), running))
         latency = HistogramMetricFamily("agentd_handling_seconds", "Time agents spend in one callback",
                                         buckets=cumulative, sum_value=total)
-        yield from (agents, restarts, depth, latency, watchdog, worker_restarts)
+        yield from (agents, restarts, depth, latency, watchdog, worker_restarts, mesh_events)
         yield rejected_family(list(_INTERCEPTORS))
 
 

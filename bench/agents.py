@@ -217,10 +217,14 @@ async def _remote(quick: bool) -> dict[str, Any]:
     """Agent-to-agent calls across nodes (relay on node-2 → meshd → node-1) against the same relay calling
     an agent on its own node, both driven through node-2's agentd gRPC API in one run."""
     from mabeam.dev.cluster import DevCluster
-    from mabeam.dev.testing import free_port_block
+    from mabeam.dev.testing import async_wait_until
     from mabeam_client.agents import AgentClient
 
-    cluster = DevCluster(2, free_port_block(32), lease_ttl=2, cluster="bench-agents", agentd=True)
+    async def _true(call: Any) -> bool:
+        await call
+        return True
+
+    cluster = DevCluster(2, lease_ttl=2, cluster="bench-agents", agentd=True)
     try:
         cluster.start()
         node1, node2 = cluster.nodes
@@ -229,15 +233,8 @@ async def _remote(quick: bool) -> dict[str, Any]:
             await a1.spawn("counter", {"start": 1}, name="far")
             await a2.spawn("counter", {"start": 1}, name="near")
             await a2.spawn("relay", {}, name="relay")
-            deadline = time.monotonic() + 10
-            while True:  # until node-2's meshd resolves "far"
-                try:
-                    await a2.call("relay", {"to": "far", "msg": "get"})
-                    break
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise
-                    await asyncio.sleep(0.05)
+            await async_wait_until(lambda: _true(a2.call("relay", {"to": "far", "msg": "get"})), 10, interval=0.05,
+                                   what="node-2's meshd resolves 'far'")
             samples: dict[str, list[float]] = {"far": [], "near": []}
             for _ in range(300 if quick else 2000):
                 for target in ("far", "near"):

@@ -27,7 +27,7 @@ from typing import Any
 import uvloop
 
 from bench.common import rate
-from mabeam.dev.coordinators import CoordinatorCluster
+from mabeam.dev.cluster import DevCluster
 from mabeam.etcd.client import EtcdClient, cmp_create_revision, op_put
 from mabeam.etcd.embedded import EmbeddedEtcd
 from mabeam_client.coordinator import CoordinatorClient
@@ -48,9 +48,9 @@ def _cpu_s(pid: int) -> float:
 class _CpuMeter:
     """CPU seconds of the leader, the standby, etcd and this (client) process over one measured phase."""
 
-    def __init__(self, cluster: CoordinatorCluster, etcd_pid: int | None) -> None:
+    def __init__(self, cluster: DevCluster, etcd_pid: int | None) -> None:
         leader = cluster.leader()
-        standby = next(n for n in cluster.nodes if n is not leader)
+        standby = next(n for n in cluster.coordinators if n is not leader)
         self.pids = {"server": leader.proc.pid if leader.proc else 0,
                      "standby": standby.proc.pid if standby.proc else 0,
                      "etcd": etcd_pid or 0, "client": os.getpid()}
@@ -81,12 +81,12 @@ def _bid(i: int, tag: str) -> dict[str, Any]:
     return {"type": "bid", "bidder": f"{tag}{i}", "amount": 1 + i % 1000}
 
 
-async def _throughput(cluster: CoordinatorCluster, etcd_endpoint: str, etcd_pid: int | None,
+async def _throughput(cluster: DevCluster, etcd_endpoint: str, etcd_pid: int | None,
                       quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     cpu: dict[str, Any] = {}
     n1, n32 = (400, 4000) if quick else (2000, 20000)
-    async with CoordinatorClient(cluster.endpoints) as coord:
+    async with CoordinatorClient(cluster.coordinator_endpoints) as coord:
         # Unary SubmitBid: one call per bid, ``conc`` calls in flight on one channel.
         for conc, total in ((1, n1), (32, n32)):
             auction = await coord.create_auction("sealed", {"pricing": "second"})
@@ -153,9 +153,9 @@ async def _throughput(cluster: CoordinatorCluster, etcd_endpoint: str, etcd_pid:
     return out
 
 
-async def _close_latency(cluster: CoordinatorCluster, quick: bool) -> dict[str, Any]:
+async def _close_latency(cluster: DevCluster, quick: bool) -> dict[str, Any]:
     samples = []
-    async with CoordinatorClient(cluster.endpoints) as coord:
+    async with CoordinatorClient(cluster.coordinator_endpoints) as coord:
         for _ in range(2 if quick else 5):
             auction = await coord.create_auction("sealed", {"pricing": "second"})
             lanes = iter(range(1000))
@@ -173,9 +173,9 @@ async def _close_latency(cluster: CoordinatorCluster, quick: bool) -> dict[str, 
             "close_to_result_ms_1k_samples": [round(s, 1) for s in samples]}
 
 
-async def _cas(cluster: CoordinatorCluster, quick: bool) -> dict[str, Any]:
+async def _cas(cluster: DevCluster, quick: bool) -> dict[str, Any]:
     n = 300 if quick else 2000
-    async with CoordinatorClient(cluster.endpoints) as coord:
+    async with CoordinatorClient(cluster.coordinator_endpoints) as coord:
         var = await coord.create_variable(f"bench{time.time_ns()}", {"type": "integer"}, 0)
         version = var.version
         started = time.perf_counter()
@@ -184,9 +184,9 @@ async def _cas(cluster: CoordinatorCluster, quick: bool) -> dict[str, Any]:
         return {"var_cas_per_s": round(n / (time.perf_counter() - started))}
 
 
-async def _failover(cluster: CoordinatorCluster) -> dict[str, Any]:
+async def _failover(cluster: DevCluster) -> dict[str, Any]:
     leader = cluster.leader()
-    standby = next(n for n in cluster.nodes if n is not leader)
+    standby = next(n for n in cluster.coordinators if n is not leader)
     async with CoordinatorClient(standby.endpoint, timeout=0.5, failover_timeout=0.0) as probe:
         leader.signal(signal.SIGKILL)
         started = time.monotonic()
@@ -204,7 +204,8 @@ def run(quick: bool) -> dict[str, Any]:
     """Run every coordinator measurement on a fresh embedded etcd and two coordinators."""
     etcd = EmbeddedEtcd(name="bench-coordinator")
     etcd.start()
-    cluster = CoordinatorCluster(etcd.endpoint, "bench", nodes=2, lease_ttl=2)
+    cluster = DevCluster(2, etcd=etcd.endpoint, cluster="bench", lease_ttl=2, meshd=False, coordinator=True,
+                         node_prefix="coord-")
     try:
         cluster.start()
         # uvloop on the client side too: the client shares the two cores with the coordinator and etcd.

@@ -172,12 +172,11 @@ class MeshPair:
 
     def __init__(self, single_channel: bool = False, receiver: str = "hol-rx") -> None:
         from mabeam.dev.cluster import DevCluster
-        from mabeam.dev.testing import free_port_block
 
         self.run_dir = Path(tempfile.mkdtemp(prefix="bench-mesh-"))
         config = self.run_dir / "meshd.toml"
         config.write_text(f"[dataplane]\nsingle_channel = {'true' if single_channel else 'false'}\n")
-        self.cluster = DevCluster(2, free_port_block(42), lease_ttl=2, cluster=f"bench{os.getpid()}",
+        self.cluster = DevCluster(2, lease_ttl=2, cluster=f"bench{os.getpid()}",
                                   run_dir=self.run_dir, extra_args=["--config", str(config)])
         self.receiver_id = receiver
         self.child: _Child | None = None
@@ -197,17 +196,13 @@ class MeshPair:
 
     async def _warm_up(self) -> None:
         """Calls until one succeeds: node-1 learns node-2's data addresses from the etcd membership watch."""
-        from mabeam.dataplane.errors import DataPlaneError
+        from mabeam.dev.testing import async_wait_until
 
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                await self.sender.call(self.target, b"warm-up", timeout=0.5)
-                return
-            except DataPlaneError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
+        async def answered() -> bool:
+            await self.sender.call(self.target, b"warm-up", timeout=0.5)
+            return True
+
+        await async_wait_until(answered, 20, interval=0.05, what="node-2's receiver answers through both meshd")
 
     @property
     def pids(self) -> dict[str, int | str]:

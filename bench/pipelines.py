@@ -106,7 +106,6 @@ async def _tool_overhead(count: int) -> dict[str, Any]:
 def _cluster_measurements(quick: bool) -> dict[str, Any]:
     from mabeam.dev.cluster import DevCluster
     from mabeam.dev.fakellm.process import FakeLLMProcess
-    from mabeam.dev.testing import free_port_block
 
     llm = FakeLLMProcess().start()
     saved = {k: os.environ.get(k) for k in ("AGENTD_MODELS",)}
@@ -115,7 +114,7 @@ def _cluster_measurements(quick: bool) -> dict[str, Any]:
         "models": {"bench": {"provider": "local", "name": "fake-bench", "input_per_1k_usd": 0.0001,
                              "output_per_1k_usd": 0.0002}}})
     run_dir = tempfile.mkdtemp(prefix="bench-pipelines-")
-    cluster = DevCluster(2, free_port_block(32), cluster=f"bp{uuid.uuid4().hex[:8]}", lease_ttl=2, agentd=True,
+    cluster = DevCluster(2, cluster=f"bp{uuid.uuid4().hex[:8]}", lease_ttl=2, agentd=True,
                          run_dir=run_dir, runs_config={"lease_ttl": 2, "janitor_interval_s": 1.0,
                                                        "pending_grace_s": 1.0})
     try:

@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.common import inplane, percentile, rate
 from mabeam.dev.cluster import DevCluster
-from mabeam.dev.testing import free_port_block, wait_until
+from mabeam.dev.testing import async_wait_until, wait_until
 from mabeam.etcd.client import EtcdClient, cmp_create_revision, op_put
 from mabeam_client.errors import NotFound
 from mabeam_client.mesh import MeshClient, SyncMeshClient
@@ -33,15 +33,7 @@ async def _throughput(cluster: DevCluster, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         await mesh.register_name("bench-target", "agent-1")
-        deadline = time.monotonic() + 5
-        while True:  # wait until node-2's cache has it
-            try:
-                await other.lookup("bench-target")
-                break
-            except NotFound:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.01)
+        await async_wait_until(lambda: other.lookup("bench-target"), 5, interval=0.01, what="node-2's cache has the name")
         run = f"r{int(time.time())}"
         for conc in (1, 32):
             out[f"lookups_per_s_{conc}"] = await rate(lambda i: other.lookup("bench-target"), n, conc)
@@ -115,7 +107,7 @@ def _failover(cluster: DevCluster, rounds: int) -> dict[str, Any]:
 
 def run(quick: bool) -> dict[str, Any]:
     """Run every registry measurement on a fresh dev cluster."""
-    cluster = DevCluster(nodes=3, base_port=free_port_block(42), lease_ttl=2, cluster="bench")
+    cluster = DevCluster(nodes=3, lease_ttl=2, cluster="bench")
     try:
         cluster.start()
         result = asyncio.run(_throughput(cluster, quick))

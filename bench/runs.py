@@ -38,7 +38,6 @@ from agentd.runs.store import RunStore, open_store
 from bench.common import percentile
 from mabeam.dev.cluster import DevCluster
 from mabeam.dev.postgres import DevPostgres
-from mabeam.dev.testing import free_port_block
 from mabeam_client.runs import RunClient
 
 BATCH = 16
@@ -245,7 +244,7 @@ async def _failover(cluster: DevCluster) -> dict[str, Any]:
 
 
 async def _cluster_parts(quick: bool) -> dict[str, Any]:
-    cluster = DevCluster(3, free_port_block(42), lease_ttl=LEASE_TTL, agentd=True,
+    cluster = DevCluster(3, lease_ttl=LEASE_TTL, agentd=True,
                          runs_config={"lease_ttl": LEASE_TTL, "janitor_interval_s": 1.0})
     await asyncio.to_thread(cluster.start)
     try:

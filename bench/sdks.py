@@ -26,7 +26,6 @@ from typing import Any
 
 from bench.common import percentile, rate
 from mabeam.dev.cluster import DevCluster
-from mabeam.dev.testing import free_port_block
 from mabeam_client.agents import AgentClient
 from mabeam_client.external import ExternalAgent
 
@@ -81,7 +80,7 @@ def _runner(lang: str, key: str, args: list[str]) -> dict[str, Any]:
 def run(quick: bool) -> dict[str, Any]:
     """Measure every SDK against one echo agent on one dev node."""
     calls, rounds = (300, 3) if quick else (1000, 5)
-    cluster = DevCluster(nodes=1, base_port=free_port_block(22), lease_ttl=2, cluster="benchsdk", agentd=True)
+    cluster = DevCluster(nodes=1, lease_ttl=2, cluster="benchsdk", agentd=True)
     samples: dict[str, list[Any]] = {}
     try:
         cluster.start()

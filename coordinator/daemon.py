@@ -1,7 +1,8 @@
 """The coordinator process: gRPC server (CoordinatorService, health, reflection) + the active/standby node.
 
-Prints one line ``coordinator ready node_id=... grpc=HOST:PORT`` on stdout once
-it serves (as a standby or the leader); ``mabeam up`` and tests wait for it.
+Prints one ready line (:mod:`mabeam.startup`: ``coordinator ready {"node_id": ...,
+"grpc": "HOST:PORT", ...}``) on stdout once it serves (as a standby or the
+leader); ``mabeam up`` and tests wait for it and read the bound port from it.
 Health service ``mabeam.v1.CoordinatorService`` is SERVING on the leader and
 NOT_SERVING on a standby; ``""`` is SERVING whenever the process serves.
 SIGTERM/SIGINT resign (the standby takes over at once) and exit.
@@ -26,6 +27,7 @@ from coordinator.node import CoordinatorNode
 from coordinator.service import CoordinatorServicer
 from mabeam.etcd.client import EtcdUnavailable
 from mabeam.grpcutil import ErrorInterceptor
+from mabeam.startup import StartupError, announce_ready, startup_exit
 from mabeam.systemd import EXIT_TEMPFAIL, Notifier
 from mabeam.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -33,10 +35,6 @@ log = logging.getLogger("coordinator")
 
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-
-
-class StartupError(Exception):
-    """The daemon cannot start (port in use, etcd unreachable)."""
 
 
 class Daemon:
@@ -47,7 +45,7 @@ class Daemon:
         self.metrics = CoordinatorMetrics()
         self.node = CoordinatorNode(config, metrics=self.metrics)
         self.metrics.watch_state(lambda: self.node.leading)
-        self.metrics_address = "-"
+        self.metrics_address = ""
         self._metrics_server: WSGIServer | None = None
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(interceptors=[ErrorInterceptor(self.metrics.registry)], options=[
@@ -97,8 +95,8 @@ class Daemon:
                                       else health_pb2.HealthCheckResponse.NOT_SERVING)
             if not self.notifier.is_ready and self.node.standing:
                 # Serving and either elected or standing by with a candidacy in etcd.
-                print(f"coordinator ready node_id={self.config.node_id} grpc={self.node.address} "
-                      f"metrics={self.metrics_address}", flush=True)
+                announce_ready("coordinator", node_id=self.config.node_id, grpc=self.node.address,
+                               metrics=self.metrics_address or None)
                 self.notifier.ready(self.status())
             await asyncio.sleep(0.1)
 
@@ -161,11 +159,6 @@ def run(config: CoordinatorConfig) -> int:
     try:
         uvloop.run(main())
     except (StartupError, BaseExceptionGroup) as error:
-        problems = [error] if isinstance(error, StartupError) else [
-            e for e in error.exceptions if isinstance(e, StartupError)]  # type: ignore[union-attr]
-        if not problems:
-            raise
-        for problem in problems:
-            print(f"coordinator: {problem}", file=sys.stderr)
-        return EXIT_TEMPFAIL  # etcd unreachable or the port held: a retry may pass
+        # etcd unreachable or the port held: a retry may pass.
+        return startup_exit("coordinator", error, EXIT_TEMPFAIL)
     return 0

@@ -18,7 +18,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    cluster = DevCluster(nodes=args.nodes, base_port=args.base_port, etcd=args.etcd, cluster=args.cluster,
+    cluster = DevCluster(nodes=args.nodes, base_port=args.base_port or None, etcd=args.etcd, cluster=args.cluster,
                          lease_ttl=args.lease_ttl, run_dir=args.run_dir, agentd=not args.mesh_only,
                          coordinator=not args.mesh_only)
     try:
@@ -31,7 +31,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(json.dumps(cluster.describe()), flush=True)
     print(f"etcd      {cluster.etcd_endpoint}{' (embedded)' if cluster.embedded else ''}")
     for node in cluster.nodes:
-        print(f"{node.node_id:9s} meshd {node.endpoint}  metrics http://127.0.0.1:{node.metrics_port}/metrics  "
+        print(f"{node.node_id:9s} meshd {node.endpoint}  metrics http://{node.metrics_address}/metrics  "
               f"pid {node.proc.pid if node.proc else '-'}")
         for daemon in node.daemons[1:]:
             http = f"  runs http://{daemon.http_endpoint}/v1/runs" if daemon.http_endpoint else ""
@@ -69,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run a dev cluster on this host")
     up.add_argument("--nodes", type=int, default=3, help="number of meshd processes (default 3)")
-    up.add_argument("--base-port", type=int, default=7100, help="etcd on P/P+1, node i on P+10*i (default 7100)")
+    up.add_argument("--base-port", type=int, default=7100, help="etcd on P/P+1, node i on P+10*i (default 7100); 0: every daemon binds a port the OS "
+                         "chooses and reports it (printed below)")
     up.add_argument("--etcd", default=None, help="use this etcd HOST:PORT[,...] instead of an embedded one")
     up.add_argument("--cluster", default="dev", help="cluster name (etcd key prefix)")
     up.add_argument("--lease-ttl", type=int, default=3, help="membership lease TTL in seconds")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,12 +19,13 @@ from prometheus_client import start_http_server
 
 from mabeam.dataplane.errors import DataPlaneError
 from mabeam.grpcutil import ErrorInterceptor
+from mabeam.startup import StartupError, announce_ready, startup_exit
 from mabeam.systemd import EXIT_TEMPFAIL, Notifier
 from mabeam.v1 import mesh_pb2, mesh_pb2_grpc
 from meshd.config import MeshdConfig
 from meshd.dataplane import DataPlane
 from meshd.metrics import MeshdMetrics
-from meshd.node import MeshNode, StartupError
+from meshd.node import MeshNode
 from meshd.registry_view import NodeRegistryView
 from meshd.service import MeshServicer
 from meshd.view import MemberChange
@@ -64,6 +64,7 @@ class Daemon:
         self.node.info.data_addresses.update(self.dataplane.addresses)
         self.node.info.curve_public_key = self.dataplane.curve_public_key or ""
         self.node.on_member_change = self._on_member_change
+        self.node.on_name_lost = self._on_name_lost
         mesh_pb2_grpc.add_MeshServiceServicer_to_server(MeshServicer(self.node, self.dataplane), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
@@ -100,6 +101,13 @@ class Daemon:
         except DataPlaneError as error:
             log.warning("cannot connect the data plane to %s: %s", node.node_id, error)
 
+    def _on_name_lost(self, ours: mesh_pb2.NameEntry, holder: mesh_pb2.NameEntry) -> None:
+        # Tell the attached endpoint that owned the name (if the name was an attached endpoint's).
+        if self.dataplane.attach is not None:
+            self.dataplane.attach.name_lost(ours.tenant, ours.name, ours.target.agent_id,
+                                            f"name {ours.name!r} is now held by agent {holder.target.agent_id!r} "
+                                            f"on node {holder.target.node_id!r}")
+
     async def _health_loop(self) -> None:
         await self.node.ready.wait()
         for name in ("", SERVICE_NAME):
@@ -116,9 +124,9 @@ class Daemon:
         # Joined etcd, channels bound, gRPC health SERVING: only now is this meshd ready.
         await self._serving.wait()
         info = self.node.info
-        # One parseable line: `mabeam up` and scripts wait for it.
-        print(f"meshd ready node_id={info.node_id} grpc={info.grpc_address} metrics={info.metrics_address or '-'} "
-              f"attach={self.dataplane.attach_address}", flush=True)
+        # The addresses actually bound (port 0 → the OS's choice): `mabeam up` and the harness read them.
+        announce_ready("meshd", node_id=info.node_id, grpc=info.grpc_address, metrics=info.metrics_address or None,
+                       attach=self.dataplane.attach_address, data=dict(self.dataplane.addresses))
         self.notifier.ready(self.status())
 
     def status(self) -> str:
@@ -168,18 +176,6 @@ def run(config: MeshdConfig) -> int:
     try:
         uvloop.run(main())
     except (StartupError, BaseExceptionGroup) as error:
-        startup = _startup_errors(error)
-        if not startup:
-            raise
-        for problem in startup:
-            print(f"meshd: {problem}", file=sys.stderr)
-        return EXIT_TEMPFAIL  # etcd unreachable, a port held, the node id still live: a retry may pass
+        # etcd unreachable, a port held, the node id still live: a retry may pass.
+        return startup_exit("meshd", error, EXIT_TEMPFAIL)
     return 0
-
-
-def _startup_errors(error: BaseException) -> list[StartupError]:
-    if isinstance(error, StartupError):
-        return [error]
-    if isinstance(error, BaseExceptionGroup):
-        return [e for sub in error.exceptions for e in _startup_errors(sub)]
-    return []

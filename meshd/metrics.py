@@ -38,6 +38,10 @@ class MeshdMetrics:
                                   registry=r)
         self.session_losses = Counter("mabeam_session_losses_total", "Times the node lease was lost and re-registered.",
                                       registry=r)
+        self.names_lost = Counter(
+            "mabeam_registry_names_lost_total",
+            "Names this node owned that another owner took while this node's lease had lapsed (owner notified).",
+            registry=r)
         self._latency_children: dict[str, Histogram] = {}
 
     def observe_etcd(self, op: str, seconds: float) -> None:

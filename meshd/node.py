@@ -38,6 +38,7 @@ from mabeam.etcd.client import (
 )
 from mabeam.etcd.election import Election, ElectionLost
 from mabeam.etcd.session import Session
+from mabeam.startup import StartupError
 from mabeam.v1 import common_pb2, mesh_pb2
 from meshd.config import MeshdConfig
 from meshd.metrics import MeshdMetrics
@@ -46,10 +47,6 @@ from meshd.view import Change, ClusterView, LeaderChange, MemberChange
 log = logging.getLogger(__name__)
 
 MESH_ROLE = "mesh"
-
-
-class StartupError(Exception):
-    """meshd cannot start (etcd unreachable, node id already live); the message says why."""
 
 
 class Subscription:
@@ -111,6 +108,8 @@ class MeshNode:
         self._leader_subs: dict[str, set[Subscription]] = {}
         self.on_connected_change: Callable[[bool], None] | None = None
         self.on_member_change: Callable[[MemberChange], None] | None = None
+        #: Called with (our entry, the holder's entry) when re-registration finds a name taken by another owner.
+        self.on_name_lost: Callable[[mesh_pb2.NameEntry, mesh_pb2.NameEntry], None] | None = None
 
     # --- lifecycle ---
 
@@ -201,16 +200,34 @@ class MeshNode:
             await asyncio.sleep(0.2)
 
     async def _reregister_owned(self, session: Session) -> None:
+        """Everything this node owned under its previous lease, again under ``session``'s.
+
+        A name another owner took while our lease had lapsed stays theirs: it is dropped here, logged,
+        counted, and its owner is told (``on_name_lost``: meshd notifies the attached endpoint).
+        """
         for (tenant, name), entry in list(self._owned_names.items()):
             key = keys.name(self.config.cluster, tenant, name)
             result = await self.client.txn([cmp_create_revision(key, 0)],
-                                           [op_put(key, entry.SerializeToString(), session.lease_id)])
-            if not result.succeeded:
-                log.warning("name %s/%s was taken by another node while ours lapsed; dropping it", tenant, name)
-                self._owned_names.pop((tenant, name), None)
+                                           [op_put(key, entry.SerializeToString(), session.lease_id)], [op_get(key)])
+            if result.succeeded:
+                self._note_write(result.revision)
+                continue
+            holder = mesh_pb2.NameEntry()
+            if result.ranges and result.ranges[0]:
+                holder.ParseFromString(result.ranges[0][0].value)
+            if holder.target.node_id == self.node_id and holder.target.agent_id == entry.target.agent_id:
+                continue  # ours already (written under this lease by a concurrent registration)
+            self._owned_names.pop((tenant, name), None)
+            self.metrics.names_lost.inc()
+            log.warning("name %s/%s of agent %s was taken by agent %s on node %s while this node's lease had "
+                        "lapsed; it is theirs now and the owner is told", tenant, name, entry.target.agent_id,
+                        holder.target.agent_id, holder.target.node_id)
+            if self.on_name_lost is not None:
+                self.on_name_lost(entry, holder)
         # A snapshot: JoinGroup requests served while we await the puts add to the dict.
         for key, member in list(self._owned_groups.items()):
-            await self.client.put(key, member.SerializeToString(), session.lease_id)
+            revision = await self.client.put(key, member.SerializeToString(), session.lease_id)
+            self._note_write(revision)
 
     async def _campaign(self, session: Session) -> None:
         value = mesh_pb2.LeaderInfo(role=MESH_ROLE, node_id=self.node_id, address=self.info.grpc_address)
@@ -371,7 +388,19 @@ class MeshNode:
             existing.revision = holder.create_revision
             if existing.target.node_id == self.node_id and existing.target.agent_id == agent_id \
                     and dict(existing.metadata) == metadata:
-                return existing  # the same registration again: idempotent
+                # The same registration again: idempotent. Left by a previous incarnation of this node (meshd
+                # restarted, its old lease not yet expired)? Move it under our lease, or it would expire with it.
+                if holder.lease != session.lease_id:
+                    try:
+                        moved = await self.client.txn([cmp_lease(key, holder.lease)],
+                                                      [op_put(key, entry.SerializeToString(), session.lease_id)])
+                    except EtcdError as error:
+                        raise etcd_unavailable(error) from None
+                    if moved.succeeded:
+                        self._note_write(moved.revision)
+                        await self.wait_revision(moved.revision)
+                self._owned_names[(tenant, name)] = entry
+                return existing
         raise ServiceError(grpc.StatusCode.ALREADY_EXISTS,
                            f"name {name!r} in tenant {tenant!r} is already registered to agent "
                            f"{existing.target.agent_id!r} on node {existing.target.node_id!r}", "NAME_TAKEN")

@@ -6,8 +6,15 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from mabeam.etcd.embedded import EmbeddedEtcd
+
+# No per-example deadline and no "too slow" health check anywhere: on two shared, busy cores even a pure
+# example can take longer than hypothesis's 200 ms, and many properties (fuzzing services) do I/O. Per-test
+# @settings still choose max_examples; they inherit this.
+settings.register_profile("mabeam", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("mabeam")
 
 
 @pytest.fixture(scope="session")
@@ -36,21 +43,19 @@ def cluster_name() -> str:
 
 @pytest.fixture
 def dev_cluster(etcd_server: EmbeddedEtcd, cluster_name: str):
-    """Factory for clusters of real meshd processes on free loopback ports; all stopped at teardown.
+    """Factory for clusters of real meshd processes (ports bound by the daemons); all stopped at teardown.
 
     ``own_etcd=True`` gives the cluster an embedded etcd of its own (for tests that stop it);
     ``agentd``/``coordinator`` add those daemons to every node; ``runs_store`` (default: one SQLite
     file shared by the cluster's agentd) and ``runs_config`` (``[runs]`` settings) configure durable runs.
     """
     from mabeam.dev.cluster import DevCluster
-    from mabeam.dev.testing import free_port_block
 
     clusters: list[DevCluster] = []
 
     def make(nodes: int = 3, lease_ttl: int = 2, own_etcd: bool = False, agentd: bool = False,
              coordinator: bool = False, runs_store: str = "", runs_config: dict | None = None) -> DevCluster:
-        base = free_port_block(10 * (nodes + 1) + 2)
-        cluster = DevCluster(nodes, base, etcd=None if own_etcd else etcd_server.endpoint, cluster=cluster_name,
+        cluster = DevCluster(nodes, etcd=None if own_etcd else etcd_server.endpoint, cluster=cluster_name,
                              lease_ttl=lease_ttl, agentd=agentd, coordinator=coordinator, runs_store=runs_store,
                              runs_config=runs_config)
         clusters.append(cluster)
@@ -63,13 +68,17 @@ def dev_cluster(etcd_server: EmbeddedEtcd, cluster_name: str):
 
 @pytest.fixture
 def coordinators(etcd_server: EmbeddedEtcd, cluster_name: str):
-    """Factory: start N real coordinator processes (lease TTL 2 s) on the session etcd; all stopped at teardown."""
-    from mabeam.dev.coordinators import CoordinatorCluster
+    """Factory: N real coordinator processes (no meshd, lease TTL 2 s) on the session etcd; stopped at teardown.
 
-    made: list[CoordinatorCluster] = []
+    Use ``cluster.coordinators`` (the processes), ``cluster.coordinator_endpoints`` and ``cluster.leader()``.
+    """
+    from mabeam.dev.cluster import DevCluster
 
-    def make(nodes: int = 2) -> CoordinatorCluster:
-        cluster = CoordinatorCluster(etcd_server.endpoint, cluster_name, nodes=nodes, lease_ttl=2)
+    made: list[DevCluster] = []
+
+    def make(nodes: int = 2) -> DevCluster:
+        cluster = DevCluster(nodes, etcd=etcd_server.endpoint, cluster=cluster_name, lease_ttl=2, meshd=False,
+                             coordinator=True, node_prefix="coord-")
         made.append(cluster)
         return cluster.start()
 

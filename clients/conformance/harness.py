@@ -29,7 +29,6 @@ from pathlib import Path
 import yaml
 
 from mabeam.dev.cluster import DevCluster
-from mabeam.dev.testing import free_port_block
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "clients/conformance/scenarios"
@@ -81,7 +80,7 @@ class Harness:
 
     def __init__(self, relays: tuple[str, ...] = ("go", "typescript", "rust")) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mabeam-conformance-"))
-        self.cluster = DevCluster(3, free_port_block(42), cluster=f"conf{os.getpid()}", lease_ttl=2,
+        self.cluster = DevCluster(3, cluster=f"conf{os.getpid()}", lease_ttl=2,
                                   run_dir=self.dir / "cluster", agentd=True, coordinator=True)
         self.cluster_json = self.dir / "cluster.json"
         self.relays = relays

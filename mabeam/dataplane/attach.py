@@ -28,6 +28,18 @@ front of urgent messages on the main connection (bench/hol.py through two meshd)
 (sender, receiver, channel) as between nodes: a message above the chunk size may overtake smaller
 ones on its channel, as chunked messages travel on ``bulk`` between nodes. Large received payloads
 (above 64 KiB) are delivered as zero-copy ``memoryview``s.
+
+**Healing.** meshd may detach an endpoint (it stayed silent past meshd's
+expiry, or meshd restarted); meshd then answers its next message with a
+SYSTEM_OP_DETACHED notice. The endpoint re-attaches by itself with backoff
+(same agent id and connection) and registers the names and groups it holds
+again. While it is detached, sends and calls fail fast with :class:`Detached`
+(UNAVAILABLE, reason DETACHED), calls in flight fail with it too, and name and
+group operations wait for the re-attach (up to their timeout). A name taken by
+another owner meanwhile (while re-registering, or reported by meshd with
+SYSTEM_OP_NAME_LOST after this node's lease had lapsed) is dropped from the
+endpoint's names and reported to ``on_name_lost(name, why)``, never silently.
+``events`` counts detachments, re-attaches and lost names.
 """
 
 from __future__ import annotations
@@ -35,10 +47,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import random
 import time
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -48,6 +62,7 @@ from mabeam.dataplane import envelope as wire
 from mabeam.dataplane.errors import (
     DataPlaneError,
     DeadlineExceeded,
+    Detached,
     InvalidArgument,
     ResourceExhausted,
     error_from_code,
@@ -56,7 +71,13 @@ from mabeam.dataplane.message import AgentRef, Destination, Group, Message, tena
 from mabeam.dataplane.zmqio import SCHED_IDLE, sched_idle_ok, send_frames
 from mabeam.v1 import dataplane_pb2 as pb
 
+log = logging.getLogger(__name__)
+
 HEARTBEAT_EVERY = 1.0
+#: Backoff between re-attach attempts: doubling from the first to the last, with jitter.
+REATTACH_BACKOFF = (0.05, 2.0)
+_NAME_OPS = frozenset({pb.SYSTEM_OP_REGISTER_NAME, pb.SYSTEM_OP_UNREGISTER_NAME, pb.SYSTEM_OP_JOIN_GROUP,
+                       pb.SYSTEM_OP_LEAVE_GROUP})
 #: Payloads above this many bytes go on the bulk lane whatever their channel (meshd's default chunk size).
 LANE_ABOVE = 1 << 20
 LANE_SUFFIX = b"~bulk"  # keep equal to attach_server.LANE_SUFFIX (the client does not import the server)
@@ -115,6 +136,18 @@ class AttachedEndpoint:
         self._reading = False
         self.bounced = 0
         self.closed = False
+        self._closing = False
+        self._attached = asyncio.Event()
+        self._reattach_task: asyncio.Task[None] | None = None
+        #: Names and groups this endpoint holds: registered again after a re-attach.
+        self.names: set[str] = set()
+        self.groups: set[str] = set()
+        #: Called with (name, why) when a name of this endpoint was taken by another owner.
+        self.on_name_lost: Callable[[str, str], None] | None = None
+        #: Called after a re-attach, once names and groups are registered again.
+        self.on_reattached: Callable[[], None] | None = None
+        #: Counts of "detached", "reattached" and "names_lost".
+        self.events: Counter[str] = Counter()
 
     def _socket(self, ctx: zmq.Context, routing_id: bytes, address: str | None = None) -> zmq.Socket:
         sock = ctx.socket(zmq.DEALER)
@@ -134,7 +167,18 @@ class AttachedEndpoint:
             await endpoint.close()
             raise
         endpoint.ref = AgentRef.from_proto(result.to_agent)
+        endpoint._attached.set()
         return endpoint
+
+    @property
+    def attached(self) -> bool:
+        """True while meshd knows this endpoint (False while it re-attaches)."""
+        return self._attached.is_set()
+
+    def _fail_fast(self) -> None:
+        if not self._attached.is_set() and not self.closed:
+            raise Detached(f"endpoint {self.ref.agent_id!r} is not attached to meshd right now (re-attaching); "
+                           "retry shortly")
 
     # ------------------------------------------------------------------ sending
 
@@ -293,6 +337,13 @@ class AttachedEndpoint:
     def _on_envelope(self, env: pb.Envelope, payload: bytes) -> None:
         kind = env.kind
         if kind == wire.SYSTEM:
+            op = env.system_op
+            if op == pb.SYSTEM_OP_DETACHED:
+                self._lost_attachment(env.error_message)
+                return
+            if op == pb.SYSTEM_OP_NAME_LOST:
+                self._name_lost(bytes(payload).decode("utf-8", "replace"), env.error_message)
+                return
             waiter = self._waiting.pop(env.correlation_id, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(env)
@@ -322,9 +373,81 @@ class AttachedEndpoint:
                 receiver.set_result(None)
                 break
 
+    # ------------------------------------------------------------------ healing
+
+    def _lost_attachment(self, why: str) -> None:
+        """meshd says this connection is not attached: fail what waits on it, re-attach in the background."""
+        if self.closed or self._closing or not self._attached.is_set():
+            return  # already re-attaching (a notice for a message sent before the re-attach), or closing
+        self._attached.clear()
+        self.events["detached"] += 1
+        log.warning("endpoint %s was detached by meshd (%s); re-attaching", self.ref.agent_id, why or "no reason")
+        error = Detached(f"endpoint {self.ref.agent_id!r} was detached by meshd; re-attaching")
+        waiting, self._waiting = self._waiting, {}
+        for waiter in waiting.values():
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._reattach_task = self._loop.create_task(self._reattach(), name=f"reattach-{self.ref.agent_id}")
+
+    def _name_lost(self, name: str, why: str) -> None:
+        if name not in self.names:
+            return
+        self.names.discard(name)
+        self.events["names_lost"] += 1
+        log.warning("endpoint %s lost its name %r: %s", self.ref.agent_id, name, why)
+        if self.on_name_lost is not None:
+            self.on_name_lost(name, why)
+
+    async def _reattach(self) -> None:
+        """Attach again (same agent id and connection) with backoff, then register names and groups again."""
+        delay, ceiling = REATTACH_BACKOFF
+        while not self.closed:
+            try:
+                await self._system(pb.SYSTEM_OP_ATTACH, str(self.max_pending).encode(), timeout=2.0, force=True)
+                break
+            except (DataPlaneError, TimeoutError) as error:
+                log.info("re-attach of %s failed (%s); retrying in %.2fs", self.ref.agent_id, error, delay)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(ceiling, delay * 2)
+        if self.closed:
+            return
+        self._attached.set()
+        self.events["reattached"] += 1
+        for op, held in ((pb.SYSTEM_OP_REGISTER_NAME, self.names), (pb.SYSTEM_OP_JOIN_GROUP, self.groups)):
+            for item in sorted(held):
+                await self._restore(op, item, held)
+        log.info("endpoint %s re-attached with %d names and %d groups", self.ref.agent_id, len(self.names),
+                 len(self.groups))
+        if self.on_reattached is not None:
+            self.on_reattached()
+
+    async def _restore(self, op: int, item: str, held: set[str]) -> None:
+        """Register one name (or join one group) again, retrying transient failures while attached."""
+        delay, ceiling = REATTACH_BACKOFF
+        while item in held and self._attached.is_set() and not self.closed:
+            try:
+                await self._system(op, item.encode(), timeout=2.0, force=True)
+                return
+            except DataPlaneError as error:
+                if error.code == grpc.StatusCode.ALREADY_EXISTS:
+                    self._name_lost(item, error.message)
+                    return
+                if isinstance(error, Detached):
+                    return  # detached again: the next re-attach restores it
+                log.info("re-registering %r for %s failed (%s); retrying", item, self.ref.agent_id, error)
+            except TimeoutError:
+                pass
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(ceiling, delay * 2)
+
     # ------------------------------------------------------------------ operations
 
-    async def _system(self, op: int, payload: bytes, timeout: float = 5.0) -> pb.Envelope:
+    async def _system(self, op: int, payload: bytes, timeout: float = 5.0, force: bool = False) -> pb.Envelope:
+        if not force and op in _NAME_OPS and not self._attached.is_set() and not self.closed:
+            try:  # name operations ride out a re-attach (up to their timeout)
+                await asyncio.wait_for(self._attached.wait(), timeout)
+            except TimeoutError:
+                self._fail_fast()
         env = pb.Envelope(version=wire.VERSION, id=next(self._ids), kind=wire.SYSTEM, channel=wire.CONTROL,
                           system_op=op, tenant=self.tenant)
         env.sender.agent_id = self.ref.agent_id
@@ -336,15 +459,18 @@ class AttachedEndpoint:
                 result = await future
         finally:
             self._waiting.pop(env.id, None)
-        assert isinstance(result, pb.Envelope)
-        if result.error_code:
-            raise error_from_code(result.error_code, result.error_message)
+        answer = result.envelope if isinstance(result, Message) else result
+        if answer.error_code:
+            raise error_from_code(answer.error_code, answer.error_message)
+        if isinstance(result, Message):
+            raise DataPlaneError("meshd answered an operation with a message", code=grpc.StatusCode.INTERNAL)
         return result
 
     def send_nowait(self, to: Destination, payload: bytes, *, channel: int | str | None = None,
                     acknowledged: bool = False) -> int:
         """Queue a cast for meshd; returns its id (ResourceExhausted when ``max_queued`` are waiting)."""
         ch = wire.parse_channel(channel)
+        self._fail_fast()
         if len(self._out) >= self.max_queued or len(self._lane_out) >= self.max_queued:
             raise ResourceExhausted(f"{self.max_queued} messages are waiting for the connection to meshd")
         message_id = next(self._ids)
@@ -365,6 +491,7 @@ class AttachedEndpoint:
                    channel: int | str | None = None) -> Message:
         """Call and wait for the reply; raises the typed error (DeadlineExceeded after ``timeout``)."""
         ch = wire.parse_channel(channel)
+        self._fail_fast()
         call_id = next(self._ids)
         deadline_ms = int((time.time() + timeout) * 1000)
         data = self._header(wire.CALL, to, ch, 0, call_id, 0, deadline_ms)
@@ -380,7 +507,9 @@ class AttachedEndpoint:
         finally:
             timer.cancel()
             self._waiting.pop(call_id, None)
-        assert isinstance(result, Message)
+        if not isinstance(result, Message):  # an operation result for this id: meshd refused the call
+            raise error_from_code(result.error_code or grpc.StatusCode.UNAVAILABLE.value[0],
+                                  result.error_message or "meshd refused the call")
         if result.kind == wire.ERROR:
             raise error_from_code(result.envelope.error_code, result.envelope.error_message)
         return result
@@ -393,6 +522,7 @@ class AttachedEndpoint:
         """Answer a call without awaiting (ignored for casts)."""
         if not request.is_call:
             return
+        self._fail_fast()
         env = request.envelope
         data = self._header(wire.REPLY, AgentRef.from_proto(env.sender), env.channel, 0, next(self._ids), env.id)
         self._queue(data, payload, env.channel, urgent=True)
@@ -427,27 +557,41 @@ class AttachedEndpoint:
         return await self.receive()
 
     async def register_name(self, name: str) -> None:
-        """Register a cluster-unique name for this endpoint (ALREADY_EXISTS when taken)."""
+        """Register a cluster-unique name for this endpoint (ALREADY_EXISTS when taken); kept across re-attaches."""
         await self._system(pb.SYSTEM_OP_REGISTER_NAME, name.encode())
+        self.names.add(name)
 
     async def unregister_name(self, name: str) -> None:
-        """Remove a name this endpoint registered."""
+        """Remove a name this endpoint registered (while detached: meshd already dropped it; just forget it)."""
+        self.names.discard(name)
+        if not self._attached.is_set():
+            return
         await self._system(pb.SYSTEM_OP_UNREGISTER_NAME, name.encode())
 
     async def join_group(self, group: str) -> None:
-        """Join a group."""
+        """Join a group; kept across re-attaches."""
         await self._system(pb.SYSTEM_OP_JOIN_GROUP, group.encode())
+        self.groups.add(group)
 
     async def leave_group(self, group: str) -> None:
-        """Leave a group."""
+        """Leave a group (while detached: meshd already dropped it; just forget it)."""
+        self.groups.discard(group)
+        if not self._attached.is_set():
+            return
         await self._system(pb.SYSTEM_OP_LEAVE_GROUP, group.encode())
 
     async def close(self) -> None:
         """Detach (names and groups are removed by meshd) and release the sockets and contexts."""
         if self.closed:
             return
-        with contextlib.suppress(DataPlaneError, TimeoutError, zmq.ZMQError):
-            await self._system(pb.SYSTEM_OP_DETACH, b"", timeout=1.0)
+        self._closing = True
+        if self._reattach_task is not None:
+            self._reattach_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reattach_task
+        if self._attached.is_set():
+            with contextlib.suppress(DataPlaneError, TimeoutError, zmq.ZMQError):
+                await self._system(pb.SYSTEM_OP_DETACH, b"", timeout=1.0, force=True)
         self.closed = True
         self._heartbeat.cancel()
         for fd in self._fds:

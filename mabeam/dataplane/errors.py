@@ -44,6 +44,16 @@ class Unavailable(DataPlaneError):
     reason = "PEER_UNAVAILABLE"
 
 
+class Detached(Unavailable):
+    """This process is not attached to its meshd right now (it was detached, or meshd restarted).
+
+    The endpoint re-attaches by itself with backoff and registers its names and groups again; meanwhile
+    sends and calls fail fast with this error (UNAVAILABLE, reason ``DETACHED``): retry shortly.
+    """
+
+    reason = "DETACHED"
+
+
 class DeadlineExceeded(DataPlaneError):
     """A call got no reply before its deadline."""
 

@@ -23,7 +23,7 @@ from rich.table import Table
 from mabeam.dev import demo_models, demo_scenes, demo_work
 from mabeam.dev.cluster import DevCluster
 from mabeam.dev.fakellm.process import FakeLLMProcess
-from mabeam.dev.testing import free_port_block, wait_until
+from mabeam.dev.testing import wait_until
 from mabeam_client.mesh import SyncMeshClient
 
 console = Console()
@@ -102,10 +102,9 @@ def tour(cluster: DevCluster) -> None:
 
 def main() -> int:
     """Start the cluster, run the tour, stop everything."""
-    base = free_port_block(42)
-    console.print(f"[bold]mabeam demo[/bold]: embedded etcd + 3 nodes (meshd, agentd, coordinator) on 127.0.0.1 "
-                  f"ports {base}–{base + 41}")
-    cluster = DevCluster(nodes=3, base_port=base, lease_ttl=2, agentd=True, coordinator=True,
+    console.print("[bold]mabeam demo[/bold]: embedded etcd + 3 nodes (meshd, agentd, coordinator) on 127.0.0.1, "
+                  "ports chosen by the OS")
+    cluster = DevCluster(nodes=3, lease_ttl=2, agentd=True, coordinator=True,
                          runs_config={"lease_ttl": 2})
     # The local model server first: every agentd inherits its address (the LLM agent scene).
     llm = FakeLLMProcess().start()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -11,6 +10,7 @@ from rich.tree import Tree
 
 from coordinator.mechanisms import verify_receipt
 from mabeam.dev.cluster import DevCluster
+from mabeam.dev.testing import async_wait_until
 from mabeam_client.agents import AgentClient
 from mabeam_client.coordinator import CoordinatorClient
 from mabeam_client.errors import MabeamError
@@ -19,17 +19,7 @@ console = Console()
 
 
 async def _until(probe, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = await probe()
-            if value:
-                return value
-        except MabeamError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout}s")
-        await asyncio.sleep(0.05)
+    return await async_wait_until(probe, timeout, interval=0.05, what=what)
 
 
 async def agents_scene(cluster: DevCluster, step) -> None:  # type: ignore[no-untyped-def]

@@ -11,6 +11,19 @@ full or vanished connection into RESOURCE_EXHAUSTED / NOT_FOUND for the sender.
 An endpoint silent for ``EXPIRE_AFTER`` seconds (clients heartbeat every
 second) is detached and its names and groups are removed.
 
+**Healing.** Silence is measured in time meshd itself was running: when meshd
+was paused (SIGSTOP, a VM migration, a long GC or swap), its own stall is not
+the endpoints' silence, so every endpoint gets a fresh ``EXPIRE_AFTER`` after
+it, and the heartbeats that queued meanwhile are read before anyone is
+expired. Whatever arrives from a connection that is not attached (detached as
+silent, or meshd restarted) is answered with a SYSTEM_OP_DETACHED notice, and
+each cast or call in it bounces UNAVAILABLE; the client then re-attaches by
+itself and registers its names and groups again. Name operations of one
+endpoint run one at a time, so the clean-up of a detached incarnation never
+deletes a name its re-attached successor registered. When this node's lease
+lapsed and another owner took one of an endpoint's names meanwhile, meshd
+sends the endpoint SYSTEM_OP_NAME_LOST (:meth:`AttachServer.name_lost`).
+
 **Bulk lane** (bench/hol.py through two meshd): an attached process may connect a second DEALER
 whose routing id is its main one + :data:`LANE_SUFFIX`. Messages it sends there count as the
 endpoint's own; messages for the endpoint on ``bulk`` or above ``chunk_size`` go back on it (the main
@@ -28,6 +41,7 @@ import errno
 import logging
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -45,6 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXPIRE_AFTER = 5.0
+#: A tick of the expiry loop this much later than planned means meshd itself was not running (paused, starved).
+_STALL = 1.5
 #: Routing-id suffix of an attached endpoint's bulk lane (see the module docstring).
 LANE_SUFFIX = b"~bulk"
 #: Suffix of the lanes' ipc address (the attach address + this).
@@ -143,6 +159,9 @@ class AttachServer:
         # Bound once: both run per message (bench/dataplane.py through two meshd).
         self._forward = plane.router.forward
         self._schedule_flush = plane.outbound.schedule
+        self._name_locks: dict[tuple[str, str], list[Any]] = {}  # (tenant, agent id) -> [lock, users]
+        self.expired = 0
+        self.names_lost = 0
 
     def bind(self, address: str) -> str:
         """Bind the attach socket; returns the concrete address."""
@@ -173,12 +192,28 @@ class AttachServer:
         if self.lane_sock is not None:
             self._readiness.watch(self.lane_sock)
         self._on_readable()
+        last_tick = time.monotonic()
         while True:
             await asyncio.sleep(1.0)
+            now = time.monotonic()
+            if now - last_tick > 1.0 + _STALL:
+                # meshd was not running (SIGSTOP, swap, starved): that silence is ours, not the endpoints'.
+                log.info("attach server resumed after a %.1fs stall; endpoints get a fresh %gs to be heard",
+                         now - last_tick, EXPIRE_AFTER)
+                for mailbox in self.by_routing_id.values():
+                    mailbox.last_seen = max(mailbox.last_seen, now)
+            last_tick = now
+            self._drain()  # heartbeats already waiting count before anyone is expired (and a missed FD edge)
             self._expire(tg)
-            self._on_readable()  # safety net for a missed FD edge
 
     # ------------------------------------------------------------------ receiving
+
+    def _drain(self) -> None:
+        """Read everything waiting on the attach socket now (several receive steps if need be)."""
+        for _ in range(64):
+            self._on_readable()
+            if not self.sock.getsockopt(_EVENTS) & _POLLIN:
+                return
 
     def _on_readable(self) -> None:
         """Reader callback: one step of up to ``_STEP`` messages; the rest continues next loop turn."""
@@ -235,14 +270,36 @@ class AttachServer:
             mailbox = self.by_routing_id.get(routing_id[:-len(LANE_SUFFIX)])  # the endpoint's bulk lane
         if mailbox is not None:
             mailbox.last_seen = time.monotonic()
+        bounced: list[bytes] = []
         for env, payload in zip(batch.envelopes, payloads, strict=True):
             if env.kind == wire.SYSTEM:
                 self._on_system(routing_id, mailbox, env, payload, tg)
                 mailbox = self.by_routing_id.get(routing_id)
             elif mailbox is None:
-                self._result(routing_id, env.id, grpc.StatusCode.FAILED_PRECONDITION, "not attached")
+                bounced.append(self._not_attached_error(env))
             else:
                 self._on_message(mailbox, env, payload)
+        if bounced or (mailbox is None and not routing_id.endswith(LANE_SUFFIX)
+                       and any(env.kind == wire.SYSTEM and env.system_op != pb.SYSTEM_OP_ATTACH
+                               for env in batch.envelopes)):
+            self._tell_detached(routing_id.removesuffix(LANE_SUFFIX), bounced)
+
+    @staticmethod
+    def _not_attached_error(env: pb.Envelope) -> bytes:
+        """The UNAVAILABLE bounce of a cast or call that came from a connection that is not attached."""
+        back = pb.Envelope(version=wire.VERSION, kind=wire.ERROR, channel=env.channel or wire.NORMAL,
+                           correlation_id=env.id, error_code=grpc.StatusCode.UNAVAILABLE.value[0],
+                           error_message="not attached to meshd (detached, or meshd restarted); re-attaching")
+        return back.SerializeToString()
+
+    def _tell_detached(self, routing_id: bytes, bounced: list[bytes] | None = None) -> None:
+        """SYSTEM_OP_DETACHED to a connection that is not attached (then its bounced casts and calls)."""
+        notice = pb.Envelope(version=wire.VERSION, kind=wire.SYSTEM, system_op=pb.SYSTEM_OP_DETACHED,
+                             channel=wire.CONTROL, error_code=grpc.StatusCode.UNAVAILABLE.value[0],
+                             error_message="not attached to meshd; attach again")
+        envs = [notice.SerializeToString(), *(bounced or ())]
+        with contextlib.suppress(zmq.ZMQError):  # a vanished or full connection: it learns on its next message
+            self._send([routing_id, wire.encode_batch(self._prefix, envs), *([b""] * len(envs))])
 
     def _on_message(self, mailbox: _AttachedMailbox, env: pb.Envelope, payload: bytes) -> None:
         ref = mailbox.ref
@@ -294,8 +351,14 @@ class AttachServer:
         key = (tenant, agent_id)
         existing = plane.endpoints.get(key)
         if existing is not None and getattr(existing, "routing_id", None) != routing_id:
-            self._result(routing_id, env.id, grpc.StatusCode.ALREADY_EXISTS, f"endpoint {agent_id!r} exists")
-            return
+            if not (isinstance(existing, _AttachedMailbox) and self._connection_gone(existing)):
+                self._result(routing_id, env.id, grpc.StatusCode.ALREADY_EXISTS, f"endpoint {agent_id!r} exists")
+                return
+            # Its process is gone (killed, restarted) before meshd expired it: the new one takes the id at once.
+            log.info("attached endpoint %s is back on a new connection; dropping the old one", agent_id)
+            if self._tg is not None:
+                self._detach(existing, self._tg)
+            existing = None
         try:
             announced = int(payload or b"0")
         except ValueError:
@@ -303,6 +366,9 @@ class AttachServer:
         limit = min(plane.config.max_outbound, max(announced, plane.config.default_max_pending))
         ref = AgentRef(tenant, plane.node_id, agent_id)
         mailbox = _AttachedMailbox(self, routing_id, ref, limit)
+        if isinstance(existing, _AttachedMailbox):  # the same connection attaching again: keep what it owns
+            mailbox.names, mailbox.groups = existing.names, existing.groups
+            existing.gone = True
         self.by_routing_id[routing_id] = mailbox
         plane.endpoints[key] = mailbox
         self._result(routing_id, env.id, grpc.StatusCode.OK, "", ref)
@@ -318,21 +384,75 @@ class AttachServer:
 
     async def _cleanup(self, mailbox: _AttachedMailbox) -> None:
         registry, ref = self.plane.registry, mailbox.ref
-        for name in mailbox.names:
-            with contextlib.suppress(Exception):
-                await registry.unregister_name(ref.tenant, name, ref)
-        for group in mailbox.groups:
-            with contextlib.suppress(Exception):
-                await registry.leave_group(ref.tenant, group, ref)
+        async with self._one_at_a_time(ref):
+            for name in mailbox.names:
+                with contextlib.suppress(Exception):
+                    await registry.unregister_name(ref.tenant, name, ref)
+            for group in mailbox.groups:
+                with contextlib.suppress(Exception):
+                    await registry.leave_group(ref.tenant, group, ref)
 
     def _expire(self, tg: asyncio.TaskGroup) -> None:
         horizon = time.monotonic() - EXPIRE_AFTER
         for mailbox in [m for m in self.by_routing_id.values() if m.last_seen < horizon]:
-            log.info("attached endpoint %s went silent; detaching", mailbox.ref.agent_id)
+            log.warning("attached endpoint %s was silent for %gs; detaching it (it re-attaches when it is back)",
+                        mailbox.ref.agent_id, EXPIRE_AFTER)
+            self.expired += 1
             self._detach(mailbox, tg)
+            self._tell_detached(mailbox.routing_id)  # if it is alive after all, it re-attaches at once
+
+    def _connection_gone(self, mailbox: _AttachedMailbox) -> bool:
+        """True when the endpoint's connection has vanished (ROUTER_MANDATORY: a send to it is unroutable)."""
+        notice = pb.Envelope(version=wire.VERSION, kind=wire.SYSTEM, system_op=pb.SYSTEM_OP_HEARTBEAT,
+                             channel=wire.CONTROL)
+        try:
+            self._send([mailbox.routing_id, wire.encode_batch(self._prefix, [notice.SerializeToString()]), b""])
+        except zmq.Again:
+            return False  # there, just full
+        except zmq.ZMQError as exc:
+            return exc.errno == errno.EHOSTUNREACH
+        return False
+
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, ref: AgentRef) -> AsyncIterator[None]:
+        """Serialize the name operations of one endpoint (across its incarnations), in arrival order."""
+        key = (ref.tenant, ref.agent_id)
+        entry = self._name_locks.get(key)
+        if entry is None:
+            entry = self._name_locks[key] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._name_locks[key]
+
+    def name_lost(self, tenant: str, name: str, agent_id: str, holder: str) -> bool:
+        """Tell the attached endpoint ``agent_id`` that its name was taken by ``holder``; False if none attached."""
+        mailbox = self.plane.endpoints.get((tenant_or_default(tenant), agent_id))
+        if not isinstance(mailbox, _AttachedMailbox) or mailbox.gone:
+            return False
+        mailbox.names.discard(name)
+        self.names_lost += 1
+        notice = pb.Envelope(version=wire.VERSION, kind=wire.SYSTEM, system_op=pb.SYSTEM_OP_NAME_LOST,
+                             channel=wire.CONTROL, tenant=mailbox.ref.tenant,
+                             error_code=grpc.StatusCode.ALREADY_EXISTS.value[0], error_message=holder)
+        with contextlib.suppress(zmq.ZMQError):
+            self._send([mailbox.routing_id, wire.encode_batch(self._prefix, [notice.SerializeToString()]),
+                        name.encode()])
+        return True
 
     async def _name_op(self, mailbox: _AttachedMailbox, op: int, name: str, request_id: int) -> None:
+        async with self._one_at_a_time(mailbox.ref):
+            await self._name_op_now(mailbox, op, name, request_id)
+
+    async def _name_op_now(self, mailbox: _AttachedMailbox, op: int, name: str, request_id: int) -> None:
         registry, ref = self.plane.registry, mailbox.ref
+        if mailbox.gone:
+            self._result(mailbox.routing_id, request_id, grpc.StatusCode.FAILED_PRECONDITION, "not attached")
+            return
         try:
             if op == pb.SYSTEM_OP_REGISTER_NAME:
                 await registry.register_name(ref.tenant, name, ref)
@@ -460,5 +580,5 @@ class AttachServer:
             self._loop.call_soon(self._on_readable)
 
     def statistics(self) -> dict[str, Any]:
-        """Snapshot: attached endpoints."""
-        return {"attached": len(self.by_routing_id)}
+        """Snapshot: attached endpoints, endpoints detached as silent, names lost to another owner."""
+        return {"attached": len(self.by_routing_id), "expired": self.expired, "names_lost": self.names_lost}

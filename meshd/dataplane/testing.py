@@ -1,4 +1,6 @@
-"""Helpers for tests and benches: condition waits, linked data planes, a data-plane peer process.
+"""Helpers for tests and benches: linked data planes, a cuttable TCP proxy, a data-plane peer process.
+
+(Condition waits are :mod:`mabeam.dev.testing`'s ``async_wait_until``, the one for every test.)
 
 ``python -m meshd.dataplane.testing NODE_ID [--role echo|sink|silent] [--curve]`` runs a
 :class:`DataPlane` with a static in-memory registry as a plain process: it
@@ -30,17 +32,6 @@ from mabeam.dataplane.message import AgentRef, Message
 from meshd.dataplane.config import DataPlaneConfig
 from meshd.dataplane.plane import DataPlane
 from meshd.dataplane.registry import InMemoryRegistry
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll ``condition`` on every loop turn (backing off to 5 ms) until true; TimeoutError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    delay = 0.0
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(delay)
-        delay = min(0.005, delay + 0.0005)
 
 
 def link(*planes: DataPlane) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from mabeam.dev.testing import async_wait_until
 from mabeam.etcd.client import EtcdClient, EtcdError
-from mabeam.etcd.embedded import EmbeddedEtcd, free_port
+from mabeam.etcd.embedded import EmbeddedEtcd, EtcdStartError, pick_port
 from mabeam.etcd.session import Session
 
 
@@ -27,16 +27,31 @@ async def _true(value: bool) -> bool:
 @pytest.fixture
 def three_members() -> Iterator[list[EmbeddedEtcd]]:
     base = tempfile.mkdtemp(prefix="mabeam-etcd3-")
-    ports = [(free_port(), free_port()) for _ in range(3)]
-    initial = ",".join(f"m{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(ports))
-    members = [EmbeddedEtcd(data_dir=f"{base}/m{i}", client_port=client, peer_port=peer, name=f"m{i}",
-                            initial_cluster=initial, cluster_token=os.path.basename(base))
-               for i, (client, peer) in enumerate(ports)]
+    members: list[EmbeddedEtcd] = []
     try:
-        for member in members:
-            member.start(wait=False)
-        for member in members:
-            member.wait_healthy(30)
+        # The members must know each other's ports before any starts: ports picked below the ephemeral range
+        # (only another explicit chooser can take one), and all picked again should one be taken meanwhile.
+        for attempt in range(5):
+            taken: set[int] = set()
+            for _ in range(6):
+                taken.add(pick_port(avoid=taken))
+            chosen = sorted(taken)
+            ports = [(chosen[2 * i], chosen[2 * i + 1]) for i in range(3)]
+            initial = ",".join(f"m{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(ports))
+            members = [EmbeddedEtcd(data_dir=f"{base}/{attempt}/m{i}", client_port=client, peer_port=peer,
+                                    name=f"m{i}", initial_cluster=initial, cluster_token=f"{os.path.basename(base)}-{attempt}")
+                       for i, (client, peer) in enumerate(ports)]
+            try:
+                for member in members:
+                    member.start(wait=False)
+                for member in members:
+                    member.wait_healthy(30)
+                break
+            except EtcdStartError as error:
+                for member in members:
+                    member.close()
+                if "address already in use" not in str(error) or attempt == 4:
+                    raise
         yield members
     finally:
         for member in members:

@@ -14,25 +14,19 @@ import pytest
 from agentd.errors import AgentError, CallTimeout, MailboxFull
 from agentd.supervision import ChildSpec, StartSpec
 from agentd.workers import WorkerPool
+from mabeam.dev.testing import async_wait_until
 
 
 async def eventually(probe: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
-    """Retry ``probe`` until it returns without an agentd error; its result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await probe()
-        except AgentError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.02)
+    """Retry ``probe`` until it returns without an error; its result (which may be falsy)."""
+    async def boxed() -> tuple[Any]:
+        return (await probe(),)
+
+    return (await async_wait_until(boxed, timeout, interval=0.02, what="the probe to succeed"))[0]
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+    await async_wait_until(condition, timeout, interval=0.02)
 
 
 @pytest.fixture

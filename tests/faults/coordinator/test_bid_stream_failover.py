@@ -16,7 +16,7 @@ async def test_kill9_under_bid_streams_with_100_bidders(coordinators) -> None:
     # exactly the acknowledged bids, each at the seq its ack named.
     cluster = coordinators(2)
     leader = cluster.leader()
-    standby = next(n for n in cluster.nodes if n is not leader)
+    standby = next(n for n in cluster.coordinators if n is not leader)
     coord = CoordinatorClient([leader.endpoint, standby.endpoint], failover_timeout=20.0)
     auction = await coord.create_auction("sealed", {"pricing": "first"})
     streams = [coord.bid_stream() for _ in range(4)]

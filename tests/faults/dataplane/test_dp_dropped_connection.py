@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from mabeam.dataplane.message import AgentRef
+from mabeam.dev.testing import async_wait_until
 from meshd.dataplane import DataPlane, DataPlaneConfig, InMemoryRegistry
-from meshd.dataplane.testing import TcpProxy, wait_until
+from meshd.dataplane.testing import TcpProxy
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ async def _stream(a: DataPlane, target: AgentRef, proxies: list[TcpProxy], got: 
     for i in range(total):
         await a.cast(None, target, str(i).encode(), acknowledged=acknowledged)
         if i in (total // 3, 2 * total // 3):
-            await wait_until(lambda i=i: len(got) > 0 and got[-1] >= i - 2000, 10, "receiver caught up a bit")
+            await async_wait_until(lambda i=i: len(got) > 0 and got[-1] >= i - 2000, 10, what="receiver caught up a bit")
             cuts += sum(proxy.drop() for proxy in proxies)
     return cuts
 
@@ -55,7 +56,7 @@ async def test_at_most_once_under_a_dropped_connection(proxied: tuple[DataPlane,
     cuts = await _stream(a, rx.ref, proxies, got, total, acknowledged=False)
     assert cuts > 0
     await a.cast(None, rx.ref, str(total).encode())  # a marker after the stream
-    await wait_until(lambda: got and got[-1] == total, 10, "marker")
+    await async_wait_until(lambda: got and got[-1] == total, 10, what="marker")
     assert len(got) == len(set(got)), "duplicates under at-most-once"
     assert got == sorted(got), "reordered"
 
@@ -69,8 +70,8 @@ async def test_acknowledged_mode_delivers_exactly_once_across_a_drop(
     total = 20000
     cuts = await _stream(a, rx.ref, proxies, got, total, acknowledged=True)
     assert cuts > 0
-    await wait_until(lambda: len(set(got)) == total, 15, f"all {total} delivered")
-    await wait_until(lambda: a.statistics()["unacked"]["n1"] == 0, 10, "all acked")
+    await async_wait_until(lambda: len(set(got)) == total, 15, what=f"all {total} delivered")
+    await async_wait_until(lambda: a.statistics()["unacked"]["n1"] == 0, 10, what="all acked")
     assert len(got) == total, "a message reached the handler twice"
     assert sorted(got) == list(range(total))
     assert a.drops["retransmitted"] > 0, "the cut lost nothing: the test proved nothing"

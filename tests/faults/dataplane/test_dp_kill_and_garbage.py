@@ -13,9 +13,10 @@ import zmq.asyncio
 from mabeam.dataplane import envelope as wire
 from mabeam.dataplane.errors import Unavailable
 from mabeam.dataplane.message import AgentRef
+from mabeam.dev.testing import async_wait_until
 from mabeam.v1 import dataplane_pb2 as pb
 from meshd.dataplane import DataPlane, DataPlaneConfig, InMemoryRegistry
-from meshd.dataplane.testing import PeerProcess, started_planes, wait_until
+from meshd.dataplane.testing import PeerProcess, started_planes
 
 
 async def test_kill_9_peer_fails_outstanding_calls_within_2s(peer_processes: list[PeerProcess]) -> None:
@@ -50,7 +51,7 @@ async def test_peer_down_from_membership_fails_pending_calls_at_once() -> None:
     try:
         b.open_endpoint("silent", handler=lambda m: None)
         call = asyncio.create_task(a.call(None, AgentRef("default", "n1", "silent"), b"x", timeout=30))
-        await wait_until(lambda: b.received >= 1, 3, "call arrived")
+        await async_wait_until(lambda: b.received >= 1, 3, what="call arrived")
         started = time.monotonic()
         a.peer_down("n1")
         with pytest.raises(Unavailable):
@@ -103,8 +104,8 @@ async def test_garbage_into_every_socket_is_counted_and_plane_keeps_serving() ->
         for _, reason in GARBAGE:
             expected[reason] = expected.get(reason, 0) + 4
             expected["attach_" + reason] = expected.get("attach_" + reason, 0) + 1
-        await wait_until(lambda: all(b.rejected.get(k, 0) >= v for k, v in expected.items()), 5,
-                         f"rejects counted (have {dict(b.rejected)})")
+        await async_wait_until(lambda: all(b.rejected.get(k, 0) >= v for k, v in expected.items()), 5,
+                         what=f"rejects counted (have {dict(b.rejected)})")
         # Attach got exactly the framed garbage; the channels may count more, because libzmq's ZMTP/1.0
         # compatibility can parse raw random bytes into frames that then reach (and fail) our validation.
         assert {k: b.rejected[k] for k in expected if k.startswith("attach_")} == {

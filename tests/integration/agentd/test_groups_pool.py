@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,18 +11,12 @@ import pytest
 from agentd.errors import NoSuchAgent
 from agentd.supervision import ChildSpec, StartSpec
 from agentd.workers import WorkerPool
+from mabeam.dev.testing import async_wait_until
 
 
 async def until(condition: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 15.0) -> None:
     """Wait for a (sync or async) condition, failing after ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = condition()
-            if isinstance(result, Awaitable):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(0.01)
+    await async_wait_until(condition, timeout, interval=0.01)
 
 
 class FakeMesh:

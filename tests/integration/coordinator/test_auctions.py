@@ -9,6 +9,7 @@ import time
 import pytest
 
 from coordinator.mechanisms import EnglishAuction, SealedBidAuction
+from mabeam.dev.testing import wait_until
 from mabeam_client.coordinator import CoordinatorClient, SyncCoordinatorClient
 from mabeam_client.errors import FailedPrecondition, Unavailable
 
@@ -20,7 +21,7 @@ def now_ms() -> int:
 def test_sealed_auction_outcome_and_receipt(coordinators) -> None:
     # A second-price auction closed explicitly: the outcome equals the pure mechanism on the same events.
     cluster = coordinators(1)
-    with SyncCoordinatorClient(cluster.endpoints) as coord:
+    with SyncCoordinatorClient(cluster.coordinator_endpoints) as coord:
         auction = coord.create_auction("sealed", {"pricing": "second", "reserve": 5})
         for bidder, amount in (("a", 50), ("b", 40), ("c", 45)):
             ack = coord.submit_bid(auction.id, {"type": "bid", "bidder": bidder, "amount": amount})
@@ -39,7 +40,7 @@ def test_sealed_auction_outcome_and_receipt(coordinators) -> None:
 def test_bid_is_idempotent_by_client_event_id(coordinators) -> None:
     # A retried bid with the same client id is answered with the first ack, never applied twice.
     cluster = coordinators(1)
-    with SyncCoordinatorClient(cluster.endpoints) as coord:
+    with SyncCoordinatorClient(cluster.coordinator_endpoints) as coord:
         auction = coord.create_auction("sealed", {"pricing": "first"})
         first = coord.submit_bid(auction.id, {"type": "bid", "bidder": "a", "amount": 5}, client_event_id="x1")
         again = coord.submit_bid(auction.id, {"type": "bid", "bidder": "a", "amount": 5}, client_event_id="x1")
@@ -52,7 +53,7 @@ def test_standby_redirects_and_takeover_replays(coordinators) -> None:
     # English auction's deadline still closes it with the same standing bid.
     cluster = coordinators(2)
     leader = cluster.leader()
-    standby = next(n for n in cluster.nodes if n is not leader)
+    standby = next(n for n in cluster.coordinators if n is not leader)
     with SyncCoordinatorClient(standby.endpoint, failover_timeout=0.0) as direct:
         with pytest.raises(Unavailable) as raised:
             direct.list_instances()
@@ -67,11 +68,8 @@ def test_standby_redirects_and_takeover_replays(coordinators) -> None:
         leader.signal(signal.SIGKILL)
         new_leader = cluster.leader(timeout=10, exclude=leader)
         assert new_leader is standby
-        deadline = time.monotonic() + 10
-        while coord.get_auction(auction.id).state != "concluded":
-            assert time.monotonic() < deadline, "the English auction never closed after takeover"
-            time.sleep(0.1)
-        final = coord.get_auction(auction.id)
+        final = wait_until(lambda: (a := coord.get_auction(auction.id)).state == "concluded" and a, 10, interval=0.1,
+                           what="the English auction closes after takeover")
         outcome = final.outcome
         assert (outcome["winner"], outcome["price"], outcome["reason"]) == ("b", 12, "quiet_period")
         receipt = final.receipt
@@ -86,12 +84,12 @@ async def _watch_all(endpoint: str, instance_id: str) -> list:
 def test_watch_streams_every_event_then_the_end(coordinators) -> None:
     # WatchAuction (served from etcd) sends every accepted event in order and ends with the outcome.
     cluster = coordinators(1)
-    with SyncCoordinatorClient(cluster.endpoints) as coord:
+    with SyncCoordinatorClient(cluster.coordinator_endpoints) as coord:
         auction = coord.create_auction("sealed", {"pricing": "first"})
         for i in range(5):
             coord.submit_bid(auction.id, {"type": "bid", "bidder": f"b{i}", "amount": 10 + i})
         coord.close_instance(auction.id)
-    items = asyncio.run(_watch_all(cluster.endpoints[0], auction.id))
+    items = asyncio.run(_watch_all(cluster.coordinator_endpoints[0], auction.id))
     assert [i.seq for i in items[:-1]] == [1, 2, 3, 4, 5, 6]
     assert items[-1].final_state == "concluded"
     assert items[-1].outcome["winner"] == "b4"

@@ -21,7 +21,7 @@ async def _state(coord: CoordinatorClient) -> tuple:
 
 async def test_every_method_refuses_bad_input_without_changing_state(coordinators) -> None:
     cluster = coordinators(1)
-    async with CoordinatorClient(cluster.endpoints) as coord:
+    async with CoordinatorClient(cluster.coordinator_endpoints) as coord:
         await coord.deposit("rich", 100)
         await coord.create_variable("v", {"type": "integer"}, 1)
         sealed = await coord.create_auction("sealed", {"pricing": "first"}, escrow=True)
@@ -94,7 +94,7 @@ async def test_every_method_refuses_bad_input_without_changing_state(coordinator
             ("GetBalance", pb.GetBalanceRequest(agent="no/slash"), INV),
             ("ListBalances", pb.ListBalancesRequest(tenant="bad tenant"), INV),
         ]
-        async with grpc.aio.insecure_channel(cluster.endpoints[0]) as channel:
+        async with grpc.aio.insecure_channel(cluster.coordinator_endpoints[0]) as channel:
             stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
             for method, request, code in cases:
                 try:

@@ -27,7 +27,7 @@ async def test_each_ack_arrives_only_after_its_bid_is_in_etcd(coordinators, etcd
     # 64 bidders share one stream; the moment each ack arrives, its event and idempotency keys are in etcd.
     cluster = coordinators(1)
     etcd = EtcdClient([etcd_server.endpoint])
-    async with CoordinatorClient(cluster.endpoints) as coord:
+    async with CoordinatorClient(cluster.coordinator_endpoints) as coord:
         auction = await coord.create_auction("sealed", {"pricing": "second"})
         async with coord.bid_stream() as bids:
             async def bidder(i: int) -> None:
@@ -48,7 +48,7 @@ async def test_each_ack_arrives_only_after_its_bid_is_in_etcd(coordinators, etcd
 async def test_stream_bids_are_idempotent_by_client_event_id(coordinators) -> None:
     # The same client id, in one stream, in a later stream or through SubmitBid, is applied once.
     cluster = coordinators(1)
-    async with CoordinatorClient(cluster.endpoints) as coord:
+    async with CoordinatorClient(cluster.coordinator_endpoints) as coord:
         auction = await coord.create_auction("sealed", {"pricing": "first"})
         event = {"type": "bid", "bidder": "a", "amount": 5}
         async with coord.bid_stream() as bids:
@@ -67,11 +67,11 @@ async def test_bad_bids_get_typed_errors_and_the_stream_goes_on(coordinators) ->
     # One message mixing good and bad bids: each bad one gets its own typed error, the good ones land,
     # and the same stream keeps accepting bids afterwards.
     cluster = coordinators(1)
-    async with CoordinatorClient(cluster.endpoints) as coord:
+    async with CoordinatorClient(cluster.coordinator_endpoints) as coord:
         auction = await coord.create_auction("sealed", {"pricing": "first"})
         closed = await coord.create_auction("sealed", {"pricing": "first"})
         await coord.close_instance(closed.id)
-        async with grpc.aio.insecure_channel(cluster.endpoints[0]) as channel:
+        async with grpc.aio.insecure_channel(cluster.coordinator_endpoints[0]) as channel:
             call = coordinator_pb2_grpc.CoordinatorServiceStub(channel).SubmitBids()
             await call.write(pb.SubmitBidsRequest(bids=[
                 _bid(auction.id, "ok1", "a", 5),
@@ -124,7 +124,7 @@ async def test_standby_ends_the_stream_with_wrong_node_and_the_sdk_follows(coord
     # the SDK given only the standby follows the hint and its bids land on the leader.
     cluster = coordinators(2)
     leader = cluster.leader()
-    standby = next(n for n in cluster.nodes if n is not leader)
+    standby = next(n for n in cluster.coordinators if n is not leader)
     async with grpc.aio.insecure_channel(standby.endpoint) as channel:
         call = coordinator_pb2_grpc.CoordinatorServiceStub(channel).SubmitBids()
         with pytest.raises(grpc.RpcError) as raised:
@@ -147,7 +147,7 @@ async def test_deposed_leader_ends_its_stream_and_the_sdk_resends_to_the_new_lea
     # acking a bid it could not make durable, and the SDK moves to the new leader with the same ids.
     cluster = coordinators(2)
     old = cluster.leader()
-    new = next(n for n in cluster.nodes if n is not old)
+    new = next(n for n in cluster.coordinators if n is not old)
     async with CoordinatorClient([old.endpoint, new.endpoint], failover_timeout=20.0) as coord:
         auction = await coord.create_auction("sealed", {"pricing": "first"})
         async with grpc.aio.insecure_channel(old.endpoint) as channel:

@@ -18,7 +18,7 @@ def _meshctl(endpoint: str, *args: str) -> dict | list:
 def test_cli_round_trip(coordinators) -> None:
     # One command of each family, each answering JSON a script can use.
     cluster = coordinators(1)
-    endpoint = cluster.endpoints[0]
+    endpoint = cluster.coordinator_endpoints[0]
     assert _meshctl(endpoint, "ledger", "deposit", "alice", "100")["available"] == 100
     created = _meshctl(endpoint, "auction", "create", "--kind", "sealed", "--config", '{"pricing":"first"}',
                        "--escrow")

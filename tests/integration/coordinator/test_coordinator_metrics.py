@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import re
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from mabeam.dev.testing import wait_until
-
-
-def _metrics_address(output: str) -> str:
-    # The ready line names the bound metrics address (key=value or JSON form).
-    found = re.search(r'metrics"?[=:]"?([0-9.]+:[0-9]+)', output)
-    assert found, output[-2000:]
-    return found.group(1)
 
 
 def _samples(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -30,9 +22,10 @@ def test_coordinator_exports_its_series(coordinators) -> None:
 
     cluster = coordinators(2)
     leader = cluster.leader()
-    standby = next(n for n in cluster.nodes if n is not leader)
-    leader_metrics = _metrics_address(leader.output())
-    with SyncCoordinatorClient(cluster.endpoints) as coord:
+    standby = next(n for n in cluster.coordinators if n is not leader)
+    leader_metrics = leader.metrics_address  # from the ready line: the address the process bound
+    assert leader_metrics and standby.metrics_address
+    with SyncCoordinatorClient(cluster.coordinator_endpoints) as coord:
         auction = coord.create_auction("sealed", {"pricing": "first"})
         coord.create_vote({"rule": "majority", "options": ["x", "y"], "voters": {"v": 1}})
         coord.submit_bid(auction.id, {"type": "bid", "bidder": "a", "amount": 5}, client_event_id="c1")
@@ -62,6 +55,6 @@ def test_coordinator_exports_its_series(coordinators) -> None:
     assert samples[("mabeam_coordinator_commit_groups_count", ())] >= 3  # meta, meta, bid, close...
     assert samples[("mabeam_coordinator_commit_seconds_count", ())] >= 3
     assert samples[("mabeam_coordinator_commit_failures_total", ())] == 0
-    standby_samples = _samples(_metrics_address(standby.output()))
+    standby_samples = _samples(standby.metrics_address)
     assert standby_samples[("mabeam_coordinator_is_leader", ())] == 0
     assert not any(name == "mabeam_coordinator_instances" for name, _ in standby_samples)

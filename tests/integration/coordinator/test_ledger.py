@@ -16,7 +16,7 @@ async def _balances(coord: CoordinatorClient) -> dict[str, tuple[int, int]]:
 async def test_fifty_concurrent_spends_never_overdraw(coordinators) -> None:
     # 50 transfers of 30 race against a balance of 1000: exactly 33 succeed, the rest are refused.
     cluster = coordinators(1)
-    async with CoordinatorClient(cluster.endpoints) as coord:
+    async with CoordinatorClient(cluster.coordinator_endpoints) as coord:
         await coord.deposit("payer", 1000)
         results = await asyncio.gather(*(coord.transfer("payer", f"shop{i}", 30) for i in range(50)),
                                        return_exceptions=True)
@@ -32,7 +32,7 @@ async def test_escrow_settles_winner_and_releases_losers_and_cancel(coordinators
     # Bids hold funds; an over-budget bid is refused with nothing changed; closing pays the second
     # price to the seller and releases the loser; cancelling another auction releases its holds.
     cluster = coordinators(1)
-    async with CoordinatorClient(cluster.endpoints) as coord:
+    async with CoordinatorClient(cluster.coordinator_endpoints) as coord:
         for agent in ("a", "b", "c"):
             await coord.deposit(agent, 100)
         auction = await coord.create_auction("sealed", {"pricing": "second"}, escrow=True, seller="s")
@@ -63,7 +63,7 @@ async def test_escrow_settles_winner_and_releases_losers_and_cancel(coordinators
 async def test_market_escrow_trades_and_book(coordinators) -> None:
     # A buy limit order holds price x quantity; a trade pays from it and credits the seller; cancel returns the rest.
     cluster = coordinators(1)
-    async with CoordinatorClient(cluster.endpoints) as coord:
+    async with CoordinatorClient(cluster.coordinator_endpoints) as coord:
         await coord.deposit("buyer", 1000)
         market = await coord.create_market("double_auction", {}, escrow=True)
         await coord.place_order(market.id, {"type": "limit", "order_id": "o1", "trader": "buyer", "side": "buy",

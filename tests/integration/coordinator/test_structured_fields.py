@@ -28,7 +28,7 @@ async def _leader_stub(endpoints: list[str]) -> tuple[grpc.aio.Channel, coordina
 
 async def test_struct_in_struct_out_and_json_in_json_out(coordinators) -> None:
     cluster = coordinators(1)
-    channel, stub = await _leader_stub(cluster.endpoints)
+    channel, stub = await _leader_stub(cluster.coordinator_endpoints)
     try:
         closes = int(time.time() * 1000) + 60_000
         config = {"pricing": "second", "closes_at": closes, "reserve": 5}
@@ -67,7 +67,7 @@ async def test_struct_in_struct_out_and_json_in_json_out(coordinators) -> None:
 
 async def test_setting_both_forms_is_refused(coordinators) -> None:
     cluster = coordinators(1)
-    channel, stub = await _leader_stub(cluster.endpoints)
+    channel, stub = await _leader_stub(cluster.coordinator_endpoints)
     try:
         with pytest.raises(grpc.RpcError) as caught:
             await stub.CreateAuction(pb.CreateInstanceRequest(kind="sealed", config_json="{}", config=to_struct({})))

@@ -102,7 +102,7 @@ def test_a_kind_defined_in_a_test_module_runs_through_the_coordinator(coordinato
 
     monkeypatch.setenv("COORDINATOR_MECHANISM_MODULES", __file__)
     cluster = coordinators(1)
-    with SyncCoordinatorClient(cluster.endpoints) as coord:
+    with SyncCoordinatorClient(cluster.coordinator_endpoints) as coord:
         # Listed with what the coordinator and the CLI need to know, from the class alone.
         listed = {k.kind: k for k in coord.list_mechanisms()}
         mine = listed["posted_price_test"]
@@ -142,7 +142,7 @@ def test_a_kind_defined_in_a_test_module_runs_through_the_coordinator(coordinato
 
     # The CLI learns the kind's closing field from ListMechanisms (it never imports the coordinator).
     out = subprocess.run([sys.executable, "-m", "mabeam_client.cli", "--json", "auction", "--coordinator",
-                          cluster.endpoints[0], "create", "--kind", "posted_price_test", "--config", '{"price": 7}',
+                          cluster.coordinator_endpoints[0], "create", "--kind", "posted_price_test", "--config", '{"price": 7}',
                           "--closes-in", "30"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     config = json.loads(out.stdout)["config"]

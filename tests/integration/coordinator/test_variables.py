@@ -14,7 +14,7 @@ async def test_cas_schema_watch_and_history(coordinators) -> None:
     # A stale CAS is refused; a value against the schema is refused; a watcher sees every version in
     # order; the history keeps only the last history_limit versions.
     cluster = coordinators(1)
-    async with CoordinatorClient(cluster.endpoints) as coord:
+    async with CoordinatorClient(cluster.coordinator_endpoints) as coord:
         var = await coord.create_variable("budget", {"type": "integer", "minimum": 0}, 0, history_limit=5)
         assert var.version == 1
         seen: list[int] = []
@@ -48,7 +48,7 @@ async def test_cas_schema_watch_and_history(coordinators) -> None:
 async def test_vote_outcome_sets_bound_variable(coordinators) -> None:
     # A vote bound to a variable writes its decision as the variable's next version when it concludes.
     cluster = coordinators(1)
-    async with CoordinatorClient(cluster.endpoints) as coord:
+    async with CoordinatorClient(cluster.coordinator_endpoints) as coord:
         await coord.create_variable("plan", {"type": ["string", "null"], "enum": ["x", "y", None]}, None)
         vote = await coord.create_vote({"rule": "majority", "options": ["x", "y"],
                                         "voters": {"a": 1, "b": 1, "c": 1}}, bind_variable="plan")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 
 import grpc
 import pytest
 
 from mabeam.dataplane.attach import AttachedEndpoint
-from mabeam.dataplane.errors import DataPlaneError, NotFound
+from mabeam.dataplane.errors import DataPlaneError, Detached, NotFound
+from mabeam.dev.testing import async_wait_until
 from meshd.dataplane import DataPlane, DataPlaneConfig, InMemoryRegistry
-from meshd.dataplane.testing import wait_until
 
 Pair = tuple[DataPlane, DataPlane]
 
@@ -52,7 +53,7 @@ async def test_attached_endpoints_talk_locally_and_across_nodes(pair: Pair, regi
         await bob.close()
         await carol.close()
     # Detach removed the names.
-    await wait_until(lambda: registry.lookup("default", "bob") is None, 2, "name removed on detach")
+    await async_wait_until(lambda: registry.lookup("default", "bob") is None, 2, what="name removed on detach")
 
 
 async def test_in_process_endpoint_reaches_attached_mailbox_limit(pair: Pair) -> None:
@@ -157,3 +158,75 @@ async def test_casts_to_a_vanished_attached_process_bounce_not_found(pair: Pair)
         ghost._heartbeat.cancel()
         ghost._ctx.term()
         ghost._lane_ctx.term()
+
+
+async def test_a_detached_endpoint_fails_fast_then_reattaches_with_its_names(pair: Pair, registry: InMemoryRegistry,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # meshd detaches an endpoint (as it does one that went silent). While it cannot re-attach, its sends and
+    # calls fail at once with UNAVAILABLE/DETACHED (not the call timeout, never an assertion); then it
+    # re-attaches by itself and registers its names and groups again, except a name taken meanwhile, which it
+    # reports to on_name_lost.
+    a, b = pair
+    healer = await AttachedEndpoint.connect(a.attach_address, "healer")
+    other = await AttachedEndpoint.connect(b.attach_address, "other")
+    lost: list[tuple[str, str]] = []
+    healer.on_name_lost = lambda name, why: lost.append((name, why))
+    server = a.attach
+    assert server is not None
+    try:
+        await other.register_name("other")
+        for name in ("healer", "contested"):
+            await healer.register_name(name)
+        await healer.join_group("healers")
+        refusing = [True]
+        attach = server._attach
+        monkeypatch.setattr(server, "_attach", lambda *args: None if refusing[0] else attach(*args))
+        mailbox = next(m for m in server.by_routing_id.values() if m.ref.agent_id == "healer")
+        mailbox.last_seen = 0.0
+        server._expire(server._tg)  # what the expiry loop does with a silent endpoint
+        await async_wait_until(lambda: not healer.attached, 2, what="the endpoint learns it was detached")
+        await async_wait_until(lambda: registry.lookup("default", "healer") is None, 2, what="its names dropped")
+        await other.register_name("contested")  # taken while the healer is away
+
+        started = time.monotonic()
+        with pytest.raises(Detached) as raised:
+            await healer.call("other", b"q", timeout=5)
+        assert raised.value.code == grpc.StatusCode.UNAVAILABLE and raised.value.reason == "DETACHED"
+        with pytest.raises(Detached):
+            healer.send_nowait("other", b"cast")
+        assert time.monotonic() - started < 0.5  # failed fast, not after the call's 5 s
+
+        refusing[0] = False
+        await async_wait_until(lambda: healer.attached, 10, what="re-attached by itself")
+        await async_wait_until(lambda: registry.lookup("default", "healer") == healer.ref, 5,
+                               what="name registered again")
+        await async_wait_until(lambda: healer.ref in registry.group_members("default", "healers"), 5,
+                               what="group joined again")
+        await async_wait_until(lambda: lost, 5, what="the taken name reported")
+        assert [name for name, _ in lost] == ["contested"] and "contested" not in healer.names
+        assert registry.lookup("default", "contested") == other.ref
+        assert dict(healer.events) == {"detached": 1, "reattached": 1, "names_lost": 1}
+        call = asyncio.create_task(healer.call("other", b"q", timeout=3))  # and it works again
+        request = await other.receive(timeout=3)
+        await other.reply(request, b"a")
+        assert (await call).payload == b"a"
+    finally:
+        await healer.close()
+        await other.close()
+
+
+async def test_meshd_tells_an_endpoint_whose_name_another_owner_took(pair: Pair) -> None:
+    # After this node's lease lapsed, re-registration found the name taken: meshd says so to the endpoint.
+    a, _ = pair
+    owner = await AttachedEndpoint.connect(a.attach_address, "owner")
+    lost: list[tuple[str, str]] = []
+    owner.on_name_lost = lambda name, why: lost.append((name, why))
+    try:
+        await owner.register_name("prize")
+        assert a.attach is not None and a.attach.name_lost("default", "prize", "owner", "held by agent x")
+        await async_wait_until(lambda: lost, 2, what="owner told")
+        assert lost == [("prize", "held by agent x")] and "prize" not in owner.names
+        assert owner.events["names_lost"] == 1
+        assert not a.attach.name_lost("default", "prize", "nobody-attached", "x")
+    finally:
+        await owner.close()

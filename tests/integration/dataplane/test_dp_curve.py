@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from mabeam.dev.testing import async_wait_until
 from meshd.dataplane import DataPlane, DataPlaneConfig, InMemoryRegistry
-from meshd.dataplane.testing import link, wait_until
+from meshd.dataplane.testing import link
 
 
 async def test_curve_members_talk_and_unknown_key_delivers_nothing() -> None:
@@ -23,9 +24,9 @@ async def test_curve_members_talk_and_unknown_key_delivers_nothing() -> None:
             await rogue.cast(None, rx.ref, b"intrusion", channel=channel)
         reply_target = b.open_endpoint("echo", handler=lambda m: reply_target.reply(m, m.payload))
         assert (await a.call(None, reply_target.ref, b"member", timeout=3)).payload == b"member"
-        await wait_until(lambda: b.rejected.get("curve_denied", 0) >= 4, 5, "rogue handshakes denied")
+        await async_wait_until(lambda: b.rejected.get("curve_denied", 0) >= 4, 5, what="rogue handshakes denied")
         await a.cast(None, rx.ref, b"from member")
-        await wait_until(lambda: got == [b"from member"], 3, "member message")
+        await async_wait_until(lambda: got == [b"from member"], 3, what="member message")
         assert b"intrusion" not in got
     finally:
         for plane in (a, b, rogue):
@@ -46,10 +47,10 @@ async def test_a_peer_that_dials_before_its_key_is_announced_gets_through() -> N
         rx = b.open_endpoint("rx", handler=lambda m: got.append(m.payload))
         a.peer_up("b", b.addresses, b.curve_public_key)
         await a.cast(None, rx.ref, b"early")
-        await wait_until(lambda: getattr(b, "curve_handshakes_held", 0) == 4, 5, "a's four handshakes reach b")
+        await async_wait_until(lambda: getattr(b, "curve_handshakes_held", 0) == 4, 5, what="a's four handshakes reach b")
         b.peer_up("a", a.addresses, a.curve_public_key)  # b's watch catches up
         await a.cast(None, rx.ref, b"late")
-        await wait_until(lambda: got == [b"early", b"late"], 5, "both messages from a")
+        await async_wait_until(lambda: got == [b"early", b"late"], 5, what="both messages from a")
         assert b.rejected.get("curve_denied", 0) == 0 and b.curve_handshakes_held == 0
     finally:
         for plane in (a, b):

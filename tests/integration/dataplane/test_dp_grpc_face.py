@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from mabeam.dataplane.message import AgentRef as MessageRef
+from mabeam.dev.testing import async_wait_until
 from mabeam.grpcutil import ErrorInterceptor
 from mabeam.v1 import common_pb2, dataplane_pb2, external_agent_pb2, mesh_pb2_grpc
 from mabeam_client import cli_dataplane
@@ -18,7 +19,7 @@ from mabeam_client.mesh import MeshClient
 from mabeam_client.types import AgentRef, Delivery, Endpoint
 from meshd.dataplane import DataPlane, InMemoryRegistry
 from meshd.dataplane.grpc_face import DataPlaneServicerMixin
-from meshd.dataplane.testing import started_planes, wait_until
+from meshd.dataplane.testing import started_planes
 
 Pair = tuple[DataPlane, DataPlane]
 
@@ -74,7 +75,7 @@ async def test_subscribe_send_call_and_reply_over_grpc(served: tuple[Pair, str])
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         stream.cancel()
     # The stream's end removed its name.
-    await wait_until(lambda: a.registry.lookup("default", "svc") is None, 5, "name removed with the stream")
+    await async_wait_until(lambda: a.registry.lookup("default", "svc") is None, 5, what="name removed with the stream")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -99,7 +100,7 @@ async def test_meshctl_send_call_subscribe(served: tuple[Pair, str], capsys: pyt
     assert code == 1 and "NOT_FOUND" in capsys.readouterr().err
     sub = asyncio.create_task(asyncio.to_thread(
         cli_dataplane.cmd_subscribe, _parse(["subscribe", "--meshd", address, "--name", "cli", "--count", "1"])))
-    await wait_until(lambda: b.registry.lookup("default", "cli") is not None, 5, "subscriber registered")
+    await async_wait_until(lambda: b.registry.lookup("default", "cli") is not None, 5, what="subscriber registered")
     await b.cast(None, "cli", b"to the cli")
     assert await sub == 0
     out = capsys.readouterr().out
@@ -170,7 +171,7 @@ async def test_a_stream_cancelled_while_its_name_registers_leaves_no_name_behind
                 stream = stub.AttachAgent(iter([external_agent_pb2.AgentStreamIn(attach=attach)]))
             await asyncio.wait_for(registry.committed.wait(), 10)
             stream.cancel()
-            await wait_until(lambda: not registry.names, 10, f"both names removed (left: {registry.names})")
+            await async_wait_until(lambda: not registry.names, 10, what=f"both names removed (left: {registry.names})")
     finally:
         registry.gate.set()
         await server.stop(None)

@@ -9,8 +9,8 @@ import pytest
 
 from mabeam.dataplane.errors import DeadlineExceeded, MessageTooLarge, NotFound, ResourceExhausted
 from mabeam.dataplane.message import AgentRef, Group, Message
+from mabeam.dev.testing import async_wait_until
 from meshd.dataplane import DataPlane, InMemoryRegistry
-from meshd.dataplane.testing import wait_until
 
 Pair = tuple[DataPlane, DataPlane]
 
@@ -25,7 +25,7 @@ async def test_fifo_per_sender_receiver_channel(pair: Pair) -> None:
     for i in range(n):
         for channel in ("control", "high", "normal", "bulk"):
             await src.send(AgentRef("default", "n1", "rx"), str(i).encode(), channel=channel)
-    await wait_until(lambda: sum(len(v) for v in got.values()) == 4 * n, 10, "all messages")
+    await async_wait_until(lambda: sum(len(v) for v in got.values()) == 4 * n, 10, what="all messages")
     for seq in got.values():
         assert seq == list(range(n))
 
@@ -48,7 +48,7 @@ async def test_deadline_exceeded_and_late_reply_dropped(pair: Pair) -> None:
         await a.call(None, server.ref, b"x", timeout=0.2)
     assert 0.18 <= time.monotonic() - started < 1.0
     server.reply(held[0], b"too late")
-    await wait_until(lambda: a.drops.get("late_reply", 0) == 1, 3, "late reply counted")
+    await async_wait_until(lambda: a.drops.get("late_reply", 0) == 1, 3, what="late reply counted")
 
 
 async def test_not_found_for_unknown_name_agent_and_group(pair: Pair) -> None:
@@ -79,7 +79,7 @@ async def test_resource_exhausted_when_mailbox_full(pair: Pair) -> None:
     # A call into a full mailbox fails with the same code.
     for i in range(5):
         await tx.send(rx.ref, str(i).encode())
-    await wait_until(lambda: rx.pending() == 5, 2, "mailbox full")
+    await async_wait_until(lambda: rx.pending() == 5, 2, what="mailbox full")
     with pytest.raises(ResourceExhausted):
         await tx.call(rx.ref, b"c", timeout=2)
 
@@ -110,7 +110,7 @@ async def test_group_send_all_and_round_robin_one(pair: Pair, registry: InMemory
     assert len(ids) == 3
     for i in range(6):
         await tx.send(Group("workers", "one"), f"one{i}".encode())
-    await wait_until(lambda: sum(len(v) for v in received.values()) == 9, 3, "group deliveries")
+    await async_wait_until(lambda: sum(len(v) for v in received.values()) == 9, 3, what="group deliveries")
     # Sorted by (node, agent): m1 (n0), m2 (n1), m3 (n1), then again.
     assert received["m1"] == [b"all", b"one0", b"one3"]
     assert received["m2"] == [b"all", b"one1", b"one4"]
@@ -152,8 +152,8 @@ async def test_metrics_per_channel_are_updated(pair: Pair) -> None:
     before_batches = sample("mabeam_dataplane_batch_size_count", channel="high")
     for _ in range(100):
         a.router.cast(None, rx.ref, b"x" * 10, channel="high")
-    await wait_until(lambda: sample("mabeam_dataplane_messages_total", channel="high", direction="in")
-                     >= before_in + 100, 3, "metrics")
+    await async_wait_until(lambda: sample("mabeam_dataplane_messages_total", channel="high", direction="in")
+                     >= before_in + 100, 3, what="metrics")
     assert sample("mabeam_dataplane_bytes_total", channel="high", direction="out") == before_bytes + 1000
     assert 0 < sample("mabeam_dataplane_batch_size_count", channel="high") - before_batches < 100
     assert sample("mabeam_dataplane_latency_seconds_count", channel="high") > 0

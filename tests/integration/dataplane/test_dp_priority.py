@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from mabeam.dataplane.message import Message
+from mabeam.dev.testing import async_wait_until
 from meshd.dataplane import DataPlaneConfig, InMemoryRegistry
-from meshd.dataplane.testing import started_planes, wait_until
+from meshd.dataplane.testing import started_planes
 
 
 async def test_bulk_progresses_under_a_flood_of_high() -> None:
@@ -27,7 +28,7 @@ async def test_bulk_progresses_under_a_flood_of_high() -> None:
             a.router.cast(None, rx.ref, b"h%d" % i, channel="high")
         for _ in range(20):
             a.router.cast(None, rx.ref, b"b" * 1024, channel="bulk")
-        await wait_until(lambda: len(order) == flood + 20, 20, "everything delivered")
+        await async_wait_until(lambda: len(order) == flood + 20, 20, what="everything delivered")
         assert high_seen_at_first_bulk[0] < flood // 2, high_seen_at_first_bulk
         assert b.statistics()["scheduler_rounds"] > 0
     finally:
@@ -46,7 +47,7 @@ async def test_urgent_message_overtakes_bulk_transfer_in_flight(single_channel: 
         rx = b.open_endpoint("rx", handler=lambda m: arrivals.append(m.payload[:4]))
         await a.cast(None, rx.ref, b"BULK" * (12 << 20), channel="bulk")
         await a.cast(None, rx.ref, b"URGT" * 16, channel="high")
-        await wait_until(lambda: len(arrivals) == 2, 20, "both delivered")
+        await async_wait_until(lambda: len(arrivals) == 2, 20, what="both delivered")
         expected = [b"BULK", b"URGT"] if single_channel else [b"URGT", b"BULK"]
         assert arrivals == expected
     finally:

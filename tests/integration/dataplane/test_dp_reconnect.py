@@ -5,8 +5,8 @@ test bed, where a host back from a partition stayed silent to every other host).
 
 from __future__ import annotations
 
+from mabeam.dev.testing import async_wait_until
 from meshd.dataplane import DataPlane, DataPlaneConfig, InMemoryRegistry
-from meshd.dataplane.testing import wait_until
 
 
 async def test_a_peer_dialling_again_under_the_same_id_is_heard() -> None:
@@ -22,12 +22,12 @@ async def test_a_peer_dialling_again_under_the_same_id_is_heard() -> None:
         old.peer_up("b", receiver.addresses)
         for channel in ("control", "high", "normal", "bulk"):
             await old.cast(None, rx.ref, b"old", channel=channel)
-        await wait_until(lambda: len(got) == 4, 5, "the first incarnation's messages")
+        await async_wait_until(lambda: len(got) == 4, 5, what="the first incarnation's messages")
         # `old` keeps its connections open and says nothing more; node "a" dials again from `new`.
         new.peer_up("b", receiver.addresses)
         for channel in ("control", "high", "normal", "bulk"):
             await new.cast(None, rx.ref, b"new", channel=channel)
-        await wait_until(lambda: sum(p == b"new" for _, p in got) == 4, 5, "the new connection's messages")
+        await async_wait_until(lambda: sum(p == b"new" for _, p in got) == 4, 5, what="the new connection's messages")
     finally:
         for plane in (receiver, old, new):
             await plane.stop()

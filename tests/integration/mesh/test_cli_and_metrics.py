@@ -7,7 +7,7 @@ import subprocess
 import sys
 import urllib.request
 
-from mabeam.dev.testing import ConditionTimeout, free_port_block, wait_until
+from mabeam.dev.testing import ConditionTimeout, wait_until
 
 
 def meshctl(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -40,7 +40,7 @@ def test_metrics_endpoint_exports_the_mesh(dev_cluster) -> None:
     cluster = dev_cluster(2)
 
     def scrape() -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{cluster.nodes[0].metrics_port}/metrics", timeout=2) as r:
+        with urllib.request.urlopen(f"http://{cluster.nodes[0].metrics_address}/metrics", timeout=2) as r:
             return r.read().decode()
 
     series = ("mabeam_mesh_members 2.0", "mabeam_etcd_connected 1.0", 'mabeam_mesh_leader_term{role="mesh"}',
@@ -61,8 +61,8 @@ def test_metrics_endpoint_exports_the_mesh(dev_cluster) -> None:
 
 
 def test_mabeam_up_runs_and_stops_cleanly(etcd_server, cluster_name) -> None:
-    base = free_port_block(42)
-    proc = subprocess.Popen([sys.executable, "-m", "mabeam.cli", "up", "--nodes", "2", "--base-port", str(base),
+    # Ports chosen by the OS (the default of `mabeam up --base-port 0`), read back from its output.
+    proc = subprocess.Popen([sys.executable, "-m", "mabeam.cli", "up", "--nodes", "2", "--base-port", "0",
                              "--etcd", etcd_server.endpoint, "--cluster", cluster_name],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -73,12 +73,13 @@ def test_mabeam_up_runs_and_stops_cleanly(etcd_server, cluster_name) -> None:
             assert line, "mabeam up exited early:\n" + "".join(lines)
             lines.append(line)
         output = "".join(lines)
-        assert f"127.0.0.1:{base + 10}" in output and f"127.0.0.1:{base + 20}" in output
+        endpoints = [line.split()[2] for line in lines if line.startswith("node-")]
+        assert len(endpoints) == 2 and all(e.startswith("127.0.0.1:") for e in endpoints), output
         pids = [int(line.split("pid")[1]) for line in lines if line.startswith("node-")]
         for pid in pids:  # each node is its own OS process with its node id on its command line
             cmdline = open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
             assert "--node-id node-" in cmdline
-        members = json.loads(meshctl(f"127.0.0.1:{base + 10}", "--json", "members").stdout)
+        members = json.loads(meshctl(endpoints[0], "--json", "members").stdout)
         assert len(members) == 2
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0

@@ -14,12 +14,11 @@ RUNS_CONFIG = {"lease_ttl": 2, "cancel_grace_s": 1.0, "janitor_interval_s": 1.0,
 def runs_cluster(request, etcd_server):
     """Two nodes (meshd + agentd each) sharing one runs store: a SQLite file, or a PostgreSQL database."""
     from mabeam.dev.cluster import DevCluster
-    from mabeam.dev.testing import free_port_block
 
     store = ""
     if request.param == "postgres":
         store = request.getfixturevalue("postgres_server").create_database()
-    cluster = DevCluster(2, free_port_block(32), etcd=etcd_server.endpoint, cluster=f"r{uuid.uuid4().hex[:10]}",
+    cluster = DevCluster(2, etcd=etcd_server.endpoint, cluster=f"r{uuid.uuid4().hex[:10]}",
                          lease_ttl=2, agentd=True, runs_store=store, runs_config=RUNS_CONFIG)
     cluster.backend = request.param  # type: ignore[attr-defined]
     cluster.start()

@@ -125,11 +125,3 @@ def make_registry() -> AgentRegistry:
     registry.register("escalating", Escalating)
     return registry
 
-
-async def wait_until(condition: Any, timeout: float = 5.0, what: str = "condition") -> None:
-    """Wait for ``condition()`` to be true, polling, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.005)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from agents_for_tests import CounterState, make_registry, wait_until
+from agents_for_tests import CounterState, make_registry
 
 from agentd.codec import codec, restore
 from agentd.runtime import Runtime
 from agentd.store import CheckpointStore
 from agentd.supervision import Restart
+from mabeam.dev.testing import async_wait_until
 
 
 @pytest.mark.parametrize("name", ["msgpack", "json"])
@@ -53,7 +54,7 @@ async def test_checkpoint_survives_a_new_runtime_on_the_same_store(tmp_path: Pat
     async with Runtime(make_registry(), store=CheckpointStore(path), codec_name="json") as rt:
         await rt.spawn("counter", {"start": 10}, child_id="c", restart=Restart.PERMANENT)
         rt.send("c", 5)
-        await wait_until(lambda: rt.store.count() == 1)
+        await async_wait_until(lambda: rt.store.count() == 1)
         rt.store.close()
         rt.store = CheckpointStore(":memory:")  # keep the file's row: this runtime "dies" here
     async with Runtime(make_registry(), store=CheckpointStore(path)) as rt2:

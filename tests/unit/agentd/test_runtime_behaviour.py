@@ -6,13 +6,14 @@ import asyncio
 from typing import Any
 
 import pytest
-from agents_for_tests import CounterState, journal, wait_until
+from agents_for_tests import CounterState, journal
 
 from agentd.behaviour import Agent, AgentRef
 from agentd.errors import AgentExited, AlreadyExists, CallTimeout, InvalidArgument, MailboxFull, NoSuchAgent
 from agentd.process import SHUTDOWN
 from agentd.runtime import Runtime
 from agentd.supervision import Restart
+from mabeam.dev.testing import async_wait_until
 
 
 async def test_cast_call_and_registered_name(runtime: Runtime) -> None:
@@ -34,7 +35,7 @@ async def test_one_message_at_a_time(runtime: Runtime) -> None:
 async def test_mailbox_full_is_resource_exhausted_and_system_messages_bypass(runtime: Runtime) -> None:
     ref = await runtime.spawn("recorder", {})
     runtime.send(ref, {"sleep": 0.2})  # keeps the agent busy while the mailbox fills
-    await wait_until(lambda: runtime.info(ref).mailbox_depth == 0)
+    await async_wait_until(lambda: runtime.info(ref).mailbox_depth == 0)
     for i in range(100):
         runtime.send(ref, i)
     with pytest.raises(MailboxFull) as caught:
@@ -90,7 +91,7 @@ async def test_send_after_and_cancel_timer(runtime: Runtime) -> None:
     proc.send_after(0.01, "tick")
     cancelled = proc.send_after(0.01, "never")
     assert proc.cancel_timer(cancelled)
-    await wait_until(lambda: "tick" in proc.state["seen"])
+    await async_wait_until(lambda: "tick" in proc.state["seen"])
     assert "never" not in proc.state["seen"]
 
 
@@ -100,11 +101,11 @@ async def test_monitor_gets_down_with_reason(runtime: Runtime) -> None:
     assert watcher is not None
     watcher.monitor(target)
     runtime.send(target, "crash")
-    await wait_until(lambda: any(isinstance(m, dict) and m.get("info") == "Down" for m in watcher.state["seen"]))
+    await async_wait_until(lambda: any(isinstance(m, dict) and m.get("info") == "Down" for m in watcher.state["seen"]))
     down = [m for m in watcher.state["seen"] if isinstance(m, dict)][0]
     assert down["reason"].startswith("error: RuntimeError")
     watcher.monitor(AgentRef("no-such"))
-    await wait_until(lambda: {"info": "Down", "reason": "noproc"} in watcher.state["seen"])
+    await async_wait_until(lambda: {"info": "Down", "reason": "noproc"} in watcher.state["seen"])
 
 
 async def test_link_kills_partner_on_abnormal_exit_not_on_normal(runtime: Runtime) -> None:
@@ -115,10 +116,10 @@ async def test_link_kills_partner_on_abnormal_exit_not_on_normal(runtime: Runtim
     a.link(b.self_ref)
     b.link(c.self_ref)
     runtime.send(a.self_ref, "stop")  # normal: b survives
-    await wait_until(lambda: a.done)
+    await async_wait_until(lambda: a.done)
     assert not b.done
     runtime.send(b.self_ref, "crash")  # abnormal: c dies with the same reason
-    await wait_until(lambda: c.done)
+    await async_wait_until(lambda: c.done)
     assert c.exit_reason is not None and c.exit_reason.startswith("error: RuntimeError")
 
 
@@ -129,7 +130,7 @@ async def test_checkpoint_restored_on_restart_as_pydantic_model(runtime: Runtime
     assert await runtime.call(ref, "get") == 6
     old = runtime.local_process(ref)
     runtime.send(ref, "crash")
-    await wait_until(lambda: (p := runtime.local_process("durable")) is not None and p is not old
+    await async_wait_until(lambda: (p := runtime.local_process("durable")) is not None and p is not old
                      and p.status != "starting")
     assert await runtime.call("durable", "get") == 6
     new = runtime.local_process("durable")
@@ -145,9 +146,9 @@ async def test_per_message_timeout_kills_and_supervisor_restarts(runtime: Runtim
     ref = await runtime.spawn("recorder", {"journal": "t"}, restart=Restart.PERMANENT, name="hanger")
     first = runtime.local_process(ref)
     runtime.send(ref, "hang")
-    await wait_until(lambda: first is not None and first.done, timeout=10)
+    await async_wait_until(lambda: first is not None and first.done, timeout=10)
     assert first is not None and first.exit_reason == "timeout"
-    await wait_until(lambda: runtime.local_process("hanger") not in (None, first))
+    await async_wait_until(lambda: runtime.local_process("hanger") not in (None, first))
     assert await runtime.call("hanger", "restarts") == 1
     assert runtime.restart_reasons.get("timeout") == 1
     assert [e[0] for e in journal("t")] == ["start", "start"]  # killed: no terminate
@@ -158,7 +159,7 @@ async def test_restart_policy_changes_args_after_n_failures(runtime: Runtime) ->
     for attempt in range(1, 4):
         proc = runtime.local_process("e")
         runtime.send("e", "crash")
-        await wait_until(lambda p=proc: runtime.local_process("e") not in (None, p)
+        await async_wait_until(lambda p=proc: runtime.local_process("e") not in (None, p)
                          and runtime.local_process("e").status != "starting")  # type: ignore[union-attr]
         args = await runtime.call(ref, "args")
         assert args["model"] == ("large" if attempt >= 3 else "small")
@@ -177,7 +178,7 @@ async def test_runtime_level_restart_policy() -> None:
     async with Runtime(make_registry(), restart_policy=policy) as rt:
         await rt.spawn("recorder", {}, name="p", restart=Restart.PERMANENT)
         rt.send("p", "crash")
-        await wait_until(lambda: seen and (p := rt.local_process("p")) is not None and p.status == "idle")
+        await async_wait_until(lambda: seen and (p := rt.local_process("p")) is not None and p.status == "idle")
         assert await rt.call("p", "args") == {"fresh": True}
     assert seen[0][:2] == ("p", 1)
 
@@ -236,7 +237,7 @@ async def test_the_handling_deadline_is_per_message_not_cumulative(runtime: Runt
     assert not proc.done
     began = asyncio.get_running_loop().time()
     runtime.send(ref, 3600)
-    await wait_until(lambda: proc.done, timeout=5)
+    await async_wait_until(lambda: proc.done, timeout=5)
     assert proc.exit_reason == "timeout"
     assert asyncio.get_running_loop().time() - began >= 0.29
 
@@ -248,5 +249,5 @@ async def test_a_callback_that_swallows_its_cancellation_still_times_out(runtime
     assert proc is not None
     # Its late reply is delivered, but the agent overran its deadline: it exits with reason timeout.
     assert await runtime.call(ref, "stubborn", timeout=5) == "ignored the deadline"
-    await wait_until(lambda: proc.done, timeout=5)
+    await async_wait_until(lambda: proc.done, timeout=5)
     assert proc.exit_reason == "timeout"

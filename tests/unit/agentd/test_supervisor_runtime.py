@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from agents_for_tests import journal, wait_until
+from agents_for_tests import journal
 
 from agentd.errors import InvalidArgument
 from agentd.runtime import Runtime
 from agentd.supervision import REACHED_MAX_RESTART_INTENSITY, ChildSpec, Restart, StartSpec
+from mabeam.dev.testing import async_wait_until
 
 
 def child(tag: str, key: str, **extra: Any) -> dict[str, Any]:
@@ -27,7 +28,7 @@ async def start_tree(runtime: Runtime, strategy: str, children: list[dict[str, A
 
 async def crash_and_settle(runtime: Runtime, agent_id: str, key: str, events: int) -> list[tuple[Any, ...]]:
     runtime.send(agent_id, "crash")
-    await wait_until(lambda: len(journal(key)) >= events, what=f"{events} events")
+    await async_wait_until(lambda: len(journal(key)) >= events, what=f"{events} events")
     return journal(key)
 
 
@@ -74,12 +75,12 @@ async def test_intensity_exceeded_escalates_to_parent(runtime: Runtime) -> None:
     await start_tree(runtime, "one_for_one", [inner], max_restarts=5, max_seconds=60)
     first_inner = runtime.local_process("sup/inner")
     runtime.send("sup/inner/w", "crash")
-    await wait_until(lambda: journal(key).count(("start", "w")) == 2)
+    await async_wait_until(lambda: journal(key).count(("start", "w")) == 2)
     runtime.send("sup/inner/w", "crash")
-    await wait_until(lambda: first_inner is not None and first_inner.done)
+    await async_wait_until(lambda: first_inner is not None and first_inner.done)
     assert first_inner is not None and first_inner.exit_reason == REACHED_MAX_RESTART_INTENSITY
-    await wait_until(lambda: runtime.local_process("sup/inner") not in (None, first_inner))
-    await wait_until(lambda: journal(key).count(("start", "w")) == 3)
+    await async_wait_until(lambda: runtime.local_process("sup/inner") not in (None, first_inner))
+    await async_wait_until(lambda: journal(key).count(("start", "w")) == 3)
     assert runtime.local_process("sup/inner").restarts == 1  # type: ignore[union-attr]
     assert runtime.tree("sup")["children"][0]["children"][0]["agent_id"] == "sup/inner/w"
 
@@ -90,7 +91,7 @@ async def test_root_level_escalation_stops_the_tree(runtime: Runtime) -> None:
     await start_tree(runtime, "one_for_one", [child("w", key)], max_restarts=0)
     sup = runtime.local_process("sup")
     runtime.send("sup/w", "crash")
-    await wait_until(lambda: sup is not None and sup.done)
+    await async_wait_until(lambda: sup is not None and sup.done)
     assert runtime.local_process("sup/w") is None
 
 
@@ -98,8 +99,8 @@ async def test_transient_child_not_restarted_after_normal_exit(runtime: Runtime)
     key = "tr"
     await start_tree(runtime, "one_for_one", [child("t", key, restart="transient")])
     runtime.send("sup/t", "stop")
-    await wait_until(lambda: ("stop", "t", "normal") in journal(key))
-    await wait_until(lambda: runtime.local_process("sup/t") is None)
+    await async_wait_until(lambda: ("stop", "t", "normal") in journal(key))
+    await async_wait_until(lambda: runtime.local_process("sup/t") is None)
     assert journal(key).count(("start", "t")) == 1
 
 
