@@ -56,6 +56,8 @@ class StallProbe:
         self._stop = threading.Event()
         self._watchdog = threading.Thread(target=self._watch, name="stall-probe", daemon=True)
         self.ticks = 0
+        #: How many times the watchdog took the loop thread's stack.
+        self.stacks = 0
         self._gc_started = 0.0
 
     def start(self) -> None:
@@ -133,6 +135,7 @@ class StallProbe:
                     self._records.append({"kind": "stack", "at_ns": time.time_ns(),
                                           "silent_us": round((now - beat) * 1e6),
                                           "stack": [line.strip() for line in stack]})
+                    self.stacks += 1
             if now - last_write > 0.2:
                 last_write = now
                 self._write()

@@ -18,7 +18,10 @@ etcd, which cannot report a port-0 bind, picks its ports itself and retries on
 fixed ports instead (``mabeam up --base-port P``): etcd on P (client) and P+1
 (peer); node i (1-based) uses P+10·i for meshd gRPC, +1 meshd metrics, +2 … +5
 the data plane's four channels, +6 agentd gRPC, +7 agentd metrics, +8
-coordinator gRPC, +9 coordinator metrics. Local attach is always ``ipc://<run dir>/<node>.attach``.
+coordinator gRPC, +9 coordinator metrics. Local attach is always ``ipc://<run dir>/<node>.attach``. A
+daemon restarted (:meth:`DevCluster.restart`, ``start_node``) binds the gRPC and
+metrics ports it had, as a daemon restarted on its host binds its configured
+port, so clients holding the address reconnect.
 
 Each daemon's output goes to ``<run dir>/<node>[-kind].log``, shown in the
 error when a daemon fails to start. Dev tooling: never imported by a daemon.
@@ -226,21 +229,26 @@ class DevCluster:
                 setattr(node, kind, DaemonProcess(kind, node_id, self.run_dir / f"{node_id}{suffix[kind]}.log"))
         return node
 
-    def _command(self, daemon: DaemonProcess, node: Node) -> list[str]:
+    def _command(self, daemon: DaemonProcess, node: Node, previous: dict[str, Any]) -> list[str]:
+        def port(what: str, reported: str) -> int:
+            # A restart binds what the daemon had (as a daemon restarted on a host binds its configured port).
+            address = previous.get(reported)
+            return int(str(address).rsplit(":", 1)[1]) if address else node.port(what)
+
         if daemon.kind == "meshd":
             return [sys.executable, "-m", "meshd", "--node-id", node.node_id, "--cluster", self.cluster,
-                    "--etcd", self.etcd_endpoint, "--grpc-port", str(node.port("meshd")),
-                    "--metrics-port", str(node.port("meshd_metrics")), "--lease-ttl", str(self.lease_ttl),
+                    "--etcd", self.etcd_endpoint, "--grpc-port", str(port("meshd", "grpc")),
+                    "--metrics-port", str(port("meshd_metrics", "metrics")), "--lease-ttl", str(self.lease_ttl),
                     "--data-port", str(node.port("data")), "--attach", node.attach_address, *self.extra_args]
         if daemon.kind == "agentd":
             return [sys.executable, "-m", "agentd", "--node-id", node.node_id,
-                    "--grpc-address", f"127.0.0.1:{node.port('agentd')}",
-                    "--metrics-address", f"127.0.0.1:{node.port('agentd_metrics')}",
+                    "--grpc-address", f"127.0.0.1:{port('agentd', 'grpc')}",
+                    "--metrics-address", f"127.0.0.1:{port('agentd_metrics', 'metrics')}",
                     "--meshd-attach", node.attach_address, "--data-dir", str(self.run_dir / f"{node.node_id}-agentd"),
                     "--workers", "1", "--examples", "--etcd", self.etcd_endpoint, "--cluster", self.cluster,
                     "--runs-store", self.runs_store, "--http-address", "127.0.0.1:0"]
         return [sys.executable, "-m", "coordinator", "--node-id", node.node_id, "--etcd", self.etcd_endpoint,
-                "--cluster", self.cluster, "--grpc-port", str(node.port("coordinator")),
+                "--cluster", self.cluster, "--grpc-port", str(port("coordinator", "grpc")),
                 "--lease-ttl", str(self.lease_ttl)]
 
     # ------------------------------------------------------------------ lifecycle
@@ -264,17 +272,19 @@ class DevCluster:
         return self
 
     def start_node(self, node: Node, wait: bool = True, timeout: float = 30.0) -> None:
-        """(Re)start one node's daemons, meshd first (with port 0 they may get new ports: re-read them)."""
+        """Start one node's daemons again (after kill or terminate), meshd first, on the ports they had."""
         for daemon in node.daemons:
-            self._spawn(daemon)
-            if wait:
-                self.wait_ready(daemon, timeout)
+            self.restart(daemon, wait, timeout)
 
     def restart(self, daemon: DaemonProcess, wait: bool = True, timeout: float = 30.0) -> None:
-        """Start one daemon again (after kill or terminate); with port 0 it reports new ports."""
+        """Start one daemon again (after kill or terminate) on the gRPC and metrics ports it had.
+
+        Like a daemon restarted on its host, it binds its old address, so clients holding it reconnect.
+        (Should another process have taken the port meanwhile, the daemon fails loudly: "port in use".)
+        """
         if daemon.alive:
             raise ClusterError(f"{daemon.kind} of {daemon.node_id} is still running; kill or terminate it first")
-        self._spawn(daemon)
+        self._spawn(daemon, reuse_ports=True)
         if wait:
             self.wait_ready(daemon, timeout)
 
@@ -290,8 +300,8 @@ class DevCluster:
     def _node_of(self, daemon: DaemonProcess) -> Node:
         return next(n for n in self.nodes if daemon in n.daemons)
 
-    def _spawn(self, daemon: DaemonProcess) -> None:
-        daemon.args = self._command(daemon, self._node_of(daemon))
+    def _spawn(self, daemon: DaemonProcess, reuse_ports: bool = False) -> None:
+        daemon.args = self._command(daemon, self._node_of(daemon), daemon.info if reuse_ports else {})
         daemon.ready = threading.Event()
         daemon.info = {}
         daemon.exit_reported = False

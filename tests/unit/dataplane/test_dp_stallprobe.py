@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mabeam.dataplane import stallprobe
-from mabeam.dev.testing import async_wait_until
+from mabeam.dev.testing import async_wait_until, slow
 
 
 def _ticked(probe: stallprobe.StallProbe, n: int) -> Callable[[], Awaitable[bool]]:
@@ -32,8 +32,12 @@ async def test_a_blocked_loop_is_recorded_as_a_stall_with_its_stack(tmp_path: Pa
     assert probe is not None
     try:
         await async_wait_until(_ticked(probe, 3), timeout=5, interval=0.001, what="probe ticks")
-        blocked_until = time.monotonic() + 0.03
-        while time.monotonic() < blocked_until:  # the stall under test: the loop thread busy for 30 ms
+        # The stall under test: the loop thread busy for at least 30 ms, and until the watchdog thread has
+        # had the CPU to see it (on two busy cores a thread can wait longer than that for a turn).
+        stacks = probe.stacks
+        started = time.monotonic()
+        deadline = started + slow(5.0)
+        while time.monotonic() < started + 0.03 or (probe.stacks == stacks and time.monotonic() < deadline):
             pass
         await async_wait_until(_ticked(probe, probe.ticks + 1), timeout=5, interval=0.001, what="a tick after")
     finally:
