@@ -76,6 +76,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_EVERY = 1.0
 #: Backoff between re-attach attempts: doubling from the first to the last, with jitter.
 REATTACH_BACKOFF = (0.05, 2.0)
+_FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION.value[0]
 _NAME_OPS = frozenset({pb.SYSTEM_OP_REGISTER_NAME, pb.SYSTEM_OP_UNREGISTER_NAME, pb.SYSTEM_OP_JOIN_GROUP,
                        pb.SYSTEM_OP_LEAVE_GROUP})
 #: Payloads above this many bytes go on the bulk lane whatever their channel (meshd's default chunk size).
@@ -460,6 +461,10 @@ class AttachedEndpoint:
         finally:
             self._waiting.pop(env.id, None)
         answer = result.envelope if isinstance(result, Message) else result
+        if answer.error_code == _FAILED_PRECONDITION and answer.error_message == "not attached" \
+                and op != pb.SYSTEM_OP_ATTACH:
+            self._lost_attachment("an operation was refused: not attached")  # (its DETACHED notice follows)
+            raise Detached(f"endpoint {self.ref.agent_id!r} is not attached to meshd right now (re-attaching)")
         if answer.error_code:
             raise error_from_code(answer.error_code, answer.error_message)
         if isinstance(result, Message):
@@ -556,10 +561,22 @@ class AttachedEndpoint:
             raise StopAsyncIteration
         return await self.receive()
 
+    async def _holding(self, op: int, item: str, held: set[str], timeout: float = 5.0) -> None:
+        """Register a name or join a group, riding out a detachment (up to ``timeout``); then hold it."""
+        deadline = self._loop.time() + timeout
+        while True:
+            try:
+                await self._system(op, item.encode(), max(0.01, deadline - self._loop.time()))
+                break
+            except Detached:
+                if self._loop.time() >= deadline or self.closed:
+                    raise
+                # Sent just as meshd detached us: the next attempt waits for the re-attach.
+        held.add(item)
+
     async def register_name(self, name: str) -> None:
         """Register a cluster-unique name for this endpoint (ALREADY_EXISTS when taken); kept across re-attaches."""
-        await self._system(pb.SYSTEM_OP_REGISTER_NAME, name.encode())
-        self.names.add(name)
+        await self._holding(pb.SYSTEM_OP_REGISTER_NAME, name, self.names)
 
     async def unregister_name(self, name: str) -> None:
         """Remove a name this endpoint registered (while detached: meshd already dropped it; just forget it)."""
@@ -570,8 +587,7 @@ class AttachedEndpoint:
 
     async def join_group(self, group: str) -> None:
         """Join a group; kept across re-attaches."""
-        await self._system(pb.SYSTEM_OP_JOIN_GROUP, group.encode())
-        self.groups.add(group)
+        await self._holding(pb.SYSTEM_OP_JOIN_GROUP, group, self.groups)
 
     async def leave_group(self, group: str) -> None:
         """Leave a group (while detached: meshd already dropped it; just forget it)."""

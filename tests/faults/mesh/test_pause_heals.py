@@ -158,20 +158,21 @@ async def test_a_paused_agentd_detached_by_meshd_reattaches_and_registers_its_na
             await a1.spawn("counter", {"start": 4}, name="far")
             await a2.spawn("relay", {}, name="n2relay")
             await a2.spawn("member", {"groups": ["crew2"]}, name="n2member")
-            await async_wait_until(lambda: _resolves_everywhere(meshes, "n2relay", "node-2"), 10,
-                                   what="n2relay registered")
+            async def crew_back() -> bool:
+                return [m.member.node_id for m in await meshes[0].group_members("crew2")] == ["node-2"]
+
+            await async_wait_until(lambda: _resolves_everywhere(meshes, "n2member", "node-2"), 10,
+                                   what="n2member registered")
+            await async_wait_until(crew_back, 10, what="group joined")
             node2.agentd.pause()
             try:
                 await async_wait_until(lambda: _gone_somewhere(meshes, "n2relay"), 15,
                                        what="meshd detached the silent agentd and dropped its names")
             finally:
                 node2.agentd.resume()
-            await async_wait_until(lambda: _resolves_everywhere(meshes, "n2relay", "node-2"), 10,
-                                   what="names registered again after the re-attach")
-
-            async def crew_back() -> bool:
-                return [m.member.node_id for m in await meshes[0].group_members("crew2")] == ["node-2"]
-
+            for name in ("n2relay", "n2member"):
+                await async_wait_until(lambda n=name: _resolves_everywhere(meshes, n, "node-2"), 10,
+                                       what=f"{name} registered again after the re-attach")
             await async_wait_until(crew_back, 10, what="group membership restored")
             assert await a2.call("n2relay", {"to": "far", "msg": "get"}) == 4
             assert await a1.call("n2relay", {"to": "far", "msg": "get"}) == 4

@@ -230,3 +230,23 @@ async def test_meshd_tells_an_endpoint_whose_name_another_owner_took(pair: Pair)
         assert not a.attach.name_lost("default", "prize", "nobody-attached", "x")
     finally:
         await owner.close()
+
+
+async def test_a_registration_meshd_refuses_as_not_attached_completes_after_the_reattach(
+        pair: Pair, registry: InMemoryRegistry) -> None:
+    # meshd forgot the endpoint (restarted, or detached it) before the endpoint heard of it: its next
+    # registration is refused "not attached". The endpoint re-attaches and the registration still succeeds,
+    # rather than failing a caller that had no way to know.
+    a, _ = pair
+    endpoint = await AttachedEndpoint.connect(a.attach_address, "unaware")
+    server = a.attach
+    assert server is not None
+    try:
+        mailbox = next(m for m in server.by_routing_id.values() if m.ref.agent_id == "unaware")
+        server._detach(mailbox, server._tg)  # silently: no DETACHED notice reaches the endpoint first
+        assert endpoint.attached
+        await endpoint.register_name("unaware-name")
+        assert registry.lookup("default", "unaware-name") == endpoint.ref and endpoint.attached
+        assert endpoint.events["detached"] == 1 and endpoint.events["reattached"] == 1
+    finally:
+        await endpoint.close()
