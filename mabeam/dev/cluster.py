@@ -249,7 +249,7 @@ class DevCluster:
                     "--runs-store", self.runs_store, "--http-address", "127.0.0.1:0"]
         return [sys.executable, "-m", "coordinator", "--node-id", node.node_id, "--etcd", self.etcd_endpoint,
                 "--cluster", self.cluster, "--grpc-port", str(port("coordinator", "grpc")),
-                "--lease-ttl", str(self.lease_ttl)]
+                "--metrics-port", str(port("coordinator_metrics", "metrics")), "--lease-ttl", str(self.lease_ttl)]
 
     # ------------------------------------------------------------------ lifecycle
 
