@@ -13,7 +13,7 @@ from mabeam_client.coordinator import CoordinatorClient
 async def test_bid_stream_leaves_a_silent_leader(coordinators) -> None:
     cluster = coordinators(2)
     leader = cluster.leader()
-    standby = next(n for n in cluster.nodes if n is not leader)
+    standby = next(n for n in cluster.coordinators if n is not leader)
     coord = CoordinatorClient([leader.endpoint, standby.endpoint], failover_timeout=40.0)
     auction = await coord.create_auction("sealed", {"pricing": "first"})
     bids = coord.bid_stream()
