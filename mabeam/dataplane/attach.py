@@ -561,17 +561,26 @@ class AttachedEndpoint:
             raise StopAsyncIteration
         return await self.receive()
 
-    async def _holding(self, op: int, item: str, held: set[str], timeout: float = 5.0) -> None:
-        """Register a name or join a group, riding out a detachment (up to ``timeout``); then hold it."""
-        deadline = self._loop.time() + timeout
-        while True:
+    async def _name_op(self, op: int, item: str, timeout: float = 5.0, attempts: int = 3) -> None:
+        """One name or group operation, riding out a detachment and a lost answer.
+
+        Every such operation is idempotent for its endpoint (registering a name it holds, joining a group it
+        is in, removing what is gone all succeed), so it is sent again when its answer did not come within
+        ``timeout`` (the answer may be lost with a detachment, or this process was paused past the timeout
+        while the answer waited unread) and when meshd refused it as "not attached" (the next attempt waits
+        for the re-attach); at most ``attempts`` times.
+        """
+        for attempt in range(1, attempts + 1):
             try:
-                await self._system(op, item.encode(), max(0.01, deadline - self._loop.time()))
-                break
-            except Detached:
-                if self._loop.time() >= deadline or self.closed:
+                await self._system(op, item.encode(), timeout)
+                return
+            except (Detached, TimeoutError):
+                if attempt == attempts or self.closed:
                     raise
-                # Sent just as meshd detached us: the next attempt waits for the re-attach.
+
+    async def _holding(self, op: int, item: str, held: set[str], timeout: float = 5.0) -> None:
+        """Register a name or join a group (see :meth:`_name_op`); then hold it across re-attaches."""
+        await self._name_op(op, item, timeout)
         held.add(item)
 
     async def register_name(self, name: str) -> None:
@@ -583,7 +592,7 @@ class AttachedEndpoint:
         self.names.discard(name)
         if not self._attached.is_set():
             return
-        await self._system(pb.SYSTEM_OP_UNREGISTER_NAME, name.encode())
+        await self._name_op(pb.SYSTEM_OP_UNREGISTER_NAME, name)
 
     async def join_group(self, group: str) -> None:
         """Join a group; kept across re-attaches."""
@@ -594,7 +603,7 @@ class AttachedEndpoint:
         self.groups.discard(group)
         if not self._attached.is_set():
             return
-        await self._system(pb.SYSTEM_OP_LEAVE_GROUP, group.encode())
+        await self._name_op(pb.SYSTEM_OP_LEAVE_GROUP, group)
 
     async def close(self) -> None:
         """Detach (names and groups are removed by meshd) and release the sockets and contexts."""

@@ -418,8 +418,15 @@ class DevCluster:
             self.embedded.stop()
 
     def close(self) -> None:
-        """Stop everything and remove the embedded etcd's data (and the run dir if it was temporary)."""
+        """Stop everything and remove the embedded etcd's data (and the run dir if it was temporary).
+
+        With ``MABEAM_KEEP_RUN_DIR=1`` in the environment the run dir (every daemon's log) is kept and named
+        on stderr, for looking into a failed test.
+        """
         self.stop()
+        if os.environ.get("MABEAM_KEEP_RUN_DIR"):
+            print(f"dev cluster {self.cluster}: logs kept in {self.run_dir}", file=sys.stderr)
+            return
         if self.embedded is not None:
             self.embedded.close()
         if self._own_run_dir:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mabeam.dev.fakellm.process import FakeLLMProcess
+from mabeam.startup import parse_ready_line
 from mabeam_client import errors
 from mabeam_client.cli import main as meshctl
 from mabeam_client.models import ModelClient, SyncModelClient
@@ -87,8 +88,9 @@ def agentd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**_env(), "FAKE_LLM_KEY": "k-123"})
     assert proc.stdout is not None and proc.stderr is not None
     line = proc.stdout.readline()
-    assert line.startswith("agentd ready"), line + proc.stderr.read()
-    fields = dict(part.split("=", 1) for part in line.split()[2:])
+    ready = parse_ready_line(line)
+    assert ready is not None and ready.kind == "agentd", line + proc.stderr.read()
+    fields = ready.fields
     yield {"grpc": fields["grpc"], "metrics": fields["metrics"], "llm_url": llm.url, "llm": llm}  # type: ignore[dict-item]
     proc.terminate()
     assert proc.wait(30) == 0
@@ -168,7 +170,7 @@ def test_sync_client_cli_and_metrics(agentd: dict[str, str], capsys: pytest.Capt
     assert "echo: streamed words" in capsys.readouterr().out
     assert meshctl(["model", "complete", "small", "x", "--tenant", "poor", "--agentd", agentd["grpc"]]) == 1
     assert "RESOURCE_EXHAUSTED" in capsys.readouterr().err
-    text = urllib.request.urlopen(f"http://127.0.0.1:{agentd['metrics']}/metrics", timeout=5).read().decode()
+    text = urllib.request.urlopen(f"http://{agentd['metrics']}/metrics", timeout=5).read().decode()
     for series in ('agentd_model_breaker_state{provider="local"}', "agentd_model_calls_total",
                    "agentd_model_attempts_total", "agentd_model_tokens_total", "agentd_model_cost_usd_total",
                    "agentd_model_bulkhead_in_flight"):
