@@ -49,8 +49,8 @@ from mabeam.startup import parse_ready_line
 
 KINDS = ("meshd", "agentd", "coordinator")
 #: Offsets from a node's base port when fixed ports are used (see the module docstring).
-_OFFSETS = {"meshd": 0, "meshd_metrics": 1, "data": 2, "agentd": 6, "agentd_metrics": 7, "coordinator": 8,
-            "coordinator_metrics": 9}
+_OFFSETS: dict[str, int | None] = {"meshd": 0, "meshd_metrics": 1, "data": 2, "agentd": 6, "agentd_metrics": 7,
+                                   "coordinator": 8, "coordinator_metrics": 9, "agentd_http": None}
 
 
 class ClusterError(RuntimeError):
@@ -191,8 +191,10 @@ class Node:
         return self._meshd().proc
 
     def port(self, what: str) -> int:
-        """The port to pass for ``what`` (see ``_OFFSETS``): fixed from the base port, else 0."""
-        return 0 if self.base_port is None else self.base_port + _OFFSETS[what]
+        """The port to pass for ``what`` (see ``_OFFSETS``): fixed from the base port, else 0 (the runs HTTP
+        face has no fixed offset: always 0, the bound port is in agentd's ready line)."""
+        offset = _OFFSETS[what]
+        return 0 if self.base_port is None or offset is None else self.base_port + offset
 
 
 class DevCluster:
@@ -246,7 +248,7 @@ class DevCluster:
                     "--metrics-address", f"127.0.0.1:{port('agentd_metrics', 'metrics')}",
                     "--meshd-attach", node.attach_address, "--data-dir", str(self.run_dir / f"{node.node_id}-agentd"),
                     "--workers", "1", "--examples", "--etcd", self.etcd_endpoint, "--cluster", self.cluster,
-                    "--runs-store", self.runs_store, "--http-address", "127.0.0.1:0"]
+                    "--runs-store", self.runs_store, "--http-address", f"127.0.0.1:{port('agentd_http', 'http')}"]
         return [sys.executable, "-m", "coordinator", "--node-id", node.node_id, "--etcd", self.etcd_endpoint,
                 "--cluster", self.cluster, "--grpc-port", str(port("coordinator", "grpc")),
                 "--metrics-port", str(port("coordinator_metrics", "metrics")), "--lease-ttl", str(self.lease_ttl)]
