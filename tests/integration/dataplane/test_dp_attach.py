@@ -146,9 +146,7 @@ async def test_casts_to_a_vanished_attached_process_bounce_not_found(pair: Pair)
                 return False  # sent into the connection before meshd saw it close: lost (at-most-once)
             return isinstance(message.error, NotFound)
 
-        deadline = asyncio.get_running_loop().time() + 5
-        while not await bounced():
-            assert asyncio.get_running_loop().time() < deadline, "no NOT_FOUND bounce within 5 s"
+        await async_wait_until(bounced, 5, interval=0, what="a NOT_FOUND bounce")
         assert b.attach is not None and ghost.ref.agent_id not in {
             m.ref.agent_id for m in b.attach.by_routing_id.values()}
     finally:
@@ -250,3 +248,34 @@ async def test_a_registration_meshd_refuses_as_not_attached_completes_after_the_
         assert endpoint.events["detached"] == 1 and endpoint.events["reattached"] == 1
     finally:
         await endpoint.close()
+
+
+async def test_a_process_that_vanished_gives_its_agent_id_to_its_successor_at_once(pair: Pair) -> None:
+    # agentd killed -9 and started again: the new process attaches with the same agent id while meshd still
+    # holds the old attachment (it would expire in 5 s). meshd sees the old connection is gone and lets the
+    # new one in, instead of answering ALREADY_EXISTS until the expiry; a live holder still gets ALREADY_EXISTS.
+    a, _ = pair
+    first = await AttachedEndpoint.connect(a.attach_address, "phoenix")
+    first.closed = True  # vanish without DETACH, as a killed process does
+    first._sock.close(linger=0)
+    first._lane.close(linger=0)
+    successor: list[AttachedEndpoint] = []
+
+    async def attached() -> bool:
+        successor.append(await AttachedEndpoint.connect(a.attach_address, "phoenix", timeout=1.0))
+        return True
+
+    try:
+        await async_wait_until(attached, 3, interval=0.05, what="the successor attached")
+        await successor[0].register_name("phoenix")
+        with pytest.raises(DataPlaneError) as info:  # the successor is alive: a third one is refused
+            await AttachedEndpoint.connect(a.attach_address, "phoenix", timeout=1.0)
+        assert info.value.code == grpc.StatusCode.ALREADY_EXISTS
+    finally:
+        for endpoint in successor:
+            await endpoint.close()
+        for fd in first._fds:
+            asyncio.get_running_loop().remove_reader(fd)
+        first._heartbeat.cancel()
+        first._ctx.term()
+        first._lane_ctx.term()
