@@ -5,17 +5,10 @@ The killed daemon is started again once its loss has shown (as systemd's Restart
 
 from __future__ import annotations
 
-import pytest
-
 from mabeam.dev.hostbed import HostBed
 from mabeam.dev.hostbed.workload import Workload
 
-#: Issue 10 item 1 (helper heal): an attached endpoint that lost its meshd re-attaches by itself.
-NO_REATTACH = ("agentd does not re-attach to a restarted or detaching meshd yet (issue 10 item 1): its agents' "
-               "names and group members never come back, calls to them answer NOT_FOUND")
 
-
-@pytest.mark.xfail(strict=True, reason=NO_REATTACH)
 async def test_kill9_meshd_then_restart(bed: HostBed, workload: Workload) -> None:
     """Failure: kill -9 of host-2's meshd under load; its agentd and agents keep running. Restarted once the
     other nodes have seen host-2 leave.
@@ -27,10 +20,7 @@ async def test_kill9_meshd_then_restart(bed: HostBed, workload: Workload) -> Non
     re-registers its agents' names and groups: within TTL + 2 s they are back on every node and every agentd
     reaches every counter.
 
-    Fails on main at the time of writing (invariant 3, convergence): host-2's agentd never attaches to the
-    restarted meshd, so ctr-host-2, relay-host-2 and host-2's member of group ``bed`` stay missing on every
-    node past TTL + 2 s, and calls to ctr-host-2 answer NOT_FOUND (marked xfail, strict: it turns red once
-    re-attach lands, and the mark goes).
+    (Failed before the attach healing of issue 10 item 1: the agentd never attached to the restarted meshd.)
     """
     await workload.start()
     await workload.wait_progress()

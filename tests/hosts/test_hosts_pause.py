@@ -5,8 +5,6 @@ Every scenario runs the full workload and checks every invariant of docs/testbed
 
 from __future__ import annotations
 
-import pytest
-
 from mabeam.dev.hostbed import HostBed
 from mabeam.dev.hostbed.workload import Workload
 
@@ -35,8 +33,6 @@ async def test_pause_meshd_past_its_lease_then_continue(bed: HostBed, workload: 
     await workload.finish()
 
 
-@pytest.mark.xfail(strict=True, reason="agentd does not re-attach after meshd detached it yet (issue 10 item 1): "
-                   "its agents' names never come back, calls to them answer NOT_FOUND")
 async def test_pause_agentd_past_its_attach_timeout_then_continue(bed: HostBed, workload: Workload) -> None:
     """Failure: host-2's agentd (with its worker) is stopped (SIGSTOP) until its meshd gives up on it (an
     attached endpoint silent for 5 s is detached, and the names it registered are removed); then it
@@ -47,10 +43,7 @@ async def test_pause_agentd_past_its_attach_timeout_then_continue(bed: HostBed, 
     itself (with backoff) and re-registers its agents' names and groups: within TTL + 2 s they are back on
     every node, and every agentd reaches every counter again.
 
-    Fails on main at the time of writing (invariant 3, convergence): meshd detaches the silent agentd and
-    removes its names; after SIGCONT the agentd never attaches again, so ctr-host-2, relay-host-2 and
-    host-2's member of group ``bed`` stay missing on every node past TTL + 2 s, and calls to ctr-host-2
-    answer NOT_FOUND (marked xfail, strict: it turns red once re-attach lands, and the mark goes).
+    (Failed before the attach healing of issue 10 item 1: after SIGCONT the agentd never attached again.)
     """
     await workload.start()
     await workload.wait_progress()
