@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mabeam.dev.fakellm.process import FakeLLMProcess
+from mabeam.startup import parse_ready_line
 from mabeam_client.agents import AgentClient
 from mabeam_client.errors import Aborted, MabeamError, NotFound, Unavailable
 from mabeam_client.models import ModelClient
@@ -92,9 +93,10 @@ def models_scene(step: Callable[[str], None]) -> None:
         try:
             assert proc.stdout is not None
             line = proc.stdout.readline()
-            if not line.startswith("agentd ready"):
+            ready = parse_ready_line(line)
+            if ready is None or ready.kind != "agentd":
                 raise RuntimeError(f"agentd with [models] did not start: {line!r}")
-            endpoint = dict(p.split("=", 1) for p in line.split()[2:])["grpc"]
+            endpoint = str(ready.fields["grpc"])
             asyncio.run(_scenes(step, endpoint, llm))
         finally:
             proc.terminate()

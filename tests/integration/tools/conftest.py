@@ -12,7 +12,6 @@ import pytest
 
 from mabeam.dev.cluster import DevCluster
 from mabeam.dev.fakellm.process import FakeLLMProcess
-from mabeam.dev.testing import free_port_block
 
 RUNS = {"lease_ttl": 2, "cancel_grace_s": 1.0, "janitor_interval_s": 1.0, "pending_grace_s": 1.0}
 MODELS_PRICES = {"input_per_1k_usd": 0.0001, "output_per_1k_usd": 0.0002}
@@ -40,7 +39,7 @@ def bed(etcd_server, tmp_path_factory) -> Iterator[dict[str, Any]]:
     env.setenv("AGENTD_MODELS", json.dumps(models))
     env.setenv("AGENTD_LLM_AGENTS", json.dumps(agents))
     env.setenv("MABEAM_TOOL_LEDGER", str(ledger))
-    cluster = DevCluster(2, free_port_block(32), etcd=etcd_server.endpoint, cluster=f"w{uuid.uuid4().hex[:10]}",
+    cluster = DevCluster(2, etcd=etcd_server.endpoint, cluster=f"w{uuid.uuid4().hex[:10]}",
                          lease_ttl=2, agentd=True, runs_config=RUNS)
     try:
         cluster.start()
