@@ -316,13 +316,13 @@ class CoordinatorClient:
         # One event may make several trades, so a reconnect resumes at the last trade's seq and skips
         # the trades of that seq already yielded (the replay is deterministic).
         request = pb.WatchInstanceRequest(id=instance_id, from_seq=from_seq)
-        last_seq, yielded = 0, set()
+        last_seq, yielded = 0, set[bytes]()
         async for item in self._stream("WatchTrades", request, _resume_trades):
             key = item.SerializeToString(deterministic=True)
             if item.seq == last_seq and key in yielded:
                 continue
             if item.seq != last_seq:
-                last_seq, yielded = item.seq, set()
+                last_seq, yielded = item.seq, set[bytes]()
             yielded.add(key)
             yield Trade.from_proto(item)
 
