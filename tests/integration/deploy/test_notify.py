@@ -8,7 +8,6 @@ the same checks with exactly the units' commands as an unprivileged user.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mabeam.dev.notify import NotifySocket, watchdog_gap_while_blocked
 from mabeam.dev.testing import wait_until
+from mabeam.startup import parse_ready_line
 
 WATCHDOG_USEC = 1_000_000  # WatchdogSec=1s: a ping every 0.5 s
 BLOCK_S = 3.0  # the debug signal blocks the loop this long: past WatchdogSec, so systemd would kill it
@@ -92,7 +92,9 @@ def check_lifecycle(daemon: Daemon, kind: str, service: str, status_words: list[
                     later_status: str | None = None) -> None:
     """READY once serving, STATUS, watchdog pings that stop while the loop is blocked, STOPPING on SIGTERM."""
     ready = daemon.notify.wait_for("READY", "1", timeout=60)
-    address = re.search(r"grpc=(\S+)", daemon.ready_line(kind)).group(1)  # printed just before READY=1
+    parsed = parse_ready_line(daemon.ready_line(kind))  # printed just before READY=1
+    assert parsed is not None
+    address = str(parsed.fields["grpc"])
     assert health(address) == health_pb2.HealthCheckResponse.SERVING
     assert health(address, service) == health_pb2.HealthCheckResponse.SERVING
     status = ready.fields.get("STATUS", "")
