@@ -82,16 +82,11 @@ def _reflected(channel: grpc.Channel) -> list[str]:
     return []
 
 
-def _address(value: str) -> str:
-    return value if ":" in value else f"127.0.0.1:{value}"
-
-
 @pytest.fixture(scope="module")
 def daemons(etcd_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemons]:
     from mabeam.dev.cluster import DevCluster
-    from mabeam.dev.testing import free_port_block
 
-    cluster = DevCluster(1, free_port_block(22), etcd=etcd_server.endpoint, cluster=f"fz{uuid.uuid4().hex[:10]}",
+    cluster = DevCluster(1, etcd=etcd_server.endpoint, cluster=f"fz{uuid.uuid4().hex[:10]}",
                          lease_ttl=2, agentd=True, coordinator=True,
                          run_dir=tmp_path_factory.mktemp("fuzz-cluster")).start()  # logs kept for a failure
     try:
@@ -101,7 +96,7 @@ def daemons(etcd_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
             for service in _reflected(found.channel(daemon.endpoint)):
                 if service.startswith("mabeam.v1."):
                     found.served[service] = daemon.endpoint
-            found.metrics[daemon.kind] = _address(daemon.ready_fields["metrics"])
+            found.metrics[daemon.kind] = daemon.metrics_address
         yield found
         for channel in found.channels.values():
             channel.close()
