@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"time"
 
+	v1 "github.com/mabeam/mabeam/clients/go/gen/mabeamv1"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -43,10 +44,17 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("%s: %s", e.Code, e.Message)
 }
 
-// Is matches the sentinel errors (ErrNotFound, ...) by code, so errors.Is(err, mabeam.ErrNotFound) works.
+// Is matches the sentinel errors by code (ErrNotFound, ...) and, for a sentinel that names a reason
+// (ErrApprovalDecided, ...), by code and reason: errors.Is(err, mabeam.ErrApprovalDecided) works.
 func (e *Error) Is(target error) bool {
 	t, ok := target.(*Error)
-	return ok && t.Message == "" && t.Reason == "" && t.Code == e.Code
+	return ok && t.Message == "" && t.Code == e.Code && (t.Reason == "" || t.Reason == e.Reason)
+}
+
+// ErrorReason is the reason as the contract's enum (v1.ErrorReason_ERROR_REASON_UNSPECIFIED when the
+// server gave none or one this SDK does not know).
+func (e *Error) ErrorReason() v1.ErrorReason {
+	return v1.ErrorReason(v1.ErrorReason_value[e.Reason])
 }
 
 // GRPCStatus lets grpc's status.FromError see the original code.
@@ -65,6 +73,13 @@ var (
 	ErrPermissionDenied   = &Error{Code: codes.PermissionDenied}
 	ErrUnimplemented      = &Error{Code: codes.Unimplemented}
 	ErrCanceled           = &Error{Code: codes.Canceled}
+
+	// Tool approvals (RunClient.Approve/Deny): the run never asked about that call; it was already
+	// decided the other way; its deadline passed first. ErrRunTerminal: the run has ended.
+	ErrApprovalNotFound = &Error{Code: codes.NotFound, Reason: "APPROVAL_NOT_FOUND"}
+	ErrApprovalDecided  = &Error{Code: codes.FailedPrecondition, Reason: "APPROVAL_DECIDED"}
+	ErrApprovalExpired  = &Error{Code: codes.FailedPrecondition, Reason: "APPROVAL_EXPIRED"}
+	ErrRunTerminal      = &Error{Code: codes.FailedPrecondition, Reason: "RUN_TERMINAL"}
 )
 
 // Translate turns a gRPC error into an *Error with its rich details (nil stays nil; an *Error is

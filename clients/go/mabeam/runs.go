@@ -62,6 +62,25 @@ func (r *RunClient) Cancel(ctx context.Context, runID, reason string) (*v1.Cance
 	return retrying(ctx, func(ctx context.Context) (*v1.CancelRunResponse, error) { return r.stub.CancelRun(ctx, req) })
 }
 
+// Approve approves a tool call waiting for a human (a "tool.approval_requested" event of the run names
+// its tool_call_id); note says why, for the log and the model. The decision is a durable input of the
+// run: the same decision again answers Duplicate with the first seq (so it is retried on UNAVAILABLE).
+// Errors, for errors.Is: ErrApprovalNotFound (the run never asked about that call), ErrApprovalDecided
+// (denied already: a decision is final), ErrApprovalExpired (its deadline passed first), ErrRunTerminal.
+func (r *RunClient) Approve(ctx context.Context, runID, toolCallID, note string) (*v1.ToolCallDecisionResponse, error) {
+	req := &v1.ToolCallDecisionRequest{RunId: runID, ToolCallId: toolCallID, Note: note}
+	return retrying(ctx, func(ctx context.Context) (*v1.ToolCallDecisionResponse, error) {
+		return r.stub.ApproveToolCall(ctx, req)
+	})
+}
+
+// Deny denies a tool call waiting for a human (the model is told, and may try something else); the same
+// rules and errors as Approve (ErrApprovalDecided when it was approved already).
+func (r *RunClient) Deny(ctx context.Context, runID, toolCallID, note string) (*v1.ToolCallDecisionResponse, error) {
+	req := &v1.ToolCallDecisionRequest{RunId: runID, ToolCallId: toolCallID, Note: note}
+	return retrying(ctx, func(ctx context.Context) (*v1.ToolCallDecisionResponse, error) { return r.stub.DenyToolCall(ctx, req) })
+}
+
 // Get returns a run.
 func (r *RunClient) Get(ctx context.Context, runID string) (*v1.Run, error) {
 	resp, err := retrying(ctx, func(ctx context.Context) (*v1.GetRunResponse, error) {

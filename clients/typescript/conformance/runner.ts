@@ -238,6 +238,18 @@ class Runner {
         const run = await runs.get(a.run_id);
         return { status: run?.status, last_seq: Number(run?.lastSeq ?? 0) };
       }
+      case "run_wait_event": {
+        for await (const event of runs.stream(a.run_id, 0, true)) {
+          if (event.type === a.type) return { seq: Number(event.seq), payload: parseJson(event.payloadJson) };
+        }
+        throw new Failure(`run ${a.run_id} ended without an event of type ${a.type}`);
+      }
+      case "run_approve":
+      case "run_deny": {
+        const decide = name === "run_approve" ? runs.approve.bind(runs) : runs.deny.bind(runs);
+        const r = await decide(a.run_id, a.tool_call_id, a.note ?? "");
+        return { duplicate: r.duplicate, seq: Number(r.seq) };
+      }
     }
     throw new Failure(`unknown op ${name}`);
   }

@@ -5,6 +5,7 @@
  */
 import { Code, ConnectError } from "@connectrpc/connect";
 import { BadRequestSchema, ErrorInfoSchema, RetryInfoSchema } from "./gen/google/rpc/error_details_pb.js";
+import { ErrorReason } from "./gen/mabeam/v1/common_pb.js";
 
 /** gRPC code names as agentd's payloads carry them ("NOT_FOUND"), indexed by code. */
 export const CODE_NAMES = ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
@@ -36,6 +37,16 @@ export class MabeamError extends Error {
   /** The numeric gRPC code. */
   get codeValue(): number {
     return CODE_NAMES.indexOf(this.code);
+  }
+
+  /** The reason as the contract's enum (`ErrorReason.ERROR_REASON_UNSPECIFIED` when absent or unknown here). */
+  get reasonCode(): ErrorReason {
+    return (ErrorReason as unknown as Record<string, ErrorReason>)[this.reason] ?? ErrorReason.ERROR_REASON_UNSPECIFIED;
+  }
+
+  /** True when this is `code` (and, if given, `reason`): `error.is("FAILED_PRECONDITION", "APPROVAL_DECIDED")`. */
+  is(code: CodeName, reason?: keyof typeof ErrorReason): boolean {
+    return this.code === code && (reason === undefined || this.reason === reason);
   }
 }
 

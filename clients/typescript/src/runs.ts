@@ -1,6 +1,6 @@
 /** RunService: durable runs — start, append input frames, stream events with a resume cursor, cancel, inspect. */
 import { createClient, type Client } from "@connectrpc/connect";
-import { RunService, type Run, type RunEvent } from "./gen/mabeam/v1/run_pb.js";
+import { RunService, type Run, type RunEvent, type ToolCallDecisionResponse } from "./gen/mabeam/v1/run_pb.js";
 import { translate } from "./errors.js";
 import { retrying } from "./mesh.js";
 import { transport, type CallOptions } from "./transport.js";
@@ -21,6 +21,23 @@ export class RunClient {
   /** Append an input frame, idempotent by frameId. */
   async append(runId: string, frameId: string, type: string, payload: unknown, opts?: CallOptions) {
     return retrying(() => this.stub.appendFrame({ runId, frameId, type, payloadJson: JSON.stringify(payload) }, opts));
+  }
+
+  /**
+   * Approve a tool call waiting for a human (a "tool.approval_requested" event of the run names its
+   * `tool_call_id`); `note` says why, for the log and the model. The decision is a durable input of the
+   * run: the same decision again resolves with `duplicate: true` and the first seq (so it is retried on
+   * UNAVAILABLE). Rejects with a MabeamError: NOT_FOUND/APPROVAL_NOT_FOUND (the run never asked about that
+   * call), FAILED_PRECONDITION with APPROVAL_DECIDED (denied already: a decision is final),
+   * APPROVAL_EXPIRED (its deadline passed first) or RUN_TERMINAL — test with `error.is(code, reason)`.
+   */
+  async approve(runId: string, toolCallId: string, note = "", opts?: CallOptions): Promise<ToolCallDecisionResponse> {
+    return retrying(() => this.stub.approveToolCall({ runId, toolCallId, note }, opts));
+  }
+
+  /** Deny a tool call waiting for a human (the model is told, and may try something else); as approve(). */
+  async deny(runId: string, toolCallId: string, note = "", opts?: CallOptions): Promise<ToolCallDecisionResponse> {
+    return retrying(() => this.stub.denyToolCall({ runId, toolCallId, note }, opts));
   }
 
   async cancel(runId: string, reason = "", opts?: CallOptions) {

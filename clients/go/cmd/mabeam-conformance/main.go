@@ -341,6 +341,24 @@ func (r *runner) runOp(ctx context.Context, name string, a map[string]any) (any,
 	case "run_get":
 		run, err := runs.Get(ctx, str(a, "run_id"))
 		return map[string]any{"status": run.GetStatus(), "last_seq": run.GetLastSeq()}, err
+	case "run_wait_event":
+		for event, err := range runs.Stream(ctx, str(a, "run_id"), 0, true) {
+			if err != nil {
+				return nil, err
+			}
+			if event.GetType() == str(a, "type") {
+				payload, err := mabeam.JSON[any](event.GetPayloadJson())
+				return map[string]any{"seq": event.GetSeq(), "payload": payload}, err
+			}
+		}
+		return nil, fail("run %s ended without an event of type %q", str(a, "run_id"), str(a, "type"))
+	case "run_approve", "run_deny":
+		decide := runs.Approve
+		if name == "run_deny" {
+			decide = runs.Deny
+		}
+		resp, err := decide(ctx, str(a, "run_id"), str(a, "tool_call_id"), str(a, "note"))
+		return map[string]any{"duplicate": resp.GetDuplicate(), "seq": resp.GetSeq()}, err
 	}
 	return nil, fail("unknown op %q", name)
 }

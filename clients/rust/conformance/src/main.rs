@@ -351,6 +351,23 @@ impl Runner {
                 let run = runs.get(&s(a, "run_id")).await?;
                 Ok(json!({"status": run.status, "last_seq": run.last_seq}))
             }
+            "run_wait_event" => {
+                let mut events = runs.stream(&s(a, "run_id"), 0, true);
+                while let Some(event) = tokio_stream::StreamExt::next(&mut events).await {
+                    let event = event?;
+                    if event.r#type == s(a, "type") {
+                        let payload: Value = serde_json::from_str(&event.payload_json).unwrap_or(Value::Null);
+                        return Ok(json!({"seq": event.seq, "payload": payload}));
+                    }
+                }
+                Err(fail(format!("run {} ended without an event of type {:?}", s(a, "run_id"), s(a, "type"))))
+            }
+            "run_approve" | "run_deny" => {
+                let (run_id, call_id, note) = (s(a, "run_id"), s(a, "tool_call_id"), s(a, "note"));
+                let r = if name == "run_approve" { runs.approve(&run_id, &call_id, &note).await? }
+                        else { runs.deny(&run_id, &call_id, &note).await? };
+                Ok(json!({"duplicate": r.duplicate, "seq": r.seq}))
+            }
             other => Err(fail(format!("unknown op {other:?}"))),
         }
     }

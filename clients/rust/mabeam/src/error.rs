@@ -7,6 +7,8 @@ use std::time::Duration;
 use tonic::Code;
 use tonic_types::StatusExt;
 
+use crate::v1::ErrorReason;
+
 /// What the server said: its message and the google.rpc details it attached.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Details {
@@ -114,6 +116,12 @@ impl Error {
     pub fn reason(&self) -> &str {
         &self.details().reason
     }
+
+    /// The reason as the contract's enum (None when the server gave none or one this SDK does not know):
+    /// `matches!(e.error_reason(), Some(ErrorReason::ApprovalDecided))`.
+    pub fn error_reason(&self) -> Option<ErrorReason> {
+        ErrorReason::from_str_name(self.reason())
+    }
 }
 
 /// The upper-case name of a code ("NOT_FOUND").
@@ -191,6 +199,15 @@ mod tests {
         assert_eq!(d.metadata["leader"], "127.0.0.1:7118");
         assert_eq!(d.field_violations["name"], "bad");
         assert_eq!(d.retry_after, Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn the_reason_reads_as_the_contract_enum() {
+        let rich = ErrorDetails::with_error_info("APPROVAL_DECIDED", "mabeam.io", []);
+        let error = Error::from(tonic::Status::with_error_details(Code::FailedPrecondition, "denied already", rich));
+        assert!(matches!(error, Error::FailedPrecondition(_)));
+        assert_eq!(error.error_reason(), Some(ErrorReason::ApprovalDecided));
+        assert_eq!(Error::msg(Code::NotFound, "no reason").error_reason(), None);
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub use agent::{Context, ExternalAgent, Handler};
 pub use agents::{AgentClient, SpawnOptions};
 pub use coordinator::{BidStream, CoordinatorClient, CreateOptions};
 pub use error::{code_name, Details, Error, Result};
+pub use v1::ErrorReason;
 pub use mesh::{Destination, MeshClient};
 pub use runs::RunClient;
 

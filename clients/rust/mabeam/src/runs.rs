@@ -52,6 +52,27 @@ impl RunClient {
             .await.map(|r| r.into_inner())
     }
 
+    /// Approve a tool call waiting for a human (a "tool.approval_requested" event of the run names its
+    /// `tool_call_id`); `note` says why, for the log and the model. The decision is a durable input of the
+    /// run: the same decision again answers `duplicate` with the first seq (so it is retried on UNAVAILABLE).
+    /// Errors (see [`Error::error_reason`]): `NotFound` with `ApprovalNotFound` (the run never asked about
+    /// that call), `FailedPrecondition` with `ApprovalDecided` (denied already: a decision is final),
+    /// `ApprovalExpired` (its deadline passed first) or `RunTerminal`.
+    pub async fn approve(&self, run_id: &str, tool_call_id: &str, note: &str) -> Result<v1::ToolCallDecisionResponse> {
+        let req = v1::ToolCallDecisionRequest { run_id: run_id.to_string(), tool_call_id: tool_call_id.to_string(),
+            note: note.to_string() };
+        retrying(|| { let mut s = self.stub.clone(); let r = request(req.clone(), Some(self.timeout)); async move { s.approve_tool_call(r).await } })
+            .await.map(|r| r.into_inner())
+    }
+
+    /// Deny a tool call waiting for a human (the model is told, and may try something else); as `approve`.
+    pub async fn deny(&self, run_id: &str, tool_call_id: &str, note: &str) -> Result<v1::ToolCallDecisionResponse> {
+        let req = v1::ToolCallDecisionRequest { run_id: run_id.to_string(), tool_call_id: tool_call_id.to_string(),
+            note: note.to_string() };
+        retrying(|| { let mut s = self.stub.clone(); let r = request(req.clone(), Some(self.timeout)); async move { s.deny_tool_call(r).await } })
+            .await.map(|r| r.into_inner())
+    }
+
     pub async fn cancel(&self, run_id: &str, reason: &str) -> Result<v1::CancelRunResponse> {
         let req = v1::CancelRunRequest { run_id: run_id.to_string(), reason: reason.to_string() };
         retrying(|| { let mut s = self.stub.clone(); let r = request(req.clone(), Some(self.timeout)); async move { s.cancel_run(r).await } })
