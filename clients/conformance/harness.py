@@ -35,6 +35,8 @@ SCENARIOS = ROOT / "clients/conformance/scenarios"
 LANGS = ("python", "go", "typescript", "rust")
 #: Where each language's relay agent attaches (node index) for the four-language relay.
 RELAY_NODES = {"go": 1, "typescript": 2, "rust": 3}
+#: agentd's tool policy for scenario 10: the example tool ``add`` waits for a human's approval.
+TOOL_POLICY = [{"tool": "add", "verdict": "ask", "reason": "conformance: a human approves every sum"}]
 
 
 def cargo_target_dir() -> Path:
@@ -85,10 +87,24 @@ class Harness:
         self.cluster_json = self.dir / "cluster.json"
         self.relays = relays
         self.servers: list[subprocess.Popen[str]] = []
+        self._saved_policy: str | None = None
+
+    def _set_agentd_env(self) -> None:
+        # DevCluster's daemons inherit this process's environment (agentd reads AGENTD_* settings); put it
+        # back in close(), since a restarted agentd must see the same policy until then.
+        self._saved_policy = os.environ.get("AGENTD_TOOL_POLICY")
+        os.environ["AGENTD_TOOL_POLICY"] = json.dumps(TOOL_POLICY)
+
+    def _restore_agentd_env(self) -> None:
+        if self._saved_policy is None:
+            os.environ.pop("AGENTD_TOOL_POLICY", None)
+        else:
+            os.environ["AGENTD_TOOL_POLICY"] = self._saved_policy
 
     def start(self) -> Harness:
         """Start the cluster and the relay agents (each prints "ready" once attached)."""
         try:
+            self._set_agentd_env()
             self.cluster.start()
             self.write_json()
             for lang in self.relays:
@@ -164,6 +180,7 @@ class Harness:
                 proc.kill()
                 proc.wait()
         self.cluster.close()
+        self._restore_agentd_env()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

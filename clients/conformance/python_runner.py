@@ -276,6 +276,15 @@ class Runner:
             if name == "run_get":
                 run = await runs.get(a["run_id"])
                 return {"status": run.status, "last_seq": run.last_seq}
+            if name == "run_wait_event":
+                async for event in runs.stream(a["run_id"], cursor=0, follow=True):
+                    if event.type == a["type"]:
+                        return {"seq": event.seq, "payload": json.loads(event.payload_json or "null")}
+                raise StepFailed(f"run {a['run_id']} ended without an event of type {a['type']!r}")
+            if name in ("run_approve", "run_deny"):
+                decide = runs.approve if name == "run_approve" else runs.deny
+                decided = await decide(a["run_id"], a["tool_call_id"], a.get("note", ""))
+                return {"duplicate": decided.duplicate, "seq": decided.seq}
         raise StepFailed(f"unknown op {name!r}")
 
     async def attach(self, a: dict[str, Any]) -> Any:
