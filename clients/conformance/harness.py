@@ -6,18 +6,23 @@ It starts a 3-node cluster (meshd, agentd, coordinator per node) with the shared
 (``mabeam.dev.cluster.DevCluster``), writes its endpoints and pids as JSON (``describe()``, what
 ``mabeam up --json`` prints), starts the relay agents scenario 08 needs (``relay-go`` on node 1,
 ``relay-typescript`` on node 2, ``relay-rust`` on node 3, each an external agent of its SDK), then
-runs each language's runner in turn. Between runners it restarts any daemon a scenario killed
-(scenario 06 kills the active coordinator) and rewrites the JSON. The runners must be built
-(``make sdk-build``); ``tests/conformance`` drives this module from pytest.
+runs each language's runner in turn. Scenarios kill and restart daemons through the harness's
+control channel (:class:`Control`; scenario 12 restarts node 2's meshd under a live client). Between
+runners it restarts any daemon a scenario left dead (scenarios 06 and 11 kill the active coordinator),
+rewrites the JSON and waits until the relay agents are attached again. The agentds get a tool policy
+that gates the example tool ``add`` (scenario 10). The runners must be built (``make sdk-build``);
+``tests/conformance`` drives this module from pytest.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
 import signal
+import socketserver
 import subprocess
 import sys
 import tempfile
@@ -66,6 +71,67 @@ def runner_built(lang: str) -> bool:
     return lang == "python" or Path(command[-1]).exists()
 
 
+class Control(socketserver.ThreadingTCPServer):
+    """Kills and restarts daemons when a runner asks (ops ``kill_daemon``/``restart_daemon``).
+
+    One JSON object a line on a loopback TCP connection (port 0; its address is ``control`` in the
+    cluster JSON): ``{"op": "kill_daemon"|"restart_daemon", "args": {"node": 2 | "node-2", "kind":
+    "meshd"|"agentd"|"coordinator"}}``, answered by ``{"ok": true, "result": {...}}`` or ``{"ok": false,
+    "error": "..."}``. A runner cannot restart a daemon itself: the harness owns the processes (a restart
+    binds the daemon's old ports, and the harness stops it at the end).
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, harness: Harness) -> None:
+        self.harness = harness
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), ControlHandler)
+        threading.Thread(target=self.serve_forever, daemon=True, name="conformance-control").start()
+
+    @property
+    def address(self) -> str:
+        host, port = self.server_address[:2]
+        return f"{host}:{port}"
+
+    def handle_request_line(self, line: bytes) -> dict[str, object]:
+        """One request: the daemon named by node (index from 1, or node id) and kind; kill -9 or restart it."""
+        try:
+            request = json.loads(line)
+            op, args = request["op"], request.get("args") or {}
+            nodes = self.harness.cluster.nodes
+            node = args["node"]
+            found = [n for i, n in enumerate(nodes, 1) if node in (i, n.node_id, str(i))]
+            daemons = [d for n in found for d in n.daemons if d.kind == args["kind"]]
+            if not daemons:
+                raise ValueError(f"no {args['kind']!r} daemon on node {node!r}")
+            daemon = daemons[0]
+            with self.lock:
+                if op == "kill_daemon":
+                    self.harness.cluster.kill_daemon(daemon)
+                elif op == "restart_daemon":
+                    if not daemon.alive:
+                        self.harness.cluster.restart_daemon(daemon)
+                else:
+                    raise ValueError(f"unknown control op {op!r}")
+                self.harness.write_json()
+            return {"ok": True, "result": {"node_id": daemon.node_id, "kind": daemon.kind, "pid": daemon.pid or 0}}
+        except Exception as error:  # noqa: BLE001 - any failure goes back to the runner, which fails its step
+            return {"ok": False, "error": f"{type(error).__name__}: {error}"}
+
+
+class ControlHandler(socketserver.StreamRequestHandler):
+    """Answers each request line of one connection."""
+
+    server: Control
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(json.dumps(self.server.handle_request_line(line)).encode() + b"\n")
+            self.wfile.flush()
+
+
 @dataclass
 class Outcome:
     """What one runner reported: its exit code and PASS/FAIL lines."""
@@ -88,6 +154,7 @@ class Harness:
         self.relays = relays
         self.servers: list[subprocess.Popen[str]] = []
         self._saved_policy: str | None = None
+        self.control: Control | None = None
 
     def _set_agentd_env(self) -> None:
         # DevCluster's daemons inherit this process's environment (agentd reads AGENTD_* settings); put it
@@ -106,6 +173,7 @@ class Harness:
         try:
             self._set_agentd_env()
             self.cluster.start()
+            self.control = Control(self)
             self.write_json()
             for lang in self.relays:
                 self.servers.append(self._serve(lang, f"relay-{lang}", RELAY_NODES[lang]))
@@ -149,7 +217,12 @@ class Harness:
 
     def write_json(self) -> None:
         """(Re)write the endpoints and pids the runners read."""
-        self.cluster_json.write_text(json.dumps(self.cluster.describe(), indent=2))
+        described = self.cluster.describe()
+        if self.control is not None:
+            described["control"] = self.control.address
+        tmp = self.cluster_json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(described, indent=2))
+        tmp.replace(self.cluster_json)  # a runner starting now reads the old file or the new one, never half
 
     def run(self, lang: str, only: list[str] | None = None, timeout: float = 600.0) -> Outcome:
         """Run one language's runner over every scenario; restart killed daemons afterwards."""
@@ -166,10 +239,33 @@ class Harness:
                 outcome.failed.append(line[5:])
         if self.cluster.restart_dead():
             self.write_json()
+        self.wait_relays()
         return outcome
+
+    def wait_relays(self, timeout: float = 60.0) -> None:
+        """Wait until every relay agent's name resolves again (a scenario that kills a meshd detaches the relay
+        attached to it; the SDK re-attaches with backoff, and the next runner's relay scenario needs it)."""
+        if not self.relays:
+            return
+        from mabeam.dev.testing import async_wait_until
+        from mabeam_client.mesh import MeshClient
+
+        async def registered() -> None:
+            async with MeshClient(self.cluster.nodes[0].meshd.endpoint) as mesh:
+                async def all_found() -> bool:
+                    for lang in self.relays:
+                        await mesh.lookup(f"relay-{lang}")
+                    return True
+
+                await async_wait_until(all_found, timeout, interval=0.2, what="the relay agents are attached")
+
+        asyncio.run(registered())
 
     def close(self) -> None:
         """Stop the relay agents (closing stdin detaches them) and the cluster."""
+        if self.control is not None:
+            self.control.shutdown()
+            self.control.server_close()
         for proc in self.servers:
             if proc.stdin is not None:
                 proc.stdin.close()

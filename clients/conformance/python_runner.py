@@ -134,6 +134,21 @@ class Relay:
             raise
 
 
+async def control(address: str, op: str, args: dict[str, Any]) -> Any:
+    """Ask the harness to kill or restart a daemon (one JSON line each way; see harness.Control)."""
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(json.dumps({"op": op, "args": args}).encode() + b"\n")
+        await writer.drain()
+        answer = json.loads(await reader.readline())
+    finally:
+        writer.close()
+    if not answer.get("ok"):
+        raise StepFailed(f"{op}: {answer.get('error')}")
+    return answer["result"]
+
+
 class Runner:
     """Runs scenario steps with the Python SDK against the cluster described in cluster.json."""
 
@@ -147,6 +162,7 @@ class Runner:
         self.agents: dict[str, ExternalAgent] = {}
         self.bids: list[asyncio.Task[Any]] = []
         self.bid_stream = None
+        self.bid_calls: asyncio.Task[list[BaseException | None]] | None = None
 
     def node(self, args: dict[str, Any]) -> dict[str, Any]:
         return self.cluster["nodes"][int(args.get("node", 1)) - 1]  # type: ignore[no-any-return]
@@ -233,6 +249,15 @@ class Runner:
             refused = [o for o in outcomes if isinstance(o, BaseException)]
             return {"acked": len(outcomes) - len(refused), "refused": len(refused),
                     "errors": [str(e) for e in refused[:3]]}
+        if name == "bid_calls_start":
+            return await self.bid_calls_start(a)
+        if name == "bid_calls_wait":
+            assert self.bid_calls is not None, "bid_calls_wait before bid_calls_start"
+            outcomes, self.bid_calls = await self.bid_calls, None
+            failed = [o for o in outcomes if o is not None]
+            return {"acked": len(outcomes) - len(failed), "failed": len(failed), "errors": [repr(e) for e in failed[:3]]}
+        if name in ("kill_daemon", "restart_daemon"):
+            return await control(self.cluster["control"], name, a)
         if name == "kill_coordinator_leader":
             leader = await self.coordinator.leader()
             node = next(n for n in self.cluster["nodes"] if n["node_id"] == leader.leader_node_id)
@@ -252,6 +277,33 @@ class Runner:
         if name.startswith("run_"):
             return await self.run_op(name, a)
         raise StepFailed(f"unknown op {name!r}")
+
+    async def bid_calls_start(self, a: dict[str, Any]) -> Any:
+        """Unary SubmitBid calls, ``concurrency`` at a time, each with its bidder as idempotency key; returns
+        once ``acked_before`` were acknowledged (so what follows, a kill, lands in the middle of them)."""
+        bidders = iter(range(1, int(a["count"]) + 1))
+        outcomes: list[BaseException | None] = []
+        enough = asyncio.Event()
+
+        async def caller() -> None:
+            for i in bidders:
+                event = {"type": "bid", "bidder": f"bidder-{i}", "amount": int(a["amount_base"]) + i - 1}
+                try:
+                    await self.coordinator.submit_bid(a["auction"], event, client_event_id=f"{a['auction']}-{i}")
+                    outcomes.append(None)
+                except Exception as error:  # noqa: BLE001 - counted: the scenario expects none
+                    outcomes.append(error)
+                if len(outcomes) >= int(a.get("acked_before", 0)):
+                    enough.set()
+
+        async def all_calls() -> list[BaseException | None]:
+            await asyncio.gather(*(caller() for _ in range(int(a.get("concurrency", 1)))))
+            enough.set()
+            return outcomes
+
+        self.bid_calls = asyncio.create_task(all_calls())
+        await enough.wait()
+        return {}
 
     async def run_op(self, name: str, a: dict[str, Any]) -> Any:
         """The durable-run ops (RunService on the node's agentd)."""

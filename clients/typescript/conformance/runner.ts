@@ -4,6 +4,7 @@
  *   node dist/conformance/runner.js serve --cluster cluster.json --node 1 --name relay-typescript
  */
 import { readFileSync, readdirSync } from "node:fs";
+import { createConnection } from "node:net";
 import { join } from "node:path";
 import { parse } from "yaml";
 import { AgentClient, CoordinatorClient, ExternalAgent, MabeamError, MeshClient, parseJson, RunClient, type Context } from "../src/index.js";
@@ -11,10 +12,32 @@ import { AgentClient, CoordinatorClient, ExternalAgent, MabeamError, MeshClient,
 const LANG = "typescript";
 type Json = any; // eslint-disable-line @typescript-eslint/no-explicit-any
 interface Node { node_id: string; meshd: string; agentd: string; coordinator: string; coordinator_pid: number }
-interface Cluster { nodes: Node[] }
+interface Cluster { nodes: Node[]; control?: string }
 interface Step { op: string; args?: Json; expect?: Json; error?: Json; save?: Record<string, string>; eventually?: number; within?: number }
 
 class Failure extends Error {}
+
+/** Ask the harness to kill or restart a daemon (one JSON line each way; harness.Control). */
+async function control(address: string, op: string, args: Json): Promise<Json> {
+  const [host, port] = [address.slice(0, address.lastIndexOf(":")), Number(address.slice(address.lastIndexOf(":") + 1))];
+  const line = await new Promise<string>((resolve, reject) => {
+    const socket = createConnection({ host, port }, () => socket.write(JSON.stringify({ op, args }) + "\n"));
+    let buffer = "";
+    socket.setEncoding("utf8");
+    socket.on("data", (chunk: string) => {
+      buffer += chunk;
+      if (buffer.includes("\n")) {
+        socket.end();
+        resolve(buffer.slice(0, buffer.indexOf("\n")));
+      }
+    });
+    socket.on("error", reject);
+    socket.on("close", () => reject(new Failure(`${op}: the harness closed the control connection`)));
+  });
+  const answer = JSON.parse(line);
+  if (!answer.ok) throw new Failure(`${op}: ${answer.error}`);
+  return answer.result;
+}
 
 function substitute(value: Json, vars: Record<string, Json>): Json {
   if (typeof value === "string") {
@@ -106,6 +129,8 @@ class Runner {
   agents = new Map<string, { agent: ExternalAgent; release: () => void }>();
   bids: Promise<unknown>[] = [];
   bidStream: ReturnType<CoordinatorClient["bidStream"]> | undefined;
+  bidCalls: Promise<string[]> | undefined;
+  bidCallCount = 0;
 
   constructor(readonly cluster: Cluster, readonly runId: string) {
     this.coordinator = new CoordinatorClient(cluster.nodes.filter((n) => n.coordinator).map((n) => n.coordinator), "", 20000);
@@ -189,6 +214,17 @@ class Runner {
         const refused = outcomes.filter((o) => o.status === "rejected") as PromiseRejectedResult[];
         return { acked: outcomes.length - refused.length, refused: refused.length, errors: refused.slice(0, 3).map((r) => String(r.reason)) };
       }
+      case "bid_calls_start":
+        return this.startBidCalls(a);
+      case "bid_calls_wait": {
+        if (!this.bidCalls) throw new Failure("bid_calls_wait before bid_calls_start");
+        const errors = await this.bidCalls;
+        this.bidCalls = undefined;
+        return { acked: this.bidCallCount - errors.length, failed: errors.length, errors: errors.slice(0, 3) };
+      }
+      case "kill_daemon":
+      case "restart_daemon":
+        return control(this.cluster.control ?? "", name, a);
       case "kill_coordinator_leader": {
         const leader = await this.coordinator.leader();
         const node = this.cluster.nodes.find((n) => n.node_id === leader.leaderNodeId)!;
@@ -210,6 +246,37 @@ class Runner {
     }
     if (name.startsWith("run_")) return this.runOp(name, a);
     throw new Failure(`unknown op ${name}`);
+  }
+
+  /**
+   * Unary SubmitBid calls, `concurrency` at a time, each with its own idempotency key, in the background;
+   * resolves once `acked_before` were answered (so the next step, a kill, lands in the middle of them).
+   */
+  async startBidCalls(a: Json): Promise<Json> {
+    const errors: string[] = [];
+    let answered = 0;
+    let next = 1;
+    let enough = () => {};
+    const enoughReached = new Promise<void>((r) => (enough = r));
+    this.bidCallCount = a.count;
+    const caller = async () => {
+      while (next <= a.count) {
+        const i = next++;
+        const event = { type: "bid", bidder: `bidder-${i}`, amount: a.amount_base + i - 1 };
+        try {
+          await this.coordinator.submitBid(a.auction, event, `${a.auction}-${i}`, { timeoutMs: 60_000 });
+        } catch (e) {
+          errors.push(String(e));
+        }
+        if (++answered >= (a.acked_before ?? 0)) enough();
+      }
+    };
+    this.bidCalls = Promise.all(Array.from({ length: a.concurrency ?? 1 }, caller)).then(() => {
+      enough();
+      return errors;
+    });
+    await enoughReached;
+    return {};
   }
 
   /** The durable-run ops against the node's agentd (RunService). */

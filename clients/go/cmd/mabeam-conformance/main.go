@@ -35,7 +35,8 @@ type node struct {
 }
 
 type cluster struct {
-	Nodes []node `json:"nodes"`
+	Nodes   []node `json:"nodes"`
+	Control string `json:"control"` // the harness's control channel (kill_daemon, restart_daemon)
 }
 
 type step struct {
@@ -66,6 +67,7 @@ type runner struct {
 	bidMu   sync.Mutex
 	acked   int
 	refused []string
+	calls   *bidCalls
 }
 
 type attached struct {
@@ -260,6 +262,12 @@ func (r *runner) op(name string, a map[string]any) (any, error) {
 		out := map[string]any{"acked": r.acked, "refused": len(r.refused), "errors": r.refused}
 		r.acked, r.refused = 0, nil
 		return out, nil
+	case "bid_calls_start":
+		return r.startBidCalls(a)
+	case "bid_calls_wait":
+		return r.waitBidCalls()
+	case "kill_daemon", "restart_daemon":
+		return r.control(name, a)
 	case "kill_coordinator_leader":
 		leader, err := r.coord.Leader(ctx)
 		if err != nil {

@@ -154,6 +154,24 @@ struct Runner {
     agents: HashMap<String, (RunningAgent, tokio::sync::watch::Sender<bool>)>,
     bid_stream: Option<BidStream>,
     bids: Vec<tokio::task::JoinHandle<mabeam::Result<mabeam::v1::SubmitEventResponse>>>,
+    /// The unary bid calls of bid_calls_start: (calls, their workers' errors).
+    bid_calls: Option<(i64, tokio::task::JoinHandle<Vec<String>>)>,
+}
+
+/// Ask the harness to kill or restart a daemon (one JSON line each way; harness.Control).
+async fn control(address: &str, op: &str, args: &Value) -> StepResult {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut conn = tokio::net::TcpStream::connect(address).await
+        .map_err(|e| fail(format!("the harness's control channel {address:?}: {e}")))?;
+    let request = json!({"op": op, "args": args}).to_string() + "\n";
+    conn.write_all(request.as_bytes()).await.map_err(|e| fail(format!("{op}: {e}")))?;
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line).await.map_err(|e| fail(format!("{op}: {e}")))?;
+    let answer: Value = serde_json::from_str(&line).map_err(|e| fail(format!("{op}: {e}: {line:?}")))?;
+    if answer["ok"] != json!(true) {
+        return Err(fail(format!("{op}: {}", answer["error"])));
+    }
+    Ok(answer["result"].clone())
 }
 
 fn s(a: &Value, key: &str) -> String {
@@ -172,7 +190,7 @@ impl Runner {
         let mut coordinator = CoordinatorClient::connect(&refs).expect("coordinator endpoints");
         coordinator.failover_timeout = Duration::from_secs(20);
         Runner { cluster, run_id, meshes: HashMap::new(), agentds: HashMap::new(), coordinator, agents: HashMap::new(),
-            bid_stream: None, bids: vec![] }
+            bid_stream: None, bids: vec![], bid_calls: None }
     }
 
     fn node(&self, a: &Value) -> &Value {
@@ -292,6 +310,14 @@ impl Runner {
                 }
                 Ok(json!({"acked": acked, "refused": errors.len(), "errors": errors.iter().take(3).collect::<Vec<_>>()}))
             }
+            "bid_calls_start" => self.start_bid_calls(a).await,
+            "bid_calls_wait" => {
+                let (count, task) = self.bid_calls.take().ok_or_else(|| fail("bid_calls_wait before bid_calls_start"))?;
+                let errors = task.await.map_err(|e| fail(e.to_string()))?;
+                Ok(json!({"acked": count - errors.len() as i64, "failed": errors.len(),
+                    "errors": errors.iter().take(3).collect::<Vec<_>>()}))
+            }
+            "kill_daemon" | "restart_daemon" => control(&s(&self.cluster, "control"), name, a).await,
             "kill_coordinator_leader" => {
                 let leader = self.coordinator.leader().await?;
                 for node in self.cluster["nodes"].as_array().unwrap() {
@@ -321,6 +347,47 @@ impl Runner {
             other if other.starts_with("run_") => self.run_op(other, a).await,
             other => Err(fail(format!("unknown op {other:?}"))),
         }
+    }
+
+    /// Unary SubmitBid calls, `concurrency` at a time, each with its own idempotency key, in the background;
+    /// returns once `acked_before` were answered (so the next step, a kill, lands in the middle of them).
+    async fn start_bid_calls(&mut self, a: &Value) -> StepResult {
+        let count = a["count"].as_i64().unwrap_or(1);
+        let base = a["amount_base"].as_i64().unwrap_or(0);
+        let enough_at = a["acked_before"].as_u64().unwrap_or(0) as usize;
+        let next = Arc::new(std::sync::atomic::AtomicI64::new(1));
+        let (answered_tx, mut answered_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..a["concurrency"].as_u64().unwrap_or(1) {
+            let (coordinator, next, answered, auction) = (self.coordinator.clone(), next.clone(), answered_tx.clone(), s(a, "auction"));
+            workers.spawn(async move {
+                let mut errors = vec![];
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if i > count { return errors; }
+                    let event = json!({"type": "bid", "bidder": format!("bidder-{i}"), "amount": base + i - 1});
+                    let key = format!("{auction}-{i}");
+                    if let Err(e) = coordinator.submit_bid(&auction, &event, Some(key.as_str())).await {
+                        errors.push(e.to_string());
+                    }
+                    let _ = answered.send(());
+                }
+            });
+        }
+        drop(answered_tx);
+        let task = tokio::spawn(async move {
+            let mut errors = vec![];
+            while let Some(done) = workers.join_next().await {
+                errors.extend(done.unwrap_or_else(|e| vec![e.to_string()]));
+            }
+            errors
+        });
+        let mut answered = 0;
+        while answered < enough_at && answered_rx.recv().await.is_some() {
+            answered += 1;
+        }
+        self.bid_calls = Some((count, task));
+        Ok(json!({}))
     }
 
     /// The durable-run ops against the node's agentd (RunService).
