@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTOS := $(wildcard proto/mabeam/v1/*.proto)
 
-.PHONY: setup demo test test-fast test-hosts proto proto-check proto-tools lint typecheck bench clean postgres install install-etcd
+.PHONY: setup demo test test-fast test-hosts proto proto-check proto-tools lint typecheck bench clean postgres promtool install install-etcd
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,8 +20,16 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/python -m mabeam.dev.demo
 
-test: setup postgres proto-check lint typecheck sdk-build sdk-test
+test: setup postgres promtool proto-check lint typecheck sdk-build sdk-test
 	MABEAM_SDK_CONFORMANCE='$(SDK_LANGS)' $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# tests/integration/test_daemon_metrics.py checks every daemon's /metrics with promtool (Debian's prometheus
+# package, STACK-NOTES): installed when missing where apt-get can run (CI runs as root); else that check is skipped.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		{ echo "installing promtool (apt-get install prometheus)"; apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; } || \
+		echo "promtool is not installed: the /metrics exposition check will be skipped"
 
 # The runs store's tests start a private PostgreSQL server (mabeam/dev/postgres.py): install the Debian
 # package when the server binaries are missing (CI runs as root on a fresh machine).

@@ -1,7 +1,9 @@
-"""The agentd daemon: the worker pool, the gRPC AgentService (with health and reflection), /metrics.
+"""The agentd daemon: the worker pool, the gRPC AgentService, ModelService and RunService, /metrics.
 
 Create gRPC objects inside the running loop (``uvloop.run``); workers are spawned
-as fresh interpreters, so starting them after gRPC is safe.
+as fresh interpreters, so starting them after gRPC is safe. What every daemon
+does around this (the command line, config, logging, the gRPC server with health
+and reflection, /metrics, signals, the ready line, systemd) is :mod:`mabeam.daemon`.
 """
 
 from __future__ import annotations
@@ -9,21 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 import tempfile
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
-
-from agentd import metrics
 from agentd.config import AgentdConfig
 from agentd.mesh import MeshLink
-from agentd.models import metrics as model_metrics
+from agentd.metrics import AgentdCollector
 from agentd.models.ledger import EtcdLedger, Ledger, MemoryLedger
+from agentd.models.metrics import ModelCollector
 from agentd.models.router import ModelRouter
 from agentd.models.service import ModelService
 from agentd.runs.http import RunsHttp
@@ -31,10 +27,10 @@ from agentd.runs.manager import RunManager
 from agentd.runs.service import RunServicer
 from agentd.service import AgentService
 from agentd.workers import WorkerPool
+from mabeam.config import ConfigError
+from mabeam.daemon import Serving
 from mabeam.etcd.client import EtcdClient
-from mabeam.grpcutil import ErrorInterceptor
-from mabeam.startup import StartupError, announce_ready
-from mabeam.systemd import Notifier
+from mabeam.startup import StartupError
 from mabeam.v1 import agent_pb2, agent_pb2_grpc, model_pb2, model_pb2_grpc, run_pb2, run_pb2_grpc
 
 log = logging.getLogger("agentd")
@@ -55,7 +51,9 @@ class Daemon:
         self.config = config
         self.pool: WorkerPool | None = None
         self.mesh: MeshLink | None = None
-        self.server: grpc.aio.Server | None = None
+        self.serving = Serving("agentd")
+        self.serving.registry.register(AgentdCollector(lambda: [self.pool] if self.pool is not None else []))
+        self.serving.registry.register(ModelCollector(lambda: [self.models] if self.models is not None else []))
         self.models: ModelRouter | None = None
         self.etcd: EtcdClient | None = None
         self.runs: RunManager | None = None
@@ -65,7 +63,6 @@ class Daemon:
         self.metrics_port = 0
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._stopped = asyncio.Event()
-        self.notifier = Notifier.from_env()
 
     async def start(self) -> None:
         """Start workers, then the gRPC server; ``grpc_port`` is the bound port."""
@@ -82,8 +79,6 @@ class Daemon:
                          "examples": config.examples, "log_level": config.log_level, "tools": config.tools,
                          "tool_policy": config.tool_policy, "llm_agents": config.llm_agents}
         self.pool = WorkerPool(worker_config, workers=config.workers or None, block_kill_s=config.block_kill_s)
-        interceptor = ErrorInterceptor()
-        metrics.track(self.pool, interceptor)
         await self.pool.start()
         if config.meshd_attach:
             self.mesh = MeshLink(self.pool, config.meshd_attach)
@@ -95,28 +90,17 @@ class Daemon:
             self.pool.mesh = self.mesh
         if config.etcd:
             await self._start_runs(worker_config, data_dir)
-        server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(self.pool), server)
+        serving = self.serving
         assert self.models is not None
-        model_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.models), server)
-        run_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(self.runs), server)
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((SERVICE_NAME, MODEL_SERVICE_NAME, RUN_SERVICE_NAME, health.SERVICE_NAME,
-                                             reflection.SERVICE_NAME), server)
-        try:
-            self.grpc_port = server.add_insecure_port(config.grpc_address)
-        except RuntimeError:  # newer grpcio raises where older ones returned 0
-            self.grpc_port = 0
-        if self.grpc_port == 0:
-            raise StartupError(f"cannot bind gRPC on {config.grpc_address}: the port is in use or the address "
-                               "is not local")
-        await server.start()
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-        await health_servicer.set(RUN_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING if self.runs is not None
-                                  else health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.server = server
+        serving.add(agent_pb2_grpc.add_AgentServiceServicer_to_server, AgentService(self.pool), SERVICE_NAME)
+        serving.add(model_pb2_grpc.add_ModelServiceServicer_to_server, ModelService(self.models), MODEL_SERVICE_NAME)
+        serving.add(run_pb2_grpc.add_RunServiceServicer_to_server, RunServicer(self.runs), RUN_SERVICE_NAME)
+        host, port = config.grpc_address.rsplit(":", 1)
+        self.grpc_port = await serving.start_grpc(host, int(port))
+        await serving.set_serving("", True)
+        await serving.set_serving(SERVICE_NAME, True)
+        await serving.set_serving(MODEL_SERVICE_NAME, True)
+        await serving.set_serving(RUN_SERVICE_NAME, self.runs is not None)
         if config.http_address:
             if self.runs is None:
                 log.warning("http_address is set but durable runs are off (no etcd): the HTTP face is not served")
@@ -125,11 +109,7 @@ class Daemon:
                 self.http_port = await self.http.start_server(config.http_address)
         if config.metrics_address:
             host, port = config.metrics_address.rsplit(":", 1)
-            try:
-                metrics_server, _ = start_http_server(int(port), addr=host)
-            except OSError as error:
-                raise StartupError(f"cannot bind metrics on {config.metrics_address}: {error.strerror}") from None
-            self.metrics_port = metrics_server.server_port
+            self.metrics_port = serving.start_metrics(host, int(port)) or 0
         log.info("agentd serving AgentService on %s:%d with %d workers",
                  config.grpc_address.rsplit(":", 1)[0], self.grpc_port, self.pool.shared_count)
 
@@ -140,11 +120,9 @@ class Daemon:
         if settings.budgets.store == "etcd":
             ledger = EtcdLedger(settings.budgets.etcd_endpoints, settings.budgets.cluster)
         try:
-            router = ModelRouter(settings, ledger)
+            return ModelRouter(settings, ledger)
         except ValueError as error:
-            raise RuntimeError(f"models: {error}") from None
-        model_metrics.track(router)
-        return router
+            raise ConfigError(f"invalid agentd config:\n  models: {error}") from None
 
     async def _start_runs(self, worker_config: dict[str, object], data_dir: str) -> None:
         """Connect to etcd and open the runs store; durable runs are served from here on."""
@@ -169,8 +147,7 @@ class Daemon:
         """Stop serving, hand executing runs back, then shut every worker (and agent) down."""
         if self.http is not None:
             await self.http.stop()
-        if self.server is not None:
-            await self.server.stop(grace=2.0)
+        await self.serving.close(grace=2.0)
         if self.runs is not None:
             await self.runs.stop()
         if self.etcd is not None:
@@ -197,14 +174,14 @@ class Daemon:
         return f"{agents} agents on {alive}/{len(handles)} workers, {len(pool.names)} names, {mesh}"
 
     def announce(self) -> None:
-        """Print the ready line with the addresses actually bound (see :mod:`mabeam.startup`)."""
+        """Print the ready line with the addresses actually bound (see :mod:`mabeam.startup`); tell systemd."""
         config = self.config
         host = config.grpc_address.rsplit(":", 1)[0]
         metrics_host = config.metrics_address.rsplit(":", 1)[0] if config.metrics_address else ""
         http_host = config.http_address.rsplit(":", 1)[0] if config.http_address else ""
-        announce_ready("agentd", node_id=config.node_id, grpc=f"{host}:{self.grpc_port}",
-                       metrics=f"{metrics_host}:{self.metrics_port}" if self.metrics_port else None,
-                       http=f"{http_host}:{self.http_port}" if self.http_port else None)
+        self.serving.ready(self.status(), node_id=config.node_id, grpc=f"{host}:{self.grpc_port}",
+                           metrics=f"{metrics_host}:{self.metrics_port}" if self.metrics_port else None,
+                           http=f"{http_host}:{self.http_port}" if self.http_port else None)
 
     async def run(self) -> None:
         """Start, print the ready line, serve until SIGTERM/SIGINT, stop."""
@@ -213,15 +190,16 @@ class Daemon:
         except BaseException:
             await self.stop()  # workers already started must not outlive a failed start
             raise
-        self.announce()
-        self.notifier.ready(self.status())
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        self.serving.on_stop(stop.set, "stopping agents and workers")
+        self.announce()
         async with asyncio.TaskGroup() as tg:
-            systemd = tg.create_task(self.notifier.run(self.status))
+            systemd = tg.create_task(self.serving.watchdog(self.status))
             await stop.wait()
-            self.notifier.stopping("stopping agents and workers")
             systemd.cancel()
         await self.stop()
+
+
+async def run(config: AgentdConfig) -> None:
+    """Run one agentd until it stops (what ``python -m agentd`` runs, see agentd/__main__.py)."""
+    await Daemon(config).run()

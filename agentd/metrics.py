@@ -1,42 +1,34 @@
-"""Prometheus metrics of agentd: one collector, registered once, reading every live worker pool.
+"""Prometheus metrics of agentd: a collector in the daemon's own registry, reading its worker pool.
 
 Workers report their counts in their heartbeat frames; the collector sums them at
-scrape time, so no metric object is created per runtime (several daemons can live
-in one test process).
+scrape time, so no metric object is created per runtime. The registry is the
+daemon's (``mabeam.daemon.Serving.registry``), so several daemons can live in one
+test process; requests answered with an error status are the error interceptor's
+(``mabeam_rejected_requests_total``, in the same registry).
 """
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from agentd.runtime import LATENCY_BUCKETS
-from mabeam.grpcutil import ErrorInterceptor, rejected_family
 
 if TYPE_CHECKING:
     from agentd.workers import WorkerPool
 
-_POOLS: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
-_INTERCEPTORS: weakref.WeakSet[ErrorInterceptor] = weakref.WeakSet()
-
-
-def track(pool: WorkerPool, interceptor: ErrorInterceptor | None = None) -> None:
-    """Include a pool (and its gRPC server's error interceptor) in the metrics until garbage collected."""
-    _POOLS.add(pool)
-    if interceptor is not None:
-        _INTERCEPTORS.add(interceptor)
-
 
 class AgentdCollector:
-    """agents by state, restarts by reason, mailbox depth, handling latency, watchdog events, worker restarts,
-    requests answered with an error status (``mabeam_rejected_requests_total``)."""
+    """agents by state, restarts by reason, mailbox depth, handling latency, watchdog events, worker restarts
+    and the healing of the link to meshd, of the pools ``pools()`` returns (the daemon's one pool)."""
+
+    def __init__(self, pools: Callable[[], Iterable[WorkerPool]]) -> None:
+        self._pools = pools
 
     def collect(self) -> Iterator[Metric]:
-        """Sum every tracked pool's worker statistics."""
+        """Sum the pools' worker statistics."""
         agents = GaugeMetricFamily("agentd_agents", "Live agents by state", labels=["state"])
         restarts = CounterMetricFamily("agentd_restarts", "Agent restarts by reason", labels=["reason"])
         depth = GaugeMetricFamily("agentd_mailbox_depth", "Messages queued in all mailboxes")
@@ -51,7 +43,7 @@ class AgentdCollector:
         buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         total = 0.0
         blocked = killed = restarted = 0
-        for pool in list(_POOLS):
+        for pool in list(self._pools()):
             blocked += pool.events.blocked
             killed += pool.events.killed
             restarted += pool.events.worker_restarts
@@ -86,8 +78,3 @@ class AgentdCollector:
         latency = HistogramMetricFamily("agentd_handling_seconds", "Time agents spend in one callback",
                                         buckets=cumulative, sum_value=total)
         yield from (agents, restarts, depth, latency, watchdog, worker_restarts, mesh_events)
-        yield rejected_family(list(_INTERCEPTORS))
-
-
-_COLLECTOR = AgentdCollector()
-REGISTRY.register(_COLLECTOR)

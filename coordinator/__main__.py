@@ -1,27 +1,32 @@
-"""``python -m coordinator``: parse config (file, COORDINATOR_* env, flags) and run the daemon."""
+"""``python -m coordinator``: parse config (file, COORDINATOR_* env, flags) and run the daemon (:mod:`mabeam.daemon`).
+
+Exit code 2 for a bad config or a mechanism plugin that does not load, 75 for a startup failure a retry may
+fix (etcd unreachable, the port held).
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
 
-from coordinator import config as configuration
-from mabeam import logs
+from coordinator import config
+from coordinator.daemon import load_plugins, run
+from mabeam import daemon
+
+#: The coordinator's command line (``--config`` names the TOML file); every flag sets the config field it names.
+FLAGS = (daemon.NODE_ID, daemon.CLUSTER, daemon.ETCD, daemon.GRPC_HOST, daemon.GRPC_PORT, daemon.ADVERTISE_HOST,
+         daemon.METRICS_PORT, daemon.LEASE_TTL,
+         daemon.Flag("--mechanism-module", "mechanism_modules",
+                     "extra mechanism kinds: a dotted module name or a .py path", kind="append"))
+
+SPEC = daemon.DaemonSpec(kind="coordinator", description="The mabeam coordinator (active/standby).",
+                         model=config.CoordinatorConfig, env_prefix="COORDINATOR", flags=FLAGS, run=run,
+                         prepare=load_plugins)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: exit code 2 for a bad config, 75 for a startup failure a retry may fix (etcd unreachable)."""
-    logs.setup("coordinator")
-    file, overrides = configuration.parse_args(argv)
-    try:
-        config = configuration.load(file, overrides=overrides)
-    except configuration.ConfigError as error:
-        print(f"coordinator: {error}", file=sys.stderr)
-        return 2
-    logs.setup("coordinator", node=config.node_id)
-    from coordinator.daemon import run
-
-    return run(config)
+    """Entry point of ``python -m coordinator``."""
+    return daemon.main(SPEC, argv)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -40,8 +41,15 @@ def describe(daemon: str, error: ValidationError) -> str:
     return f"invalid {daemon} config:\n" + "\n".join(lines)
 
 
+#: Fields whose environment value ``off``, ``none`` or empty means null (the feature is disabled).
+NULLABLE_ENV = frozenset({"metrics_port"})
+
+
 def default_env_value(name: str, raw: str) -> Any:
-    """An environment value: JSON for objects and lists (``{"a": 1}``, ``[1, 2]``), else the raw string."""
+    """An environment value: JSON for objects and lists (``{"a": 1}``, ``[1, 2]``), null for ``off`` in a
+    nullable field (:data:`NULLABLE_ENV`), else the raw string."""
+    if name in NULLABLE_ENV and raw.lower() in {"", "none", "off"}:
+        return None
     if raw[:1] in "{[":
         try:
             return json.loads(raw)
@@ -104,3 +112,44 @@ def check_identifier(value: str) -> str:
     if not ID_RE.match(value):
         raise ValueError(f"{value!r} is not a valid id: use {ID_RULE}")
     return value
+
+
+class NodeDaemonConfig(BaseModel):
+    """The settings meshd and the coordinator share (one node of a cluster on etcd, serving gRPC and /metrics).
+
+    A daemon's model subclasses it, adds its own fields and redefines a shared one only to change
+    its default (meshd's gRPC port is 7100, the coordinator's 7200).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node_id: str = Field(default_factory=lambda: socket.gethostname().split(".")[0],
+                         description="Unique id of this node in the cluster.")
+    cluster: str = Field("default", description="Cluster name; the etcd key prefix is /mabeam/<cluster>/.")
+    etcd: list[str] = Field(default_factory=lambda: ["127.0.0.1:2379"],
+                            description="etcd client endpoints, host:port (several for an etcd cluster).")
+    etcd_timeout: float = Field(5.0, gt=0, le=60, description="Timeout of each etcd request, seconds.")
+    etcd_connect_timeout: float = Field(10.0, gt=0, le=600,
+                                        description="How long startup waits for etcd before failing, seconds.")
+    grpc_host: str = Field("127.0.0.1", description="Address the gRPC server binds (loopback by default).")
+    grpc_port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    advertise_host: str = Field("", description="Host published to peers and clients; defaults to grpc_host.")
+    metrics_port: int | None = Field(0, ge=0, le=65535, description="Prometheus /metrics port (on grpc_host); "
+                                                                     "0 picks a free one; null disables.")
+    lease_ttl: int = Field(3, ge=2, le=300, description="etcd lease TTL, seconds.")
+    shutdown_grace: float = Field(2.0, ge=0, le=60, description="Seconds in-flight calls get at shutdown.")
+
+    @field_validator("node_id", "cluster")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        return check_identifier(value)
+
+    @field_validator("etcd", mode="before")
+    @classmethod
+    def _endpoints(cls, value: Any) -> Any:
+        return check_endpoints(value)
+
+    @property
+    def advertised(self) -> str:
+        """The host peers and clients use to reach this node."""
+        return self.advertise_host or self.grpc_host

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the model routers: one collector, registered once, reading every live router.
+"""Prometheus metrics of the model routers: a collector in the agentd daemon's own registry, reading its router.
 
 Series: ``agentd_model_breaker_state{provider}`` (0 closed, 1 half-open, 2 open),
 ``agentd_model_breaker_transitions_total{provider,to}``, ``agentd_model_calls_total{route,outcome}``,
@@ -9,12 +9,10 @@ Series: ``agentd_model_breaker_state{provider}`` (0 closed, 1 half-open, 2 open)
 
 from __future__ import annotations
 
-import weakref
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from agentd.models.breaker import BreakerState
@@ -23,17 +21,14 @@ from agentd.models.budget import NANO_PER_USD
 if TYPE_CHECKING:
     from agentd.models.router import ModelRouter
 
-_ROUTERS: weakref.WeakSet[ModelRouter] = weakref.WeakSet()
 STATE_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
-def track(router: ModelRouter) -> None:
-    """Include a router in the metrics (until it is garbage collected)."""
-    _ROUTERS.add(router)
-
-
 class ModelCollector:
-    """Sums every tracked router's counters at scrape time."""
+    """Sums the counters of the routers ``routers()`` returns (the daemon's one router) at scrape time."""
+
+    def __init__(self, routers: Callable[[], Iterable[ModelRouter]]) -> None:
+        self._routers = routers
 
     def collect(self) -> Iterator[Metric]:
         """The model series."""
@@ -54,7 +49,7 @@ class ModelCollector:
         sums: dict[str, Counter[tuple[str, ...]]] = {k: Counter() for k in
                                                      ("calls", "attempts", "tokens", "cost", "transitions")}
         hit = miss = 0
-        for router in list(_ROUTERS):
+        for router in list(self._routers()):
             for name, provider in router.providers.items():
                 state.add_metric([name], STATE_VALUE[router.breaker_state(name)])
                 in_flight.add_metric([name], provider.bulkhead.in_flight)
@@ -80,6 +75,3 @@ class ModelCollector:
         hits.add_metric([], hit)
         misses.add_metric([], miss)
         yield from (state, transitions, calls, attempts, tokens, cost, in_flight, queued, hits, misses)
-
-
-REGISTRY.register(ModelCollector())

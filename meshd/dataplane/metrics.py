@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import weakref
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 MESSAGES = Counter("mabeam_dataplane_messages_total", "Envelopes sent or received on a channel.",
                    ["channel", "direction"])
@@ -27,6 +27,15 @@ LATENCY = Histogram("mabeam_dataplane_latency_seconds",
                     "Send-to-deliver latency on a channel (sampled: first envelope of each batch).",
                     ["channel"],
                     buckets=(5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 2.5))
+
+
+def register_all(registry: CollectorRegistry) -> None:
+    """Also export the data plane's series from ``registry`` (meshd's own, which its /metrics serves).
+
+    The series are per process (several planes in one test process add up in them); meshd has one plane.
+    """
+    for metric in (MESSAGES, BYTES, QUEUE_DEPTH, BATCH_SIZE, DROPS, LATENCY):
+        registry.register(metric)
 
 
 def publish_all() -> None:
