@@ -134,6 +134,8 @@ STRICT += meshd/dataplane/chunking.py meshd/dataplane/dedup.py meshd/dataplane/f
 STRICT += mabeam/grpcutil.py mabeam/structs.py mabeam/config.py agentd/errors.py agentd/mailbox.py agentd/codec.py
 # The Python SDK, whole.
 STRICT += clients/python/mabeam_client
+# The one daemon bootstrap (boot, issue 11).
+STRICT += mabeam/daemon.py mabeam/startup.py
 # Imports of the listed modules are read for their types, their own errors not reported: a core is strict
 # even when the package it sits in (meshd.dataplane) also holds I/O shells that are not.
 typecheck: setup

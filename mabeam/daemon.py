@@ -238,7 +238,7 @@ class Serving:
                                             self.server)
         address = f"{host}:{port}"
         try:
-            bound = self.server.add_insecure_port(address)
+            bound: int = self.server.add_insecure_port(address)
         except RuntimeError:  # newer grpcio raises where older ones returned 0
             bound = 0
         if not bound:
