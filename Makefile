@@ -136,6 +136,8 @@ STRICT += mabeam/grpcutil.py mabeam/structs.py mabeam/config.py agentd/errors.py
 STRICT += clients/python/mabeam_client
 # The one daemon bootstrap (boot, issue 11).
 STRICT += mabeam/daemon.py mabeam/startup.py
+# The data plane's metrics (its rejected-frames collector).
+STRICT += meshd/dataplane/metrics.py
 # Imports of the listed modules are read for their types, their own errors not reported: a core is strict
 # even when the package it sits in (meshd.dataplane) also holds I/O shells that are not.
 typecheck: setup

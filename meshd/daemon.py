@@ -19,6 +19,7 @@ from mabeam.startup import StartupError
 from mabeam.v1 import mesh_pb2, mesh_pb2_grpc
 from meshd.config import MeshdConfig
 from meshd.dataplane import DataPlane
+from meshd.dataplane.metrics import RejectedFramesCollector
 from meshd.dataplane.metrics import register_all as register_dataplane_metrics
 from meshd.metrics import MeshdMetrics
 from meshd.node import MeshNode
@@ -40,6 +41,7 @@ class Daemon:
         register_dataplane_metrics(self.metrics.registry)
         self.node = MeshNode(config, self.metrics)
         self.dataplane = DataPlane(config.node_id, config.dataplane, NodeRegistryView(self.node))
+        self.metrics.registry.register(RejectedFramesCollector(self.dataplane.counters))
         self.serving = Serving("meshd", registry=self.metrics.registry)
         self._connected_changed = asyncio.Event()
         self._serving = asyncio.Event()

@@ -27,7 +27,8 @@ sends the endpoint SYSTEM_OP_NAME_LOST (:meth:`AttachServer.name_lost`).
 **Bulk lane** (bench/hol.py through two meshd): an attached process may connect a second DEALER
 whose routing id is its main one + :data:`LANE_SUFFIX`. Messages it sends there count as the
 endpoint's own; messages for the endpoint on ``bulk`` or above ``chunk_size`` go back on it (the main
-connection when the lane is not connected). One ipc connection carrying a 64 MiB message would
+connection when the lane is not connected). A lane carries messages only: an operation sent on it
+is refused and counted (``unknown_op``), since its answer could not reach the lane. One ipc connection carrying a 64 MiB message would
 otherwise hold every urgent message behind it for the whole transfer — the head-of-line blocking the
 channels remove between nodes. Frames above 64 KiB are received zero-copy (a 64 MiB copy stalled the
 loop ~15 ms), and the socket accepts messages up to ``max_message_size``.
@@ -50,8 +51,11 @@ import zmq
 from mabeam.dataplane import envelope as wire
 from mabeam.dataplane.errors import DataPlaneError, NotFound
 from mabeam.dataplane.message import AgentRef, Destination, Group, Message, tenant_or_default
+from mabeam.errors import FieldViolation
 from mabeam.v1 import dataplane_pb2 as pb
 from meshd.dataplane import transport
+from meshd.dataplane.metrics import ATTACH_LANE_SOCKET, ATTACH_SOCKET
+from meshd.validation import check_agent_id, check_id
 
 if TYPE_CHECKING:
     from meshd.dataplane.plane import DataPlane
@@ -71,6 +75,8 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _STEP = 256  # ZeroMQ messages per receive step before the loop gets a turn
 _RETRY_BLOCKED = 0.002  # seconds before re-trying an endpoint whose connection was full
+#: Longest payload of a name or group operation worth decoding (names are at most 128 characters).
+_MAX_NAME_BYTES = 1024
 _NAME_OPS = (pb.SYSTEM_OP_REGISTER_NAME, pb.SYSTEM_OP_UNREGISTER_NAME, pb.SYSTEM_OP_JOIN_GROUP,
              pb.SYSTEM_OP_LEAVE_GROUP)
 
@@ -155,7 +161,7 @@ class AttachServer:
         self._tg: asyncio.TaskGroup | None = None
         self._reading = False
         self._retry_armed = False
-        self.rejected = plane.counters.rejected
+        self._counters = plane.counters
         # Bound once: both run per message (bench/dataplane.py through two meshd).
         self._forward = plane.router.forward
         self._schedule_flush = plane.outbound.schedule
@@ -229,13 +235,13 @@ class AttachServer:
                 if frames is None:
                     break
                 taken += 1
-                self._on_frames(frames, self._tg)
+                self._on_frames(frames, self._tg, ATTACH_SOCKET)
             if self.lane_sock is not None:
                 # One lane message per step, after the main socket: urgent messages first.
                 frames = self._recv(self.lane_sock)
                 if frames is not None:
                     taken = _STEP
-                    self._on_frames(frames, self._tg)
+                    self._on_frames(frames, self._tg, ATTACH_LANE_SOCKET)
         except Exception:  # a bug must not silence attach: log it and keep serving
             log.exception("attach receive step failed")
         finally:
@@ -258,28 +264,32 @@ class AttachServer:
             return None
         return frames
 
-    def _on_frames(self, frames: list[Any], tg: asyncio.TaskGroup) -> None:
+    def _on_frames(self, frames: list[Any], tg: asyncio.TaskGroup, socket: str) -> None:
         routing_id = frames[0]
         try:
             batch, payloads = wire.decode_frames(frames[1:])
         except wire.FrameError as exc:
-            self.rejected["attach_" + exc.reason] += 1
+            self._counters.reject(socket, exc.reason)
             return
+        lane = routing_id.endswith(LANE_SUFFIX)
         mailbox = self.by_routing_id.get(routing_id)
-        if mailbox is None and routing_id.endswith(LANE_SUFFIX):
+        if mailbox is None and lane:
             mailbox = self.by_routing_id.get(routing_id[:-len(LANE_SUFFIX)])  # the endpoint's bulk lane
         if mailbox is not None:
             mailbox.last_seen = time.monotonic()
         bounced: list[bytes] = []
         for env, payload in zip(batch.envelopes, payloads, strict=True):
             if env.kind == wire.SYSTEM:
-                self._on_system(routing_id, mailbox, env, payload, tg)
+                if lane:  # a lane carries messages only: an operation there (an ATTACH ...) would go unanswered
+                    self._counters.reject(socket, "unknown_op")
+                    continue
+                self._on_system(routing_id, mailbox, env, payload, tg, socket)
                 mailbox = self.by_routing_id.get(routing_id)
             elif mailbox is None:
                 bounced.append(self._not_attached_error(env))
             else:
                 self._on_message(mailbox, env, payload)
-        if bounced or (mailbox is None and not routing_id.endswith(LANE_SUFFIX)
+        if bounced or (mailbox is None and not lane
                        and any(env.kind == wire.SYSTEM and env.system_op != pb.SYSTEM_OP_ATTACH
                                for env in batch.envelopes)):
             self._tell_detached(routing_id.removesuffix(LANE_SUFFIX), bounced)
@@ -326,12 +336,13 @@ class AttachServer:
                 self.mark_dirty(mailbox)
 
     def _on_system(self, routing_id: bytes, mailbox: _AttachedMailbox | None, env: pb.Envelope, payload: bytes,
-                   tg: asyncio.TaskGroup) -> None:
+                   tg: asyncio.TaskGroup, socket: str) -> None:
         op = env.system_op
         if op == pb.SYSTEM_OP_HEARTBEAT:
             return
         if op == pb.SYSTEM_OP_ATTACH:
-            self._attach(routing_id, env, payload)
+            if not self._attach(routing_id, env, payload):
+                self._counters.reject(socket, "bad_field")
             return
         if mailbox is None:
             self._result(routing_id, env.id, grpc.StatusCode.FAILED_PRECONDITION, "not attached")
@@ -340,20 +351,35 @@ class AttachServer:
             self._detach(mailbox, tg)
             self._result(routing_id, env.id, grpc.StatusCode.OK, "")
         elif op in _NAME_OPS:
-            tg.create_task(self._name_op(mailbox, op, payload.decode("utf-8", "replace"), env.id))
+            if len(payload) > _MAX_NAME_BYTES:
+                self._counters.reject(socket, "bad_field")
+                self._result(routing_id, env.id, grpc.StatusCode.INVALID_ARGUMENT,
+                             f"a name or group of {len(payload)} bytes; the limit is 128 characters")
+                return
+            # bytes(): a frame above 64 KiB arrives zero-copy, as a memoryview (tests/fuzz found one crashing here).
+            tg.create_task(self._name_op(mailbox, op, bytes(payload).decode("utf-8", "replace"), env.id))
         else:
+            self._counters.reject(socket, "unknown_op")
             self._result(routing_id, env.id, grpc.StatusCode.INVALID_ARGUMENT, f"unknown system op {op}")
 
-    def _attach(self, routing_id: bytes, env: pb.Envelope, payload: bytes) -> None:
+    def _attach(self, routing_id: bytes, env: pb.Envelope, payload: bytes) -> bool:
+        """Attach the connection (answered with a RESULT either way); False when the request was invalid."""
         plane = self.plane
         tenant = tenant_or_default(env.tenant)
         agent_id = env.sender.agent_id or f"att-{routing_id.hex()}"
+        violations: list[FieldViolation] = []
+        check_id("tenant", tenant, violations)
+        check_agent_id("sender.agent_id", agent_id, violations)
+        if violations:
+            self._result(routing_id, env.id, grpc.StatusCode.INVALID_ARGUMENT,
+                         "; ".join(f"{v.field}: {v.description}" for v in violations))
+            return False
         key = (tenant, agent_id)
         existing = plane.endpoints.get(key)
         if existing is not None and getattr(existing, "routing_id", None) != routing_id:
             if not (isinstance(existing, _AttachedMailbox) and self._connection_gone(existing)):
                 self._result(routing_id, env.id, grpc.StatusCode.ALREADY_EXISTS, f"endpoint {agent_id!r} exists")
-                return
+                return True
             # Its process is gone (killed, restarted) before meshd expired it: the new one takes the id at once.
             log.info("attached endpoint %s is back on a new connection; dropping the old one", agent_id)
             if self._tg is not None:
@@ -372,6 +398,7 @@ class AttachServer:
         self.by_routing_id[routing_id] = mailbox
         plane.endpoints[key] = mailbox
         self._result(routing_id, env.id, grpc.StatusCode.OK, "", ref)
+        return True
 
     def _detach(self, mailbox: _AttachedMailbox, tg: asyncio.TaskGroup) -> None:
         mailbox.gone = True

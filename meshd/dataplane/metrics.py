@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import collections
 import weakref
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 
 MESSAGES = Counter("mabeam_dataplane_messages_total", "Envelopes sent or received on a channel.",
                    ["channel", "direction"])
@@ -106,17 +108,58 @@ class ChannelMetrics:
         child.inc(count)
 
 
-class PlaneCounters:
-    """Plain counters one data plane's parts share (read by ``DataPlane.statistics`` and tests).
+#: The sockets inbound frames are counted on besides the four channels: the attach socket and its bulk lane,
+#: and "all" for a CURVE handshake denied in a context the channels share.
+ATTACH_SOCKET = "attach"
+ATTACH_LANE_SOCKET = "attach_lane"
+_ATTACH_SOCKETS = frozenset((ATTACH_SOCKET, ATTACH_LANE_SOCKET))
 
-    ``rejected``: inbound frames refused, by reason; ``drops``: messages not delivered or
-    retransmitted, by reason; ``sent`` / ``received``: envelopes on the channels.
+
+class PlaneCounters:
+    """Plain counters one data plane's parts share (read by ``DataPlane.statistics``, tests and /metrics).
+
+    ``rejected_frames``: inbound input refused, by (socket, reason) — a multipart message that is not a
+    valid batch, a chunk inconsistent with its message, a CURVE handshake with an unknown key, a system
+    operation the socket does not serve (``unknown_op``), an attach operation with an invalid field
+    (``bad_field``: a bad agent id or tenant, an oversized name);
+    ``rejected``: the same by one label (the reason on a channel, ``attach_<reason>`` on the attach
+    socket); ``drops``: messages not delivered or retransmitted, by reason; ``sent`` / ``received``:
+    envelopes on the channels.
     """
 
-    __slots__ = ("rejected", "drops", "sent", "received")
+    __slots__ = ("rejected", "rejected_frames", "drops", "sent", "received")
 
     def __init__(self) -> None:
         self.rejected: collections.Counter[str] = collections.Counter()
+        self.rejected_frames: collections.Counter[tuple[str, str]] = collections.Counter()
         self.drops: collections.Counter[str] = collections.Counter()
         self.sent = 0
         self.received = 0
+
+    def reject(self, socket: str, reason: str) -> None:
+        """Count one refused input on ``socket`` (a channel name, :data:`ATTACH_SOCKET`, ...)."""
+        self.rejected_frames[(socket, reason)] += 1
+        self.rejected[f"{socket}_{reason}" if socket in _ATTACH_SOCKETS else reason] += 1
+
+
+class RejectedFramesCollector:
+    """Exports one data plane's refused input as ``mabeam_dataplane_rejected_frames_total{channel,reason}``.
+
+    Read from the plane's counters at scrape time (nothing on the receive path); registered by meshd in
+    its own registry, so several planes in one process (tests) each report their own.
+    """
+
+    def __init__(self, counters: PlaneCounters) -> None:
+        self.counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        """The counter family (a copy of the counts: the scrape runs on the metrics server's thread)."""
+        family = CounterMetricFamily(
+            "mabeam_dataplane_rejected_frames",
+            "Inbound data-plane input refused, by socket (channel, attach, attach_lane) and reason "
+            "(frame_count, bad_header, version, chunk_gap, chunk_bad, chunk_memory, curve_denied, unknown_op, "
+            "bad_field).",
+            labels=["channel", "reason"])
+        for (socket, reason), count in sorted(dict(self.counters.rejected_frames).items()):
+            family.add_metric([socket, reason], count)
+        yield family

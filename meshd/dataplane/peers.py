@@ -179,7 +179,7 @@ class PeerSet:
         if peer.curve_key:
             self.allowed_keys.discard(peer.curve_key)
 
-    async def key_allowed(self, key: str) -> bool:
+    async def key_allowed(self, key: str, channel: str = "all") -> bool:
         """The CURVE authenticator's question: may a client with this public key connect?
 
         A peer often learns our NodeInfo (and dials us) a few milliseconds before our own membership
@@ -195,7 +195,7 @@ class PeerSet:
             while key not in self.allowed_keys:
                 remaining = deadline - self.clock()
                 if remaining <= 0:
-                    self.counters.rejected["curve_denied"] += 1
+                    self.counters.reject(channel, "curve_denied")
                     return False
                 changed = self._keys_changed
                 try:

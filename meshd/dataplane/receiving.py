@@ -187,7 +187,7 @@ class Receiver:
         try:
             batch, payloads = wire.decode_frames(frames)
         except wire.FrameError as exc:
-            self._counters.rejected[exc.reason] += 1
+            self._counters.reject(metrics.name, exc.reason)
             metrics.drop("rejected_" + exc.reason)
             return 1
         origin = batch.sender_node
@@ -198,7 +198,7 @@ class Receiver:
         size = 0
         for env, payload in zip(envelopes, payloads, strict=True):
             size += len(payload)
-            self._on_wire_envelope(env, payload, origin, peer)
+            self._on_wire_envelope(env, payload, origin, peer, metrics.name)
         count = len(envelopes)
         self._counters.received += count
         # Counted here, published to prometheus by the timer every tick (ChannelMetrics.publish):
@@ -211,20 +211,25 @@ class Receiver:
             metrics.latencies.append(time.time_ns() - sent_ns)
         return count
 
-    def _on_wire_envelope(self, env: pb.Envelope, payload: bytes, origin: str, peer: Peer | None) -> None:
+    def _on_wire_envelope(self, env: pb.Envelope, payload: bytes, origin: str, peer: Peer | None,
+                          socket: str) -> None:
         if env.kind == wire.SYSTEM:
-            if env.system_op == pb.SYSTEM_OP_ACK and peer is not None:
-                for acked in env.acked_ids:
-                    peer.unacked.pop(acked, None)
-                peer.space.set()
+            op = env.system_op
+            if op == pb.SYSTEM_OP_ACK:
+                if peer is not None:
+                    for acked in env.acked_ids:
+                        peer.unacked.pop(acked, None)
+                    peer.space.set()
+            elif op != pb.SYSTEM_OP_HEARTBEAT:  # the attach operations have no meaning between peers
+                self._counters.reject(socket, "unknown_op")
             return
         flags = env.flags
         if flags & wire.FLAG_CHUNK:
             try:
                 whole = self._reassembler.add((origin, env.id), env.chunk_index, env.chunk_count, env.total_size,
                                               payload, self.clock())
-            except ValueError as exc:
-                self._counters.drops[str(exc)] += 1
+            except ValueError as exc:  # a chunk that does not fit its message: the whole message is refused
+                self._counters.reject(socket, str(exc))
                 return
             if whole is None:
                 return

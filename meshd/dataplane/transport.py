@@ -23,6 +23,7 @@ import zmq
 import zmq.asyncio
 import zmq.utils.z85
 
+from mabeam.dataplane import envelope as wire
 from mabeam.dataplane import stallprobe
 from mabeam.dataplane.zmqio import SCHED_IDLE, sched_idle_ok, send_frames
 
@@ -37,8 +38,9 @@ class ZapHandler:
     on a ROUTER and answers in per-request tasks that it owns and cancels at :meth:`stop`.
     """
 
-    def __init__(self, context: zmq.Context, allow: Callable[[str], Awaitable[bool]]) -> None:
+    def __init__(self, context: zmq.Context, allow: Callable[[str, str], Awaitable[bool]], label: str) -> None:
         self._allow = allow
+        self._label = label
         self._context = zmq.asyncio.Context.shadow(context)
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -60,7 +62,7 @@ class ZapHandler:
         envelope, version, request_id, body = frames[:2], frames[2], frames[3], frames[4:]
         allowed = False
         if version == b"1.0" and len(body) == 5 and body[3] == b"CURVE" and len(body[4]) == 32:
-            allowed = await self._allow(zmq.utils.z85.encode(body[4]).decode("ascii"))
+            allowed = await self._allow(zmq.utils.z85.encode(body[4]).decode("ascii"), self._label)
         status, text = (b"200", b"OK") if allowed else (b"400", b"Unknown key")
         await self._socket.send_multipart([*envelope, b"1.0", request_id, status, text, b"", b""])
 
@@ -100,18 +102,20 @@ class ContextSet:
         # Benchmarks only (MABEAM_STALL_PROBE): the contexts live exactly as long as the running plane.
         self.probe = stallprobe.start_from_env("dataplane")
 
-    def enable_curve_auth(self, allow: Callable[[str], Awaitable[bool]]) -> None:
+    def enable_curve_auth(self, allow: Callable[[str, str], Awaitable[bool]]) -> None:
         """Start a ZAP handler in every channel context that accepts CURVE keys for which ``allow`` is true.
 
-        ``allow`` may take its time (the data plane holds a key it does not know yet until membership
-        announces it); one held handshake delays no other (:class:`ZapHandler`).
+        ``allow(key, channel)`` may take its time (the data plane holds a key it does not know yet until
+        membership announces it); one held handshake delays no other (:class:`ZapHandler`). ``channel`` is
+        the name of the channel the context serves, "all" when the channels share one context.
         """
         seen: set[int] = set()
-        for ctx in self.by_channel.values():
+        shared = len({id(ctx) for ctx in self.by_channel.values()}) == 1 and len(self.by_channel) > 1
+        for ch, ctx in self.by_channel.items():
             if id(ctx) in seen:
                 continue
             seen.add(id(ctx))
-            self.authenticators.append(ZapHandler(ctx, allow))
+            self.authenticators.append(ZapHandler(ctx, allow, "all" if shared else wire.channel_name(ch)))
 
     def terminate(self) -> None:
         """Stop authenticators and terminate every context (all sockets must be closed first)."""
