@@ -147,21 +147,19 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
             async for item in raw:
                 yield parse(item)
 
-        async def unary_unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        async def answer(start: Callable[[], Awaitable[Any]], context: grpc.aio.ServicerContext) -> Any:
             try:
-                return await handler.unary_unary(parse(raw), context)
+                return await start()
             except grpc.aio.AbortError:  # the servicer ended the call itself
                 raise
             except Exception as error:
                 await self._abort(method, context, error)
 
+        async def unary_unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            return await answer(lambda: handler.unary_unary(parse(raw), context), context)
+
         async def stream_unary(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
-            try:
-                return await handler.stream_unary(requests(raw), context)
-            except grpc.aio.AbortError:  # the servicer ended the call itself
-                raise
-            except Exception as error:
-                await self._abort(method, context, error)
+            return await answer(lambda: handler.stream_unary(requests(raw), context), context)
 
         async def respond(start: Callable[[], Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:

@@ -9,7 +9,7 @@ and errors are raised as :class:`~mabeam.errors.ServiceError`; the daemon's
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import grpc
 
@@ -30,6 +30,21 @@ def _check_target(field: str, ref: common_pb2.AgentRef, tenant: str, node_id: st
             f"{field}.node_id", f"is {ref.node_id!r} but this is node {node_id!r}; register through the agent's own meshd"))
     if ref.tenant and ref.tenant != tenant:
         violations.append(FieldViolation(f"{field}.tenant", f"is {ref.tenant!r} but the request's tenant is {tenant!r}"))
+
+
+def _checked_tenant(raw: str, names: Mapping[str, str] | None = None, violations: list[FieldViolation] | None = None,
+                    ) -> str:
+    """The request's tenant (empty: the default); INVALID_ARGUMENT naming it, each ``names`` field and ``violations``.
+
+    ``names`` maps a field to the registered name or group it carries; ``violations`` are the method's own.
+    """
+    tenant = tenant_or_default(raw)
+    found: list[FieldViolation] = []
+    check_id("tenant", tenant, found)
+    for field, value in (names or {}).items():
+        check_name(field, value, found)
+    raise_if(found + (violations or []))
+    return tenant
 
 
 class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
@@ -105,34 +120,23 @@ class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
 
     async def RegisterName(self, request: mesh_pb2.RegisterNameRequest,
                            context: grpc.aio.ServicerContext) -> mesh_pb2.RegisterNameResponse:
-        tenant = tenant_or_default(request.tenant)
         violations: list[FieldViolation] = []
-        check_id("tenant", tenant, violations)
-        check_name("name", request.name, violations)
-        _check_target("target", request.target, tenant, self.node.node_id, violations)
+        _check_target("target", request.target, tenant_or_default(request.tenant), self.node.node_id, violations)
         check_metadata("metadata", request.metadata, violations)
-        raise_if(violations)
+        tenant = _checked_tenant(request.tenant, {"name": request.name}, violations)
         entry = await self.node.register_name(tenant, request.name, request.target.agent_id,
                                               dict(request.metadata))
         return mesh_pb2.RegisterNameResponse(entry=entry)
 
     async def UnregisterName(self, request: mesh_pb2.UnregisterNameRequest,
                              context: grpc.aio.ServicerContext) -> mesh_pb2.UnregisterNameResponse:
-        tenant = tenant_or_default(request.tenant)
-        violations: list[FieldViolation] = []
-        check_id("tenant", tenant, violations)
-        check_name("name", request.name, violations)
-        raise_if(violations)
+        tenant = _checked_tenant(request.tenant, {"name": request.name})
         await self.node.unregister_name(tenant, request.name)
         return mesh_pb2.UnregisterNameResponse()
 
     async def Lookup(self, request: mesh_pb2.LookupRequest,
                      context: grpc.aio.ServicerContext) -> mesh_pb2.LookupResponse:
-        tenant = tenant_or_default(request.tenant)
-        violations: list[FieldViolation] = []
-        check_id("tenant", tenant, violations)
-        check_name("name", request.name, violations)
-        raise_if(violations)
+        tenant = _checked_tenant(request.tenant, {"name": request.name})
         self.node.require_tenant(tenant)
         entry = self.node.view.names.get((tenant, request.name))
         if entry is None:
@@ -142,12 +146,8 @@ class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
 
     async def ListNames(self, request: mesh_pb2.ListNamesRequest,
                         context: grpc.aio.ServicerContext) -> mesh_pb2.ListNamesResponse:
-        tenant = tenant_or_default(request.tenant)
-        violations: list[FieldViolation] = []
-        check_id("tenant", tenant, violations)
-        if len(request.prefix) > 128:
-            violations.append(FieldViolation("prefix", "is longer than 128 characters"))
-        raise_if(violations)
+        too_long = [FieldViolation("prefix", "is longer than 128 characters")] if len(request.prefix) > 128 else []
+        tenant = _checked_tenant(request.tenant, violations=too_long)
         self.node.require_tenant(tenant)
         names = self.node.view.names
         entries = [names[k] for k in sorted(names) if k[0] == tenant and k[1].startswith(request.prefix)]
@@ -155,46 +155,36 @@ class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
 
     # --- groups ---
 
-    def _group_request(self, tenant: str, group: str, member: common_pb2.AgentRef,
-                       metadata: dict[str, str] | None = None) -> None:
+    def _group_request(self, raw_tenant: str, group: str, member: common_pb2.AgentRef,
+                       metadata: Mapping[str, str] | None = None) -> str:
+        """The tenant of a join or leave whose fields are all valid."""
         violations: list[FieldViolation] = []
-        check_id("tenant", tenant, violations)
-        check_name("group", group, violations)
-        _check_target("member", member, tenant, self.node.node_id, violations)
+        _check_target("member", member, tenant_or_default(raw_tenant), self.node.node_id, violations)
         if metadata is not None:
             check_metadata("metadata", metadata, violations)
-        raise_if(violations)
+        return _checked_tenant(raw_tenant, {"group": group}, violations)
 
     async def JoinGroup(self, request: mesh_pb2.JoinGroupRequest,
                         context: grpc.aio.ServicerContext) -> mesh_pb2.JoinGroupResponse:
-        tenant = tenant_or_default(request.tenant)
-        self._group_request(tenant, request.group, request.member, dict(request.metadata))
+        tenant = self._group_request(request.tenant, request.group, request.member, request.metadata)
         await self.node.join_group(tenant, request.group, request.member.agent_id, dict(request.metadata))
         return mesh_pb2.JoinGroupResponse()
 
     async def LeaveGroup(self, request: mesh_pb2.LeaveGroupRequest,
                          context: grpc.aio.ServicerContext) -> mesh_pb2.LeaveGroupResponse:
-        tenant = tenant_or_default(request.tenant)
-        self._group_request(tenant, request.group, request.member)
+        tenant = self._group_request(request.tenant, request.group, request.member)
         removed = await self.node.leave_group(tenant, request.group, request.member.agent_id)
         return mesh_pb2.LeaveGroupResponse(removed=removed)
 
     async def GroupMembers(self, request: mesh_pb2.GroupMembersRequest,
                            context: grpc.aio.ServicerContext) -> mesh_pb2.GroupMembersResponse:
-        tenant = tenant_or_default(request.tenant)
-        violations: list[FieldViolation] = []
-        check_id("tenant", tenant, violations)
-        check_name("group", request.group, violations)
-        raise_if(violations)
+        tenant = _checked_tenant(request.tenant, {"group": request.group})
         self.node.require_tenant(tenant)
         return mesh_pb2.GroupMembersResponse(members=self.node.view.group_members(tenant, request.group))
 
     async def ListGroups(self, request: mesh_pb2.ListGroupsRequest,
                          context: grpc.aio.ServicerContext) -> mesh_pb2.ListGroupsResponse:
-        tenant = tenant_or_default(request.tenant)
-        violations: list[FieldViolation] = []
-        check_id("tenant", tenant, violations)
-        raise_if(violations)
+        tenant = _checked_tenant(request.tenant)
         self.node.require_tenant(tenant)
         groups = self.node.view.groups
         return mesh_pb2.ListGroupsResponse(groups=[

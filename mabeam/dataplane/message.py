@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mabeam.dataplane import envelope as wire
-from mabeam.dataplane.errors import DataPlaneError, error_from_code
-from mabeam.v1 import common_pb2
+from mabeam.dataplane.errors import DataPlaneError, InvalidArgument, error_from_code
+from mabeam.v1 import common_pb2, external_agent_pb2
 from mabeam.v1 import dataplane_pb2 as pb
 
 DEFAULT_TENANT = "default"
@@ -55,6 +55,27 @@ class Group:
 
 #: A destination: a registered name, an endpoint, or a group.
 Destination = str | AgentRef | Group
+
+#: The messages that name a destination in a ``to`` oneof (``to_name``, ``to_agent``, ``to_group``).
+Addressed = pb.Envelope | pb.SendRequest | pb.CallRequest | external_agent_pb2.AgentOutbound
+
+
+def destination_of(message: Addressed, tenant: str, missing: type[DataPlaneError] = InvalidArgument,
+                   what: str = "the request") -> Destination:
+    """The destination ``message``'s ``to`` oneof names; ``missing`` (saying ``what`` lacks it) when none.
+
+    An agent reference without a tenant is in ``tenant`` (the sender's). The one decoder of the oneof, for
+    attached processes' envelopes, gRPC Send/Call and external agents' outbound messages alike.
+    """
+    which = message.WhichOneof("to")
+    if which == "to_name":
+        return message.to_name
+    if which == "to_agent":
+        ref = message.to_agent
+        return AgentRef(tenant_or_default(ref.tenant or tenant), ref.node_id, ref.agent_id)
+    if which == "to_group":
+        return Group(message.to_group.group, "one" if message.to_group.mode == pb.GROUP_MODE_ONE else "all")
+    raise missing(f"{what} names no destination (to_name, to_agent or to_group)")
 
 
 class Message:

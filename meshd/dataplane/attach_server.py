@@ -50,7 +50,7 @@ import zmq
 
 from mabeam.dataplane import envelope as wire
 from mabeam.dataplane.errors import DataPlaneError, NotFound
-from mabeam.dataplane.message import AgentRef, Destination, Group, Message, tenant_or_default
+from mabeam.dataplane.message import AgentRef, Destination, Message, destination_of, tenant_or_default
 from mabeam.errors import FieldViolation
 from mabeam.v1 import dataplane_pb2 as pb
 from meshd.dataplane import transport
@@ -117,19 +117,6 @@ class _AttachedMailbox:
         self.queue.append((message.envelope.SerializeToString(), payload))
         server.mark_dirty(self)
         return True
-
-
-def destination_of(env: pb.Envelope, tenant: str) -> Destination:
-    """The destination an envelope's ``to`` oneof names (NotFound when it names none)."""
-    which = env.WhichOneof("to")
-    if which == "to_name":
-        return env.to_name
-    if which == "to_agent":
-        ref = env.to_agent
-        return AgentRef(tenant_or_default(ref.tenant or tenant), ref.node_id, ref.agent_id)
-    if which == "to_group":
-        return Group(env.to_group.group, "one" if env.to_group.mode == pb.GROUP_MODE_ONE else "all")
-    raise NotFound("envelope has no destination")
 
 
 class AttachServer:
@@ -320,11 +307,11 @@ class AttachServer:
                 key = (t.tenant, t.node_id, t.agent_id)
                 to: Destination | None = mailbox.refs.get(key)
                 if to is None:
-                    to = destination_of(env, ref.tenant)
+                    to = destination_of(env, ref.tenant, NotFound, "the envelope")
                     if len(mailbox.refs) < 1024:
                         mailbox.refs[key] = to
             else:
-                to = destination_of(env, ref.tenant)
+                to = destination_of(env, ref.tenant, NotFound, "the envelope")
             self._forward(ref, env, payload, to)
         except DataPlaneError as exc:
             if env.kind in (wire.CAST, wire.CALL):

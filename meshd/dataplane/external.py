@@ -25,10 +25,9 @@ from typing import Any
 import grpc
 
 from mabeam.dataplane import envelope as wire
-from mabeam.dataplane.errors import DataPlaneError, InvalidArgument, Unavailable
-from mabeam.dataplane.message import AgentRef, Destination, Group, Message, tenant_or_default
+from mabeam.dataplane.errors import DataPlaneError, Unavailable
+from mabeam.dataplane.message import AgentRef, Message, destination_of, tenant_or_default
 from mabeam.errors import ServiceError, code_from_value
-from mabeam.v1 import dataplane_pb2
 from mabeam.v1 import external_agent_pb2 as pb
 from meshd.dataplane.endpoint import LocalEndpoint
 from meshd.dataplane.plane import DataPlane
@@ -44,19 +43,6 @@ _OK = 0
 
 def _protocol_error(message: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, "AGENT_PROTOCOL")
-
-
-def _destination(outbound: pb.AgentOutbound, tenant: str) -> Destination:
-    which = outbound.WhichOneof("to")
-    if which == "to_name":
-        return outbound.to_name
-    if which == "to_agent":
-        ref = outbound.to_agent
-        return AgentRef(tenant_or_default(ref.tenant or tenant), ref.node_id, ref.agent_id)
-    if which == "to_group":
-        mode = "one" if outbound.to_group.mode == dataplane_pb2.GROUP_MODE_ONE else "all"
-        return Group(outbound.to_group.group, mode)
-    raise InvalidArgument("the outbound message names no destination (to_name, to_agent or to_group)")
 
 
 class ExternalAgentSession:
@@ -132,7 +118,7 @@ class ExternalAgentSession:
     async def _outbound(self, request: pb.AgentOutbound) -> None:
         endpoint = self.endpoint
         try:
-            to = _destination(request, endpoint.ref.tenant)
+            to = destination_of(request, endpoint.ref.tenant, what="the outbound message")
             if request.call:
                 self._calls += 1
                 try:

@@ -15,26 +15,13 @@ from collections.abc import AsyncIterator
 import grpc
 
 from mabeam.dataplane.errors import InvalidArgument
-from mabeam.dataplane.message import AgentRef, Destination, Group, tenant_or_default
+from mabeam.dataplane.message import AgentRef, destination_of, tenant_or_default
 from mabeam.v1 import dataplane_pb2 as pb
 from mabeam.v1 import external_agent_pb2
 from meshd.dataplane.external import attach_agent, register, release, run_detached
 from meshd.dataplane.plane import DataPlane
 
 MAX_PENDING_LIMIT = 65536
-
-
-def destination(request: pb.SendRequest | pb.CallRequest, tenant: str) -> Destination:
-    """The destination the request's ``to`` oneof names."""
-    which = request.WhichOneof("to")
-    if which == "to_name":
-        return request.to_name
-    if which == "to_agent":
-        ref = request.to_agent
-        return AgentRef(tenant_or_default(ref.tenant or tenant), ref.node_id, ref.agent_id)
-    if which == "to_group":
-        return Group(request.to_group.group, "one" if request.to_group.mode == pb.GROUP_MODE_ONE else "all")
-    raise InvalidArgument("the request names no destination (to_name, to_agent or to_group)")
 
 
 def _sender(plane: DataPlane, tenant: str, agent_id: str) -> AgentRef:
@@ -48,12 +35,12 @@ async def send(plane: DataPlane, request: pb.SendRequest, context: grpc.aio.Serv
     if request.reply_to_id:
         if request.WhichOneof("to") != "to_agent":
             raise InvalidArgument("a reply (reply_to_id) must name the caller in to_agent")
-        caller = destination(request, tenant)
+        caller = destination_of(request, tenant)
         assert isinstance(caller, AgentRef)
         message_id = plane.reply(sender, caller, request.reply_to_id, request.payload,
                                  channel=request.channel)
         return pb.SendResponse(message_ids=[message_id])
-    ids = await plane.cast(sender, destination(request, tenant), request.payload, channel=request.channel,
+    ids = await plane.cast(sender, destination_of(request, tenant), request.payload, channel=request.channel,
                            acknowledged=request.acknowledged, traceparent=request.traceparent)
     return pb.SendResponse(message_ids=ids)
 
@@ -65,7 +52,7 @@ async def call(plane: DataPlane, request: pb.CallRequest, context: grpc.aio.Serv
     remaining = context.time_remaining()
     if remaining is not None:
         timeout = min(timeout, max(0.001, remaining))
-    reply = await plane.call(_sender(plane, tenant, request.sender_agent_id), destination(request, tenant),
+    reply = await plane.call(_sender(plane, tenant, request.sender_agent_id), destination_of(request, tenant),
                              request.payload, timeout=timeout, channel=request.channel,
                              traceparent=request.traceparent)
     return pb.CallResponse(payload=bytes(reply.payload), responder=reply.envelope.sender, message_id=reply.id)
