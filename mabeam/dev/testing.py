@@ -15,7 +15,7 @@ import inspect
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -42,25 +42,52 @@ def _timed_out(what: str, timeout: float, last_error: BaseException | None) -> C
                             + (f" (last error: {last_error!r})" if last_error else ""))
 
 
+class _Wait(Generic[T]):
+    """One wait's deadline, the value that ended it, and the last error its probe raised."""
+
+    def __init__(self, timeout: float, what: str) -> None:
+        self.limit = slow(timeout)
+        self.deadline = time.monotonic() + self.limit
+        self.what = what
+        self.value: T | None = None
+        self.last_error: Exception | None = None
+
+    def done(self, value: T | None, error: Exception | None) -> bool:
+        """Whether ``value`` ends the wait (it is truthy); ConditionTimeout once the deadline passed without."""
+        if value:
+            self.value = value
+            return True
+        self.last_error = error or self.last_error
+        if time.monotonic() >= self.deadline:
+            raise _timed_out(self.what, self.limit, self.last_error)
+        return False
+
+
+def _probe(predicate: Callable[[], T]) -> tuple[T | None, Exception | None]:
+    try:
+        return predicate(), None
+    except Exception as error:  # noqa: BLE001 - a failing probe is "not yet", reported at the deadline
+        return None, error
+
+
+async def _async_probe(predicate: Callable[[], T | Awaitable[T]]) -> tuple[T | None, Exception | None]:
+    try:
+        value = predicate()
+        return (await value if inspect.isawaitable(value) else value), None
+    except Exception as error:  # noqa: BLE001 - a failing probe is "not yet", reported at the deadline
+        return None, error
+
+
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, *, interval: float = 0.02,
                what: str = "condition") -> T:
     """Poll ``predicate`` until it returns a truthy value (returned); ConditionTimeout after ``slow(timeout)``.
 
     An exception from the predicate counts as "not yet" and is reported if the deadline passes.
     """
-    limit = slow(timeout)
-    deadline = time.monotonic() + limit
-    last_error: Exception | None = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as error:  # noqa: BLE001 - a failing probe is "not yet", reported at the deadline
-            last_error = error
-        if time.monotonic() >= deadline:
-            raise _timed_out(what, limit, last_error)
+    wait: _Wait[T] = _Wait(timeout, what)
+    while not wait.done(*_probe(predicate)):
         time.sleep(interval)
+    return wait.value  # type: ignore[return-value]  # truthy, so set
 
 
 async def async_wait_until(predicate: Callable[[], T | Awaitable[T]], timeout: float = 10.0, *,
@@ -69,18 +96,7 @@ async def async_wait_until(predicate: Callable[[], T | Awaitable[T]], timeout: f
 
     The default interval is short because async conditions usually flip on another task's next turn.
     """
-    limit = slow(timeout)
-    deadline = time.monotonic() + limit
-    last_error: Exception | None = None
-    while True:
-        try:
-            value = predicate()
-            if inspect.isawaitable(value):
-                value = await value
-            if value:
-                return value  # type: ignore[return-value]
-        except Exception as error:  # noqa: BLE001
-            last_error = error
-        if time.monotonic() >= deadline:
-            raise _timed_out(what, limit, last_error)
+    wait: _Wait[T] = _Wait(timeout, what)
+    while not wait.done(*await _async_probe(predicate)):  # noqa: ASYNC110 - polling is what this helper is for
         await asyncio.sleep(interval)
+    return wait.value  # type: ignore[return-value]  # truthy, so set
