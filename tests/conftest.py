@@ -20,19 +20,15 @@ settings.load_profile("mabeam")
 @pytest.fixture(scope="session")
 def etcd_server() -> Iterator[EmbeddedEtcd]:
     """One real etcd for the session; tests isolate themselves with `cluster_name`."""
-    server = EmbeddedEtcd(name="mabeam-test-etcd")
-    server.start()
-    yield server
-    server.close()
+    with EmbeddedEtcd(name="mabeam-test-etcd") as server:
+        yield server
 
 
 @pytest.fixture
 def private_etcd() -> Iterator[EmbeddedEtcd]:
     """A real etcd of the test's own, for tests that stop, kill or restart it."""
-    server = EmbeddedEtcd(name="mabeam-private-etcd")
-    server.start()
-    yield server
-    server.close()
+    with EmbeddedEtcd(name="mabeam-private-etcd") as server:
+        yield server
 
 
 @pytest.fixture
