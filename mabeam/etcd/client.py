@@ -243,6 +243,11 @@ class EtcdClient:
             return await call(request, timeout=timeout or self.timeout, wait_for_ready=True)
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from None
+        except grpc.aio.UsageError:
+            # This client was closed (a daemon shutting down) while a request still used it: a coordinator's
+            # bid stream asking for the leader after its node stopped got INTERNAL from this (found by the
+            # rolling upgrade on the test bed). It is an unavailable etcd to the caller, not a crash.
+            raise EtcdUnavailable(f"etcd {name}: the client is closed (shutting down)") from None
         except asyncio.CancelledError:
             if closed_under_call():
                 raise EtcdUnavailable(f"etcd {name}: the connection was closed (failover)") from None

@@ -1,4 +1,4 @@
-"""The etcd client's paged prefix read: a consistent snapshot, also past gRPC's 4 MiB message limit."""
+"""The etcd client: paged prefix reads (a consistent snapshot, also past gRPC's 4 MiB limit), a closed client."""
 
 from mabeam.etcd.client import EtcdClient
 
@@ -29,3 +29,17 @@ async def test_get_prefix_past_the_4mib_message_limit(etcd_server, cluster_name)
     finally:
         await client.delete(prefix, prefix=True)
         await client.close()
+
+
+async def test_a_request_on_a_closed_client_is_etcd_unavailable(etcd_server, cluster_name) -> None:
+    """A daemon shutting down closes its client while requests may still come (a coordinator's bid stream
+    asking for the leader): they fail as EtcdUnavailable, which callers turn into UNAVAILABLE, not INTERNAL."""
+    import pytest
+
+    from mabeam.etcd.client import EtcdUnavailable
+
+    client = EtcdClient([etcd_server.endpoint])
+    await client.put(f"/test/{cluster_name}/k".encode(), b"v")
+    await client.close()
+    with pytest.raises(EtcdUnavailable, match="closed"):
+        await client.get_prefix(f"/test/{cluster_name}/".encode())
