@@ -184,6 +184,8 @@ class ExecSpec:
     system_call_error: str
     address_families: list[str]
     memory_deny_write_execute: bool
+    kill_mode: str = "control-group"
+    timeout_stop_sec: float = 90.0
 
 
 def _directories(unit: Unit, key: str, base: str) -> list[tuple[str, int]]:
@@ -227,4 +229,6 @@ def exec_spec(unit: Unit) -> ExecSpec:
         system_call_error=unit.get("Service", "SystemCallErrorNumber") or "",
         address_families=[f for v in unit.values("Service", "RestrictAddressFamilies") for f in v.split()],
         memory_deny_write_execute=unit.boolean("Service", "MemoryDenyWriteExecute"),
+        kill_mode=(unit.get("Service", "KillMode") or "control-group").lower(),
+        timeout_stop_sec=parse_seconds(unit.get("Service", "TimeoutStopSec") or "90s"),
     )

@@ -76,6 +76,8 @@ def test_units_start_the_daemon_with_the_config_install_places(unit: str) -> Non
         return
     assert spec.argv == [f"/opt/mabeam/bin/{daemon}", "--config", f"/etc/mabeam/{daemon}.toml"]
     assert 0 < spec.watchdog_sec <= 30
+    if daemon == "agentd":  # SIGTERM to agentd only: it stops its workers itself (agents' terminate callbacks)
+        assert spec.kill_mode == "mixed"
 
 
 def test_production_configs_load_in_every_daemon() -> None:
