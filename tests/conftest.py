@@ -99,3 +99,20 @@ def runs_store_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite://{tmp_path / 'runs.sqlite'}"
     return request.getfixturevalue("postgres_server").create_database()
+
+
+@pytest.fixture(scope="session")
+def host_image(tmp_path_factory: pytest.TempPathFactory):
+    """The image test hosts stack on (tests/deploy, tests/hosts): /opt/mabeam, the venv deploy/install.py
+    builds from this checkout, and /usr/local/bin/etcd; built once per session (mabeam.dev.hostroot)."""
+    from pathlib import Path
+
+    from mabeam.dev.hostroot import make_image, missing_tools
+    from mabeam.etcd.embedded import etcd_binary
+
+    problems = missing_tools()
+    if problems:
+        pytest.skip("test hosts need " + "; ".join(problems))
+    # The system Python, as on a real host: a pyenv one lives under /root, which ProtectHome hides.
+    return make_image(tmp_path_factory.mktemp("image"), Path(__file__).resolve().parents[1],
+                      python="/usr/bin/python3", etcd_binary=etcd_binary())

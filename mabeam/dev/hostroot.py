@@ -42,8 +42,8 @@ from mabeam.dev.units import ExecSpec, exec_spec, read_unit
 
 #: The directories an install writes, overlaid per host.
 OVERLAID = ("/etc", "/opt", "/var", "/run", "/usr/local")
-#: Where a notify directory given to :meth:`HostRoot.service_argv` appears inside the host.
-NOTIFY_MOUNT = "/run/systemd/test-notify"
+#: Where the control directory given to :meth:`HostRoot.service_argv` appears for the service.
+CONTROL_MOUNT = "/run/systemd/test"
 #: The Python that runs :mod:`mabeam.dev.sandbox` on a host (the installed venv: the dev one may live under /root).
 SANDBOX_PYTHON = "/opt/mabeam/bin/python"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -148,6 +148,11 @@ class HostRoot:
         unshare = ["unshare", "--mount", "--propagation", "private"] if private else []
         return [*enter, "--", *unshare, "sh", "-ec", script]
 
+    def argv_file(self, script: Path, netns: str | None = None) -> list[str]:
+        """argv that runs the shell script file `script` on this host in a mount namespace of its own."""
+        argv = self.argv("", netns, private=True)
+        return [*argv[:-2], "-e", str(script)]
+
     def run(self, script: str, netns: str | None = None, timeout: float = 600.0) -> subprocess.CompletedProcess[str]:
         """Run `script` on this host and wait; RuntimeError with its output if it fails."""
         result = subprocess.run(self.argv(script, netns), capture_output=True, text=True, timeout=timeout)
@@ -165,26 +170,39 @@ class HostRoot:
         directory = f"/etc/systemd/system/{unit}.d"
         self.run(f"mkdir -p {directory} && printf %s {shlex.quote(text)} > {directory}/{name}.conf")
 
-    def service_argv(self, unit: str, netns: str | None = None, notify_dir: str | os.PathLike[str] | None = None,
+    def service_argv(self, unit: str, control_dir: str | os.PathLike[str], netns: str | None = None,
                      journal_stream: str = "", extra_env: dict[str, str] | None = None,
                      seccomp: bool = True) -> list[str]:
         """argv that starts `unit`'s ExecStart on this host as systemd would; its process becomes the daemon.
 
-        `notify_dir` (a directory of the test's) is mounted at :data:`NOTIFY_MOUNT` and
-        ``NOTIFY_SOCKET`` points at ``<unit>.sock`` in it; `journal_stream` (``dev:ino``
-        of the file the test gives as stderr) becomes ``JOURNAL_STREAM``; `extra_env`
-        is added for test switches; `seccomp` applies the unit's ``SystemCallFilter=``,
-        ``MemoryDenyWriteExecute=`` and ``RestrictAddressFamilies=`` (mabeam.dev.sandbox,
-        between the privilege drop and the daemon, as systemd does).
+        `control_dir` (a directory of the test's, mode 0755) is mounted at :data:`CONTROL_MOUNT`
+        for the service: ``NOTIFY_SOCKET`` points at ``<unit>.sock`` in it (bind
+        :func:`service_notify_socket` there), and the start script (``<unit>.start.sh``) and
+        seccomp switches (``<unit>.seccomp.json``) are written there. `journal_stream`
+        (``dev:ino`` of the file the test gives as stderr) becomes ``JOURNAL_STREAM``;
+        `extra_env` is added for test switches; `seccomp` applies the unit's
+        ``SystemCallFilter=``, ``MemoryDenyWriteExecute=`` and ``RestrictAddressFamilies=``
+        (:mod:`mabeam.dev.sandbox`, between the privilege drop and the daemon, as systemd does).
         """
         spec = self.unit(unit)
+        control = Path(control_dir)
         wrapper = None
         if seccomp and (spec.system_call_filter or spec.memory_deny_write_execute or spec.address_families):
             switches = spec_for(spec.system_call_filter, spec.system_call_error, spec.address_families,
                                 spec.memory_deny_write_execute)
-            wrapper = [SANDBOX_PYTHON, "-m", "mabeam.dev.sandbox", "--spec", json.dumps(switches), "--"]
-        script = service_script(spec, notify_dir, journal_stream, extra_env, wrapper)
-        return self.argv(script, netns, private=True)
+            (control / f"{unit}.seccomp.json").write_text(json.dumps(switches))
+            (control / f"{unit}.seccomp.json").chmod(0o644)
+            wrapper = [SANDBOX_PYTHON, "-m", "mabeam.dev.sandbox", "--spec-file",
+                       f"{CONTROL_MOUNT}/{unit}.seccomp.json", "--"]
+        script = control / f"{unit}.start.sh"
+        script.write_text(service_script(spec, control, journal_stream, extra_env, wrapper))
+        # sh reads the script through the descriptor it opened, also once /tmp is private.
+        return self.argv_file(script, netns)
+
+
+def service_notify_socket(control_dir: str | os.PathLike[str], unit: str) -> Path:
+    """Where the test binds the notify socket of `unit`, given `control_dir` to :meth:`HostRoot.service_argv`."""
+    return Path(control_dir) / f"{unit}.sock"
 
 
 class Service:
@@ -194,14 +212,14 @@ class Service:
                  seccomp: bool = True) -> None:
         self.host = host
         self.unit = unit
-        notify_dir = Path(run_dir) / f"{host.name}-notify"
-        notify_dir.mkdir(parents=True, exist_ok=True)
-        notify_dir.chmod(0o755)  # the daemon's user reaches its socket through it
-        self.notify = NotifySocket(notify_dir / f"{unit}.sock")
+        control = Path(run_dir) / f"{host.name}-control"
+        control.mkdir(parents=True, exist_ok=True)
+        control.chmod(0o755)  # the daemon's user reaches its socket and seccomp switches through it
+        self.notify = NotifySocket(service_notify_socket(control, unit))
         self.log_path = Path(run_dir) / f"{host.name}-{unit}.log"
         with self.log_path.open("ab") as log:
             stat = os.fstat(log.fileno())
-            self.argv = host.service_argv(unit, netns, notify_dir=notify_dir,
+            self.argv = host.service_argv(unit, control, netns,
                                           journal_stream=f"{stat.st_dev}:{stat.st_ino}", seccomp=seccomp)
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          start_new_session=True)
@@ -245,7 +263,7 @@ class Service:
         self.notify.close()
 
 
-def service_script(spec: ExecSpec, notify_dir: str | os.PathLike[str] | None = None, journal_stream: str = "",
+def service_script(spec: ExecSpec, control_dir: str | os.PathLike[str] | None = None, journal_stream: str = "",
                    extra_env: dict[str, str] | None = None, wrapper: list[str] | None = None) -> str:
     """The shell that turns a root shell in the host's mount namespace into the unit's main process."""
     q = shlex.quote
@@ -253,9 +271,10 @@ def service_script(spec: ExecSpec, notify_dir: str | os.PathLike[str] | None = N
     env = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8", "INVOCATION_ID": uuid.uuid4().hex}
     if spec.user != "root":
         env.update({"USER": spec.user, "LOGNAME": spec.user, "SHELL": "/usr/sbin/nologin"})
-    if notify_dir is not None and spec.type == "notify":
-        lines.append(f"mkdir -p {NOTIFY_MOUNT} && mount --bind {q(str(notify_dir))} {NOTIFY_MOUNT}")
-        env["NOTIFY_SOCKET"] = f"{NOTIFY_MOUNT}/{spec.unit}.sock"
+    if control_dir is not None:
+        lines.append(f"mkdir -p {CONTROL_MOUNT} && mount --bind {q(str(control_dir))} {CONTROL_MOUNT}")
+    if control_dir is not None and spec.type == "notify":
+        env["NOTIFY_SOCKET"] = f"{CONTROL_MOUNT}/{spec.unit}.sock"
         if spec.watchdog_sec:
             env["WATCHDOG_USEC"] = str(int(spec.watchdog_sec * 1_000_000))
     if journal_stream:
@@ -280,8 +299,8 @@ def service_script(spec: ExecSpec, notify_dir: str | os.PathLike[str] | None = N
                      "if [ -d $h ]; then mount -t tmpfs -o ro,mode=755 tmpfs $h; fi; done")
     if spec.protect_system == "strict":  # everything read-only but the unit's own directories
         writable = [path for path, _ in spec.runtime_directories + spec.state_directories] + spec.read_write_paths
-        if notify_dir is not None and spec.type == "notify":
-            writable.append(NOTIFY_MOUNT)
+        if control_dir is not None:
+            writable.append(CONTROL_MOUNT)
         lines += [f"mount --bind {q(path)} {q(path)}" for path in writable]
         lines += [f"mount -o remount,bind,ro {d}" for d in ("/", *OVERLAID)]
         lines += [f"mount -o remount,bind,rw {q(path)}" for path in writable]
@@ -309,7 +328,7 @@ def service_script(spec: ExecSpec, notify_dir: str | os.PathLike[str] | None = N
 def make_image(base: str | os.PathLike[str], source: str | os.PathLike[str], python: str = "python3",
                etcd_binary: str | None = None) -> HostRoot:
     """A shared image layer: the venv at /opt/mabeam built by deploy/install.py, and etcd at /usr/local/bin."""
-    script = f"{shlex.quote(python)} -c {shlex.quote(_VENV_ONLY)} {shlex.quote(str(source))}\n"
+    script = f"{shlex.quote(python)} -c {shlex.quote(_VENV_ONLY)} {shlex.quote(str(Path(source).resolve()))}\n"
     if etcd_binary:
         script += f"install -m 0755 {shlex.quote(etcd_binary)} /usr/local/bin/etcd\n"
     with HostRoot(base, "image") as image:  # unmounted before hosts stack on it

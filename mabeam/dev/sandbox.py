@@ -8,7 +8,7 @@ has systemd), one filter per switch as systemd installs them, and then execs
 the rest of its command line. What the daemons then cannot do, they cannot do
 under the real unit either::
 
-    setpriv ... --no-new-privs -- python -m mabeam.dev.sandbox --spec JSON -- env -i ... /opt/mabeam/bin/meshd ...
+    setpriv ... -- python -m mabeam.dev.sandbox --spec-file FILE -- env -i ... /opt/mabeam/bin/meshd ...
 
 The spec (:func:`spec_for`) carries resolved system-call names: the groups
 (``@system-service``) come from ``systemd-analyze syscall-filter``, so they
@@ -21,6 +21,7 @@ import argparse
 import ctypes
 import ctypes.util
 import errno
+import functools
 import json
 import os
 import socket
@@ -53,14 +54,17 @@ def resolve_groups(entries: Sequence[str]) -> set[str]:
     """System-call names of `entries` (``@group`` or a name), groups expanded by ``systemd-analyze syscall-filter``."""
     names: set[str] = set()
     for entry in entries:
-        if not entry.startswith("@"):
-            names.add(entry)
-            continue
-        listing = subprocess.run(["systemd-analyze", "syscall-filter", entry], capture_output=True, text=True,
-                                 check=True).stdout
-        members = [line.strip() for line in listing.splitlines()[1:] if line.strip() and not line.strip().startswith("#")]
-        names |= resolve_groups(members)
+        names |= _group(entry) if entry.startswith("@") else {entry}
     return names
+
+
+@functools.cache
+def _group(name: str) -> frozenset[str]:
+    # One systemd-analyze run per group and process: a bed restarts daemons often.
+    listing = subprocess.run(["systemd-analyze", "syscall-filter", name], capture_output=True, text=True,
+                             check=True).stdout
+    members = [line.strip() for line in listing.splitlines()[1:] if line.strip() and not line.strip().startswith("#")]
+    return frozenset(resolve_groups(members))
 
 
 def spec_for(system_call_filter: Sequence[str], error: str, address_families: Sequence[str],
@@ -155,14 +159,19 @@ def apply(spec: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m mabeam.dev.sandbox --spec JSON -- COMMAND...``: load the filters, exec COMMAND."""
+    """``python -m mabeam.dev.sandbox --spec JSON|--spec-file FILE -- COMMAND...``: load the filters, exec COMMAND."""
     parser = argparse.ArgumentParser(prog="python -m mabeam.dev.sandbox")
-    parser.add_argument("--spec", required=True, help="JSON from spec_for()")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--spec", help="JSON from spec_for()")
+    source.add_argument("--spec-file", help="a file holding that JSON")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command to run")
+    if args.spec_file:
+        with open(args.spec_file) as handle:
+            args.spec = handle.read()
     apply(json.loads(args.spec))
     os.execvp(command[0], command)
 

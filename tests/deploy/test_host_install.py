@@ -68,7 +68,7 @@ class Host:
 
 
 @pytest.fixture(scope="module")
-def host(image: HostRoot, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
+def host(host_image: HostRoot, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     """host-a after `make install` and `make install-etcd`, with its etcd member running from its unit."""
     base = tmp_path_factory.mktemp("host")
     name = "mabeam-dep-a" + os.urandom(3).hex()
@@ -76,7 +76,7 @@ def host(image: HostRoot, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     try:
         for command in (["link", "set", "lo", "up"], ["addr", "add", f"{ADDRESS}/32", "dev", "lo"]):
             subprocess.run(["ip", "-n", name, *command], check=True)
-        host = Host(HostRoot(base, "host-a", image).boot(), name, base)
+        host = Host(HostRoot(base, "host-a", host_image).boot(), name, base)
         # The install path deploy/README.md gives a person, verbatim (outside the netns: pip needs PyPI).
         host.root.run(f"make -C {SOURCE} install PY=/usr/bin/python3 NODE_ID=host-a ADDRESS={ADDRESS} "
                       f"NETWORK={NETWORK} ETCD={ADDRESS}:2379 CLUSTER=test")

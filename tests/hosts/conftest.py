@@ -21,7 +21,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HERE in Path(item.fspath).parents:
             item.add_marker(pytest.mark.hosts)
-            item.add_marker(pytest.mark.timeout(360))
+            if item.get_closest_marker("timeout") is None:  # a test may ask for longer (test_hosts_units.py)
+                item.add_marker(pytest.mark.timeout(360))
 
 
 @pytest.fixture(scope="session")
