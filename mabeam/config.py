@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mabeam.logs import SECRET_NAME
+
 M = TypeVar("M", bound=BaseModel)
 
 #: Node ids, cluster names, tenants and roles: they become etcd key segments, so never ``/``.
@@ -36,7 +38,9 @@ def describe(daemon: str, error: ValidationError) -> str:
     for problem in error.errors():
         where = ".".join(str(part) for part in problem["loc"]) or "(config)"
         given = problem.get("input")
-        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        # The message goes to stderr, i.e. the journal: a bad secret (a token, a key) is named, never shown.
+        secret = any(SECRET_NAME.search(str(part)) for part in problem["loc"])
+        shown = "" if isinstance(given, dict) else " (the value is not shown)" if secret else f" (got {given!r})"
         lines.append(f"  {where}: {problem['msg']}{shown}")
     return f"invalid {daemon} config:\n" + "\n".join(lines)
 
