@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,6 +96,14 @@ def check_started_from_unit(launcher: UnitLauncher, host: Host, kind: str) -> No
     notify.wait_for("WATCHDOG", "1", after=first.at + WATCHDOG_S, timeout=10)
 
 
+def stop_local_load(workload: Workload, host: Host) -> None:
+    """Stop the load generator of `host` (its records stay; the other hosts' load goes on)."""
+    daemon = workload.loads.pop(host.name)
+    daemon.terminate()
+    daemon.wait_stopped(time.monotonic() + 30.0 * workload.slow)
+    workload.bed.note(f"load on {host.name} stopped")
+
+
 async def versions(bed: HostBed) -> dict[str, str]:
     from mabeam_client.mesh import MeshClient
 
@@ -128,6 +137,9 @@ async def test_units_on_the_bed_then_a_rolling_upgrade_loses_nothing(unit_bed: H
         source = new_version_source(release / "mabeam")
         leader = await workload.coordinator_leader()
         for host in [h for h in bed.hosts if h is not leader] + [leader]:
+            # The host's own clients go down with it (deploy/README.md: stop them first). Left running, a call
+            # that reaches agentd in the instant its gRPC server stops is answered CANCELLED by gRPC itself.
+            stop_local_load(workload, host)
             bed.note(f"upgrade {host.name}: systemctl stop mabeam.target")
             for kind in ("coordinator", "agentd", "meshd"):  # the target's stop order (agentd After=meshd)
                 assert launcher.stop(host.name, host.daemons[kind]) == 0  # clean exits, per the units' KillMode
@@ -141,6 +153,7 @@ async def test_units_on_the_bed_then_a_rolling_upgrade_loses_nothing(unit_bed: H
             for kind in ("meshd", "agentd", "coordinator"):
                 bed.restart(host, kind, timeout=120.0)
             await workload.spawn_agents(host)  # the agents this host ran, back from their checkpoints
+            workload.start_load(host)  # and its clients
             started = bed.note(f"upgrade {host.name}: serving")
             assert (await versions(bed))[host.name] == NEW_VERSION
             await workload.wait_registry_converged(started, exact=False, until=started)

@@ -55,6 +55,9 @@ class LoadSpec:
     join_interval: float = 0.5
     registry_timeout: float = 3.0
     bid_failover_timeout: float = 10.0
+    #: The first operation number of each loop: a load generator started again on a host (after a rolling
+    #: upgrade) numbers on from here, so its names, group members and bid ids are new ones.
+    first: int = 0
 
 
 @dataclass
@@ -102,8 +105,8 @@ class Recorder:
         return record.value if record.ok else None
 
 
-async def _every(interval: float, stop: asyncio.Event, step: Callable[[int], Awaitable[None]]) -> None:
-    k = 0
+async def _every(interval: float, stop: asyncio.Event, step: Callable[[int], Awaitable[None]], first: int = 0) -> None:
+    k = first
     while not stop.is_set():
         await step(k)
         k += 1
@@ -159,10 +162,10 @@ async def run(spec: LoadSpec) -> None:
 
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(_every(spec.call_interval, stop, call))
-                tg.create_task(_every(spec.bid_interval, stop, bid))
-                tg.create_task(_every(spec.name_interval, stop, name))
-                tg.create_task(_every(spec.join_interval, stop, join))
+                tg.create_task(_every(spec.call_interval, stop, call, spec.first))
+                tg.create_task(_every(spec.bid_interval, stop, bid, spec.first))
+                tg.create_task(_every(spec.name_interval, stop, name, spec.first))
+                tg.create_task(_every(spec.join_interval, stop, join, spec.first))
         finally:
             await bids.close()
             for client in (agents, mesh, coordinator):

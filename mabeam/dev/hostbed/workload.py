@@ -68,6 +68,7 @@ class Workload:
         self.call_timeout = call_timeout
         self.slow = slow_factor()
         self.loads: dict[str, Daemon] = {}
+        self.load_starts: dict[str, int] = {}
         self.expected_agent_names: set[str] = set()
         self.problems: list[str] = []
 
@@ -113,10 +114,12 @@ class Workload:
 
     def start_load(self, host: Host) -> None:
         """Start the host's load generator in its namespace and wait for it to be ready."""
+        starts = self.load_starts[host.name] = self.load_starts.get(host.name, 0) + 1
         spec = LoadSpec(host=host.name, agentd=host.endpoint("agentd"), meshd=host.endpoint("meshd"),
                         coordinators=self.bed.endpoints("coordinator"), auction=self.auction(host),
                         relay=f"relay-{host.name}", targets=[self.counter(h) for h in self.bed.hosts],
-                        out=str(self._records_path(host)), call_timeout=self.call_timeout)
+                        out=str(self._records_path(host)), call_timeout=self.call_timeout,
+                        first=1_000_000 * (starts - 1))  # a restarted generator's operations are new ones
         daemon = Daemon(host.name, "load", host.context.directory / "load.log", host.net.exec_prefix())
         daemon.start(LaunchSpec(argv=[self.bed_python(), "-m", "mabeam.dev.hostbed.load", json.dumps(asdict(spec))],
                                 ready_line="load ready"))
