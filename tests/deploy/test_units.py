@@ -38,6 +38,7 @@ def exposure(unit: Path) -> tuple[float, str]:
 @pytest.mark.parametrize("unit", SERVICES)
 def test_each_service_scores_ok_in_systemd_analyze_security(unit: str) -> None:
     score, verdict = exposure(DEPLOY / unit)
+    print(f"systemd-analyze security --offline=true {unit}: {score} {verdict}")  # pytest -s / -rP shows it
     assert score <= MAX_EXPOSURE, f"{unit}: {score} {verdict}"
 
 
