@@ -12,7 +12,6 @@ import (
 	v1 "github.com/mabeam/mabeam/clients/go/gen/mabeamv1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 )
 
@@ -65,8 +64,11 @@ func (c *CoordinatorClient) stub() (v1.CoordinatorServiceClient, string, error) 
 	endpoint := c.current
 	conn, ok := c.conns[endpoint]
 	if !ok {
-		var err error
-		if conn, err = dial(endpoint, append(c.dialOptions(), c.opts...)); err != nil {
+		opts, err := c.dialOptions()
+		if err != nil {
+			return nil, endpoint, err
+		}
+		if conn, err = dial(endpoint, append(opts, c.opts...)); err != nil {
 			return nil, endpoint, err
 		}
 		c.conns[endpoint] = conn
@@ -78,14 +80,15 @@ func (c *CoordinatorClient) stub() (v1.CoordinatorServiceClient, string, error) 
 // process paused) keeps the TCP connection open and never ends a stream; a ping every 2 s unanswered
 // for 2 s breaks the connection, so the bid stream reopens on the new leader (the coordinator
 // accepts pings this often; the Python SDK does the same).
-func (c *CoordinatorClient) dialOptions() []grpc.DialOption {
+// Without dial options of the caller's, the credentials are DefaultSecurity's.
+func (c *CoordinatorClient) dialOptions() ([]grpc.DialOption, error) {
+	opts := []grpc.DialOption{grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 2 * time.Second,
+		Timeout: 2 * time.Second, PermitWithoutStream: true})}
 	if len(c.opts) > 0 {
-		return []grpc.DialOption{grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 2 * time.Second,
-			Timeout: 2 * time.Second, PermitWithoutStream: true})}
+		return opts, nil
 	}
-	return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 2 * time.Second, Timeout: 2 * time.Second,
-			PermitWithoutStream: true})}
+	creds, err := securityOptions()
+	return append(opts, creds...), err
 }
 
 // failedOver decides, after an error from endpoint, whether to retry and where; it returns the

@@ -10,13 +10,16 @@ import (
 	v1 "github.com/mabeam/mabeam/clients/go/gen/mabeamv1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
-// dial opens a client connection; without options it is plaintext (loopback dev clusters).
+// dial opens a client connection; without options it uses DefaultSecurity (the MABEAM_TOKEN and
+// MABEAM_TLS_* environment; plaintext without them: loopback dev clusters).
 func dial(target string, opts []grpc.DialOption) (*grpc.ClientConn, error) {
 	if len(opts) == 0 {
-		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+		var err error
+		if opts, err = securityOptions(); err != nil {
+			return nil, err
+		}
 	}
 	conn, err := grpc.NewClient(target, opts...)
 	return conn, Translate(err)
@@ -104,7 +107,7 @@ type MeshClient struct {
 	Tenant string
 }
 
-// DialMesh connects to a meshd at host:port (plaintext unless options say otherwise).
+// DialMesh connects to a meshd at host:port (with DefaultSecurity unless options say otherwise).
 func DialMesh(target string, opts ...grpc.DialOption) (*MeshClient, error) {
 	conn, err := dial(target, opts)
 	if err != nil {

@@ -13,6 +13,7 @@ import { GroupMode, MessageKind, type Envelope } from "./gen/mabeam/v1/dataplane
 import type { AgentDelivery, AgentOutboundResult, AgentStreamIn } from "./gen/mabeam/v1/external_agent_pb.js";
 import { MeshService } from "./gen/mabeam/v1/mesh_pb.js";
 import { asCodeName, codeName, MabeamError, translate } from "./errors.js";
+import type { Security } from "./security.js";
 import { AsyncQueue, transport } from "./transport.js";
 
 /** What a handler gets besides the message: the sender, the deadline, and a way to call on. */
@@ -36,6 +37,8 @@ export interface AgentOptions {
   onCast?: (msg: unknown, ctx: Context) => Promise<void> | void;
   onBounce?: (code: string, message: string) => void;
   backoffMs?: [number, number];
+  /** Token and TLS (default: `defaultSecurity()`, the MABEAM_TOKEN / MABEAM_TLS_* environment). */
+  security?: Security;
 }
 
 type Body = { to?: string; msg?: unknown; ok?: unknown; error?: { code: string; message: string } };
@@ -55,7 +58,7 @@ export class ExternalAgent {
 
   constructor(readonly endpoint: string, readonly options: AgentOptions = {}) {
     this.names = options.names ?? [];
-    this.stub = createClient(MeshService, transport(endpoint));
+    this.stub = createClient(MeshService, transport(endpoint, false, options.security));
   }
 
   /** Start serving in the background and resolve once attached (reject with the attach error after `timeoutMs`). */

@@ -3,6 +3,7 @@ import { createClient, type Client } from "@connectrpc/connect";
 import { AgentService, type AgentInfo, type TreeNode } from "./gen/mabeam/v1/agent_pb.js";
 import { call } from "./errors.js";
 import { retrying } from "./mesh.js";
+import type { Security } from "./security.js";
 import { transport, type CallOptions } from "./transport.js";
 
 export interface SpawnOptions {
@@ -17,8 +18,9 @@ export interface SpawnOptions {
 export class AgentClient {
   readonly stub: Client<typeof AgentService>;
 
-  constructor(readonly endpoint: string) {
-    this.stub = createClient(AgentService, transport(endpoint));
+  /** `security`: token and TLS (default: `defaultSecurity()`, the MABEAM_TOKEN / MABEAM_TLS_* environment). */
+  constructor(readonly endpoint: string, security?: Security) {
+    this.stub = createClient(AgentService, transport(endpoint, false, security));
   }
 
   async spawn(type: string, args: unknown = {}, o: SpawnOptions = {}, opts?: CallOptions): Promise<AgentInfo> {

@@ -10,6 +10,7 @@ import { CoordinatorService, type BidAck, type Instance, type SubmitEventRequest
   type SubmitBidsRequest, type Variable, type Balance } from "./gen/mabeam/v1/coordinator_pb.js";
 import { codeName, MabeamError, translate } from "./errors.js";
 import { stream } from "./mesh.js";
+import type { Security } from "./security.js";
 import { AsyncQueue, transport, type CallOptions } from "./transport.js";
 
 const RETRYABLE = new Set(["WRONG_NODE", "NOT_DURABLE", "ETCD_UNAVAILABLE", ""]);
@@ -42,7 +43,9 @@ export class CoordinatorClient {
   private tried = 0;
   redirects = 0;
 
-  constructor(readonly endpoints: string[], readonly tenant = "", public failoverTimeoutMs = 15000) {
+  /** `security`: token and TLS (default: `defaultSecurity()`, the MABEAM_TOKEN / MABEAM_TLS_* environment). */
+  constructor(readonly endpoints: string[], readonly tenant = "", public failoverTimeoutMs = 15000,
+    readonly security?: Security) {
     if (endpoints.length === 0) throw new MabeamError("INVALID_ARGUMENT", "at least one coordinator endpoint is required");
     this.current = endpoints[0];
   }
@@ -51,7 +54,7 @@ export class CoordinatorClient {
   stub(): [Stub, string] {
     const endpoint = this.current;
     let stub = this.stubs.get(endpoint);
-    if (!stub) this.stubs.set(endpoint, (stub = createClient(CoordinatorService, transport(endpoint, true))));
+    if (!stub) this.stubs.set(endpoint, (stub = createClient(CoordinatorService, transport(endpoint, true, this.security))));
     return [stub, endpoint];
   }
 

@@ -38,21 +38,30 @@ const CONNECTION_LOST = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDO
   "EHOSTUNREACH", "ENETUNREACH", "ECONNABORTED", "ERR_HTTP2_GOAWAY_SESSION", "ERR_HTTP2_INVALID_SESSION",
   "ERR_HTTP2_SESSION_ERROR", "ERR_HTTP2_STREAM_CANCEL", "ERR_STREAM_DESTROYED", "ERR_HTTP2_PING_CANCEL"]);
 
+/** Node's certificate verification failures (tls.connect), e.g. a server certificate from another CA. */
+const TLS_VERIFY = new Set(["UNABLE_TO_VERIFY_LEAF_SIGNATURE", "SELF_SIGNED_CERT_IN_CHAIN", "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY", "CERT_HAS_EXPIRED", "CERT_NOT_YET_VALID", "CERT_UNTRUSTED", "CERT_SIGNATURE_FAILURE"]);
+
 /** Streams pause reading while this many decoded messages wait for the consumer (HTTP/2 flow control). */
 const HIGH_WATER = 64;
 
 export interface GrpcTransportOptions {
   /** PING the server this often and drop the connection when one goes unanswered (connect-node's options). */
   ping?: Http2SessionOptions;
+  /** For https: the CA to trust, the client certificate and key (mTLS), the server name to verify. */
+  tls?: { ca: Buffer; cert?: Buffer; key?: Buffer; servername?: string };
+  /** Headers sent with every call (the bearer token: `authorization`). */
+  headers?: Record<string, string>;
 }
 
 /** A gRPC transport to `baseUrl` (`http://host:port`, or https). */
 export function grpcTransport(baseUrl: string, options: GrpcTransportOptions = {}): Transport {
   const url = new URL(baseUrl);
   // Plaintext: our own socket with Nagle off, as gRPC's own clients (C-core, grpc-js) set TCP_NODELAY.
-  const sessionOptions: http2.ClientSessionOptions = url.protocol === "http:"
+  const sessionOptions: http2.SecureClientSessionOptions = url.protocol === "http:"
     ? { createConnection: () => tcpConnect({ host: url.hostname, port: Number(url.port || 80), noDelay: true }) }
-    : {};
+    : { ...options.tls };
+  const extra = Object.entries(options.headers ?? {});
   const sessions = new Http2SessionManager(url, options.ping, sessionOptions);
   const prefix = url.pathname.replace(/\/$/, "");
   const open = async (method: { parent: { typeName: string }; name: string }, signal: AbortSignal | undefined,
@@ -63,6 +72,7 @@ export function grpcTransport(baseUrl: string, options: GrpcTransportOptions = {
       "user-agent": "mabeam-ts/0.1 grpc-node-http2",
     };
     if (timeoutMs !== undefined && timeoutMs > 0) headers["grpc-timeout"] = grpcTimeout(timeoutMs);
+    for (const [key, value] of extra) headers[key] = value;
     if (header !== undefined) new Headers(header).forEach((value, key) => { headers[key] = value; });
     const call = new Call(sessions, timeoutMs, signal);
     if (call.failure) throw call.failure; // aborted before it started
@@ -371,6 +381,12 @@ function transportError(error: unknown): ConnectError {
     const code = (e as { code?: unknown }).code;
     if (typeof code === "string" && CONNECTION_LOST.has(code)) {
       return new ConnectError(`connection lost: ${e.message}`, Code.Unavailable, undefined, undefined, error);
+    }
+    // A failed TLS handshake (an untrusted server certificate, a client certificate refused): gRPC's own
+    // clients report the connection as UNAVAILABLE, with the reason in the message.
+    if ((typeof code === "string" && (code.startsWith("ERR_SSL_") || code.startsWith("ERR_TLS_") || TLS_VERIFY.has(code)))
+      || (e as { library?: unknown }).library === "SSL routines") {
+      return new ConnectError(`TLS handshake failed: ${e.message}`, Code.Unavailable, undefined, undefined, error);
     }
   }
   return ConnectError.from(error, Code.Internal);

@@ -10,6 +10,7 @@ export { AgentClient, type SpawnOptions } from "./agents.js";
 export { CoordinatorClient, BidStream, parseJson, type CreateOptions } from "./coordinator.js";
 export { ExternalAgent, type AgentOptions, type Context } from "./agent.js";
 export { RunClient } from "./runs.js";
+export { defaultSecurity, securityFromEnv, setDefaultSecurity, type Security } from "./security.js";
 export type { CallOptions } from "./transport.js";
 export * as v1common from "./gen/mabeam/v1/common_pb.js";
 export * as v1mesh from "./gen/mabeam/v1/mesh_pb.js";

@@ -7,6 +7,7 @@ import { MeshService, type LeaderInfo, type MemberEvent, type NameEntry, type Gr
   from "./gen/mabeam/v1/mesh_pb.js";
 import type { NodeInfo } from "./gen/mabeam/v1/common_pb.js";
 import { call, translate } from "./errors.js";
+import type { Security } from "./security.js";
 import { transport, type CallOptions } from "./transport.js";
 
 /** Where a data-plane message goes: a registered name, an endpoint, or a group (one member or all). */
@@ -47,8 +48,9 @@ export async function* stream<T>(items: AsyncIterable<T>): AsyncGenerator<T> {
 export class MeshClient {
   readonly stub: Client<typeof MeshService>;
 
-  constructor(readonly endpoint: string, readonly tenant = "") {
-    this.stub = createClient(MeshService, transport(endpoint));
+  /** `security`: token and TLS (default: `defaultSecurity()`, the MABEAM_TOKEN / MABEAM_TLS_* environment). */
+  constructor(readonly endpoint: string, readonly tenant = "", security?: Security) {
+    this.stub = createClient(MeshService, transport(endpoint, false, security));
   }
 
   ping(opts?: CallOptions) {

@@ -3,14 +3,16 @@ import { createClient, type Client } from "@connectrpc/connect";
 import { RunService, type Run, type RunEvent, type ToolCallDecisionResponse } from "./gen/mabeam/v1/run_pb.js";
 import { translate } from "./errors.js";
 import { retrying } from "./mesh.js";
+import type { Security } from "./security.js";
 import { transport, type CallOptions } from "./transport.js";
 
 export class RunClient {
   readonly stub: Client<typeof RunService>;
 
   /** `resumeForMs`: how long stream() keeps reconnecting without receiving an event. */
-  constructor(readonly endpoint: string, readonly tenant = "", public resumeForMs = 15000) {
-    this.stub = createClient(RunService, transport(endpoint));
+  /** `security`: token and TLS (default: `defaultSecurity()`, the MABEAM_TOKEN / MABEAM_TLS_* environment). */
+  constructor(readonly endpoint: string, readonly tenant = "", public resumeForMs = 15000, security?: Security) {
+    this.stub = createClient(RunService, transport(endpoint, false, security));
   }
 
   /** Start a run (idempotent by runId: a repeat returns the run with created=false). */

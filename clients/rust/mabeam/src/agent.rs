@@ -25,6 +25,7 @@ use crate::error::{code_from_name, Error, Result};
 use crate::v1::mesh_service_client::MeshServiceClient;
 use crate::v1::{self, agent_stream_in, agent_stream_out, AgentRef};
 use crate::channel;
+use crate::security::Security;
 
 type Reply = Pin<Box<dyn Future<Output = Result<Value>> + Send>>;
 type Done = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -172,6 +173,7 @@ pub struct ExternalAgent {
     max_pending: u32,
     handler: Handler,
     backoff: (Duration, Duration),
+    security: Option<Security>,
 }
 
 /// A started agent: its handle, and `stop` to detach.
@@ -196,13 +198,15 @@ impl ExternalAgent {
     /// An agent that will attach to the meshd at host:port.
     pub fn new(endpoint: &str) -> ExternalAgent {
         ExternalAgent { endpoint: endpoint.to_string(), tenant: String::new(), names: vec![], groups: vec![], max_pending: 0,
-            handler: Handler::default(), backoff: (Duration::from_millis(50), Duration::from_secs(2)) }
+            handler: Handler::default(), backoff: (Duration::from_millis(50), Duration::from_secs(2)), security: None }
     }
     /// A name to register while attached.
     pub fn name(mut self, name: &str) -> Self { self.names.push(name.to_string()); self }
     /// A group to join while attached.
     pub fn group(mut self, group: &str) -> Self { self.groups.push(group.to_string()); self }
     pub fn tenant(mut self, tenant: &str) -> Self { self.tenant = tenant.to_string(); self }
+    /// Credentials (token, TLS) for the stream to meshd; default: the environment's ([`Security::default_from_env`]).
+    pub fn security(mut self, security: &Security) -> Self { self.security = Some(security.clone()); self }
     /// Mailbox bound at meshd: senders beyond it get ResourceExhausted (0: 1024).
     pub fn max_pending(mut self, bound: u32) -> Self { self.max_pending = bound; self }
     /// Reconnect delay bounds.
@@ -272,7 +276,11 @@ impl ExternalAgent {
     }
 
     async fn serve_once(&self, handle: &AgentHandle, state: &watch::Sender<Option<Result<()>>>) -> Result<()> {
-        let mut stub = MeshServiceClient::new(channel(&self.endpoint)?);
+        let transport = match &self.security {
+            Some(security) => security.channel(&self.endpoint, false)?,
+            None => channel(&self.endpoint)?,
+        };
+        let mut stub = MeshServiceClient::new(transport);
         let (out_tx, out_rx) = mpsc::unbounded_channel::<v1::AgentStreamIn>();
         out_tx.send(v1::AgentStreamIn { body: Some(agent_stream_in::Body::Attach(v1::AttachAgentRequest {
             tenant: self.tenant.clone(), agent_id: String::new(), names: self.names.clone(), groups: self.groups.clone(),

@@ -10,16 +10,16 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::agents::to_json;
 use crate::error::{Error, Result};
 use crate::v1::coordinator_service_client::CoordinatorServiceClient;
 use crate::v1;
-use crate::{keepalive_channel, request};
+use crate::request;
+use crate::security::{Security, Transport};
 
-type Stub = CoordinatorServiceClient<Channel>;
+type Stub = CoordinatorServiceClient<Transport>;
 
 fn new_id() -> String {
     format!("{:016x}", rand::random::<u64>())
@@ -55,6 +55,8 @@ struct State {
 #[derive(Clone)]
 pub struct CoordinatorClient {
     endpoints: Vec<String>,
+    /// None: the environment's ([`Security::default_from_env`]).
+    security: Option<Security>,
     state: Arc<Mutex<State>>,
     /// Tenant of every request; empty means "default".
     pub tenant: String,
@@ -65,13 +67,25 @@ pub struct CoordinatorClient {
 }
 
 impl CoordinatorClient {
-    /// A client for the coordinators at these host:port endpoints (any of them).
+    /// A client for the coordinators at these host:port endpoints (any of them), with the environment's
+    /// credentials ([`Security::default_from_env`]).
     pub fn connect(endpoints: &[&str]) -> Result<CoordinatorClient> {
+        Security::default_from_env()?;
+        CoordinatorClient::build(endpoints, None)
+    }
+
+    /// A client for the coordinators at these endpoints with these credentials (token, TLS).
+    pub fn connect_with(endpoints: &[&str], security: &Security) -> Result<CoordinatorClient> {
+        CoordinatorClient::build(endpoints, Some(security.clone()))
+    }
+
+    fn build(endpoints: &[&str], security: Option<Security>) -> Result<CoordinatorClient> {
         if endpoints.is_empty() {
             return Err(Error::msg(Code::InvalidArgument, "at least one coordinator endpoint is required"));
         }
         Ok(CoordinatorClient {
             endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            security,
             state: Arc::new(Mutex::new(State { stubs: HashMap::new(), current: endpoints[0].to_string(), tried: 0, redirects: 0 })),
             tenant: String::new(),
             timeout: Duration::from_secs(10),
@@ -88,7 +102,11 @@ impl CoordinatorClient {
         let mut state = self.state.lock().unwrap();
         let endpoint = state.current.clone();
         if !state.stubs.contains_key(&endpoint) {
-            let stub = CoordinatorServiceClient::new(keepalive_channel(&endpoint)?);
+            let transport = match &self.security {
+                Some(security) => security.channel(&endpoint, true)?,
+                None => Security::default_from_env()?.channel(&endpoint, true)?,
+            };
+            let stub = CoordinatorServiceClient::new(transport);
             state.stubs.insert(endpoint.clone(), stub);
         }
         Ok((state.stubs[&endpoint].clone(), endpoint))

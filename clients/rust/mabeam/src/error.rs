@@ -166,8 +166,17 @@ impl From<tonic::Status> for Error {
             }
         }
         // tonic reports its own client-side deadline as CANCELLED "Timeout expired": it is a deadline.
+        // A connection that failed below gRPC (the server hung up on a TLS or HTTP/2 handshake: a plaintext
+        // client at a TLS server, a certificate refused) is UNKNOWN "transport error" or, when hyper gave up
+        // the request with the connection, CANCELLED "operation was canceled" in tonic (a caller's own
+        // cancellation never surfaces: it drops the future). gRPC's own clients call that UNAVAILABLE, and
+        // so does every other SDK.
+        let transport_failed = matches!((status.code(), status.message()),
+            (Code::Unknown, "transport error") | (Code::Cancelled, "operation was canceled"));
         let code = if status.code() == Code::Cancelled && status.message() == "Timeout expired" {
             Code::DeadlineExceeded
+        } else if transport_failed && details.reason.is_empty() {
+            Code::Unavailable
         } else {
             status.code()
         };
@@ -208,6 +217,15 @@ mod tests {
         assert!(matches!(error, Error::FailedPrecondition(_)));
         assert_eq!(error.error_reason(), Some(ErrorReason::ApprovalDecided));
         assert_eq!(Error::msg(Code::NotFound, "no reason").error_reason(), None);
+    }
+
+    #[test]
+    fn a_failed_transport_is_unavailable() {
+        for (code, message) in [(Code::Unknown, "transport error"), (Code::Cancelled, "operation was canceled")] {
+            let error = Error::from(tonic::Status::new(code, message));
+            assert!(matches!(error, Error::Unavailable(_)), "{error:?}");
+        }
+        assert!(matches!(Error::from(tonic::Status::new(Code::Unknown, "the handler said so")), Error::Other(Code::Unknown, _)));
     }
 
     #[test]

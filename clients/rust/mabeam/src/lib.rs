@@ -17,6 +17,7 @@ pub mod coordinator;
 pub mod error;
 pub mod mesh;
 pub mod runs;
+pub mod security;
 
 /// The generated messages and clients (tonic + prost), from proto/mabeam/v1.
 #[allow(clippy::all, missing_docs)]
@@ -31,31 +32,21 @@ pub use error::{code_name, Details, Error, Result};
 pub use v1::ErrorReason;
 pub use mesh::{Destination, MeshClient};
 pub use runs::RunClient;
+pub use security::{Security, Transport};
 
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
 
-/// A lazily connecting channel to host:port (plaintext; loopback dev clusters) or a full URL.
-pub fn channel(target: &str) -> Result<Channel> {
-    let uri = if target.contains("://") { target.to_string() } else { format!("http://{target}") };
-    Ok(Endpoint::from_shared(uri)
-        .map_err(|e| Error::msg(tonic::Code::InvalidArgument, format!("bad endpoint {target:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy())
+/// A lazily connecting channel to host:port or a full URL, with [`Security::default_from_env`]'s
+/// credentials (the MABEAM_TOKEN / MABEAM_TLS_* environment; plaintext without them: loopback dev clusters).
+pub fn channel(target: &str) -> Result<Transport> {
+    Security::default_from_env()?.channel(target, false)
 }
 
 /// A channel like [`channel`] with HTTP/2 keepalive: a ping every 2 s unanswered for 2 s drops the
 /// connection, so a stream on a server that went silent (host cut off, process paused) breaks instead
 /// of waiting forever (the coordinator client; the coordinator accepts pings this often).
-pub fn keepalive_channel(target: &str) -> Result<Channel> {
-    let uri = if target.contains("://") { target.to_string() } else { format!("http://{target}") };
-    Ok(Endpoint::from_shared(uri)
-        .map_err(|e| Error::msg(tonic::Code::InvalidArgument, format!("bad endpoint {target:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .http2_keep_alive_interval(Duration::from_secs(2))
-        .keep_alive_timeout(Duration::from_secs(2))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+pub fn keepalive_channel(target: &str) -> Result<Transport> {
+    Security::default_from_env()?.channel(target, true)
 }
 
 /// A request with a deadline.

@@ -4,11 +4,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 use crate::v1::mesh_service_client::MeshServiceClient;
 use crate::v1::{self, AgentRef};
+use crate::security::{Security, Transport};
 use crate::{channel, request, retrying};
 
 /// Where a data-plane message goes.
@@ -44,7 +44,7 @@ macro_rules! to_oneof {
 /// A MeshService client for one meshd.
 #[derive(Clone)]
 pub struct MeshClient {
-    stub: MeshServiceClient<Channel>,
+    stub: MeshServiceClient<Transport>,
     /// Tenant of every request; empty means "default".
     pub tenant: String,
     /// Deadline of unary calls.
@@ -57,8 +57,14 @@ impl MeshClient {
         Ok(MeshClient { stub: MeshServiceClient::new(channel(target)?), tenant: String::new(), timeout: Duration::from_secs(10) })
     }
 
+    /// A client for the meshd at host:port with these credentials (token, TLS).
+    pub fn connect_with(target: &str, security: &Security) -> Result<MeshClient> {
+        Ok(MeshClient { stub: MeshServiceClient::new(security.channel(target, false)?), tenant: String::new(),
+            timeout: Duration::from_secs(10) })
+    }
+
     /// The generated client, for anything the SDK does not wrap.
-    pub fn stub(&self) -> MeshServiceClient<Channel> {
+    pub fn stub(&self) -> MeshServiceClient<Transport> {
         self.stub.clone()
     }
 

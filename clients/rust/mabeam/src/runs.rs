@@ -7,19 +7,19 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::agents::to_json;
 use crate::error::{Error, Result};
 use crate::v1::run_service_client::RunServiceClient;
 use crate::v1;
+use crate::security::{Security, Transport};
 use crate::{channel, request, retrying};
 
 /// A RunService client.
 #[derive(Clone)]
 pub struct RunClient {
-    stub: RunServiceClient<Channel>,
+    stub: RunServiceClient<Transport>,
     /// Tenant of start and list; empty means "default".
     pub tenant: String,
     /// Deadline of unary calls.
@@ -29,9 +29,16 @@ pub struct RunClient {
 }
 
 impl RunClient {
+    /// A client for the agentd at host:port, with the environment's credentials ([`Security::default_from_env`]).
     pub fn connect(target: &str) -> Result<RunClient> {
         Ok(RunClient { stub: RunServiceClient::new(channel(target)?), tenant: String::new(), timeout: Duration::from_secs(10),
             resume_for: Duration::from_secs(15) })
+    }
+
+    /// A client for the agentd at host:port with these credentials (token, TLS).
+    pub fn connect_with(target: &str, security: &Security) -> Result<RunClient> {
+        Ok(RunClient { stub: RunServiceClient::new(security.channel(target, false)?), tenant: String::new(),
+            timeout: Duration::from_secs(10), resume_for: Duration::from_secs(15) })
     }
 
     /// Start a run (idempotent by run_id: a repeat returns the run with created=false).
