@@ -146,10 +146,15 @@ class Outcome:
 class Harness:
     """One live cluster, the relay agents, and a way to run each language's runner against them."""
 
-    def __init__(self, relays: tuple[str, ...] = ("go", "typescript", "rust")) -> None:
+    def __init__(self, relays: tuple[str, ...] = ("go", "typescript", "rust"), secure: bool = False,
+                 nodes: int = 3) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mabeam-conformance-"))
-        self.cluster = DevCluster(3, cluster=f"conf{os.getpid()}", lease_ttl=2,
-                                  run_dir=self.dir / "cluster", agentd=True, coordinator=True)
+        #: A secure cluster (tokens, mTLS, CURVE) runs only the scenarios marked ``secure: true``, and the
+        #: runners get its credentials the way a user's process would: MABEAM_TOKEN and MABEAM_TLS_*.
+        self.secure = secure
+        self.cluster = DevCluster(nodes, cluster=f"conf{'s' if secure else ''}{os.getpid()}", lease_ttl=2,
+                                  run_dir=self.dir / "cluster", agentd=True, coordinator=True,
+                                  **({"secure": True} if secure else {}))
         self.cluster_json = self.dir / "cluster.json"
         self.relays = relays
         self.servers: list[subprocess.Popen[str]] = []
@@ -182,11 +187,16 @@ class Harness:
             raise
         return self
 
+    def env(self) -> dict[str, str]:
+        """The runners' environment: this one, plus the secure cluster's MABEAM_TOKEN and MABEAM_TLS_*."""
+        security = getattr(self.cluster, "security", None)
+        return {**os.environ, **(security.env() if security is not None else {})}
+
     def _serve(self, lang: str, name: str, node: int) -> subprocess.Popen[str]:
         log = open(self.dir / f"serve-{lang}.log", "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen([*runner_command(lang), "serve", "--cluster", str(self.cluster_json),
                                  "--node", str(node), "--name", name], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
+                                stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=self.env())
         ready = threading.Event()
 
         def pump() -> None:
@@ -207,10 +217,12 @@ class Harness:
         return proc
 
     def runnable(self) -> list[str]:
-        """Scenarios whose relay agents (``needs``) are running here."""
+        """Scenarios whose relay agents (``needs``) are running here, secure ones on a secure cluster only."""
         names = []
         for path in sorted(SCENARIOS.glob("*.yaml")):
             scenario = yaml.safe_load(path.read_text())
+            if bool(scenario.get("secure", False)) != self.secure:
+                continue
             if all(need.removeprefix("relay-") in self.relays for need in scenario.get("needs", [])):
                 names.append(scenario["name"])
         return names
@@ -230,7 +242,7 @@ class Harness:
                    "--run", f"{lang[:2]}{int(time.time() * 1000) % 10**8}"]
         if only:
             command += ["--only", *only]
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=self.env())
         outcome = Outcome(lang, proc.returncode, proc.stdout + proc.stderr)
         for line in proc.stdout.splitlines():
             if line.startswith("PASS "):
@@ -242,6 +254,10 @@ class Harness:
         self.wait_relays()
         return outcome
 
+    def _client_security(self) -> dict[str, object]:
+        security = getattr(self.cluster, "security", None)
+        return {"security": security.client()} if security is not None else {}
+
     def wait_relays(self, timeout: float = 60.0) -> None:
         """Wait until every relay agent's name resolves again (a scenario that kills a meshd detaches the relay
         attached to it; the SDK re-attaches with backoff, and the next runner's relay scenario needs it)."""
@@ -251,7 +267,7 @@ class Harness:
         from mabeam_client.mesh import MeshClient
 
         async def registered() -> None:
-            async with MeshClient(self.cluster.nodes[0].meshd.endpoint) as mesh:
+            async with MeshClient(self.cluster.nodes[0].meshd.endpoint, **self._client_security()) as mesh:
                 async def all_found() -> bool:
                     for lang in self.relays:
                         await mesh.lookup(f"relay-{lang}")
@@ -284,6 +300,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--langs", default=",".join(LANGS))
     parser.add_argument("--only", nargs="*")
+    parser.add_argument("--secure", action="store_true", help="a secure cluster and the secure scenarios")
     args = parser.parse_args()
     # SIGTERM (a timeout, Ctrl-C from a supervisor) unwinds through the finally below, which stops the
     # cluster: its daemons run in sessions of their own and would outlive a harness killed outright.
@@ -293,7 +310,8 @@ def main() -> int:
     if missing:
         print(f"runners not built: {', '.join(missing)} (make sdk-build)", file=sys.stderr)
         return 2
-    harness = Harness(tuple(lang for lang in RELAY_NODES if lang in langs)).start()
+    relays = () if args.secure else tuple(lang for lang in RELAY_NODES if lang in langs)
+    harness = Harness(relays, secure=args.secure, nodes=2 if args.secure else 3).start()
     failed = 0
     try:
         for lang in langs:

@@ -256,6 +256,8 @@ class Runner:
             outcomes, self.bid_calls = await self.bid_calls, None
             failed = [o for o in outcomes if o is not None]
             return {"acked": len(outcomes) - len(failed), "failed": len(failed), "errors": [repr(e) for e in failed[:3]]}
+        if name == "members_with":
+            return await self.members_with(a)
         if name in ("kill_daemon", "restart_daemon"):
             return await control(self.cluster["control"], name, a)
         if name == "kill_coordinator_leader":
@@ -277,6 +279,18 @@ class Runner:
         if name.startswith("run_"):
             return await self.run_op(name, a)
         raise StepFailed(f"unknown op {name!r}")
+
+    async def members_with(self, a: dict[str, Any]) -> Any:
+        """ListMembers with credentials chosen by the step (options, not the environment): the cluster's
+        token (``token: true``), none (``false``) or the given string; TLS with the client certificate or not."""
+        from mabeam_client.security import ClientSecurity
+
+        given = self.cluster.get("security") or {}
+        token = given.get("token", "") if a.get("token") is True else (a.get("token") or "")
+        tls = {k: given.get(k, "") for k in ("tls_ca", "tls_cert", "tls_key")} if a.get("tls") else {}
+        async with MeshClient(self.node(a)["meshd"], security=ClientSecurity(token=token, **tls)) as mesh:
+            members = await mesh.members()
+        return {"count": len(members)}
 
     async def bid_calls_start(self, a: dict[str, Any]) -> Any:
         """Unary SubmitBid calls, ``concurrency`` at a time, each with its bidder as idempotency key; returns

@@ -1,7 +1,8 @@
 """Every SDK runs the shared conformance scenarios (clients/conformance) against one live cluster.
 
 One cluster for the module (clients/conformance/harness.py): the relay agents of the Go, TypeScript
-and Rust SDKs attach to it, then each language's runner runs every scenario. A language whose
+and Rust SDKs attach to it, then each language's runner runs every scenario; a second, secure cluster
+runs the scenarios marked ``secure`` with each runner. A language whose
 runner is not built is skipped, unless MABEAM_SDK_CONFORMANCE names it (`make test` lists every
 language whose runner it built), when it fails.
 """
@@ -41,6 +42,39 @@ def test_sdk_passes_the_conformance_scenarios(harness: Harness, lang: str) -> No
     outcome = harness.run(lang, harness.runnable())
     assert outcome.returncode == 0 and not outcome.failed, f"{lang} runner:\n{outcome.output}"
     assert outcome.passed, f"{lang} runner ran nothing:\n{outcome.output}"
+
+
+def _secure_cluster_available() -> bool:
+    import inspect
+
+    from mabeam.dev.cluster import DevCluster
+
+    return "secure" in inspect.signature(DevCluster).parameters
+
+
+@pytest.fixture(scope="module")
+def secure_harness():
+    # A second, secure cluster (tokens, mTLS, CURVE): 2 nodes, no relay agents; the runners get its
+    # credentials as MABEAM_TOKEN and MABEAM_TLS_* in their environment.
+    if not _secure_cluster_available():
+        pytest.skip("DevCluster(secure=True) is not in this tree yet (issue 16)")
+    started = Harness((), secure=True, nodes=2).start()
+    yield started
+    started.close()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("lang", LANGS)
+def test_sdk_passes_the_secure_scenarios(secure_harness: Harness, lang: str) -> None:
+    if not runner_built(lang):
+        if lang in STRICT:
+            pytest.fail(f"the {lang} runner is not built (make sdk-build)")
+        pytest.skip(f"the {lang} runner is not built (make sdk-build)")
+    only = secure_harness.runnable()
+    assert only, "no scenario is marked secure"
+    outcome = secure_harness.run(lang, only)
+    assert outcome.returncode == 0 and not outcome.failed, f"{lang} runner:\n{outcome.output}"
+    assert sorted(outcome.passed) == sorted(only), f"{lang} runner:\n{outcome.output}"
 
 
 #: Each SDK's README examples: (source embedded verbatim in the README, command, working dir).

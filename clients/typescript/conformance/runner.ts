@@ -12,7 +12,12 @@ import { AgentClient, CoordinatorClient, ExternalAgent, MabeamError, MeshClient,
 const LANG = "typescript";
 type Json = any; // eslint-disable-line @typescript-eslint/no-explicit-any
 interface Node { node_id: string; meshd: string; agentd: string; coordinator: string; coordinator_pid: number }
-interface Cluster { nodes: Node[]; control?: string }
+interface Cluster {
+  nodes: Node[];
+  control?: string;
+  /** A secure cluster's credentials (the runner itself gets them from the MABEAM_* environment). */
+  security?: { token: string; tls_ca: string; tls_cert: string; tls_key: string };
+}
 interface Step { op: string; args?: Json; expect?: Json; error?: Json; save?: Record<string, string>; eventually?: number; within?: number }
 
 class Failure extends Error {}
@@ -221,6 +226,15 @@ class Runner {
         const errors = await this.bidCalls;
         this.bidCalls = undefined;
         return { acked: this.bidCallCount - errors.length, failed: errors.length, errors: errors.slice(0, 3) };
+      }
+      case "members_with": {
+        // Credentials chosen by the step (options, not the environment): the cluster's token (true), none
+        // (false) or the given string; TLS with the client certificate or not.
+        const given = this.cluster.security;
+        const token = a.token === true ? given?.token : typeof a.token === "string" ? a.token : "";
+        const tls = a.tls ? { tlsCa: given?.tls_ca, tlsCert: given?.tls_cert, tlsKey: given?.tls_key } : {};
+        const mesh = new MeshClient(this.node(a).meshd, "", { token, ...tls });
+        return { count: (await mesh.members()).length };
       }
       case "kill_daemon":
       case "restart_daemon":

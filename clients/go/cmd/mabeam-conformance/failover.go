@@ -2,11 +2,14 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
 	"sync"
 	"time"
+
+	"github.com/mabeam/mabeam/clients/go/mabeam"
 )
 
 // bidCalls are unary SubmitBid calls running in the background (ops bid_calls_start/bid_calls_wait), so
@@ -68,6 +71,35 @@ func (r *runner) waitBidCalls() (any, error) {
 	calls.wg.Wait()
 	r.calls = nil
 	return map[string]any{"acked": calls.acked, "failed": len(calls.errors), "errors": calls.errors[:min(3, len(calls.errors))]}, nil
+}
+
+// membersWith lists members with credentials chosen by the step (options, not the environment): the
+// cluster's token (token: true), none (false) or the given string; TLS with the client certificate or not.
+func (r *runner) membersWith(ctx context.Context, a map[string]any) (any, error) {
+	given := r.cluster.Security
+	s := mabeam.Security{}
+	switch token := a["token"].(type) {
+	case bool:
+		if token {
+			s.Token = given.Token
+		}
+	case string:
+		s.Token = token
+	}
+	if tls, _ := a["tls"].(bool); tls {
+		s.TLSCA, s.TLSCert, s.TLSKey = given.TLSCA, given.TLSCert, given.TLSKey
+	}
+	creds, err := s.DialOption()
+	if err != nil {
+		return nil, err
+	}
+	mesh, err := mabeam.DialMesh(r.node(a).Meshd, creds)
+	if err != nil {
+		return nil, err
+	}
+	defer mesh.Close()
+	members, err := mesh.Members(ctx)
+	return map[string]any{"count": len(members)}, err
 }
 
 // control asks the harness to kill or restart a daemon (one JSON line each way; harness.Control).

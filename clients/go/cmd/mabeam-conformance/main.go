@@ -37,6 +37,13 @@ type node struct {
 type cluster struct {
 	Nodes   []node `json:"nodes"`
 	Control string `json:"control"` // the harness's control channel (kill_daemon, restart_daemon)
+	// A secure cluster's credentials (the runner itself gets them from the MABEAM_* environment).
+	Security struct {
+		Token   string `json:"token"`
+		TLSCA   string `json:"tls_ca"`
+		TLSCert string `json:"tls_cert"`
+		TLSKey  string `json:"tls_key"`
+	} `json:"security"`
 }
 
 type step struct {
@@ -268,6 +275,8 @@ func (r *runner) op(name string, a map[string]any) (any, error) {
 		return r.waitBidCalls()
 	case "kill_daemon", "restart_daemon":
 		return r.control(name, a)
+	case "members_with":
+		return r.membersWith(ctx, a)
 	case "kill_coordinator_leader":
 		leader, err := r.coord.Leader(ctx)
 		if err != nil {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mabeam::agent::RunningAgent;
-use mabeam::{AgentClient, BidStream, Context, CoordinatorClient, CreateOptions, Error, ExternalAgent, MeshClient, RunClient, SpawnOptions};
+use mabeam::{AgentClient, BidStream, Context, CoordinatorClient, CreateOptions, Error, ExternalAgent, MeshClient, RunClient, Security, SpawnOptions};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
@@ -318,6 +318,18 @@ impl Runner {
                     "errors": errors.iter().take(3).collect::<Vec<_>>()}))
             }
             "kill_daemon" | "restart_daemon" => control(&s(&self.cluster, "control"), name, a).await,
+            "members_with" => {
+                // Credentials chosen by the step (options, not the environment): the cluster's token (true),
+                // none (false) or the given string; TLS with the client certificate or not.
+                let given = &self.cluster["security"];
+                let token = match &a["token"] { Value::Bool(true) => s(given, "token"), Value::String(t) => t.clone(), _ => String::new() };
+                let mut security = Security { token, ..Default::default() };
+                if a["tls"].as_bool().unwrap_or(false) {
+                    (security.tls_ca, security.tls_cert, security.tls_key) = (s(given, "tls_ca"), s(given, "tls_cert"), s(given, "tls_key"));
+                }
+                let mesh = MeshClient::connect_with(&s(self.node(a), "meshd"), &security)?;
+                Ok(json!({"count": mesh.members().await?.len()}))
+            }
             "kill_coordinator_leader" => {
                 let leader = self.coordinator.leader().await?;
                 for node in self.cluster["nodes"].as_array().unwrap() {
