@@ -2,148 +2,27 @@
 //!
 //!     mabeam-conformance run --cluster cluster.json --scenarios DIR --run ID [--only NAME ...]
 //!     mabeam-conformance serve --cluster cluster.json --node 1 --name relay-rust
+//!     mabeam-conformance bench --agentd HOST:PORT --target NAME [--calls N] [--concurrency N]
+//!
+//! Here: the step loop and the op dispatch; `check` (variables, result paths, expectations), `external`
+//! (external agents, the relay, `serve`), `ops` (durable runs, calls through a kill, the harness's control
+//! channel), `bench`.
+
+mod bench;
+mod check;
+mod external;
+mod ops;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mabeam::agent::RunningAgent;
-use mabeam::{AgentClient, BidStream, Context, CoordinatorClient, CreateOptions, Error, ExternalAgent, MeshClient, RunClient, Security, SpawnOptions};
+use mabeam::{AgentClient, BidStream, CoordinatorClient, CreateOptions, MeshClient, Security, SpawnOptions};
 use serde_json::{json, Value};
-use tokio::io::AsyncReadExt;
+
+use check::{check, fail, lookup_path, substitute, Failure, Outcome, StepResult};
 
 const LANG: &str = "rust";
-
-#[derive(Debug)]
-struct Failure(String);
-
-type StepResult = std::result::Result<Value, Outcome>;
-
-enum Outcome {
-    Api(Error),
-    Fail(Failure),
-}
-
-impl From<Error> for Outcome {
-    fn from(e: Error) -> Outcome { Outcome::Api(e) }
-}
-
-fn fail(msg: impl Into<String>) -> Outcome { Outcome::Fail(Failure(msg.into())) }
-
-fn substitute(value: &Value, vars: &HashMap<String, Value>) -> Value {
-    match value {
-        Value::String(s) => {
-            if s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1 {
-                return vars.get(&s[2..s.len() - 1]).cloned().unwrap_or(Value::Null);
-            }
-            let mut out = s.clone();
-            for (k, v) in vars {
-                let text = match v { Value::String(t) => t.clone(), other => other.to_string() };
-                out = out.replace(&format!("${{{k}}}"), &text);
-            }
-            Value::String(out)
-        }
-        Value::Array(items) => Value::Array(items.iter().map(|v| substitute(v, vars)).collect()),
-        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), substitute(v, vars))).collect()),
-        other => other.clone(),
-    }
-}
-
-fn lookup_path(result: &Value, path: &str) -> std::result::Result<Value, Failure> {
-    let mut value = result.clone();
-    for part in path.split('.') {
-        value = match (&value, part) {
-            (Value::Array(items), "#") => json!(items.len()),
-            (Value::Object(map), key) if map.contains_key(key) => map[key].clone(),
-            _ => return Err(Failure(format!("result has no {path:?}: {result}"))),
-        };
-    }
-    Ok(value)
-}
-
-fn matches(actual: &Value, expected: &Value) -> bool {
-    if let Value::Object(m) = expected {
-        if m.len() == 1 {
-            if let Some(bound) = m.get("lt").and_then(Value::as_f64) {
-                return actual.as_f64().is_some_and(|a| a < bound);
-            }
-            if let Some(bound) = m.get("gt").and_then(Value::as_f64) {
-                return actual.as_f64().is_some_and(|a| a > bound);
-            }
-        }
-    }
-    match (actual, expected) {
-        (Value::Number(a), Value::Number(e)) => a.as_f64() == e.as_f64(),
-        (Value::Array(a), Value::Array(e)) => a.len() == e.len() && a.iter().zip(e).all(|(x, y)| matches(x, y)),
-        (Value::Object(a), Value::Object(e)) => a.len() == e.len() && e.iter().all(|(k, v)| a.get(k).is_some_and(|x| matches(x, v))),
-        _ => actual == expected,
-    }
-}
-
-fn check(step: &Value, result: &Value, error: Option<&Error>) -> std::result::Result<(), Failure> {
-    if let Some(wanted) = step.get("error").filter(|e| !e.is_null()) {
-        let Some(error) = error else {
-            return Err(Failure(format!("expected {}, got a result: {result}", wanted["code"])));
-        };
-        if wanted["code"] != error.code_name() {
-            return Err(Failure(format!("expected {}, got {}", wanted["code"], error)));
-        }
-        if let Some(reason) = wanted.get("reason") {
-            if reason != error.reason() {
-                return Err(Failure(format!("expected reason {reason}, got {error}")));
-            }
-        }
-        if let Some(field) = wanted.get("field").and_then(Value::as_str) {
-            if !error.details().field_violations.contains_key(field) {
-                return Err(Failure(format!("expected a violation of {field:?}, got {:?}", error.details().field_violations)));
-            }
-        }
-        return Ok(());
-    }
-    if let Some(error) = error {
-        return Err(Failure(error.to_string()));
-    }
-    if let Some(Value::Object(expect)) = step.get("expect") {
-        for (path, expected) in expect {
-            let actual = lookup_path(result, path)?;
-            if !matches(&actual, expected) {
-                return Err(Failure(format!("{path}: expected {expected}, got {actual} in {result}")));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The relay behaviour every SDK implements (scenarios 05 and 08).
-#[derive(Clone, Default)]
-struct Relay {
-    last: Arc<Mutex<Value>>,
-}
-
-impl Relay {
-    async fn on_call(self, msg: Value, ctx: Context) -> mabeam::Result<Value> {
-        if msg == json!("last") {
-            let last = self.last.lock().unwrap().clone();
-            return Ok(if last.is_null() { json!({"code": "NONE", "elapsed_ms": 0}) } else { last });
-        }
-        let mut hops = msg["hops"].as_array().cloned().unwrap_or_default();
-        let mut trail = msg["trail"].as_array().cloned().unwrap_or_default();
-        trail.push(json!(LANG));
-        if hops.is_empty() {
-            return Ok(json!({"hops": [], "trail": trail}));
-        }
-        let hop = hops.remove(0);
-        let (to, body) = match &hop {
-            Value::Object(h) => (h["to"].as_str().unwrap_or_default().to_string(), h["msg"].clone()),
-            other => (other.as_str().unwrap_or_default().to_string(), json!({"hops": hops, "trail": trail})),
-        };
-        let started = Instant::now();
-        let reply: mabeam::Result<Value> = ctx.call(&to, &body).await; // within the handled call's deadline
-        let code = match &reply { Ok(_) => "OK", Err(e) => e.code_name() };
-        *self.last.lock().unwrap() = json!({"code": code, "elapsed_ms": started.elapsed().as_millis() as u64});
-        reply
-    }
-}
 
 struct Runner {
     cluster: Value,
@@ -156,22 +35,6 @@ struct Runner {
     bids: Vec<tokio::task::JoinHandle<mabeam::Result<mabeam::v1::SubmitEventResponse>>>,
     /// The unary bid calls of bid_calls_start: (calls, their workers' errors).
     bid_calls: Option<(i64, tokio::task::JoinHandle<Vec<String>>)>,
-}
-
-/// Ask the harness to kill or restart a daemon (one JSON line each way; harness.Control).
-async fn control(address: &str, op: &str, args: &Value) -> StepResult {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let mut conn = tokio::net::TcpStream::connect(address).await
-        .map_err(|e| fail(format!("the harness's control channel {address:?}: {e}")))?;
-    let request = json!({"op": op, "args": args}).to_string() + "\n";
-    conn.write_all(request.as_bytes()).await.map_err(|e| fail(format!("{op}: {e}")))?;
-    let mut line = String::new();
-    BufReader::new(conn).read_line(&mut line).await.map_err(|e| fail(format!("{op}: {e}")))?;
-    let answer: Value = serde_json::from_str(&line).map_err(|e| fail(format!("{op}: {e}: {line:?}")))?;
-    if answer["ok"] != json!(true) {
-        return Err(fail(format!("{op}: {}", answer["error"])));
-    }
-    Ok(answer["result"].clone())
 }
 
 fn s(a: &Value, key: &str) -> String {
@@ -317,7 +180,7 @@ impl Runner {
                 Ok(json!({"acked": count - errors.len() as i64, "failed": errors.len(),
                     "errors": errors.iter().take(3).collect::<Vec<_>>()}))
             }
-            "kill_daemon" | "restart_daemon" => control(&s(&self.cluster, "control"), name, a).await,
+            "kill_daemon" | "restart_daemon" => ops::control(&s(&self.cluster, "control"), name, a).await,
             "members_with" => {
                 // Credentials chosen by the step (options, not the environment): the cluster's token (true),
                 // none (false) or the given string; TLS with the client certificate or not.
@@ -359,131 +222,6 @@ impl Runner {
             other if other.starts_with("run_") => self.run_op(other, a).await,
             other => Err(fail(format!("unknown op {other:?}"))),
         }
-    }
-
-    /// Unary SubmitBid calls, `concurrency` at a time, each with its own idempotency key, in the background;
-    /// returns once `acked_before` were answered (so the next step, a kill, lands in the middle of them).
-    async fn start_bid_calls(&mut self, a: &Value) -> StepResult {
-        let count = a["count"].as_i64().unwrap_or(1);
-        let base = a["amount_base"].as_i64().unwrap_or(0);
-        let enough_at = a["acked_before"].as_u64().unwrap_or(0) as usize;
-        let next = Arc::new(std::sync::atomic::AtomicI64::new(1));
-        let (answered_tx, mut answered_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let mut workers = tokio::task::JoinSet::new();
-        for _ in 0..a["concurrency"].as_u64().unwrap_or(1) {
-            let (coordinator, next, answered, auction) = (self.coordinator.clone(), next.clone(), answered_tx.clone(), s(a, "auction"));
-            workers.spawn(async move {
-                let mut errors = vec![];
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    if i > count { return errors; }
-                    let event = json!({"type": "bid", "bidder": format!("bidder-{i}"), "amount": base + i - 1});
-                    let key = format!("{auction}-{i}");
-                    if let Err(e) = coordinator.submit_bid(&auction, &event, Some(key.as_str())).await {
-                        errors.push(e.to_string());
-                    }
-                    let _ = answered.send(());
-                }
-            });
-        }
-        drop(answered_tx);
-        let task = tokio::spawn(async move {
-            let mut errors = vec![];
-            while let Some(done) = workers.join_next().await {
-                errors.extend(done.unwrap_or_else(|e| vec![e.to_string()]));
-            }
-            errors
-        });
-        let mut answered = 0;
-        while answered < enough_at && answered_rx.recv().await.is_some() {
-            answered += 1;
-        }
-        self.bid_calls = Some((count, task));
-        Ok(json!({}))
-    }
-
-    /// The durable-run ops against the node's agentd (RunService).
-    async fn run_op(&mut self, name: &str, a: &Value) -> StepResult {
-        let runs = RunClient::connect(&s(self.node(a), "agentd"))?;
-        match name {
-            "run_start" => {
-                let r = runs.start(&s(a, "run_id"), &s(a, "agent_type"), &a["input"], HashMap::new()).await?;
-                Ok(json!({"created": r.created, "status": r.run.unwrap_or_default().status}))
-            }
-            "run_append" => {
-                let r = runs.append(&s(a, "run_id"), &s(a, "frame_id"), &s(a, "type"), &a["payload"]).await?;
-                Ok(json!({"duplicate": r.duplicate, "seq": r.seq}))
-            }
-            "run_stream" => {
-                let mut events = runs.stream(&s(a, "run_id"), a["cursor"].as_i64().unwrap_or(0), a["follow"].as_bool().unwrap_or(false));
-                let (mut seqs, mut last_type) = (Vec::<i64>::new(), String::new());
-                while let Some(event) = tokio_stream::StreamExt::next(&mut events).await {
-                    let event = event?;
-                    seqs.push(event.seq);
-                    last_type = event.r#type;
-                }
-                let gap_free = seqs.iter().enumerate().all(|(i, seq)| *seq == seqs[0] + i as i64);
-                Ok(json!({"count": seqs.len(), "first_seq": seqs.first().copied().unwrap_or(0),
-                    "last_seq": seqs.last().copied().unwrap_or(0), "gap_free": gap_free, "last_type": last_type}))
-            }
-            "run_get" => {
-                let run = runs.get(&s(a, "run_id")).await?;
-                Ok(json!({"status": run.status, "last_seq": run.last_seq}))
-            }
-            "run_wait_event" => {
-                let mut events = runs.stream(&s(a, "run_id"), 0, true);
-                while let Some(event) = tokio_stream::StreamExt::next(&mut events).await {
-                    let event = event?;
-                    if event.r#type == s(a, "type") {
-                        let payload: Value = serde_json::from_str(&event.payload_json).unwrap_or(Value::Null);
-                        return Ok(json!({"seq": event.seq, "payload": payload}));
-                    }
-                }
-                Err(fail(format!("run {} ended without an event of type {:?}", s(a, "run_id"), s(a, "type"))))
-            }
-            "run_approve" | "run_deny" => {
-                let (run_id, call_id, note) = (s(a, "run_id"), s(a, "tool_call_id"), s(a, "note"));
-                let r = if name == "run_approve" { runs.approve(&run_id, &call_id, &note).await? }
-                        else { runs.deny(&run_id, &call_id, &note).await? };
-                Ok(json!({"duplicate": r.duplicate, "seq": r.seq}))
-            }
-            other => Err(fail(format!("unknown op {other:?}"))),
-        }
-    }
-
-    async fn attach(&mut self, a: &Value) -> StepResult {
-        let behaviour = s(a, "behaviour");
-        let seen = Arc::new(Mutex::new(Vec::<Value>::new()));
-        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
-        let relay = Relay::default();
-        let mut agent = ExternalAgent::new(&s(self.node(a), "meshd")).name(&s(a, "name"))
-            .max_pending(a["max_pending"].as_u64().unwrap_or(0) as u32);
-        for group in a["groups"].as_array().cloned().unwrap_or_default() {
-            agent = agent.group(group.as_str().unwrap_or_default());
-        }
-        let (b1, b2, seen1, seen2) = (behaviour.clone(), behaviour.clone(), seen.clone(), seen.clone());
-        let agent = agent
-            .on_call(move |msg, ctx| {
-                let (behaviour, seen, relay) = (b1.clone(), seen1.clone(), relay.clone());
-                async move {
-                    if behaviour == "relay" { return relay.on_call(msg, ctx).await; }
-                    if behaviour == "collect" && msg == json!("seen") { return Ok(Value::Array(seen.lock().unwrap().clone())); }
-                    Ok(msg)
-                }
-            })
-            .on_cast(move |msg, _ctx| {
-                let (behaviour, seen, mut release) = (b2.clone(), seen2.clone(), release_rx.clone());
-                async move {
-                    seen.lock().unwrap().push(msg);
-                    if behaviour == "block" {
-                        let _ = release.wait_for(|r| *r).await;
-                    }
-                }
-            });
-        let running = agent.start(Duration::from_secs(15)).await?;
-        let node_id = running.handle.reference().unwrap_or_default().node_id;
-        self.agents.insert(s(a, "name"), (running, release_tx));
-        Ok(json!({"node_id": node_id}))
     }
 
     async fn step(&mut self, step: &Value, vars: &mut HashMap<String, Value>) -> std::result::Result<(), Failure> {
@@ -571,70 +309,13 @@ async fn run(args: Vec<String>) -> i32 {
     if failed > 0 { 1 } else { 0 }
 }
 
-async fn serve(args: Vec<String>) -> i32 {
-    let cluster = read_cluster(&args);
-    let node: usize = flag(&args, "node").and_then(|n| n.parse().ok()).unwrap_or(1);
-    let name = flag(&args, "name").unwrap_or_else(|| "relay-rust".to_string());
-    let relay = Relay::default();
-    let agent = ExternalAgent::new(cluster["nodes"][node - 1]["meshd"].as_str().unwrap()).name(&name)
-        .on_call(move |msg, ctx| relay.clone().on_call(msg, ctx));
-    let running = match agent.start(Duration::from_secs(30)).await {
-        Ok(r) => r,
-        Err(e) => { eprintln!("{e}"); return 1; }
-    };
-    println!("ready");
-    let mut sink = Vec::new();
-    let _ = tokio::io::stdin().read_to_end(&mut sink).await; // until the harness closes stdin
-    running.stop().await;
-    0
-}
-
-/// Sequential call p50 and the rate of --calls calls with --concurrency in flight, through agentd (python -m bench sdks).
-async fn bench(args: Vec<String>) -> i32 {
-    let client = AgentClient::connect(&flag(&args, "agentd").expect("--agentd")).expect("agentd");
-    let target = flag(&args, "target").expect("--target");
-    let calls: usize = flag(&args, "calls").and_then(|n| n.parse().ok()).unwrap_or(1000);
-    let concurrency: usize = flag(&args, "concurrency").and_then(|n| n.parse().ok()).unwrap_or(16);
-    let call = |client: AgentClient, target: String| async move {
-        client.call::<_, Value>(&target, &json!("ping"), Duration::from_secs(10)).await
-    };
-    for _ in 0..50 {
-        if let Err(e) = call(client.clone(), target.clone()).await { eprintln!("{e}"); return 1; }
-    }
-    let mut latencies = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let start = Instant::now();
-        if let Err(e) = call(client.clone(), target.clone()).await { eprintln!("{e}"); return 1; }
-        latencies.push(start.elapsed().as_micros() as u64);
-    }
-    latencies.sort_unstable();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let start = Instant::now();
-    let workers: Vec<_> = (0..concurrency).map(|_| {
-        let (client, target, next, failed) = (client.clone(), target.clone(), next.clone(), failed.clone());
-        tokio::spawn(async move {
-            while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < calls {
-                if call(client.clone(), target.clone()).await.is_err() {
-                    failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-            }
-        })
-    }).collect();
-    for w in workers { let _ = w.await; }
-    let rate = calls as f64 / start.elapsed().as_secs_f64();
-    println!("{}", json!({"p50_us": latencies[calls / 2], "calls_per_s": rate,
-        "failed": failed.load(std::sync::atomic::Ordering::SeqCst)}));
-    0
-}
-
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let code = match args.get(1).map(String::as_str) {
         Some("run") => run(args[2..].to_vec()).await,
-        Some("serve") => serve(args[2..].to_vec()).await,
-        Some("bench") => bench(args[2..].to_vec()).await,
+        Some("serve") => external::serve(args[2..].to_vec()).await,
+        Some("bench") => bench::bench(args[2..].to_vec()).await,
         _ => { eprintln!("usage: mabeam-conformance run|serve ..."); 2 }
     };
     std::process::exit(code);
