@@ -17,7 +17,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mabeam.dev.hostbed import Host, HostBed
 from mabeam.dev.hostbed.launch import KINDS
@@ -27,6 +29,8 @@ from mabeam.dev.hostroot import HostRoot
 from mabeam.dev.notify import watchdog_gap_while_blocked
 
 SOURCE = Path(__file__).resolve().parents[2]
+#: The health service each checks (a standby coordinator serves, but its CoordinatorService answers for the leader).
+SERVICES = {"meshd": "mabeam.v1.MeshService", "agentd": "mabeam.v1.AgentService", "coordinator": ""}
 NEW_VERSION = "0.1.1+upgrade.test"
 WATCHDOG_S = 2.0
 BLOCK_S = 4.0
@@ -87,6 +91,12 @@ def check_started_from_unit(launcher: UnitLauncher, host: Host, kind: str) -> No
     daemon, notify = host.daemons[kind], launcher.notify[(host.name, kind)]
     ready = notify.wait_for("READY", "1", timeout=10)
     assert ready.pid == daemon.pid  # the main process, and it came up from the unit's command
+    assert ready.fields.get("STATUS"), ready.fields  # a line for `systemctl status` from the first READY
+    # READY=1 meant serving: gRPC health of the daemon's service answers SERVING from another host's view.
+    with grpc.insecure_channel(host.endpoint(kind)) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICES[kind]),
+                                                           timeout=10)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING, (kind, answer)
     status = Path(f"/proc/{daemon.pid}/status").read_text()
     assert re.search(rf"^Uid:\t{uid}\t", status, re.M) and uid != 0, status
     assert re.search(r"^Seccomp:\t2$", status, re.M) and re.search(r"^NoNewPrivs:\t1$", status, re.M)
