@@ -182,8 +182,8 @@ async def test_a_detached_endpoint_fails_fast_then_reattaches_with_its_names(pai
         mailbox = next(m for m in server.by_routing_id.values() if m.ref.agent_id == "healer")
         mailbox.last_seen = 0.0
         server._expire(server._tg)  # what the expiry loop does with a silent endpoint
-        await async_wait_until(lambda: not healer.attached, 2, what="the endpoint learns it was detached")
-        await async_wait_until(lambda: registry.lookup("default", "healer") is None, 2, what="its names dropped")
+        await async_wait_until(lambda: not healer.attached, 10, what="the endpoint learns it was detached")
+        await async_wait_until(lambda: registry.lookup("default", "healer") is None, 10, what="its names dropped")
         await other.register_name("contested")  # taken while the healer is away
 
         started = time.monotonic()
@@ -192,7 +192,7 @@ async def test_a_detached_endpoint_fails_fast_then_reattaches_with_its_names(pai
         assert raised.value.code == grpc.StatusCode.UNAVAILABLE and raised.value.reason == "DETACHED"
         with pytest.raises(Detached):
             healer.send_nowait("other", b"cast")
-        assert time.monotonic() - started < 0.5  # failed fast, not after the call's 5 s
+        assert time.monotonic() - started < 2.0  # failed fast, not after the call's 5 s (slack: a starved machine)
 
         refusing[0] = False
         await async_wait_until(lambda: healer.attached, 10, what="re-attached by itself")
@@ -222,7 +222,7 @@ async def test_meshd_tells_an_endpoint_whose_name_another_owner_took(pair: Pair)
     try:
         await owner.register_name("prize")
         assert a.attach is not None and a.attach.name_lost("default", "prize", "owner", "held by agent x")
-        await async_wait_until(lambda: lost, 2, what="owner told")
+        await async_wait_until(lambda: lost, 10, what="owner told")
         assert lost == [("prize", "held by agent x")] and "prize" not in owner.names
         assert owner.events["names_lost"] == 1
         assert not a.attach.name_lost("default", "prize", "nobody-attached", "x")
@@ -262,14 +262,15 @@ async def test_a_process_that_vanished_gives_its_agent_id_to_its_successor_at_on
     successor: list[AttachedEndpoint] = []
 
     async def attached() -> bool:
-        successor.append(await AttachedEndpoint.connect(a.attach_address, "phoenix", timeout=1.0))
+        successor.append(await AttachedEndpoint.connect(a.attach_address, "phoenix", timeout=5.0))
         return True
 
     try:
-        await async_wait_until(attached, 3, interval=0.05, what="the successor attached")
+        # Generous bounds: a refusal comes back at once, so they only matter on a starved machine.
+        await async_wait_until(attached, 15, interval=0.05, what="the successor attached")
         await successor[0].register_name("phoenix")
         with pytest.raises(DataPlaneError) as info:  # the successor is alive: a third one is refused
-            await AttachedEndpoint.connect(a.attach_address, "phoenix", timeout=1.0)
+            await AttachedEndpoint.connect(a.attach_address, "phoenix", timeout=10.0)
         assert info.value.code == grpc.StatusCode.ALREADY_EXISTS
     finally:
         for endpoint in successor:
