@@ -56,7 +56,7 @@ async def test_peer_down_from_membership_fails_pending_calls_at_once() -> None:
         a.peer_down("n1")
         with pytest.raises(Unavailable):
             await call
-        assert time.monotonic() - started < 0.1
+        assert time.monotonic() - started < 1.0  # at once, not at the call's 30 s timeout (slack: a starved machine)
     finally:
         await a.stop()
         await b.stop()

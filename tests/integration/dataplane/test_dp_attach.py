@@ -53,7 +53,7 @@ async def test_attached_endpoints_talk_locally_and_across_nodes(pair: Pair, regi
         await bob.close()
         await carol.close()
     # Detach removed the names.
-    await async_wait_until(lambda: registry.lookup("default", "bob") is None, 2, what="name removed on detach")
+    await async_wait_until(lambda: registry.lookup("default", "bob") is None, 5, what="name removed on detach")
 
 
 async def test_in_process_endpoint_reaches_attached_mailbox_limit(pair: Pair) -> None:

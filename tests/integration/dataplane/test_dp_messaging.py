@@ -79,7 +79,7 @@ async def test_resource_exhausted_when_mailbox_full(pair: Pair) -> None:
     # A call into a full mailbox fails with the same code.
     for i in range(5):
         await tx.send(rx.ref, str(i).encode())
-    await async_wait_until(lambda: rx.pending() == 5, 2, what="mailbox full")
+    await async_wait_until(lambda: rx.pending() == 5, 5, what="mailbox full")
     with pytest.raises(ResourceExhausted):
         await tx.call(rx.ref, b"c", timeout=2)
 

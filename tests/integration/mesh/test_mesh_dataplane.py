@@ -19,7 +19,7 @@ async def test_attached_agent_answers_a_call_by_name_from_another_node(dev_clust
     try:
         await agent.register_name("echo")  # through meshd's registry: under node-1's lease in etcd
         mesh3 = MeshClient(node3.endpoint)
-        entry = await async_wait_until(lambda: mesh3.lookup("echo"), 2.0, what="name visible on node-3")
+        entry = await async_wait_until(lambda: mesh3.lookup("echo"), 5.0, what="name visible on node-3")
         assert (entry.target.node_id, entry.target.agent_id) == ("node-1", "echo-1")
 
         async def serve_one() -> None:

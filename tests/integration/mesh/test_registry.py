@@ -29,7 +29,7 @@ async def test_twenty_concurrent_registrations_have_exactly_one_winner(dev_clust
         winner = (await clients[winner_index % 3].lookup("the-one")).target  # read-your-writes on its node
         assert winner.agent_id == f"agent-{winner_index}"
         for client in clients:  # every node's cache converges on the same winner
-            entry = await async_wait_until(lambda c=client: c.lookup("the-one"), 2.0, what="name visible")
+            entry = await async_wait_until(lambda c=client: c.lookup("the-one"), 5.0, what="name visible")
             assert (entry.target.node_id, entry.target.agent_id) == (winner.node_id, winner.agent_id)
     finally:
         for client in clients:
@@ -44,7 +44,7 @@ def test_register_lookup_unregister_and_ownership(dev_cluster) -> None:
         assert (entry.target.node_id, entry.target.agent_id) == ("node-1", "agent-7")
         assert a.lookup("planner").metadata["model"] == "large"  # read-your-writes on the same node
         assert a.register_name("planner", "agent-7", metadata={"model": "large"}).revision == entry.revision
-        wait_until(lambda: b.lookup("planner"), 2.0, what="name visible on node-2")
+        wait_until(lambda: b.lookup("planner"), 5.0, what="name visible on node-2")
         with pytest.raises(FailedPrecondition, match="owned by node 'node-1'"):
             b.unregister_name("planner")
         a.unregister_name("planner")
