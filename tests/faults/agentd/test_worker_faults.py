@@ -115,7 +115,7 @@ async def test_a_call_past_its_deadline_is_deadline_exceeded(pool: WorkerPool) -
     with pytest.raises(CallTimeout) as caught:
         await pool.call("stuck", {"sleep": 30}, timeout=0.2)
     assert caught.value.code.name == "DEADLINE_EXCEEDED"
-    assert 1.1 <= time.monotonic() - began < 3.0
+    assert 1.1 <= time.monotonic() - began < 6.0  # the deadline, not the 30 s sleep (slack: a starved machine)
     assert not any(handle.pending for handle in pool.workers.values())
 
 

@@ -46,7 +46,7 @@ async def test_deadline_exceeded_and_late_reply_dropped(pair: Pair) -> None:
     started = time.monotonic()
     with pytest.raises(DeadlineExceeded):
         await a.call(None, server.ref, b"x", timeout=0.2)
-    assert 0.18 <= time.monotonic() - started < 1.0
+    assert 0.18 <= time.monotonic() - started < 3.0  # the deadline, with slack for a starved machine
     server.reply(held[0], b"too late")
     await async_wait_until(lambda: a.drops.get("late_reply", 0) == 1, 3, what="late reply counted")
 
