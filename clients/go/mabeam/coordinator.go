@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"io"
 	"iter"
 	"sync"
 	"time"
@@ -296,35 +298,77 @@ func (c *CoordinatorClient) Book(ctx context.Context, id string) (*v1.BookSnapsh
 	})
 }
 
-func (c *CoordinatorClient) watchStub() (v1.CoordinatorServiceClient, error) {
-	s, _, err := c.stub() // watches are served by every node from etcd: no redirect needed
-	return s, err
+// watching yields a watch's items. Watches are served by every node from etcd, so when the stream breaks
+// the way a killed coordinator breaks it (UNAVAILABLE, or INTERNAL/UNKNOWN without a reason) it is opened
+// again on the next node from the cursor after the last item (resume moves it), until FailoverTimeout
+// passes without an item: the caller sees every item once, in order, and no transport error.
+func watching[T any](ctx context.Context, c *CoordinatorClient, open func(context.Context, v1.CoordinatorServiceClient) (interface{ Recv() (T, error) }, error), resume func(T)) iter.Seq2[T, error] {
+	return func(yield func(T, error) bool) {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		var zero T
+		deadline := time.Now().Add(c.FailoverTimeout)
+		for {
+			stub, endpoint, err := c.stub()
+			var s interface{ Recv() (T, error) }
+			if err == nil {
+				s, err = open(ctx, stub)
+			}
+			for err == nil {
+				var item T
+				if item, err = s.Recv(); err == nil {
+					resume(item)
+					deadline = time.Now().Add(c.FailoverTimeout)
+					if !yield(item, nil) {
+						return
+					}
+				}
+			}
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			if ctx.Err() != nil {
+				yield(zero, Translate(ctx.Err()))
+				return
+			}
+			delay, failed := c.failedOver(err, endpoint, deadline)
+			if failed != nil {
+				yield(zero, failed)
+				return
+			}
+			select {
+			case <-ctx.Done():
+				yield(zero, Translate(ctx.Err()))
+				return
+			case <-time.After(delay):
+			}
+		}
+	}
 }
 
-// Watch yields an instance's accepted events from fromSeq, then a final one with FinalState set.
+// Watch yields an instance's accepted events from fromSeq, then a final one with FinalState set
+// (resumed on another node after the next seq when a coordinator dies under it).
 func (c *CoordinatorClient) Watch(ctx context.Context, id string, fromSeq int64) iter.Seq2[*v1.InstanceEvent, error] {
-	return stream(ctx, func(ctx context.Context) (interface {
+	req := &v1.WatchInstanceRequest{Id: id, FromSeq: fromSeq}
+	return watching(ctx, c, func(ctx context.Context, s v1.CoordinatorServiceClient) (interface {
 		Recv() (*v1.InstanceEvent, error)
 	}, error) {
-		s, err := c.watchStub()
-		if err != nil {
-			return nil, err
+		return s.WatchAuction(ctx, req)
+	}, func(e *v1.InstanceEvent) {
+		if e.GetSeq() > 0 {
+			req.FromSeq = e.GetSeq() + 1
 		}
-		return s.WatchAuction(ctx, &v1.WatchInstanceRequest{Id: id, FromSeq: fromSeq})
 	})
 }
 
-// WatchTrades yields a market's trades from fromSeq.
+// WatchTrades yields a market's trades from fromSeq (resumed from the last trade's seq, as the Python SDK).
 func (c *CoordinatorClient) WatchTrades(ctx context.Context, id string, fromSeq int64) iter.Seq2[*v1.TradeEvent, error] {
-	return stream(ctx, func(ctx context.Context) (interface {
+	req := &v1.WatchInstanceRequest{Id: id, FromSeq: fromSeq}
+	return watching(ctx, c, func(ctx context.Context, s v1.CoordinatorServiceClient) (interface {
 		Recv() (*v1.TradeEvent, error)
 	}, error) {
-		s, err := c.watchStub()
-		if err != nil {
-			return nil, err
-		}
-		return s.WatchTrades(ctx, &v1.WatchInstanceRequest{Id: id, FromSeq: fromSeq})
-	})
+		return s.WatchTrades(ctx, req)
+	}, func(t *v1.TradeEvent) { req.FromSeq = t.GetSeq() })
 }
 
 // CreateVariable creates a typed variable at version 1.
@@ -378,17 +422,15 @@ func (c *CoordinatorClient) VariableHistory(ctx context.Context, name string) ([
 	return r.GetVersions(), err
 }
 
-// WatchVariable yields versions from fromVersion (0: the current one), then each new one in order.
+// WatchVariable yields versions from fromVersion (0: the current one), then each new one in order
+// (resumed on another node after the last version when a coordinator dies under it).
 func (c *CoordinatorClient) WatchVariable(ctx context.Context, name string, fromVersion int64) iter.Seq2[*v1.Variable, error] {
-	return stream(ctx, func(ctx context.Context) (interface {
+	req := &v1.WatchVariableRequest{Tenant: c.Tenant, Name: name, FromVersion: fromVersion}
+	return watching(ctx, c, func(ctx context.Context, s v1.CoordinatorServiceClient) (interface {
 		Recv() (*v1.Variable, error)
 	}, error) {
-		s, err := c.watchStub()
-		if err != nil {
-			return nil, err
-		}
-		return s.WatchVariable(ctx, &v1.WatchVariableRequest{Tenant: c.Tenant, Name: name, FromVersion: fromVersion})
-	})
+		return s.WatchVariable(ctx, req)
+	}, func(v *v1.Variable) { req.FromVersion = v.GetVersion() + 1 })
 }
 
 // Deposit credits an account.

@@ -9,7 +9,6 @@ import { randomBytes } from "node:crypto";
 import { CoordinatorService, type BidAck, type Instance, type SubmitEventRequest, type SubmitEventResponse,
   type SubmitBidsRequest, type Variable, type Balance } from "./gen/mabeam/v1/coordinator_pb.js";
 import { codeName, MabeamError, translate } from "./errors.js";
-import { stream } from "./mesh.js";
 import type { Security } from "./security.js";
 import { AsyncQueue, transport, type CallOptions } from "./transport.js";
 
@@ -155,11 +154,41 @@ export class CoordinatorClient {
     return this.invoke((s) => s.getBook({ id }, opts), opts);
   }
   /** An instance's accepted events from `fromSeq`, then a final one with finalState set. */
-  watch(id: string, fromSeq = 0, opts?: CallOptions) {
-    return stream(this.stub()[0].watchAuction({ id, fromSeq: BigInt(fromSeq) }, opts));
+  /**
+   * A watch's items. Watches are served by every node from etcd, so when the stream breaks the way a killed
+   * coordinator breaks it (UNAVAILABLE, or INTERNAL/UNKNOWN/CANCELLED without a reason) it is opened again on
+   * the next node from the cursor after the last item (`resume` moves it), until the failover timeout passes
+   * without an item: every item once, in order, and no transport error (the caller's own abort ends it).
+   */
+  private async *watching<T>(open: (stub: Stub) => AsyncIterable<T>, resume: (item: T) => void, opts?: CallOptions): AsyncGenerator<T> {
+    let deadline = Date.now() + this.failoverTimeoutMs;
+    for (;;) {
+      const [stub, endpoint] = this.stub();
+      try {
+        for await (const item of open(stub)) {
+          resume(item);
+          deadline = Date.now() + this.failoverTimeoutMs;
+          yield item;
+        }
+        return;
+      } catch (raw) {
+        if (opts?.signal?.aborted) throw translate(raw);
+        const next = this.failedOver(raw, endpoint, deadline);
+        if (next instanceof MabeamError) throw next;
+        await new Promise((r) => setTimeout(r, next));
+      }
+    }
   }
+
+  /** An instance's accepted events from `fromSeq`, then a final one (resumed elsewhere if a coordinator dies). */
+  watch(id: string, fromSeq = 0, opts?: CallOptions) {
+    const request = { id, fromSeq: BigInt(fromSeq) };
+    return this.watching((s) => s.watchAuction(request, opts), (e) => { if (e.seq > 0n) request.fromSeq = e.seq + 1n; }, opts);
+  }
+  /** A market's trades from `fromSeq` (resumed from the last trade's seq, as the Python SDK). */
   watchTrades(id: string, fromSeq = 0, opts?: CallOptions) {
-    return stream(this.stub()[0].watchTrades({ id, fromSeq: BigInt(fromSeq) }, opts));
+    const request = { id, fromSeq: BigInt(fromSeq) };
+    return this.watching((s) => s.watchTrades(request, opts), (t) => { request.fromSeq = t.seq; }, opts);
   }
 
   createVariable(name: string, schema: unknown, initial: unknown, historyLimit = 0, opts?: CallOptions): Promise<Variable> {
@@ -180,8 +209,10 @@ export class CoordinatorClient {
   async variableHistory(name: string, opts?: CallOptions): Promise<Variable[]> {
     return (await this.invoke((s) => s.variableHistory({ tenant: this.tenant, name }, opts), opts)).versions;
   }
+  /** Versions from `fromVersion` (0: the current one), then each new one (resumed elsewhere if a coordinator dies). */
   watchVariable(name: string, fromVersion = 0, opts?: CallOptions): AsyncIterable<Variable> {
-    return stream(this.stub()[0].watchVariable({ tenant: this.tenant, name, fromVersion: BigInt(fromVersion) }, opts));
+    const request = { tenant: this.tenant, name, fromVersion: BigInt(fromVersion) };
+    return this.watching((s) => s.watchVariable(request, opts), (v) => { request.fromVersion = v.version + 1n; }, opts);
   }
 
   deposit(agent: string, amount: number, opts?: CallOptions): Promise<Balance> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::Code;
 
@@ -247,15 +247,67 @@ impl CoordinatorClient {
     }
 
     /// An instance's accepted events from `from_seq`, then a final one with final_state set.
-    pub async fn watch(&self, id: &str, from_seq: i64) -> Result<impl Stream<Item = Result<v1::InstanceEvent>>> {
-        let (mut stub, _) = self.stub()?;
-        let stream = stub.watch_auction(v1::WatchInstanceRequest { id: id.to_string(), from_seq }).await?.into_inner();
-        Ok(stream.map(|item| item.map_err(Error::from)))
+    /// A watch's items. Watches are served by every node from etcd, so when the stream breaks the way a
+    /// killed coordinator breaks it (UNAVAILABLE, or INTERNAL/UNKNOWN/CANCELLED without a reason) it is
+    /// opened again on the next node from the cursor after the last item (`resume` moves it), until the
+    /// failover timeout passes without an item: every item once, in order, and no transport error.
+    /// Dropping the stream stops it.
+    fn watching<R, T, O, Fut>(&self, mut req: R, open: O, resume: fn(&mut R, &T)) -> ReceiverStream<Result<T>>
+    where
+        R: Clone + Send + 'static,
+        T: Send + 'static,
+        O: Fn(Stub, R) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>> + Send,
+    {
+        let (tx, rx) = mpsc::channel(64);
+        let client = self.clone();
+        tokio::spawn(async move {
+            let mut deadline = Instant::now() + client.failover_timeout;
+            loop {
+                let (stub, endpoint) = match client.stub() {
+                    Ok(found) => found,
+                    Err(error) => { let _ = tx.send(Err(error)).await; return; }
+                };
+                let error = match open(stub, req.clone()).await {
+                    Err(status) => Error::from(status),
+                    Ok(response) => {
+                        let mut items = response.into_inner();
+                        loop {
+                            let next = tokio::select! { next = items.next() => next, _ = tx.closed() => return };
+                            match next {
+                                None => return,
+                                Some(Err(status)) => break Error::from(status),
+                                Some(Ok(item)) => {
+                                    resume(&mut req, &item);
+                                    deadline = Instant::now() + client.failover_timeout;
+                                    if tx.send(Ok(item)).await.is_err() {
+                                        return; // the caller dropped the stream
+                                    }
+                                }
+                            }
+                        }
+                    }
+                };
+                match client.failed_over(error, &endpoint, deadline) {
+                    Err(error) => { let _ = tx.send(Err(error)).await; return; }
+                    Ok(delay) => tokio::time::sleep(delay).await,
+                }
+            }
+        });
+        ReceiverStream::new(rx)
     }
+
+    /// An instance's accepted events from `from_seq`, then a final one (resumed elsewhere if a coordinator dies).
+    pub async fn watch(&self, id: &str, from_seq: i64) -> Result<impl Stream<Item = Result<v1::InstanceEvent>>> {
+        Ok(self.watching(v1::WatchInstanceRequest { id: id.to_string(), from_seq },
+            |mut s, r| async move { s.watch_auction(r).await },
+            |r, e| if e.seq > 0 { r.from_seq = e.seq + 1 }))
+    }
+    /// A market's trades from `from_seq` (resumed from the last trade's seq, as the Python SDK).
     pub async fn watch_trades(&self, id: &str, from_seq: i64) -> Result<impl Stream<Item = Result<v1::TradeEvent>>> {
-        let (mut stub, _) = self.stub()?;
-        let stream = stub.watch_trades(v1::WatchInstanceRequest { id: id.to_string(), from_seq }).await?.into_inner();
-        Ok(stream.map(|item| item.map_err(Error::from)))
+        Ok(self.watching(v1::WatchInstanceRequest { id: id.to_string(), from_seq },
+            |mut s, r| async move { s.watch_trades(r).await },
+            |r, t| r.from_seq = t.seq))
     }
 
     pub async fn create_variable<S: Serialize + ?Sized, V: Serialize + ?Sized>(&self, name: &str, schema: &S, initial: &V, history_limit: i32) -> Result<v1::Variable> {
@@ -281,11 +333,10 @@ impl CoordinatorClient {
         Ok(self.invoke(|mut s, t| { let r = request(req.clone(), t); async move { s.variable_history(r).await } }).await?.versions)
     }
     /// Versions from `from_version` (0: the current one), then each new one in order.
+    /// Versions from `from_version` (0: the current one), then each new one (resumed elsewhere if a coordinator dies).
     pub async fn watch_variable(&self, name: &str, from_version: i64) -> Result<impl Stream<Item = Result<v1::Variable>>> {
-        let (mut stub, _) = self.stub()?;
         let req = v1::WatchVariableRequest { tenant: self.tenant.clone(), name: name.to_string(), from_version };
-        let stream = stub.watch_variable(req).await?.into_inner();
-        Ok(stream.map(|item| item.map_err(Error::from)))
+        Ok(self.watching(req, |mut s, r| async move { s.watch_variable(r).await }, |r, v| r.from_version = v.version + 1))
     }
 
     pub async fn deposit(&self, agent: &str, amount: i64) -> Result<v1::Balance> {
