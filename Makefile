@@ -74,10 +74,10 @@ $(GO_BIN)/mabeam-conformance: $(shell find clients/go -name '*.go') clients/go/g
 	cd clients/go && nice go build -o .bin/mabeam-conformance ./cmd/mabeam-conformance
 
 test-go-unit:
-	cd clients/go && go vet ./... && go test ./...
+	cd clients/go && nice go vet ./... && nice go test ./...
 
 $(TS_DIR)/dist/.built: $(TS_DIR)/node_modules/.installed $(shell find $(TS_DIR)/src $(TS_DIR)/test $(TS_DIR)/conformance -name '*.ts') $(TS_DIR)/tsconfig.json
-	cd $(TS_DIR) && npx tsc -p .
+	cd $(TS_DIR) && nice npx tsc -p .
 	touch $@
 
 test-ts-unit: $(TS_DIR)/dist/.built

@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import sys
 import time
 from pathlib import Path
@@ -163,6 +162,7 @@ class Runner:
         self.bids: list[asyncio.Task[Any]] = []
         self.bid_stream = None
         self.bid_calls: asyncio.Task[list[BaseException | None]] | None = None
+        self.watch: tuple[asyncio.Task[None], list[Any], list[BaseException], asyncio.Event]
 
     def node(self, args: dict[str, Any]) -> dict[str, Any]:
         return self.cluster["nodes"][int(args.get("node", 1)) - 1]  # type: ignore[no-any-return]
@@ -261,10 +261,14 @@ class Runner:
         if name in ("kill_daemon", "restart_daemon"):
             return await control(self.cluster["control"], name, a)
         if name == "kill_coordinator_leader":
+            # The harness kills it (it knows the pid of a daemon restarted since this runner started).
             leader = await self.coordinator.leader()
-            node = next(n for n in self.cluster["nodes"] if n["node_id"] == leader.leader_node_id)
-            os.kill(int(node["coordinator_pid"]), signal.SIGKILL)
+            await control(self.cluster["control"], "kill_daemon", {"node": leader.leader_node_id, "kind": "coordinator"})
             return {"node_id": leader.leader_node_id}
+        if name == "watch_variable_start":
+            return await self.watch_variable_start(a)
+        if name == "watch_variable_wait":
+            return await self.watch_variable_wait(a)
         if name == "close_instance":
             instance = await self.coordinator.close_instance(a["id"])
             return {"state": instance.state, "outcome": instance.outcome}
@@ -279,6 +283,39 @@ class Runner:
         if name.startswith("run_"):
             return await self.run_op(name, a)
         raise StepFailed(f"unknown op {name!r}")
+
+    async def watch_variable_start(self, a: dict[str, Any]) -> Any:
+        """Watch a variable in the background from its current version; returns once that one arrived."""
+        seen: list[Any] = []
+        errors: list[BaseException] = []
+        changed = asyncio.Event()
+
+        async def consume() -> None:
+            try:
+                async for variable in self.coordinator.watch_variable(a["name"]):
+                    seen.append(variable)
+                    changed.set()
+            except Exception as error:  # noqa: BLE001 - counted: the scenario expects none
+                errors.append(error)
+                changed.set()
+
+        self.watch = (asyncio.create_task(consume()), seen, errors, changed)
+        await asyncio.wait_for(changed.wait(), 30)
+        return {}
+
+    async def watch_variable_wait(self, a: dict[str, Any]) -> Any:
+        """Wait until the watch delivered ``until_version`` (or failed, or 30 s passed); stop it."""
+        task, seen, errors, changed = self.watch
+        deadline = time.monotonic() + 30
+        while not errors and not (seen and seen[-1].version >= int(a["until_version"])):
+            changed.clear()
+            try:
+                await asyncio.wait_for(changed.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+        task.cancel()
+        return {"versions": [v.version for v in seen], "values": [v.value for v in seen], "errors": len(errors),
+                "error": repr(errors[0]) if errors else ""}
 
     async def members_with(self, a: dict[str, Any]) -> Any:
         """ListMembers with credentials chosen by the step (options, not the environment): the cluster's

@@ -135,6 +135,7 @@ class Runner {
   bids: Promise<unknown>[] = [];
   bidStream: ReturnType<CoordinatorClient["bidStream"]> | undefined;
   bidCalls: Promise<string[]> | undefined;
+  watch: { versions: number[]; values: Json[]; errors: string[]; changed: () => Promise<void>; stop: AbortController } | undefined;
   bidCallCount = 0;
 
   constructor(readonly cluster: Cluster, readonly runId: string) {
@@ -240,11 +241,15 @@ class Runner {
       case "restart_daemon":
         return control(this.cluster.control ?? "", name, a);
       case "kill_coordinator_leader": {
+        // The harness kills it (it knows the pid of a daemon restarted since this runner started).
         const leader = await this.coordinator.leader();
-        const node = this.cluster.nodes.find((n) => n.node_id === leader.leaderNodeId)!;
-        process.kill(node.coordinator_pid, "SIGKILL");
+        await control(this.cluster.control ?? "", "kill_daemon", { node: leader.leaderNodeId, kind: "coordinator" });
         return { node_id: leader.leaderNodeId };
       }
+      case "watch_variable_start":
+        return this.startWatch(a.name);
+      case "watch_variable_wait":
+        return this.waitWatch(a.until_version);
       case "close_instance": {
         const instance = await this.coordinator.closeInstance(a.id);
         return { state: instance.state, outcome: parseJson(instance.outcomeJson) ?? null };
@@ -291,6 +296,48 @@ class Runner {
     });
     await enoughReached;
     return {};
+  }
+
+  /** Watch a variable in the background from its current version; resolves once that one arrived. */
+  async startWatch(name: string): Promise<Json> {
+    const stop = new AbortController();
+    let wake = () => {};
+    let signal = new Promise<void>((r) => (wake = r));
+    const watch = { versions: [] as number[], values: [] as Json[], errors: [] as string[], stop,
+      changed: () => signal };
+    const note = () => {
+      wake();
+      signal = new Promise<void>((r) => (wake = r));
+    };
+    this.watch = watch;
+    void (async () => {
+      try {
+        for await (const v of this.coordinator.watchVariable(name, 0, { signal: stop.signal })) {
+          watch.versions.push(Number(v.version));
+          watch.values.push(parseJson(v.valueJson));
+          note();
+        }
+      } catch (e) {
+        if (!stop.signal.aborted) watch.errors.push(String(e));
+        note();
+      }
+    })();
+    await Promise.race([watch.changed(), new Promise((r) => setTimeout(r, 30_000).unref())]);
+    if (watch.versions.length === 0 && watch.errors.length === 0) throw new Failure("the watch delivered nothing in 30 s");
+    return {};
+  }
+
+  /** Wait until the watch delivered `untilVersion` (or failed, or 30 s passed), then stop it. */
+  async waitWatch(untilVersion: number): Promise<Json> {
+    const watch = this.watch;
+    if (!watch) throw new Failure("watch_variable_wait before watch_variable_start");
+    const deadline = Date.now() + 30_000;
+    while (watch.errors.length === 0 && !(watch.versions.length > 0 && watch.versions.at(-1)! >= untilVersion) && Date.now() < deadline) {
+      await Promise.race([watch.changed(), new Promise((r) => setTimeout(r, Math.max(0, deadline - Date.now())).unref())]);
+    }
+    watch.stop.abort();
+    this.watch = undefined;
+    return { versions: watch.versions, values: watch.values, errors: watch.errors.length, error: watch.errors[0] ?? "" };
   }
 
   /** The durable-run ops against the node's agentd (RunService). */

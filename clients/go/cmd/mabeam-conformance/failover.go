@@ -102,6 +102,86 @@ func (r *runner) membersWith(ctx context.Context, a map[string]any) (any, error)
 	return map[string]any{"count": len(members)}, err
 }
 
+// watch is a variable watch consumed in the background (ops watch_variable_start/watch_variable_wait).
+type watch struct {
+	mu       sync.Mutex
+	versions []int64
+	values   []any
+	errors   []string
+	changed  chan struct{} // receives (without blocking) after each item or error
+	cancel   context.CancelFunc
+}
+
+func (w *watch) note() {
+	select {
+	case w.changed <- struct{}{}:
+	default:
+	}
+}
+
+// startWatch watches a variable from its current version; it returns once that one arrived.
+func (r *runner) startWatch(name string) (any, error) {
+	ctx, cancel := context.WithCancel(r.ctx)
+	w := &watch{changed: make(chan struct{}, 1), cancel: cancel}
+	r.watch = w
+	go func() {
+		for v, err := range r.coord.WatchVariable(ctx, name, 0) {
+			w.mu.Lock()
+			if err != nil {
+				if ctx.Err() == nil {
+					w.errors = append(w.errors, err.Error())
+				}
+			} else {
+				value, _ := mabeam.JSON[any](v.GetValueJson())
+				w.versions, w.values = append(w.versions, v.GetVersion()), append(w.values, value)
+			}
+			w.mu.Unlock()
+			w.note()
+		}
+	}()
+	select {
+	case <-w.changed:
+		w.note() // leave the signal for the waiter too
+		return map[string]any{}, nil
+	case <-time.After(30 * time.Second):
+		return nil, fail("the watch delivered nothing in 30 s")
+	}
+}
+
+// waitWatch waits until the watch delivered untilVersion (or failed, or 30 s passed), then stops it.
+func (r *runner) waitWatch(untilVersion int64) (any, error) {
+	w := r.watch
+	if w == nil {
+		return nil, fail("watch_variable_wait before watch_variable_start")
+	}
+	deadline := time.After(30 * time.Second)
+	for {
+		w.mu.Lock()
+		done := len(w.errors) > 0 || (len(w.versions) > 0 && w.versions[len(w.versions)-1] >= untilVersion)
+		w.mu.Unlock()
+		if done {
+			break
+		}
+		select {
+		case <-w.changed:
+		case <-deadline:
+			done = true
+		}
+		if done {
+			break
+		}
+	}
+	w.cancel()
+	r.watch = nil
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	first := ""
+	if len(w.errors) > 0 {
+		first = w.errors[0]
+	}
+	return map[string]any{"versions": w.versions, "values": w.values, "errors": len(w.errors), "error": first}, nil
+}
+
 // control asks the harness to kill or restart a daemon (one JSON line each way; harness.Control).
 func (r *runner) control(op string, args map[string]any) (any, error) {
 	conn, err := net.DialTimeout("tcp", r.cluster.Control, 10*time.Second)

@@ -16,7 +16,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	v1 "github.com/mabeam/mabeam/clients/go/gen/mabeamv1"
@@ -75,6 +74,7 @@ type runner struct {
 	acked   int
 	refused []string
 	calls   *bidCalls
+	watch   *watch
 }
 
 type attached struct {
@@ -278,18 +278,19 @@ func (r *runner) op(name string, a map[string]any) (any, error) {
 	case "members_with":
 		return r.membersWith(ctx, a)
 	case "kill_coordinator_leader":
+		// The harness kills it (it knows the pid of a daemon restarted since this runner started).
 		leader, err := r.coord.Leader(ctx)
 		if err != nil {
 			return nil, err
 		}
-		for _, n := range r.cluster.Nodes {
-			if n.NodeID == leader.GetLeaderNodeId() {
-				if err := syscall.Kill(n.CoordinatorPID, syscall.SIGKILL); err != nil {
-					return nil, fail("kill %d: %v", n.CoordinatorPID, err)
-				}
-			}
+		if _, err := r.control("kill_daemon", map[string]any{"node": leader.GetLeaderNodeId(), "kind": "coordinator"}); err != nil {
+			return nil, err
 		}
 		return map[string]any{"node_id": leader.GetLeaderNodeId()}, nil
+	case "watch_variable_start":
+		return r.startWatch(str(a, "name"))
+	case "watch_variable_wait":
+		return r.waitWatch(int64(intArg(a, "until_version", 0)))
 	case "close_instance":
 		inst, err := r.coord.CloseInstance(ctx, str(a, "id"))
 		if err != nil {

@@ -35,6 +35,8 @@ struct Runner {
     bids: Vec<tokio::task::JoinHandle<mabeam::Result<mabeam::v1::SubmitEventResponse>>>,
     /// The unary bid calls of bid_calls_start: (calls, their workers' errors).
     bid_calls: Option<(i64, tokio::task::JoinHandle<Vec<String>>)>,
+    /// The variable watch of watch_variable_start: what it delivered, and its task.
+    watch: Option<(ops::Watched, tokio::task::JoinHandle<()>)>,
 }
 
 fn s(a: &Value, key: &str) -> String {
@@ -53,7 +55,7 @@ impl Runner {
         let mut coordinator = CoordinatorClient::connect(&refs).expect("coordinator endpoints");
         coordinator.failover_timeout = Duration::from_secs(20);
         Runner { cluster, run_id, meshes: HashMap::new(), agentds: HashMap::new(), coordinator, agents: HashMap::new(),
-            bid_stream: None, bids: vec![], bid_calls: None }
+            bid_stream: None, bids: vec![], bid_calls: None, watch: None }
     }
 
     fn node(&self, a: &Value) -> &Value {
@@ -194,17 +196,14 @@ impl Runner {
                 Ok(json!({"count": mesh.members().await?.len()}))
             }
             "kill_coordinator_leader" => {
+                // The harness kills it (it knows the pid of a daemon restarted since this runner started).
                 let leader = self.coordinator.leader().await?;
-                for node in self.cluster["nodes"].as_array().unwrap() {
-                    if node["node_id"] == leader.leader_node_id.as_str() {
-                        let pid = node["coordinator_pid"].as_i64().unwrap_or(0) as i32;
-                        if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
-                            return Err(fail(format!("kill {pid} failed")));
-                        }
-                    }
-                }
+                ops::control(&s(&self.cluster, "control"), "kill_daemon",
+                    &json!({"node": leader.leader_node_id, "kind": "coordinator"})).await?;
                 Ok(json!({"node_id": leader.leader_node_id}))
             }
+            "watch_variable_start" => self.start_watch(&s(a, "name")).await,
+            "watch_variable_wait" => self.wait_watch(a["until_version"].as_i64().unwrap_or(0)).await,
             "close_instance" => {
                 let instance = self.coordinator.close_instance(&s(a, "id")).await?;
                 let outcome: Value = serde_json::from_str(&instance.outcome_json).unwrap_or(Value::Null);

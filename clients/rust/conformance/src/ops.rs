@@ -1,10 +1,12 @@
 //! Durable-run ops, unary calls through a coordinator kill (`bid_calls_*`) and the harness's control channel.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use mabeam::RunClient;
 use serde_json::{json, Value};
+use tokio::sync::Notify;
 
 use crate::check::{fail, StepResult};
 use crate::{s, Runner};
@@ -25,7 +27,65 @@ pub(crate) async fn control(address: &str, op: &str, args: &Value) -> StepResult
     Ok(answer["result"].clone())
 }
 
+/// What a variable watch delivered: (versions, values, errors), and a notification per change.
+pub(crate) type Watched = (Arc<Mutex<(Vec<i64>, Vec<Value>, Vec<String>)>>, Arc<Notify>);
+
 impl Runner {
+    /// Watch a variable in the background from its current version; returns once that one arrived.
+    pub(crate) async fn start_watch(&mut self, name: &str) -> StepResult {
+        let seen: Watched = (Arc::new(Mutex::new((vec![], vec![], vec![]))), Arc::new(Notify::new()));
+        let (coordinator, name, state) = (self.coordinator.clone(), name.to_string(), seen.clone());
+        let changed = seen.1.notified();
+        let task = tokio::spawn(async move {
+            let (list, notify) = state;
+            match coordinator.watch_variable(&name, 0).await {
+                Err(e) => list.lock().unwrap().2.push(e.to_string()),
+                Ok(items) => {
+                    tokio::pin!(items);
+                    while let Some(item) = tokio_stream::StreamExt::next(&mut items).await {
+                        let mut l = list.lock().unwrap();
+                        match item {
+                            Ok(v) => {
+                                l.0.push(v.version);
+                                l.1.push(serde_json::from_str(&v.value_json).unwrap_or(Value::Null));
+                            }
+                            Err(e) => l.2.push(e.to_string()),
+                        }
+                        drop(l);
+                        notify.notify_waiters();
+                    }
+                }
+            }
+            notify.notify_waiters();
+        });
+        if tokio::time::timeout(Duration::from_secs(30), changed).await.is_err() {
+            return Err(fail("the watch delivered nothing in 30 s"));
+        }
+        self.watch = Some((seen, task));
+        Ok(json!({}))
+    }
+
+    /// Wait until the watch delivered `until_version` (or failed, or 30 s passed), then stop it.
+    pub(crate) async fn wait_watch(&mut self, until_version: i64) -> StepResult {
+        let ((list, notify), task) = self.watch.take().ok_or_else(|| fail("watch_variable_wait before watch_variable_start"))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let changed = notify.notified();
+            {
+                let l = list.lock().unwrap();
+                if !l.2.is_empty() || l.0.last().is_some_and(|v| *v >= until_version) || task.is_finished() {
+                    break;
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                break;
+            }
+        }
+        task.abort();
+        let l = list.lock().unwrap();
+        Ok(json!({"versions": l.0, "values": l.1, "errors": l.2.len(), "error": l.2.first().cloned().unwrap_or_default()}))
+    }
+
     /// Unary SubmitBid calls, `concurrency` at a time, each with its own idempotency key, in the background;
     /// returns once `acked_before` were answered (so the next step, a kill, lands in the middle of them).
     pub(crate) async fn start_bid_calls(&mut self, a: &Value) -> StepResult {
