@@ -31,6 +31,7 @@ class SpawnAgentRequest(_message.Message):
     CHILD_ID_FIELD_NUMBER: _builtins.int
     SHUTDOWN_SECONDS_FIELD_NUMBER: _builtins.int
     BRUTAL_KILL_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     """Registered agent type (the allow-list); never code."""
     args_json: _builtins.str
@@ -49,6 +50,8 @@ class SpawnAgentRequest(_message.Message):
     """Seconds the agent gets to terminate on shutdown; 0 means the default (5 s)."""
     brutal_kill: _builtins.bool
     """Kill at shutdown without calling terminate."""
+    tenant: _builtins.str
+    """Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another."""
     def __init__(
         self,
         *,
@@ -61,10 +64,11 @@ class SpawnAgentRequest(_message.Message):
         child_id: _builtins.str = ...,
         shutdown_seconds: _builtins.float = ...,
         brutal_kill: _builtins.bool = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "brutal_kill", b"brutal_kill", "child_id", b"child_id", "isolation", b"isolation", "name", b"name", "restart", b"restart", "shutdown_seconds", b"shutdown_seconds", "supervisor", b"supervisor", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "brutal_kill", b"brutal_kill", "child_id", b"child_id", "isolation", b"isolation", "name", b"name", "restart", b"restart", "shutdown_seconds", b"shutdown_seconds", "supervisor", b"supervisor", "tenant", b"tenant", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -110,6 +114,7 @@ class AgentInfo(_message.Message):
     CHECKPOINT_VERSION_FIELD_NUMBER: _builtins.int
     IS_SUPERVISOR_FIELD_NUMBER: _builtins.int
     WORKER_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     name: _builtins.str
     type: _builtins.str
@@ -129,6 +134,8 @@ class AgentInfo(_message.Message):
     is_supervisor: _builtins.bool
     worker: _builtins.str
     """Worker process hosting the agent."""
+    tenant: _builtins.str
+    """Tenant the agent belongs to."""
     def __init__(
         self,
         *,
@@ -146,10 +153,11 @@ class AgentInfo(_message.Message):
         checkpoint_version: _builtins.int = ...,
         is_supervisor: _builtins.bool = ...,
         worker: _builtins.str = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "checkpoint_version", b"checkpoint_version", "handled", b"handled", "is_supervisor", b"is_supervisor", "last_error", b"last_error", "mailbox_capacity", b"mailbox_capacity", "mailbox_depth", b"mailbox_depth", "memory_bytes", b"memory_bytes", "name", b"name", "restarts", b"restarts", "status", b"status", "supervisor", b"supervisor", "type", b"type", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "checkpoint_version", b"checkpoint_version", "handled", b"handled", "is_supervisor", b"is_supervisor", "last_error", b"last_error", "mailbox_capacity", b"mailbox_capacity", "mailbox_depth", b"mailbox_depth", "memory_bytes", b"memory_bytes", "name", b"name", "restarts", b"restarts", "status", b"status", "supervisor", b"supervisor", "tenant", b"tenant", "type", b"type", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -160,16 +168,20 @@ class StopAgentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     """Agent id or registered name."""
+    tenant: _builtins.str
+    """Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another."""
     def __init__(
         self,
         *,
         agent: _builtins.str = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,16 +207,20 @@ class GetAgentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     """Agent id or registered name."""
+    tenant: _builtins.str
+    """Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another."""
     def __init__(
         self,
         *,
         agent: _builtins.str = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -235,16 +251,20 @@ class ListAgentsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TYPE_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     """Only agents of this type; empty means all."""
+    tenant: _builtins.str
+    """Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another."""
     def __init__(
         self,
         *,
         type: _builtins.str = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -275,16 +295,20 @@ class SupervisionTreeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROOT_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     root: _builtins.str
     """Supervisor id or name; empty means every worker's root."""
+    tenant: _builtins.str
+    """Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another."""
     def __init__(
         self,
         *,
         root: _builtins.str = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["root", b"root"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["root", b"root", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -322,6 +346,7 @@ class TreeNode(_message.Message):
     STRATEGY_FIELD_NUMBER: _builtins.int
     WORKER_FIELD_NUMBER: _builtins.int
     CHILDREN_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     name: _builtins.str
     type: _builtins.str
@@ -331,6 +356,8 @@ class TreeNode(_message.Message):
     """Supervisors only: one_for_one, one_for_all, rest_for_one."""
     worker: _builtins.str
     """Roots only: the worker process."""
+    tenant: _builtins.str
+    """Tenant the agent belongs to."""
     @_builtins.property
     def children(self) -> _containers.RepeatedCompositeFieldContainer[Global___TreeNode]: ...
     def __init__(
@@ -344,10 +371,11 @@ class TreeNode(_message.Message):
         strategy: _builtins.str = ...,
         worker: _builtins.str = ...,
         children: _abc.Iterable[Global___TreeNode] | None = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "children", b"children", "name", b"name", "restarts", b"restarts", "status", b"status", "strategy", b"strategy", "type", b"type", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "children", b"children", "name", b"name", "restarts", b"restarts", "status", b"status", "strategy", b"strategy", "tenant", b"tenant", "type", b"type", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -359,19 +387,23 @@ class AgentCastRequest(_message.Message):
 
     AGENT_FIELD_NUMBER: _builtins.int
     MESSAGE_JSON_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     """Agent id or registered name."""
     message_json: _builtins.str
     """The message as JSON."""
+    tenant: _builtins.str
+    """Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another."""
     def __init__(
         self,
         *,
         agent: _builtins.str = ...,
         message_json: _builtins.str = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "message_json", b"message_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "message_json", b"message_json", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -399,22 +431,26 @@ class AgentCallRequest(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     MESSAGE_JSON_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     """Agent id or registered name."""
     message_json: _builtins.str
     """The message as JSON."""
     timeout_seconds: _builtins.float
     """Deadline in seconds; 0 means 5 s."""
+    tenant: _builtins.str
+    """Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another."""
     def __init__(
         self,
         *,
         agent: _builtins.str = ...,
         message_json: _builtins.str = ...,
         timeout_seconds: _builtins.float = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "message_json", b"message_json", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "message_json", b"message_json", "tenant", b"tenant", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -447,21 +483,25 @@ class AgentCastGroupRequest(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     MESSAGE_JSON_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     message_json: _builtins.str
     """The message as JSON."""
     mode: _builtins.str
     """"all" (default) or "one"."""
+    tenant: _builtins.str
+    """Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another."""
     def __init__(
         self,
         *,
         group: _builtins.str = ...,
         message_json: _builtins.str = ...,
         mode: _builtins.str = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "message_json", b"message_json", "mode", b"mode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "message_json", b"message_json", "mode", b"mode", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -492,15 +532,19 @@ class AgentGroupMembersRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     GROUP_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     group: _builtins.str
+    tenant: _builtins.str
+    """Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another."""
     def __init__(
         self,
         *,
         group: _builtins.str = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

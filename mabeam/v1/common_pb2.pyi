@@ -124,9 +124,28 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A pipeline file failed its checks (BadRequest field violations name line, column and field)."""
     CALL_FAILED: _ErrorReason.ValueType  # 94
     """A run's call to an agent (a pipeline's agent step) failed; the callee's code is in the message."""
-    AGENT_PROTOCOL: _ErrorReason.ValueType  # 130
+    TOKEN_MISSING: _ErrorReason.ValueType  # 110
     """110-129: tenants, authentication and quotas.
-    130-149: agents and external agents.
+    The request carries no credential: no `authorization: Bearer <token>` metadata (UNAUTHENTICATED).
+    """
+    TOKEN_INVALID: _ErrorReason.ValueType  # 111
+    """The token does not verify: malformed, wrong signature, unknown key id (`kid`), wrong audience or
+    not yet valid (UNAUTHENTICATED). Get a new token from the cluster's issuer.
+    """
+    TOKEN_EXPIRED: _ErrorReason.ValueType  # 112
+    """The token's `exp` has passed (UNAUTHENTICATED); get a fresh one."""
+    ROLE_REQUIRED: _ErrorReason.ValueType  # 113
+    """The token is valid but none of its roles grants the method (PERMISSION_DENIED); ErrorInfo metadata
+    "required_role" names the least role that would.
+    """
+    TENANT_FORBIDDEN: _ErrorReason.ValueType  # 114
+    """The request names a tenant other than the token's and the token has no admin role (PERMISSION_DENIED)."""
+    QUOTA_EXCEEDED: _ErrorReason.ValueType  # 115
+    """A tenant quota would be exceeded (RESOURCE_EXHAUSTED); nothing was done. ErrorInfo metadata: "tenant",
+    "quota" (the limit's name), "limit" and "used".
+    """
+    AGENT_PROTOCOL: _ErrorReason.ValueType  # 130
+    """130-149: agents and external agents.
     An external agent's stream broke the protocol (MeshService.AttachAgent: first message not
     `attach`, `handled` for a delivery that is not awaiting an answer).
     """
@@ -249,9 +268,28 @@ PIPELINE_INVALID: ErrorReason.ValueType  # 93
 """A pipeline file failed its checks (BadRequest field violations name line, column and field)."""
 CALL_FAILED: ErrorReason.ValueType  # 94
 """A run's call to an agent (a pipeline's agent step) failed; the callee's code is in the message."""
-AGENT_PROTOCOL: ErrorReason.ValueType  # 130
+TOKEN_MISSING: ErrorReason.ValueType  # 110
 """110-129: tenants, authentication and quotas.
-130-149: agents and external agents.
+The request carries no credential: no `authorization: Bearer <token>` metadata (UNAUTHENTICATED).
+"""
+TOKEN_INVALID: ErrorReason.ValueType  # 111
+"""The token does not verify: malformed, wrong signature, unknown key id (`kid`), wrong audience or
+not yet valid (UNAUTHENTICATED). Get a new token from the cluster's issuer.
+"""
+TOKEN_EXPIRED: ErrorReason.ValueType  # 112
+"""The token's `exp` has passed (UNAUTHENTICATED); get a fresh one."""
+ROLE_REQUIRED: ErrorReason.ValueType  # 113
+"""The token is valid but none of its roles grants the method (PERMISSION_DENIED); ErrorInfo metadata
+"required_role" names the least role that would.
+"""
+TENANT_FORBIDDEN: ErrorReason.ValueType  # 114
+"""The request names a tenant other than the token's and the token has no admin role (PERMISSION_DENIED)."""
+QUOTA_EXCEEDED: ErrorReason.ValueType  # 115
+"""A tenant quota would be exceeded (RESOURCE_EXHAUSTED); nothing was done. ErrorInfo metadata: "tenant",
+"quota" (the limit's name), "limit" and "used".
+"""
+AGENT_PROTOCOL: ErrorReason.ValueType  # 130
+"""130-149: agents and external agents.
 An external agent's stream broke the protocol (MeshService.AttachAgent: first message not
 `attach`, `handled` for a delivery that is not awaiting an answer).
 """

@@ -800,3 +800,159 @@ class ListGroupsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListGroupsResponse: _TypeAlias = ListGroupsResponse  # noqa: Y015
+
+@_typing.final
+class TenantQuota(_message.Message):
+    """A tenant's limits. Every limit is optional: 0 means unlimited."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    MAX_AGENTS_FIELD_NUMBER: _builtins.int
+    MAX_MAILBOX_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_RUNS_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGES_PER_SECOND_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_PER_SECOND_FIELD_NUMBER: _builtins.int
+    MAX_INSTANCES_FIELD_NUMBER: _builtins.int
+    MODEL_MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    MODEL_MAX_COST_NUSD_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    max_agents: _builtins.int
+    """Live agents of the tenant across the cluster (agentd; exact)."""
+    max_mailbox: _builtins.int
+    """Bound on any one mailbox of the tenant: agentd agents' mailbox capacity, Subscribe and AttachAgent
+    max_pending (larger requests are clamped to it).
+    """
+    max_concurrent_runs: _builtins.int
+    """Durable runs of the tenant not yet ended, across the cluster (exact)."""
+    max_messages_per_second: _builtins.float
+    """Data-plane messages per second the tenant may send through each meshd (token bucket, per node)."""
+    max_bytes_per_second: _builtins.float
+    """Data-plane payload bytes per second the tenant may send through each meshd (token bucket, per node)."""
+    max_instances: _builtins.int
+    """Open coordinator instances (auctions, negotiations, votes, markets) of the tenant (exact)."""
+    model_max_tokens: _builtins.int
+    """The tenant's model budget (the models layer's tenant budget): tokens, and cost in nano-USD."""
+    model_max_cost_nusd: _builtins.int
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        max_agents: _builtins.int = ...,
+        max_mailbox: _builtins.int = ...,
+        max_concurrent_runs: _builtins.int = ...,
+        max_messages_per_second: _builtins.float = ...,
+        max_bytes_per_second: _builtins.float = ...,
+        max_instances: _builtins.int = ...,
+        model_max_tokens: _builtins.int = ...,
+        model_max_cost_nusd: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_agents", b"max_agents", "max_bytes_per_second", b"max_bytes_per_second", "max_concurrent_runs", b"max_concurrent_runs", "max_instances", b"max_instances", "max_mailbox", b"max_mailbox", "max_messages_per_second", b"max_messages_per_second", "model_max_cost_nusd", b"model_max_cost_nusd", "model_max_tokens", b"model_max_tokens", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantQuota: _TypeAlias = TenantQuota  # noqa: Y015
+
+@_typing.final
+class SetTenantQuotaRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUOTA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def quota(self) -> Global___TenantQuota:
+        """The whole quota of quota.tenant (limits not given are unlimited)."""
+
+    def __init__(
+        self,
+        *,
+        quota: Global___TenantQuota | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTenantQuotaRequest: _TypeAlias = SetTenantQuotaRequest  # noqa: Y015
+
+@_typing.final
+class GetTenantUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """Empty means the caller's tenant; only an admin may name another."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTenantUsageRequest: _TypeAlias = GetTenantUsageRequest  # noqa: Y015
+
+@_typing.final
+class QuotaUsage(_message.Message):
+    """One quota and its use now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUOTA_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    EXACT_FIELD_NUMBER: _builtins.int
+    quota: _builtins.str
+    """The limit's name in TenantQuota (max_agents, max_instances, ...)."""
+    used: _builtins.float
+    limit: _builtins.float
+    """0: unlimited."""
+    exact: _builtins.bool
+    """True for counts kept exactly cluster-wide; false for per-node rates (approximate)."""
+    def __init__(
+        self,
+        *,
+        quota: _builtins.str = ...,
+        used: _builtins.float = ...,
+        limit: _builtins.float = ...,
+        exact: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exact", b"exact", "limit", b"limit", "quota", b"quota", "used", b"used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuotaUsage: _TypeAlias = QuotaUsage  # noqa: Y015
+
+@_typing.final
+class TenantUsage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    @_builtins.property
+    def quota(self) -> Global___TenantQuota: ...
+    @_builtins.property
+    def usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuotaUsage]: ...
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        quota: Global___TenantQuota | None = ...,
+        usage: _abc.Iterable[Global___QuotaUsage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota", "tenant", b"tenant", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantUsage: _TypeAlias = TenantUsage  # noqa: Y015

@@ -121,6 +121,16 @@ class MeshServiceStub:
                 request_serializer=mabeam_dot_v1_dot_external__agent__pb2.AgentStreamIn.SerializeToString,
                 response_deserializer=mabeam_dot_v1_dot_external__agent__pb2.AgentStreamOut.FromString,
                 _registered_method=True)
+        self.SetTenantQuota = channel.unary_unary(
+                '/mabeam.v1.MeshService/SetTenantQuota',
+                request_serializer=mabeam_dot_v1_dot_mesh__pb2.SetTenantQuotaRequest.SerializeToString,
+                response_deserializer=mabeam_dot_v1_dot_mesh__pb2.TenantQuota.FromString,
+                _registered_method=True)
+        self.GetTenantUsage = channel.unary_unary(
+                '/mabeam.v1.MeshService/GetTenantUsage',
+                request_serializer=mabeam_dot_v1_dot_mesh__pb2.GetTenantUsageRequest.SerializeToString,
+                response_deserializer=mabeam_dot_v1_dot_mesh__pb2.TenantUsage.FromString,
+                _registered_method=True)
 
 
 class MeshServiceServicer:
@@ -246,6 +256,22 @@ class MeshServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTenantQuota(self, request, context):
+        """Tenants: set a tenant's quotas, kept in etcd and enforced by every node (admin only; creates the
+        tenant when it does not exist). See docs/security.md for what each limit means and how exact it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTenantUsage(self, request, context):
+        """A tenant's quotas and what it uses now, cluster-wide where exact (agents, instances, runs, model
+        spend) and on this node for rates (data-plane messages and bytes per second).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -333,6 +359,16 @@ def add_MeshServiceServicer_to_server(servicer, server):
                     servicer.AttachAgent,
                     request_deserializer=mabeam_dot_v1_dot_external__agent__pb2.AgentStreamIn.FromString,
                     response_serializer=mabeam_dot_v1_dot_external__agent__pb2.AgentStreamOut.SerializeToString,
+            ),
+            'SetTenantQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTenantQuota,
+                    request_deserializer=mabeam_dot_v1_dot_mesh__pb2.SetTenantQuotaRequest.FromString,
+                    response_serializer=mabeam_dot_v1_dot_mesh__pb2.TenantQuota.SerializeToString,
+            ),
+            'GetTenantUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTenantUsage,
+                    request_deserializer=mabeam_dot_v1_dot_mesh__pb2.GetTenantUsageRequest.FromString,
+                    response_serializer=mabeam_dot_v1_dot_mesh__pb2.TenantUsage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -794,6 +830,60 @@ class MeshService:
             '/mabeam.v1.MeshService/AttachAgent',
             mabeam_dot_v1_dot_external__agent__pb2.AgentStreamIn.SerializeToString,
             mabeam_dot_v1_dot_external__agent__pb2.AgentStreamOut.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTenantQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mabeam.v1.MeshService/SetTenantQuota',
+            mabeam_dot_v1_dot_mesh__pb2.SetTenantQuotaRequest.SerializeToString,
+            mabeam_dot_v1_dot_mesh__pb2.TenantQuota.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTenantUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mabeam.v1.MeshService/GetTenantUsage',
+            mabeam_dot_v1_dot_mesh__pb2.GetTenantUsageRequest.SerializeToString,
+            mabeam_dot_v1_dot_mesh__pb2.TenantUsage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,14 @@ class MeshServiceStub:
     """External agents: attach as an agent (names, groups, bounded mailbox), receive casts and calls one
     at a time and answer them, send casts and calls; see external_agent.proto.
     """
+    SetTenantQuota: _grpc.UnaryUnaryMultiCallable[_mesh_pb2.SetTenantQuotaRequest, _mesh_pb2.TenantQuota]
+    """Tenants: set a tenant's quotas, kept in etcd and enforced by every node (admin only; creates the
+    tenant when it does not exist). See docs/security.md for what each limit means and how exact it is.
+    """
+    GetTenantUsage: _grpc.UnaryUnaryMultiCallable[_mesh_pb2.GetTenantUsageRequest, _mesh_pb2.TenantUsage]
+    """A tenant's quotas and what it uses now, cluster-wide where exact (agents, instances, runs, model
+    spend) and on this node for rates (data-plane messages and bytes per second).
+    """
 
 @_typing.type_check_only
 class MeshServiceAsyncStub(MeshServiceStub):
@@ -108,6 +116,14 @@ class MeshServiceAsyncStub(MeshServiceStub):
     AttachAgent: _aio.StreamStreamMultiCallable[_external_agent_pb2.AgentStreamIn, _external_agent_pb2.AgentStreamOut]  # type: ignore[assignment]
     """External agents: attach as an agent (names, groups, bounded mailbox), receive casts and calls one
     at a time and answer them, send casts and calls; see external_agent.proto.
+    """
+    SetTenantQuota: _aio.UnaryUnaryMultiCallable[_mesh_pb2.SetTenantQuotaRequest, _mesh_pb2.TenantQuota]  # type: ignore[assignment]
+    """Tenants: set a tenant's quotas, kept in etcd and enforced by every node (admin only; creates the
+    tenant when it does not exist). See docs/security.md for what each limit means and how exact it is.
+    """
+    GetTenantUsage: _aio.UnaryUnaryMultiCallable[_mesh_pb2.GetTenantUsageRequest, _mesh_pb2.TenantUsage]  # type: ignore[assignment]
+    """A tenant's quotas and what it uses now, cluster-wide where exact (agents, instances, runs, model
+    spend) and on this node for rates (data-plane messages and bytes per second).
     """
 
 class MeshServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -247,6 +263,26 @@ class MeshServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_external_agent_pb2.AgentStreamOut], _abc.AsyncIterator[_external_agent_pb2.AgentStreamOut]]:
         """External agents: attach as an agent (names, groups, bounded mailbox), receive casts and calls one
         at a time and answer them, send casts and calls; see external_agent.proto.
+        """
+
+    @_abc_1.abstractmethod
+    def SetTenantQuota(
+        self,
+        request: _mesh_pb2.SetTenantQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mesh_pb2.TenantQuota, _abc.Awaitable[_mesh_pb2.TenantQuota]]:
+        """Tenants: set a tenant's quotas, kept in etcd and enforced by every node (admin only; creates the
+        tenant when it does not exist). See docs/security.md for what each limit means and how exact it is.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTenantUsage(
+        self,
+        request: _mesh_pb2.GetTenantUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mesh_pb2.TenantUsage, _abc.Awaitable[_mesh_pb2.TenantUsage]]:
+        """A tenant's quotas and what it uses now, cluster-wide where exact (agents, instances, runs, model
+        spend) and on this node for rates (data-plane messages and bytes per second).
         """
 
 def add_MeshServiceServicer_to_server(servicer: MeshServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -42,7 +42,9 @@ type SpawnAgentRequest struct {
 	// Seconds the agent gets to terminate on shutdown; 0 means the default (5 s).
 	ShutdownSeconds float64 `protobuf:"fixed64,8,opt,name=shutdown_seconds,json=shutdownSeconds,proto3" json:"shutdown_seconds,omitempty"`
 	// Kill at shutdown without calling terminate.
-	BrutalKill    bool `protobuf:"varint,9,opt,name=brutal_kill,json=brutalKill,proto3" json:"brutal_kill,omitempty"`
+	BrutalKill bool `protobuf:"varint,9,opt,name=brutal_kill,json=brutalKill,proto3" json:"brutal_kill,omitempty"`
+	// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+	Tenant        string `protobuf:"bytes,10,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -140,6 +142,13 @@ func (x *SpawnAgentRequest) GetBrutalKill() bool {
 	return false
 }
 
+func (x *SpawnAgentRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
 type SpawnAgentResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Agent         *AgentInfo             `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
@@ -205,7 +214,9 @@ type AgentInfo struct {
 	CheckpointVersion int64 `protobuf:"varint,12,opt,name=checkpoint_version,json=checkpointVersion,proto3" json:"checkpoint_version,omitempty"`
 	IsSupervisor      bool  `protobuf:"varint,13,opt,name=is_supervisor,json=isSupervisor,proto3" json:"is_supervisor,omitempty"`
 	// Worker process hosting the agent.
-	Worker        string `protobuf:"bytes,14,opt,name=worker,proto3" json:"worker,omitempty"`
+	Worker string `protobuf:"bytes,14,opt,name=worker,proto3" json:"worker,omitempty"`
+	// Tenant the agent belongs to.
+	Tenant        string `protobuf:"bytes,15,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -338,10 +349,19 @@ func (x *AgentInfo) GetWorker() string {
 	return ""
 }
 
+func (x *AgentInfo) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
 type StopAgentRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Agent id or registered name.
-	Agent         string `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	Agent string `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+	Tenant        string `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -379,6 +399,13 @@ func (*StopAgentRequest) Descriptor() ([]byte, []int) {
 func (x *StopAgentRequest) GetAgent() string {
 	if x != nil {
 		return x.Agent
+	}
+	return ""
+}
+
+func (x *StopAgentRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
 	}
 	return ""
 }
@@ -422,7 +449,9 @@ func (*StopAgentResponse) Descriptor() ([]byte, []int) {
 type GetAgentRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Agent id or registered name.
-	Agent         string `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	Agent string `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+	Tenant        string `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -460,6 +489,13 @@ func (*GetAgentRequest) Descriptor() ([]byte, []int) {
 func (x *GetAgentRequest) GetAgent() string {
 	if x != nil {
 		return x.Agent
+	}
+	return ""
+}
+
+func (x *GetAgentRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
 	}
 	return ""
 }
@@ -511,7 +547,9 @@ func (x *GetAgentResponse) GetAgent() *AgentInfo {
 type ListAgentsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only agents of this type; empty means all.
-	Type          string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	Type string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+	Tenant        string `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -549,6 +587,13 @@ func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
 func (x *ListAgentsRequest) GetType() string {
 	if x != nil {
 		return x.Type
+	}
+	return ""
+}
+
+func (x *ListAgentsRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
 	}
 	return ""
 }
@@ -600,7 +645,9 @@ func (x *ListAgentsResponse) GetAgents() []*AgentInfo {
 type SupervisionTreeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Supervisor id or name; empty means every worker's root.
-	Root          string `protobuf:"bytes,1,opt,name=root,proto3" json:"root,omitempty"`
+	Root string `protobuf:"bytes,1,opt,name=root,proto3" json:"root,omitempty"`
+	// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+	Tenant        string `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -638,6 +685,13 @@ func (*SupervisionTreeRequest) Descriptor() ([]byte, []int) {
 func (x *SupervisionTreeRequest) GetRoot() string {
 	if x != nil {
 		return x.Root
+	}
+	return ""
+}
+
+func (x *SupervisionTreeRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
 	}
 	return ""
 }
@@ -696,8 +750,10 @@ type TreeNode struct {
 	// Supervisors only: one_for_one, one_for_all, rest_for_one.
 	Strategy string `protobuf:"bytes,6,opt,name=strategy,proto3" json:"strategy,omitempty"`
 	// Roots only: the worker process.
-	Worker        string      `protobuf:"bytes,7,opt,name=worker,proto3" json:"worker,omitempty"`
-	Children      []*TreeNode `protobuf:"bytes,8,rep,name=children,proto3" json:"children,omitempty"`
+	Worker   string      `protobuf:"bytes,7,opt,name=worker,proto3" json:"worker,omitempty"`
+	Children []*TreeNode `protobuf:"bytes,8,rep,name=children,proto3" json:"children,omitempty"`
+	// Tenant the agent belongs to.
+	Tenant        string `protobuf:"bytes,9,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -788,12 +844,21 @@ func (x *TreeNode) GetChildren() []*TreeNode {
 	return nil
 }
 
+func (x *TreeNode) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
 type AgentCastRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Agent id or registered name.
 	Agent string `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
 	// The message as JSON.
-	MessageJson   string `protobuf:"bytes,2,opt,name=message_json,json=messageJson,proto3" json:"message_json,omitempty"`
+	MessageJson string `protobuf:"bytes,2,opt,name=message_json,json=messageJson,proto3" json:"message_json,omitempty"`
+	// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+	Tenant        string `protobuf:"bytes,3,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -842,6 +907,13 @@ func (x *AgentCastRequest) GetMessageJson() string {
 	return ""
 }
 
+func (x *AgentCastRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
 type AgentCastResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -886,8 +958,10 @@ type AgentCallRequest struct {
 	MessageJson string `protobuf:"bytes,2,opt,name=message_json,json=messageJson,proto3" json:"message_json,omitempty"`
 	// Deadline in seconds; 0 means 5 s.
 	TimeoutSeconds float64 `protobuf:"fixed64,3,opt,name=timeout_seconds,json=timeoutSeconds,proto3" json:"timeout_seconds,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+	Tenant        string `protobuf:"bytes,4,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AgentCallRequest) Reset() {
@@ -941,6 +1015,13 @@ func (x *AgentCallRequest) GetTimeoutSeconds() float64 {
 	return 0
 }
 
+func (x *AgentCallRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
 type AgentCallResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The reply as JSON.
@@ -992,7 +1073,9 @@ type AgentCastGroupRequest struct {
 	// The message as JSON.
 	MessageJson string `protobuf:"bytes,2,opt,name=message_json,json=messageJson,proto3" json:"message_json,omitempty"`
 	// "all" (default) or "one".
-	Mode          string `protobuf:"bytes,3,opt,name=mode,proto3" json:"mode,omitempty"`
+	Mode string `protobuf:"bytes,3,opt,name=mode,proto3" json:"mode,omitempty"`
+	// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+	Tenant        string `protobuf:"bytes,4,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1048,6 +1131,13 @@ func (x *AgentCastGroupRequest) GetMode() string {
 	return ""
 }
 
+func (x *AgentCastGroupRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
 type AgentCastGroupResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Members of this agentd the message was handed to (remote members are reached through meshd).
@@ -1094,8 +1184,10 @@ func (x *AgentCastGroupResponse) GetLocalDeliveries() int32 {
 }
 
 type AgentGroupMembersRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+	Tenant        string `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1133,6 +1225,13 @@ func (*AgentGroupMembersRequest) Descriptor() ([]byte, []int) {
 func (x *AgentGroupMembersRequest) GetGroup() string {
 	if x != nil {
 		return x.Group
+	}
+	return ""
+}
+
+func (x *AgentGroupMembersRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
 	}
 	return ""
 }
@@ -1186,7 +1285,7 @@ var File_mabeam_v1_agent_proto protoreflect.FileDescriptor
 
 const file_mabeam_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x15mabeam/v1/agent.proto\x12\tmabeam.v1\"\x97\x02\n" +
+	"\x15mabeam/v1/agent.proto\x12\tmabeam.v1\"\xaf\x02\n" +
 	"\x11SpawnAgentRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1b\n" +
 	"\targs_json\x18\x02 \x01(\tR\bargsJson\x12\x12\n" +
@@ -1199,9 +1298,11 @@ const file_mabeam_v1_agent_proto_rawDesc = "" +
 	"\bchild_id\x18\a \x01(\tR\achildId\x12)\n" +
 	"\x10shutdown_seconds\x18\b \x01(\x01R\x0fshutdownSeconds\x12\x1f\n" +
 	"\vbrutal_kill\x18\t \x01(\bR\n" +
-	"brutalKill\"@\n" +
+	"brutalKill\x12\x16\n" +
+	"\x06tenant\x18\n" +
+	" \x01(\tR\x06tenant\"@\n" +
 	"\x12SpawnAgentResponse\x12*\n" +
-	"\x05agent\x18\x01 \x01(\v2\x14.mabeam.v1.AgentInfoR\x05agent\"\xba\x03\n" +
+	"\x05agent\x18\x01 \x01(\v2\x14.mabeam.v1.AgentInfoR\x05agent\"\xd2\x03\n" +
 	"\tAgentInfo\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -1220,22 +1321,27 @@ const file_mabeam_v1_agent_proto_rawDesc = "" +
 	"\fmemory_bytes\x18\v \x01(\x03R\vmemoryBytes\x12-\n" +
 	"\x12checkpoint_version\x18\f \x01(\x03R\x11checkpointVersion\x12#\n" +
 	"\ris_supervisor\x18\r \x01(\bR\fisSupervisor\x12\x16\n" +
-	"\x06worker\x18\x0e \x01(\tR\x06worker\"(\n" +
+	"\x06worker\x18\x0e \x01(\tR\x06worker\x12\x16\n" +
+	"\x06tenant\x18\x0f \x01(\tR\x06tenant\"@\n" +
 	"\x10StopAgentRequest\x12\x14\n" +
-	"\x05agent\x18\x01 \x01(\tR\x05agent\"\x13\n" +
-	"\x11StopAgentResponse\"'\n" +
+	"\x05agent\x18\x01 \x01(\tR\x05agent\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\"\x13\n" +
+	"\x11StopAgentResponse\"?\n" +
 	"\x0fGetAgentRequest\x12\x14\n" +
-	"\x05agent\x18\x01 \x01(\tR\x05agent\">\n" +
+	"\x05agent\x18\x01 \x01(\tR\x05agent\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\">\n" +
 	"\x10GetAgentResponse\x12*\n" +
-	"\x05agent\x18\x01 \x01(\v2\x14.mabeam.v1.AgentInfoR\x05agent\"'\n" +
+	"\x05agent\x18\x01 \x01(\v2\x14.mabeam.v1.AgentInfoR\x05agent\"?\n" +
 	"\x11ListAgentsRequest\x12\x12\n" +
-	"\x04type\x18\x01 \x01(\tR\x04type\"B\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\"B\n" +
 	"\x12ListAgentsResponse\x12,\n" +
-	"\x06agents\x18\x01 \x03(\v2\x14.mabeam.v1.AgentInfoR\x06agents\",\n" +
+	"\x06agents\x18\x01 \x03(\v2\x14.mabeam.v1.AgentInfoR\x06agents\"D\n" +
 	"\x16SupervisionTreeRequest\x12\x12\n" +
-	"\x04root\x18\x01 \x01(\tR\x04root\"D\n" +
+	"\x04root\x18\x01 \x01(\tR\x04root\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\"D\n" +
 	"\x17SupervisionTreeResponse\x12)\n" +
-	"\x05roots\x18\x01 \x03(\v2\x13.mabeam.v1.TreeNodeR\x05roots\"\xe6\x01\n" +
+	"\x05roots\x18\x01 \x03(\v2\x13.mabeam.v1.TreeNodeR\x05roots\"\xfe\x01\n" +
 	"\bTreeNode\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -1244,26 +1350,31 @@ const file_mabeam_v1_agent_proto_rawDesc = "" +
 	"\brestarts\x18\x05 \x01(\x05R\brestarts\x12\x1a\n" +
 	"\bstrategy\x18\x06 \x01(\tR\bstrategy\x12\x16\n" +
 	"\x06worker\x18\a \x01(\tR\x06worker\x12/\n" +
-	"\bchildren\x18\b \x03(\v2\x13.mabeam.v1.TreeNodeR\bchildren\"K\n" +
+	"\bchildren\x18\b \x03(\v2\x13.mabeam.v1.TreeNodeR\bchildren\x12\x16\n" +
+	"\x06tenant\x18\t \x01(\tR\x06tenant\"c\n" +
 	"\x10AgentCastRequest\x12\x14\n" +
 	"\x05agent\x18\x01 \x01(\tR\x05agent\x12!\n" +
-	"\fmessage_json\x18\x02 \x01(\tR\vmessageJson\"\x13\n" +
-	"\x11AgentCastResponse\"t\n" +
+	"\fmessage_json\x18\x02 \x01(\tR\vmessageJson\x12\x16\n" +
+	"\x06tenant\x18\x03 \x01(\tR\x06tenant\"\x13\n" +
+	"\x11AgentCastResponse\"\x8c\x01\n" +
 	"\x10AgentCallRequest\x12\x14\n" +
 	"\x05agent\x18\x01 \x01(\tR\x05agent\x12!\n" +
 	"\fmessage_json\x18\x02 \x01(\tR\vmessageJson\x12'\n" +
-	"\x0ftimeout_seconds\x18\x03 \x01(\x01R\x0etimeoutSeconds\"2\n" +
+	"\x0ftimeout_seconds\x18\x03 \x01(\x01R\x0etimeoutSeconds\x12\x16\n" +
+	"\x06tenant\x18\x04 \x01(\tR\x06tenant\"2\n" +
 	"\x11AgentCallResponse\x12\x1d\n" +
 	"\n" +
-	"reply_json\x18\x01 \x01(\tR\treplyJson\"d\n" +
+	"reply_json\x18\x01 \x01(\tR\treplyJson\"|\n" +
 	"\x15AgentCastGroupRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12!\n" +
 	"\fmessage_json\x18\x02 \x01(\tR\vmessageJson\x12\x12\n" +
-	"\x04mode\x18\x03 \x01(\tR\x04mode\"C\n" +
+	"\x04mode\x18\x03 \x01(\tR\x04mode\x12\x16\n" +
+	"\x06tenant\x18\x04 \x01(\tR\x06tenant\"C\n" +
 	"\x16AgentCastGroupResponse\x12)\n" +
-	"\x10local_deliveries\x18\x01 \x01(\x05R\x0flocalDeliveries\"0\n" +
+	"\x10local_deliveries\x18\x01 \x01(\x05R\x0flocalDeliveries\"H\n" +
 	"\x18AgentGroupMembersRequest\x12\x14\n" +
-	"\x05group\x18\x01 \x01(\tR\x05group\"8\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\"8\n" +
 	"\x19AgentGroupMembersResponse\x12\x1b\n" +
 	"\tagent_ids\x18\x01 \x03(\tR\bagentIds2\xbe\x05\n" +
 	"\fAgentService\x12I\n" +

@@ -122,6 +122,21 @@ const (
 	// A run's call to an agent (a pipeline's agent step) failed; the callee's code is in the message.
 	ErrorReason_CALL_FAILED ErrorReason = 94
 	// 110-129: tenants, authentication and quotas.
+	// The request carries no credential: no `authorization: Bearer <token>` metadata (UNAUTHENTICATED).
+	ErrorReason_TOKEN_MISSING ErrorReason = 110
+	// The token does not verify: malformed, wrong signature, unknown key id (`kid`), wrong audience or
+	// not yet valid (UNAUTHENTICATED). Get a new token from the cluster's issuer.
+	ErrorReason_TOKEN_INVALID ErrorReason = 111
+	// The token's `exp` has passed (UNAUTHENTICATED); get a fresh one.
+	ErrorReason_TOKEN_EXPIRED ErrorReason = 112
+	// The token is valid but none of its roles grants the method (PERMISSION_DENIED); ErrorInfo metadata
+	// "required_role" names the least role that would.
+	ErrorReason_ROLE_REQUIRED ErrorReason = 113
+	// The request names a tenant other than the token's and the token has no admin role (PERMISSION_DENIED).
+	ErrorReason_TENANT_FORBIDDEN ErrorReason = 114
+	// A tenant quota would be exceeded (RESOURCE_EXHAUSTED); nothing was done. ErrorInfo metadata: "tenant",
+	// "quota" (the limit's name), "limit" and "used".
+	ErrorReason_QUOTA_EXCEEDED ErrorReason = 115
 	// 130-149: agents and external agents.
 	// An external agent's stream broke the protocol (MeshService.AttachAgent: first message not
 	// `attach`, `handled` for a delivery that is not awaiting an answer).
@@ -189,6 +204,12 @@ var (
 		92:  "APPROVAL_EXPIRED",
 		93:  "PIPELINE_INVALID",
 		94:  "CALL_FAILED",
+		110: "TOKEN_MISSING",
+		111: "TOKEN_INVALID",
+		112: "TOKEN_EXPIRED",
+		113: "ROLE_REQUIRED",
+		114: "TENANT_FORBIDDEN",
+		115: "QUOTA_EXCEEDED",
 		130: "AGENT_PROTOCOL",
 		140: "NO_SUCH_AGENT",
 		141: "AGENT_EXITED",
@@ -242,6 +263,12 @@ var (
 		"APPROVAL_EXPIRED":         92,
 		"PIPELINE_INVALID":         93,
 		"CALL_FAILED":              94,
+		"TOKEN_MISSING":            110,
+		"TOKEN_INVALID":            111,
+		"TOKEN_EXPIRED":            112,
+		"ROLE_REQUIRED":            113,
+		"TENANT_FORBIDDEN":         114,
+		"QUOTA_EXCEEDED":           115,
 		"AGENT_PROTOCOL":           130,
 		"NO_SUCH_AGENT":            140,
 		"AGENT_EXITED":             141,
@@ -545,7 +572,7 @@ const file_mabeam_v1_common_proto_rawDesc = "" +
 	"\bAgentRef\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x19\n" +
-	"\bagent_id\x18\x03 \x01(\tR\aagentId*\x96\b\n" +
+	"\bagent_id\x18\x03 \x01(\tR\aagentId*\x8c\t\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -594,7 +621,13 @@ const file_mabeam_v1_common_proto_rawDesc = "" +
 	"\x10APPROVAL_DECIDED\x10[\x12\x14\n" +
 	"\x10APPROVAL_EXPIRED\x10\\\x12\x14\n" +
 	"\x10PIPELINE_INVALID\x10]\x12\x0f\n" +
-	"\vCALL_FAILED\x10^\x12\x13\n" +
+	"\vCALL_FAILED\x10^\x12\x11\n" +
+	"\rTOKEN_MISSING\x10n\x12\x11\n" +
+	"\rTOKEN_INVALID\x10o\x12\x11\n" +
+	"\rTOKEN_EXPIRED\x10p\x12\x11\n" +
+	"\rROLE_REQUIRED\x10q\x12\x14\n" +
+	"\x10TENANT_FORBIDDEN\x10r\x12\x12\n" +
+	"\x0eQUOTA_EXCEEDED\x10s\x12\x13\n" +
 	"\x0eAGENT_PROTOCOL\x10\x82\x01\x12\x12\n" +
 	"\rNO_SUCH_AGENT\x10\x8c\x01\x12\x11\n" +
 	"\fAGENT_EXITED\x10\x8d\x01\x12\x15\n" +

@@ -1611,6 +1611,345 @@ func (x *ListGroupsResponse) GetGroups() []*GroupSummary {
 	return nil
 }
 
+// A tenant's limits. Every limit is optional: 0 means unlimited.
+type TenantQuota struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Tenant string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// Live agents of the tenant across the cluster (agentd; exact).
+	MaxAgents int64 `protobuf:"varint,2,opt,name=max_agents,json=maxAgents,proto3" json:"max_agents,omitempty"`
+	// Bound on any one mailbox of the tenant: agentd agents' mailbox capacity, Subscribe and AttachAgent
+	// max_pending (larger requests are clamped to it).
+	MaxMailbox int64 `protobuf:"varint,3,opt,name=max_mailbox,json=maxMailbox,proto3" json:"max_mailbox,omitempty"`
+	// Durable runs of the tenant not yet ended, across the cluster (exact).
+	MaxConcurrentRuns int64 `protobuf:"varint,4,opt,name=max_concurrent_runs,json=maxConcurrentRuns,proto3" json:"max_concurrent_runs,omitempty"`
+	// Data-plane messages per second the tenant may send through each meshd (token bucket, per node).
+	MaxMessagesPerSecond float64 `protobuf:"fixed64,5,opt,name=max_messages_per_second,json=maxMessagesPerSecond,proto3" json:"max_messages_per_second,omitempty"`
+	// Data-plane payload bytes per second the tenant may send through each meshd (token bucket, per node).
+	MaxBytesPerSecond float64 `protobuf:"fixed64,6,opt,name=max_bytes_per_second,json=maxBytesPerSecond,proto3" json:"max_bytes_per_second,omitempty"`
+	// Open coordinator instances (auctions, negotiations, votes, markets) of the tenant (exact).
+	MaxInstances int64 `protobuf:"varint,7,opt,name=max_instances,json=maxInstances,proto3" json:"max_instances,omitempty"`
+	// The tenant's model budget (the models layer's tenant budget): tokens, and cost in nano-USD.
+	ModelMaxTokens   int64 `protobuf:"varint,8,opt,name=model_max_tokens,json=modelMaxTokens,proto3" json:"model_max_tokens,omitempty"`
+	ModelMaxCostNusd int64 `protobuf:"varint,9,opt,name=model_max_cost_nusd,json=modelMaxCostNusd,proto3" json:"model_max_cost_nusd,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *TenantQuota) Reset() {
+	*x = TenantQuota{}
+	mi := &file_mabeam_v1_mesh_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TenantQuota) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TenantQuota) ProtoMessage() {}
+
+func (x *TenantQuota) ProtoReflect() protoreflect.Message {
+	mi := &file_mabeam_v1_mesh_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TenantQuota.ProtoReflect.Descriptor instead.
+func (*TenantQuota) Descriptor() ([]byte, []int) {
+	return file_mabeam_v1_mesh_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *TenantQuota) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *TenantQuota) GetMaxAgents() int64 {
+	if x != nil {
+		return x.MaxAgents
+	}
+	return 0
+}
+
+func (x *TenantQuota) GetMaxMailbox() int64 {
+	if x != nil {
+		return x.MaxMailbox
+	}
+	return 0
+}
+
+func (x *TenantQuota) GetMaxConcurrentRuns() int64 {
+	if x != nil {
+		return x.MaxConcurrentRuns
+	}
+	return 0
+}
+
+func (x *TenantQuota) GetMaxMessagesPerSecond() float64 {
+	if x != nil {
+		return x.MaxMessagesPerSecond
+	}
+	return 0
+}
+
+func (x *TenantQuota) GetMaxBytesPerSecond() float64 {
+	if x != nil {
+		return x.MaxBytesPerSecond
+	}
+	return 0
+}
+
+func (x *TenantQuota) GetMaxInstances() int64 {
+	if x != nil {
+		return x.MaxInstances
+	}
+	return 0
+}
+
+func (x *TenantQuota) GetModelMaxTokens() int64 {
+	if x != nil {
+		return x.ModelMaxTokens
+	}
+	return 0
+}
+
+func (x *TenantQuota) GetModelMaxCostNusd() int64 {
+	if x != nil {
+		return x.ModelMaxCostNusd
+	}
+	return 0
+}
+
+type SetTenantQuotaRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The whole quota of quota.tenant (limits not given are unlimited).
+	Quota         *TenantQuota `protobuf:"bytes,1,opt,name=quota,proto3" json:"quota,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTenantQuotaRequest) Reset() {
+	*x = SetTenantQuotaRequest{}
+	mi := &file_mabeam_v1_mesh_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTenantQuotaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTenantQuotaRequest) ProtoMessage() {}
+
+func (x *SetTenantQuotaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mabeam_v1_mesh_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTenantQuotaRequest.ProtoReflect.Descriptor instead.
+func (*SetTenantQuotaRequest) Descriptor() ([]byte, []int) {
+	return file_mabeam_v1_mesh_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *SetTenantQuotaRequest) GetQuota() *TenantQuota {
+	if x != nil {
+		return x.Quota
+	}
+	return nil
+}
+
+type GetTenantUsageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty means the caller's tenant; only an admin may name another.
+	Tenant        string `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTenantUsageRequest) Reset() {
+	*x = GetTenantUsageRequest{}
+	mi := &file_mabeam_v1_mesh_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTenantUsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTenantUsageRequest) ProtoMessage() {}
+
+func (x *GetTenantUsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mabeam_v1_mesh_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTenantUsageRequest.ProtoReflect.Descriptor instead.
+func (*GetTenantUsageRequest) Descriptor() ([]byte, []int) {
+	return file_mabeam_v1_mesh_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *GetTenantUsageRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+// One quota and its use now.
+type QuotaUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The limit's name in TenantQuota (max_agents, max_instances, ...).
+	Quota string  `protobuf:"bytes,1,opt,name=quota,proto3" json:"quota,omitempty"`
+	Used  float64 `protobuf:"fixed64,2,opt,name=used,proto3" json:"used,omitempty"`
+	// 0: unlimited.
+	Limit float64 `protobuf:"fixed64,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	// True for counts kept exactly cluster-wide; false for per-node rates (approximate).
+	Exact         bool `protobuf:"varint,4,opt,name=exact,proto3" json:"exact,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaUsage) Reset() {
+	*x = QuotaUsage{}
+	mi := &file_mabeam_v1_mesh_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaUsage) ProtoMessage() {}
+
+func (x *QuotaUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_mabeam_v1_mesh_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaUsage.ProtoReflect.Descriptor instead.
+func (*QuotaUsage) Descriptor() ([]byte, []int) {
+	return file_mabeam_v1_mesh_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *QuotaUsage) GetQuota() string {
+	if x != nil {
+		return x.Quota
+	}
+	return ""
+}
+
+func (x *QuotaUsage) GetUsed() float64 {
+	if x != nil {
+		return x.Used
+	}
+	return 0
+}
+
+func (x *QuotaUsage) GetLimit() float64 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *QuotaUsage) GetExact() bool {
+	if x != nil {
+		return x.Exact
+	}
+	return false
+}
+
+type TenantUsage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Quota         *TenantQuota           `protobuf:"bytes,2,opt,name=quota,proto3" json:"quota,omitempty"`
+	Usage         []*QuotaUsage          `protobuf:"bytes,3,rep,name=usage,proto3" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TenantUsage) Reset() {
+	*x = TenantUsage{}
+	mi := &file_mabeam_v1_mesh_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TenantUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TenantUsage) ProtoMessage() {}
+
+func (x *TenantUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_mabeam_v1_mesh_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TenantUsage.ProtoReflect.Descriptor instead.
+func (*TenantUsage) Descriptor() ([]byte, []int) {
+	return file_mabeam_v1_mesh_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *TenantUsage) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *TenantUsage) GetQuota() *TenantQuota {
+	if x != nil {
+		return x.Quota
+	}
+	return nil
+}
+
+func (x *TenantUsage) GetUsage() []*QuotaUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
 var File_mabeam_v1_mesh_proto protoreflect.FileDescriptor
 
 const file_mabeam_v1_mesh_proto_rawDesc = "" +
@@ -1720,7 +2059,34 @@ const file_mabeam_v1_mesh_proto_rawDesc = "" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x12!\n" +
 	"\fmember_count\x18\x03 \x01(\x05R\vmemberCount\"E\n" +
 	"\x12ListGroupsResponse\x12/\n" +
-	"\x06groups\x18\x01 \x03(\v2\x17.mabeam.v1.GroupSummaryR\x06groups2\xd0\t\n" +
+	"\x06groups\x18\x01 \x03(\v2\x17.mabeam.v1.GroupSummaryR\x06groups\"\xfb\x02\n" +
+	"\vTenantQuota\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1d\n" +
+	"\n" +
+	"max_agents\x18\x02 \x01(\x03R\tmaxAgents\x12\x1f\n" +
+	"\vmax_mailbox\x18\x03 \x01(\x03R\n" +
+	"maxMailbox\x12.\n" +
+	"\x13max_concurrent_runs\x18\x04 \x01(\x03R\x11maxConcurrentRuns\x125\n" +
+	"\x17max_messages_per_second\x18\x05 \x01(\x01R\x14maxMessagesPerSecond\x12/\n" +
+	"\x14max_bytes_per_second\x18\x06 \x01(\x01R\x11maxBytesPerSecond\x12#\n" +
+	"\rmax_instances\x18\a \x01(\x03R\fmaxInstances\x12(\n" +
+	"\x10model_max_tokens\x18\b \x01(\x03R\x0emodelMaxTokens\x12-\n" +
+	"\x13model_max_cost_nusd\x18\t \x01(\x03R\x10modelMaxCostNusd\"E\n" +
+	"\x15SetTenantQuotaRequest\x12,\n" +
+	"\x05quota\x18\x01 \x01(\v2\x16.mabeam.v1.TenantQuotaR\x05quota\"/\n" +
+	"\x15GetTenantUsageRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"b\n" +
+	"\n" +
+	"QuotaUsage\x12\x14\n" +
+	"\x05quota\x18\x01 \x01(\tR\x05quota\x12\x12\n" +
+	"\x04used\x18\x02 \x01(\x01R\x04used\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x01R\x05limit\x12\x14\n" +
+	"\x05exact\x18\x04 \x01(\bR\x05exact\"\x80\x01\n" +
+	"\vTenantUsage\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12,\n" +
+	"\x05quota\x18\x02 \x01(\v2\x16.mabeam.v1.TenantQuotaR\x05quota\x12+\n" +
+	"\x05usage\x18\x03 \x03(\v2\x15.mabeam.v1.QuotaUsageR\x05usage2\xe8\n" +
+	"\n" +
 	"\vMeshService\x127\n" +
 	"\x04Ping\x12\x16.mabeam.v1.PingRequest\x1a\x17.mabeam.v1.PingResponse\x12L\n" +
 	"\vListMembers\x12\x1d.mabeam.v1.ListMembersRequest\x1a\x1e.mabeam.v1.ListMembersResponse\x12H\n" +
@@ -1740,7 +2106,9 @@ const file_mabeam_v1_mesh_proto_rawDesc = "" +
 	"\x04Send\x12\x16.mabeam.v1.SendRequest\x1a\x17.mabeam.v1.SendResponse\x127\n" +
 	"\x04Call\x12\x16.mabeam.v1.CallRequest\x1a\x17.mabeam.v1.CallResponse\x12H\n" +
 	"\tSubscribe\x12\x1b.mabeam.v1.SubscribeRequest\x1a\x1c.mabeam.v1.SubscribeResponse0\x01\x12F\n" +
-	"\vAttachAgent\x12\x18.mabeam.v1.AgentStreamIn\x1a\x19.mabeam.v1.AgentStreamOut(\x010\x01b\x06proto3"
+	"\vAttachAgent\x12\x18.mabeam.v1.AgentStreamIn\x1a\x19.mabeam.v1.AgentStreamOut(\x010\x01\x12J\n" +
+	"\x0eSetTenantQuota\x12 .mabeam.v1.SetTenantQuotaRequest\x1a\x16.mabeam.v1.TenantQuota\x12J\n" +
+	"\x0eGetTenantUsage\x12 .mabeam.v1.GetTenantUsageRequest\x1a\x16.mabeam.v1.TenantUsageb\x06proto3"
 
 var (
 	file_mabeam_v1_mesh_proto_rawDescOnce sync.Once
@@ -1755,7 +2123,7 @@ func file_mabeam_v1_mesh_proto_rawDescGZIP() []byte {
 }
 
 var file_mabeam_v1_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mabeam_v1_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_mabeam_v1_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_mabeam_v1_mesh_proto_goTypes = []any{
 	(MemberEvent_Type)(0),          // 0: mabeam.v1.MemberEvent.Type
 	(*PingRequest)(nil),            // 1: mabeam.v1.PingRequest
@@ -1788,81 +2156,93 @@ var file_mabeam_v1_mesh_proto_goTypes = []any{
 	(*ListGroupsRequest)(nil),      // 28: mabeam.v1.ListGroupsRequest
 	(*GroupSummary)(nil),           // 29: mabeam.v1.GroupSummary
 	(*ListGroupsResponse)(nil),     // 30: mabeam.v1.ListGroupsResponse
-	nil,                            // 31: mabeam.v1.NameEntry.MetadataEntry
-	nil,                            // 32: mabeam.v1.RegisterNameRequest.MetadataEntry
-	nil,                            // 33: mabeam.v1.GroupMember.MetadataEntry
-	nil,                            // 34: mabeam.v1.JoinGroupRequest.MetadataEntry
-	(*NodeInfo)(nil),               // 35: mabeam.v1.NodeInfo
-	(*AgentRef)(nil),               // 36: mabeam.v1.AgentRef
-	(*SendRequest)(nil),            // 37: mabeam.v1.SendRequest
-	(*CallRequest)(nil),            // 38: mabeam.v1.CallRequest
-	(*SubscribeRequest)(nil),       // 39: mabeam.v1.SubscribeRequest
-	(*AgentStreamIn)(nil),          // 40: mabeam.v1.AgentStreamIn
-	(*SendResponse)(nil),           // 41: mabeam.v1.SendResponse
-	(*CallResponse)(nil),           // 42: mabeam.v1.CallResponse
-	(*SubscribeResponse)(nil),      // 43: mabeam.v1.SubscribeResponse
-	(*AgentStreamOut)(nil),         // 44: mabeam.v1.AgentStreamOut
+	(*TenantQuota)(nil),            // 31: mabeam.v1.TenantQuota
+	(*SetTenantQuotaRequest)(nil),  // 32: mabeam.v1.SetTenantQuotaRequest
+	(*GetTenantUsageRequest)(nil),  // 33: mabeam.v1.GetTenantUsageRequest
+	(*QuotaUsage)(nil),             // 34: mabeam.v1.QuotaUsage
+	(*TenantUsage)(nil),            // 35: mabeam.v1.TenantUsage
+	nil,                            // 36: mabeam.v1.NameEntry.MetadataEntry
+	nil,                            // 37: mabeam.v1.RegisterNameRequest.MetadataEntry
+	nil,                            // 38: mabeam.v1.GroupMember.MetadataEntry
+	nil,                            // 39: mabeam.v1.JoinGroupRequest.MetadataEntry
+	(*NodeInfo)(nil),               // 40: mabeam.v1.NodeInfo
+	(*AgentRef)(nil),               // 41: mabeam.v1.AgentRef
+	(*SendRequest)(nil),            // 42: mabeam.v1.SendRequest
+	(*CallRequest)(nil),            // 43: mabeam.v1.CallRequest
+	(*SubscribeRequest)(nil),       // 44: mabeam.v1.SubscribeRequest
+	(*AgentStreamIn)(nil),          // 45: mabeam.v1.AgentStreamIn
+	(*SendResponse)(nil),           // 46: mabeam.v1.SendResponse
+	(*CallResponse)(nil),           // 47: mabeam.v1.CallResponse
+	(*SubscribeResponse)(nil),      // 48: mabeam.v1.SubscribeResponse
+	(*AgentStreamOut)(nil),         // 49: mabeam.v1.AgentStreamOut
 }
 var file_mabeam_v1_mesh_proto_depIdxs = []int32{
-	35, // 0: mabeam.v1.PingResponse.node:type_name -> mabeam.v1.NodeInfo
-	35, // 1: mabeam.v1.ListMembersResponse.members:type_name -> mabeam.v1.NodeInfo
+	40, // 0: mabeam.v1.PingResponse.node:type_name -> mabeam.v1.NodeInfo
+	40, // 1: mabeam.v1.ListMembersResponse.members:type_name -> mabeam.v1.NodeInfo
 	0,  // 2: mabeam.v1.MemberEvent.type:type_name -> mabeam.v1.MemberEvent.Type
-	35, // 3: mabeam.v1.MemberEvent.node:type_name -> mabeam.v1.NodeInfo
+	40, // 3: mabeam.v1.MemberEvent.node:type_name -> mabeam.v1.NodeInfo
 	8,  // 4: mabeam.v1.GetLeaderResponse.leader:type_name -> mabeam.v1.LeaderInfo
 	8,  // 5: mabeam.v1.LeaderEvent.leader:type_name -> mabeam.v1.LeaderInfo
-	36, // 6: mabeam.v1.NameEntry.target:type_name -> mabeam.v1.AgentRef
-	31, // 7: mabeam.v1.NameEntry.metadata:type_name -> mabeam.v1.NameEntry.MetadataEntry
-	36, // 8: mabeam.v1.RegisterNameRequest.target:type_name -> mabeam.v1.AgentRef
-	32, // 9: mabeam.v1.RegisterNameRequest.metadata:type_name -> mabeam.v1.RegisterNameRequest.MetadataEntry
+	41, // 6: mabeam.v1.NameEntry.target:type_name -> mabeam.v1.AgentRef
+	36, // 7: mabeam.v1.NameEntry.metadata:type_name -> mabeam.v1.NameEntry.MetadataEntry
+	41, // 8: mabeam.v1.RegisterNameRequest.target:type_name -> mabeam.v1.AgentRef
+	37, // 9: mabeam.v1.RegisterNameRequest.metadata:type_name -> mabeam.v1.RegisterNameRequest.MetadataEntry
 	12, // 10: mabeam.v1.RegisterNameResponse.entry:type_name -> mabeam.v1.NameEntry
 	12, // 11: mabeam.v1.LookupResponse.entry:type_name -> mabeam.v1.NameEntry
 	12, // 12: mabeam.v1.ListNamesResponse.entries:type_name -> mabeam.v1.NameEntry
-	36, // 13: mabeam.v1.GroupMember.member:type_name -> mabeam.v1.AgentRef
-	33, // 14: mabeam.v1.GroupMember.metadata:type_name -> mabeam.v1.GroupMember.MetadataEntry
-	36, // 15: mabeam.v1.JoinGroupRequest.member:type_name -> mabeam.v1.AgentRef
-	34, // 16: mabeam.v1.JoinGroupRequest.metadata:type_name -> mabeam.v1.JoinGroupRequest.MetadataEntry
-	36, // 17: mabeam.v1.LeaveGroupRequest.member:type_name -> mabeam.v1.AgentRef
+	41, // 13: mabeam.v1.GroupMember.member:type_name -> mabeam.v1.AgentRef
+	38, // 14: mabeam.v1.GroupMember.metadata:type_name -> mabeam.v1.GroupMember.MetadataEntry
+	41, // 15: mabeam.v1.JoinGroupRequest.member:type_name -> mabeam.v1.AgentRef
+	39, // 16: mabeam.v1.JoinGroupRequest.metadata:type_name -> mabeam.v1.JoinGroupRequest.MetadataEntry
+	41, // 17: mabeam.v1.LeaveGroupRequest.member:type_name -> mabeam.v1.AgentRef
 	21, // 18: mabeam.v1.GroupMembersResponse.members:type_name -> mabeam.v1.GroupMember
 	29, // 19: mabeam.v1.ListGroupsResponse.groups:type_name -> mabeam.v1.GroupSummary
-	1,  // 20: mabeam.v1.MeshService.Ping:input_type -> mabeam.v1.PingRequest
-	3,  // 21: mabeam.v1.MeshService.ListMembers:input_type -> mabeam.v1.ListMembersRequest
-	5,  // 22: mabeam.v1.MeshService.WatchMembers:input_type -> mabeam.v1.WatchMembersRequest
-	7,  // 23: mabeam.v1.MeshService.GetLeader:input_type -> mabeam.v1.GetLeaderRequest
-	10, // 24: mabeam.v1.MeshService.WatchLeader:input_type -> mabeam.v1.WatchLeaderRequest
-	13, // 25: mabeam.v1.MeshService.RegisterName:input_type -> mabeam.v1.RegisterNameRequest
-	15, // 26: mabeam.v1.MeshService.UnregisterName:input_type -> mabeam.v1.UnregisterNameRequest
-	17, // 27: mabeam.v1.MeshService.Lookup:input_type -> mabeam.v1.LookupRequest
-	19, // 28: mabeam.v1.MeshService.ListNames:input_type -> mabeam.v1.ListNamesRequest
-	22, // 29: mabeam.v1.MeshService.JoinGroup:input_type -> mabeam.v1.JoinGroupRequest
-	24, // 30: mabeam.v1.MeshService.LeaveGroup:input_type -> mabeam.v1.LeaveGroupRequest
-	26, // 31: mabeam.v1.MeshService.GroupMembers:input_type -> mabeam.v1.GroupMembersRequest
-	28, // 32: mabeam.v1.MeshService.ListGroups:input_type -> mabeam.v1.ListGroupsRequest
-	37, // 33: mabeam.v1.MeshService.Send:input_type -> mabeam.v1.SendRequest
-	38, // 34: mabeam.v1.MeshService.Call:input_type -> mabeam.v1.CallRequest
-	39, // 35: mabeam.v1.MeshService.Subscribe:input_type -> mabeam.v1.SubscribeRequest
-	40, // 36: mabeam.v1.MeshService.AttachAgent:input_type -> mabeam.v1.AgentStreamIn
-	2,  // 37: mabeam.v1.MeshService.Ping:output_type -> mabeam.v1.PingResponse
-	4,  // 38: mabeam.v1.MeshService.ListMembers:output_type -> mabeam.v1.ListMembersResponse
-	6,  // 39: mabeam.v1.MeshService.WatchMembers:output_type -> mabeam.v1.MemberEvent
-	9,  // 40: mabeam.v1.MeshService.GetLeader:output_type -> mabeam.v1.GetLeaderResponse
-	11, // 41: mabeam.v1.MeshService.WatchLeader:output_type -> mabeam.v1.LeaderEvent
-	14, // 42: mabeam.v1.MeshService.RegisterName:output_type -> mabeam.v1.RegisterNameResponse
-	16, // 43: mabeam.v1.MeshService.UnregisterName:output_type -> mabeam.v1.UnregisterNameResponse
-	18, // 44: mabeam.v1.MeshService.Lookup:output_type -> mabeam.v1.LookupResponse
-	20, // 45: mabeam.v1.MeshService.ListNames:output_type -> mabeam.v1.ListNamesResponse
-	23, // 46: mabeam.v1.MeshService.JoinGroup:output_type -> mabeam.v1.JoinGroupResponse
-	25, // 47: mabeam.v1.MeshService.LeaveGroup:output_type -> mabeam.v1.LeaveGroupResponse
-	27, // 48: mabeam.v1.MeshService.GroupMembers:output_type -> mabeam.v1.GroupMembersResponse
-	30, // 49: mabeam.v1.MeshService.ListGroups:output_type -> mabeam.v1.ListGroupsResponse
-	41, // 50: mabeam.v1.MeshService.Send:output_type -> mabeam.v1.SendResponse
-	42, // 51: mabeam.v1.MeshService.Call:output_type -> mabeam.v1.CallResponse
-	43, // 52: mabeam.v1.MeshService.Subscribe:output_type -> mabeam.v1.SubscribeResponse
-	44, // 53: mabeam.v1.MeshService.AttachAgent:output_type -> mabeam.v1.AgentStreamOut
-	37, // [37:54] is the sub-list for method output_type
-	20, // [20:37] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	31, // 20: mabeam.v1.SetTenantQuotaRequest.quota:type_name -> mabeam.v1.TenantQuota
+	31, // 21: mabeam.v1.TenantUsage.quota:type_name -> mabeam.v1.TenantQuota
+	34, // 22: mabeam.v1.TenantUsage.usage:type_name -> mabeam.v1.QuotaUsage
+	1,  // 23: mabeam.v1.MeshService.Ping:input_type -> mabeam.v1.PingRequest
+	3,  // 24: mabeam.v1.MeshService.ListMembers:input_type -> mabeam.v1.ListMembersRequest
+	5,  // 25: mabeam.v1.MeshService.WatchMembers:input_type -> mabeam.v1.WatchMembersRequest
+	7,  // 26: mabeam.v1.MeshService.GetLeader:input_type -> mabeam.v1.GetLeaderRequest
+	10, // 27: mabeam.v1.MeshService.WatchLeader:input_type -> mabeam.v1.WatchLeaderRequest
+	13, // 28: mabeam.v1.MeshService.RegisterName:input_type -> mabeam.v1.RegisterNameRequest
+	15, // 29: mabeam.v1.MeshService.UnregisterName:input_type -> mabeam.v1.UnregisterNameRequest
+	17, // 30: mabeam.v1.MeshService.Lookup:input_type -> mabeam.v1.LookupRequest
+	19, // 31: mabeam.v1.MeshService.ListNames:input_type -> mabeam.v1.ListNamesRequest
+	22, // 32: mabeam.v1.MeshService.JoinGroup:input_type -> mabeam.v1.JoinGroupRequest
+	24, // 33: mabeam.v1.MeshService.LeaveGroup:input_type -> mabeam.v1.LeaveGroupRequest
+	26, // 34: mabeam.v1.MeshService.GroupMembers:input_type -> mabeam.v1.GroupMembersRequest
+	28, // 35: mabeam.v1.MeshService.ListGroups:input_type -> mabeam.v1.ListGroupsRequest
+	42, // 36: mabeam.v1.MeshService.Send:input_type -> mabeam.v1.SendRequest
+	43, // 37: mabeam.v1.MeshService.Call:input_type -> mabeam.v1.CallRequest
+	44, // 38: mabeam.v1.MeshService.Subscribe:input_type -> mabeam.v1.SubscribeRequest
+	45, // 39: mabeam.v1.MeshService.AttachAgent:input_type -> mabeam.v1.AgentStreamIn
+	32, // 40: mabeam.v1.MeshService.SetTenantQuota:input_type -> mabeam.v1.SetTenantQuotaRequest
+	33, // 41: mabeam.v1.MeshService.GetTenantUsage:input_type -> mabeam.v1.GetTenantUsageRequest
+	2,  // 42: mabeam.v1.MeshService.Ping:output_type -> mabeam.v1.PingResponse
+	4,  // 43: mabeam.v1.MeshService.ListMembers:output_type -> mabeam.v1.ListMembersResponse
+	6,  // 44: mabeam.v1.MeshService.WatchMembers:output_type -> mabeam.v1.MemberEvent
+	9,  // 45: mabeam.v1.MeshService.GetLeader:output_type -> mabeam.v1.GetLeaderResponse
+	11, // 46: mabeam.v1.MeshService.WatchLeader:output_type -> mabeam.v1.LeaderEvent
+	14, // 47: mabeam.v1.MeshService.RegisterName:output_type -> mabeam.v1.RegisterNameResponse
+	16, // 48: mabeam.v1.MeshService.UnregisterName:output_type -> mabeam.v1.UnregisterNameResponse
+	18, // 49: mabeam.v1.MeshService.Lookup:output_type -> mabeam.v1.LookupResponse
+	20, // 50: mabeam.v1.MeshService.ListNames:output_type -> mabeam.v1.ListNamesResponse
+	23, // 51: mabeam.v1.MeshService.JoinGroup:output_type -> mabeam.v1.JoinGroupResponse
+	25, // 52: mabeam.v1.MeshService.LeaveGroup:output_type -> mabeam.v1.LeaveGroupResponse
+	27, // 53: mabeam.v1.MeshService.GroupMembers:output_type -> mabeam.v1.GroupMembersResponse
+	30, // 54: mabeam.v1.MeshService.ListGroups:output_type -> mabeam.v1.ListGroupsResponse
+	46, // 55: mabeam.v1.MeshService.Send:output_type -> mabeam.v1.SendResponse
+	47, // 56: mabeam.v1.MeshService.Call:output_type -> mabeam.v1.CallResponse
+	48, // 57: mabeam.v1.MeshService.Subscribe:output_type -> mabeam.v1.SubscribeResponse
+	49, // 58: mabeam.v1.MeshService.AttachAgent:output_type -> mabeam.v1.AgentStreamOut
+	31, // 59: mabeam.v1.MeshService.SetTenantQuota:output_type -> mabeam.v1.TenantQuota
+	35, // 60: mabeam.v1.MeshService.GetTenantUsage:output_type -> mabeam.v1.TenantUsage
+	42, // [42:61] is the sub-list for method output_type
+	23, // [23:42] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_mabeam_v1_mesh_proto_init() }
@@ -1879,7 +2259,7 @@ func file_mabeam_v1_mesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mabeam_v1_mesh_proto_rawDesc), len(file_mabeam_v1_mesh_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   34,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

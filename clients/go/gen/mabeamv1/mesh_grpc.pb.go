@@ -38,6 +38,8 @@ const (
 	MeshService_Call_FullMethodName           = "/mabeam.v1.MeshService/Call"
 	MeshService_Subscribe_FullMethodName      = "/mabeam.v1.MeshService/Subscribe"
 	MeshService_AttachAgent_FullMethodName    = "/mabeam.v1.MeshService/AttachAgent"
+	MeshService_SetTenantQuota_FullMethodName = "/mabeam.v1.MeshService/SetTenantQuota"
+	MeshService_GetTenantUsage_FullMethodName = "/mabeam.v1.MeshService/GetTenantUsage"
 )
 
 // MeshServiceClient is the client API for MeshService service.
@@ -79,6 +81,12 @@ type MeshServiceClient interface {
 	// External agents: attach as an agent (names, groups, bounded mailbox), receive casts and calls one
 	// at a time and answer them, send casts and calls; see external_agent.proto.
 	AttachAgent(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AgentStreamIn, AgentStreamOut], error)
+	// Tenants: set a tenant's quotas, kept in etcd and enforced by every node (admin only; creates the
+	// tenant when it does not exist). See docs/security.md for what each limit means and how exact it is.
+	SetTenantQuota(ctx context.Context, in *SetTenantQuotaRequest, opts ...grpc.CallOption) (*TenantQuota, error)
+	// A tenant's quotas and what it uses now, cluster-wide where exact (agents, instances, runs, model
+	// spend) and on this node for rates (data-plane messages and bytes per second).
+	GetTenantUsage(ctx context.Context, in *GetTenantUsageRequest, opts ...grpc.CallOption) (*TenantUsage, error)
 }
 
 type meshServiceClient struct {
@@ -289,6 +297,26 @@ func (c *meshServiceClient) AttachAgent(ctx context.Context, opts ...grpc.CallOp
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type MeshService_AttachAgentClient = grpc.BidiStreamingClient[AgentStreamIn, AgentStreamOut]
 
+func (c *meshServiceClient) SetTenantQuota(ctx context.Context, in *SetTenantQuotaRequest, opts ...grpc.CallOption) (*TenantQuota, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TenantQuota)
+	err := c.cc.Invoke(ctx, MeshService_SetTenantQuota_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *meshServiceClient) GetTenantUsage(ctx context.Context, in *GetTenantUsageRequest, opts ...grpc.CallOption) (*TenantUsage, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TenantUsage)
+	err := c.cc.Invoke(ctx, MeshService_GetTenantUsage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MeshServiceServer is the server API for MeshService service.
 // All implementations must embed UnimplementedMeshServiceServer
 // for forward compatibility.
@@ -328,6 +356,12 @@ type MeshServiceServer interface {
 	// External agents: attach as an agent (names, groups, bounded mailbox), receive casts and calls one
 	// at a time and answer them, send casts and calls; see external_agent.proto.
 	AttachAgent(grpc.BidiStreamingServer[AgentStreamIn, AgentStreamOut]) error
+	// Tenants: set a tenant's quotas, kept in etcd and enforced by every node (admin only; creates the
+	// tenant when it does not exist). See docs/security.md for what each limit means and how exact it is.
+	SetTenantQuota(context.Context, *SetTenantQuotaRequest) (*TenantQuota, error)
+	// A tenant's quotas and what it uses now, cluster-wide where exact (agents, instances, runs, model
+	// spend) and on this node for rates (data-plane messages and bytes per second).
+	GetTenantUsage(context.Context, *GetTenantUsageRequest) (*TenantUsage, error)
 	mustEmbedUnimplementedMeshServiceServer()
 }
 
@@ -388,6 +422,12 @@ func (UnimplementedMeshServiceServer) Subscribe(*SubscribeRequest, grpc.ServerSt
 }
 func (UnimplementedMeshServiceServer) AttachAgent(grpc.BidiStreamingServer[AgentStreamIn, AgentStreamOut]) error {
 	return status.Error(codes.Unimplemented, "method AttachAgent not implemented")
+}
+func (UnimplementedMeshServiceServer) SetTenantQuota(context.Context, *SetTenantQuotaRequest) (*TenantQuota, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetTenantQuota not implemented")
+}
+func (UnimplementedMeshServiceServer) GetTenantUsage(context.Context, *GetTenantUsageRequest) (*TenantUsage, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetTenantUsage not implemented")
 }
 func (UnimplementedMeshServiceServer) mustEmbedUnimplementedMeshServiceServer() {}
 func (UnimplementedMeshServiceServer) testEmbeddedByValue()                     {}
@@ -684,6 +724,42 @@ func _MeshService_AttachAgent_Handler(srv interface{}, stream grpc.ServerStream)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type MeshService_AttachAgentServer = grpc.BidiStreamingServer[AgentStreamIn, AgentStreamOut]
 
+func _MeshService_SetTenantQuota_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetTenantQuotaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MeshServiceServer).SetTenantQuota(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MeshService_SetTenantQuota_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MeshServiceServer).SetTenantQuota(ctx, req.(*SetTenantQuotaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MeshService_GetTenantUsage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetTenantUsageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MeshServiceServer).GetTenantUsage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MeshService_GetTenantUsage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MeshServiceServer).GetTenantUsage(ctx, req.(*GetTenantUsageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MeshService_ServiceDesc is the grpc.ServiceDesc for MeshService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -742,6 +818,14 @@ var MeshService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Call",
 			Handler:    _MeshService_Call_Handler,
+		},
+		{
+			MethodName: "SetTenantQuota",
+			Handler:    _MeshService_SetTenantQuota_Handler,
+		},
+		{
+			MethodName: "GetTenantUsage",
+			Handler:    _MeshService_GetTenantUsage_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

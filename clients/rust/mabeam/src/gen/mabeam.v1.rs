@@ -29,6 +29,9 @@ pub struct SpawnAgentRequest {
     /// Kill at shutdown without calling terminate.
     #[prost(bool, tag = "9")]
     pub brutal_kill: bool,
+    /// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+    #[prost(string, tag = "10")]
+    pub tenant: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -73,6 +76,9 @@ pub struct AgentInfo {
     /// Worker process hosting the agent.
     #[prost(string, tag = "14")]
     pub worker: ::prost::alloc::string::String,
+    /// Tenant the agent belongs to.
+    #[prost(string, tag = "15")]
+    pub tenant: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -80,6 +86,9 @@ pub struct StopAgentRequest {
     /// Agent id or registered name.
     #[prost(string, tag = "1")]
     pub agent: ::prost::alloc::string::String,
+    /// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+    #[prost(string, tag = "2")]
+    pub tenant: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -90,6 +99,9 @@ pub struct GetAgentRequest {
     /// Agent id or registered name.
     #[prost(string, tag = "1")]
     pub agent: ::prost::alloc::string::String,
+    /// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+    #[prost(string, tag = "2")]
+    pub tenant: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -103,6 +115,9 @@ pub struct ListAgentsRequest {
     /// Only agents of this type; empty means all.
     #[prost(string, tag = "1")]
     pub r#type: ::prost::alloc::string::String,
+    /// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+    #[prost(string, tag = "2")]
+    pub tenant: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -116,6 +131,9 @@ pub struct SupervisionTreeRequest {
     /// Supervisor id or name; empty means every worker's root.
     #[prost(string, tag = "1")]
     pub root: ::prost::alloc::string::String,
+    /// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+    #[prost(string, tag = "2")]
+    pub tenant: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -144,6 +162,9 @@ pub struct TreeNode {
     pub worker: ::prost::alloc::string::String,
     #[prost(message, repeated, tag = "8")]
     pub children: ::prost::alloc::vec::Vec<TreeNode>,
+    /// Tenant the agent belongs to.
+    #[prost(string, tag = "9")]
+    pub tenant: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -154,6 +175,9 @@ pub struct AgentCastRequest {
     /// The message as JSON.
     #[prost(string, tag = "2")]
     pub message_json: ::prost::alloc::string::String,
+    /// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+    #[prost(string, tag = "3")]
+    pub tenant: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -170,6 +194,9 @@ pub struct AgentCallRequest {
     /// Deadline in seconds; 0 means 5 s.
     #[prost(double, tag = "3")]
     pub timeout_seconds: f64,
+    /// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+    #[prost(string, tag = "4")]
+    pub tenant: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -189,6 +216,9 @@ pub struct AgentCastGroupRequest {
     /// "all" (default) or "one".
     #[prost(string, tag = "3")]
     pub mode: ::prost::alloc::string::String,
+    /// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+    #[prost(string, tag = "4")]
+    pub tenant: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -202,6 +232,9 @@ pub struct AgentCastGroupResponse {
 pub struct AgentGroupMembersRequest {
     #[prost(string, tag = "1")]
     pub group: ::prost::alloc::string::String,
+    /// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+    #[prost(string, tag = "2")]
+    pub tenant: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -694,6 +727,21 @@ pub enum ErrorReason {
     /// A run's call to an agent (a pipeline's agent step) failed; the callee's code is in the message.
     CallFailed = 94,
     /// 110-129: tenants, authentication and quotas.
+    /// The request carries no credential: no `authorization: Bearer <token>` metadata (UNAUTHENTICATED).
+    TokenMissing = 110,
+    /// The token does not verify: malformed, wrong signature, unknown key id (`kid`), wrong audience or
+    /// not yet valid (UNAUTHENTICATED). Get a new token from the cluster's issuer.
+    TokenInvalid = 111,
+    /// The token's `exp` has passed (UNAUTHENTICATED); get a fresh one.
+    TokenExpired = 112,
+    /// The token is valid but none of its roles grants the method (PERMISSION_DENIED); ErrorInfo metadata
+    /// "required_role" names the least role that would.
+    RoleRequired = 113,
+    /// The request names a tenant other than the token's and the token has no admin role (PERMISSION_DENIED).
+    TenantForbidden = 114,
+    /// A tenant quota would be exceeded (RESOURCE_EXHAUSTED); nothing was done. ErrorInfo metadata: "tenant",
+    /// "quota" (the limit's name), "limit" and "used".
+    QuotaExceeded = 115,
     /// 130-149: agents and external agents.
     /// An external agent's stream broke the protocol (MeshService.AttachAgent: first message not
     /// `attach`, `handled` for a delivery that is not awaiting an answer).
@@ -764,6 +812,12 @@ impl ErrorReason {
             Self::ApprovalExpired => "APPROVAL_EXPIRED",
             Self::PipelineInvalid => "PIPELINE_INVALID",
             Self::CallFailed => "CALL_FAILED",
+            Self::TokenMissing => "TOKEN_MISSING",
+            Self::TokenInvalid => "TOKEN_INVALID",
+            Self::TokenExpired => "TOKEN_EXPIRED",
+            Self::RoleRequired => "ROLE_REQUIRED",
+            Self::TenantForbidden => "TENANT_FORBIDDEN",
+            Self::QuotaExceeded => "QUOTA_EXCEEDED",
             Self::AgentProtocol => "AGENT_PROTOCOL",
             Self::NoSuchAgent => "NO_SUCH_AGENT",
             Self::AgentExited => "AGENT_EXITED",
@@ -820,6 +874,12 @@ impl ErrorReason {
             "APPROVAL_EXPIRED" => Some(Self::ApprovalExpired),
             "PIPELINE_INVALID" => Some(Self::PipelineInvalid),
             "CALL_FAILED" => Some(Self::CallFailed),
+            "TOKEN_MISSING" => Some(Self::TokenMissing),
+            "TOKEN_INVALID" => Some(Self::TokenInvalid),
+            "TOKEN_EXPIRED" => Some(Self::TokenExpired),
+            "ROLE_REQUIRED" => Some(Self::RoleRequired),
+            "TENANT_FORBIDDEN" => Some(Self::TenantForbidden),
+            "QUOTA_EXCEEDED" => Some(Self::QuotaExceeded),
             "AGENT_PROTOCOL" => Some(Self::AgentProtocol),
             "NO_SUCH_AGENT" => Some(Self::NoSuchAgent),
             "AGENT_EXITED" => Some(Self::AgentExited),
@@ -3099,6 +3159,77 @@ pub struct ListGroupsResponse {
     #[prost(message, repeated, tag = "1")]
     pub groups: ::prost::alloc::vec::Vec<GroupSummary>,
 }
+/// A tenant's limits. Every limit is optional: 0 means unlimited.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TenantQuota {
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+    /// Live agents of the tenant across the cluster (agentd; exact).
+    #[prost(int64, tag = "2")]
+    pub max_agents: i64,
+    /// Bound on any one mailbox of the tenant: agentd agents' mailbox capacity, Subscribe and AttachAgent
+    /// max_pending (larger requests are clamped to it).
+    #[prost(int64, tag = "3")]
+    pub max_mailbox: i64,
+    /// Durable runs of the tenant not yet ended, across the cluster (exact).
+    #[prost(int64, tag = "4")]
+    pub max_concurrent_runs: i64,
+    /// Data-plane messages per second the tenant may send through each meshd (token bucket, per node).
+    #[prost(double, tag = "5")]
+    pub max_messages_per_second: f64,
+    /// Data-plane payload bytes per second the tenant may send through each meshd (token bucket, per node).
+    #[prost(double, tag = "6")]
+    pub max_bytes_per_second: f64,
+    /// Open coordinator instances (auctions, negotiations, votes, markets) of the tenant (exact).
+    #[prost(int64, tag = "7")]
+    pub max_instances: i64,
+    /// The tenant's model budget (the models layer's tenant budget): tokens, and cost in nano-USD.
+    #[prost(int64, tag = "8")]
+    pub model_max_tokens: i64,
+    #[prost(int64, tag = "9")]
+    pub model_max_cost_nusd: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SetTenantQuotaRequest {
+    /// The whole quota of quota.tenant (limits not given are unlimited).
+    #[prost(message, optional, tag = "1")]
+    pub quota: ::core::option::Option<TenantQuota>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetTenantUsageRequest {
+    /// Empty means the caller's tenant; only an admin may name another.
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+}
+/// One quota and its use now.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct QuotaUsage {
+    /// The limit's name in TenantQuota (max_agents, max_instances, ...).
+    #[prost(string, tag = "1")]
+    pub quota: ::prost::alloc::string::String,
+    #[prost(double, tag = "2")]
+    pub used: f64,
+    /// 0: unlimited.
+    #[prost(double, tag = "3")]
+    pub limit: f64,
+    /// True for counts kept exactly cluster-wide; false for per-node rates (approximate).
+    #[prost(bool, tag = "4")]
+    pub exact: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TenantUsage {
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub quota: ::core::option::Option<TenantQuota>,
+    #[prost(message, repeated, tag = "3")]
+    pub usage: ::prost::alloc::vec::Vec<QuotaUsage>,
+}
 /// Generated client implementations.
 pub mod mesh_service_client {
     #![allow(
@@ -3603,6 +3734,52 @@ pub mod mesh_service_client {
             req.extensions_mut()
                 .insert(GrpcMethod::new("mabeam.v1.MeshService", "AttachAgent"));
             self.inner.streaming(req, path, codec).await
+        }
+        /// Tenants: set a tenant's quotas, kept in etcd and enforced by every node (admin only; creates the
+        /// tenant when it does not exist). See docs/security.md for what each limit means and how exact it is.
+        pub async fn set_tenant_quota(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetTenantQuotaRequest>,
+        ) -> std::result::Result<tonic::Response<super::TenantQuota>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/mabeam.v1.MeshService/SetTenantQuota",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("mabeam.v1.MeshService", "SetTenantQuota"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A tenant's quotas and what it uses now, cluster-wide where exact (agents, instances, runs, model
+        /// spend) and on this node for rates (data-plane messages and bytes per second).
+        pub async fn get_tenant_usage(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetTenantUsageRequest>,
+        ) -> std::result::Result<tonic::Response<super::TenantUsage>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/mabeam.v1.MeshService/GetTenantUsage",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("mabeam.v1.MeshService", "GetTenantUsage"));
+            self.inner.unary(req, path, codec).await
         }
     }
 }

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mabeam/v1/agent.proto.
  */
 export const file_mabeam_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChVtYWJlYW0vdjEvYWdlbnQucHJvdG8SCW1hYmVhbS52MSK7AQoRU3Bhd25BZ2VudFJlcXVlc3QSDAoEdHlwZRgBIAEoCRIRCglhcmdzX2pzb24YAiABKAkSDAoEbmFtZRgDIAEoCRISCgpzdXBlcnZpc29yGAQgASgJEhEKCWlzb2xhdGlvbhgFIAEoCRIPCgdyZXN0YXJ0GAYgASgJEhAKCGNoaWxkX2lkGAcgASgJEhgKEHNodXRkb3duX3NlY29uZHMYCCABKAESEwoLYnJ1dGFsX2tpbGwYCSABKAgiOQoSU3Bhd25BZ2VudFJlc3BvbnNlEiMKBWFnZW50GAEgASgLMhQubWFiZWFtLnYxLkFnZW50SW5mbyKeAgoJQWdlbnRJbmZvEhAKCGFnZW50X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDAoEdHlwZRgDIAEoCRIOCgZzdGF0dXMYBCABKAkSEgoKc3VwZXJ2aXNvchgFIAEoCRIQCghyZXN0YXJ0cxgGIAEoBRISCgpsYXN0X2Vycm9yGAcgASgJEhUKDW1haWxib3hfZGVwdGgYCCABKAMSGAoQbWFpbGJveF9jYXBhY2l0eRgJIAEoAxIPCgdoYW5kbGVkGAogASgDEhQKDG1lbW9yeV9ieXRlcxgLIAEoAxIaChJjaGVja3BvaW50X3ZlcnNpb24YDCABKAMSFQoNaXNfc3VwZXJ2aXNvchgNIAEoCBIOCgZ3b3JrZXIYDiABKAkiIQoQU3RvcEFnZW50UmVxdWVzdBINCgVhZ2VudBgBIAEoCSITChFTdG9wQWdlbnRSZXNwb25zZSIgCg9HZXRBZ2VudFJlcXVlc3QSDQoFYWdlbnQYASABKAkiNwoQR2V0QWdlbnRSZXNwb25zZRIjCgVhZ2VudBgBIAEoCzIULm1hYmVhbS52MS5BZ2VudEluZm8iIQoRTGlzdEFnZW50c1JlcXVlc3QSDAoEdHlwZRgBIAEoCSI6ChJMaXN0QWdlbnRzUmVzcG9uc2USJAoGYWdlbnRzGAEgAygLMhQubWFiZWFtLnYxLkFnZW50SW5mbyImChZTdXBlcnZpc2lvblRyZWVSZXF1ZXN0EgwKBHJvb3QYASABKAkiPQoXU3VwZXJ2aXNpb25UcmVlUmVzcG9uc2USIgoFcm9vdHMYASADKAsyEy5tYWJlYW0udjEuVHJlZU5vZGUiowEKCFRyZWVOb2RlEhAKCGFnZW50X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDAoEdHlwZRgDIAEoCRIOCgZzdGF0dXMYBCABKAkSEAoIcmVzdGFydHMYBSABKAUSEAoIc3RyYXRlZ3kYBiABKAkSDgoGd29ya2VyGAcgASgJEiUKCGNoaWxkcmVuGAggAygLMhMubWFiZWFtLnYxLlRyZWVOb2RlIjcKEEFnZW50Q2FzdFJlcXVlc3QSDQoFYWdlbnQYASABKAkSFAoMbWVzc2FnZV9qc29uGAIgASgJIhMKEUFnZW50Q2FzdFJlc3BvbnNlIlAKEEFnZW50Q2FsbFJlcXVlc3QSDQoFYWdlbnQYASABKAkSFAoMbWVzc2FnZV9qc29uGAIgASgJEhcKD3RpbWVvdXRfc2Vjb25kcxgDIAEoASInChFBZ2VudENhbGxSZXNwb25zZRISCgpyZXBseV9qc29uGAEgASgJIkoKFUFnZW50Q2FzdEdyb3VwUmVxdWVzdBINCgVncm91cBgBIAEoCRIUCgxtZXNzYWdlX2pzb24YAiABKAkSDAoEbW9kZRgDIAEoCSIyChZBZ2VudENhc3RHcm91cFJlc3BvbnNlEhgKEGxvY2FsX2RlbGl2ZXJpZXMYASABKAUiKQoYQWdlbnRHcm91cE1lbWJlcnNSZXF1ZXN0Eg0KBWdyb3VwGAEgASgJIi4KGUFnZW50R3JvdXBNZW1iZXJzUmVzcG9uc2USEQoJYWdlbnRfaWRzGAEgAygJMr4FCgxBZ2VudFNlcnZpY2USSQoKU3Bhd25BZ2VudBIcLm1hYmVhbS52MS5TcGF3bkFnZW50UmVxdWVzdBodLm1hYmVhbS52MS5TcGF3bkFnZW50UmVzcG9uc2USRgoJU3RvcEFnZW50EhsubWFiZWFtLnYxLlN0b3BBZ2VudFJlcXVlc3QaHC5tYWJlYW0udjEuU3RvcEFnZW50UmVzcG9uc2USQwoIR2V0QWdlbnQSGi5tYWJlYW0udjEuR2V0QWdlbnRSZXF1ZXN0GhsubWFiZWFtLnYxLkdldEFnZW50UmVzcG9uc2USSQoKTGlzdEFnZW50cxIcLm1hYmVhbS52MS5MaXN0QWdlbnRzUmVxdWVzdBodLm1hYmVhbS52MS5MaXN0QWdlbnRzUmVzcG9uc2USWAoPU3VwZXJ2aXNpb25UcmVlEiEubWFiZWFtLnYxLlN1cGVydmlzaW9uVHJlZVJlcXVlc3QaIi5tYWJlYW0udjEuU3VwZXJ2aXNpb25UcmVlUmVzcG9uc2USQQoEQ2FzdBIbLm1hYmVhbS52MS5BZ2VudENhc3RSZXF1ZXN0GhwubWFiZWFtLnYxLkFnZW50Q2FzdFJlc3BvbnNlEkEKBENhbGwSGy5tYWJlYW0udjEuQWdlbnRDYWxsUmVxdWVzdBocLm1hYmVhbS52MS5BZ2VudENhbGxSZXNwb25zZRJQCglDYXN0R3JvdXASIC5tYWJlYW0udjEuQWdlbnRDYXN0R3JvdXBSZXF1ZXN0GiEubWFiZWFtLnYxLkFnZW50Q2FzdEdyb3VwUmVzcG9uc2USWQoMR3JvdXBNZW1iZXJzEiMubWFiZWFtLnYxLkFnZW50R3JvdXBNZW1iZXJzUmVxdWVzdBokLm1hYmVhbS52MS5BZ2VudEdyb3VwTWVtYmVyc1Jlc3BvbnNlYgZwcm90bzM");
+  fileDesc("ChVtYWJlYW0vdjEvYWdlbnQucHJvdG8SCW1hYmVhbS52MSLLAQoRU3Bhd25BZ2VudFJlcXVlc3QSDAoEdHlwZRgBIAEoCRIRCglhcmdzX2pzb24YAiABKAkSDAoEbmFtZRgDIAEoCRISCgpzdXBlcnZpc29yGAQgASgJEhEKCWlzb2xhdGlvbhgFIAEoCRIPCgdyZXN0YXJ0GAYgASgJEhAKCGNoaWxkX2lkGAcgASgJEhgKEHNodXRkb3duX3NlY29uZHMYCCABKAESEwoLYnJ1dGFsX2tpbGwYCSABKAgSDgoGdGVuYW50GAogASgJIjkKElNwYXduQWdlbnRSZXNwb25zZRIjCgVhZ2VudBgBIAEoCzIULm1hYmVhbS52MS5BZ2VudEluZm8irgIKCUFnZW50SW5mbxIQCghhZ2VudF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEgwKBHR5cGUYAyABKAkSDgoGc3RhdHVzGAQgASgJEhIKCnN1cGVydmlzb3IYBSABKAkSEAoIcmVzdGFydHMYBiABKAUSEgoKbGFzdF9lcnJvchgHIAEoCRIVCg1tYWlsYm94X2RlcHRoGAggASgDEhgKEG1haWxib3hfY2FwYWNpdHkYCSABKAMSDwoHaGFuZGxlZBgKIAEoAxIUCgxtZW1vcnlfYnl0ZXMYCyABKAMSGgoSY2hlY2twb2ludF92ZXJzaW9uGAwgASgDEhUKDWlzX3N1cGVydmlzb3IYDSABKAgSDgoGd29ya2VyGA4gASgJEg4KBnRlbmFudBgPIAEoCSIxChBTdG9wQWdlbnRSZXF1ZXN0Eg0KBWFnZW50GAEgASgJEg4KBnRlbmFudBgCIAEoCSITChFTdG9wQWdlbnRSZXNwb25zZSIwCg9HZXRBZ2VudFJlcXVlc3QSDQoFYWdlbnQYASABKAkSDgoGdGVuYW50GAIgASgJIjcKEEdldEFnZW50UmVzcG9uc2USIwoFYWdlbnQYASABKAsyFC5tYWJlYW0udjEuQWdlbnRJbmZvIjEKEUxpc3RBZ2VudHNSZXF1ZXN0EgwKBHR5cGUYASABKAkSDgoGdGVuYW50GAIgASgJIjoKEkxpc3RBZ2VudHNSZXNwb25zZRIkCgZhZ2VudHMYASADKAsyFC5tYWJlYW0udjEuQWdlbnRJbmZvIjYKFlN1cGVydmlzaW9uVHJlZVJlcXVlc3QSDAoEcm9vdBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkiPQoXU3VwZXJ2aXNpb25UcmVlUmVzcG9uc2USIgoFcm9vdHMYASADKAsyEy5tYWJlYW0udjEuVHJlZU5vZGUiswEKCFRyZWVOb2RlEhAKCGFnZW50X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDAoEdHlwZRgDIAEoCRIOCgZzdGF0dXMYBCABKAkSEAoIcmVzdGFydHMYBSABKAUSEAoIc3RyYXRlZ3kYBiABKAkSDgoGd29ya2VyGAcgASgJEiUKCGNoaWxkcmVuGAggAygLMhMubWFiZWFtLnYxLlRyZWVOb2RlEg4KBnRlbmFudBgJIAEoCSJHChBBZ2VudENhc3RSZXF1ZXN0Eg0KBWFnZW50GAEgASgJEhQKDG1lc3NhZ2VfanNvbhgCIAEoCRIOCgZ0ZW5hbnQYAyABKAkiEwoRQWdlbnRDYXN0UmVzcG9uc2UiYAoQQWdlbnRDYWxsUmVxdWVzdBINCgVhZ2VudBgBIAEoCRIUCgxtZXNzYWdlX2pzb24YAiABKAkSFwoPdGltZW91dF9zZWNvbmRzGAMgASgBEg4KBnRlbmFudBgEIAEoCSInChFBZ2VudENhbGxSZXNwb25zZRISCgpyZXBseV9qc29uGAEgASgJIloKFUFnZW50Q2FzdEdyb3VwUmVxdWVzdBINCgVncm91cBgBIAEoCRIUCgxtZXNzYWdlX2pzb24YAiABKAkSDAoEbW9kZRgDIAEoCRIOCgZ0ZW5hbnQYBCABKAkiMgoWQWdlbnRDYXN0R3JvdXBSZXNwb25zZRIYChBsb2NhbF9kZWxpdmVyaWVzGAEgASgFIjkKGEFnZW50R3JvdXBNZW1iZXJzUmVxdWVzdBINCgVncm91cBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkiLgoZQWdlbnRHcm91cE1lbWJlcnNSZXNwb25zZRIRCglhZ2VudF9pZHMYASADKAkyvgUKDEFnZW50U2VydmljZRJJCgpTcGF3bkFnZW50EhwubWFiZWFtLnYxLlNwYXduQWdlbnRSZXF1ZXN0Gh0ubWFiZWFtLnYxLlNwYXduQWdlbnRSZXNwb25zZRJGCglTdG9wQWdlbnQSGy5tYWJlYW0udjEuU3RvcEFnZW50UmVxdWVzdBocLm1hYmVhbS52MS5TdG9wQWdlbnRSZXNwb25zZRJDCghHZXRBZ2VudBIaLm1hYmVhbS52MS5HZXRBZ2VudFJlcXVlc3QaGy5tYWJlYW0udjEuR2V0QWdlbnRSZXNwb25zZRJJCgpMaXN0QWdlbnRzEhwubWFiZWFtLnYxLkxpc3RBZ2VudHNSZXF1ZXN0Gh0ubWFiZWFtLnYxLkxpc3RBZ2VudHNSZXNwb25zZRJYCg9TdXBlcnZpc2lvblRyZWUSIS5tYWJlYW0udjEuU3VwZXJ2aXNpb25UcmVlUmVxdWVzdBoiLm1hYmVhbS52MS5TdXBlcnZpc2lvblRyZWVSZXNwb25zZRJBCgRDYXN0EhsubWFiZWFtLnYxLkFnZW50Q2FzdFJlcXVlc3QaHC5tYWJlYW0udjEuQWdlbnRDYXN0UmVzcG9uc2USQQoEQ2FsbBIbLm1hYmVhbS52MS5BZ2VudENhbGxSZXF1ZXN0GhwubWFiZWFtLnYxLkFnZW50Q2FsbFJlc3BvbnNlElAKCUNhc3RHcm91cBIgLm1hYmVhbS52MS5BZ2VudENhc3RHcm91cFJlcXVlc3QaIS5tYWJlYW0udjEuQWdlbnRDYXN0R3JvdXBSZXNwb25zZRJZCgxHcm91cE1lbWJlcnMSIy5tYWJlYW0udjEuQWdlbnRHcm91cE1lbWJlcnNSZXF1ZXN0GiQubWFiZWFtLnYxLkFnZW50R3JvdXBNZW1iZXJzUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * @generated from message mabeam.v1.SpawnAgentRequest
@@ -80,6 +80,13 @@ export type SpawnAgentRequest = Message<"mabeam.v1.SpawnAgentRequest"> & {
    * @generated from field: bool brutal_kill = 9;
    */
   brutalKill: boolean;
+
+  /**
+   * Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+   *
+   * @generated from field: string tenant = 10;
+   */
+  tenant: string;
 };
 
 /**
@@ -191,6 +198,13 @@ export type AgentInfo = Message<"mabeam.v1.AgentInfo"> & {
    * @generated from field: string worker = 14;
    */
   worker: string;
+
+  /**
+   * Tenant the agent belongs to.
+   *
+   * @generated from field: string tenant = 15;
+   */
+  tenant: string;
 };
 
 /**
@@ -210,6 +224,13 @@ export type StopAgentRequest = Message<"mabeam.v1.StopAgentRequest"> & {
    * @generated from field: string agent = 1;
    */
   agent: string;
+
+  /**
+   * Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+   *
+   * @generated from field: string tenant = 2;
+   */
+  tenant: string;
 };
 
 /**
@@ -242,6 +263,13 @@ export type GetAgentRequest = Message<"mabeam.v1.GetAgentRequest"> & {
    * @generated from field: string agent = 1;
    */
   agent: string;
+
+  /**
+   * Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+   *
+   * @generated from field: string tenant = 2;
+   */
+  tenant: string;
 };
 
 /**
@@ -278,6 +306,13 @@ export type ListAgentsRequest = Message<"mabeam.v1.ListAgentsRequest"> & {
    * @generated from field: string type = 1;
    */
   type: string;
+
+  /**
+   * Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+   *
+   * @generated from field: string tenant = 2;
+   */
+  tenant: string;
 };
 
 /**
@@ -314,6 +349,13 @@ export type SupervisionTreeRequest = Message<"mabeam.v1.SupervisionTreeRequest">
    * @generated from field: string root = 1;
    */
   root: string;
+
+  /**
+   * Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+   *
+   * @generated from field: string tenant = 2;
+   */
+  tenant: string;
 };
 
 /**
@@ -387,6 +429,13 @@ export type TreeNode = Message<"mabeam.v1.TreeNode"> & {
    * @generated from field: repeated mabeam.v1.TreeNode children = 8;
    */
   children: TreeNode[];
+
+  /**
+   * Tenant the agent belongs to.
+   *
+   * @generated from field: string tenant = 9;
+   */
+  tenant: string;
 };
 
 /**
@@ -413,6 +462,13 @@ export type AgentCastRequest = Message<"mabeam.v1.AgentCastRequest"> & {
    * @generated from field: string message_json = 2;
    */
   messageJson: string;
+
+  /**
+   * Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+   *
+   * @generated from field: string tenant = 3;
+   */
+  tenant: string;
 };
 
 /**
@@ -459,6 +515,13 @@ export type AgentCallRequest = Message<"mabeam.v1.AgentCallRequest"> & {
    * @generated from field: double timeout_seconds = 3;
    */
   timeoutSeconds: number;
+
+  /**
+   * Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+   *
+   * @generated from field: string tenant = 4;
+   */
+  tenant: string;
 };
 
 /**
@@ -509,6 +572,13 @@ export type AgentCastGroupRequest = Message<"mabeam.v1.AgentCastGroupRequest"> &
    * @generated from field: string mode = 3;
    */
   mode: string;
+
+  /**
+   * Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+   *
+   * @generated from field: string tenant = 4;
+   */
+  tenant: string;
 };
 
 /**
@@ -545,6 +615,13 @@ export type AgentGroupMembersRequest = Message<"mabeam.v1.AgentGroupMembersReque
    * @generated from field: string group = 1;
    */
   group: string;
+
+  /**
+   * Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
+   *
+   * @generated from field: string tenant = 2;
+   */
+  tenant: string;
 };
 
 /**

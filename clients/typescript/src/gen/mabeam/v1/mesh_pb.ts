@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mabeam/v1/mesh.proto.
  */
 export const file_mabeam_v1_mesh: GenFile = /*@__PURE__*/
-  fileDesc("ChRtYWJlYW0vdjEvbWVzaC5wcm90bxIJbWFiZWFtLnYxIg0KC1BpbmdSZXF1ZXN0ImYKDFBpbmdSZXNwb25zZRIhCgRub2RlGAEgASgLMhMubWFiZWFtLnYxLk5vZGVJbmZvEhYKDmV0Y2RfY29ubmVjdGVkGAIgASgIEhsKE3NlcnZlcl90aW1lX3VuaXhfbXMYAyABKAMiFAoSTGlzdE1lbWJlcnNSZXF1ZXN0Ik0KE0xpc3RNZW1iZXJzUmVzcG9uc2USJAoHbWVtYmVycxgBIAMoCzITLm1hYmVhbS52MS5Ob2RlSW5mbxIQCghyZXZpc2lvbhgCIAEoAyIVChNXYXRjaE1lbWJlcnNSZXF1ZXN0Is8BCgtNZW1iZXJFdmVudBIpCgR0eXBlGAEgASgOMhsubWFiZWFtLnYxLk1lbWJlckV2ZW50LlR5cGUSIQoEbm9kZRgCIAEoCzITLm1hYmVhbS52MS5Ob2RlSW5mbxIQCghyZXZpc2lvbhgDIAEoAyJgCgRUeXBlEhQKEFRZUEVfVU5TUEVDSUZJRUQQABIMCghTTkFQU0hPVBABEgoKBkpPSU5FRBACEgsKB1VQREFURUQQAxIICgRMRUZUEAQSEQoNU05BUFNIT1RfRE9ORRAFIiAKEEdldExlYWRlclJlcXVlc3QSDAoEcm9sZRgBIAEoCSJKCgpMZWFkZXJJbmZvEgwKBHJvbGUYASABKAkSDwoHbm9kZV9pZBgCIAEoCRIPCgdhZGRyZXNzGAMgASgJEgwKBHRlcm0YBCABKAMiOgoRR2V0TGVhZGVyUmVzcG9uc2USJQoGbGVhZGVyGAEgASgLMhUubWFiZWFtLnYxLkxlYWRlckluZm8iIgoSV2F0Y2hMZWFkZXJSZXF1ZXN0EgwKBHJvbGUYASABKAkiNAoLTGVhZGVyRXZlbnQSJQoGbGVhZGVyGAEgASgLMhUubWFiZWFtLnYxLkxlYWRlckluZm8ixwEKCU5hbWVFbnRyeRIOCgZ0ZW5hbnQYASABKAkSDAoEbmFtZRgCIAEoCRIjCgZ0YXJnZXQYAyABKAsyEy5tYWJlYW0udjEuQWdlbnRSZWYSNAoIbWV0YWRhdGEYBCADKAsyIi5tYWJlYW0udjEuTmFtZUVudHJ5Lk1ldGFkYXRhRW50cnkSEAoIcmV2aXNpb24YBSABKAMaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIskBChNSZWdpc3Rlck5hbWVSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIMCgRuYW1lGAIgASgJEiMKBnRhcmdldBgDIAEoCzITLm1hYmVhbS52MS5BZ2VudFJlZhI+CghtZXRhZGF0YRgEIAMoCzIsLm1hYmVhbS52MS5SZWdpc3Rlck5hbWVSZXF1ZXN0Lk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjsKFFJlZ2lzdGVyTmFtZVJlc3BvbnNlEiMKBWVudHJ5GAEgASgLMhQubWFiZWFtLnYxLk5hbWVFbnRyeSI1ChVVbnJlZ2lzdGVyTmFtZVJlcXVlc3QSDgoGdGVuYW50GAEgASgJEgwKBG5hbWUYAiABKAkiGAoWVW5yZWdpc3Rlck5hbWVSZXNwb25zZSItCg1Mb29rdXBSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIMCgRuYW1lGAIgASgJIjUKDkxvb2t1cFJlc3BvbnNlEiMKBWVudHJ5GAEgASgLMhQubWFiZWFtLnYxLk5hbWVFbnRyeSIyChBMaXN0TmFtZXNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIOCgZwcmVmaXgYAiABKAkiOgoRTGlzdE5hbWVzUmVzcG9uc2USJQoHZW50cmllcxgBIAMoCzIULm1hYmVhbS52MS5OYW1lRW50cnkiugEKC0dyb3VwTWVtYmVyEg4KBnRlbmFudBgBIAEoCRINCgVncm91cBgCIAEoCRIjCgZtZW1iZXIYAyABKAsyEy5tYWJlYW0udjEuQWdlbnRSZWYSNgoIbWV0YWRhdGEYBCADKAsyJC5tYWJlYW0udjEuR3JvdXBNZW1iZXIuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEixAEKEEpvaW5Hcm91cFJlcXVlc3QSDgoGdGVuYW50GAEgASgJEg0KBWdyb3VwGAIgASgJEiMKBm1lbWJlchgDIAEoCzITLm1hYmVhbS52MS5BZ2VudFJlZhI7CghtZXRhZGF0YRgEIAMoCzIpLm1hYmVhbS52MS5Kb2luR3JvdXBSZXF1ZXN0Lk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIhMKEUpvaW5Hcm91cFJlc3BvbnNlIlcKEUxlYXZlR3JvdXBSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRINCgVncm91cBgCIAEoCRIjCgZtZW1iZXIYAyABKAsyEy5tYWJlYW0udjEuQWdlbnRSZWYiJQoSTGVhdmVHcm91cFJlc3BvbnNlEg8KB3JlbW92ZWQYASABKAgiNAoTR3JvdXBNZW1iZXJzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDQoFZ3JvdXAYAiABKAkiPwoUR3JvdXBNZW1iZXJzUmVzcG9uc2USJwoHbWVtYmVycxgBIAMoCzIWLm1hYmVhbS52MS5Hcm91cE1lbWJlciIjChFMaXN0R3JvdXBzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkiQwoMR3JvdXBTdW1tYXJ5Eg4KBnRlbmFudBgBIAEoCRINCgVncm91cBgCIAEoCRIUCgxtZW1iZXJfY291bnQYAyABKAUiPQoSTGlzdEdyb3Vwc1Jlc3BvbnNlEicKBmdyb3VwcxgBIAMoCzIXLm1hYmVhbS52MS5Hcm91cFN1bW1hcnky0AkKC01lc2hTZXJ2aWNlEjcKBFBpbmcSFi5tYWJlYW0udjEuUGluZ1JlcXVlc3QaFy5tYWJlYW0udjEuUGluZ1Jlc3BvbnNlEkwKC0xpc3RNZW1iZXJzEh0ubWFiZWFtLnYxLkxpc3RNZW1iZXJzUmVxdWVzdBoeLm1hYmVhbS52MS5MaXN0TWVtYmVyc1Jlc3BvbnNlEkgKDFdhdGNoTWVtYmVycxIeLm1hYmVhbS52MS5XYXRjaE1lbWJlcnNSZXF1ZXN0GhYubWFiZWFtLnYxLk1lbWJlckV2ZW50MAESRgoJR2V0TGVhZGVyEhsubWFiZWFtLnYxLkdldExlYWRlclJlcXVlc3QaHC5tYWJlYW0udjEuR2V0TGVhZGVyUmVzcG9uc2USRgoLV2F0Y2hMZWFkZXISHS5tYWJlYW0udjEuV2F0Y2hMZWFkZXJSZXF1ZXN0GhYubWFiZWFtLnYxLkxlYWRlckV2ZW50MAESTwoMUmVnaXN0ZXJOYW1lEh4ubWFiZWFtLnYxLlJlZ2lzdGVyTmFtZVJlcXVlc3QaHy5tYWJlYW0udjEuUmVnaXN0ZXJOYW1lUmVzcG9uc2USVQoOVW5yZWdpc3Rlck5hbWUSIC5tYWJlYW0udjEuVW5yZWdpc3Rlck5hbWVSZXF1ZXN0GiEubWFiZWFtLnYxLlVucmVnaXN0ZXJOYW1lUmVzcG9uc2USPQoGTG9va3VwEhgubWFiZWFtLnYxLkxvb2t1cFJlcXVlc3QaGS5tYWJlYW0udjEuTG9va3VwUmVzcG9uc2USRgoJTGlzdE5hbWVzEhsubWFiZWFtLnYxLkxpc3ROYW1lc1JlcXVlc3QaHC5tYWJlYW0udjEuTGlzdE5hbWVzUmVzcG9uc2USRgoJSm9pbkdyb3VwEhsubWFiZWFtLnYxLkpvaW5Hcm91cFJlcXVlc3QaHC5tYWJlYW0udjEuSm9pbkdyb3VwUmVzcG9uc2USSQoKTGVhdmVHcm91cBIcLm1hYmVhbS52MS5MZWF2ZUdyb3VwUmVxdWVzdBodLm1hYmVhbS52MS5MZWF2ZUdyb3VwUmVzcG9uc2USTwoMR3JvdXBNZW1iZXJzEh4ubWFiZWFtLnYxLkdyb3VwTWVtYmVyc1JlcXVlc3QaHy5tYWJlYW0udjEuR3JvdXBNZW1iZXJzUmVzcG9uc2USSQoKTGlzdEdyb3VwcxIcLm1hYmVhbS52MS5MaXN0R3JvdXBzUmVxdWVzdBodLm1hYmVhbS52MS5MaXN0R3JvdXBzUmVzcG9uc2USNwoEU2VuZBIWLm1hYmVhbS52MS5TZW5kUmVxdWVzdBoXLm1hYmVhbS52MS5TZW5kUmVzcG9uc2USNwoEQ2FsbBIWLm1hYmVhbS52MS5DYWxsUmVxdWVzdBoXLm1hYmVhbS52MS5DYWxsUmVzcG9uc2USSAoJU3Vic2NyaWJlEhsubWFiZWFtLnYxLlN1YnNjcmliZVJlcXVlc3QaHC5tYWJlYW0udjEuU3Vic2NyaWJlUmVzcG9uc2UwARJGCgtBdHRhY2hBZ2VudBIYLm1hYmVhbS52MS5BZ2VudFN0cmVhbUluGhkubWFiZWFtLnYxLkFnZW50U3RyZWFtT3V0KAEwAWIGcHJvdG8z", [file_mabeam_v1_common, file_mabeam_v1_dataplane, file_mabeam_v1_external_agent]);
+  fileDesc("ChRtYWJlYW0vdjEvbWVzaC5wcm90bxIJbWFiZWFtLnYxIg0KC1BpbmdSZXF1ZXN0ImYKDFBpbmdSZXNwb25zZRIhCgRub2RlGAEgASgLMhMubWFiZWFtLnYxLk5vZGVJbmZvEhYKDmV0Y2RfY29ubmVjdGVkGAIgASgIEhsKE3NlcnZlcl90aW1lX3VuaXhfbXMYAyABKAMiFAoSTGlzdE1lbWJlcnNSZXF1ZXN0Ik0KE0xpc3RNZW1iZXJzUmVzcG9uc2USJAoHbWVtYmVycxgBIAMoCzITLm1hYmVhbS52MS5Ob2RlSW5mbxIQCghyZXZpc2lvbhgCIAEoAyIVChNXYXRjaE1lbWJlcnNSZXF1ZXN0Is8BCgtNZW1iZXJFdmVudBIpCgR0eXBlGAEgASgOMhsubWFiZWFtLnYxLk1lbWJlckV2ZW50LlR5cGUSIQoEbm9kZRgCIAEoCzITLm1hYmVhbS52MS5Ob2RlSW5mbxIQCghyZXZpc2lvbhgDIAEoAyJgCgRUeXBlEhQKEFRZUEVfVU5TUEVDSUZJRUQQABIMCghTTkFQU0hPVBABEgoKBkpPSU5FRBACEgsKB1VQREFURUQQAxIICgRMRUZUEAQSEQoNU05BUFNIT1RfRE9ORRAFIiAKEEdldExlYWRlclJlcXVlc3QSDAoEcm9sZRgBIAEoCSJKCgpMZWFkZXJJbmZvEgwKBHJvbGUYASABKAkSDwoHbm9kZV9pZBgCIAEoCRIPCgdhZGRyZXNzGAMgASgJEgwKBHRlcm0YBCABKAMiOgoRR2V0TGVhZGVyUmVzcG9uc2USJQoGbGVhZGVyGAEgASgLMhUubWFiZWFtLnYxLkxlYWRlckluZm8iIgoSV2F0Y2hMZWFkZXJSZXF1ZXN0EgwKBHJvbGUYASABKAkiNAoLTGVhZGVyRXZlbnQSJQoGbGVhZGVyGAEgASgLMhUubWFiZWFtLnYxLkxlYWRlckluZm8ixwEKCU5hbWVFbnRyeRIOCgZ0ZW5hbnQYASABKAkSDAoEbmFtZRgCIAEoCRIjCgZ0YXJnZXQYAyABKAsyEy5tYWJlYW0udjEuQWdlbnRSZWYSNAoIbWV0YWRhdGEYBCADKAsyIi5tYWJlYW0udjEuTmFtZUVudHJ5Lk1ldGFkYXRhRW50cnkSEAoIcmV2aXNpb24YBSABKAMaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIskBChNSZWdpc3Rlck5hbWVSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIMCgRuYW1lGAIgASgJEiMKBnRhcmdldBgDIAEoCzITLm1hYmVhbS52MS5BZ2VudFJlZhI+CghtZXRhZGF0YRgEIAMoCzIsLm1hYmVhbS52MS5SZWdpc3Rlck5hbWVSZXF1ZXN0Lk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjsKFFJlZ2lzdGVyTmFtZVJlc3BvbnNlEiMKBWVudHJ5GAEgASgLMhQubWFiZWFtLnYxLk5hbWVFbnRyeSI1ChVVbnJlZ2lzdGVyTmFtZVJlcXVlc3QSDgoGdGVuYW50GAEgASgJEgwKBG5hbWUYAiABKAkiGAoWVW5yZWdpc3Rlck5hbWVSZXNwb25zZSItCg1Mb29rdXBSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIMCgRuYW1lGAIgASgJIjUKDkxvb2t1cFJlc3BvbnNlEiMKBWVudHJ5GAEgASgLMhQubWFiZWFtLnYxLk5hbWVFbnRyeSIyChBMaXN0TmFtZXNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIOCgZwcmVmaXgYAiABKAkiOgoRTGlzdE5hbWVzUmVzcG9uc2USJQoHZW50cmllcxgBIAMoCzIULm1hYmVhbS52MS5OYW1lRW50cnkiugEKC0dyb3VwTWVtYmVyEg4KBnRlbmFudBgBIAEoCRINCgVncm91cBgCIAEoCRIjCgZtZW1iZXIYAyABKAsyEy5tYWJlYW0udjEuQWdlbnRSZWYSNgoIbWV0YWRhdGEYBCADKAsyJC5tYWJlYW0udjEuR3JvdXBNZW1iZXIuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEixAEKEEpvaW5Hcm91cFJlcXVlc3QSDgoGdGVuYW50GAEgASgJEg0KBWdyb3VwGAIgASgJEiMKBm1lbWJlchgDIAEoCzITLm1hYmVhbS52MS5BZ2VudFJlZhI7CghtZXRhZGF0YRgEIAMoCzIpLm1hYmVhbS52MS5Kb2luR3JvdXBSZXF1ZXN0Lk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIhMKEUpvaW5Hcm91cFJlc3BvbnNlIlcKEUxlYXZlR3JvdXBSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRINCgVncm91cBgCIAEoCRIjCgZtZW1iZXIYAyABKAsyEy5tYWJlYW0udjEuQWdlbnRSZWYiJQoSTGVhdmVHcm91cFJlc3BvbnNlEg8KB3JlbW92ZWQYASABKAgiNAoTR3JvdXBNZW1iZXJzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDQoFZ3JvdXAYAiABKAkiPwoUR3JvdXBNZW1iZXJzUmVzcG9uc2USJwoHbWVtYmVycxgBIAMoCzIWLm1hYmVhbS52MS5Hcm91cE1lbWJlciIjChFMaXN0R3JvdXBzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkiQwoMR3JvdXBTdW1tYXJ5Eg4KBnRlbmFudBgBIAEoCRINCgVncm91cBgCIAEoCRIUCgxtZW1iZXJfY291bnQYAyABKAUiPQoSTGlzdEdyb3Vwc1Jlc3BvbnNlEicKBmdyb3VwcxgBIAMoCzIXLm1hYmVhbS52MS5Hcm91cFN1bW1hcnki8AEKC1RlbmFudFF1b3RhEg4KBnRlbmFudBgBIAEoCRISCgptYXhfYWdlbnRzGAIgASgDEhMKC21heF9tYWlsYm94GAMgASgDEhsKE21heF9jb25jdXJyZW50X3J1bnMYBCABKAMSHwoXbWF4X21lc3NhZ2VzX3Blcl9zZWNvbmQYBSABKAESHAoUbWF4X2J5dGVzX3Blcl9zZWNvbmQYBiABKAESFQoNbWF4X2luc3RhbmNlcxgHIAEoAxIYChBtb2RlbF9tYXhfdG9rZW5zGAggASgDEhsKE21vZGVsX21heF9jb3N0X251c2QYCSABKAMiPgoVU2V0VGVuYW50UXVvdGFSZXF1ZXN0EiUKBXF1b3RhGAEgASgLMhYubWFiZWFtLnYxLlRlbmFudFF1b3RhIicKFUdldFRlbmFudFVzYWdlUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkiRwoKUXVvdGFVc2FnZRINCgVxdW90YRgBIAEoCRIMCgR1c2VkGAIgASgBEg0KBWxpbWl0GAMgASgBEg0KBWV4YWN0GAQgASgIImoKC1RlbmFudFVzYWdlEg4KBnRlbmFudBgBIAEoCRIlCgVxdW90YRgCIAEoCzIWLm1hYmVhbS52MS5UZW5hbnRRdW90YRIkCgV1c2FnZRgDIAMoCzIVLm1hYmVhbS52MS5RdW90YVVzYWdlMugKCgtNZXNoU2VydmljZRI3CgRQaW5nEhYubWFiZWFtLnYxLlBpbmdSZXF1ZXN0GhcubWFiZWFtLnYxLlBpbmdSZXNwb25zZRJMCgtMaXN0TWVtYmVycxIdLm1hYmVhbS52MS5MaXN0TWVtYmVyc1JlcXVlc3QaHi5tYWJlYW0udjEuTGlzdE1lbWJlcnNSZXNwb25zZRJICgxXYXRjaE1lbWJlcnMSHi5tYWJlYW0udjEuV2F0Y2hNZW1iZXJzUmVxdWVzdBoWLm1hYmVhbS52MS5NZW1iZXJFdmVudDABEkYKCUdldExlYWRlchIbLm1hYmVhbS52MS5HZXRMZWFkZXJSZXF1ZXN0GhwubWFiZWFtLnYxLkdldExlYWRlclJlc3BvbnNlEkYKC1dhdGNoTGVhZGVyEh0ubWFiZWFtLnYxLldhdGNoTGVhZGVyUmVxdWVzdBoWLm1hYmVhbS52MS5MZWFkZXJFdmVudDABEk8KDFJlZ2lzdGVyTmFtZRIeLm1hYmVhbS52MS5SZWdpc3Rlck5hbWVSZXF1ZXN0Gh8ubWFiZWFtLnYxLlJlZ2lzdGVyTmFtZVJlc3BvbnNlElUKDlVucmVnaXN0ZXJOYW1lEiAubWFiZWFtLnYxLlVucmVnaXN0ZXJOYW1lUmVxdWVzdBohLm1hYmVhbS52MS5VbnJlZ2lzdGVyTmFtZVJlc3BvbnNlEj0KBkxvb2t1cBIYLm1hYmVhbS52MS5Mb29rdXBSZXF1ZXN0GhkubWFiZWFtLnYxLkxvb2t1cFJlc3BvbnNlEkYKCUxpc3ROYW1lcxIbLm1hYmVhbS52MS5MaXN0TmFtZXNSZXF1ZXN0GhwubWFiZWFtLnYxLkxpc3ROYW1lc1Jlc3BvbnNlEkYKCUpvaW5Hcm91cBIbLm1hYmVhbS52MS5Kb2luR3JvdXBSZXF1ZXN0GhwubWFiZWFtLnYxLkpvaW5Hcm91cFJlc3BvbnNlEkkKCkxlYXZlR3JvdXASHC5tYWJlYW0udjEuTGVhdmVHcm91cFJlcXVlc3QaHS5tYWJlYW0udjEuTGVhdmVHcm91cFJlc3BvbnNlEk8KDEdyb3VwTWVtYmVycxIeLm1hYmVhbS52MS5Hcm91cE1lbWJlcnNSZXF1ZXN0Gh8ubWFiZWFtLnYxLkdyb3VwTWVtYmVyc1Jlc3BvbnNlEkkKCkxpc3RHcm91cHMSHC5tYWJlYW0udjEuTGlzdEdyb3Vwc1JlcXVlc3QaHS5tYWJlYW0udjEuTGlzdEdyb3Vwc1Jlc3BvbnNlEjcKBFNlbmQSFi5tYWJlYW0udjEuU2VuZFJlcXVlc3QaFy5tYWJlYW0udjEuU2VuZFJlc3BvbnNlEjcKBENhbGwSFi5tYWJlYW0udjEuQ2FsbFJlcXVlc3QaFy5tYWJlYW0udjEuQ2FsbFJlc3BvbnNlEkgKCVN1YnNjcmliZRIbLm1hYmVhbS52MS5TdWJzY3JpYmVSZXF1ZXN0GhwubWFiZWFtLnYxLlN1YnNjcmliZVJlc3BvbnNlMAESRgoLQXR0YWNoQWdlbnQSGC5tYWJlYW0udjEuQWdlbnRTdHJlYW1JbhoZLm1hYmVhbS52MS5BZ2VudFN0cmVhbU91dCgBMAESSgoOU2V0VGVuYW50UXVvdGESIC5tYWJlYW0udjEuU2V0VGVuYW50UXVvdGFSZXF1ZXN0GhYubWFiZWFtLnYxLlRlbmFudFF1b3RhEkoKDkdldFRlbmFudFVzYWdlEiAubWFiZWFtLnYxLkdldFRlbmFudFVzYWdlUmVxdWVzdBoWLm1hYmVhbS52MS5UZW5hbnRVc2FnZWIGcHJvdG8z", [file_mabeam_v1_common, file_mabeam_v1_dataplane, file_mabeam_v1_external_agent]);
 
 /**
  * @generated from message mabeam.v1.PingRequest
@@ -733,6 +733,185 @@ export const ListGroupsResponseSchema: GenMessage<ListGroupsResponse> = /*@__PUR
   messageDesc(file_mabeam_v1_mesh, 29);
 
 /**
+ * A tenant's limits. Every limit is optional: 0 means unlimited.
+ *
+ * @generated from message mabeam.v1.TenantQuota
+ */
+export type TenantQuota = Message<"mabeam.v1.TenantQuota"> & {
+  /**
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * Live agents of the tenant across the cluster (agentd; exact).
+   *
+   * @generated from field: int64 max_agents = 2;
+   */
+  maxAgents: bigint;
+
+  /**
+   * Bound on any one mailbox of the tenant: agentd agents' mailbox capacity, Subscribe and AttachAgent
+   * max_pending (larger requests are clamped to it).
+   *
+   * @generated from field: int64 max_mailbox = 3;
+   */
+  maxMailbox: bigint;
+
+  /**
+   * Durable runs of the tenant not yet ended, across the cluster (exact).
+   *
+   * @generated from field: int64 max_concurrent_runs = 4;
+   */
+  maxConcurrentRuns: bigint;
+
+  /**
+   * Data-plane messages per second the tenant may send through each meshd (token bucket, per node).
+   *
+   * @generated from field: double max_messages_per_second = 5;
+   */
+  maxMessagesPerSecond: number;
+
+  /**
+   * Data-plane payload bytes per second the tenant may send through each meshd (token bucket, per node).
+   *
+   * @generated from field: double max_bytes_per_second = 6;
+   */
+  maxBytesPerSecond: number;
+
+  /**
+   * Open coordinator instances (auctions, negotiations, votes, markets) of the tenant (exact).
+   *
+   * @generated from field: int64 max_instances = 7;
+   */
+  maxInstances: bigint;
+
+  /**
+   * The tenant's model budget (the models layer's tenant budget): tokens, and cost in nano-USD.
+   *
+   * @generated from field: int64 model_max_tokens = 8;
+   */
+  modelMaxTokens: bigint;
+
+  /**
+   * @generated from field: int64 model_max_cost_nusd = 9;
+   */
+  modelMaxCostNusd: bigint;
+};
+
+/**
+ * Describes the message mabeam.v1.TenantQuota.
+ * Use `create(TenantQuotaSchema)` to create a new message.
+ */
+export const TenantQuotaSchema: GenMessage<TenantQuota> = /*@__PURE__*/
+  messageDesc(file_mabeam_v1_mesh, 30);
+
+/**
+ * @generated from message mabeam.v1.SetTenantQuotaRequest
+ */
+export type SetTenantQuotaRequest = Message<"mabeam.v1.SetTenantQuotaRequest"> & {
+  /**
+   * The whole quota of quota.tenant (limits not given are unlimited).
+   *
+   * @generated from field: mabeam.v1.TenantQuota quota = 1;
+   */
+  quota?: TenantQuota | undefined;
+};
+
+/**
+ * Describes the message mabeam.v1.SetTenantQuotaRequest.
+ * Use `create(SetTenantQuotaRequestSchema)` to create a new message.
+ */
+export const SetTenantQuotaRequestSchema: GenMessage<SetTenantQuotaRequest> = /*@__PURE__*/
+  messageDesc(file_mabeam_v1_mesh, 31);
+
+/**
+ * @generated from message mabeam.v1.GetTenantUsageRequest
+ */
+export type GetTenantUsageRequest = Message<"mabeam.v1.GetTenantUsageRequest"> & {
+  /**
+   * Empty means the caller's tenant; only an admin may name another.
+   *
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+};
+
+/**
+ * Describes the message mabeam.v1.GetTenantUsageRequest.
+ * Use `create(GetTenantUsageRequestSchema)` to create a new message.
+ */
+export const GetTenantUsageRequestSchema: GenMessage<GetTenantUsageRequest> = /*@__PURE__*/
+  messageDesc(file_mabeam_v1_mesh, 32);
+
+/**
+ * One quota and its use now.
+ *
+ * @generated from message mabeam.v1.QuotaUsage
+ */
+export type QuotaUsage = Message<"mabeam.v1.QuotaUsage"> & {
+  /**
+   * The limit's name in TenantQuota (max_agents, max_instances, ...).
+   *
+   * @generated from field: string quota = 1;
+   */
+  quota: string;
+
+  /**
+   * @generated from field: double used = 2;
+   */
+  used: number;
+
+  /**
+   * 0: unlimited.
+   *
+   * @generated from field: double limit = 3;
+   */
+  limit: number;
+
+  /**
+   * True for counts kept exactly cluster-wide; false for per-node rates (approximate).
+   *
+   * @generated from field: bool exact = 4;
+   */
+  exact: boolean;
+};
+
+/**
+ * Describes the message mabeam.v1.QuotaUsage.
+ * Use `create(QuotaUsageSchema)` to create a new message.
+ */
+export const QuotaUsageSchema: GenMessage<QuotaUsage> = /*@__PURE__*/
+  messageDesc(file_mabeam_v1_mesh, 33);
+
+/**
+ * @generated from message mabeam.v1.TenantUsage
+ */
+export type TenantUsage = Message<"mabeam.v1.TenantUsage"> & {
+  /**
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * @generated from field: mabeam.v1.TenantQuota quota = 2;
+   */
+  quota?: TenantQuota | undefined;
+
+  /**
+   * @generated from field: repeated mabeam.v1.QuotaUsage usage = 3;
+   */
+  usage: QuotaUsage[];
+};
+
+/**
+ * Describes the message mabeam.v1.TenantUsage.
+ * Use `create(TenantUsageSchema)` to create a new message.
+ */
+export const TenantUsageSchema: GenMessage<TenantUsage> = /*@__PURE__*/
+  messageDesc(file_mabeam_v1_mesh, 34);
+
+/**
  * @generated from service mabeam.v1.MeshService
  */
 export const MeshService: GenService<{
@@ -906,6 +1085,28 @@ export const MeshService: GenService<{
     methodKind: "bidi_streaming";
     input: typeof AgentStreamInSchema;
     output: typeof AgentStreamOutSchema;
+  },
+  /**
+   * Tenants: set a tenant's quotas, kept in etcd and enforced by every node (admin only; creates the
+   * tenant when it does not exist). See docs/security.md for what each limit means and how exact it is.
+   *
+   * @generated from rpc mabeam.v1.MeshService.SetTenantQuota
+   */
+  setTenantQuota: {
+    methodKind: "unary";
+    input: typeof SetTenantQuotaRequestSchema;
+    output: typeof TenantQuotaSchema;
+  },
+  /**
+   * A tenant's quotas and what it uses now, cluster-wide where exact (agents, instances, runs, model
+   * spend) and on this node for rates (data-plane messages and bytes per second).
+   *
+   * @generated from rpc mabeam.v1.MeshService.GetTenantUsage
+   */
+  getTenantUsage: {
+    methodKind: "unary";
+    input: typeof GetTenantUsageRequestSchema;
+    output: typeof TenantUsageSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_mabeam_v1_mesh, 0);
