@@ -24,7 +24,8 @@ FLAGS = (daemon.Flag("--grpc-address", "grpc_address", "HOST:PORT of the gRPC se
          daemon.Flag("--etcd", "etcd", "etcd endpoints HOST:PORT[,HOST:PORT...] (durable runs need them)"),
          daemon.CLUSTER,
          daemon.Flag("--http-address", "http_address", "HOST:PORT of the runs HTTP/SSE face (port 0 picks one)"),
-         daemon.Flag("--runs-store", "runs.store", "runs store URL: sqlite:///ABSOLUTE/PATH or postgresql://..."))
+         daemon.Flag("--runs-store", "runs.store", "runs store URL: sqlite:///ABSOLUTE/PATH or postgresql://..."),
+         *daemon.SECURITY_FLAGS)
 
 SPEC = daemon.DaemonSpec(kind="agentd", description="mabeam agent runtime daemon", model=AgentdConfig,
                          env_prefix="AGENTD", flags=FLAGS, run=run, log_level_field="log_level")

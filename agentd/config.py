@@ -13,6 +13,7 @@ from agentd.models.config import ModelsConfig
 from agentd.runs.config import RunsConfig
 from mabeam.config import ConfigError as ConfigError  # re-exported: callers catch agentd.config.ConfigError
 from mabeam.config import check_endpoints, check_identifier, load_model
+from mabeam.security.config import SecurityConfig
 
 
 class AgentdConfig(BaseModel):
@@ -46,7 +47,8 @@ class AgentdConfig(BaseModel):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     #: etcd client endpoints (HOST:PORT, several for an etcd cluster); empty runs agentd without durable runs.
     etcd: list[str] = Field(default_factory=list)
-    #: The cluster whose etcd keys (/mabeam/<cluster>/...) agentd uses: run leases, the janitor's election.
+    #: The cluster whose etcd keys (/mabeam/<cluster>/...) agentd uses: run leases, the janitor's election,
+    #: quotas; and whose tokens it accepts (their audience).
     cluster: str = "default"
     #: The HTTP face of durable runs (REST + Server-Sent Events); port 0 picks a free one; empty disables it.
     http_address: str = ""
@@ -58,6 +60,8 @@ class AgentdConfig(BaseModel):
     tool_policy: list[dict[str, str]] = Field(default_factory=list)
     #: LLM agents defined by configuration: type name -> {model, system_prompt, tools, policy, max_steps, ...}.
     llm_agents: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: Tokens and mTLS on gRPC ([security] table; docs/security.md).
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     @field_validator("etcd", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ and reflection, /metrics, signals, the ready line, systemd) is :mod:`mabeam.daem
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -30,6 +31,7 @@ from agentd.workers import WorkerPool
 from mabeam.config import ConfigError
 from mabeam.daemon import Serving
 from mabeam.etcd.client import EtcdClient
+from mabeam.security.server import check_bind
 from mabeam.startup import StartupError
 from mabeam.v1 import agent_pb2, agent_pb2_grpc, model_pb2, model_pb2_grpc, run_pb2, run_pb2_grpc
 
@@ -51,7 +53,8 @@ class Daemon:
         self.config = config
         self.pool: WorkerPool | None = None
         self.mesh: MeshLink | None = None
-        self.serving = Serving("agentd")
+        self.serving = Serving("agentd", security=config.security, cluster=config.cluster)
+        self.security = self.serving.security
         self.serving.registry.register(AgentdCollector(lambda: [self.pool] if self.pool is not None else []))
         self.serving.registry.register(ModelCollector(lambda: [self.models] if self.models is not None else []))
         self.models: ModelRouter | None = None
@@ -62,12 +65,15 @@ class Daemon:
         self.grpc_port = 0
         self.metrics_port = 0
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._keys_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
         """Start workers, then the gRPC server; ``grpc_port`` is the bound port."""
         config = self.config
         self.models = self._model_router()  # first: a bad [models] section fails before workers start
+        grpc_host, grpc_port = config.grpc_address.rsplit(":", 1)
+        check_bind(grpc_host, int(grpc_port), config.security)  # an unsecured non-loopback address: before workers
         data_dir = config.data_dir
         if not data_dir:
             self._tmp = tempfile.TemporaryDirectory(prefix="agentd-")
@@ -101,6 +107,7 @@ class Daemon:
         await serving.set_serving(SERVICE_NAME, True)
         await serving.set_serving(MODEL_SERVICE_NAME, True)
         await serving.set_serving(RUN_SERVICE_NAME, self.runs is not None)
+        self._keys_task = asyncio.create_task(serving.follow_keys(self.etcd))  # cancelled in stop()
         if config.http_address:
             if self.runs is None:
                 log.warning("http_address is set but durable runs are off (no etcd): the HTTP face is not served")
@@ -148,6 +155,10 @@ class Daemon:
         if self.http is not None:
             await self.http.stop()
         await self.serving.close(grace=2.0)
+        if self._keys_task is not None:
+            self._keys_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keys_task
         if self.runs is not None:
             await self.runs.stop()
         if self.etcd is not None:

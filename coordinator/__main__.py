@@ -17,7 +17,8 @@ from mabeam import daemon
 FLAGS = (daemon.NODE_ID, daemon.CLUSTER, daemon.ETCD, daemon.GRPC_HOST, daemon.GRPC_PORT, daemon.ADVERTISE_HOST,
          daemon.METRICS_PORT, daemon.LEASE_TTL,
          daemon.Flag("--mechanism-module", "mechanism_modules",
-                     "extra mechanism kinds: a dotted module name or a .py path", kind="append"))
+                     "extra mechanism kinds: a dotted module name or a .py path", kind="append"),
+         *daemon.SECURITY_FLAGS)
 
 SPEC = daemon.DaemonSpec(kind="coordinator", description="The mabeam coordinator (active/standby).",
                          model=config.CoordinatorConfig, env_prefix="COORDINATOR", flags=FLAGS, run=run,

@@ -16,6 +16,7 @@ from mabeam.config import (
     ConfigError as ConfigError,  # re-exported: callers catch coordinator.config.ConfigError
 )
 from mabeam.config import NodeDaemonConfig, load_model
+from mabeam.security.config import SecurityConfig
 
 
 class CoordinatorConfig(NodeDaemonConfig):
@@ -27,6 +28,8 @@ class CoordinatorConfig(NodeDaemonConfig):
     mechanism_modules: list[str] = Field(
         default_factory=list, description="Extra mechanism kinds to load: dotted module names or .py paths "
                                           "(installed 'mabeam.mechanisms' entry points load too).")
+    security: SecurityConfig = Field(default_factory=SecurityConfig,
+                                     description="Tokens and mTLS on gRPC ([security] table; see docs/security.md).")
 
     @field_validator("mechanism_modules", mode="before")
     @classmethod

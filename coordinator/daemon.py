@@ -41,7 +41,9 @@ class Daemon:
         self.node = CoordinatorNode(config, metrics=self.metrics)
         self.metrics.watch_state(lambda: self.node.leading)
         self.metrics_address = ""
-        self.serving = Serving("coordinator", registry=self.metrics.registry, options=KEEPALIVE_OPTIONS)
+        self.serving = Serving("coordinator", registry=self.metrics.registry, options=KEEPALIVE_OPTIONS,
+                               security=config.security, cluster=config.cluster)
+        self.security = self.serving.security
 
     async def start_server(self) -> str:
         """Bind gRPC and /metrics; returns the advertised gRPC address."""
@@ -94,6 +96,7 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 announce = tg.create_task(self._announce())
                 systemd = tg.create_task(self.serving.watchdog(self.status))
+                keys = tg.create_task(self.serving.follow_keys(self.node.client))
                 try:
                     await self.node.run()
                 except EtcdUnavailable as error:
@@ -101,6 +104,7 @@ class Daemon:
                 finally:
                     announce.cancel()
                     systemd.cancel()
+                    keys.cancel()
         finally:
             await self.serving.close(self.config.shutdown_grace)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -19,13 +18,11 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mabeam.ids import ID_RE as ID_RE  # re-exported: the one id rule (mabeam/ids.py)
+from mabeam.ids import ID_RULE as ID_RULE
 from mabeam.logs import SECRET_NAME
 
 M = TypeVar("M", bound=BaseModel)
-
-#: Node ids, cluster names, tenants and roles: they become etcd key segments, so never ``/``.
-ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-ID_RULE = "1-64 characters of letters, digits and _.-, starting with a letter, digit or _"
 
 
 class ConfigError(Exception):

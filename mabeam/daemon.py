@@ -21,13 +21,16 @@ and its ``__main__`` is one line, ``sys.exit(mabeam.daemon.main(SPEC, argv))``.
 Inside, a daemon serves through :class:`Serving`, which owns what all three
 share: one gRPC server (``grpc.so_reuseport`` off, so a second daemon on the
 same port fails loudly; the error interceptor of :mod:`mabeam.grpcutil`, the one
-place statuses are built), gRPC health and reflection for its services,
+place statuses are built, and inside it the auth interceptor of
+:mod:`mabeam.security`: bearer tokens, the rights table, the audit; TLS with
+client certificates when ``[security]`` configures it, and loopback only when it
+does not — see docs/security.md), gRPC health and reflection for its services,
 Prometheus ``/metrics`` on its own port from a registry of the daemon's own
 (never prometheus-client's global one, so several daemons share a test process),
 SIGTERM/SIGINT, the ready line (:mod:`mabeam.startup`) and systemd's
 ``sd_notify`` (:mod:`mabeam.systemd`: READY, STATUS, WATCHDOG, STOPPING)::
 
-    serving = Serving("coordinator", registry=metrics.registry)
+    serving = Serving("coordinator", registry=metrics.registry, security=config.security, cluster=config.cluster)
     serving.add(coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server, servicer, SERVICE_NAME)
     port = await serving.start_grpc(config.grpc_host, config.grpc_port)
     metrics_port = serving.start_metrics(config.grpc_host, config.metrics_port)
@@ -59,7 +62,10 @@ from pydantic import BaseModel
 
 from mabeam import logs
 from mabeam.config import ConfigError, default_env_value, load_model
+from mabeam.etcd.client import EtcdClient
 from mabeam.grpcutil import ErrorInterceptor
+from mabeam.security.config import SecurityConfig
+from mabeam.security.server import ServerSecurity
 from mabeam.startup import StartupError, announce_ready, startup_exit
 from mabeam.systemd import EXIT_CONFIG, EXIT_TEMPFAIL, Notifier
 
@@ -98,6 +104,15 @@ GRPC_PORT = Flag("--grpc-port", "grpc_port", "gRPC port (0: one the OS picks, re
 ADVERTISE_HOST = Flag("--advertise-host", "advertise_host", "host published to peers and clients")
 METRICS_PORT = Flag("--metrics-port", "metrics_port", "Prometheus /metrics port (0: one the OS picks)")
 LEASE_TTL = Flag("--lease-ttl", "lease_ttl", "etcd lease TTL in seconds")
+#: The ``[security]`` table as flags (docs/security.md): every daemon takes them.
+SECURITY_FLAGS = (
+    Flag("--token-keys", "security.token_keys", "directory of <kid>.pub token keys (bearer tokens required)"),
+    Flag("--token-keys-etcd", "security.token_keys_etcd", "also trust the token keys published in etcd",
+         kind="switch"),
+    Flag("--tls-cert", "security.tls_cert", "PEM certificate of the gRPC server (mTLS)"),
+    Flag("--tls-key", "security.tls_key", "PEM private key of --tls-cert"),
+    Flag("--tls-ca", "security.tls_ca", "PEM CA that clients' certificates chain to"),
+)
 
 
 def build_parser(prog: str, description: str, flags: Sequence[Flag]) -> argparse.ArgumentParser:
@@ -192,8 +207,20 @@ def main(spec: DaemonSpec, argv: Sequence[str] | None = None) -> int:
         print(f"{spec.kind}: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except (StartupError, BaseExceptionGroup) as error:
+        if isinstance(error, BaseExceptionGroup):
+            bad_config, _ = error.split(ConfigError)  # e.g. an unsecured non-loopback bind inside a TaskGroup
+            if bad_config is not None:
+                for problem in _leaves(bad_config):
+                    print(f"{spec.kind}: {problem}", file=sys.stderr)
+                return EXIT_CONFIG
         return startup_exit(spec.kind, error, EXIT_TEMPFAIL)  # re-raises what is not a StartupError
     return 0
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for sub in error.exceptions for leaf in _leaves(sub)]
+    return [error]
 
 
 # -------------------------------------------------------------------------------------------- serving
@@ -208,12 +235,16 @@ class Serving:
     """
 
     def __init__(self, kind: str, *, registry: CollectorRegistry | None = None,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES, options: Sequence[tuple[str, Any]] = ()) -> None:
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, options: Sequence[tuple[str, Any]] = (),
+                 security: SecurityConfig | None = None, cluster: str = "default") -> None:
         self.kind = kind
         #: The daemon's own Prometheus registry (what /metrics serves).
         self.registry = registry if registry is not None else CollectorRegistry()
         self.interceptor = ErrorInterceptor(self.registry)
-        self.server = grpc.aio.server(interceptors=[self.interceptor], options=[
+        #: Tokens, rights, audit and TLS (mabeam.security); off (loopback only) without ``[security]`` settings.
+        self.security = ServerSecurity(security or SecurityConfig.model_validate({}), cluster, kind, self.registry)
+        # The error interceptor outside (it builds every status, refusals included), auth inside it.
+        self.server = grpc.aio.server(interceptors=self.security.interceptors(self.interceptor), options=[
             ("grpc.so_reuseport", 0),  # a second daemon on the same port must fail, not share it
             ("grpc.max_receive_message_length", max_message_bytes),
             *options,
@@ -237,10 +268,9 @@ class Serving:
         reflection.enable_server_reflection([*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME],
                                             self.server)
         address = f"{host}:{port}"
-        try:
-            bound: int = self.server.add_insecure_port(address)
-        except RuntimeError:  # newer grpcio raises where older ones returned 0
-            bound = 0
+        # TLS with client certificates when configured; an unsecured non-loopback host is InsecureBindError (a
+        # ConfigError: exit 2). 0 when the port is taken.
+        bound = self.security.bind(self.server, host, port)
         if not bound:
             raise StartupError(f"cannot bind gRPC on {address}: the port is in use or the address is not local")
         for name in ("", *self.services):
@@ -264,6 +294,10 @@ class Serving:
             raise StartupError(f"cannot bind metrics on {host}:{port}: {error.strerror}") from None
         self.metrics_port = self._metrics_server.server_port
         return self.metrics_port
+
+    async def follow_keys(self, etcd: EtcdClient | None) -> None:
+        """Until cancelled: follow token key rotation (the key directory, and etcd when configured)."""
+        await self.security.follow_keys(etcd)
 
     async def set_serving(self, service: str, serving: bool) -> None:
         """Report ``service`` ("" for the whole daemon) SERVING or NOT_SERVING on gRPC health."""

@@ -9,6 +9,11 @@ Everything of one cluster lives under ``/mabeam/<cluster>/``:
 - ``election/<role>/<lease id, 16 hex digits>`` → LeaderInfo of a candidate, under its lease
 - ``runs/executors/<run_id>`` → JSON {node_id, agent_type, lease_id} of a run's executor, under the
   run's own lease (its create revision is the executor's fencing token)
+- ``security/token_keys/<kid>`` → an Ed25519 public key (PEM) that verifies bearer tokens (no lease)
+- ``quotas/<tenant>`` → TenantQuota (protobuf, no lease): the tenant's limits, set by SetTenantQuota
+- ``usage/<tenant>/<resource>/<holder>`` → one held unit of an exactly counted quota (an agent, a run),
+  under its holder's lease; ``usage/<tenant>/<resource>`` (no trailing part) is the resource's
+  version key, bumped by every acquisition (mabeam/security/quota.py)
 - ``runs/wake/<node_id>`` → JSON {run_id: seq} of the runs a node appended to last (SQLite stores:
   how other nodes' followers learn of new events)
 
@@ -72,6 +77,41 @@ def run_wake(cluster: str, node_id: str) -> bytes:
 def budget(cluster: str, kind: str, budget_id: str) -> bytes:
     """A model budget: ``budgets/<tenant|run>/<id>`` (agentd's model ledger; JSON, no lease)."""
     return root(cluster) + f"budgets/{kind}/{budget_id}".encode()
+
+
+def token_keys(cluster: str) -> bytes:
+    """The prefix of the public keys that verify the cluster's bearer tokens."""
+    return root(cluster) + b"security/token_keys/"
+
+
+def token_key(cluster: str, kid: str) -> bytes:
+    """One token verification key."""
+    return token_keys(cluster) + kid.encode()
+
+
+def quotas(cluster: str) -> bytes:
+    """The prefix of every tenant's quota."""
+    return root(cluster) + b"quotas/"
+
+
+def quota(cluster: str, tenant_id: str) -> bytes:
+    """A tenant's quota (TenantQuota)."""
+    return quotas(cluster) + tenant_id.encode()
+
+
+def usage_version(cluster: str, tenant_id: str, resource: str) -> bytes:
+    """The key every acquisition of a counted resource bumps (its mod revision orders them)."""
+    return root(cluster) + f"usage/{tenant_id}/{resource}".encode()
+
+
+def usage_holders(cluster: str, tenant_id: str, resource: str) -> bytes:
+    """The prefix of the units of a counted resource a tenant holds."""
+    return usage_version(cluster, tenant_id, resource) + b"/"
+
+
+def usage_holder(cluster: str, tenant_id: str, resource: str, holder: str) -> bytes:
+    """One held unit (an agent, a run) of a counted resource."""
+    return usage_holders(cluster, tenant_id, resource) + holder.encode()
 
 
 def split(cluster: str, key: bytes) -> list[str] | None:

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 
 from mabeam.config import ID_RE, ID_RULE, NodeDaemonConfig, default_env_value, load_model
 from mabeam.config import ConfigError as ConfigError  # re-exported: callers catch meshd.config.ConfigError
+from mabeam.security.config import SecurityConfig
 from meshd.dataplane.config import DataPlaneConfig
 
 
@@ -29,6 +30,8 @@ class MeshdConfig(NodeDaemonConfig):
                                description="Tenants this node makes sure exist at startup.")
     dataplane: DataPlaneConfig = Field(default_factory=DataPlaneConfig,
                                        description="The ZeroMQ data plane ([dataplane] table; see docs/dataplane.md).")
+    security: SecurityConfig = Field(default_factory=SecurityConfig,
+                                     description="Tokens and mTLS on gRPC ([security] table; see docs/security.md).")
 
     @field_validator("tenants")
     @classmethod

@@ -15,6 +15,7 @@ import logging
 
 from mabeam.daemon import Serving
 from mabeam.dataplane.errors import DataPlaneError
+from mabeam.security.server import InsecureBindError, check_bind, is_loopback
 from mabeam.startup import StartupError
 from mabeam.v1 import mesh_pb2, mesh_pb2_grpc
 from meshd.config import MeshdConfig
@@ -42,7 +43,9 @@ class Daemon:
         self.node = MeshNode(config, self.metrics)
         self.dataplane = DataPlane(config.node_id, config.dataplane, NodeRegistryView(self.node))
         self.metrics.registry.register(RejectedFramesCollector(self.dataplane.counters))
-        self.serving = Serving("meshd", registry=self.metrics.registry)
+        self.serving = Serving("meshd", registry=self.metrics.registry, security=config.security,
+                               cluster=config.cluster)
+        self.security = self.serving.security
         self._connected_changed = asyncio.Event()
         self._serving = asyncio.Event()
 
@@ -124,10 +127,12 @@ class Daemon:
                 health_task = tg.create_task(self._health_loop())
                 announce = tg.create_task(self._announce())
                 systemd = tg.create_task(self.serving.watchdog(self.status))
+                keys = tg.create_task(self.serving.follow_keys(self.node.client))
                 await self.node.run()
                 health_task.cancel()
                 announce.cancel()
                 systemd.cancel()
+                keys.cancel()
         finally:
             await self.serving.close(self.config.shutdown_grace)
             await self.dataplane.stop()
@@ -141,3 +146,13 @@ class Daemon:
 async def run(config: MeshdConfig) -> None:
     """Run one meshd until it stops (what ``python -m meshd`` runs, see meshd/__main__.py)."""
     await Daemon(config).run()
+
+
+def check_binds(config: MeshdConfig) -> None:
+    """Before the loop: InsecureBindError (exit 2) unless gRPC and the data plane are on loopback or secured."""
+    check_bind(config.grpc_host, config.grpc_port, config.security)
+    plane = config.dataplane
+    if not plane.curve and not is_loopback(plane.bind_host):
+        raise InsecureBindError(f"refusing to bind the data plane on {plane.bind_host} without CURVE: other hosts "
+                                "could send as any tenant; set [dataplane] curve = true (docs/security.md), or bind "
+                                "127.0.0.1 for a dev cluster")

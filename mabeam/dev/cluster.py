@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from mabeam.dev.security import DevSecurity
 from mabeam.dev.testing import slow, wait_until
 from mabeam.etcd.embedded import EmbeddedEtcd
 from mabeam.startup import parse_ready_line
@@ -204,7 +205,7 @@ class DevCluster:
                  lease_ttl: int = 3, run_dir: str | os.PathLike[str] | None = None,
                  extra_args: list[str] | None = None, agentd: bool = False, coordinator: bool = False,
                  meshd: bool = True, node_prefix: str = "node-", runs_store: str = "",
-                 runs_config: dict[str, object] | None = None) -> None:
+                 runs_config: dict[str, object] | None = None, secure: bool = False) -> None:
         if agentd and not meshd:
             raise ValueError("agentd attaches to its node's meshd: agentd=True needs meshd=True")
         self.base_port = base_port
@@ -222,6 +223,10 @@ class DevCluster:
         self.runs_config = dict(runs_config or {})
         self.nodes = [self._node_spec(f"{node_prefix}{i}", None if base_port is None else base_port + 10 * i,
                                       meshd, agentd, coordinator) for i in range(1, nodes + 1)]
+        #: With ``secure``: token keys, mTLS certificates and CURVE on every daemon (docs/security.md).
+        self.security: DevSecurity | None = None
+        if secure:
+            self.security = DevSecurity(self.run_dir / "security", cluster, [n.node_id for n in self.nodes])
 
     def _node_spec(self, node_id: str, base: int | None, meshd: bool, agentd: bool, coordinator: bool) -> Node:
         node = Node(node_id, self.run_dir, base)
@@ -237,21 +242,24 @@ class DevCluster:
             address = previous.get(reported)
             return int(str(address).rsplit(":", 1)[1]) if address else node.port(what)
 
+        secure = self.security.daemon_flags(node.node_id) if self.security is not None else []
         if daemon.kind == "meshd":
             return [sys.executable, "-m", "meshd", "--node-id", node.node_id, "--cluster", self.cluster,
                     "--etcd", self.etcd_endpoint, "--grpc-port", str(port("meshd", "grpc")),
                     "--metrics-port", str(port("meshd_metrics", "metrics")), "--lease-ttl", str(self.lease_ttl),
-                    "--data-port", str(node.port("data")), "--attach", node.attach_address, *self.extra_args]
+                    "--data-port", str(node.port("data")), "--attach", node.attach_address, *self.extra_args,
+                    *secure, *(["--curve"] if self.security is not None else [])]
         if daemon.kind == "agentd":
             return [sys.executable, "-m", "agentd", "--node-id", node.node_id,
                     "--grpc-address", f"127.0.0.1:{port('agentd', 'grpc')}",
                     "--metrics-address", f"127.0.0.1:{port('agentd_metrics', 'metrics')}",
                     "--meshd-attach", node.attach_address, "--data-dir", str(self.run_dir / f"{node.node_id}-agentd"),
                     "--workers", "1", "--examples", "--etcd", self.etcd_endpoint, "--cluster", self.cluster,
-                    "--runs-store", self.runs_store, "--http-address", f"127.0.0.1:{port('agentd_http', 'http')}"]
+                    "--runs-store", self.runs_store, "--http-address", f"127.0.0.1:{port('agentd_http', 'http')}", *secure]
         return [sys.executable, "-m", "coordinator", "--node-id", node.node_id, "--etcd", self.etcd_endpoint,
                 "--cluster", self.cluster, "--grpc-port", str(port("coordinator", "grpc")),
-                "--metrics-port", str(port("coordinator_metrics", "metrics")), "--lease-ttl", str(self.lease_ttl)]
+                "--metrics-port", str(port("coordinator_metrics", "metrics")), "--lease-ttl", str(self.lease_ttl),
+                *secure]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -380,7 +388,12 @@ class DevCluster:
                 if daemon.http_endpoint:
                     entry[f"{daemon.kind}_http"] = daemon.http_endpoint
             nodes.append(entry)
-        return {"etcd": self.etcd_endpoint, "cluster": self.cluster, "nodes": nodes}
+        described: dict[str, object] = {"etcd": self.etcd_endpoint, "cluster": self.cluster, "nodes": nodes}
+        if self.security is not None:  # what an SDK of any language needs to connect (docs/security.md)
+            client = self.security.client()
+            described["security"] = {"token": client.token, "tls_ca": client.tls_ca, "tls_cert": client.tls_cert,
+                                     "tls_key": client.tls_key}
+        return described
 
     def restart_dead(self, timeout: float = 30.0) -> list[str]:
         """Start again every daemon that is not running (meshd first); the ones restarted, as "kind@node"."""

@@ -26,6 +26,7 @@ import grpc
 
 from mabeam.v1 import agent_pb2, agent_pb2_grpc
 from mabeam_client.errors import translate
+from mabeam_client.security import ClientSecurity, open_channel
 from mabeam_client.sync import SyncFace
 from mabeam_client.types import AgentInfo, TreeNode
 
@@ -35,10 +36,10 @@ T = TypeVar("T")
 class AgentClient:
     """Async AgentService client on one gRPC channel to one agentd (``host:port``)."""
 
-    def __init__(self, endpoint: str, timeout: float = 30.0) -> None:
+    def __init__(self, endpoint: str, timeout: float = 30.0, security: ClientSecurity | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(endpoint)
+        self._channel = open_channel(endpoint, security)
         self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
 
     async def close(self) -> None:
@@ -113,5 +114,5 @@ class AgentClient:
 class SyncAgentClient(SyncFace):
     """The same API as :class:`AgentClient`, blocking."""
 
-    def __init__(self, endpoint: str, timeout: float = 30.0) -> None:
-        super().__init__(lambda: AgentClient(endpoint, timeout))
+    def __init__(self, endpoint: str, timeout: float = 30.0, security: ClientSecurity | None = None) -> None:
+        super().__init__(lambda: AgentClient(endpoint, timeout, security))

@@ -15,6 +15,7 @@ import inspect
 import os
 import sys
 from collections.abc import Awaitable, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -22,10 +23,13 @@ from rich.table import Table
 from mabeam_client.errors import MabeamError
 from mabeam_client.mesh import MeshClient
 from mabeam_client.output import emit, to_dict
+from mabeam_client.security import ClientSecurity, set_default
 
 DEFAULT_ENDPOINT = "127.0.0.1:7110"
 PLUGINS = ("mabeam_client.cli_agents", "mabeam_client.cli_models", "mabeam_client.cli_dataplane",
-           "mabeam_client.cli_coordinator", "mabeam_client.cli_runs", "mabeam_client.cli_pipelines")
+           "mabeam_client.cli_coordinator", "mabeam_client.cli_runs", "mabeam_client.cli_pipelines",
+           "mabeam_client.cli_security")
+SECURITY_FLAGS = ("token", "token_file", "tls_ca", "tls_cert", "tls_key", "tls_server_name")
 
 async def cmd_ping(args: argparse.Namespace) -> int:
     async with MeshClient(args.endpoint) as mesh:
@@ -131,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--endpoint", default=os.environ.get("MABEAM_ENDPOINT", DEFAULT_ENDPOINT),
                         help=f"meshd gRPC HOST:PORT (default $MABEAM_ENDPOINT or {DEFAULT_ENDPOINT})")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    security = parser.add_argument_group("security (default: $MABEAM_TOKEN, $MABEAM_TOKEN_FILE, $MABEAM_TLS_*)")
+    security.add_argument("--token", help="bearer token (meshctl token issue)")
+    security.add_argument("--token-file", help="file holding the bearer token")
+    security.add_argument("--tls-ca", help="PEM CA of the servers' certificates (turns TLS on)")
+    security.add_argument("--tls-cert", help="PEM client certificate (mTLS)")
+    security.add_argument("--tls-key", help="PEM key of --tls-cert")
+    security.add_argument("--tls-server-name", help="name to verify in the server certificate")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
@@ -184,9 +195,26 @@ async def _awaited(result: Awaitable[Any]) -> Any:
     return await result
 
 
+def _apply_security(args: argparse.Namespace) -> None:
+    """The security flags, over the environment, become every client's default credentials."""
+    given = {name: getattr(args, name, None) for name in SECURITY_FLAGS}
+    if not any(given.values()):
+        return
+    env = ClientSecurity.from_env()
+    token = given["token"] or (Path(given["token_file"]).read_text().strip() if given["token_file"] else env.token)
+    set_default(ClientSecurity(token=token, tls_ca=given["tls_ca"] or env.tls_ca,
+                               tls_cert=given["tls_cert"] or env.tls_cert, tls_key=given["tls_key"] or env.tls_key,
+                               server_name=given["tls_server_name"] or env.server_name))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``meshctl`` console script."""
     args = build_parser().parse_args(argv)
+    try:
+        _apply_security(args)
+    except (OSError, ValueError) as error:
+        print(f"meshctl: {error}", file=sys.stderr)
+        return 2
     try:
         result = args.func(args)
         if inspect.isawaitable(result):

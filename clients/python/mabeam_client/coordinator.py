@@ -45,6 +45,7 @@ import grpc
 from mabeam.v1 import coordinator_pb2 as pb
 from mabeam.v1 import coordinator_pb2_grpc
 from mabeam_client.errors import MabeamError, Unavailable, connection_lost, translate
+from mabeam_client.security import ClientSecurity, open_channel
 from mabeam_client.sync import SyncFace
 from mabeam_client.types import (
     Balance,
@@ -107,8 +108,10 @@ def _json(value: Any) -> str:
 class CoordinatorClient:
     """Async CoordinatorService client that finds and follows the active coordinator."""
 
-    def __init__(self, endpoints: str | Sequence[str], timeout: float = 10.0, failover_timeout: float = 15.0) -> None:
+    def __init__(self, endpoints: str | Sequence[str], timeout: float = 10.0, failover_timeout: float = 15.0,
+                 security: ClientSecurity | None = None) -> None:
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        self.security = security
         if not self.endpoints:
             raise ValueError("at least one coordinator endpoint is required")
         self.timeout = timeout
@@ -120,7 +123,7 @@ class CoordinatorClient:
     def _stub(self, endpoint: str) -> coordinator_pb2_grpc.CoordinatorServiceStub:
         channel = self._channels.get(endpoint)
         if channel is None:
-            channel = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint, options=KEEPALIVE_OPTIONS)
+            channel = self._channels[endpoint] = open_channel(endpoint, self.security, KEEPALIVE_OPTIONS)
         return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
 
     async def close(self) -> None:
@@ -536,8 +539,9 @@ class BidStream:
 class SyncCoordinatorClient(SyncFace):
     """The blocking face of :class:`CoordinatorClient` (same methods, same arguments)."""
 
-    def __init__(self, endpoints: str | Sequence[str], timeout: float = 10.0, failover_timeout: float = 15.0) -> None:
-        super().__init__(lambda: CoordinatorClient(endpoints, timeout, failover_timeout))
+    def __init__(self, endpoints: str | Sequence[str], timeout: float = 10.0, failover_timeout: float = 15.0,
+                 security: ClientSecurity | None = None) -> None:
+        super().__init__(lambda: CoordinatorClient(endpoints, timeout, failover_timeout, security))
 
 
 __all__ = ["BidStream", "CoordinatorClient", "MabeamError", "SyncCoordinatorClient", "leader_hint"]

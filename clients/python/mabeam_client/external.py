@@ -38,6 +38,7 @@ import msgpack
 from mabeam.v1 import common_pb2, dataplane_pb2, mesh_pb2_grpc
 from mabeam.v1 import external_agent_pb2 as pb
 from mabeam_client.errors import MabeamError, error_for, translate
+from mabeam_client.security import ClientSecurity, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,10 @@ class ExternalAgent:
 
     def __init__(self, endpoint: str, names: Sequence[str] = (), groups: Sequence[str] = (), *,
                  on_call: CallHandler | None = None, on_cast: CastHandler | None = None, tenant: str = "",
-                 max_pending: int = 0, reconnect: bool = True, backoff: tuple[float, float] = (0.05, 2.0)) -> None:
+                 max_pending: int = 0, reconnect: bool = True, backoff: tuple[float, float] = (0.05, 2.0),
+                 security: ClientSecurity | None = None) -> None:
         self.endpoint = endpoint
+        self.security = security
         self.names = list(names)
         self.groups = list(groups)
         self.tenant = tenant
@@ -166,7 +169,7 @@ class ExternalAgent:
 
     async def _serve_once(self) -> None:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.endpoint)
+            self._channel = open_channel(self.endpoint, self.security)
         stub = mesh_pb2_grpc.MeshServiceStub(self._channel)
         out: asyncio.Queue[pb.AgentStreamIn] = asyncio.Queue()
         out.put_nowait(pb.AgentStreamIn(attach=pb.AttachAgentRequest(

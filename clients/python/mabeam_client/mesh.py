@@ -23,6 +23,7 @@ import grpc
 
 from mabeam.v1 import common_pb2, dataplane_pb2, mesh_pb2, mesh_pb2_grpc
 from mabeam_client.errors import translate
+from mabeam_client.security import ClientSecurity, open_channel
 from mabeam_client.sync import SyncFace
 from mabeam_client.types import (
     AgentRef,
@@ -47,10 +48,10 @@ T = TypeVar("T")
 class MeshClient:
     """Async MeshService client on one gRPC channel to one meshd (``host:port``)."""
 
-    def __init__(self, endpoint: str, timeout: float = 10.0) -> None:
+    def __init__(self, endpoint: str, timeout: float = 10.0, security: ClientSecurity | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(endpoint)
+        self._channel = open_channel(endpoint, security)
         self._stub = mesh_pb2_grpc.MeshServiceStub(self._channel)
 
     async def close(self) -> None:
@@ -141,6 +142,14 @@ class MeshClient:
         request = mesh_pb2.GroupMembersRequest(tenant=tenant, group=group)
         return [GroupMember.from_proto(m) for m in (await self._call(self._stub.GroupMembers, request)).members]
 
+    async def set_tenant_quota(self, quota: mesh_pb2.TenantQuota) -> mesh_pb2.TenantQuota:
+        """Set a tenant's quotas (admin); limits not given (0) are unlimited. Returns what was stored."""
+        return await self._call(self._stub.SetTenantQuota, mesh_pb2.SetTenantQuotaRequest(quota=quota))
+
+    async def tenant_usage(self, tenant: str = "") -> mesh_pb2.TenantUsage:
+        """A tenant's quotas and what it uses now (default: the token's tenant)."""
+        return await self._call(self._stub.GetTenantUsage, mesh_pb2.GetTenantUsageRequest(tenant=tenant))
+
     async def groups(self, tenant: str = "") -> list[GroupSummary]:
         """Groups of a tenant with member counts."""
         response = await self._call(self._stub.ListGroups, mesh_pb2.ListGroupsRequest(tenant=tenant))
@@ -190,5 +199,5 @@ class MeshClient:
 class SyncMeshClient(SyncFace):
     """The blocking face of :class:`MeshClient` (same methods, no await)."""
 
-    def __init__(self, endpoint: str, timeout: float = 10.0) -> None:
-        super().__init__(lambda: MeshClient(endpoint, timeout))
+    def __init__(self, endpoint: str, timeout: float = 10.0, security: ClientSecurity | None = None) -> None:
+        super().__init__(lambda: MeshClient(endpoint, timeout, security))

@@ -28,6 +28,7 @@ import grpc
 
 from mabeam.v1 import model_pb2, model_pb2_grpc
 from mabeam_client.errors import translate
+from mabeam_client.security import ClientSecurity, open_channel
 from mabeam_client.sync import SyncFace
 
 
@@ -72,10 +73,10 @@ def build_request(model: str, messages: str | Sequence[dict[str, Any]], *, syste
 class ModelClient:
     """Async ModelService client on one gRPC channel to one agentd (``host:port``)."""
 
-    def __init__(self, endpoint: str, timeout: float = 300.0) -> None:
+    def __init__(self, endpoint: str, timeout: float = 300.0, security: ClientSecurity | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(endpoint)
+        self._channel = open_channel(endpoint, security)
         self._stub = model_pb2_grpc.ModelServiceStub(self._channel)
 
     async def close(self) -> None:
@@ -124,5 +125,5 @@ class ModelClient:
 class SyncModelClient(SyncFace):
     """The same API as :class:`ModelClient`, blocking."""
 
-    def __init__(self, endpoint: str, timeout: float = 300.0) -> None:
-        super().__init__(lambda: ModelClient(endpoint, timeout))
+    def __init__(self, endpoint: str, timeout: float = 300.0, security: ClientSecurity | None = None) -> None:
+        super().__init__(lambda: ModelClient(endpoint, timeout, security))
