@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from coordinator.engine import Engine, not_durable
+from coordinator.engine import Engine, not_durable, not_found
 from coordinator.instances import Ack, Instance
 from coordinator.ledger import Account
 from coordinator.mechanisms.base import Mechanism, mechanism_classes, registered_kinds
@@ -28,6 +28,7 @@ from coordinator.node import CoordinatorNode
 from coordinator.store import CommitFailed
 from coordinator.variables import DEFAULT_HISTORY, MAX_SCHEMA_BYTES, VariableError, VariableRecord, parse_json
 from mabeam.errors import FieldViolation, ServiceError, raise_if
+from mabeam.security.context import tenant_for, visible
 from mabeam.structs import from_struct, to_list, to_struct
 from mabeam.v1 import coordinator_pb2 as pb
 from mabeam.v1 import coordinator_pb2_grpc
@@ -52,7 +53,20 @@ def _id(value: str, field: str, violations: list[FieldViolation], required: bool
 
 
 def _tenant(value: str, violations: list[FieldViolation]) -> str:
-    return _id(value, "tenant", violations, required=False) or "default"
+    """The tenant a request acts in: the token's, another only for an admin (mabeam.security.context)."""
+    return _id(tenant_for(value), "tenant", violations, required=False) or "default"
+
+
+def _visible_id(engine: Engine, instance_id: str) -> str:
+    """``instance_id`` when the caller may see that instance; another tenant's answers NOT_FOUND as a missing one.
+
+    Engine lookups then find it (or raise their own NOT_FOUND for one that does not exist), so both cases
+    answer the same status, reason and message: another tenant's ids leak nothing.
+    """
+    instance = engine.instances.get(instance_id)
+    if instance is not None and not visible(instance.tenant):
+        raise not_found(f"instance {instance_id!r}")  # worded as the engine words an unknown id
+    return instance_id
 
 
 def _json_object(text: str, field: str, violations: list[FieldViolation], limit: int = MAX_JSON_BYTES) -> Any:
@@ -204,7 +218,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         violations: list[FieldViolation] = []
         _id(request.id, "id", violations)
         raise_if(violations)
-        return instance_message(engine.instance(request.id, family), engine)
+        return instance_message(engine.instance(_visible_id(engine, request.id), family), engine)
 
     async def _submit(self, engine: Engine, request: pb.SubmitEventRequest, family: str) -> pb.SubmitEventResponse:
         violations: list[FieldViolation] = []
@@ -213,7 +227,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         event = _object(request, "event", violations)
         raise_if(violations)
         cid = request.client_event_id or f"auto-{engine.clock()}-{id(request)}"
-        ack, duplicate = await engine.submit(request.id, family, cid, event)
+        ack, duplicate = await engine.submit(_visible_id(engine, request.id), family, cid, event)
         return event_response(ack, duplicate)
 
     @leader_call
@@ -247,7 +261,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         if len(request.reason) > 1024:
             violations.append(FieldViolation("reason", "at most 1024 characters"))
         raise_if(violations)
-        return instance_message(await engine.cancel(request.id, request.reason), engine)
+        return instance_message(await engine.cancel(_visible_id(engine, request.id), request.reason), engine)
 
     @leader_call
     async def CloseInstance(self, engine: Engine, request: pb.CloseInstanceRequest) -> pb.Instance:
@@ -255,7 +269,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         violations: list[FieldViolation] = []
         _id(request.id, "id", violations)
         raise_if(violations)
-        return instance_message(await engine.close(request.id), engine)
+        return instance_message(await engine.close(_visible_id(engine, request.id)), engine)
 
     @leader_call
     async def SubmitBid(self, engine: Engine, request: pb.SubmitEventRequest) -> pb.SubmitEventResponse:
@@ -340,7 +354,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         violations: list[FieldViolation] = []
         _id(request.id, "id", violations)
         raise_if(violations)
-        bids, asks = engine.book(request.id)
+        bids, asks = engine.book(_visible_id(engine, request.id))
         return pb.BookSnapshot(id=request.id, event_count=engine.instance(request.id).seq,
                                bids=[pb.BookLevel(price=p, quantity=q, orders=n) for p, q, n in bids],
                                asks=[pb.BookLevel(price=p, quantity=q, orders=n) for p, q, n in asks])
@@ -528,7 +542,8 @@ class BidStream:
         event = _object(bid, "event", violations)
         try:
             raise_if(violations)
-            ack, duplicate, done = self.engine.stage_submit(bid.id, "auction", bid.client_event_id, event)
+            ack, duplicate, done = self.engine.stage_submit(_visible_id(self.engine, bid.id), "auction",
+                                                            bid.client_event_id, event)
         except ServiceError as error:
             self.ready.append(_bid_error(bid, error))
             return

@@ -20,6 +20,7 @@ from coordinator.store import read_prefix
 from coordinator.variables import VariableRecord
 from mabeam.errors import FieldViolation, ServiceError, invalid_argument
 from mabeam.etcd.client import EtcdClient
+from mabeam.security.context import tenant_for, visible
 from mabeam.structs import to_struct
 from mabeam.v1 import coordinator_pb2 as pb
 
@@ -35,9 +36,10 @@ async def _instance_records(client: EtcdClient, cluster: str, instance_id: str
                             ) -> AsyncIterator[tuple[str, Any]]:
     """("meta", meta) first, then ("event", (seq, record)) in order, then ("end", end) once; from etcd."""
     meta_kv = await client.get(keys.meta(cluster, instance_id))
-    if meta_kv is None:
+    meta = json.loads(meta_kv.value) if meta_kv is not None else None
+    if meta is None or not visible(meta.get("tenant", "default")):  # another tenant's: as if it did not exist
         raise ServiceError(grpc.StatusCode.NOT_FOUND, f"instance {instance_id!r} does not exist", "NOT_REGISTERED")
-    yield "meta", json.loads(meta_kv.value)
+    yield "meta", meta
     prefix = keys.instance(cluster, instance_id)
     event_prefix = keys.events(cluster, instance_id)
     end_key = keys.end(cluster, instance_id)
@@ -118,7 +120,7 @@ def _version_message(record: VariableRecord) -> pb.Variable:
 async def watch_variable(client: EtcdClient, cluster: str, request: pb.WatchVariableRequest
                          ) -> AsyncIterator[pb.Variable]:
     """Kept versions >= from_version (0: the current one), then every new version in order."""
-    tenant = request.tenant or "default"
+    tenant = tenant_for(request.tenant)
     _check_id(tenant, "tenant")
     _check_id(request.name, "name")
     key = keys.variable(cluster, tenant, request.name)

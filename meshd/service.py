@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator, Mapping
 import grpc
 
 from mabeam.errors import FieldViolation, ServiceError, raise_if
+from mabeam.security.context import tenant_for
 from mabeam.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc
 from meshd.dataplane import DataPlane
 from meshd.dataplane.grpc_face import DataPlaneServicerMixin
 from meshd.node import MESH_ROLE, MeshNode, Subscription
-from meshd.validation import check_agent_id, check_id, check_metadata, check_name, tenant_or_default
+from meshd.validation import check_agent_id, check_id, check_metadata, check_name
 from meshd.view import LeaderChange, MemberChange
 
 
@@ -32,13 +33,14 @@ def _check_target(field: str, ref: common_pb2.AgentRef, tenant: str, node_id: st
         violations.append(FieldViolation(f"{field}.tenant", f"is {ref.tenant!r} but the request's tenant is {tenant!r}"))
 
 
-def _checked_tenant(raw: str, names: Mapping[str, str] | None = None, violations: list[FieldViolation] | None = None,
+def _checked_tenant(tenant: str, names: Mapping[str, str] | None = None, violations: list[FieldViolation] | None = None,
                     ) -> str:
-    """The request's tenant (empty: the default); INVALID_ARGUMENT naming it, each ``names`` field and ``violations``.
+    """``tenant`` (what :func:`~mabeam.security.context.tenant_for` gave: the token's, or for an admin the
+    request's; without security the request's, empty meaning the default) if valid; INVALID_ARGUMENT naming it,
+    each ``names`` field and ``violations``.
 
     ``names`` maps a field to the registered name or group it carries; ``violations`` are the method's own.
     """
-    tenant = tenant_or_default(raw)
     found: list[FieldViolation] = []
     check_id("tenant", tenant, found)
     for field, value in (names or {}).items():
@@ -120,23 +122,24 @@ class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
 
     async def RegisterName(self, request: mesh_pb2.RegisterNameRequest,
                            context: grpc.aio.ServicerContext) -> mesh_pb2.RegisterNameResponse:
+        tenant = tenant_for(request.tenant)
         violations: list[FieldViolation] = []
-        _check_target("target", request.target, tenant_or_default(request.tenant), self.node.node_id, violations)
+        _check_target("target", request.target, tenant, self.node.node_id, violations)
         check_metadata("metadata", request.metadata, violations)
-        tenant = _checked_tenant(request.tenant, {"name": request.name}, violations)
+        _checked_tenant(tenant, {"name": request.name}, violations)
         entry = await self.node.register_name(tenant, request.name, request.target.agent_id,
                                               dict(request.metadata))
         return mesh_pb2.RegisterNameResponse(entry=entry)
 
     async def UnregisterName(self, request: mesh_pb2.UnregisterNameRequest,
                              context: grpc.aio.ServicerContext) -> mesh_pb2.UnregisterNameResponse:
-        tenant = _checked_tenant(request.tenant, {"name": request.name})
+        tenant = _checked_tenant(tenant_for(request.tenant), {"name": request.name})
         await self.node.unregister_name(tenant, request.name)
         return mesh_pb2.UnregisterNameResponse()
 
     async def Lookup(self, request: mesh_pb2.LookupRequest,
                      context: grpc.aio.ServicerContext) -> mesh_pb2.LookupResponse:
-        tenant = _checked_tenant(request.tenant, {"name": request.name})
+        tenant = _checked_tenant(tenant_for(request.tenant), {"name": request.name})
         self.node.require_tenant(tenant)
         entry = self.node.view.names.get((tenant, request.name))
         if entry is None:
@@ -147,7 +150,7 @@ class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
     async def ListNames(self, request: mesh_pb2.ListNamesRequest,
                         context: grpc.aio.ServicerContext) -> mesh_pb2.ListNamesResponse:
         too_long = [FieldViolation("prefix", "is longer than 128 characters")] if len(request.prefix) > 128 else []
-        tenant = _checked_tenant(request.tenant, violations=too_long)
+        tenant = _checked_tenant(tenant_for(request.tenant), violations=too_long)
         self.node.require_tenant(tenant)
         names = self.node.view.names
         entries = [names[k] for k in sorted(names) if k[0] == tenant and k[1].startswith(request.prefix)]
@@ -158,11 +161,12 @@ class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
     def _group_request(self, raw_tenant: str, group: str, member: common_pb2.AgentRef,
                        metadata: Mapping[str, str] | None = None) -> str:
         """The tenant of a join or leave whose fields are all valid."""
+        tenant = tenant_for(raw_tenant)
         violations: list[FieldViolation] = []
-        _check_target("member", member, tenant_or_default(raw_tenant), self.node.node_id, violations)
+        _check_target("member", member, tenant, self.node.node_id, violations)
         if metadata is not None:
             check_metadata("metadata", metadata, violations)
-        return _checked_tenant(raw_tenant, {"group": group}, violations)
+        return _checked_tenant(tenant, {"group": group}, violations)
 
     async def JoinGroup(self, request: mesh_pb2.JoinGroupRequest,
                         context: grpc.aio.ServicerContext) -> mesh_pb2.JoinGroupResponse:
@@ -178,13 +182,13 @@ class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
 
     async def GroupMembers(self, request: mesh_pb2.GroupMembersRequest,
                            context: grpc.aio.ServicerContext) -> mesh_pb2.GroupMembersResponse:
-        tenant = _checked_tenant(request.tenant, {"group": request.group})
+        tenant = _checked_tenant(tenant_for(request.tenant), {"group": request.group})
         self.node.require_tenant(tenant)
         return mesh_pb2.GroupMembersResponse(members=self.node.view.group_members(tenant, request.group))
 
     async def ListGroups(self, request: mesh_pb2.ListGroupsRequest,
                          context: grpc.aio.ServicerContext) -> mesh_pb2.ListGroupsResponse:
-        tenant = _checked_tenant(request.tenant)
+        tenant = _checked_tenant(tenant_for(request.tenant))
         self.node.require_tenant(tenant)
         groups = self.node.view.groups
         return mesh_pb2.ListGroupsResponse(groups=[

@@ -154,6 +154,11 @@ def _limits(limits: Limits) -> tuple[int | None, int | None]:
             round(limits.cost_usd * NANO_PER_USD) if limits.cost_usd else None)
 
 
+def _shown_id(scope: Scope) -> str:
+    """A budget's id as the caller knows it (a run's scope id is ``<tenant>:<run id>``, see ``scopes``)."""
+    return scope.id.partition(":")[2] if scope.kind == "run" else scope.id
+
+
 class ModelRouter:
     """Every configured provider, model and route of one agentd, with their resilience state."""
 
@@ -221,7 +226,9 @@ class ModelRouter:
         scopes = [Scope("tenant", options.tenant, tokens, cost)]
         if options.run_id:
             tokens, cost = _limits(budgets.per_run)
-            scopes.append(Scope("run", options.run_id, tokens, cost))
+            # Keyed by tenant too: a tenant naming another tenant's run id spends its own run budget, never
+            # the other's (tenants are ids without ':'; run ids may contain it, so the key is unambiguous).
+            scopes.append(Scope("run", f"{options.tenant}:{options.run_id}", tokens, cost))
         return scopes
 
     def max_tokens(self, request: ChatRequest, entry: ModelEntry) -> int:
@@ -336,7 +343,7 @@ class ModelRouter:
             refusal = ModelError(ErrorKind.BUDGET_EXHAUSTED,
                                  f"budget exhausted: this call may use up to {worst.tokens} tokens and "
                                  f"${worst.cost_nusd / NANO_PER_USD:.6f}, more than is left of "
-                                 + " and ".join(f"{s.kind} {s.id!r}" for s in scopes if not s.unlimited))
+                                 + " and ".join(f"{s.kind} {_shown_id(s)!r}" for s in scopes if not s.unlimited))
             raise CallFailed(refusal, await finish(receipt(None, names[0], Amount(), Amount(), refusal)))
 
         deadline = started + min(self.retry.total_timeout_s, options.timeout_s or float("inf"))

@@ -27,8 +27,9 @@ from agentd.models.types import (
     ToolCall,
     ToolCallDelta,
 )
-from mabeam.config import ID_RE, ID_RULE
 from mabeam.errors import FieldViolation, ServiceError, invalid_argument
+from mabeam.ids import ID_RE, ID_RULE
+from mabeam.security.context import tenant_for
 from mabeam.v1 import model_pb2, model_pb2_grpc
 
 MAX_MESSAGES = 2000
@@ -82,7 +83,11 @@ def _json_object(text: str, field: str, problems: list[FieldViolation]) -> dict[
 
 
 def to_request(request: model_pb2.CompleteRequest) -> tuple[ChatRequest, CallOptions]:
-    """Validate and convert; ServiceError (INVALID_ARGUMENT) naming every bad field."""
+    """Validate and convert; ServiceError (INVALID_ARGUMENT) naming every bad field.
+
+    The tenant (whose budget pays) is the token's: another only for an admin (TENANT_FORBIDDEN first).
+    """
+    tenant = tenant_for(request.tenant)
     problems: list[FieldViolation] = []
     if not request.model:
         problems.append(FieldViolation("model", "required"))
@@ -120,7 +125,6 @@ def to_request(request: model_pb2.CompleteRequest) -> tuple[ChatRequest, CallOpt
         problems.append(FieldViolation("stop", f"at most {MAX_STOP} sequences"))
     if len(request.metadata) > MAX_METADATA:
         problems.append(FieldViolation("metadata", f"at most {MAX_METADATA} entries"))
-    tenant = request.tenant or "default"
     if not ID_RE.match(tenant):
         problems.append(FieldViolation("tenant", ID_RULE))
     if len(request.run_id) > 128 or "/" in request.run_id:

@@ -29,6 +29,8 @@ class PendingCalls:
         self._deliver = deliver
         self._calls: dict[int, PendingCall] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Answers dropped because they came from another tenant than the caller's.
+        self.cross_tenant_answers = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Use ``loop`` for the deadline timers."""
@@ -58,9 +60,15 @@ class PendingCalls:
         ``done``: an in-process caller got it; ``late``: a REPLY nobody waits for (dropped);
         ``forward``: deliver it to its addressee (an attached caller, or an ERROR bouncing a cast).
         """
-        pending = self._calls.pop(env.correlation_id, None)
+        pending = self._calls.get(env.correlation_id)
         if pending is None:
             return "late" if env.kind == wire.REPLY else "forward"
+        if (env.tenant or "default") != pending.caller.tenant:
+            # Only the caller's tenant answers its calls (the envelope's tenant is set by meshd): an answer
+            # from another tenant that guessed the id is dropped, and the call keeps waiting.
+            self.cross_tenant_answers += 1
+            return "late"
+        del self._calls[env.correlation_id]
         if pending.timer is not None:
             pending.timer.cancel()
         future = pending.future

@@ -26,8 +26,9 @@ import grpc
 
 from mabeam.dataplane import envelope as wire
 from mabeam.dataplane.errors import DataPlaneError, Unavailable
-from mabeam.dataplane.message import AgentRef, Message, destination_of, tenant_or_default
+from mabeam.dataplane.message import AgentRef, Message, destination_of
 from mabeam.errors import ServiceError, code_from_value
+from mabeam.security.context import tenant_for
 from mabeam.v1 import external_agent_pb2 as pb
 from meshd.dataplane.endpoint import LocalEndpoint
 from meshd.dataplane.plane import DataPlane
@@ -181,7 +182,7 @@ async def attach_agent(plane: DataPlane, requests: AsyncIterator[pb.AgentStreamI
     if first is None or first.WhichOneof("body") != "attach":
         raise _protocol_error("the first message of AttachAgent must be `attach`")
     attach = first.attach
-    tenant = tenant_or_default(attach.tenant)
+    tenant = tenant_for(attach.tenant)  # the token's tenant; another only for an admin
     max_pending = min(attach.max_pending or DEFAULT_MAX_PENDING, MAX_PENDING_LIMIT)
     endpoint = plane.open_endpoint(attach.agent_id or None, tenant, max_pending=max_pending)
     session = ExternalAgentSession(plane, endpoint)

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from mabeam.dataplane.errors import InvalidArgument
-from mabeam.dataplane.message import AgentRef, destination_of, tenant_or_default
+from mabeam.dataplane.message import AgentRef, destination_of
+from mabeam.security.context import tenant_for
 from mabeam.v1 import dataplane_pb2 as pb
 from mabeam.v1 import external_agent_pb2
 from meshd.dataplane.external import attach_agent, register, release, run_detached
@@ -30,7 +31,7 @@ def _sender(plane: DataPlane, tenant: str, agent_id: str) -> AgentRef:
 
 async def send(plane: DataPlane, request: pb.SendRequest, context: grpc.aio.ServicerContext) -> pb.SendResponse:
     """MeshService.Send: a cast (or, with ``reply_to_id``, the reply to a call)."""
-    tenant = tenant_or_default(request.tenant)
+    tenant = tenant_for(request.tenant)
     sender = _sender(plane, tenant, request.sender_agent_id)
     if request.reply_to_id:
         if request.WhichOneof("to") != "to_agent":
@@ -47,7 +48,7 @@ async def send(plane: DataPlane, request: pb.SendRequest, context: grpc.aio.Serv
 
 async def call(plane: DataPlane, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallResponse:
     """MeshService.Call: wait for one reply; the RPC deadline bounds the call's deadline."""
-    tenant = tenant_or_default(request.tenant)
+    tenant = tenant_for(request.tenant)
     timeout = request.timeout_ms / 1000 if request.timeout_ms else plane.config.default_call_timeout
     remaining = context.time_remaining()
     if remaining is not None:
@@ -64,7 +65,7 @@ async def subscribe(plane: DataPlane, request: pb.SubscribeRequest, context: grp
 
     The endpoint, its names and its groups are removed when the stream ends.
     """
-    tenant = tenant_or_default(request.tenant)
+    tenant = tenant_for(request.tenant)
     max_pending = min(request.max_pending or plane.config.default_max_pending, MAX_PENDING_LIMIT)
     endpoint = plane.open_endpoint(request.agent_id or None, tenant, max_pending=max_pending)
     names: list[str] = []
