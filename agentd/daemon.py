@@ -74,6 +74,9 @@ class Daemon:
         self.models = self._model_router()  # first: a bad [models] section fails before workers start
         grpc_host, grpc_port = config.grpc_address.rsplit(":", 1)
         check_bind(grpc_host, int(grpc_port), config.security)  # an unsecured non-loopback address: before workers
+        if config.http_address:
+            http_host, http_port = config.http_address.rsplit(":", 1)
+            check_bind(http_host, int(http_port), config.security)
         data_dir = config.data_dir
         if not data_dir:
             self._tmp = tempfile.TemporaryDirectory(prefix="agentd-")
@@ -112,7 +115,7 @@ class Daemon:
             if self.runs is None:
                 log.warning("http_address is set but durable runs are off (no etcd): the HTTP face is not served")
             else:
-                self.http = RunsHttp(self.runs, config.runs.max_body_bytes)
+                self.http = RunsHttp(self.runs, config.runs.max_body_bytes, self.security)
                 self.http_port = await self.http.start_server(config.http_address)
         if config.metrics_address:
             host, port = config.metrics_address.rsplit(":", 1)

@@ -1,5 +1,9 @@
 """The gRPC AgentService over a :class:`~agentd.workers.WorkerPool`.
 
+Every method acts in one tenant: the token's, or for an admin the request's ``tenant``
+(:func:`mabeam.security.context.tenant_for`); the pool only ever finds that tenant's agents, so
+another tenant's agent answers NOT_FOUND like one that does not exist.
+
 Methods validate and raise :class:`~agentd.errors.AgentError` (a
 :class:`~mabeam.errors.ServiceError`); the daemon's
 :class:`~mabeam.grpcutil.ErrorInterceptor` answers each with its status code,
@@ -17,6 +21,7 @@ from pydantic import ValidationError
 from agentd.errors import InvalidArgument
 from agentd.supervision import ChildSpec, StartSpec
 from agentd.workers import WorkerPool
+from mabeam.security.context import tenant_for
 from mabeam.v1 import agent_pb2, agent_pb2_grpc
 
 #: Largest JSON argument or message accepted over gRPC.
@@ -40,13 +45,14 @@ def _info(data: dict[str, Any]) -> agent_pb2.AgentInfo:
         supervisor=data.get("supervisor") or "", restarts=data["restarts"], last_error=data["last_error"],
         mailbox_depth=data["mailbox_depth"], mailbox_capacity=data["mailbox_capacity"], handled=data["handled"],
         memory_bytes=data["memory_bytes"], checkpoint_version=data["checkpoint_version"],
-        is_supervisor=data["is_supervisor"], worker=data.get("worker", ""))
+        is_supervisor=data["is_supervisor"], worker=data.get("worker", ""), tenant=data.get("tenant", ""))
 
 
 def _node(data: dict[str, Any]) -> agent_pb2.TreeNode:
     return agent_pb2.TreeNode(agent_id=data["agent_id"], name=data.get("name") or "", type=data["type"],
                               status=data["status"], restarts=data["restarts"], strategy=data.get("strategy", ""),
-                              worker=data.get("worker", ""), children=[_node(c) for c in data.get("children", [])])
+                              worker=data.get("worker", ""), tenant=data.get("tenant", ""),
+                              children=[_node(c) for c in data.get("children", [])])
 
 
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
@@ -58,6 +64,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def SpawnAgent(self, request: agent_pb2.SpawnAgentRequest,  # noqa: N802
                          context: grpc.aio.ServicerContext) -> agent_pb2.SpawnAgentResponse:
         """Start an agent of an allow-listed type."""
+        tenant = tenant_for(request.tenant)
         if not request.type:
             raise InvalidArgument("type: required")
         args = _json(request.args_json, "args_json", {})
@@ -74,56 +81,60 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
             raise InvalidArgument(f"invalid spawn request: {problems}") from None
         self.pool.check_type(request.type)
-        agent_id = await self.pool.spawn(spec, request.supervisor or None)
-        return agent_pb2.SpawnAgentResponse(agent=_info(await self.pool.info(agent_id)))
+        agent_id = await self.pool.spawn(spec, request.supervisor or None, tenant)
+        return agent_pb2.SpawnAgentResponse(agent=_info(await self.pool.info(agent_id, tenant)))
 
     async def StopAgent(self, request: agent_pb2.StopAgentRequest,  # noqa: N802
                         context: grpc.aio.ServicerContext) -> agent_pb2.StopAgentResponse:
         """Stop an agent for good."""
-        await self.pool.stop_agent(request.agent)
+        await self.pool.stop_agent(request.agent, tenant_for(request.tenant))
         return agent_pb2.StopAgentResponse()
 
     async def GetAgent(self, request: agent_pb2.GetAgentRequest,  # noqa: N802
                        context: grpc.aio.ServicerContext) -> agent_pb2.GetAgentResponse:
         """One agent's snapshot."""
-        return agent_pb2.GetAgentResponse(agent=_info(await self.pool.info(request.agent)))
+        return agent_pb2.GetAgentResponse(agent=_info(await self.pool.info(request.agent, tenant_for(request.tenant))))
 
     async def ListAgents(self, request: agent_pb2.ListAgentsRequest,  # noqa: N802
                          context: grpc.aio.ServicerContext) -> agent_pb2.ListAgentsResponse:
         """Every agent, optionally of one type."""
-        agents = await self.pool.list_agents()
+        agents = await self.pool.list_agents(tenant_for(request.tenant))
         return agent_pb2.ListAgentsResponse(
             agents=[_info(a) for a in agents if not request.type or a["type"] == request.type])
 
     async def SupervisionTree(self, request: agent_pb2.SupervisionTreeRequest,  # noqa: N802
                               context: grpc.aio.ServicerContext) -> agent_pb2.SupervisionTreeResponse:
         """The trees (one per worker) or one subtree."""
-        trees = await self.pool.tree(request.root or None)
+        trees = await self.pool.tree(request.root or None, tenant_for(request.tenant))
         return agent_pb2.SupervisionTreeResponse(roots=[_node(t) for t in trees])
 
     async def Cast(self, request: agent_pb2.AgentCastRequest,  # noqa: N802
                    context: grpc.aio.ServicerContext) -> agent_pb2.AgentCastResponse:
         """Enqueue a message (RESOURCE_EXHAUSTED when the mailbox is full)."""
-        await self.pool.cast(request.agent, _json(request.message_json, "message_json", None))
+        tenant = tenant_for(request.tenant)
+        await self.pool.cast(request.agent, _json(request.message_json, "message_json", None), tenant)
         return agent_pb2.AgentCastResponse()
 
     async def Call(self, request: agent_pb2.AgentCallRequest,  # noqa: N802
                    context: grpc.aio.ServicerContext) -> agent_pb2.AgentCallResponse:
         """Call an agent; the reply as JSON."""
+        tenant = tenant_for(request.tenant)
         msg = _json(request.message_json, "message_json", None)
-        reply = await self.pool.call(request.agent, msg, timeout=request.timeout_seconds or 5.0)
+        reply = await self.pool.call(request.agent, msg, timeout=request.timeout_seconds or 5.0, tenant=tenant)
         return agent_pb2.AgentCallResponse(reply_json=json.dumps(reply))
 
     async def CastGroup(self, request: agent_pb2.AgentCastGroupRequest,  # noqa: N802
                         context: grpc.aio.ServicerContext) -> agent_pb2.AgentCastGroupResponse:
         """Cast to a process group (all members cluster-wide, or one in turn)."""
+        tenant = tenant_for(request.tenant)
         if not request.group:
             raise InvalidArgument("group: required")
         msg = _json(request.message_json, "message_json", None)
-        delivered = self.pool.send_group(request.group, msg, request.mode or "all")
+        delivered = self.pool.send_group(request.group, msg, request.mode or "all", tenant=tenant)
         return agent_pb2.AgentCastGroupResponse(local_deliveries=delivered)
 
     async def GroupMembers(self, request: agent_pb2.AgentGroupMembersRequest,  # noqa: N802
                            context: grpc.aio.ServicerContext) -> agent_pb2.AgentGroupMembersResponse:
         """This agentd's members of a group."""
-        return agent_pb2.AgentGroupMembersResponse(agent_ids=self.pool.group_members(request.group))
+        tenant = tenant_for(request.tenant)
+        return agent_pb2.AgentGroupMembersResponse(agent_ids=self.pool.group_members(request.group, tenant))

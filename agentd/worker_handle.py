@@ -1,5 +1,6 @@
 """The agentd main process's view of its workers: one :class:`WorkerHandle` per worker process,
-the counters the metrics read (:class:`WorkerEvents`), and the :class:`MeshBridge` a mesh plugs in.
+the counters the metrics read (:class:`WorkerEvents`), the :class:`MeshBridge` a mesh plugs in, and each
+tenant's names, child ids and groups (:class:`TenantSpace`).
 
 :class:`~agentd.workers.WorkerPool` owns the handles; this module holds no logic beyond them.
 """
@@ -13,8 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agentd import frames
+from agentd.groups import GroupTable
 from agentd.ipc import Channel
 from agentd.supervision import ChildSpec
+
+DEFAULT_TENANT = "default"
 
 
 @dataclass
@@ -33,31 +37,31 @@ class MeshBridge(Protocol):
     to the data plane. Inbound messages from the data plane come in through ``WorkerPool.cast``
     and ``WorkerPool.call``."""
 
-    def name_registered(self, name: str, agent_id: str) -> None:
-        """An agent here took a name: register it in meshd (under this node's lease)."""
+    def name_registered(self, name: str, agent_id: str, tenant: str) -> None:
+        """An agent of ``tenant`` here took a name: register it in meshd (under this node's lease)."""
         ...
 
-    def name_unregistered(self, name: str, agent_id: str) -> None:
+    def name_unregistered(self, name: str, agent_id: str, tenant: str) -> None:
         """An agent here exited or was stopped: remove its name from meshd."""
         ...
 
-    def cast(self, to: str, msg: Any, sender: str | None) -> None:
-        """Send to an agent on another node (NoSuchAgent if the name is unknown cluster-wide)."""
+    def cast(self, to: str, msg: Any, sender: str | None, tenant: str) -> None:
+        """Send to an agent of ``tenant`` on another node (NoSuchAgent if the name is unknown cluster-wide)."""
         ...
 
-    async def call(self, to: str, msg: Any, timeout: float) -> Any:
-        """frames.Call an agent on another node; its reply or a typed AgentError."""
+    async def call(self, to: str, msg: Any, timeout: float, tenant: str) -> Any:
+        """frames.Call an agent of ``tenant`` on another node; its reply or a typed AgentError."""
         ...
 
-    def group_joined(self, group: str) -> None:
-        """The first agent here joined ``group``: join this agentd to meshd's group."""
+    def group_joined(self, group: str, tenant: str) -> None:
+        """The first agent of ``tenant`` here joined ``group``: join this agentd to meshd's group."""
         ...
 
-    def group_left(self, group: str) -> None:
+    def group_left(self, group: str, tenant: str) -> None:
         """The last agent here left ``group`` (or exited, or its worker died): leave meshd's group."""
         ...
 
-    def send_group(self, group: str, msg: Any, mode: str, sender: str | None) -> None:
+    def send_group(self, group: str, msg: Any, mode: str, sender: str | None, tenant: str) -> None:
         """A group cast through meshd. "all": every agentd in the group gets a copy, and the
         sending one must ignore its own (it delivered to its members already); "one": meshd
         picks the agentd, which delivers to one of its members."""
@@ -67,9 +71,11 @@ class MeshBridge(Protocol):
 class WorkerHandle:
     """One worker process as the main process sees it."""
 
-    def __init__(self, worker_id: str, dedicated: bool) -> None:
+    def __init__(self, worker_id: str, dedicated: bool, tenant: str = DEFAULT_TENANT) -> None:
         self.worker_id = worker_id
         self.dedicated = dedicated
+        #: The tenant whose agents (and only theirs) this worker hosts.
+        self.tenant = tenant
         self.process: asyncio.subprocess.Process | None = None
         self.channel: Channel | None = None
         #: In-flight requests: rid -> (reply future, deadline on time.monotonic(), timeout).
@@ -91,3 +97,13 @@ class WorkerHandle:
         channel = self.channel
         if channel is not None:
             channel.write(frame)
+
+
+@dataclass
+class TenantSpace:
+    """One tenant's names, top-level child ids and process groups on this agentd."""
+
+    names: dict[str, str] = field(default_factory=dict)  # name -> agent id
+    owner: dict[str, str] = field(default_factory=dict)  # top-level child id -> worker id
+    #: Process groups of the tenant's agents: members are (worker id, agent id).
+    groups: GroupTable[tuple[str, str]] = field(default_factory=GroupTable)

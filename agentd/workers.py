@@ -8,6 +8,14 @@ dies (kill -9, segfault, MemoryError) or is killed by the watchdog because its
 loop stayed blocked, the pool starts a new one and re-sends those spawns in
 order: the agents come back from their last checkpoints (same SQLite store).
 Worker restarts obey a restart intensity like any OTP supervisor.
+
+Tenants (docs/security.md): each tenant's agents live in the tenant's own worker processes —
+the default tenant's in the shared workers (``w0`` ...), another tenant's in one shared worker of
+its own (``w@<tenant>``, started at its first spawn) and its ``isolation="process"`` workers
+(``p<n>@<tenant>``) — so each tenant has its own supervision subtree (the roots of its workers),
+its own checkpoint file, and names, child ids and groups of its own (:class:`TenantSpace`): a
+name resolves only within the tenant that asks. A tenant's runaway agent can stall or crash only
+its tenant's worker.
 """
 
 from __future__ import annotations
@@ -34,20 +42,24 @@ from agentd.errors import (
     Unavailable,
     error_from_code,
 )
-from agentd.groups import GROUP_MODES, GroupTable
+from agentd.groups import GROUP_MODES
 from agentd.ipc import Channel, read_frame
 from agentd.process import TaskScope
 from agentd.store import CheckpointStore
 from agentd.supervision import ChildSpec, add_restart
-from agentd.worker_handle import MeshBridge, WorkerEvents, WorkerHandle
+from agentd.worker_handle import DEFAULT_TENANT, MeshBridge, TenantSpace, WorkerEvents, WorkerHandle
 
 log = logging.getLogger("agentd.workers")
 
-__all__ = ["MeshBridge", "WorkerEvents", "WorkerHandle", "WorkerPool"]
+__all__ = ["MeshBridge", "TenantSpace", "WorkerEvents", "WorkerHandle", "WorkerPool"]
 
 
 class WorkerPool:
-    """Starts and supervises worker processes and routes requests to the agents they host."""
+    """Starts and supervises worker processes and routes requests to the agents they host.
+
+    Every routing method takes the ``tenant`` it acts in (default: the default tenant) and only
+    ever finds that tenant's agents (module docstring).
+    """
 
     def __init__(self, config: dict[str, Any], *, workers: int | None = None, block_kill_s: float = 5.0,
                  max_restarts: int = 10, max_seconds: float = 60.0,
@@ -59,10 +71,12 @@ class WorkerPool:
         self.max_seconds = max_seconds
         self.on_event = on_event
         self.workers: dict[str, WorkerHandle] = {}
-        self.names: dict[str, str] = {}  # name -> agent id
-        #: Process groups of every worker's agents: members are (worker id, agent id).
-        self.groups: GroupTable[tuple[str, str]] = GroupTable()
-        self.owner: dict[str, str] = {}  # top-level child id -> worker id
+        #: Each tenant's names, child ids and groups (the default tenant's are also ``names``, ``owner``, ``groups``).
+        self.spaces: dict[str, TenantSpace] = {DEFAULT_TENANT: TenantSpace()}
+        default = self.spaces[DEFAULT_TENANT]
+        self.names, self.owner, self.groups = default.names, default.owner, default.groups
+        #: Serialises the start of a tenant's own shared worker (its first spawns may race).
+        self._tenant_starts: dict[str, asyncio.Lock] = {}
         self.events = WorkerEvents()
         self._rids = itertools.count(1)
         self._dedicated_ids = itertools.count(1)
@@ -116,7 +130,7 @@ class WorkerPool:
         """Start (or restart) the worker process behind a handle."""
         parent_sock, child_sock = socket.socketpair()
         watch_parent, watch_child = socket.socketpair()
-        config = {**self.config, "worker_id": handle.worker_id}
+        config = {**self.config, "worker_id": handle.worker_id, **self._tenant_config(handle.tenant)}
         handle.ready = asyncio.Event()
         handle.generation += 1
         handle.process = await asyncio.create_subprocess_exec(
@@ -155,13 +169,14 @@ class WorkerPool:
             if not future.done():
                 future.set_exception(error)
         handle.pending.clear()
-        for name, agent_id in list(self.names.items()):
-            if self.owner.get(agent_id.split("/", 1)[0]) == handle.worker_id:
-                del self.names[name]
+        space = self.space(handle.tenant)
+        for name, agent_id in list(space.names.items()):
+            if space.owner.get(agent_id.split("/", 1)[0]) == handle.worker_id:
+                del space.names[name]
         worker_id = handle.worker_id
-        for group in self.groups.remove_where(lambda member: member[0] == worker_id):
+        for group in space.groups.remove_where(lambda member: member[0] == worker_id):
             if self.mesh is not None:
-                self.mesh.group_left(group)
+                self.mesh.group_left(group, handle.tenant)
         if handle.retired:
             self.workers.pop(handle.worker_id, None)
             return
@@ -217,33 +232,36 @@ class WorkerPool:
                 handle.last_heartbeat = time.monotonic()
                 handle.ready.set()
             case frames.NameAdded(name=name, agent_id=agent_id):
-                self.names[name] = agent_id
+                self.space(handle.tenant).names[name] = agent_id
                 if self.mesh is not None:
-                    self.mesh.name_registered(name, agent_id)
+                    self.mesh.name_registered(name, agent_id, handle.tenant)
             case frames.NameRemoved(name=name, agent_id=agent_id):
-                if self.names.get(name) == agent_id:
-                    del self.names[name]
+                names = self.space(handle.tenant).names
+                if names.get(name) == agent_id:
+                    del names[name]
                     if self.mesh is not None:
-                        self.mesh.name_unregistered(name, agent_id)
+                        self.mesh.name_unregistered(name, agent_id, handle.tenant)
             case frames.Removed(agent_id=agent_id):
                 self._forget(handle, agent_id)
             case frames.GroupJoined(group=group, agent_id=agent_id):
-                if self.groups.join(group, (handle.worker_id, agent_id)) and self.groups.size(group) == 1:
+                groups = self.space(handle.tenant).groups
+                if groups.join(group, (handle.worker_id, agent_id)) and groups.size(group) == 1:
                     if self.mesh is not None:
-                        self.mesh.group_joined(group)
+                        self.mesh.group_joined(group, handle.tenant)
             case frames.GroupLeft(group=group, agent_id=agent_id):
-                if self.groups.leave(group, (handle.worker_id, agent_id)) and self.groups.size(group) == 0:
+                groups = self.space(handle.tenant).groups
+                if groups.leave(group, (handle.worker_id, agent_id)) and groups.size(group) == 0:
                     if self.mesh is not None:
-                        self.mesh.group_left(group)
+                        self.mesh.group_left(group, handle.tenant)
             case frames.GroupCast(group=group, msg=msg, mode=mode, sender=sender):
                 try:
-                    self.send_group(group, msg, mode, sender=sender)
+                    self.send_group(group, msg, mode, sender=sender, tenant=handle.tenant)
                 except AgentError as exc:
                     if sender:
                         handle.write(frames.CastFailed(sender, f"group:{group}", exc.code.name, exc.message))
             case frames.Cast(to=to, msg=msg, sender=sender):
                 try:
-                    self.cast_nowait(to, msg, sender=sender, origin=handle)
+                    self.cast_nowait(to, msg, sender=sender, origin=handle, tenant=handle.tenant)
                 except AgentError as exc:
                     if sender:
                         handle.write(frames.CastFailed(sender, to, exc.code.name, exc.message))
@@ -252,14 +270,14 @@ class WorkerPool:
             case frames.RunOp():
                 self._scope.start(self._run_op(handle, frame))
             case frames.CastFailed(sender=sender, to=to, code=code, message=message):
-                self.delivery_failed(sender, to, code, message)
+                self.delivery_failed(sender, to, code, message, handle.tenant)
             case _:
                 log.error("worker %s sent %s, which only the main process sends: ignored", handle.worker_id,
                           frames.op_of(frame))
 
-    def delivery_failed(self, sender: str, to: str, code: str, message: str) -> None:
-        """Tell an agent here that its cast to ``to`` failed (a DeliveryFailed info message)."""
-        target = self._worker_of(sender)
+    def delivery_failed(self, sender: str, to: str, code: str, message: str, tenant: str = DEFAULT_TENANT) -> None:
+        """Tell an agent of ``tenant`` here that its cast to ``to`` failed (a DeliveryFailed info message)."""
+        target = self._worker_of(sender, tenant)
         if target is not None:
             target.write(frames.CastFailed(sender, to, code, message))
 
@@ -267,15 +285,16 @@ class WorkerPool:
         """An agent is gone for good: do not bring it back with its worker."""
         top, _, rest = agent_id.partition("/")
         handle.spawns.pop(agent_id, None)
-        if not rest and self.owner.get(top) == handle.worker_id:
-            del self.owner[top]
+        owner = self.space(handle.tenant).owner
+        if not rest and owner.get(top) == handle.worker_id:
+            del owner[top]
             if handle.dedicated and not handle.spawns:
                 handle.retired = True
                 handle.write(frames.Shutdown())
 
     async def _forward_call(self, origin: WorkerHandle, frame: frames.Call) -> None:
         try:
-            result = await self.call(frame.to, frame.msg, timeout=float(frame.timeout))
+            result = await self.call(frame.to, frame.msg, timeout=float(frame.timeout), tenant=origin.tenant)
         except AgentError as exc:
             origin.write(frames.Err(frame.rid, exc.code.name, exc.message))
         else:
@@ -295,9 +314,15 @@ class WorkerPool:
     # --- durable runs: frames to a worker's run agents ---------------------------------------------
 
     def pick_run_worker(self) -> str:
-        """The shared worker with the fewest agents to host a run's agent."""
-        shared = [h for h in self.workers.values() if not h.dedicated]
+        """The default tenant's shared worker with the fewest agents to host a run's agent."""
+        shared = [h for h in self.workers.values() if not h.dedicated and h.tenant == DEFAULT_TENANT]
         return min(shared, key=lambda h: (len(h.spawns) + int(h.stats.get("runs", 0)), h.worker_id)).worker_id
+
+    async def run_worker(self, tenant: str) -> str:
+        """The worker to host a run's agent: the tenant's own (started if needed), or a default shared one."""
+        if tenant == DEFAULT_TENANT:
+            return self.pick_run_worker()
+        return (await self.tenant_worker(tenant)).worker_id
 
     async def run_frame(self, worker_id: str, delivery: dict[str, Any]) -> dict[str, Any]:
         """Deliver one frame of a run to a worker and wait for its handling's outcome.
@@ -381,15 +406,52 @@ class WorkerPool:
 
     # --- routing ------------------------------------------------------------------------------
 
-    def _worker_of(self, to: str) -> WorkerHandle | None:
-        """The worker hosting an agent id or a registered name."""
-        agent_id = self.names.get(to, to)
-        worker_id = self.owner.get(agent_id.split("/", 1)[0])
+    def space(self, tenant: str) -> TenantSpace:
+        """A tenant's names, child ids and groups (created empty on first use)."""
+        space = self.spaces.get(tenant)
+        if space is None:
+            space = self.spaces[tenant] = TenantSpace()
+        return space
+
+    def _worker_of(self, to: str, tenant: str = DEFAULT_TENANT) -> WorkerHandle | None:
+        """The worker hosting an agent id or a registered name of ``tenant``."""
+        space = self.spaces.get(tenant)
+        if space is None:
+            return None
+        agent_id = space.names.get(to, to)
+        worker_id = space.owner.get(agent_id.split("/", 1)[0])
         return None if worker_id is None else self.workers.get(worker_id)
 
-    def resolve(self, to: str) -> str:
-        """The agent id for a name or an id."""
-        return self.names.get(to, to)
+    def resolve(self, to: str, tenant: str = DEFAULT_TENANT) -> str:
+        """The agent id for a name or an id of ``tenant``."""
+        space = self.spaces.get(tenant)
+        return to if space is None else space.names.get(to, to)
+
+    def _tenant_config(self, tenant: str) -> dict[str, Any]:
+        """What a tenant's workers run with beyond the pool's config: their own checkpoint file."""
+        if tenant == DEFAULT_TENANT or not self.config.get("store_path"):
+            return {}
+        base, dot, ext = str(self.config["store_path"]).rpartition(".")
+        return {"store_path": f"{base}-{tenant}.{ext}" if dot else f"{ext}-{tenant}"}
+
+    async def tenant_worker(self, tenant: str) -> WorkerHandle:
+        """The shared worker of a tenant other than the default one, started at its first use."""
+        worker_id = f"w@{tenant}"
+        handle = self.workers.get(worker_id)
+        if handle is not None:
+            return handle
+        lock = self._tenant_starts.setdefault(tenant, asyncio.Lock())
+        async with lock:
+            handle = self.workers.get(worker_id)
+            if handle is None:
+                handle = WorkerHandle(worker_id, dedicated=False, tenant=tenant)
+                store = self._tenant_config(tenant).get("store_path")
+                if store:
+                    CheckpointStore(store).close()  # creates the tenant's file in WAL mode once
+                self.workers[worker_id] = handle
+                await self._launch(handle)
+                await self._wait_ready(handle)
+        return handle
 
     async def _request(self, handle: WorkerHandle, frame: frames.Spawn | frames.Stop | frames.Cast | frames.Call
                        | frames.Info | frames.ListAgents | frames.Tree | frames.RunFrame, timeout: float) -> Any:
@@ -408,52 +470,52 @@ class WorkerPool:
         finally:
             pending.pop(rid, None)
 
-    def hosts(self, to: str) -> bool:
-        """True when a worker of this pool hosts the agent (name or id) `to`."""
-        return self._worker_of(to) is not None
+    def hosts(self, to: str, tenant: str = DEFAULT_TENANT) -> bool:
+        """True when a worker of this pool hosts the agent (name or id) `to` of ``tenant``."""
+        return self._worker_of(to, tenant) is not None
 
-    def _target(self, to: str) -> WorkerHandle:
-        handle = self._worker_of(to)
+    def _target(self, to: str, tenant: str = DEFAULT_TENANT) -> WorkerHandle:
+        handle = self._worker_of(to, tenant)
         if handle is None:
             raise NoSuchAgent(f"no agent {to}")
         return handle
 
-    async def call(self, to: str, msg: Any, timeout: float = 5.0) -> Any:
+    async def call(self, to: str, msg: Any, timeout: float = 5.0, tenant: str = DEFAULT_TENANT) -> Any:
         """frames.Call an agent in whichever worker hosts it (or through the mesh when none here does)."""
-        agent_id = self.names.get(to, to)
-        worker_id = self.owner.get(agent_id.split("/", 1)[0])
-        handle = None if worker_id is None else self.workers.get(worker_id)
+        handle = self._worker_of(to, tenant)
         if handle is None:
             if self.mesh is not None:
-                return await self.mesh.call(to, msg, timeout)
+                return await self.mesh.call(to, msg, timeout, tenant)
             raise NoSuchAgent(f"no agent {to}")
-        return await self._request(handle, frames.Call(0, agent_id, msg, timeout), timeout + 1.0)
+        return await self._request(handle, frames.Call(0, self.resolve(to, tenant), msg, timeout), timeout + 1.0)
 
-    async def cast(self, to: str, msg: Any) -> None:
+    async def cast(self, to: str, msg: Any, tenant: str = DEFAULT_TENANT) -> None:
         """frames.Cast with acknowledgement: MailboxFull / NoSuchAgent come back as errors.
 
         For an agent on another node the acknowledgement is that the mesh took it (casts are one-way there).
         """
-        if self.mesh is not None and self._worker_of(to) is None:
-            self.mesh.cast(to, msg, None)
+        if self.mesh is not None and self._worker_of(to, tenant) is None:
+            self.mesh.cast(to, msg, None, tenant)
             return
-        await self._request(self._target(to), frames.Cast(0, self.resolve(to), msg, None), 10.0)
+        await self._request(self._target(to, tenant), frames.Cast(0, self.resolve(to, tenant), msg, None), 10.0)
 
-    def cast_nowait(self, to: str, msg: Any, sender: str | None = None, origin: WorkerHandle | None = None) -> None:
+    def cast_nowait(self, to: str, msg: Any, sender: str | None = None, origin: WorkerHandle | None = None,
+                    tenant: str = DEFAULT_TENANT) -> None:
         """Forward a cast without waiting; failures go back to ``sender`` as DeliveryFailed."""
-        if self.mesh is not None and self._worker_of(to) is None:
-            self.mesh.cast(to, msg, sender)
+        if self.mesh is not None and self._worker_of(to, tenant) is None:
+            self.mesh.cast(to, msg, sender, tenant)
             return
-        handle = self._target(to)
-        handle.write(frames.Cast(0, self.resolve(to), msg, sender))
+        handle = self._target(to, tenant)
+        handle.write(frames.Cast(0, self.resolve(to, tenant), msg, sender))
 
     # --- process groups ------------------------------------------------------------------------
 
-    def group_members(self, group: str) -> list[str]:
+    def group_members(self, group: str, tenant: str = DEFAULT_TENANT) -> list[str]:
         """The agent ids of this agentd's members of ``group`` (sorted by worker, then agent id)."""
-        return [agent_id for _, agent_id in self.groups.members(group)]
+        return [agent_id for _, agent_id in self.space(tenant).groups.members(group)]
 
-    def send_group(self, group: str, msg: Any, mode: str = "all", sender: str | None = None) -> int:
+    def send_group(self, group: str, msg: Any, mode: str = "all", sender: str | None = None,
+                   tenant: str = DEFAULT_TENANT) -> int:
         """frames.Cast to a group: local members directly, remote ones through the mesh; returns local deliveries.
 
         ``all``: every member here, and a copy to every other agentd in meshd's group.
@@ -465,25 +527,27 @@ class WorkerPool:
         if mode not in GROUP_MODES:
             raise InvalidArgument(f"mode: {mode!r} is not one of {GROUP_MODES}")
         if self.mesh is not None and mode == "one":
-            self.mesh.send_group(group, msg, mode, sender)
+            self.mesh.send_group(group, msg, mode, sender, tenant)
             return 0
         try:
-            delivered = self.deliver_group(group, msg, mode, sender)
+            delivered = self.deliver_group(group, msg, mode, sender, tenant)
         except NoSuchAgent:
             if self.mesh is None:
                 raise
             delivered = 0
         if self.mesh is not None:
-            self.mesh.send_group(group, msg, mode, sender)
+            self.mesh.send_group(group, msg, mode, sender, tenant)
         return delivered
 
-    def deliver_group(self, group: str, msg: Any, mode: str, sender: str | None = None) -> int:
+    def deliver_group(self, group: str, msg: Any, mode: str, sender: str | None = None,
+                      tenant: str = DEFAULT_TENANT) -> int:
         """Deliver a group cast to this agentd's members only (the mesh's inbound path); returns how many."""
+        groups = self.space(tenant).groups
         if mode == "one":
-            picked = self.groups.pick(group)
+            picked = groups.pick(group)
             targets = [] if picked is None else [picked]
         else:
-            targets = self.groups.members(group)
+            targets = groups.members(group)
         delivered = 0
         for worker_id, agent_id in targets:
             handle = self.workers.get(worker_id)
@@ -494,64 +558,73 @@ class WorkerPool:
             raise NoSuchAgent(f"no members in group {group!r} on this node")
         return delivered
 
-    async def spawn(self, spec: ChildSpec, supervisor: str | None = None) -> str:
-        """Start an agent in a worker: its supervisor's, a dedicated one, or the least loaded shared one."""
-        if spec.name is not None and spec.name in self.names:
-            raise AlreadyExists(f"name {spec.name!r} is registered by {self.names[spec.name]}")
+    async def spawn(self, spec: ChildSpec, supervisor: str | None = None, tenant: str = DEFAULT_TENANT) -> str:
+        """Start an agent of ``tenant`` in a worker: its supervisor's, a dedicated one, or a shared one
+        (the least loaded default worker, or the tenant's own)."""
+        space = self.space(tenant)
+        if spec.name is not None and spec.name in space.names:
+            raise AlreadyExists(f"name {spec.name!r} is registered by {space.names[spec.name]}")
         if supervisor:
-            handle = self._target(supervisor)
-            supervisor = self.resolve(supervisor)
+            handle = self._target(supervisor, tenant)
+            supervisor = self.resolve(supervisor, tenant)
         elif spec.isolation == "process":
-            if spec.id in self.owner:
+            if spec.id in space.owner:
                 raise AlreadyExists(f"child id {spec.id!r} already exists")
-            handle = WorkerHandle(f"p{next(self._dedicated_ids)}", dedicated=True)
+            suffix = "" if tenant == DEFAULT_TENANT else f"@{tenant}"
+            handle = WorkerHandle(f"p{next(self._dedicated_ids)}{suffix}", dedicated=True, tenant=tenant)
             self.workers[handle.worker_id] = handle
             await self._launch(handle)
             await self._wait_ready(handle)
         else:
-            if spec.id in self.owner:
+            if spec.id in space.owner:
                 raise AlreadyExists(f"child id {spec.id!r} already exists")
-            shared = [h for h in self.workers.values() if not h.dedicated]
-            handle = min(shared, key=lambda h: (len(h.spawns), h.worker_id))
+            if tenant == DEFAULT_TENANT:
+                shared = [h for h in self.workers.values() if not h.dedicated and h.tenant == DEFAULT_TENANT]
+                handle = min(shared, key=lambda h: (len(h.spawns), h.worker_id))
+            else:
+                handle = await self.tenant_worker(tenant)
         agent_id: str = await self._request(handle, frames.Spawn(0, spec.model_dump(mode="json"), supervisor), 60.0)
         if not supervisor:
-            self.owner[spec.id] = handle.worker_id
+            space.owner[spec.id] = handle.worker_id
         handle.spawns[agent_id] = (spec, supervisor)
         return agent_id
 
-    async def stop_agent(self, to: str) -> None:
+    async def stop_agent(self, to: str, tenant: str = DEFAULT_TENANT) -> None:
         """frames.Stop an agent for good (through its supervisor)."""
-        handle = self._target(to)
-        await self._request(handle, frames.Stop(0, self.resolve(to)), 120.0)
+        handle = self._target(to, tenant)
+        await self._request(handle, frames.Stop(0, self.resolve(to, tenant)), 120.0)
 
-    async def info(self, to: str) -> dict[str, Any]:
+    async def info(self, to: str, tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
         """One agent's snapshot."""
-        handle = self._target(to)
-        result: dict[str, Any] = await self._request(handle, frames.Info(0, self.resolve(to)), 10.0)
+        handle = self._target(to, tenant)
+        result: dict[str, Any] = await self._request(handle, frames.Info(0, self.resolve(to, tenant)), 10.0)
         result["worker"] = handle.worker_id
+        result["tenant"] = handle.tenant
         return result
 
-    async def list_agents(self) -> list[dict[str, Any]]:
-        """Every agent of every live worker."""
+    def _workers_of(self, tenant: str) -> list[WorkerHandle]:
+        return [h for h in list(self.workers.values()) if h.alive and h.tenant == tenant]
+
+    async def list_agents(self, tenant: str = DEFAULT_TENANT) -> list[dict[str, Any]]:
+        """Every agent of ``tenant`` in every live worker."""
         out: list[dict[str, Any]] = []
-        for handle in list(self.workers.values()):
-            if not handle.alive:
-                continue
+        for handle in self._workers_of(tenant):
             for info in await self._request(handle, frames.ListAgents(0), 30.0):
                 info["worker"] = handle.worker_id
+                info["tenant"] = handle.tenant
                 out.append(info)
         return out
 
-    async def tree(self, root: str | None = None) -> list[dict[str, Any]]:
-        """The supervision tree of each worker (or of one supervisor)."""
+    async def tree(self, root: str | None = None, tenant: str = DEFAULT_TENANT) -> list[dict[str, Any]]:
+        """The supervision tree of each of ``tenant``'s workers (or of one supervisor): the tenant's subtree."""
         if root:
-            handle = self._target(root)
-            return [{"worker": handle.worker_id,
-                     **(await self._request(handle, frames.Tree(0, self.resolve(root)), 30.0))}]
+            handle = self._target(root, tenant)
+            return [{"worker": handle.worker_id, "tenant": handle.tenant,
+                     **(await self._request(handle, frames.Tree(0, self.resolve(root, tenant)), 30.0))}]
         trees = []
-        for handle in list(self.workers.values()):
-            if handle.alive:
-                trees.append({"worker": handle.worker_id, **(await self._request(handle, frames.Tree(0, None), 30.0))})
+        for handle in self._workers_of(tenant):
+            trees.append({"worker": handle.worker_id, "tenant": handle.tenant,
+                          **(await self._request(handle, frames.Tree(0, None), 30.0))})
         return trees
 
     def next_serial(self) -> int:

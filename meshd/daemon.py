@@ -15,6 +15,7 @@ import logging
 
 from mabeam.daemon import Serving
 from mabeam.dataplane.errors import DataPlaneError
+from mabeam.security.quota import RateLimiter
 from mabeam.security.server import InsecureBindError, check_bind, is_loopback
 from mabeam.startup import StartupError
 from mabeam.v1 import mesh_pb2, mesh_pb2_grpc
@@ -33,6 +34,17 @@ log = logging.getLogger("meshd")
 SERVICE_NAME = mesh_pb2.DESCRIPTOR.services_by_name["MeshService"].full_name
 
 
+class _ViewQuotas:
+    """The tenants' quotas as the node's cluster view holds them (a QuotaSource for the rate limiter)."""
+
+    def __init__(self, node: MeshNode) -> None:
+        self.node = node
+
+    @property
+    def quotas(self) -> dict[str, mesh_pb2.TenantQuota]:
+        return self.node.view.quotas
+
+
 class Daemon:
     """One meshd: its node, its data plane and what it serves (create it inside the running loop)."""
 
@@ -46,6 +58,8 @@ class Daemon:
         self.serving = Serving("meshd", registry=self.metrics.registry, security=config.security,
                                cluster=config.cluster)
         self.security = self.serving.security
+        # Tenants' data-plane rate quotas, read from the node's watch-fed view (quotas/<tenant> in etcd).
+        self.dataplane.router.limiter = RateLimiter(_ViewQuotas(self.node))
         self._connected_changed = asyncio.Event()
         self._serving = asyncio.Event()
 

@@ -8,13 +8,17 @@ and errors are raised as :class:`~mabeam.errors.ServiceError`; the daemon's
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 
 import grpc
 
+from mabeam import keys
 from mabeam.errors import FieldViolation, ServiceError, raise_if
 from mabeam.security.context import tenant_for
+from mabeam.security.quota import QUOTAS, RESOURCES, RateLimiter, write_quota
 from mabeam.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc
 from meshd.dataplane import DataPlane
 from meshd.dataplane.grpc_face import DataPlaneServicerMixin
@@ -195,3 +199,57 @@ class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
             mesh_pb2.GroupSummary(tenant=t, group=g, member_count=len(groups[(t, g)]))
             for (t, g) in sorted(groups) if t == tenant
         ])
+
+    # --- tenants: quotas and usage ---
+
+    async def SetTenantQuota(self, request: mesh_pb2.SetTenantQuotaRequest,  # noqa: N802
+                             context: grpc.aio.ServicerContext) -> mesh_pb2.TenantQuota:
+        """Store a tenant's quota in etcd (creating the tenant); every node enforces it from its watch."""
+        quota = request.quota
+        violations: list[FieldViolation] = []
+        check_id("quota.tenant", quota.tenant, violations)
+        for name in QUOTAS:
+            value = getattr(quota, name)
+            if value < 0 or (isinstance(value, float) and not math.isfinite(value)):
+                violations.append(FieldViolation(f"quota.{name}", "must be a finite number >= 0 (0: unlimited)"))
+        raise_if(violations)
+        tenant_for(quota.tenant)  # audited as an admin action in another tenant when it is one
+        if not self.node.etcd_connected:
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "etcd is unavailable; retry shortly", "ETCD_UNAVAILABLE",
+                               retry_after_s=0.5)
+        revision = await write_quota(self.node.client, self.node.config.cluster, quota)
+        await self.node.wait_revision(revision)
+        return quota
+
+    async def GetTenantUsage(self, request: mesh_pb2.GetTenantUsageRequest,  # noqa: N802
+                             context: grpc.aio.ServicerContext) -> mesh_pb2.TenantUsage:
+        """A tenant's quota and use: counted resources cluster-wide (from the watch), rates on this node."""
+        tenant = tenant_for(request.tenant)
+        violations: list[FieldViolation] = []
+        check_id("tenant", tenant, violations)
+        raise_if(violations)
+        view = self.node.view
+        quota = view.quotas.get(tenant) or mesh_pb2.TenantQuota(tenant=tenant)
+        used: dict[str, float] = {name: float(len(view.holders.get((tenant, resource), ())))
+                                  for name, resource in RESOURCES.items()}
+        limiter = self.dataplane.router.limiter
+        if isinstance(limiter, RateLimiter):
+            used["max_messages_per_second"], used["max_bytes_per_second"] = limiter.rates(tenant, time.monotonic())
+        budget = await self._budget(tenant)
+        used["model_max_tokens"], used["model_max_cost_nusd"] = budget
+        usage = [mesh_pb2.QuotaUsage(quota=name, used=used.get(name, 0.0), limit=float(getattr(quota, name)),
+                                     exact=exact) for name, exact in QUOTAS.items()]
+        return mesh_pb2.TenantUsage(tenant=tenant, quota=quota, usage=usage)
+
+    async def _budget(self, tenant: str) -> tuple[float, float]:
+        """(tokens, cost in nano-USD) the tenant's model budget has spent (0, 0 without one or without etcd)."""
+        if not self.node.etcd_connected:
+            return 0.0, 0.0
+        kv = await self.node.client.get(keys.budget(self.node.config.cluster, "tenant", tenant))
+        if kv is None:
+            return 0.0, 0.0
+        try:
+            state = json.loads(kv.value)
+            return float(state.get("spent_tokens", 0)), float(state.get("spent_cost_nusd", 0))
+        except (ValueError, AttributeError):
+            return 0.0, 0.0

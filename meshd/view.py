@@ -56,6 +56,10 @@ class ClusterView:
     names: dict[tuple[str, str], mesh_pb2.NameEntry] = field(default_factory=dict)
     groups: dict[GroupKey, dict[MemberKey, mesh_pb2.GroupMember]] = field(default_factory=dict)
     candidates: dict[str, dict[bytes, KeyValue]] = field(default_factory=dict)
+    #: Tenants' quotas (``quotas/<tenant>``) and the holders of their exactly counted resources
+    #: (``usage/<tenant>/<resource>/<holder>``): what GetTenantUsage answers from.
+    quotas: dict[str, mesh_pb2.TenantQuota] = field(default_factory=dict)
+    holders: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     revision: int = 0
     bad_values: int = 0
 
@@ -104,6 +108,7 @@ class ClusterView:
                 changes.append(LeaderChange(after, revision))
         self.members, self.tenants, self.names = fresh.members, fresh.tenants, fresh.names
         self.groups, self.candidates, self.revision = fresh.groups, fresh.candidates, revision
+        self.quotas, self.holders = fresh.quotas, fresh.holders
         self.bad_values += fresh.bad_values
         return changes
 
@@ -166,6 +171,12 @@ class ClusterView:
                 self.groups.setdefault((parts[1], parts[2]), {})[(parts[3], parts[4])] = member
         elif kind == "election" and len(parts) == 3:
             self.candidates.setdefault(parts[1], {})[kv.key] = kv
+        elif kind == "quotas" and len(parts) == 2:
+            quota = mesh_pb2.TenantQuota()
+            if self._parse(quota, kv.value):
+                self.quotas[parts[1]] = quota
+        elif kind == "usage" and len(parts) == 4:
+            self.holders.setdefault((parts[1], parts[2]), set()).add(parts[3])
         return None
 
     def _delete(self, key: bytes) -> common_pb2.NodeInfo | None:
@@ -192,4 +203,12 @@ class ClusterView:
                 role.pop(key, None)
                 if not role:
                     del self.candidates[parts[1]]
+        elif kind == "quotas" and len(parts) == 2:
+            self.quotas.pop(parts[1], None)
+        elif kind == "usage" and len(parts) == 4:
+            held = self.holders.get((parts[1], parts[2]))
+            if held is not None:
+                held.discard(parts[3])
+                if not held:
+                    del self.holders[(parts[1], parts[2])]
         return None

@@ -266,7 +266,7 @@ class Executor:
     async def _deliver(self, frame: PendingFrame, sub: Any) -> dict[str, Any]:
         """Hand ``frame`` to the run's agent in a worker and wait for the outcome, reacting to cancel/interrupt."""
         if not self._worker_id or self._worker_id not in self.manager.pool.workers:
-            self._worker_id = self.manager.pool.pick_run_worker()
+            self._worker_id = await self.manager.pool.run_worker(self.tenant)  # the tenant's own worker
         checkpoint = await self.store.latest_checkpoint(self.run_id)
         delivery = Delivery(self._next_delivery, self._worker_id, frame)
         self._next_delivery += 1

@@ -19,6 +19,11 @@ Routes (JSON bodies; every error is ``{"error": {"code", "reason", "message", "f
 
 Bad JSON, a body over ``max_body_bytes``, unknown or mistyped fields: 400 naming the problem.
 
+With security on (``[security]`` token keys, docs/security.md) every route needs ``Authorization: Bearer
+<token>`` and the role of the RPC it stands for (:class:`mabeam.security.asgi.AuthMiddleware`: 401/403 with
+the same reasons as gRPC), acts in the token's tenant, and serves over TLS with client certificates when the
+daemon's gRPC does.
+
 Why Starlette + uvicorn + sse-starlette: Starlette is a small ASGI toolkit (routing, requests,
 responses) that runs on agentd's own event loop beside gRPC, uvicorn is its well-kept
 server, and sse-starlette handles the parts of SSE that are easy to get wrong by hand
@@ -30,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -44,7 +50,26 @@ from starlette.routing import Route
 from agentd.runs.manager import RunManager, RunView
 from agentd.runs.model import EventRow, InvalidRunRequest, RunError, RunsUnavailable, canonical_json
 from agentd.runs.upcasters import upcast
+from mabeam.errors import ServiceError
 from mabeam.etcd.client import EtcdError
+from mabeam.security.asgi import AuthMiddleware, error_body, http_status
+from mabeam.security.audit import AUDITED_REASONS
+from mabeam.security.context import current
+from mabeam.security.server import ServerSecurity, check_bind
+
+RUN_SERVICE = "/mabeam.v1.RunService/"
+
+
+def route_rpc(method: str, path: str) -> str | None:
+    """The RunService method an HTTP request stands for (its rights are that method's), None for other paths."""
+    parts = path.strip("/").split("/")
+    if parts[:2] != ["v1", "runs"]:
+        return None
+    rpc = {(2, "POST"): "StartRun", (2, "GET"): "ListRuns", (3, "GET"): "GetRun"}.get((len(parts), method))
+    if len(parts) == 4:
+        rpc = {("frames", "POST"): "AppendFrame", ("cancel", "POST"): "CancelRun",
+               ("stream", "GET"): "StreamRun"}.get((parts[3], method))
+    return RUN_SERVICE + rpc if rpc else None
 
 
 class StartBody(BaseModel):
@@ -134,9 +159,11 @@ def _violations(error: ValidationError) -> dict[str, str]:
 class RunsHttp:
     """The Starlette app over a :class:`RunManager` (``app``), and its uvicorn server bound to a given address."""
 
-    def __init__(self, manager: RunManager, max_body_bytes: int = 2 * 1024 * 1024) -> None:
+    def __init__(self, manager: RunManager, max_body_bytes: int = 2 * 1024 * 1024,
+                 security: ServerSecurity | None = None) -> None:
         self.manager = manager
         self.max_body_bytes = max_body_bytes
+        self.security = security
         self.app = Starlette(routes=[
             Route("/v1/runs", self.start, methods=["POST"]),
             Route("/v1/runs", self.list, methods=["GET"]),
@@ -146,7 +173,11 @@ class RunsHttp:
             Route("/v1/runs/{run_id}/tool-calls/{tool_call_id}/approve", self.approve, methods=["POST"]),
             Route("/v1/runs/{run_id}/tool-calls/{tool_call_id}/deny", self.deny, methods=["POST"]),
             Route("/v1/runs/{run_id}/stream", self.stream, methods=["GET"]),
-        ], exception_handlers={RunError: self._run_error, EtcdError: self._etcd_error})
+        ], exception_handlers={RunError: self._run_error, EtcdError: self._etcd_error,
+                               ServiceError: self._service_error})
+        self.asgi: Any = self.app
+        if security is not None and security.verifier is not None:
+            self.asgi = AuthMiddleware(self.app, security.verifier, security.audit, route_rpc)
         self._server: _Server | None = None
         self.port = 0
 
@@ -156,6 +187,14 @@ class RunsHttp:
 
     async def _etcd_error(self, request: Request, error: Exception) -> Response:
         return error_response(RunsUnavailable(f"etcd: {error}"))
+
+    async def _service_error(self, request: Request, error: Exception) -> Response:
+        """A refusal raised under the API (another tenant named, a quota): audited, answered with its status."""
+        assert isinstance(error, ServiceError)
+        call = current()
+        if call is not None and error.reason in AUDITED_REASONS:
+            call.audit.refuse(call.method, error.reason, call.principal, call.peer, error.message)
+        return JSONResponse(error_body(error), status_code=http_status(error))
 
     async def _body(self, request: Request, model: type[BaseModel], optional: bool = False) -> Any:
         size = 0
@@ -278,15 +317,22 @@ class RunsHttp:
     async def start_server(self, address: str) -> int:
         """Bind ``host:port`` (port 0 picks one) and serve; returns the bound port."""
         host, _, port = address.rpartition(":")
+        config = self.security.config if self.security is not None else None
+        if config is not None:
+            check_bind(host, int(port), config)  # the HTTP face follows the gRPC rule: loopback unless secured
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host.strip("[]"), int(port)))
         sock.listen(512)
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=2)
-        self._server = _Server(config)
+        tls: dict[str, Any] = {}
+        if config is not None and config.tls_enabled:  # HTTPS with client certificates required, as gRPC's mTLS
+            tls = {"ssl_certfile": config.tls_cert, "ssl_keyfile": config.tls_key, "ssl_ca_certs": config.tls_ca,
+                   "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        server_config = uvicorn.Config(self.asgi, log_level="warning", access_log=False, lifespan="off",
+                                       timeout_graceful_shutdown=2, **tls)
+        self._server = _Server(server_config)
         import asyncio
 
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))

@@ -33,6 +33,7 @@ from agentd.runs.model import (
     EventRow,
     FrameConflict,
     InvalidRunRequest,
+    RunConflict,
     RunError,
     RunNotFound,
     RunRow,
@@ -56,6 +57,7 @@ from agentd.runs.validation import (
 from agentd.runs.wake import EtcdRelay, PostgresRelay, Wakeups
 from agentd.workers import WorkerPool
 from mabeam.etcd.client import EtcdClient, EtcdError
+from mabeam.security.context import tenant_for, visible
 
 if TYPE_CHECKING:
     from agentd.models.router import ModelRouter
@@ -96,6 +98,9 @@ class RunManager:
         self.janitor: Any = None
         #: The daemon's model router (None without a [models] config): what a run's model op calls.
         self.models: ModelRouter | None = None
+        #: run id -> tenant (immutable once a run exists): the tenant check of a request by run id costs a
+        #: store read only the first time this node sees the run.
+        self._tenants: dict[str, str] = {}
 
     def _now_ms(self) -> int:
         return int(time.time() * 1000)
@@ -186,11 +191,35 @@ class RunManager:
             return {"error": "EXECUTOR_FENCED", "message": f"this node no longer executes run {run_id}"}
         return await executor.op(delivery_id, op, args)
 
+    # --- tenants --------------------------------------------------------------------------------------
+
+    async def _run_tenant(self, run_id: str) -> str | None:
+        """The tenant of an existing run (None when there is no such run)."""
+        tenant = self._tenants.get(run_id)
+        if tenant is None:
+            row = await self.store.get(run_id)
+            if row is None:
+                return None
+            tenant = row.tenant
+            if len(self._tenants) >= 100_000:
+                self._tenants.clear()
+            self._tenants[run_id] = tenant
+        return tenant
+
+    async def _check_visible(self, run_id: str) -> None:
+        """RunNotFound, worded as for a missing run, when the run belongs to a tenant the caller cannot see."""
+        if not run_id:
+            return  # validation answers
+        tenant = await self._run_tenant(run_id)
+        if tenant is not None and not visible(tenant):
+            raise RunNotFound(f"no run {run_id!r}")
+
     # --- the API ----------------------------------------------------------------------------------------
 
     async def start_run(self, run_id: str, tenant: str, agent_type: str, input_json: str, input_policy: str,
                         labels: Mapping[str, str]) -> tuple[RunView, bool]:
         """StartRun: (the run, created?). Idempotent by run_id; RunConflict for a different request."""
+        tenant = tenant_for(tenant)  # the token's tenant; another only for an admin
         violations: dict[str, str] = {}
         check_run_id("run_id", run_id, violations, required=False)
         check_tenant("tenant", tenant, violations)
@@ -210,7 +239,14 @@ class RunManager:
             policy = "enqueue"
         spec = RunSpec(run_id=run_id or f"run-{uuid.uuid4().hex}", tenant=tenant or DEFAULT_TENANT,
                        agent_type=agent_type, input_policy=policy, labels=dict(labels), input=payload)
-        plan = await self.store.start(spec, self._now_ms())
+        try:
+            plan = await self.store.start(spec, self._now_ms())
+        except RunConflict:
+            owner = await self._run_tenant(spec.run_id)
+            if owner is not None and owner != spec.tenant:
+                # Run ids are one namespace: the id is taken, and nothing about the other tenant's run is told.
+                raise RunConflict(f"run id {spec.run_id!r} is taken; use a new run_id") from None
+            raise
         if plan.created and await self.execute(plan.row):
             row = await self.store.get(spec.run_id)  # claimed (or ended) by the executor just started here
             if row is not None:
@@ -228,6 +264,7 @@ class RunManager:
         payload = json_text("payload_json", payload_json, violations)
         raise_if(violations)
         assert payload is not None
+        await self._check_visible(run_id)
         plan = await self.store.append_frame(run_id, frame_id, type_, payload, self._now_ms())
         return plan.duplicate, plan.seq
 
@@ -285,6 +322,7 @@ class RunManager:
         if len(reason) > MAX_REASON:
             violations["reason"] = f"is {len(reason)} characters long; the limit is {MAX_REASON}"
         raise_if(violations)
+        await self._check_visible(run_id)
         plan = await self.store.cancel(run_id, reason, self._now_ms())
         return plan.duplicate, plan.seq
 
@@ -294,7 +332,7 @@ class RunManager:
         check_run_id("run_id", run_id, violations)
         raise_if(violations)
         row = await self.store.get(run_id)
-        if row is None:
+        if row is None or not visible(row.tenant):
             raise RunNotFound(f"no run {run_id!r}")
         live = False
         if row.executor_node:
@@ -308,6 +346,7 @@ class RunManager:
     async def list(self, tenant: str, agent_type: str, status: str, page_size: int,
                    page_token: str) -> tuple[list[RunView], str]:
         """ListRuns: a page of runs, newest first, and the next page's token ("" on the last page)."""
+        tenant = tenant_for(tenant)
         violations: dict[str, str] = {}
         check_tenant("tenant", tenant, violations)
         if status and status not in STATUSES:
@@ -337,6 +376,7 @@ class RunManager:
         if cursor < 0:
             violations["cursor"] = "must be >= 0"
         raise_if(violations)
+        await self._check_visible(run_id)
         sub = self.wakeups.subscribe(run_id)
         try:
             sub.clear()

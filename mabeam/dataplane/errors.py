@@ -37,6 +37,16 @@ class ResourceExhausted(DataPlaneError):
     reason = "MAILBOX_FULL"
 
 
+class QuotaExceeded(ResourceExhausted):
+    """The sending tenant is over its data-plane rate quota on this node (messages or bytes per second)."""
+
+    reason = "QUOTA_EXCEEDED"
+
+    def __init__(self, message: str, tenant: str, quota: str, limit: float) -> None:
+        super().__init__(message)
+        self.metadata = {"tenant": tenant, "quota": quota, "limit": f"{limit:g}"}
+
+
 class Unavailable(DataPlaneError):
     """The destination node is down or left the cluster."""
 

@@ -146,6 +146,11 @@ def op_get(key: bytes, prefix: bool = False) -> rpc.RequestOp:
     return rpc.RequestOp(request_range=rpc.RangeRequest(key=key, range_end=end))
 
 
+def op_count(prefix: bytes) -> rpc.RequestOp:
+    """How many keys start with ``prefix``, inside a transaction (no values travel; see TxnResult.counts)."""
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), count_only=True))
+
+
 @dataclass(frozen=True, slots=True)
 class TxnResult:
     """Whether the transaction's compares held, its revision, and any ranges it read."""
@@ -153,6 +158,8 @@ class TxnResult:
     succeeded: bool
     revision: int
     ranges: tuple[tuple[KeyValue, ...], ...]
+    #: The key count of each range, in order (what :func:`op_count` reads).
+    counts: tuple[int, ...] = ()
 
 
 def _target(endpoints: Sequence[str]) -> str:
@@ -309,12 +316,9 @@ class EtcdClient:
         resp = await self._unary(
             "txn", self._kv.Txn, rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
         )
-        ranges = tuple(
-            tuple(_kv(kv) for kv in r.response_range.kvs)
-            for r in resp.responses
-            if r.WhichOneof("response") == "response_range"
-        )
-        return TxnResult(bool(resp.succeeded), int(resp.header.revision), ranges)
+        read = [r.response_range for r in resp.responses if r.WhichOneof("response") == "response_range"]
+        ranges = tuple(tuple(_kv(kv) for kv in r.kvs) for r in read)
+        return TxnResult(bool(resp.succeeded), int(resp.header.revision), ranges, tuple(int(r.count) for r in read))
 
     async def revision(self) -> int:
         """The store's current revision."""

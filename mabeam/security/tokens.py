@@ -112,8 +112,8 @@ class TokenError(ServiceError):
 
 def missing_token() -> TokenError:
     """No ``authorization: Bearer <token>`` on the request."""
-    return TokenError(message="this cluster requires a token: send 'authorization: Bearer <token>' metadata "
-                              "(meshctl token issue makes one)", reason="TOKEN_MISSING")
+    return TokenError(message="this cluster requires a token: send 'authorization: Bearer <token>' (gRPC metadata "
+                              "or HTTP header; meshctl token issue makes one)", reason="TOKEN_MISSING")
 
 
 class KeyLookup(Protocol):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mabeam.dataplane import envelope as wire
 from mabeam.dataplane.errors import (
@@ -29,6 +29,7 @@ from mabeam.dataplane.errors import (
     InvalidArgument,
     MessageTooLarge,
     NotFound,
+    QuotaExceeded,
     ResourceExhausted,
 )
 from mabeam.dataplane.message import AgentRef, Destination, Group, Message, tenant_or_default
@@ -39,6 +40,9 @@ from meshd.dataplane.metrics import PlaneCounters
 from meshd.dataplane.outbound import Outbound
 from meshd.dataplane.peers import Peer, PeerSet, copy_with_new_id
 from meshd.dataplane.registry import RegistryView
+
+if TYPE_CHECKING:
+    from mabeam.security.quota import RateLimiter
 
 #: Cached serialized headers / suffixes per flow, at most (cleared when full: flows are few and hot).
 _MAX_CACHED_FLOWS = 4096
@@ -70,9 +74,20 @@ class Router:
         self.ids = ids
         self.counters = counters
         self._anonymous_ref = AgentRef("default", node_id, "")
+        #: Per-tenant message and byte rates on this node (tenant quotas; None: no limits).
+        self.limiter: RateLimiter | None = None
         self._rr: dict[tuple[str, str], int] = {}
         self._templates: dict[tuple[object, ...], bytes] = {}
         self._suffixes: dict[tuple[object, ...], bytes] = {}
+
+    def _admit(self, tenant: str, size: int) -> None:
+        """Spend the sending tenant's rate quota (QuotaExceeded when over it on this node)."""
+        assert self.limiter is not None
+        refused = self.limiter.admit(tenant, size, time.monotonic())
+        if refused is not None:
+            quota, limit = refused
+            raise QuotaExceeded(f"tenant {tenant!r} is over its quota {quota} = {limit:g} on node {self.node_id}; "
+                                "nothing was sent", tenant, quota, limit)
 
     # ----------------------------------------------------------------- the verbs
 
@@ -89,6 +104,8 @@ class Router:
         src = sender if sender is not None else self._anonymous_ref
         ch = wire.parse_channel(channel)
         self._check_size(len(payload))
+        if self.limiter is not None:
+            self._admit(src.tenant, len(payload))
         targets = self.resolve(src.tenant, to)
         flags = wire.FLAG_ACK if acknowledged else 0
         ids: list[int] = []
@@ -131,6 +148,8 @@ class Router:
         if isinstance(to, Group) and to.mode != "one":
             raise InvalidArgument("a call to a group needs mode 'one'")
         self._check_size(len(payload))
+        if self.limiter is not None:
+            self._admit(src.tenant, len(payload))
         timeout = timeout or self.config.default_call_timeout
         target = self.resolve(src.tenant, to)[0]
         deadline_ms = int(time.time() * 1000 + timeout * 1000)
@@ -191,6 +210,8 @@ class Router:
         """
         size = len(payload)
         self._check_size(size)
+        if self.limiter is not None and env.kind != wire.REPLY:
+            self._admit(sender.tenant, size)
         targets = self.resolve(sender.tenant, to)
         if len(targets) == 1 and self._forward_fast(sender, env, payload, targets[0]):
             return

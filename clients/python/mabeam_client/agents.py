@@ -61,53 +61,61 @@ class AgentClient:
     async def spawn(self, agent_type: str, args: dict[str, Any] | None = None, *, name: str = "",
                     supervisor: str = "", isolation: str = "shared", restart: str = "temporary",
                     child_id: str = "", shutdown_seconds: float = 0.0,
-                    brutal_kill: bool = False) -> AgentInfo:
-        """Start an agent of an allow-listed type; returns its info."""
+                    brutal_kill: bool = False, tenant: str = "") -> AgentInfo:
+        """Start an agent of an allow-listed type; returns its info.
+
+        Every method acts in the token's tenant; ``tenant`` names another (admin tokens only).
+        """
         request = agent_pb2.SpawnAgentRequest(
             type=agent_type, args_json=json.dumps(args or {}), name=name, supervisor=supervisor,
             isolation=isolation, restart=restart, child_id=child_id, shutdown_seconds=shutdown_seconds,
-            brutal_kill=brutal_kill)
+            brutal_kill=brutal_kill, tenant=tenant)
         response = await self._call(self._stub.SpawnAgent, request)
         return AgentInfo.from_proto(response.agent)
 
-    async def stop(self, agent: str) -> None:
+    async def stop(self, agent: str, tenant: str = "") -> None:
         """Stop an agent (id or name) for good."""
-        await self._call(self._stub.StopAgent, agent_pb2.StopAgentRequest(agent=agent))
+        await self._call(self._stub.StopAgent, agent_pb2.StopAgentRequest(agent=agent, tenant=tenant))
 
-    async def get(self, agent: str) -> AgentInfo:
+    async def get(self, agent: str, tenant: str = "") -> AgentInfo:
         """One agent's info."""
-        return AgentInfo.from_proto((await self._call(self._stub.GetAgent, agent_pb2.GetAgentRequest(agent=agent)))
-                                    .agent)
+        request = agent_pb2.GetAgentRequest(agent=agent, tenant=tenant)
+        return AgentInfo.from_proto((await self._call(self._stub.GetAgent, request)).agent)
 
-    async def list(self, agent_type: str = "") -> list[AgentInfo]:
-        """Every agent (optionally of one type)."""
-        response = await self._call(self._stub.ListAgents, agent_pb2.ListAgentsRequest(type=agent_type))
+    async def list(self, agent_type: str = "", tenant: str = "") -> list[AgentInfo]:
+        """Every agent of the tenant (optionally of one type)."""
+        response = await self._call(self._stub.ListAgents, agent_pb2.ListAgentsRequest(type=agent_type, tenant=tenant))
         return [AgentInfo.from_proto(info) for info in response.agents]
 
-    async def tree(self, root: str = "") -> builtins.list[TreeNode]:
-        """The supervision trees (one per worker) or the subtree under ``root``."""
-        response = await self._call(self._stub.SupervisionTree, agent_pb2.SupervisionTreeRequest(root=root))
+    async def tree(self, root: str = "", tenant: str = "") -> builtins.list[TreeNode]:
+        """The tenant's supervision trees (one per worker) or the subtree under ``root``."""
+        response = await self._call(self._stub.SupervisionTree,
+                                    agent_pb2.SupervisionTreeRequest(root=root, tenant=tenant))
         return [TreeNode.from_proto(node) for node in response.roots]
 
-    async def cast(self, agent: str, message: Any) -> None:
+    async def cast(self, agent: str, message: Any, tenant: str = "") -> None:
         """Enqueue a JSON message (ResourceExhausted when the mailbox is full)."""
-        await self._call(self._stub.Cast, agent_pb2.AgentCastRequest(agent=agent, message_json=json.dumps(message)))
+        await self._call(self._stub.Cast, agent_pb2.AgentCastRequest(agent=agent, message_json=json.dumps(message),
+                                                                     tenant=tenant))
 
-    async def call(self, agent: str, message: Any, timeout: float = 5.0) -> Any:
+    async def call(self, agent: str, message: Any, timeout: float = 5.0, tenant: str = "") -> Any:
         """Call an agent with a JSON message; its JSON reply."""
-        request = agent_pb2.AgentCallRequest(agent=agent, message_json=json.dumps(message), timeout_seconds=timeout)
+        request = agent_pb2.AgentCallRequest(agent=agent, message_json=json.dumps(message), timeout_seconds=timeout,
+                                             tenant=tenant)
         response = await self._call(self._stub.Call, request, timeout=timeout + 5.0)
         return json.loads(response.reply_json) if response.reply_json else None
 
-    async def cast_group(self, group: str, message: Any, mode: str = "all") -> int:
+    async def cast_group(self, group: str, message: Any, mode: str = "all", tenant: str = "") -> int:
         """Cast a JSON message to a process group: every member cluster-wide ("all") or one in
         round-robin turn ("one"); returns how many members of this agentd it was handed to."""
-        request = agent_pb2.AgentCastGroupRequest(group=group, message_json=json.dumps(message), mode=mode)
+        request = agent_pb2.AgentCastGroupRequest(group=group, message_json=json.dumps(message), mode=mode,
+                                                  tenant=tenant)
         return int((await self._call(self._stub.CastGroup, request)).local_deliveries)
 
-    async def group_members(self, group: str) -> builtins.list[str]:
+    async def group_members(self, group: str, tenant: str = "") -> builtins.list[str]:
         """This agentd's members of a process group (agent ids); meshd lists the nodes."""
-        response = await self._call(self._stub.GroupMembers, agent_pb2.AgentGroupMembersRequest(group=group))
+        response = await self._call(self._stub.GroupMembers,
+                                    agent_pb2.AgentGroupMembersRequest(group=group, tenant=tenant))
         return list(response.agent_ids)
 
 

@@ -32,6 +32,7 @@ import grpc
 from mabeam.runchain import Link, Verdict, verify
 from mabeam.v1 import run_pb2, run_pb2_grpc
 from mabeam_client.errors import MabeamError, translate
+from mabeam_client.security import ClientSecurity, open_channel
 from mabeam_client.sync import SyncFace
 
 T = TypeVar("T")
@@ -64,12 +65,13 @@ class GapError(MabeamError):
 class RunClient:
     """Async RunService client over one or more agentd endpoints (``host:port``)."""
 
-    def __init__(self, endpoints: str | Sequence[str], timeout: float = 30.0) -> None:
+    def __init__(self, endpoints: str | Sequence[str], timeout: float = 30.0,
+                 security: ClientSecurity | None = None) -> None:
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not self.endpoints:
             raise ValueError("at least one agentd endpoint is required")
         self.timeout = timeout
-        self._channels = [grpc.aio.insecure_channel(e) for e in self.endpoints]
+        self._channels = [open_channel(e, security) for e in self.endpoints]
         self._stubs = [run_pb2_grpc.RunServiceStub(c) for c in self._channels]
         self._current = 0
         #: How many times ``stream`` reconnected (for tests and tooling).
@@ -197,5 +199,6 @@ class RunClient:
 class SyncRunClient(SyncFace):
     """The same API as :class:`RunClient`, blocking (``stream`` is a plain iterator)."""
 
-    def __init__(self, endpoints: str | Sequence[str], timeout: float = 30.0) -> None:
-        super().__init__(lambda: RunClient(endpoints, timeout))
+    def __init__(self, endpoints: str | Sequence[str], timeout: float = 30.0,
+                 security: ClientSecurity | None = None) -> None:
+        super().__init__(lambda: RunClient(endpoints, timeout, security))

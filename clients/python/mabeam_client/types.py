@@ -259,13 +259,15 @@ class AgentInfo:
     checkpoint_version: int
     is_supervisor: bool
     worker: str
+    #: The tenant the agent belongs to.
+    tenant: str = ""
 
     @classmethod
     def from_proto(cls, info: agent_pb2.AgentInfo) -> AgentInfo:
         """From an ``AgentInfo``."""
         return cls(info.agent_id, info.name, info.type, info.status, info.supervisor, info.restarts,
                    info.last_error, info.mailbox_depth, info.mailbox_capacity, info.handled, info.memory_bytes,
-                   info.checkpoint_version, info.is_supervisor, info.worker)
+                   info.checkpoint_version, info.is_supervisor, info.worker, info.tenant)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,12 +282,14 @@ class TreeNode:
     strategy: str
     worker: str
     children: tuple[TreeNode, ...] = ()
+    #: The tenant the agent belongs to.
+    tenant: str = ""
 
     @classmethod
     def from_proto(cls, node: agent_pb2.TreeNode) -> TreeNode:
         """From a ``TreeNode`` (recursively)."""
         return cls(node.agent_id, node.name, node.type, node.status, node.restarts, node.strategy, node.worker,
-                   tuple(cls.from_proto(child) for child in node.children))
+                   tuple(cls.from_proto(child) for child in node.children), node.tenant)
 
 
 # -- coordinator ------------------------------------------------------------------------------

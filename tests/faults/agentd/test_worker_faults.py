@@ -126,16 +126,16 @@ class FakeMesh:
         self.names: dict[str, str] = {}
         self.casts: list[tuple[str, Any]] = []
 
-    def name_registered(self, name: str, agent_id: str) -> None:
+    def name_registered(self, name: str, agent_id: str, tenant: str) -> None:
         self.names[name] = agent_id
 
-    def name_unregistered(self, name: str, agent_id: str) -> None:
+    def name_unregistered(self, name: str, agent_id: str, tenant: str) -> None:
         self.names.pop(name, None)
 
-    def cast(self, to: str, msg: Any, sender: str | None) -> None:
+    def cast(self, to: str, msg: Any, sender: str | None, tenant: str) -> None:
         self.casts.append((to, msg))
 
-    async def call(self, to: str, msg: Any, timeout: float) -> Any:
+    async def call(self, to: str, msg: Any, timeout: float, tenant: str) -> Any:
         if not to.startswith("remote-"):
             from agentd.errors import NoSuchAgent
 

@@ -27,22 +27,22 @@ class FakeMesh:
         self.left: list[str] = []
         self.group_casts: list[tuple[str, Any, str, str | None]] = []
 
-    def name_registered(self, name: str, agent_id: str) -> None: ...
-    def name_unregistered(self, name: str, agent_id: str) -> None: ...
+    def name_registered(self, name: str, agent_id: str, tenant: str) -> None: ...
+    def name_unregistered(self, name: str, agent_id: str, tenant: str) -> None: ...
 
-    def cast(self, to: str, msg: Any, sender: str | None) -> None:
+    def cast(self, to: str, msg: Any, sender: str | None, tenant: str) -> None:
         raise NoSuchAgent(to)
 
-    async def call(self, to: str, msg: Any, timeout: float) -> Any:
+    async def call(self, to: str, msg: Any, timeout: float, tenant: str) -> Any:
         raise NoSuchAgent(to)
 
-    def group_joined(self, group: str) -> None:
+    def group_joined(self, group: str, tenant: str) -> None:
         self.joined.append(group)
 
-    def group_left(self, group: str) -> None:
+    def group_left(self, group: str, tenant: str) -> None:
         self.left.append(group)
 
-    def send_group(self, group: str, msg: Any, mode: str, sender: str | None) -> None:
+    def send_group(self, group: str, msg: Any, mode: str, sender: str | None, tenant: str) -> None:
         self.group_casts.append((group, msg, mode, sender))
 
 
