@@ -14,7 +14,7 @@ the ``MABEAM_TOKEN`` / ``MABEAM_TLS_*`` variables for a subprocess (meshctl, ano
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from mabeam.security.certs import write_pki
@@ -24,12 +24,15 @@ from mabeam_client.security import ClientSecurity
 
 KID = "dev"
 CLIENT = "client"
+LOOPBACK = ("127.0.0.1", "localhost")
 
 
 class DevSecurity:
     """Token keys, a CA, node and client certificates, and tokens for one dev cluster."""
 
-    def __init__(self, directory: str | Path, cluster: str, nodes: Iterable[str], tls: bool = True) -> None:
+    def __init__(self, directory: str | Path, cluster: str, nodes: Iterable[str] | Mapping[str, Iterable[str]],
+                 tls: bool = True) -> None:
+        """``nodes``: node ids (certificates for 127.0.0.1 and localhost), or node id -> the addresses it serves."""
         self.directory = Path(directory)
         self.cluster = cluster
         self.tls = tls
@@ -41,12 +44,22 @@ class DevSecurity:
         shutil.copy(issuer / f"{KID}.pub", self.token_keys / f"{KID}.pub")
         self._signing_key = load_private_key(issuer / f"{KID}.key")
         self.pki = self.directory / "tls"
-        self.certs = write_pki(self.pki, [*nodes, CLIENT]) if tls else {}
+        names: dict[str, Iterable[str]] = (dict(nodes) if isinstance(nodes, Mapping)
+                                           else {node: LOOPBACK for node in nodes})
+        self.certs = write_pki(self.pki, {**names, CLIENT: LOOPBACK}) if tls else {}
 
     @property
     def ca(self) -> Path:
         """The CA certificate every daemon and client trusts."""
         return self.pki / "ca.crt"
+
+    def toml(self, node_id: str) -> str:
+        """The ``[security]`` table of one node's daemons (config files: the test bed, deploy examples)."""
+        lines = ["[security]", f'token_keys = "{self.token_keys}"']
+        if self.tls:
+            cert, key = self.certs[node_id]
+            lines += [f'tls_cert = "{cert}"', f'tls_key = "{key}"', f'tls_ca = "{self.ca}"']
+        return "\n".join(lines) + "\n"
 
     def daemon_flags(self, node_id: str) -> list[str]:
         """The ``[security]`` flags of one node's daemons."""

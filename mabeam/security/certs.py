@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from cryptography import x509
@@ -103,11 +103,13 @@ def load_ca(directory: str | os.PathLike[str]) -> tuple[ec.EllipticCurvePrivateK
     return key, x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
 
 
-def write_pki(directory: str | os.PathLike[str], names: Iterable[str], hosts: Iterable[str] = ("127.0.0.1", "localhost"),
-              days: int = DEFAULT_DAYS) -> dict[str, tuple[Path, Path]]:
+def write_pki(directory: str | os.PathLike[str], names: Iterable[str] | Mapping[str, Iterable[str]],
+              hosts: Iterable[str] = ("127.0.0.1", "localhost"), days: int = DEFAULT_DAYS
+              ) -> dict[str, tuple[Path, Path]]:
     """Write (or reuse) ``ca.crt``/``ca.key`` and a ``<name>.crt``/``<name>.key`` per name; returns name -> (crt, key).
 
-    Every certificate names its own name plus ``hosts`` (the addresses clients dial).
+    Every certificate names its own name plus ``hosts`` (the addresses clients dial), or, when ``names``
+    maps each name to its own addresses, those.
     """
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
@@ -119,10 +121,11 @@ def write_pki(directory: str | os.PathLike[str], names: Iterable[str], hosts: It
         _write_cert(folder / "ca.crt", ca_cert)
     written: dict[str, tuple[Path, Path]] = {}
     host_list = list(hosts)
-    for name in names:
+    own = dict(names) if isinstance(names, Mapping) else {name: host_list for name in names}
+    for name, addresses in own.items():
         if not ID_RE.match(name):
             raise ValueError(f"certificate name {name!r} is not valid: use {ID_RULE}")
-        key, cert = make_cert(ca_key, ca_cert, name, host_list, days)
+        key, cert = make_cert(ca_key, ca_cert, name, list(addresses), days)
         crt_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
         _write_key(key_path, key)
         _write_cert(crt_path, cert)

@@ -32,6 +32,7 @@ from mabeam.dev.hostbed.etcdcluster import EtcdCluster
 from mabeam.dev.hostbed.launch import KINDS, PORTS, ConfigLauncher, HostContext, Launcher
 from mabeam.dev.hostbed.netns import HostNet, Network, run_dir_prefix
 from mabeam.dev.hostbed.processes import Daemon
+from mabeam.dev.security import DevSecurity
 
 
 @dataclass
@@ -72,6 +73,8 @@ class HostBed:
         self.run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix=run_dir_prefix(self.network.tag)))
         self.hosts: list[Host] = []
         self.etcd: EtcdCluster | None = None
+        #: Token keys, the CA and every host's certificate (each for the host's own address).
+        self.security: DevSecurity | None = None
         self.timeline: list[tuple[float, str]] = []
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -92,11 +95,16 @@ class HostBed:
         self.etcd = EtcdCluster(self.network.hosts, self.etcd_members, self.run_dir / "etcd", token=self.cluster)
         self.etcd.start(timeout=max(5.0, deadline - time.monotonic()))
         self.note(f"etcd cluster of {self.etcd_members} up")
+        self.security = DevSecurity(self.run_dir / "security", self.cluster,
+                                    {net.name: (net.address,) for net in self.network.hosts})
+        from mabeam_client.security import set_default
+
+        set_default(self.security.client())  # every SDK client of the bed's process (an admin of "default")
         for net in self.network.hosts:
             directory = self.run_dir / net.name
             directory.mkdir(parents=True, exist_ok=True)
             context = HostContext(net.index, net.name, net.address, directory, self.cluster, self.etcd.endpoints,
-                                  self.lease_ttl)
+                                  self.lease_ttl, self.security.toml(net.name))
             host = Host(net, context)
             for kind in self.kinds:
                 host.daemons[kind] = Daemon(net.name, kind, directory / f"{kind}.log", net.exec_prefix())
@@ -126,6 +134,10 @@ class HostBed:
             daemon.wait_stopped(deadline)
         if self.etcd is not None:
             self.etcd.close()
+        if self.security is not None:
+            from mabeam_client.security import set_default
+
+            set_default(None)
         self.network.destroy()
         if self._own_dir and not os.environ.get("MABEAM_HOSTBED_KEEP"):
             shutil.rmtree(self.run_dir, ignore_errors=True)

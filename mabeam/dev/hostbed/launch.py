@@ -5,7 +5,8 @@ command line, the environment and the config files to write first. The bed
 runs that command inside the host's network namespace and waits for the
 spec's readiness signal. :class:`ConfigLauncher` (the default) writes
 production-style TOML configs modelled on ``deploy/`` — every address the
-host's own, CURVE on for the data plane, an etcd cluster of several members —
+host's own, CURVE on for the data plane, tokens and mTLS on gRPC (the bed's
+:class:`~mabeam.dev.security.DevSecurity`), an etcd cluster of several members —
 and runs ``python -m <daemon> --config <file>``. A launcher that parses the
 systemd units in ``deploy/`` (their ``ExecStart``, ``Environment`` and config
 files) can replace it without touching the rest of the bed.
@@ -38,6 +39,8 @@ class HostContext:
     cluster: str
     etcd_endpoints: tuple[str, ...]
     lease_ttl: int
+    #: The ``[security]`` table of the host's daemons (token keys and mTLS files; empty: none).
+    security_toml: str = ""
 
     def endpoint(self, port_name: str) -> str:
         """``address:port`` of one of the fixed ports."""
@@ -97,6 +100,8 @@ class ConfigLauncher:
         """See :class:`Launcher`."""
         config = host.directory / f"{kind}.toml"
         text = {"meshd": self.meshd_toml, "agentd": self.agentd_toml, "coordinator": self.coordinator_toml}[kind](host)
+        if host.security_toml:  # a non-loopback address needs tokens and mTLS (docs/security.md)
+            text += "\n" + host.security_toml
         return LaunchSpec(argv=[self.python, "-m", kind, "--config", str(config)], files={config: text},
                           ready_line=f"{kind} ready")
 
@@ -136,6 +141,7 @@ data_dir = "{host.directory / "agentd"}"
 meshd_attach = "{host.attach_address}"
 examples = true
 log_level = "INFO"
+cluster = "{host.cluster}"
 """
 
     @staticmethod

@@ -121,8 +121,9 @@ class Workload:
                         out=str(self._records_path(host)), call_timeout=self.call_timeout,
                         first=1_000_000 * (starts - 1))  # a restarted generator's operations are new ones
         daemon = Daemon(host.name, "load", host.context.directory / "load.log", host.net.exec_prefix())
+        assert self.bed.security is not None
         daemon.start(LaunchSpec(argv=[self.bed_python(), "-m", "mabeam.dev.hostbed.load", json.dumps(asdict(spec))],
-                                ready_line="load ready"))
+                                env=self.bed.security.env(), ready_line="load ready"))
         daemon.wait_ready(30.0 * self.slow)
         self.loads[host.name] = daemon
 
