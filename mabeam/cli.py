@@ -1,4 +1,8 @@
-"""The ``mabeam`` command: ``mabeam up`` runs a dev cluster on this host until Ctrl-C or SIGTERM."""
+"""The ``mabeam`` command: ``mabeam up`` runs a dev cluster on this host until Ctrl-C or SIGTERM.
+
+``mabeam up --secure`` runs it with tokens, mTLS and CURVE on every daemon (docs/security.md);
+``mabeam certs`` and ``mabeam keys`` make and publish what a secured cluster needs.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     cluster = DevCluster(nodes=args.nodes, base_port=args.base_port or None, etcd=args.etcd, cluster=args.cluster,
                          lease_ttl=args.lease_ttl, run_dir=args.run_dir, agentd=not args.mesh_only,
-                         coordinator=not args.mesh_only)
+                         coordinator=not args.mesh_only, secure=args.secure)
     try:
         cluster.start()
     except (ClusterError, EtcdStartError) as error:
@@ -37,6 +41,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             http = f"  runs http://{daemon.http_endpoint}/v1/runs" if daemon.http_endpoint else ""
             print(f"{'':9s} {daemon.kind} {daemon.endpoint}{http}  pid {daemon.proc.pid if daemon.proc else '-'}")
     print(f"logs      {cluster.run_dir}")
+    if cluster.security is not None:
+        env = cluster.security.env()
+        print("secure    tokens, mTLS and CURVE on every daemon; an admin of tenant 'default':")
+        for name, value in env.items():
+            print(f"          export {name}={value}")
+        print(f"          (more tokens: meshctl token issue --key {cluster.security.directory}/issuer/dev.key "
+              f"--cluster {cluster.cluster} --tenant T --role R)")
     print(f"try       meshctl --endpoint {cluster.endpoints[0]} members")
     if cluster.nodes[0].agentd is not None:
         print(f"          meshctl agents --agentd {cluster.nodes[0].agentd.endpoint}")
@@ -78,7 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--mesh-only", action="store_true", help="run only meshd on each node (no agentd, coordinator)")
     up.add_argument("--json", action="store_true",
                     help="first print the endpoints and pids as one JSON line (for SDKs and scripts)")
+    up.add_argument("--secure", action="store_true",
+                    help="tokens, mTLS and CURVE on every daemon (keys and certificates in the run dir)")
     up.set_defaults(func=cmd_up)
+    from mabeam.security.admin import add_commands as security_commands
+
+    security_commands(sub)
     from mabeam.dev.fakellm.__main__ import build_parser as fake_llm_flags
 
     fake = sub.add_parser("fake-llm", help="run the local OpenAI/Anthropic-compatible model server (tests, demo)")

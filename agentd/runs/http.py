@@ -69,6 +69,8 @@ def route_rpc(method: str, path: str) -> str | None:
     if len(parts) == 4:
         rpc = {("frames", "POST"): "AppendFrame", ("cancel", "POST"): "CancelRun",
                ("stream", "GET"): "StreamRun"}.get((parts[3], method))
+    if len(parts) == 6 and parts[3] == "tool-calls" and method == "POST":
+        rpc = {"approve": "ApproveToolCall", "deny": "DenyToolCall"}.get(parts[5])
     return RUN_SERVICE + rpc if rpc else None
 
 

@@ -281,6 +281,7 @@ class RunManager:
         if len(note) > MAX_REASON:
             violations["note"] = f"is {len(note)} characters long; the limit is {MAX_REASON}"
         raise_if(violations)
+        await self._check_visible(run_id)
         requested, word = await self._approval_state(run_id, tool_call_id)
         if not requested:
             raise ApprovalNotFound(f"run {run_id!r} has no tool call {tool_call_id!r} waiting for approval")

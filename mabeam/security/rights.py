@@ -44,6 +44,8 @@ _BY_SERVICE: dict[str, dict[str, Role]] = {
         "GetRun": READER, "ListRuns": READER, "StreamRun": READER,
         "AppendFrame": AGENT,
         "StartRun": OPERATOR, "CancelRun": OPERATOR,
+        # A tool call gated for a human: deciding it is the tenant's operator's call, not an agent's.
+        "ApproveToolCall": OPERATOR, "DenyToolCall": OPERATOR,
     },
     "CoordinatorService": {
         "GetCoordinatorLeader": READER, "ListMechanisms": READER,

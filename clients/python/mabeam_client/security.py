@@ -103,8 +103,8 @@ def set_default(security: ClientSecurity | None) -> None:
     _DEFAULT = security
 
 
-class _TokenInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
-                        grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+class _TokenInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
+                        grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
     """Adds ``authorization: Bearer <token>`` to every call of a plaintext channel (dev clusters on loopback)."""
 
     def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:

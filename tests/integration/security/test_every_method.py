@@ -82,8 +82,13 @@ async def refusal(channel: grpc.aio.Channel, service: ServiceDescriptor, method:
     serialize = type(request).SerializeToString
     deserialize = GetMessageClass(method.output_type).FromString
 
+    answered = asyncio.Event()
+
     async def one() -> AsyncIterator[pb_message.Message]:
         yield request
+        # Half-close only once answered: a refusal racing the client's half-close can surface as gRPC's
+        # "INTERNAL: Internal error from Core" (STACK-NOTES) instead of the status the server sent.
+        await answered.wait()
 
     try:
         if method.client_streaming and method.server_streaming:
@@ -100,6 +105,8 @@ async def refusal(channel: grpc.aio.Channel, service: ServiceDescriptor, method:
             await channel.unary_unary(path, serialize, deserialize)(request, timeout=15)
     except grpc.aio.AioRpcError as error:
         return translate(error)
+    finally:
+        answered.set()
     raise AssertionError(f"{path} answered a request it must refuse")
 
 

@@ -125,7 +125,7 @@ async def test_instances_variables_and_ledger(secure_cluster: DevCluster) -> Non
         await expect_not_found(globex.get_variable(variable))
         await globex.create_variable(variable, {"type": "number"}, 9.0)  # its own, same name
         await globex.set_variable(variable, 10.0, 1)
-        assert json.loads((await acme.get_variable(variable)).value_json) == 0.5
+        assert (await acme.get_variable(variable)).value == 0.5
 
         await acme.deposit("alice", 100)
         assert (await globex.balance("alice")).available == 0

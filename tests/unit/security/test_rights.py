@@ -31,3 +31,21 @@ def test_writes_need_more_than_reader() -> None:
         name = method.rsplit("/", 1)[1]
         if name.startswith(("Create", "Spawn", "Stop", "Set", "Deposit", "Cancel", "Close")):
             assert role > Role.READER, method
+
+
+def test_every_http_route_of_the_runs_face_stands_for_an_rpc() -> None:
+    # The HTTP face is authorised through the RPC each route stands for: a new route needs its line in route_rpc.
+    from starlette.routing import Route
+
+    from agentd.runs.http import RunsHttp, route_rpc
+
+    app = RunsHttp.__new__(RunsHttp)
+    RunsHttp.__init__(app, manager=None)  # type: ignore[arg-type]  # routes only; nothing is served
+    for route in app.app.routes:
+        assert isinstance(route, Route)
+        path = route.path.replace("{run_id}", "r1").replace("{tool_call_id}", "t1")
+        for method in route.methods or ():
+            if method == "HEAD":
+                continue
+            rpc = route_rpc(method, path)
+            assert rpc in RIGHTS, f"{method} {route.path} stands for no RPC of the rights table"
