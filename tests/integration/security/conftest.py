@@ -17,11 +17,10 @@ def secure_cluster(etcd_server) -> Iterator[DevCluster]:  # type: ignore[no-unty
     """Two nodes (meshd, agentd, coordinator each) with tokens, mTLS and CURVE; tenants acme and globex exist."""
     import asyncio
 
-    from mabeam.dev.testing import free_port_block
     from mabeam.v1 import mesh_pb2
     from mabeam_client.mesh import MeshClient
 
-    cluster = DevCluster(2, free_port_block(32), etcd=etcd_server.endpoint, cluster=f"s{uuid.uuid4().hex[:10]}",
+    cluster = DevCluster(2, etcd=etcd_server.endpoint, cluster=f"s{uuid.uuid4().hex[:10]}",
                          lease_ttl=2, agentd=True, coordinator=True, secure=True)
     try:
         cluster.start()

@@ -234,7 +234,7 @@ async def test_admin_acts_in_any_tenant_and_is_audited(secure_cluster: DevCluste
         with pytest.raises(PermissionDenied):
             await acme.set_tenant_quota(mesh_pb2.TenantQuota(tenant="acme", max_agents=1000))
     async with httpx.AsyncClient() as http:
-        metrics = (await http.get(f"http://127.0.0.1:{node.metrics_port}/metrics")).text
+        metrics = (await http.get(f"http://{node.metrics_address}/metrics")).text
     assert 'mabeam_admin_cross_tenant_total{method="/mabeam.v1.MeshService/Lookup",target_tenant="acme",' \
            'tenant="default"}' in metrics
     assert 'mabeam_auth_refused_total{method="/mabeam.v1.MeshService/SetTenantQuota",reason="ROLE_REQUIRED",' \
