@@ -13,6 +13,7 @@ ErrorReason and message.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import grpc
@@ -26,6 +27,8 @@ from mabeam.v1 import agent_pb2, agent_pb2_grpc
 
 #: Largest JSON argument or message accepted over gRPC.
 MAX_JSON = 4 * 1024 * 1024
+#: Longest call timeout accepted (seconds): a call is a request/reply, not a wait for days.
+MAX_CALL_TIMEOUT = 3600.0
 
 
 def _json(text: str, field: str, default: Any) -> Any:
@@ -71,11 +74,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if not isinstance(args, dict):
             raise InvalidArgument("args_json: must be a JSON object")
         shutdown: float | str = "brutal_kill" if request.brutal_kill else (request.shutdown_seconds or 5.0)
-        fields = {"id": request.child_id or request.name or f"{request.type}-{self.pool.next_serial()}",
-                  "start": StartSpec(type=request.type, args=args), "name": request.name or None,
-                  "restart": request.restart or "temporary", "shutdown": shutdown,
-                  "isolation": request.isolation or "shared"}
         try:
+            fields = {"id": request.child_id or request.name or f"{request.type}-{self.pool.next_serial()}",
+                      "start": StartSpec(type=request.type, args=args), "name": request.name or None,
+                      "restart": request.restart or "temporary", "shutdown": shutdown,
+                      "isolation": request.isolation or "shared"}
             spec = ChildSpec.model_validate(fields)
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
@@ -119,8 +122,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                    context: grpc.aio.ServicerContext) -> agent_pb2.AgentCallResponse:
         """Call an agent; the reply as JSON."""
         tenant = tenant_for(request.tenant)
+        timeout = request.timeout_seconds or 5.0
+        # A NaN, negative or absurd timeout once wedged agentd's loop (found by tests/fuzz): refuse it here.
+        if not math.isfinite(timeout) or not 0 < timeout <= MAX_CALL_TIMEOUT:
+            raise InvalidArgument(f"timeout_seconds: must be above 0 and at most {MAX_CALL_TIMEOUT:g}, got {timeout!r}")
         msg = _json(request.message_json, "message_json", None)
-        reply = await self.pool.call(request.agent, msg, timeout=request.timeout_seconds or 5.0, tenant=tenant)
+        reply = await self.pool.call(request.agent, msg, timeout=timeout, tenant=tenant)
         return agent_pb2.AgentCallResponse(reply_json=json.dumps(reply))
 
     async def CastGroup(self, request: agent_pb2.AgentCastGroupRequest,  # noqa: N802
