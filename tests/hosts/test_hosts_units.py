@@ -27,6 +27,7 @@ from mabeam.dev.hostbed.unitlaunch import UnitLauncher
 from mabeam.dev.hostbed.workload import Workload
 from mabeam.dev.hostroot import HostRoot
 from mabeam.dev.notify import watchdog_gap_while_blocked
+from mabeam_client.security import ClientSecurity
 
 SOURCE = Path(__file__).resolve().parents[2]
 #: The health service each checks (a standby coordinator serves, but its CoordinatorService answers for the leader).
@@ -93,7 +94,9 @@ def check_started_from_unit(launcher: UnitLauncher, host: Host, kind: str) -> No
     assert ready.pid == daemon.pid  # the main process, and it came up from the unit's command
     assert ready.fields.get("STATUS"), ready.fields  # a line for `systemctl status` from the first READY
     # READY=1 meant serving: gRPC health of the daemon's service answers SERVING from another host's view.
-    with grpc.insecure_channel(host.endpoint(kind)) as channel:
+    # Over mTLS with the bed's client certificate and token (the bed appended [security] to the configs).
+    security = ClientSecurity.default()
+    with grpc.secure_channel(host.endpoint(kind), security.channel_credentials()) as channel:
         answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICES[kind]),
                                                            timeout=10)
     assert answer.status == health_pb2.HealthCheckResponse.SERVING, (kind, answer)

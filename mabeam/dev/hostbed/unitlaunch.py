@@ -13,6 +13,11 @@ per daemon that tests read: READY, STATUS, WATCHDOG, STOPPING).
 
 Test-only settings go in drop-ins, as an operator's would: the example agent
 types and one worker for agentd (the workload spawns ``counter``/``relay``).
+Security as an operator adds it when the installed configs have no
+``[security]`` table (gRPC on the host's address needs tokens and mTLS,
+docs/security.md): the bed's token keys and the host's certificate copied to
+``/etc/mabeam/security`` (the mabeam user's only) and the table appended to
+each daemon's config.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -70,7 +76,27 @@ class UnitLauncher:
         root.run(f"{shlex.quote(self.installer_python)} {self.source / 'deploy' / 'install.py'} --skip-venv {flags}")
         for unit, text in self.dropins.items():
             root.drop_in(unit, "50-bed", text)
+        if host.security_toml:
+            self._secure(root, host.security_toml)
         return root
+
+    @staticmethod
+    def _secure(root: HostRoot, table: str) -> None:
+        """The bed's ``[security]`` files into the host and the table into each config (module docstring)."""
+        target = "/etc/mabeam/security"
+        copies: list[str] = []
+
+        def moved(match: re.Match[str]) -> str:
+            source = Path(match.group(2))
+            copies.append(f"cp -r {shlex.quote(str(source))} {target}/")
+            return f'{match.group(1)}"{target}/{source.name}"'
+
+        text = re.sub(r'^(\w+ = )"([^"]+)"$', moved, table, flags=re.M)
+        script = [f"mkdir -p {target}", *copies, f"chown -R mabeam: {target}", f"chmod -R go-rwx {target}"]
+        for kind in ("meshd", "agentd", "coordinator"):
+            config = f"/etc/mabeam/{kind}.toml"
+            script.append(f"grep -q '^\\[security\\]' {config} || printf '\\n%s' {shlex.quote(text)} >> {config}")
+        root.run(" && ".join(script))
 
     def spec(self, host: HostContext, kind: str) -> LaunchSpec:
         """See :class:`mabeam.dev.hostbed.launch.Launcher`: the unit's ExecStart on the host's file system."""
