@@ -23,6 +23,7 @@ from agentd.models.ledger import EtcdLedger, Ledger, MemoryLedger
 from agentd.models.metrics import ModelCollector
 from agentd.models.router import ModelRouter
 from agentd.models.service import ModelService
+from agentd.quotas import AgentQuota
 from agentd.runs.http import RunsHttp
 from agentd.runs.manager import RunManager
 from agentd.runs.service import RunServicer
@@ -59,6 +60,7 @@ class Daemon:
         self.serving.registry.register(ModelCollector(lambda: [self.models] if self.models is not None else []))
         self.models: ModelRouter | None = None
         self.etcd: EtcdClient | None = None
+        self.quota: AgentQuota | None = None
         self.runs: RunManager | None = None
         self.http: RunsHttp | None = None
         self.http_port = 0
@@ -101,7 +103,8 @@ class Daemon:
             await self._start_runs(worker_config, data_dir)
         serving = self.serving
         assert self.models is not None
-        serving.add(agent_pb2_grpc.add_AgentServiceServicer_to_server, AgentService(self.pool), SERVICE_NAME)
+        serving.add(agent_pb2_grpc.add_AgentServiceServicer_to_server, AgentService(self.pool, self.quota),
+                    SERVICE_NAME)
         serving.add(model_pb2_grpc.add_ModelServiceServicer_to_server, ModelService(self.models), MODEL_SERVICE_NAME)
         serving.add(run_pb2_grpc.add_RunServiceServicer_to_server, RunServicer(self.runs), RUN_SERVICE_NAME)
         host, port = config.grpc_address.rsplit(":", 1)
@@ -152,6 +155,9 @@ class Daemon:
                                {name: registry.get(name) for name in registry.names()})
         self.runs.models = self.models  # a run's model op calls the daemon's router (budgets, breakers)
         await self.runs.start()
+        self.quota = AgentQuota(self.etcd, config.cluster, node_id)
+        await self.quota.start()
+        self.pool.on_removed = self.quota.removed
 
     async def stop(self) -> None:
         """Stop serving, hand executing runs back, then shut every worker (and agent) down."""
@@ -164,6 +170,8 @@ class Daemon:
                 await self._keys_task
         if self.runs is not None:
             await self.runs.stop()
+        if self.quota is not None:
+            await self.quota.close()
         if self.etcd is not None:
             await self.etcd.close()
         if self.models is not None:

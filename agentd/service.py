@@ -20,6 +20,7 @@ import grpc
 from pydantic import ValidationError
 
 from agentd.errors import InvalidArgument
+from agentd.quotas import AgentQuota
 from agentd.supervision import ChildSpec, StartSpec
 from agentd.workers import WorkerPool
 from mabeam.security.context import tenant_for
@@ -61,8 +62,10 @@ def _node(data: dict[str, Any]) -> agent_pb2.TreeNode:
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
     """SpawnAgent, StopAgent, GetAgent, ListAgents, SupervisionTree, Cast, Call, CastGroup, GroupMembers."""
 
-    def __init__(self, pool: WorkerPool) -> None:
+    def __init__(self, pool: WorkerPool, quota: AgentQuota | None = None) -> None:
         self.pool = pool
+        #: The ``max_agents`` quota (agentd.quotas; None without etcd: no quotas).
+        self.quota = quota
 
     async def SpawnAgent(self, request: agent_pb2.SpawnAgentRequest,  # noqa: N802
                          context: grpc.aio.ServicerContext) -> agent_pb2.SpawnAgentResponse:
@@ -84,7 +87,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
             raise InvalidArgument(f"invalid spawn request: {problems}") from None
         self.pool.check_type(request.type)
-        agent_id = await self.pool.spawn(spec, request.supervisor or None, tenant)
+        if self.quota is None:
+            agent_id = await self.pool.spawn(spec, request.supervisor or None, tenant)
+        else:  # a unit of the tenant's max_agents first: over the limit, nothing starts
+            holder = await self.quota.acquire(tenant, f"starting agent {spec.id!r} ({request.type})")
+            try:
+                agent_id = await self.pool.spawn(spec, request.supervisor or None, tenant)
+            except BaseException:
+                await self.quota.release(holder)
+                raise
+            self.quota.bind(holder, tenant, agent_id)
         return agent_pb2.SpawnAgentResponse(agent=_info(await self.pool.info(agent_id, tenant)))
 
     async def StopAgent(self, request: agent_pb2.StopAgentRequest,  # noqa: N802

@@ -85,6 +85,8 @@ class WorkerPool:
         self._closing = False
         #: The mesh's hooks; None keeps every message on this host (see MeshBridge).
         self.mesh: MeshBridge | None = None
+        #: Called with (tenant, agent id) when an agent is gone for good (agentd.quotas gives its unit back).
+        self.on_removed: Callable[[str, str], None] | None = None
         #: Durable runs' effects from workers: (run_id, delivery id, op, args) -> answer (agentd.runs.executor).
         self.run_ops: Callable[[str, int, str, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
         from agentd.worker import build_registry
@@ -285,6 +287,8 @@ class WorkerPool:
         """An agent is gone for good: do not bring it back with its worker."""
         top, _, rest = agent_id.partition("/")
         handle.spawns.pop(agent_id, None)
+        if self.on_removed is not None:
+            self.on_removed(handle.tenant, agent_id)
         owner = self.space(handle.tenant).owner
         if not rest and owner.get(top) == handle.worker_id:
             del owner[top]

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from mabeam.daemon import Serving
 from mabeam.dataplane.errors import DataPlaneError
-from mabeam.security.quota import RateLimiter
+from mabeam.security.quota import RESOURCES, RateLimiter
 from mabeam.security.server import InsecureBindError, check_bind, is_loopback
 from mabeam.startup import StartupError
 from mabeam.v1 import mesh_pb2, mesh_pb2_grpc
@@ -23,7 +24,7 @@ from meshd.config import MeshdConfig
 from meshd.dataplane import DataPlane
 from meshd.dataplane.metrics import RejectedFramesCollector
 from meshd.dataplane.metrics import register_all as register_dataplane_metrics
-from meshd.metrics import MeshdMetrics
+from meshd.metrics import MeshdMetrics, TenantUsageCollector
 from meshd.node import MeshNode
 from meshd.registry_view import NodeRegistryView
 from meshd.service import MeshServicer
@@ -55,6 +56,7 @@ class Daemon:
         self.node = MeshNode(config, self.metrics)
         self.dataplane = DataPlane(config.node_id, config.dataplane, NodeRegistryView(self.node))
         self.metrics.registry.register(RejectedFramesCollector(self.dataplane.counters))
+        self.metrics.registry.register(TenantUsageCollector(self._tenant_usage))
         self.serving = Serving("meshd", registry=self.metrics.registry, security=config.security,
                                cluster=config.cluster)
         self.security = self.serving.security
@@ -62,6 +64,20 @@ class Daemon:
         self.dataplane.router.limiter = RateLimiter(_ViewQuotas(self.node))
         self._connected_changed = asyncio.Event()
         self._serving = asyncio.Event()
+
+    def _tenant_usage(self) -> list[tuple[str, str, float, float]]:
+        """(tenant, quota, used, limit) of every tenant with a quota or a held unit (for /metrics)."""
+        view = self.node.view
+        limiter = self.dataplane.router.limiter
+        now = time.monotonic()
+        rows = []
+        for tenant in sorted(set(view.quotas) | {tenant for tenant, _ in view.holders}):
+            quota = view.quotas.get(tenant) or mesh_pb2.TenantQuota(tenant=tenant)
+            used = {name: float(len(view.holders.get((tenant, resource), ()))) for name, resource in RESOURCES.items()}
+            if isinstance(limiter, RateLimiter):
+                used["max_messages_per_second"], used["max_bytes_per_second"] = limiter.rates(tenant, now)
+            rows += [(tenant, name, used[name], float(getattr(quota, name))) for name in used]
+        return rows
 
     async def start_servers(self) -> None:
         """Bind the data plane, gRPC and metrics and publish their addresses in the node info."""

@@ -7,7 +7,10 @@ a labelled lookup costs ~1.2 µs).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 
 class MeshdMetrics:
@@ -50,3 +53,25 @@ class MeshdMetrics:
         if child is None:
             child = self._latency_children[op] = self.etcd_latency.labels(op)
         child.observe(seconds)
+
+
+class TenantUsageCollector:
+    """Each tenant's quotas and what it uses now: ``mabeam_tenant_usage{tenant,quota}`` and
+    ``mabeam_tenant_quota_limit{tenant,quota}`` (0: unlimited), read at scrape time from ``usage()``
+    (meshd's daemon: counted resources cluster-wide from the node's watch, message rates on this node).
+    Model spend is in ``meshctl tenant usage`` (it needs an etcd read, not done per scrape)."""
+
+    def __init__(self, usage: Callable[[], Iterable[tuple[str, str, float, float]]]) -> None:
+        self._usage = usage
+
+    def collect(self) -> Iterator[Metric]:
+        """One sample per (tenant, quota): the use, and the limit."""
+        used = GaugeMetricFamily("mabeam_tenant_usage", "What a tenant uses now, by quota (counted resources "
+                                 "cluster-wide; rates on this node, per second).", labels=["tenant", "quota"])
+        limit = GaugeMetricFamily("mabeam_tenant_quota_limit", "A tenant's quota limits (0: unlimited).",
+                                  labels=["tenant", "quota"])
+        for tenant, quota, in_use, limit_value in self._usage():
+            used.add_metric([tenant, quota], in_use)
+            limit.add_metric([tenant, quota], limit_value)
+        yield used
+        yield limit
