@@ -256,6 +256,16 @@ class Runner:
             outcomes, self.bid_calls = await self.bid_calls, None
             failed = [o for o in outcomes if o is not None]
             return {"acked": len(outcomes) - len(failed), "failed": len(failed), "errors": [repr(e) for e in failed[:3]]}
+        if name == "set_tenant_quota":
+            from mabeam.v1 import mesh_pb2
+
+            quota = await self.mesh(a).set_tenant_quota(mesh_pb2.TenantQuota(
+                tenant=a["tenant"], max_instances=int(a.get("max_instances", 0))))
+            return {"tenant": quota.tenant, "max_instances": quota.max_instances}
+        if name == "tenant_usage":
+            usage = await self.mesh(a).tenant_usage(a.get("tenant", ""))
+            return {"tenant": usage.tenant, "max_instances": usage.quota.max_instances,
+                    "usage": {u.quota: {"used": u.used, "limit": u.limit, "exact": u.exact} for u in usage.usage}}
         if name == "members_with":
             return await self.members_with(a)
         if name in ("kill_daemon", "restart_daemon"):

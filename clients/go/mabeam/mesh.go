@@ -187,6 +187,23 @@ func (m *MeshClient) Lookup(ctx context.Context, name string) (*v1.NameEntry, er
 	return r.GetEntry(), err
 }
 
+// SetTenantQuota sets a tenant's whole quota, kept in etcd and enforced by every node (admin only; a
+// limit left 0 is unlimited; creates the tenant). Setting the same quota again is harmless, so it is
+// retried on UNAVAILABLE. Over a limit, calls fail RESOURCE_EXHAUSTED with reason QUOTA_EXCEEDED.
+func (m *MeshClient) SetTenantQuota(ctx context.Context, quota *v1.TenantQuota) (*v1.TenantQuota, error) {
+	return retrying(ctx, func(ctx context.Context) (*v1.TenantQuota, error) {
+		return m.stub.SetTenantQuota(ctx, &v1.SetTenantQuotaRequest{Quota: quota})
+	})
+}
+
+// TenantUsage returns a tenant's quota and what it uses now (empty tenant: the caller's; only an admin
+// may name another).
+func (m *MeshClient) TenantUsage(ctx context.Context, tenant string) (*v1.TenantUsage, error) {
+	return retrying(ctx, func(ctx context.Context) (*v1.TenantUsage, error) {
+		return m.stub.GetTenantUsage(ctx, &v1.GetTenantUsageRequest{Tenant: tenant})
+	})
+}
+
 // Names lists the tenant's names, optionally by prefix.
 func (m *MeshClient) Names(ctx context.Context, prefix string) ([]*v1.NameEntry, error) {
 	r, err := retrying(ctx, func(ctx context.Context) (*v1.ListNamesResponse, error) {

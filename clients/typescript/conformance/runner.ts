@@ -228,6 +228,15 @@ class Runner {
         this.bidCalls = undefined;
         return { acked: this.bidCallCount - errors.length, failed: errors.length, errors: errors.slice(0, 3) };
       }
+      case "set_tenant_quota": {
+        const q = await this.mesh(a).setTenantQuota({ tenant: a.tenant, maxInstances: BigInt(a.max_instances ?? 0) });
+        return { tenant: q.tenant, max_instances: Number(q.maxInstances) };
+      }
+      case "tenant_usage": {
+        const u = await this.mesh(a).tenantUsage(a.tenant ?? "");
+        return { tenant: u.tenant, max_instances: Number(u.quota?.maxInstances ?? 0n),
+          usage: Object.fromEntries(u.usage.map((q) => [q.quota, { used: q.used, limit: q.limit, exact: q.exact }])) };
+      }
       case "members_with": {
         // Credentials chosen by the step (options, not the environment): the cluster's token (true), none
         // (false) or the given string; TLS with the client certificate or not.

@@ -1,9 +1,9 @@
 /** MeshService: membership, leaders, the name/group registry and the data plane's gRPC face. */
-import { create } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
 import { type AgentRef } from "./gen/mabeam/v1/common_pb.js";
 import { GroupMode, type CallResponse } from "./gen/mabeam/v1/dataplane_pb.js";
-import { MeshService, type LeaderInfo, type MemberEvent, type NameEntry, type GroupMember, type GroupSummary }
+import { MeshService, type TenantQuota, type TenantQuotaSchema, type TenantUsage, type LeaderInfo, type MemberEvent, type NameEntry, type GroupMember, type GroupSummary }
   from "./gen/mabeam/v1/mesh_pb.js";
 import type { NodeInfo } from "./gen/mabeam/v1/common_pb.js";
 import { call, translate } from "./errors.js";
@@ -86,6 +86,20 @@ export class MeshClient {
 
   async lookup(name: string, opts?: CallOptions): Promise<NameEntry> {
     return (await retrying(() => this.stub.lookup({ tenant: this.tenant, name }, opts))).entry as NameEntry;
+  }
+
+  /**
+   * Set a tenant's whole quota, kept in etcd and enforced by every node (admin only; a limit left 0 is
+   * unlimited; creates the tenant). Idempotent, so retried on UNAVAILABLE. Over a limit, calls reject with
+   * RESOURCE_EXHAUSTED / QUOTA_EXCEEDED.
+   */
+  async setTenantQuota(quota: MessageInitShape<typeof TenantQuotaSchema>, opts?: CallOptions): Promise<TenantQuota> {
+    return retrying(() => this.stub.setTenantQuota({ quota }, opts));
+  }
+
+  /** A tenant's quota and what it uses now (empty: the caller's tenant; only an admin may name another). */
+  async tenantUsage(tenant = "", opts?: CallOptions): Promise<TenantUsage> {
+    return retrying(() => this.stub.getTenantUsage({ tenant }, opts));
   }
 
   async names(prefix = "", opts?: CallOptions): Promise<NameEntry[]> {

@@ -183,6 +183,18 @@ impl Runner {
                     "errors": errors.iter().take(3).collect::<Vec<_>>()}))
             }
             "kill_daemon" | "restart_daemon" => ops::control(&s(&self.cluster, "control"), name, a).await,
+            "set_tenant_quota" => {
+                let quota = mabeam::v1::TenantQuota { tenant: s(a, "tenant"), max_instances: a["max_instances"].as_i64().unwrap_or(0),
+                    ..Default::default() };
+                let q = self.mesh(a).set_tenant_quota(quota).await?;
+                Ok(json!({"tenant": q.tenant, "max_instances": q.max_instances}))
+            }
+            "tenant_usage" => {
+                let u = self.mesh(a).tenant_usage(&s(a, "tenant")).await?;
+                let usage: serde_json::Map<String, Value> = u.usage.iter()
+                    .map(|q| (q.quota.clone(), json!({"used": q.used, "limit": q.limit, "exact": q.exact}))).collect();
+                Ok(json!({"tenant": u.tenant, "max_instances": u.quota.unwrap_or_default().max_instances, "usage": usage}))
+            }
             "members_with" => {
                 // Credentials chosen by the step (options, not the environment): the cluster's token (true),
                 // none (false) or the given string; TLS with the client certificate or not.

@@ -123,6 +123,22 @@ impl MeshClient {
             .await.map(|r| r.into_inner().entry.unwrap_or_default())
     }
 
+    /// Set a tenant's whole quota, kept in etcd and enforced by every node (admin only; a limit left 0 is
+    /// unlimited; creates the tenant). Idempotent, so retried on UNAVAILABLE. Over a limit, calls fail
+    /// `ResourceExhausted` with reason `QUOTA_EXCEEDED`.
+    pub async fn set_tenant_quota(&self, quota: v1::TenantQuota) -> Result<v1::TenantQuota> {
+        let req = v1::SetTenantQuotaRequest { quota: Some(quota) };
+        retrying(|| { let mut s = self.stub.clone(); let req = req.clone(); async move { s.set_tenant_quota(request(req, self.t())).await } })
+            .await.map(|r| r.into_inner())
+    }
+
+    /// A tenant's quota and what it uses now (empty: the caller's tenant; only an admin may name another).
+    pub async fn tenant_usage(&self, tenant: &str) -> Result<v1::TenantUsage> {
+        let req = v1::GetTenantUsageRequest { tenant: tenant.to_string() };
+        retrying(|| { let mut s = self.stub.clone(); let req = req.clone(); async move { s.get_tenant_usage(request(req, self.t())).await } })
+            .await.map(|r| r.into_inner())
+    }
+
     pub async fn names(&self, prefix: &str) -> Result<Vec<v1::NameEntry>> {
         let req = v1::ListNamesRequest { tenant: self.tenant.clone(), prefix: prefix.to_string() };
         retrying(|| { let mut s = self.stub.clone(); let req = req.clone(); async move { s.list_names(request(req, self.t())).await } })
