@@ -8,7 +8,9 @@ durable run streamed over SSE from another node while its executor is killed wit
 -9 (the stream continues gap-free), an LLM agent whose run survives a kill -9 while a
 tool waits for a human's approval, then membership, the leader, a name registered on one node and resolved on another,
 a group spanning nodes, and a node killed with -9 and seen leaving (with its
-names) while the leadership moves.
+names) while the leadership moves; the models layer; and, on a second cluster
+with tokens, mTLS and CURVE, a refused call without a token, two tenants that
+cannot see each other's agents, and a quota that holds (:mod:`mabeam.dev.demo_secure`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from mabeam.dev import demo_models, demo_scenes, demo_work
+from mabeam.dev import demo_models, demo_scenes, demo_secure, demo_work
 from mabeam.dev.cluster import DevCluster
 from mabeam.dev.fakellm.process import FakeLLMProcess
 from mabeam.dev.testing import wait_until
@@ -123,6 +125,7 @@ def main() -> int:
     finally:
         cluster.close()
         llm.close()
+    demo_secure.secure_scene(step)
     console.rule("[bold green]demo finished: everything stopped cleanly")
     return 0
 
