@@ -222,11 +222,13 @@ class Runner:
             reply = await self.mesh(a).call(a["to"], b"\xc0", timeout=float(a.get("timeout", 5)))
             return {"payload_size": len(reply.payload)}
         if name == "spawn":
-            info = await self.agentd(a).spawn(a["type"], a.get("args") or {}, name=a.get("name"))
+            info = await self.agentd(a).spawn(a["type"], a.get("args") or {}, name=a.get("name"),
+                                              tenant=a.get("tenant", ""))
             return {"name": info.name, "type": info.type, "agent_id": info.agent_id}
         if name == "call":
             timeout = float(a.get("timeout", 5))
-            return {"reply": await self.agentd(a).call(a["agent"], a.get("msg"), timeout=timeout)}
+            return {"reply": await self.agentd(a).call(a["agent"], a.get("msg"), timeout=timeout,
+                                                        tenant=a.get("tenant", ""))}
         if name == "cast":
             await self.agentd(a).cast(a["agent"], a.get("msg"))
             return {}

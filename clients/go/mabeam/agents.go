@@ -13,6 +13,8 @@ import (
 type AgentClient struct {
 	conn *grpc.ClientConn
 	stub v1.AgentServiceClient
+	// Tenant of every request; empty means the token's (another tenant's agents: admin tokens only).
+	Tenant string
 }
 
 // DialAgents connects to an agentd at host:port.
@@ -41,21 +43,21 @@ func (a *AgentClient) Spawn(ctx context.Context, agentType string, args any, opt
 	if err != nil {
 		return nil, err
 	}
-	r, err := a.stub.SpawnAgent(ctx, &v1.SpawnAgentRequest{Type: agentType, ArgsJson: argsJSON, Name: opts.Name,
+	r, err := a.stub.SpawnAgent(ctx, &v1.SpawnAgentRequest{Tenant: a.Tenant, Type: agentType, ArgsJson: argsJSON, Name: opts.Name,
 		Supervisor: opts.Supervisor, Isolation: opts.Isolation, Restart: opts.Restart, ChildId: opts.ChildID})
 	return r.GetAgent(), Translate(err)
 }
 
 // Stop stops an agent (id or name) for good.
 func (a *AgentClient) Stop(ctx context.Context, agent string) error {
-	_, err := a.stub.StopAgent(ctx, &v1.StopAgentRequest{Agent: agent})
+	_, err := a.stub.StopAgent(ctx, &v1.StopAgentRequest{Tenant: a.Tenant, Agent: agent})
 	return Translate(err)
 }
 
 // Get returns one agent's state.
 func (a *AgentClient) Get(ctx context.Context, agent string) (*v1.AgentInfo, error) {
 	r, err := retrying(ctx, func(ctx context.Context) (*v1.GetAgentResponse, error) {
-		return a.stub.GetAgent(ctx, &v1.GetAgentRequest{Agent: agent})
+		return a.stub.GetAgent(ctx, &v1.GetAgentRequest{Tenant: a.Tenant, Agent: agent})
 	})
 	return r.GetAgent(), err
 }
@@ -63,7 +65,7 @@ func (a *AgentClient) Get(ctx context.Context, agent string) (*v1.AgentInfo, err
 // List returns every agent, optionally of one type.
 func (a *AgentClient) List(ctx context.Context, agentType string) ([]*v1.AgentInfo, error) {
 	r, err := retrying(ctx, func(ctx context.Context) (*v1.ListAgentsResponse, error) {
-		return a.stub.ListAgents(ctx, &v1.ListAgentsRequest{Type: agentType})
+		return a.stub.ListAgents(ctx, &v1.ListAgentsRequest{Tenant: a.Tenant, Type: agentType})
 	})
 	return r.GetAgents(), err
 }
@@ -71,7 +73,7 @@ func (a *AgentClient) List(ctx context.Context, agentType string) ([]*v1.AgentIn
 // Tree returns the supervision trees (or the subtree under root).
 func (a *AgentClient) Tree(ctx context.Context, root string) ([]*v1.TreeNode, error) {
 	r, err := retrying(ctx, func(ctx context.Context) (*v1.SupervisionTreeResponse, error) {
-		return a.stub.SupervisionTree(ctx, &v1.SupervisionTreeRequest{Root: root})
+		return a.stub.SupervisionTree(ctx, &v1.SupervisionTreeRequest{Tenant: a.Tenant, Root: root})
 	})
 	return r.GetRoots(), err
 }
@@ -82,7 +84,7 @@ func (a *AgentClient) Cast(ctx context.Context, agent string, msg any) error {
 	if err != nil {
 		return err
 	}
-	_, err = a.stub.Cast(ctx, &v1.AgentCastRequest{Agent: agent, MessageJson: msgJSON})
+	_, err = a.stub.Cast(ctx, &v1.AgentCastRequest{Tenant: a.Tenant, Agent: agent, MessageJson: msgJSON})
 	return Translate(err)
 }
 
@@ -97,7 +99,7 @@ func (a *AgentClient) Call(ctx context.Context, agent string, msg any, reply any
 	if deadline, ok := ctx.Deadline(); ok {
 		timeout = max(time.Until(deadline).Seconds(), 0.001)
 	}
-	r, err := a.stub.Call(ctx, &v1.AgentCallRequest{Agent: agent, MessageJson: msgJSON, TimeoutSeconds: timeout})
+	r, err := a.stub.Call(ctx, &v1.AgentCallRequest{Tenant: a.Tenant, Agent: agent, MessageJson: msgJSON, TimeoutSeconds: timeout})
 	if err != nil {
 		return Translate(err)
 	}
@@ -113,14 +115,14 @@ func (a *AgentClient) CastGroup(ctx context.Context, group string, msg any, mode
 	if err != nil {
 		return 0, err
 	}
-	r, err := a.stub.CastGroup(ctx, &v1.AgentCastGroupRequest{Group: group, MessageJson: msgJSON, Mode: mode})
+	r, err := a.stub.CastGroup(ctx, &v1.AgentCastGroupRequest{Tenant: a.Tenant, Group: group, MessageJson: msgJSON, Mode: mode})
 	return r.GetLocalDeliveries(), Translate(err)
 }
 
 // GroupMembers lists this agentd's members of a group.
 func (a *AgentClient) GroupMembers(ctx context.Context, group string) ([]string, error) {
 	r, err := retrying(ctx, func(ctx context.Context) (*v1.AgentGroupMembersResponse, error) {
-		return a.stub.GroupMembers(ctx, &v1.AgentGroupMembersRequest{Group: group})
+		return a.stub.GroupMembers(ctx, &v1.AgentGroupMembersRequest{Tenant: a.Tenant, Group: group})
 	})
 	return r.GetAgentIds(), err
 }

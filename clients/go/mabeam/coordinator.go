@@ -31,7 +31,7 @@ type CoordinatorClient struct {
 	conns     map[string]*grpc.ClientConn
 	current   string
 	tried     int
-	// Tenant of every request; empty means "default".
+	// Tenant of every request; empty means the token's ("default" without security; another: admin tokens only).
 	Tenant string
 	// FailoverTimeout bounds how long a call keeps retrying without a leader (default 15 s).
 	FailoverTimeout time.Duration

@@ -103,7 +103,7 @@ func ToGroup(group string, one bool) Destination {
 type MeshClient struct {
 	conn *grpc.ClientConn
 	stub v1.MeshServiceClient
-	// Tenant of every request; empty means "default".
+	// Tenant of every request; empty means the token's ("default" without security; another: admin tokens only).
 	Tenant string
 }
 

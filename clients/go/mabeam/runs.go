@@ -17,7 +17,7 @@ import (
 type RunClient struct {
 	conn *grpc.ClientConn
 	stub v1.RunServiceClient
-	// Tenant of StartRun and ListRuns; empty means "default".
+	// Tenant of StartRun and ListRuns; empty means the token's ("default" without security; another: admin tokens only).
 	Tenant string
 	// ResumeFor bounds how long Stream keeps reconnecting without receiving an event (default 15 s).
 	ResumeFor time.Duration

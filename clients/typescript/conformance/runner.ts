@@ -151,7 +151,9 @@ class Runner {
   agentd(a: Json): AgentClient {
     const i = a.node ?? 1;
     if (!this.agentds.has(i)) this.agentds.set(i, new AgentClient(this.node(a).agentd));
-    return this.agentds.get(i)!;
+    const client = this.agentds.get(i)!;
+    client.tenant = a.tenant ?? ""; // a step's tenant (admin tokens only), else the token's
+    return client;
   }
 
   async close(): Promise<void> {

@@ -138,6 +138,7 @@ func (r *runner) agentd(a map[string]any) *mabeam.AgentClient {
 	if r.agentds[i] == nil {
 		r.agentds[i], _ = mabeam.DialAgents(r.node(a).Agentd)
 	}
+	r.agentds[i].Tenant = str(a, "tenant") // a step's tenant (admin tokens only), else the token's
 	return r.agentds[i]
 }
 

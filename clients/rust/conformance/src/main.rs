@@ -71,7 +71,9 @@ impl Runner {
     fn agentd(&mut self, a: &Value) -> AgentClient {
         let i = a["node"].as_i64().unwrap_or(1);
         let endpoint = s(self.node(a), "agentd");
-        self.agentds.entry(i).or_insert_with(|| AgentClient::connect(&endpoint).unwrap()).clone()
+        let mut client = self.agentds.entry(i).or_insert_with(|| AgentClient::connect(&endpoint).unwrap()).clone();
+        client.tenant = s(a, "tenant"); // a step's tenant (admin tokens only), else the token's
+        client
     }
 
     async fn close(&mut self) {

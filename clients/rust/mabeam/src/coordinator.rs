@@ -58,7 +58,7 @@ pub struct CoordinatorClient {
     /// None: the environment's ([`Security::default_from_env`]).
     security: Option<Security>,
     state: Arc<Mutex<State>>,
-    /// Tenant of every request; empty means "default".
+    /// Tenant of every request; empty means the token's ("default" without security; another: admin tokens only).
     pub tenant: String,
     /// Deadline of each attempt.
     pub timeout: Duration,

@@ -45,7 +45,7 @@ macro_rules! to_oneof {
 #[derive(Clone)]
 pub struct MeshClient {
     stub: MeshServiceClient<Transport>,
-    /// Tenant of every request; empty means "default".
+    /// Tenant of every request; empty means the token's ("default" without security; another: admin tokens only).
     pub tenant: String,
     /// Deadline of unary calls.
     pub timeout: Duration,

@@ -20,7 +20,7 @@ use crate::{channel, request, retrying};
 #[derive(Clone)]
 pub struct RunClient {
     stub: RunServiceClient<Transport>,
-    /// Tenant of start and list; empty means "default".
+    /// Tenant of start and list; empty means the token's ("default" without security; another: admin tokens only).
     pub tenant: String,
     /// Deadline of unary calls.
     pub timeout: Duration,
