@@ -64,7 +64,11 @@ class Session:
             try:
                 while not self._closed:
                     await call.write(rpc.LeaseKeepAliveRequest(ID=self.lease_id))
-                    resp = await asyncio.wait_for(call.read(), timeout=max(interval, 0.5))
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result when the read
+                    # completes in the same turn as a cancel and drops the cancellation, and this loop then
+                    # renewed the lease forever: meshd hung on SIGTERM until systemd's SIGKILL.
+                    async with asyncio.timeout(max(interval, 0.5)):
+                        resp = await call.read()
                     if resp is grpc.aio.EOF:
                         break
                     if resp.TTL <= 0:
