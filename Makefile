@@ -150,13 +150,15 @@ bench: setup
 
 # Installs this checkout as systemd services on this host (root; deploy/README.md):
 #   make install ADDRESS=10.0.0.11 NETWORK=10.0.0.0/24 ETCD=10.0.0.11:2379,10.0.0.12:2379,10.0.0.13:2379 \
+#       PKI=/root/pki TOKEN_KEY=/root/issuer/k1.pub \
 #       [NODE_ID=host-a] [CLUSTER=prod] [GRPC=loopback|network] [PREFIX=/opt/mabeam] [PY=/usr/bin/python3]
 # Runs with the system Python (no .venv needed); repeat it from a newer checkout to upgrade.
 PREFIX ?= /opt/mabeam
 install:
 	$(PY) deploy/install.py --prefix '$(PREFIX)' $(if $(NODE_ID),--node-id '$(NODE_ID)') \
 		$(if $(ADDRESS),--address '$(ADDRESS)') $(if $(ETCD),--etcd '$(ETCD)') $(if $(CLUSTER),--cluster '$(CLUSTER)') \
-		$(if $(NETWORK),--network '$(NETWORK)') $(if $(GRPC),--grpc '$(GRPC)')
+		$(if $(NETWORK),--network '$(NETWORK)') $(if $(GRPC),--grpc '$(GRPC)') \
+		$(if $(PKI),--pki '$(PKI)') $(if $(TOKEN_KEY),--token-key '$(TOKEN_KEY)')
 
 # One etcd member on this host (root; an etcd v3.5 binary at /usr/local/bin/etcd first, deploy/README.md):
 #   make install-etcd ETCD_MEMBER=host-a ETCD_PEERS=host-a=10.0.0.11,host-b=10.0.0.12,host-c=10.0.0.13 NETWORK=10.0.0.0/24

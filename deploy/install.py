@@ -16,7 +16,10 @@ safe to repeat (an upgrade is the same command from a newer checkout):
    host's address with ``--grpc network``), and a drop-in per unit allowing IP
    traffic with the cluster network (``--network``). An existing config or
    drop-in is never overwritten: the new rendering goes beside it as
-   ``<name>.dist``;
+   ``<name>.dist``. The configs turn tokens and mTLS on ([security]): ``--pki``
+   copies the CA certificate and this host's certificate and key (made by
+   ``mabeam certs``) into /etc/mabeam/tls, ``--token-key`` the public keys
+   that verify tokens into /etc/mabeam/token-keys;
 5. this README into PREFIX/share/doc/mabeam; ``systemd-analyze verify`` of the
    installed units when the tool exists; ``systemctl daemon-reload`` when
    systemd runs.
@@ -46,6 +49,8 @@ DEFAULT_PREFIX = "/opt/mabeam"
 UNITS = ("meshd.service", "agentd.service", "coordinator.service", "mabeam.target")
 DAEMONS = ("meshd", "agentd", "coordinator")
 CONFIG_DIR = Path("/etc/mabeam")
+TLS_DIR = CONFIG_DIR / "tls"
+TOKEN_KEYS_DIR = CONFIG_DIR / "token-keys"
 UNIT_DIR = Path("/etc/systemd/system")
 
 
@@ -77,7 +82,8 @@ def render_config(template: str, values: dict[str, object]) -> str:
 
 def host_values(daemon: str, args: argparse.Namespace) -> dict[str, object]:
     """The host-specific keys of one daemon's config."""
-    values: dict[str, object] = {"node_id": args.node_id, "cluster": args.cluster, "etcd": args.etcd}
+    values: dict[str, object] = {"node_id": args.node_id, "cluster": args.cluster, "etcd": args.etcd,
+                                 "tls_cert": f"{TLS_DIR}/{args.node_id}.crt", "tls_key": f"{TLS_DIR}/{args.node_id}.key"}
     if daemon == "meshd":
         values["bind_host"] = args.address
     if args.grpc == "network":  # reachable from the cluster network; the drop-in keeps everyone else out
@@ -180,6 +186,43 @@ def install_configs(args: argparse.Namespace) -> None:
         print(f"  config {destination}" + (" (the existing config is kept; compare them)" if exists else ""))
 
 
+def install_security(args: argparse.Namespace) -> list[str]:
+    """The files [security] names: CA and host certificate + key (``--pki``), token keys (``--token-key``).
+
+    Returns what is still missing (the daemons refuse to start without it, naming the file).
+    """
+    gid = grp.getgrnam("mabeam").gr_gid
+    for directory, mode in ((TLS_DIR, 0o750), (TOKEN_KEYS_DIR, 0o755)):
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chown(directory, 0, gid)
+        directory.chmod(mode)
+    if args.pki:
+        pki = Path(args.pki)
+        # Never ca.key: a host that holds it could sign any certificate.
+        for name, mode in (("ca.crt", 0o644), (f"{args.node_id}.crt", 0o644), (f"{args.node_id}.key", 0o640)):
+            if not (pki / name).is_file():
+                raise InstallError(f"--pki {pki}: no {name} there (make it with `mabeam certs --dir {pki} "
+                                   f"--node {args.node_id}=<address>,127.0.0.1,localhost`, deploy/README.md)")
+            target = TLS_DIR / name
+            shutil.copyfile(pki / name, target)
+            os.chown(target, 0, gid)
+            target.chmod(mode)
+            print(f"  tls    {target}")
+    for key in args.token_key:
+        source = Path(key)
+        if source.suffix != ".pub" or not source.is_file():
+            raise InstallError(f"--token-key {key}: give a public key file <kid>.pub (never the private .key)")
+        target = TOKEN_KEYS_DIR / source.name
+        shutil.copyfile(source, target)
+        target.chmod(0o644)
+        print(f"  key    {target}")
+    missing = [str(TLS_DIR / name) for name in ("ca.crt", f"{args.node_id}.crt", f"{args.node_id}.key")
+               if not (TLS_DIR / name).is_file()]
+    if not any(TOKEN_KEYS_DIR.glob("*.pub")):
+        missing.append(f"{TOKEN_KEYS_DIR}/<kid>.pub")
+    return missing
+
+
 def verify(units: list[Path]) -> None:
     """``systemd-analyze verify`` the installed units: a wrong path fails here, not at first start."""
     print(f"+ systemd-analyze verify {' '.join(map(str, units))}", flush=True)
@@ -256,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--network", default="", help="the cluster network(s) the units may talk to: CIDR[,CIDR]")
     parser.add_argument("--grpc", choices=("loopback", "network"), default="loopback",
                         help="bind gRPC and /metrics on loopback (default) or on --address (cluster network only)")
+    parser.add_argument("--pki", default="", help="directory made by `mabeam certs`: its ca.crt and <node id>.crt/.key "
+                                                  "go to /etc/mabeam/tls")
+    parser.add_argument("--token-key", default="", help="public key file(s) <kid>.pub that verify tokens: FILE[,FILE]")
     parser.add_argument("--python", default=sys.executable, help="the Python (>= 3.11) that creates the venv")
     parser.add_argument("--skip-venv", action="store_true", help="only place units and configs (venv exists)")
     parser.add_argument("--etcd-member", default="", help="install this host's etcd member NAME instead")
@@ -266,14 +312,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     args.etcd = [e.strip() for e in args.etcd.split(",") if e.strip()]
     args.network = [n.strip() for n in args.network.split(",") if n.strip()]
+    args.token_key = [k.strip() for k in args.token_key.split(",") if k.strip()]
     if args.grpc == "network" and not (args.network and args.address):
         print("deploy/install.py: --grpc network needs --address and --network (the allow-list that keeps\n"
-              "  everything outside the cluster network away from the unencrypted gRPC port)", file=sys.stderr)
+              "  everything outside the cluster network away from the gRPC port)", file=sys.stderr)
         return 1
     prefix = Path(args.prefix)
     if os.geteuid() != 0:
         print("deploy/install.py: run as root (it writes /etc and creates the mabeam user)", file=sys.stderr)
         return 1
+    missing: list[str] = []
     try:
         if args.etcd_member:
             units = install_etcd_member(args)
@@ -283,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             units = install_units(prefix)
             install_system_entries()
             install_configs(args)
+            missing = install_security(args)
             doc = prefix / "share" / "doc" / "mabeam"
             doc.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(DEPLOY / "README.md", doc / "README.md")
@@ -294,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deploy/install.py: {error}", file=sys.stderr)
         return 1
     service = "mabeam-etcd.service" if args.etcd_member else "mabeam.target"
+    if not args.etcd_member and missing:
+        print("installed, but the daemons will not start without (PKI=, TOKEN_KEY=; deploy/README.md):\n  "
+              + "\n  ".join(missing))
+        return 0
     print(f"installed. Next: systemctl enable --now {service}   (deploy/README.md)")
     return 0
 

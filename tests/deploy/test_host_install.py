@@ -30,6 +30,9 @@ SOURCE = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)  # the first test pays for the image (a venv) and the install
 ADDRESS = "10.77.0.1"
 NETWORK = "10.77.0.0/24"
+#: Where the person (the test) makes the cluster's certificates and token keys before `make install` (/var is the host's).
+PKI = "/var/tmp/mabeam-pki"
+ISSUER = "/var/tmp/mabeam-issuer"
 UNITS = ("meshd.service", "agentd.service", "coordinator.service")
 WATCHDOG_S = 2.0  # the drop-in's WatchdogSec: pings every second
 BLOCK_S = 5.0  # the debug signal blocks the loop past WatchdogSec, as a hang would
@@ -55,8 +58,11 @@ class Host:
 
     def health(self, unit: str, service: str = "") -> str:
         address, _ = GRPC[unit]
+        tls = [f"--tls-{kind}={self.root.file(path)}" for kind, path in (("ca", f"{PKI}/ca.crt"),
+                                                                          ("cert", f"{PKI}/ops.crt"),
+                                                                          ("key", f"{PKI}/ops.key"))]
         result = subprocess.run(["ip", "netns", "exec", self.netns, sys.executable, "-m", "mabeam.dev.probe",
-                                 "health", address, service], capture_output=True, text=True, timeout=60)
+                                 "health", address, service, *tls], capture_output=True, text=True, timeout=60)
         return result.stdout.strip()
 
     def uid_of(self, user: str) -> int:
@@ -77,9 +83,12 @@ def host(host_image: HostRoot, tmp_path_factory: pytest.TempPathFactory) -> Iter
         for command in (["link", "set", "lo", "up"], ["addr", "add", f"{ADDRESS}/32", "dev", "lo"]):
             subprocess.run(["ip", "-n", name, *command], check=True)
         host = Host(HostRoot(base, "host-a", host_image).boot(), name, base)
-        # The install path deploy/README.md gives a person, verbatim (outside the netns: pip needs PyPI).
+        # The install path deploy/README.md gives a person, verbatim (outside the netns: pip needs PyPI):
+        # the cluster's CA, this host's certificate, a client's, and a token key pair, then make install.
+        host.root.run(f"/opt/mabeam/bin/mabeam certs --dir {PKI} --node host-a={ADDRESS},127.0.0.1,localhost "
+                      f"--client ops && /opt/mabeam/bin/meshctl token keygen --dir {ISSUER} --kid k1")
         host.root.run(f"make -C {SOURCE} install PY=/usr/bin/python3 NODE_ID=host-a ADDRESS={ADDRESS} "
-                      f"NETWORK={NETWORK} ETCD={ADDRESS}:2379 CLUSTER=test")
+                      f"NETWORK={NETWORK} ETCD={ADDRESS}:2379 CLUSTER=test PKI={PKI} TOKEN_KEY={ISSUER}/k1.pub")
         host.root.run(f"make -C {SOURCE} install-etcd PY=/usr/bin/python3 ETCD_MEMBER=host-a "
                       f"ETCD_PEERS=host-a={ADDRESS} NETWORK={NETWORK} CLUSTER=test")
         for unit in UNITS:  # what `systemctl edit` would do: a short watchdog and the test-only loop blocker
@@ -98,13 +107,17 @@ def host(host_image: HostRoot, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def test_install_creates_the_user_directories_configs_and_units(host: Host) -> None:
     out = host.sh("getent passwd mabeam; getent passwd mabeam-etcd; stat -c '%U:%G %a %n' /var/lib/mabeam "
-                  "/run/mabeam /etc/mabeam /etc/mabeam/*.toml /etc/mabeam/etcd.conf.yml; "
+                  "/run/mabeam /etc/mabeam /etc/mabeam/*.toml /etc/mabeam/etcd.conf.yml /etc/mabeam/tls "
+                  "/etc/mabeam/tls/* /etc/mabeam/token-keys/*; "
                   "ls /etc/systemd/system /etc/sysusers.d /etc/tmpfiles.d /opt/mabeam/share/doc/mabeam")
     assert re.search(r"^mabeam:x:\d+:\d+:mabeam daemons:/var/lib/mabeam:/usr/sbin/nologin$", out, re.M)
     assert "mabeam-etcd:x:" in out
     for line in ("mabeam:mabeam 750 /var/lib/mabeam", "mabeam:mabeam 750 /run/mabeam", "root:root 755 /etc/mabeam",
                  "root:mabeam 640 /etc/mabeam/meshd.toml", "root:mabeam 640 /etc/mabeam/agentd.toml",
-                 "root:mabeam 640 /etc/mabeam/coordinator.toml", "root:mabeam-etcd 640 /etc/mabeam/etcd.conf.yml"):
+                 "root:mabeam 640 /etc/mabeam/coordinator.toml", "root:mabeam-etcd 640 /etc/mabeam/etcd.conf.yml",
+                 "root:mabeam 750 /etc/mabeam/tls", "root:mabeam 640 /etc/mabeam/tls/host-a.key",
+                 "root:mabeam 644 /etc/mabeam/tls/host-a.crt", "root:mabeam 644 /etc/mabeam/tls/ca.crt",
+                 "root:root 644 /etc/mabeam/token-keys/k1.pub"):
         assert line in out
     for name in ("meshd.service", "agentd.service", "coordinator.service", "mabeam.target",
                  "mabeam-etcd.service", "mabeam.conf", "mabeam-etcd.conf", "README.md"):
@@ -116,6 +129,8 @@ def test_install_creates_the_user_directories_configs_and_units(host: Host) -> N
     assert 'node_id = "host-a"' in meshd and f'bind_host = "{ADDRESS}"' in meshd
     assert f'etcd = ["{ADDRESS}:2379"]' in meshd and 'cluster = "test"' in meshd and "curve = true" in meshd
     assert 'grpc_host = "127.0.0.1"' in meshd  # the default: gRPC on loopback only
+    assert 'tls_cert = "/etc/mabeam/tls/host-a.crt"' in meshd and 'token_keys = "/etc/mabeam/token-keys"' in meshd
+    assert "ca.key" not in out  # never the CA's private key on a host
 
 
 def test_installed_units_verify_and_score_ok(host: Host) -> None:

@@ -81,21 +81,37 @@ def test_units_start_the_daemon_with_the_config_install_places(unit: str) -> Non
         assert spec.kill_mode == "mixed"
 
 
-def test_production_configs_load_in_every_daemon() -> None:
+def _with_security_files(tmp_path: Path, daemon: str) -> Path:
+    """The production config with its [security] paths moved under `tmp_path`, where the files exist
+    (the configs name /etc/mabeam/tls and /etc/mabeam/token-keys; the daemons check the files at load)."""
+    (tmp_path / "token-keys").mkdir(exist_ok=True)
+    (tmp_path / "tls").mkdir(exist_ok=True)
+    for name in ("ca.crt", "host-a.crt", "host-a.key"):
+        (tmp_path / "tls" / name).write_text("PEM")
+    config = tmp_path / f"{daemon}.toml"
+    config.write_text((DEPLOY / f"{daemon}.production.toml").read_text().replace("/etc/mabeam/", f"{tmp_path}/"))
+    return config
+
+
+def test_production_configs_load_in_every_daemon(tmp_path: Path) -> None:
     from agentd.config import load_config
     from coordinator.config import load as load_coordinator
     from meshd.config import load as load_meshd
 
-    meshd = load_meshd(DEPLOY / "meshd.production.toml", env={})
-    assert meshd.grpc_host == "127.0.0.1" and meshd.dataplane.curve  # no unencrypted bind beyond loopback
+    meshd = load_meshd(_with_security_files(tmp_path, "meshd"), env={})
+    assert meshd.grpc_host == "127.0.0.1" and meshd.dataplane.curve  # CURVE on the data plane
     assert meshd.dataplane.bind_host != "127.0.0.1" and meshd.dataplane.attach_address.startswith("ipc:///run/mabeam/")
-    agentd = load_config(str(DEPLOY / "agentd.production.toml"), env={})
+    agentd = load_config(str(_with_security_files(tmp_path, "agentd")), env={})
     assert agentd.meshd_attach == meshd.dataplane.attach_address and agentd.grpc_address.startswith("127.0.0.1:")
     assert agentd.data_dir == "/var/lib/mabeam/agentd"  # the unit's StateDirectory
     assert agentd.etcd == meshd.etcd and agentd.cluster == meshd.cluster and agentd.http_address.startswith("127.0.0.1:")
-    coordinator = load_coordinator(DEPLOY / "coordinator.production.toml", env={})
+    coordinator = load_coordinator(_with_security_files(tmp_path, "coordinator"), env={})
     assert coordinator.grpc_host == "127.0.0.1" and coordinator.etcd == meshd.etcd
     assert len({meshd.metrics_port, coordinator.metrics_port, int(agentd.metrics_address.rsplit(":", 1)[1])}) == 3
+    # Secure by default: every daemon needs a token and a client certificate of the cluster's CA.
+    for config in (meshd, agentd, coordinator):
+        assert config.security.secure and config.security.token_keys == f"{tmp_path}/token-keys"
+        assert config.security.tls_cert == f"{tmp_path}/tls/host-a.crt"
 
 
 def _installer():
@@ -109,12 +125,16 @@ def test_installer_renders_host_values_into_the_configs() -> None:
     install = _installer()
     text = install.render_config((DEPLOY / "meshd.production.toml").read_text(),
                                  {"node_id": "host-b", "bind_host": "10.0.0.12", "etcd": ["10.0.0.11:2379"],
-                                  "cluster": "blue"})
+                                  "cluster": "blue", "tls_cert": "/etc/mabeam/tls/host-b.crt",
+                                  "tls_key": "/etc/mabeam/tls/host-b.key"})
     import tomllib
 
     from meshd.config import MeshdConfig
 
-    config = MeshdConfig.model_validate(tomllib.loads(text))
+    values = tomllib.loads(text)
+    assert values.pop("security") == {"token_keys": "/etc/mabeam/token-keys", "tls_ca": "/etc/mabeam/tls/ca.crt",
+                                      "tls_cert": "/etc/mabeam/tls/host-b.crt", "tls_key": "/etc/mabeam/tls/host-b.key"}
+    config = MeshdConfig.model_validate(values)  # (its [security] files are checked in the test above)
     assert (config.node_id, config.dataplane.bind_host, config.etcd, config.cluster) == (
         "host-b", "10.0.0.12", ["10.0.0.11:2379"], "blue")
     with pytest.raises(install.InstallError, match="no 'missing_key ='"):
