@@ -27,7 +27,7 @@ from mabeam.dev.hostbed.unitlaunch import UnitLauncher
 from mabeam.dev.hostbed.workload import Workload
 from mabeam.dev.hostroot import HostRoot
 from mabeam.dev.notify import watchdog_gap_while_blocked
-from mabeam_client.security import ClientSecurity
+from mabeam.dev.security import DevSecurity
 
 SOURCE = Path(__file__).resolve().parents[2]
 #: The health service each checks (a standby coordinator serves, but its CoordinatorService answers for the leader).
@@ -84,7 +84,7 @@ def new_version_source(directory: Path) -> Path:
     return directory
 
 
-def check_started_from_unit(launcher: UnitLauncher, host: Host, kind: str) -> None:
+def check_started_from_unit(launcher: UnitLauncher, host: Host, kind: str, security: DevSecurity) -> None:
     """The daemon is its unit's main process, as the mabeam user under the unit's seccomp filters, READY and pinging."""
     root = launcher.root(host.name)
     uid = next(int(line.split(":")[2]) for line in root.file("/etc/passwd").read_text().splitlines()
@@ -94,12 +94,18 @@ def check_started_from_unit(launcher: UnitLauncher, host: Host, kind: str) -> No
     assert ready.pid == daemon.pid  # the main process, and it came up from the unit's command
     assert ready.fields.get("STATUS"), ready.fields  # a line for `systemctl status` from the first READY
     # READY=1 meant serving: gRPC health of the daemon's service answers SERVING from another host's view.
-    # Over mTLS with the bed's client certificate and token (the bed appended [security] to the configs).
-    security = ClientSecurity.default()
-    with grpc.secure_channel(host.endpoint(kind), security.channel_credentials()) as channel:
+    credentials = grpc.ssl_channel_credentials(security.ca.read_bytes(), security.certs["client"][1].read_bytes(),
+                                               security.certs["client"][0].read_bytes())
+    with grpc.secure_channel(host.endpoint(kind), credentials) as channel:  # mTLS (health needs no token)
         answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICES[kind]),
                                                            timeout=10)
-    assert answer.status == health_pb2.HealthCheckResponse.SERVING, (kind, answer)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING, (kind, answer)
+        if kind == "meshd":  # the production config's [security]: no token, no call
+            with pytest.raises(grpc.RpcError) as refused:
+                channel.unary_unary("/mabeam.v1.MeshService/ListMembers")(b"", timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, refused.value
+    with grpc.insecure_channel(host.endpoint(kind)) as plain, pytest.raises(grpc.RpcError):  # and no plaintext
+        health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest(), timeout=5)
     status = Path(f"/proc/{daemon.pid}/status").read_text()
     assert re.search(rf"^Uid:\t{uid}\t", status, re.M) and uid != 0, status
     assert re.search(r"^Seccomp:\t2$", status, re.M) and re.search(r"^NoNewPrivs:\t1$", status, re.M)
@@ -139,7 +145,7 @@ async def test_units_on_the_bed_then_a_rolling_upgrade_loses_nothing(unit_bed: H
 
         for host in bed.hosts:
             for kind in KINDS:
-                check_started_from_unit(launcher, host, kind)
+                check_started_from_unit(launcher, host, kind, bed.security)
         host = bed.host(3)  # one blocked loop is enough on the bed (tests/deploy blocks each kind)
         notify = launcher.notify[(host.name, "coordinator")]
         gap = watchdog_gap_while_blocked(notify, lambda: host.daemons["coordinator"].signal(signal.SIGUSR2), BLOCK_S)

@@ -3,7 +3,8 @@
 Each bed host gets a file system of its own (:class:`mabeam.dev.hostroot.HostRoot`
 over a shared image holding the venv): ``deploy/install.py`` installs the units,
 the mabeam user, the directories and the production configs with the host's
-values, exactly as ``make install`` on a real host, in the documented
+values, exactly as ``make install`` on a real host (with the bed's CA, the host's
+certificate and the bed's token key: tokens and mTLS on), in the documented
 ``GRPC=network`` mode (gRPC on the host's address, the cluster network in the
 units' allow-list) so the test process and the load generators reach every
 daemon as clients on other hosts would. :meth:`UnitLauncher.spec` then returns
@@ -13,11 +14,6 @@ per daemon that tests read: READY, STATUS, WATCHDOG, STOPPING).
 
 Test-only settings go in drop-ins, as an operator's would: the example agent
 types and one worker for agentd (the workload spawns ``counter``/``relay``).
-Security as an operator adds it when the installed configs have no
-``[security]`` table (gRPC on the host's address needs tokens and mTLS,
-docs/security.md): the bed's token keys and the host's certificate copied to
-``/etc/mabeam/security`` (the mabeam user's only) and the table appended to
-each daemon's config.
 """
 
 from __future__ import annotations
@@ -25,11 +21,11 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import re
 import shlex
 import signal
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from mabeam.dev.hostbed.launch import HostContext, LaunchSpec
@@ -71,32 +67,16 @@ class UnitLauncher:
         network = ipaddress.ip_network(f"{host.address}/24", strict=False)
         values = {"--node-id": host.name, "--address": host.address, "--network": str(network),
                   "--etcd": ",".join(host.etcd_endpoints), "--cluster": host.cluster, "--grpc": "network"}
+        if host.security_toml:  # the bed's CA, the host's certificate and the token key, placed by the installer
+            security = tomllib.loads(host.security_toml)["security"]
+            values["--pki"] = str(Path(security["tls_cert"]).parent)
+            values["--token-key"] = ",".join(str(key) for key in sorted(Path(security["token_keys"]).glob("*.pub")))
         flags = " ".join(f"{flag} {shlex.quote(value)}" for flag, value in values.items())
         # Steps 2-5 of `make install` (the image holds step 1, the venv): units, user, directories, configs.
         root.run(f"{shlex.quote(self.installer_python)} {self.source / 'deploy' / 'install.py'} --skip-venv {flags}")
         for unit, text in self.dropins.items():
             root.drop_in(unit, "50-bed", text)
-        if host.security_toml:
-            self._secure(root, host.security_toml)
         return root
-
-    @staticmethod
-    def _secure(root: HostRoot, table: str) -> None:
-        """The bed's ``[security]`` files into the host and the table into each config (module docstring)."""
-        target = "/etc/mabeam/security"
-        copies: list[str] = []
-
-        def moved(match: re.Match[str]) -> str:
-            source = Path(match.group(2))
-            copies.append(f"cp -r {shlex.quote(str(source))} {target}/")
-            return f'{match.group(1)}"{target}/{source.name}"'
-
-        text = re.sub(r'^(\w+ = )"([^"]+)"$', moved, table, flags=re.M)
-        script = [f"mkdir -p {target}", *copies, f"chown -R mabeam: {target}", f"chmod -R go-rwx {target}"]
-        for kind in ("meshd", "agentd", "coordinator"):
-            config = f"/etc/mabeam/{kind}.toml"
-            script.append(f"grep -q '^\\[security\\]' {config} || printf '\\n%s' {shlex.quote(text)} >> {config}")
-        root.run(" && ".join(script))
 
     def spec(self, host: HostContext, kind: str) -> LaunchSpec:
         """See :class:`mabeam.dev.hostbed.launch.Launcher`: the unit's ExecStart on the host's file system."""
