@@ -72,7 +72,8 @@ def runner_built(lang: str) -> bool:
 
 
 class Control(socketserver.ThreadingTCPServer):
-    """Kills and restarts daemons when a runner asks (ops ``kill_daemon``/``restart_daemon``).
+    """Kills and restarts daemons when a runner asks (ops ``kill_daemon``/``restart_daemon``); on the secure
+    cluster it also issues tokens (``issue_token``: tenant, roles).
 
     One JSON object a line on a loopback TCP connection (port 0; its address is ``control`` in the
     cluster JSON): ``{"op": "kill_daemon"|"restart_daemon", "args": {"node": 2 | "node-2", "kind":
@@ -100,6 +101,11 @@ class Control(socketserver.ThreadingTCPServer):
         try:
             request = json.loads(line)
             op, args = request["op"], request.get("args") or {}
+            if op == "issue_token":  # a token of the secure cluster for a tenant and roles
+                security = getattr(self.harness.cluster, "security", None)
+                if security is None:
+                    raise ValueError("issue_token needs the secure cluster")
+                return {"ok": True, "result": {"token": security.token(args["tenant"], args.get("roles") or ["agent"])}}
             nodes = self.harness.cluster.nodes
             node = args["node"]
             found = [n for i, n in enumerate(nodes, 1) if node in (i, n.node_id, str(i))]

@@ -262,15 +262,17 @@ class Runner:
             from mabeam.v1 import mesh_pb2
 
             quota = await self.mesh(a).set_tenant_quota(mesh_pb2.TenantQuota(
-                tenant=a["tenant"], max_instances=int(a.get("max_instances", 0))))
-            return {"tenant": quota.tenant, "max_instances": quota.max_instances}
+                tenant=a["tenant"], max_agents=int(a.get("max_agents", 0)), max_instances=int(a.get("max_instances", 0))))
+            return {"tenant": quota.tenant, "max_agents": quota.max_agents, "max_instances": quota.max_instances}
         if name == "tenant_usage":
             usage = await self.mesh(a).tenant_usage(a.get("tenant", ""))
-            return {"tenant": usage.tenant, "max_instances": usage.quota.max_instances,
+            return {"tenant": usage.tenant, "max_agents": usage.quota.max_agents, "max_instances": usage.quota.max_instances,
                     "usage": {u.quota: {"used": u.used, "limit": u.limit, "exact": u.exact} for u in usage.usage}}
         if name == "members_with":
             return await self.members_with(a)
-        if name in ("kill_daemon", "restart_daemon"):
+        if name == "create_auction_with":
+            return await self.create_auction_with(a)
+        if name in ("kill_daemon", "restart_daemon", "issue_token"):
             return await control(self.cluster["control"], name, a)
         if name == "kill_coordinator_leader":
             # The harness kills it (it knows the pid of a daemon restarted since this runner started).
@@ -328,6 +330,17 @@ class Runner:
         task.cancel()
         return {"versions": [v.version for v in seen], "values": [v.value for v in seen], "errors": len(errors),
                 "error": repr(errors[0]) if errors else ""}
+
+    async def create_auction_with(self, a: dict[str, Any]) -> Any:
+        """CreateAuction through a coordinator client built with the step's token (and the cluster's TLS files)."""
+        from mabeam_client.security import ClientSecurity
+
+        given = self.cluster.get("security") or {}
+        security = ClientSecurity(token=a["token"], **{k: given.get(k, "") for k in ("tls_ca", "tls_cert", "tls_key")})
+        endpoints = [n["coordinator"] for n in self.cluster["nodes"] if n.get("coordinator")]
+        async with CoordinatorClient(endpoints, failover_timeout=20.0, security=security) as coordinator:
+            instance = await coordinator.create_auction(a["kind"], a["config"])
+        return {"id": instance.id, "state": instance.state}
 
     async def members_with(self, a: dict[str, Any]) -> Any:
         """ListMembers with credentials chosen by the step (options, not the environment): the cluster's

@@ -231,12 +231,13 @@ class Runner {
         return { acked: this.bidCallCount - errors.length, failed: errors.length, errors: errors.slice(0, 3) };
       }
       case "set_tenant_quota": {
-        const q = await this.mesh(a).setTenantQuota({ tenant: a.tenant, maxInstances: BigInt(a.max_instances ?? 0) });
-        return { tenant: q.tenant, max_instances: Number(q.maxInstances) };
+        const q = await this.mesh(a).setTenantQuota({ tenant: a.tenant, maxAgents: BigInt(a.max_agents ?? 0),
+          maxInstances: BigInt(a.max_instances ?? 0) });
+        return { tenant: q.tenant, max_agents: Number(q.maxAgents), max_instances: Number(q.maxInstances) };
       }
       case "tenant_usage": {
         const u = await this.mesh(a).tenantUsage(a.tenant ?? "");
-        return { tenant: u.tenant, max_instances: Number(u.quota?.maxInstances ?? 0n),
+        return { tenant: u.tenant, max_agents: Number(u.quota?.maxAgents ?? 0n), max_instances: Number(u.quota?.maxInstances ?? 0n),
           usage: Object.fromEntries(u.usage.map((q) => [q.quota, { used: q.used, limit: q.limit, exact: q.exact }])) };
       }
       case "members_with": {
@@ -248,6 +249,15 @@ class Runner {
         const mesh = new MeshClient(this.node(a).meshd, "", { token, ...tls });
         return { count: (await mesh.members()).length };
       }
+      case "create_auction_with": {
+        // A coordinator client built with the step's token (and the cluster's TLS files).
+        const given = this.cluster.security;
+        const coordinator = new CoordinatorClient(this.cluster.nodes.map((n) => n.coordinator), "", 20000,
+          { token: a.token, tlsCa: given?.tls_ca, tlsCert: given?.tls_cert, tlsKey: given?.tls_key });
+        const instance = await coordinator.createAuction(a.kind, a.config);
+        return { id: instance.id, state: instance.state };
+      }
+      case "issue_token":
       case "kill_daemon":
       case "restart_daemon":
         return control(this.cluster.control ?? "", name, a);

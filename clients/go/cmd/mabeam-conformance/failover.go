@@ -182,6 +182,27 @@ func (r *runner) waitWatch(untilVersion int64) (any, error) {
 	return map[string]any{"versions": w.versions, "values": w.values, "errors": len(w.errors), "error": first}, nil
 }
 
+// createAuctionWith creates an auction through a coordinator client built with the step's token (and
+// the cluster's TLS files), not the environment's credentials.
+func (r *runner) createAuctionWith(ctx context.Context, a map[string]any) (any, error) {
+	given := r.cluster.Security
+	creds, err := mabeam.Security{Token: str(a, "token"), TLSCA: given.TLSCA, TLSCert: given.TLSCert, TLSKey: given.TLSKey}.DialOption()
+	if err != nil {
+		return nil, err
+	}
+	var endpoints []string
+	for _, n := range r.cluster.Nodes {
+		endpoints = append(endpoints, n.Coordinator)
+	}
+	coord, err := mabeam.DialCoordinator(endpoints, creds)
+	if err != nil {
+		return nil, err
+	}
+	defer coord.Close()
+	inst, err := coord.CreateAuction(ctx, str(a, "kind"), a["config"], mabeam.CreateOptions{})
+	return map[string]any{"id": inst.GetId(), "state": inst.GetState()}, err
+}
+
 // control asks the harness to kill or restart a daemon (one JSON line each way; harness.Control).
 func (r *runner) control(op string, args map[string]any) (any, error) {
 	conn, err := net.DialTimeout("tcp", r.cluster.Control, 10*time.Second)

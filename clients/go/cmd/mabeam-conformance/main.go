@@ -274,18 +274,22 @@ func (r *runner) op(name string, a map[string]any) (any, error) {
 		return r.startBidCalls(a)
 	case "bid_calls_wait":
 		return r.waitBidCalls()
-	case "kill_daemon", "restart_daemon":
+	case "create_auction_with":
+		return r.createAuctionWith(ctx, a)
+	case "kill_daemon", "restart_daemon", "issue_token":
 		return r.control(name, a)
 	case "set_tenant_quota":
-		q, err := r.mesh(a).SetTenantQuota(ctx, &v1.TenantQuota{Tenant: str(a, "tenant"), MaxInstances: int64(intArg(a, "max_instances", 0))})
-		return map[string]any{"tenant": q.GetTenant(), "max_instances": q.GetMaxInstances()}, err
+		q, err := r.mesh(a).SetTenantQuota(ctx, &v1.TenantQuota{Tenant: str(a, "tenant"), MaxAgents: int64(intArg(a, "max_agents", 0)),
+			MaxInstances: int64(intArg(a, "max_instances", 0))})
+		return map[string]any{"tenant": q.GetTenant(), "max_agents": q.GetMaxAgents(), "max_instances": q.GetMaxInstances()}, err
 	case "tenant_usage":
 		u, err := r.mesh(a).TenantUsage(ctx, str(a, "tenant"))
 		usage := map[string]any{}
 		for _, q := range u.GetUsage() {
 			usage[q.GetQuota()] = map[string]any{"used": q.GetUsed(), "limit": q.GetLimit(), "exact": q.GetExact()}
 		}
-		return map[string]any{"tenant": u.GetTenant(), "max_instances": u.GetQuota().GetMaxInstances(), "usage": usage}, err
+		return map[string]any{"tenant": u.GetTenant(), "max_agents": u.GetQuota().GetMaxAgents(),
+			"max_instances": u.GetQuota().GetMaxInstances(), "usage": usage}, err
 	case "members_with":
 		return r.membersWith(ctx, a)
 	case "kill_coordinator_leader":

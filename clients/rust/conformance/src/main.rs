@@ -184,18 +184,30 @@ impl Runner {
                 Ok(json!({"acked": count - errors.len() as i64, "failed": errors.len(),
                     "errors": errors.iter().take(3).collect::<Vec<_>>()}))
             }
-            "kill_daemon" | "restart_daemon" => ops::control(&s(&self.cluster, "control"), name, a).await,
+            "kill_daemon" | "restart_daemon" | "issue_token" => ops::control(&s(&self.cluster, "control"), name, a).await,
+            "create_auction_with" => {
+                // A coordinator client built with the step's token (and the cluster's TLS files).
+                let given = &self.cluster["security"];
+                let security = Security { token: s(a, "token"), tls_ca: s(given, "tls_ca"), tls_cert: s(given, "tls_cert"),
+                    tls_key: s(given, "tls_key"), ..Default::default() };
+                let endpoints: Vec<String> = self.cluster["nodes"].as_array().unwrap().iter().map(|n| s(n, "coordinator")).collect();
+                let endpoints: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+                let coordinator = CoordinatorClient::connect_with(&endpoints, &security)?;
+                let instance = coordinator.create_auction(&s(a, "kind"), &a["config"], CreateOptions::default()).await?;
+                Ok(json!({"id": instance.id, "state": instance.state}))
+            }
             "set_tenant_quota" => {
-                let quota = mabeam::v1::TenantQuota { tenant: s(a, "tenant"), max_instances: a["max_instances"].as_i64().unwrap_or(0),
-                    ..Default::default() };
+                let quota = mabeam::v1::TenantQuota { tenant: s(a, "tenant"), max_agents: a["max_agents"].as_i64().unwrap_or(0),
+                    max_instances: a["max_instances"].as_i64().unwrap_or(0), ..Default::default() };
                 let q = self.mesh(a).set_tenant_quota(quota).await?;
-                Ok(json!({"tenant": q.tenant, "max_instances": q.max_instances}))
+                Ok(json!({"tenant": q.tenant, "max_agents": q.max_agents, "max_instances": q.max_instances}))
             }
             "tenant_usage" => {
                 let u = self.mesh(a).tenant_usage(&s(a, "tenant")).await?;
                 let usage: serde_json::Map<String, Value> = u.usage.iter()
                     .map(|q| (q.quota.clone(), json!({"used": q.used, "limit": q.limit, "exact": q.exact}))).collect();
-                Ok(json!({"tenant": u.tenant, "max_instances": u.quota.unwrap_or_default().max_instances, "usage": usage}))
+                let quota = u.quota.unwrap_or_default();
+                Ok(json!({"tenant": u.tenant, "max_agents": quota.max_agents, "max_instances": quota.max_instances, "usage": usage}))
             }
             "members_with" => {
                 // Credentials chosen by the step (options, not the environment): the cluster's token (true),
