@@ -54,8 +54,9 @@ async def _echo(address: str, tenant: str, agent_id: str) -> None:
             endpoint.reply_nowait(message, bytes(message.payload))
 
 
-async def _flood(address: str, tenant: str, node: str, agent_id: str) -> None:
-    """Attached as ``tenant``: casts 100 B to ``agent_id`` on ``node`` as fast as it can, counting refusals."""
+async def _flood(address: str, tenant: str, node: str, agent_id: str, per_second: str = "0") -> None:
+    """Attached as ``tenant``: casts 100 B to ``agent_id`` on ``node`` as fast as it can (or about ``per_second``
+    a second: at 16,000/s the victim's calls stay at ~2 ms on the dev machine; at full speed they time out)."""
     from mabeam.dataplane.attach import AttachedEndpoint
     from mabeam.dataplane.message import AgentRef
 
@@ -73,7 +74,7 @@ async def _flood(address: str, tenant: str, node: str, agent_id: str) -> None:
         await endpoint.send(target, PAYLOAD)
         sent += 1
         if sent % 256 == 0:
-            await asyncio.sleep(0)  # let the drainer and the socket run
+            await asyncio.sleep(256 / float(per_second) if float(per_second) else 0)  # let the drainer run
     drainer.cancel()  # pragma: no cover - the parent kills this process
 
 
