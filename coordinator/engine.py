@@ -45,8 +45,11 @@ from coordinator.variables import (
     validate,
 )
 from coordinator.variables import create as create_variable_record
+from mabeam import keys as mabeam_keys
 from mabeam.errors import ServiceError
-from mabeam.etcd.client import EtcdClient
+from mabeam.etcd.client import EtcdClient, EtcdError
+from mabeam.security.quota import quota_exceeded
+from mabeam.v1 import mesh_pb2
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +226,15 @@ class Engine:
                 return existing
             raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"instance {instance_id!r} exists with another "
                          "definition", "NAME_TAKEN")
+        limit = await self._instance_limit(tenant)
+        if limit:
+            # Exact: this engine is the only one writing (fenced), and nothing awaits between count and insert.
+            opened = sum(1 for other in self.instances.values() if other.tenant == tenant and other.state == "open")
+            if opened >= limit:
+                raise quota_exceeded(tenant, "max_instances", limit, opened, f"creating a {kind}")
+        if instance_id in self.instances:  # created meanwhile (the quota read awaited): the same rules apply
+            return await self.create(family, tenant, kind, config, instance_id, escrow, seller, bind_variable,
+                                     bind_field)
         instance_id = instance_id or uuid.uuid4().hex[:16]
         meta = new_meta(instance_id, tenant, kind, normalized, self.clock(), escrow, seller, bind_variable,
                         bind_field)
@@ -235,6 +247,23 @@ class Engine:
         for at in instance.config_deadlines():
             self._schedule(instance, at)
         return instance
+
+    async def _instance_limit(self, tenant: str) -> float:
+        """The tenant's ``max_instances`` as etcd holds it now (0: unlimited; the tenant's quota is read per
+        create, so a new limit applies to the next create on the active coordinator, whichever it is)."""
+        try:
+            kv = await self.client.get(mabeam_keys.quota(self.cluster, tenant))
+        except EtcdError as error:
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"cannot read tenant {tenant!r}'s quota in etcd: {error}; "
+                               "retry", "ETCD_UNAVAILABLE", retry_after_s=0.5) from None
+        if kv is None:
+            return 0.0
+        quota = mesh_pb2.TenantQuota()
+        try:
+            quota.ParseFromString(kv.value)
+        except Exception:  # noqa: BLE001 - a quota that does not parse limits nothing (meshd logs it)
+            return 0.0
+        return float(quota.max_instances)
 
     async def submit(self, instance_id: str, family: str | None, client_event_id: str,
                      event: dict[str, Any]) -> tuple[Ack, bool]:

@@ -1,5 +1,5 @@
 """Quotas that hold: max_agents under a race of spawns on two nodes, the refusal names the limit, and the
-tenant's use shows in ``meshctl tenant usage`` and meshd's /metrics.
+tenant's use shows in ``meshctl tenant usage`` and meshd's /metrics; max_instances on the coordinator.
 
 On the secure dev cluster (tokens, mTLS): the tenant's operator spawns through both nodes' agentd; the
 admin sets the quota. Exactness comes from etcd (one conditioned transaction per unit, agentd/quotas.py),
@@ -16,11 +16,13 @@ import sys
 import uuid
 
 import httpx
+import pytest
 
 from mabeam.dev.cluster import DevCluster
 from mabeam.dev.testing import async_wait_until
 from mabeam.v1 import mesh_pb2
 from mabeam_client.agents import AgentClient
+from mabeam_client.coordinator import CoordinatorClient
 from mabeam_client.errors import ResourceExhausted
 from mabeam_client.mesh import MeshClient
 
@@ -97,3 +99,26 @@ async def _wait_used(mesh: MeshClient, tenant: str, expected: int) -> None:
         return await _used(mesh, tenant) == expected
 
     await async_wait_until(reached, 20, what=f"max_agents use of {tenant} reads {expected}")
+
+
+async def test_max_instances_refuses_the_instance_past_the_limit_and_a_cancelled_one_frees_its_slot(
+        secure_cluster: DevCluster) -> None:
+    security = secure_cluster.security
+    assert security is not None
+    tenant = f"q{uuid.uuid4().hex[:8]}"
+    endpoints = [n.coordinator.endpoint for n in secure_cluster.nodes if n.coordinator]
+    config = {"pricing": "second", "reserve": 1, "closes_at": 4_000_000_000_000}
+    async with MeshClient(secure_cluster.nodes[0].endpoint, security=security.client()) as admin, \
+            CoordinatorClient(endpoints, security=security.client(tenant=tenant, roles=["operator"])) as ops:
+        await admin.set_tenant_quota(mesh_pb2.TenantQuota(tenant=tenant, max_instances=2))
+        first = await ops.create_auction("sealed", config)
+        await ops.create_auction("sealed", config)
+        with pytest.raises(ResourceExhausted) as refused:
+            await ops.create_auction("sealed", config)
+        assert (refused.value.reason, refused.value.metadata["quota"], refused.value.metadata["limit"]) == \
+            ("QUOTA_EXCEEDED", "max_instances", "2")
+        assert len([i for i in await ops.list_instances() if i.state == "open"]) == 2
+        await ops.cancel(first.id)
+        await ops.create_auction("sealed", config)  # the cancelled one's slot
+        with pytest.raises(ResourceExhausted):
+            await ops.create_auction("sealed", config)
