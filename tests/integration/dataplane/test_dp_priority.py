@@ -23,13 +23,23 @@ async def test_bulk_progresses_under_a_flood_of_high() -> None:
             order.append(message.channel)
 
         rx = b.open_endpoint("rx", handler=on_message)
+        # Both channels connected first: what is measured is the receiver's scheduling, not a bulk connection
+        # still being set up while the flood runs (seen once on a starved machine: bulk first seen after 31k).
+        a.router.cast(None, rx.ref, b"warm", channel="high")
+        a.router.cast(None, rx.ref, b"warm", channel="bulk")
+        await async_wait_until(lambda: sorted(order) == [2, 4], 20, what="both channels connected")
+        order.clear()
+        high_seen_at_first_bulk.clear()
         flood = 60000
         for i in range(flood):
             a.router.cast(None, rx.ref, b"h%d" % i, channel="high")
         for _ in range(20):
             a.router.cast(None, rx.ref, b"b" * 1024, channel="bulk")
         await async_wait_until(lambda: len(order) == flood + 20, 20, what="everything delivered")
-        assert high_seen_at_first_bulk[0] < flood // 2, high_seen_at_first_bulk
+        # Strict priority would put the first bulk after all 60,000. It usually comes after the first high
+        # batch (256); on a starved machine it was seen after 31,232 (what was already in flight in the
+        # pipes and socket buffers when bulk was sent): a quarter of the flood as margin tells both apart.
+        assert high_seen_at_first_bulk[0] < flood * 3 // 4, high_seen_at_first_bulk
         assert b.statistics()["scheduler_rounds"] > 0
     finally:
         await a.stop()
