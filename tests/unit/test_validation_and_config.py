@@ -72,10 +72,20 @@ def test_unreadable_config_file(tmp_path) -> None:
         configuration.load(bad, env={})
 
 
-def test_production_example_config_is_valid() -> None:
+def test_production_example_config_is_valid(tmp_path) -> None:
     from pathlib import Path
 
-    cfg = configuration.load(Path(__file__).parents[2] / "deploy" / "meshd.production.toml", env={})
+    # The config names files `make install` places under /etc/mabeam (certificates, token keys): the same
+    # config with those paths under a temp dir where they exist.
+    text = (Path(__file__).parents[2] / "deploy" / "meshd.production.toml").read_text()
+    etc = tmp_path / "etc-mabeam"
+    (etc / "tls").mkdir(parents=True)
+    (etc / "token-keys").mkdir()
+    for name in ("host-a.crt", "host-a.key", "ca.crt"):
+        (etc / "tls" / name).write_text("")
+    config = tmp_path / "meshd.toml"
+    config.write_text(text.replace("/etc/mabeam/", f"{etc}/"))
+    cfg = configuration.load(config, env={})
     # gRPC on loopback (no TLS yet), the CURVE data plane on the host's address (tests/deploy checks the rest).
     assert cfg.cluster == "prod" and len(cfg.etcd) == 3 and cfg.advertised == "127.0.0.1"
     assert cfg.dataplane.curve and cfg.dataplane.bind_host == "10.0.0.11"
