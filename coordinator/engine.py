@@ -168,7 +168,8 @@ class Engine:
             if delay > 0:
                 self._timer_wake.clear()
                 try:
-                    await asyncio.wait_for(self._timer_wake.wait(), delay / 1000)
+                    async with asyncio.timeout(delay / 1000):  # not wait_for: 3.11's can swallow a cancel
+                        await self._timer_wake.wait()
                 except TimeoutError:
                     pass
                 continue

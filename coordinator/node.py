@@ -100,7 +100,8 @@ class CoordinatorNode:
                 log.warning("coordinator term ended: %s", group.exceptions[0])
             if not self._stopping.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), 0.1)
+                    async with asyncio.timeout(0.1):  # not wait_for: 3.11's can swallow a cancel
+                        await self._stopping.wait()
         await self.client.close()
 
     async def _one_term(self) -> None:

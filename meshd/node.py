@@ -309,7 +309,8 @@ class MeshNode:
             async with self._revision_changed:
                 await self._revision_changed.wait_for(lambda: self.view.revision >= revision)
         try:
-            await asyncio.wait_for(reached(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: 3.11's can swallow a cancel
+                await reached()
             return True
         except TimeoutError:
             return False

@@ -445,8 +445,9 @@ class AttachedEndpoint:
 
     async def _system(self, op: int, payload: bytes, timeout: float = 5.0, force: bool = False) -> pb.Envelope:
         if not force and op in _NAME_OPS and not self._attached.is_set() and not self.closed:
-            try:  # name operations ride out a re-attach (up to their timeout)
-                await asyncio.wait_for(self._attached.wait(), timeout)
+            try:  # name operations ride out a re-attach (up to their timeout); not wait_for: 3.11's can swallow a cancel
+                async with asyncio.timeout(timeout):
+                    await self._attached.wait()
             except TimeoutError:
                 self._fail_fast()
         env = pb.Envelope(version=wire.VERSION, id=next(self._ids), kind=wire.SYSTEM, channel=wire.CONTROL,

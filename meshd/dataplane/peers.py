@@ -199,7 +199,8 @@ class PeerSet:
                     return False
                 changed = self._keys_changed
                 try:
-                    await asyncio.wait_for(changed.wait(), remaining)
+                    async with asyncio.timeout(remaining):  # not wait_for: 3.11's can swallow a cancel
+                        await changed.wait()
                 except TimeoutError:
                     pass
             return True

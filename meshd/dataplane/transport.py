@@ -222,7 +222,8 @@ async def wait_writable(sock: zmq.Socket, timeout: float = 0.05) -> None:
         while not sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
             event.clear()
             try:
-                await asyncio.wait_for(event.wait(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: 3.11's can swallow a cancel (see session.py)
+                    await event.wait()
             except TimeoutError:
                 pass
     finally:

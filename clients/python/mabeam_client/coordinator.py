@@ -460,7 +460,8 @@ class BidStream:
         runner = self._runner
         if runner is not None and not runner.done():
             try:
-                await asyncio.wait_for(runner, self.client.timeout)
+                async with asyncio.timeout(self.client.timeout):  # not wait_for: 3.11's can swallow a cancel
+                    await runner
             except (TimeoutError, MabeamError):
                 pass
 

@@ -111,7 +111,8 @@ async def _every(interval: float, stop: asyncio.Event, step: Callable[[int], Awa
         await step(k)
         k += 1
         try:
-            await asyncio.wait_for(stop.wait(), interval)
+            async with asyncio.timeout(interval):  # not wait_for: 3.11's can swallow a cancel
+                await stop.wait()
         except TimeoutError:
             pass
 
