@@ -49,7 +49,7 @@ import grpc
 import zmq
 
 from mabeam.dataplane import envelope as wire
-from mabeam.dataplane.errors import DataPlaneError, NotFound
+from mabeam.dataplane.errors import DataPlaneError, NotFound, QuotaExceeded
 from mabeam.dataplane.message import AgentRef, Destination, Message, destination_of, tenant_or_default
 from mabeam.errors import FieldViolation
 from mabeam.v1 import dataplane_pb2 as pb
@@ -73,7 +73,17 @@ _ZERO_COPY_ABOVE = 65536
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
-_STEP = 256  # ZeroMQ messages per receive step before the loop gets a turn
+#: Envelopes per receive step before the loop gets a turn. Counted in envelopes, not ZeroMQ messages: an
+#: endpoint sends up to 256 envelopes per message, so a budget of 256 *messages* let one flooding endpoint
+#: hold the loop for 65,536 envelopes (~2 s of refusals under a rate quota, py-spy: 97 % of meshd's loop in
+#: this step) while every other endpoint's call and every reply from the peers waited (bench/tenants.py).
+#: The ROUTER reads its connections' pipes in turn, so with a small step another endpoint's message is at
+#: most one flooder batch away; the flooder's excess stays in its own pipe (backpressure to it alone).
+_STEP = 256
+#: At most one QUOTA_EXCEEDED error envelope per endpoint in this many seconds for casts over the rate quota
+#: (casts are at-most-once: the rest are dropped and counted, ``drops["quota_exceeded_cast"]``). One error
+#: per refused cast made a flood cost meshd more than forwarding it. A call still gets its own error.
+_CAST_REFUSAL_EVERY = 0.1
 _RETRY_BLOCKED = 0.002  # seconds before re-trying an endpoint whose connection was full
 #: Longest payload of a name or group operation worth decoding (names are at most 128 characters).
 _MAX_NAME_BYTES = 1024
@@ -103,6 +113,8 @@ class _AttachedMailbox:
         self.groups: set[str] = set()
         self.refs: dict[tuple[str, str, str], Destination] = {}
         self.last_seen = time.monotonic()
+        self.refused_at = 0.0  # when the last QUOTA_EXCEEDED for a refused cast was sent (_CAST_REFUSAL_EVERY)
+        self.refused_step = -1  # the attach server's receive step in which a cast was last refused
 
     def offer(self, message: Message) -> bool:
         """Queue one message; False when the queue is full, NotFound when the endpoint is gone."""
@@ -123,7 +135,7 @@ class AttachServer:
     """Serves attached processes for one :class:`DataPlane`.
 
     Driven by the socket's FD reader callback (no task wake-up per message, as the channels): each
-    step drains up to ``_STEP`` ZeroMQ messages with NOBLOCK, routes their envelopes, and flushes what
+    step drains ZeroMQ messages with NOBLOCK until ``_STEP`` envelopes were taken, routes their envelopes, and flushes what
     they produced (to peers and to attached endpoints) once at the end of the step.
     """
 
@@ -147,10 +159,12 @@ class AttachServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._reading = False
+        self._step = 0  # receive steps so far (_AttachedMailbox.refused_step)
         self._retry_armed = False
         self._counters = plane.counters
         # Bound once: both run per message (bench/dataplane.py through two meshd).
         self._forward = plane.router.forward
+        self._router = plane.router
         self._schedule_flush = plane.outbound.schedule
         self._name_locks: dict[tuple[str, str], list[Any]] = {}  # (tenant, agent id) -> [lock, users]
         self.expired = 0
@@ -213,6 +227,7 @@ class AttachServer:
         if self._reading or self._tg is None:
             return
         self._reading = True
+        self._step += 1
         outbound = self.plane.outbound
         outbound.hold()
         taken = 0
@@ -221,8 +236,7 @@ class AttachServer:
                 frames = self._recv(self.sock)
                 if frames is None:
                     break
-                taken += 1
-                self._on_frames(frames, self._tg, ATTACH_SOCKET)
+                taken += self._on_frames(frames, self._tg, ATTACH_SOCKET)
             if self.lane_sock is not None:
                 # One lane message per step, after the main socket: urgent messages first.
                 frames = self._recv(self.lane_sock)
@@ -251,13 +265,14 @@ class AttachServer:
             return None
         return frames
 
-    def _on_frames(self, frames: list[Any], tg: asyncio.TaskGroup, socket: str) -> None:
+    def _on_frames(self, frames: list[Any], tg: asyncio.TaskGroup, socket: str) -> int:
+        """Handle one multipart message; returns how many envelopes it carried (at least 1: the step's budget)."""
         routing_id = frames[0]
         try:
             batch, payloads = wire.decode_frames(frames[1:])
         except wire.FrameError as exc:
             self._counters.reject(socket, exc.reason)
-            return
+            return 1
         lane = routing_id.endswith(LANE_SUFFIX)
         mailbox = self.by_routing_id.get(routing_id)
         if mailbox is None and lane:
@@ -280,6 +295,7 @@ class AttachServer:
                        and any(env.kind == wire.SYSTEM and env.system_op != pb.SYSTEM_OP_ATTACH
                                for env in batch.envelopes)):
             self._tell_detached(routing_id.removesuffix(LANE_SUFFIX), bounced)
+        return max(1, len(batch.envelopes))
 
     @staticmethod
     def _not_attached_error(env: pb.Envelope) -> bytes:
@@ -300,6 +316,30 @@ class AttachServer:
 
     def _on_message(self, mailbox: _AttachedMailbox, env: pb.Envelope, payload: bytes) -> None:
         ref = mailbox.ref
+        limiter = self._router.limiter
+        if limiter is not None and env.kind == wire.CAST:
+            # Over the rate quota: drop the cast here, cheaply (no exception, no error envelope per cast). Refused
+            # once in this receive step (a millisecond or so: the bucket refills nothing worth asking for), the
+            # endpoint's further casts in the step are dropped without asking the limiter again.
+            if mailbox.refused_step == self._step:
+                self._counters.drops["quota_exceeded_cast"] += 1
+                return
+            now = time.monotonic()
+            refused = limiter.admit(ref.tenant, len(payload), now)
+            if refused is not None:
+                mailbox.refused_step = self._step
+                self._counters.drops["quota_exceeded_cast"] += 1
+                if now - mailbox.refused_at >= _CAST_REFUSAL_EVERY:
+                    mailbox.refused_at = now
+                    quota, limit = refused
+                    self._refuse(mailbox, env, QuotaExceeded(
+                        f"tenant {ref.tenant!r} is over its quota {quota} = {limit:g} on node {self.plane.node_id}; "
+                        f"casts over it are dropped (at most one such error per {_CAST_REFUSAL_EVERY:g} s)",
+                        ref.tenant, quota, limit))
+                return
+            admitted = True
+        else:
+            admitted = False
         try:
             if env.WhichOneof("to") == "to_agent":
                 # The endpoint's usual peers, without building an AgentRef per message.
@@ -312,15 +352,20 @@ class AttachServer:
                         mailbox.refs[key] = to
             else:
                 to = destination_of(env, ref.tenant, NotFound, "the envelope")
-            self._forward(ref, env, payload, to)
+            self._forward(ref, env, payload, to, admitted=admitted)
         except DataPlaneError as exc:
             if env.kind in (wire.CAST, wire.CALL):
-                back = pb.Envelope(version=wire.VERSION, kind=wire.ERROR, channel=env.channel or wire.NORMAL,
-                                   tenant=ref.tenant, correlation_id=env.id, error_code=exc.code_value,
-                                   error_message=exc.message)
-                back.to_agent.CopyFrom(ref.to_proto())
-                mailbox.queue.append((back.SerializeToString(), b""))  # an error always fits: never lost
-                self.mark_dirty(mailbox)
+                self._refuse(mailbox, env, exc)
+
+    def _refuse(self, mailbox: _AttachedMailbox, env: pb.Envelope, exc: DataPlaneError) -> None:
+        """Queue the ERROR envelope answering the endpoint's cast or call ``env``."""
+        ref = mailbox.ref
+        back = pb.Envelope(version=wire.VERSION, kind=wire.ERROR, channel=env.channel or wire.NORMAL,
+                           tenant=ref.tenant, correlation_id=env.id, error_code=exc.code_value,
+                           error_message=exc.message)
+        back.to_agent.CopyFrom(ref.to_proto())
+        mailbox.queue.append((back.SerializeToString(), b""))  # an error always fits: never lost
+        self.mark_dirty(mailbox)
 
     def _on_system(self, routing_id: bytes, mailbox: _AttachedMailbox | None, env: pb.Envelope, payload: bytes,
                    tg: asyncio.TaskGroup, socket: str) -> None:

@@ -196,7 +196,8 @@ class Router:
         self.route(env, payload)
         return env.id
 
-    def forward(self, sender: AgentRef, env: pb.Envelope, payload: bytes, to: Destination) -> None:
+    def forward(self, sender: AgentRef, env: pb.Envelope, payload: bytes, to: Destination,
+                admitted: bool = False) -> None:
         """Route what an attached endpoint sent (``env`` as it came) with ``sender`` authoritative.
 
         A CALL is registered so the reply (or an ERROR) comes back to ``sender``. The fast path,
@@ -210,7 +211,7 @@ class Router:
         """
         size = len(payload)
         self._check_size(size)
-        if self.limiter is not None and env.kind != wire.REPLY:
+        if self.limiter is not None and env.kind != wire.REPLY and not admitted:  # admitted: the caller spent it
             self._admit(sender.tenant, size)
         targets = self.resolve(sender.tenant, to)
         if len(targets) == 1 and self._forward_fast(sender, env, payload, targets[0]):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 
@@ -280,3 +281,64 @@ async def test_a_process_that_vanished_gives_its_agent_id_to_its_successor_at_on
         first._heartbeat.cancel()
         first._ctx.term()
         first._lane_ctx.term()
+
+
+class _Quotas:
+    """A fixed quota book for the data plane's RateLimiter (meshd's follows etcd)."""
+
+    def __init__(self, **rates: int) -> None:
+        from mabeam.v1 import mesh_pb2
+
+        self.quotas = {tenant: mesh_pb2.TenantQuota(tenant=tenant, max_messages_per_second=rate)
+                       for tenant, rate in rates.items()}
+
+
+async def test_casts_over_the_rate_quota_are_dropped_and_counted_with_few_errors_calls_get_quota_exceeded(
+        pair: Pair) -> None:
+    from mabeam.dataplane.errors import ResourceExhausted
+    from mabeam.security.quota import RateLimiter
+
+    a, _ = pair
+    a.router.limiter = RateLimiter(_Quotas(noisy=5))
+    flood = await AttachedEndpoint.connect(a.attach_address, "flood", "noisy")
+    sink = await AttachedEndpoint.connect(a.attach_address, "sink", "noisy", max_pending=1024)
+    victim = await AttachedEndpoint.connect(a.attach_address, "victim", "quiet")
+    echo = await AttachedEndpoint.connect(a.attach_address, "echo", "quiet")
+    try:
+        started = time.monotonic()
+        for i in range(300):
+            await flood.send(sink.ref, str(i).encode())
+        # Every cast is either delivered (the bucket's burst of 5, plus what it refilled meanwhile) or dropped
+        # and counted; the flooder hears QUOTA_EXCEEDED, but not once per dropped cast.
+        delivered: list[bytes] = []
+
+        def accounted() -> bool:
+            while (message := sink.receive_nowait()) is not None:
+                delivered.append(bytes(message.payload))
+            return len(delivered) + a.counters.drops["quota_exceeded_cast"] == 300
+
+        await async_wait_until(accounted, 10, what="all 300 casts delivered or dropped")
+        elapsed = time.monotonic() - started
+        assert 5 <= len(delivered) <= 5 + 5 * elapsed + 1
+        errors = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                errors.append((await flood.receive(timeout=0.3)).error)
+        assert errors and all(isinstance(e, ResourceExhausted) and "max_messages_per_second" in e.message
+                              for e in errors)
+        assert len(errors) <= 1 + elapsed / 0.1 + 1, f"{len(errors)} errors for {300 - len(delivered)} drops"
+        # A call over the quota still gets its own typed answer.
+        for _ in range(20):  # empty the bucket again: these casts go in the same batch as the call, before it
+            await flood.send(sink.ref, b"more")
+        with pytest.raises(ResourceExhausted) as refusal:
+            await flood.call(sink.ref, b"call", timeout=3)
+        assert "max_messages_per_second" in refusal.value.message
+        # Another tenant through the same meshd is not limited.
+        answer = asyncio.create_task(victim.call(echo.ref, b"ping", timeout=3))
+        request = await echo.receive(timeout=3)
+        await echo.reply(request, b"pong")
+        assert (await answer).payload == b"pong"
+    finally:
+        a.router.limiter = None
+        for endpoint in (flood, sink, victim, echo):
+            await endpoint.close()
