@@ -56,7 +56,8 @@ async def _echo(address: str, tenant: str, agent_id: str) -> None:
 
 async def _flood(address: str, tenant: str, node: str, agent_id: str, per_second: str = "0") -> None:
     """Attached as ``tenant``: casts 100 B to ``agent_id`` on ``node`` as fast as it can (or about ``per_second``
-    a second: at 16,000/s the victim's calls stay at ~2 ms on the dev machine; at full speed they time out)."""
+    a second: at 16,000/s the victim's calls stayed at ~2 ms on the dev machine; at full speed they timed out
+    until meshd's attach step was budgeted in envelopes, docs/security.md "Noisy neighbours")."""
     from mabeam.dataplane.attach import AttachedEndpoint
     from mabeam.dataplane.message import AgentRef
 
