@@ -75,18 +75,20 @@ class _RejectedCollector:
         yield rejected_family([self.interceptor])
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type stubs
-    """Parses requests, turns raised errors into rich statuses and counts them (see the module docstring).
+class MethodInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type stubs
+    """A server interceptor that wraps each ``mabeam.v1`` method's handler once and reuses it.
 
-    ``rejected`` counts answers by (method, reason). With a ``registry`` the interceptor exports them there;
-    a daemon whose collector aggregates several instances (agentd) uses :func:`rejected_family` instead.
+    Subclasses implement :meth:`_wrap` (``method`` is the full name, ``/mabeam.v1.Service/Method``) and may
+    override :attr:`active` to pass every handler through unchanged.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.rejected: collections.Counter[tuple[str, str]] = collections.Counter()
+    def __init__(self) -> None:
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
-        if registry is not None:
-            registry.register(_RejectedCollector(self))
+
+    @property
+    def active(self) -> bool:
+        """False: handlers pass through unwrapped."""
+        return True
 
     async def intercept_service(
         self,
@@ -99,11 +101,28 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
         if cached is not None:
             return cached
         handler = await continuation(handler_call_details)
-        if handler is None or not method.startswith(SERVICE_PREFIX):
+        if handler is None or not self.active or not method.startswith(SERVICE_PREFIX):
             return handler
-        wrapped = self._wrap(method.lstrip("/"), handler)
+        wrapped = self._wrap(method, handler)
         self._handlers[method] = wrapped
         return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+
+class ErrorInterceptor(MethodInterceptor):
+    """Parses requests, turns raised errors into rich statuses and counts them (see the module docstring).
+
+    ``rejected`` counts answers by (method, reason). With a ``registry`` the interceptor exports them there;
+    a daemon whose collector aggregates several instances (agentd) uses :func:`rejected_family` instead.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__()
+        self.rejected: collections.Counter[tuple[str, str]] = collections.Counter()
+        if registry is not None:
+            registry.register(_RejectedCollector(self))
 
     # -- translating ----------------------------------------------------------------------
 
@@ -141,6 +160,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
         return parse
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        method = method.lstrip("/")  # counted and reported as Service/Method
         parse = self._parser(method, handler.request_deserializer)
 
         async def requests(raw: AsyncIterator[bytes]) -> AsyncIterator[Any]:

@@ -27,8 +27,7 @@ import grpc
 from mabeam.errors import ServiceError
 from mabeam.security import context
 from mabeam.security.audit import Audit
-from mabeam.security.rights import required_role
-from mabeam.security.tokens import TokenError, TokenVerifier, missing_token
+from mabeam.security.tokens import TokenVerifier
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -80,33 +79,22 @@ class AuthMiddleware:
             return
         client = scope.get("client") or ("", 0)
         peer = f"http:{client[0]}:{client[1]}"
-        principal = None
         try:
-            token = _bearer(scope)
-            if token is None:
-                raise missing_token()
-            principal = self.verifier.verify(token)
-            needed = required_role(method)
-            if not principal.grants(needed):
-                raise ServiceError(grpc.StatusCode.PERMISSION_DENIED,
-                                   f"{method.rsplit('/', 1)[-1]} needs role {needed.label!r} or higher",
-                                   "ROLE_REQUIRED", metadata={"required_role": needed.label})
-        except (TokenError, ServiceError) as error:
-            self.audit.refuse(method, error.reason, principal, peer, error.message)
+            call = context.authorize(self.verifier, self.audit, method, _authorization(scope), peer)
+        except ServiceError as error:  # refused and audited
             await _answer(send, error)
             return
-        token_ = context.enter(context.CallContext(principal, method, self.audit, peer))
+        token_ = context.enter(call)
         try:
             await self.app(scope, receive, send)
         finally:
             context.leave(token_)
 
 
-def _bearer(scope: Scope) -> str | None:
+def _authorization(scope: Scope) -> str | None:
     for key, value in scope.get("headers") or ():
         if key == b"authorization":
-            scheme, _, token = value.decode("latin-1").strip().partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+            return str(value.decode("latin-1"))
     return None
 
 

@@ -28,7 +28,8 @@ import grpc
 
 from mabeam.errors import ServiceError
 from mabeam.security.audit import Audit
-from mabeam.security.tokens import Principal
+from mabeam.security.rights import required_role
+from mabeam.security.tokens import Principal, TokenError, TokenVerifier, missing_token
 
 DEFAULT_TENANT = "default"
 
@@ -100,3 +101,38 @@ def visible(resource_tenant: str) -> bool:
     call.audit.refuse(call.method, "TENANT_FORBIDDEN", call.principal, call.peer,
                       "another tenant's resource, answered as not found")
     return False
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``authorization`` value ``Bearer <token>`` (gRPC metadata or HTTP header), or None."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def authorize(verifier: TokenVerifier, audit: Audit, method: str, authorization: str | None,
+              peer: str) -> CallContext:
+    """The caller of a request for ``method`` (a full gRPC method name) if its token allows the call.
+
+    The one check behind both faces (the gRPC interceptor and the HTTP middleware): a bearer token is
+    present (else UNAUTHENTICATED ``TOKEN_MISSING``), verifies (``TOKEN_INVALID``/``TOKEN_EXPIRED``) and
+    grants the method's role from the rights table (else PERMISSION_DENIED ``ROLE_REQUIRED`` with metadata
+    ``required_role``). A refusal is audited, then raised.
+    """
+    principal: Principal | None = None
+    try:
+        token = bearer(authorization)
+        if token is None:
+            raise missing_token()
+        principal = verifier.verify(token)
+        needed = required_role(method)
+        if not principal.grants(needed):
+            raise ServiceError(grpc.StatusCode.PERMISSION_DENIED,
+                               f"{method.rsplit('/', 1)[-1]} needs role {needed.label!r} or higher; the token has "
+                               f"{', '.join(sorted(r.label for r in principal.roles))}", "ROLE_REQUIRED",
+                               metadata={"required_role": needed.label})
+    except (TokenError, ServiceError) as error:
+        audit.refuse(method, error.reason, principal, peer, error.message)
+        raise
+    return CallContext(principal, method, audit, peer)

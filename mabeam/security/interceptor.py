@@ -26,29 +26,23 @@ With no verifier (security not configured) the interceptor returns every handler
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from mabeam.errors import ServiceError
+from mabeam.grpcutil import MethodInterceptor
 from mabeam.security import context
 from mabeam.security.audit import AUDITED_REASONS, Audit
-from mabeam.security.rights import required_role
-from mabeam.security.tokens import Principal, TokenError, TokenVerifier, missing_token
-
-SERVICE_PREFIX = "/mabeam.v1."
+from mabeam.security.tokens import TokenVerifier
 
 
-def bearer_token(metadata: Any) -> str | None:
-    """The token of an ``authorization: Bearer <token>`` entry in gRPC metadata, or None."""
+def authorization_of(metadata: Any) -> str | None:
+    """The ``authorization`` entry of gRPC invocation metadata, or None."""
     for key, value in metadata or ():
         if key == "authorization":
-            text = value.decode() if isinstance(value, bytes) else str(value)
-            scheme, _, token = text.strip().partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-            return None
+            return value.decode() if isinstance(value, bytes) else str(value)
     return None
 
 
@@ -66,55 +60,29 @@ def peer_of(context_: grpc.aio.ServicerContext) -> str:
     return peer
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type stubs
+class AuthInterceptor(MethodInterceptor):
     """Authenticates and authorises every ``mabeam.v1`` call (see the module docstring)."""
 
     def __init__(self, verifier: TokenVerifier | None, audit: Audit) -> None:
+        super().__init__()
         self.verifier = verifier
         self.audit = audit
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     @property
     def enabled(self) -> bool:
         """False when the daemon runs without security (every handler passes through)."""
         return self.verifier is not None
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        """The guarded handler of a ``mabeam.v1`` method (built once per method), else the original."""
-        method: str = handler_call_details.method
-        cached = self._handlers.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None or self.verifier is None or not method.startswith(SERVICE_PREFIX):
-            return handler
-        wrapped = self._wrap(method, handler)
-        self._handlers[method] = wrapped
-        return wrapped
+    @property
+    def active(self) -> bool:
+        """Handlers are wrapped only when security is configured."""
+        return self.enabled
 
     def authenticate(self, method: str, context_: grpc.aio.ServicerContext) -> context.CallContext:
         """The caller of this request if it may call ``method``; raises (and audits) the refusal otherwise."""
         assert self.verifier is not None
-        principal: Principal | None = None
-        try:
-            token = bearer_token(context_.invocation_metadata())
-            if token is None:
-                raise missing_token()
-            principal = self.verifier.verify(token)
-            needed = required_role(method)
-            if not principal.grants(needed):
-                raise ServiceError(grpc.StatusCode.PERMISSION_DENIED,
-                                   f"{method.rsplit('/', 1)[-1]} needs role {needed.label!r} or higher; the token has "
-                                   f"{', '.join(sorted(r.label for r in principal.roles))}", "ROLE_REQUIRED",
-                                   metadata={"required_role": needed.label})
-        except (TokenError, ServiceError) as error:
-            self.audit.refuse(method, error.reason, principal, peer_of(context_), error.message)
-            raise
-        return context.CallContext(principal, method, self.audit, peer_of(context_))
+        return context.authorize(self.verifier, self.audit, method, authorization_of(context_.invocation_metadata()),
+                                 peer_of(context_))
 
     def _audited(self, call: context.CallContext, error: ServiceError) -> None:
         if error.reason in AUDITED_REASONS:
