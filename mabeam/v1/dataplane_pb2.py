@@ -25,39 +25,43 @@ _sym_db = _symbol_database.Default()
 from mabeam.v1 import common_pb2 as mabeam_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mabeam/v1/dataplane.proto\x12\tmabeam.v1\x1a\x16mabeam/v1/common.proto\"A\n\x0cGroupAddress\x12\r\n\x05group\x18\x01 \x01(\t\x12\"\n\x04mode\x18\x02 \x01(\x0e\x32\x14.mabeam.v1.GroupMode\"\xa6\x04\n\x08\x45nvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\x06\x12#\n\x06sender\x18\x03 \x01(\x0b\x32\x13.mabeam.v1.AgentRef\x12\x11\n\x07to_name\x18\x04 \x01(\tH\x00\x12\'\n\x08to_agent\x18\x05 \x01(\x0b\x32\x13.mabeam.v1.AgentRefH\x00\x12+\n\x08to_group\x18\x06 \x01(\x0b\x32\x17.mabeam.v1.GroupAddressH\x00\x12#\n\x07\x63hannel\x18\x07 \x01(\x0e\x32\x12.mabeam.v1.Channel\x12$\n\x04kind\x18\x08 \x01(\x0e\x32\x16.mabeam.v1.MessageKind\x12\x16\n\x0e\x63orrelation_id\x18\t \x01(\x06\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\n \x01(\x03\x12\x13\n\x0btraceparent\x18\x0b \x01(\t\x12\x0e\n\x06tenant\x18\x0c \x01(\t\x12\r\n\x05\x66lags\x18\r \x01(\r\x12\x12\n\nerror_code\x18\x0e \x01(\x05\x12\x15\n\rerror_message\x18\x0f \x01(\t\x12&\n\tsystem_op\x18\x10 \x01(\x0e\x32\x13.mabeam.v1.SystemOp\x12\x13\n\x0b\x63hunk_index\x18\x11 \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x12 \x01(\r\x12\x12\n\ntotal_size\x18\x13 \x01(\x04\x12\x14\n\x0csent_unix_ns\x18\x14 \x01(\x03\x12\x11\n\tacked_ids\x18\x15 \x03(\x06\x42\x04\n\x02to\"l\n\x05\x42\x61tch\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x13\n\x0bsender_node\x18\x02 \x01(\t\x12&\n\tenvelopes\x18\x03 \x03(\x0b\x32\x13.mabeam.v1.Envelope\x12\x15\n\rpayload_sizes\x18\x04 \x03(\r\"\x9b\x02\n\x0bSendRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x17\n\x0fsender_agent_id\x18\x02 \x01(\t\x12\x11\n\x07to_name\x18\x03 \x01(\tH\x00\x12\'\n\x08to_agent\x18\x04 \x01(\x0b\x32\x13.mabeam.v1.AgentRefH\x00\x12+\n\x08to_group\x18\x05 \x01(\x0b\x32\x17.mabeam.v1.GroupAddressH\x00\x12#\n\x07\x63hannel\x18\x06 \x01(\x0e\x32\x12.mabeam.v1.Channel\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12\x14\n\x0c\x61\x63knowledged\x18\x08 \x01(\x08\x12\x13\n\x0btraceparent\x18\t \x01(\t\x12\x13\n\x0breply_to_id\x18\n \x01(\x06\x42\x04\n\x02to\"#\n\x0cSendResponse\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\x06\"\x84\x02\n\x0b\x43\x61llRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x17\n\x0fsender_agent_id\x18\x02 \x01(\t\x12\x11\n\x07to_name\x18\x03 \x01(\tH\x00\x12\'\n\x08to_agent\x18\x04 \x01(\x0b\x32\x13.mabeam.v1.AgentRefH\x00\x12+\n\x08to_group\x18\x05 \x01(\x0b\x32\x17.mabeam.v1.GroupAddressH\x00\x12#\n\x07\x63hannel\x18\x06 \x01(\x0e\x32\x12.mabeam.v1.Channel\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x08 \x01(\r\x12\x13\n\x0btraceparent\x18\t \x01(\tB\x04\n\x02to\"[\n\x0c\x43\x61llResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12&\n\tresponder\x18\x02 \x01(\x0b\x32\x13.mabeam.v1.AgentRef\x12\x12\n\nmessage_id\x18\x03 \x01(\x06\"h\n\x10SubscribeRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\r\n\x05names\x18\x03 \x03(\t\x12\x0e\n\x06groups\x18\x04 \x03(\t\x12\x13\n\x0bmax_pending\x18\x05 \x01(\r\"r\n\x11SubscribeResponse\x12%\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x13.mabeam.v1.AgentRef\x12%\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x13.mabeam.v1.Envelope\x12\x0f\n\x07payload\x18\x03 \x01(\x0c*o\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43HANNEL_CONTROL\x10\x01\x12\x10\n\x0c\x43HANNEL_HIGH\x10\x02\x12\x12\n\x0e\x43HANNEL_NORMAL\x10\x03\x12\x10\n\x0c\x43HANNEL_BULK\x10\x04*\xa2\x01\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_KIND_CAST\x10\x01\x12\x15\n\x11MESSAGE_KIND_CALL\x10\x02\x12\x16\n\x12MESSAGE_KIND_REPLY\x10\x03\x12\x16\n\x12MESSAGE_KIND_ERROR\x10\x04\x12\x17\n\x13MESSAGE_KIND_SYSTEM\x10\x05*`\n\x0c\x45nvelopeFlag\x12\x16\n\x12\x45NVELOPE_FLAG_NONE\x10\x00\x12\x1f\n\x1b\x45NVELOPE_FLAG_ACK_REQUESTED\x10\x01\x12\x17\n\x13\x45NVELOPE_FLAG_CHUNK\x10\x02*\xb5\x02\n\x08SystemOp\x12\x19\n\x15SYSTEM_OP_UNSPECIFIED\x10\x00\x12\x17\n\x13SYSTEM_OP_HEARTBEAT\x10\x01\x12\x11\n\rSYSTEM_OP_ACK\x10\x02\x12\x14\n\x10SYSTEM_OP_ATTACH\x10\x03\x12\x14\n\x10SYSTEM_OP_DETACH\x10\x04\x12\x1b\n\x17SYSTEM_OP_REGISTER_NAME\x10\x05\x12\x1d\n\x19SYSTEM_OP_UNREGISTER_NAME\x10\x06\x12\x18\n\x14SYSTEM_OP_JOIN_GROUP\x10\x07\x12\x19\n\x15SYSTEM_OP_LEAVE_GROUP\x10\x08\x12\x14\n\x10SYSTEM_OP_RESULT\x10\t\x12\x16\n\x12SYSTEM_OP_DETACHED\x10\n\x12\x17\n\x13SYSTEM_OP_NAME_LOST\x10\x0b*O\n\tGroupMode\x12\x1a\n\x16GROUP_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eGROUP_MODE_ALL\x10\x01\x12\x12\n\x0eGROUP_MODE_ONE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mabeam/v1/dataplane.proto\x12\tmabeam.v1\x1a\x16mabeam/v1/common.proto\"A\n\x0cGroupAddress\x12\r\n\x05group\x18\x01 \x01(\t\x12\"\n\x04mode\x18\x02 \x01(\x0e\x32\x14.mabeam.v1.GroupMode\"\xca\x05\n\x08\x45nvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\x06\x12#\n\x06sender\x18\x03 \x01(\x0b\x32\x13.mabeam.v1.AgentRef\x12\x11\n\x07to_name\x18\x04 \x01(\tH\x00\x12\'\n\x08to_agent\x18\x05 \x01(\x0b\x32\x13.mabeam.v1.AgentRefH\x00\x12+\n\x08to_group\x18\x06 \x01(\x0b\x32\x17.mabeam.v1.GroupAddressH\x00\x12#\n\x07\x63hannel\x18\x07 \x01(\x0e\x32\x12.mabeam.v1.Channel\x12$\n\x04kind\x18\x08 \x01(\x0e\x32\x16.mabeam.v1.MessageKind\x12\x16\n\x0e\x63orrelation_id\x18\t \x01(\x06\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\n \x01(\x03\x12\x13\n\x0btraceparent\x18\x0b \x01(\t\x12\x0e\n\x06tenant\x18\x0c \x01(\t\x12\r\n\x05\x66lags\x18\r \x01(\r\x12\x12\n\nerror_code\x18\x0e \x01(\x05\x12\x15\n\rerror_message\x18\x0f \x01(\t\x12&\n\tsystem_op\x18\x10 \x01(\x0e\x32\x13.mabeam.v1.SystemOp\x12\x13\n\x0b\x63hunk_index\x18\x11 \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x12 \x01(\r\x12\x12\n\ntotal_size\x18\x13 \x01(\x04\x12\x14\n\x0csent_unix_ns\x18\x14 \x01(\x03\x12\x11\n\tacked_ids\x18\x15 \x03(\x06\x12\x14\n\x0c\x65rror_reason\x18\x16 \x01(\t\x12>\n\x0e\x65rror_metadata\x18\x17 \x03(\x0b\x32&.mabeam.v1.Envelope.ErrorMetadataEntry\x12\x16\n\x0eretry_after_ms\x18\x18 \x01(\r\x1a\x34\n\x12\x45rrorMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x04\n\x02to\"l\n\x05\x42\x61tch\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x13\n\x0bsender_node\x18\x02 \x01(\t\x12&\n\tenvelopes\x18\x03 \x03(\x0b\x32\x13.mabeam.v1.Envelope\x12\x15\n\rpayload_sizes\x18\x04 \x03(\r\"\x9b\x02\n\x0bSendRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x17\n\x0fsender_agent_id\x18\x02 \x01(\t\x12\x11\n\x07to_name\x18\x03 \x01(\tH\x00\x12\'\n\x08to_agent\x18\x04 \x01(\x0b\x32\x13.mabeam.v1.AgentRefH\x00\x12+\n\x08to_group\x18\x05 \x01(\x0b\x32\x17.mabeam.v1.GroupAddressH\x00\x12#\n\x07\x63hannel\x18\x06 \x01(\x0e\x32\x12.mabeam.v1.Channel\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12\x14\n\x0c\x61\x63knowledged\x18\x08 \x01(\x08\x12\x13\n\x0btraceparent\x18\t \x01(\t\x12\x13\n\x0breply_to_id\x18\n \x01(\x06\x42\x04\n\x02to\"#\n\x0cSendResponse\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\x06\"\x84\x02\n\x0b\x43\x61llRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x17\n\x0fsender_agent_id\x18\x02 \x01(\t\x12\x11\n\x07to_name\x18\x03 \x01(\tH\x00\x12\'\n\x08to_agent\x18\x04 \x01(\x0b\x32\x13.mabeam.v1.AgentRefH\x00\x12+\n\x08to_group\x18\x05 \x01(\x0b\x32\x17.mabeam.v1.GroupAddressH\x00\x12#\n\x07\x63hannel\x18\x06 \x01(\x0e\x32\x12.mabeam.v1.Channel\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x08 \x01(\r\x12\x13\n\x0btraceparent\x18\t \x01(\tB\x04\n\x02to\"[\n\x0c\x43\x61llResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12&\n\tresponder\x18\x02 \x01(\x0b\x32\x13.mabeam.v1.AgentRef\x12\x12\n\nmessage_id\x18\x03 \x01(\x06\"h\n\x10SubscribeRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\r\n\x05names\x18\x03 \x03(\t\x12\x0e\n\x06groups\x18\x04 \x03(\t\x12\x13\n\x0bmax_pending\x18\x05 \x01(\r\"r\n\x11SubscribeResponse\x12%\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x13.mabeam.v1.AgentRef\x12%\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x13.mabeam.v1.Envelope\x12\x0f\n\x07payload\x18\x03 \x01(\x0c*o\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43HANNEL_CONTROL\x10\x01\x12\x10\n\x0c\x43HANNEL_HIGH\x10\x02\x12\x12\n\x0e\x43HANNEL_NORMAL\x10\x03\x12\x10\n\x0c\x43HANNEL_BULK\x10\x04*\xa2\x01\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_KIND_CAST\x10\x01\x12\x15\n\x11MESSAGE_KIND_CALL\x10\x02\x12\x16\n\x12MESSAGE_KIND_REPLY\x10\x03\x12\x16\n\x12MESSAGE_KIND_ERROR\x10\x04\x12\x17\n\x13MESSAGE_KIND_SYSTEM\x10\x05*`\n\x0c\x45nvelopeFlag\x12\x16\n\x12\x45NVELOPE_FLAG_NONE\x10\x00\x12\x1f\n\x1b\x45NVELOPE_FLAG_ACK_REQUESTED\x10\x01\x12\x17\n\x13\x45NVELOPE_FLAG_CHUNK\x10\x02*\xb5\x02\n\x08SystemOp\x12\x19\n\x15SYSTEM_OP_UNSPECIFIED\x10\x00\x12\x17\n\x13SYSTEM_OP_HEARTBEAT\x10\x01\x12\x11\n\rSYSTEM_OP_ACK\x10\x02\x12\x14\n\x10SYSTEM_OP_ATTACH\x10\x03\x12\x14\n\x10SYSTEM_OP_DETACH\x10\x04\x12\x1b\n\x17SYSTEM_OP_REGISTER_NAME\x10\x05\x12\x1d\n\x19SYSTEM_OP_UNREGISTER_NAME\x10\x06\x12\x18\n\x14SYSTEM_OP_JOIN_GROUP\x10\x07\x12\x19\n\x15SYSTEM_OP_LEAVE_GROUP\x10\x08\x12\x14\n\x10SYSTEM_OP_RESULT\x10\t\x12\x16\n\x12SYSTEM_OP_DETACHED\x10\n\x12\x17\n\x13SYSTEM_OP_NAME_LOST\x10\x0b*O\n\tGroupMode\x12\x1a\n\x16GROUP_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eGROUP_MODE_ALL\x10\x01\x12\x12\n\x0eGROUP_MODE_ONE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mabeam.v1.dataplane_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHANNEL']._serialized_start=1695
-  _globals['_CHANNEL']._serialized_end=1806
-  _globals['_MESSAGEKIND']._serialized_start=1809
-  _globals['_MESSAGEKIND']._serialized_end=1971
-  _globals['_ENVELOPEFLAG']._serialized_start=1973
-  _globals['_ENVELOPEFLAG']._serialized_end=2069
-  _globals['_SYSTEMOP']._serialized_start=2072
-  _globals['_SYSTEMOP']._serialized_end=2381
-  _globals['_GROUPMODE']._serialized_start=2383
-  _globals['_GROUPMODE']._serialized_end=2462
+  _globals['_ENVELOPE_ERRORMETADATAENTRY']._loaded_options = None
+  _globals['_ENVELOPE_ERRORMETADATAENTRY']._serialized_options = b'8\001'
+  _globals['_CHANNEL']._serialized_start=1859
+  _globals['_CHANNEL']._serialized_end=1970
+  _globals['_MESSAGEKIND']._serialized_start=1973
+  _globals['_MESSAGEKIND']._serialized_end=2135
+  _globals['_ENVELOPEFLAG']._serialized_start=2137
+  _globals['_ENVELOPEFLAG']._serialized_end=2233
+  _globals['_SYSTEMOP']._serialized_start=2236
+  _globals['_SYSTEMOP']._serialized_end=2545
+  _globals['_GROUPMODE']._serialized_start=2547
+  _globals['_GROUPMODE']._serialized_end=2626
   _globals['_GROUPADDRESS']._serialized_start=64
   _globals['_GROUPADDRESS']._serialized_end=129
   _globals['_ENVELOPE']._serialized_start=132
-  _globals['_ENVELOPE']._serialized_end=682
-  _globals['_BATCH']._serialized_start=684
-  _globals['_BATCH']._serialized_end=792
-  _globals['_SENDREQUEST']._serialized_start=795
-  _globals['_SENDREQUEST']._serialized_end=1078
-  _globals['_SENDRESPONSE']._serialized_start=1080
-  _globals['_SENDRESPONSE']._serialized_end=1115
-  _globals['_CALLREQUEST']._serialized_start=1118
-  _globals['_CALLREQUEST']._serialized_end=1378
-  _globals['_CALLRESPONSE']._serialized_start=1380
-  _globals['_CALLRESPONSE']._serialized_end=1471
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=1473
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1577
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=1579
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1693
+  _globals['_ENVELOPE']._serialized_end=846
+  _globals['_ENVELOPE_ERRORMETADATAENTRY']._serialized_start=788
+  _globals['_ENVELOPE_ERRORMETADATAENTRY']._serialized_end=840
+  _globals['_BATCH']._serialized_start=848
+  _globals['_BATCH']._serialized_end=956
+  _globals['_SENDREQUEST']._serialized_start=959
+  _globals['_SENDREQUEST']._serialized_end=1242
+  _globals['_SENDRESPONSE']._serialized_start=1244
+  _globals['_SENDRESPONSE']._serialized_end=1279
+  _globals['_CALLREQUEST']._serialized_start=1282
+  _globals['_CALLREQUEST']._serialized_end=1542
+  _globals['_CALLRESPONSE']._serialized_start=1544
+  _globals['_CALLRESPONSE']._serialized_end=1635
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1637
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1741
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1743
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1857
 # @@protoc_insertion_point(module_scope)

@@ -233,6 +233,26 @@ class Envelope(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ErrorMetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     VERSION_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
     SENDER_FIELD_NUMBER: _builtins.int
@@ -254,6 +274,9 @@ class Envelope(_message.Message):
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
     SENT_UNIX_NS_FIELD_NUMBER: _builtins.int
     ACKED_IDS_FIELD_NUMBER: _builtins.int
+    ERROR_REASON_FIELD_NUMBER: _builtins.int
+    ERROR_METADATA_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Wire format version; 1. Envelopes with another version are rejected and counted."""
     id: _builtins.int
@@ -281,6 +304,14 @@ class Envelope(_message.Message):
     total_size: _builtins.int
     sent_unix_ns: _builtins.int
     """Sender's clock when the message was sent, nanoseconds since the Unix epoch (latency metric)."""
+    error_reason: _builtins.str
+    """For ERROR: the ErrorReason name of the failure (e.g. "QUOTA_EXCEEDED"); empty: the code's default."""
+    retry_after_ms: _builtins.int
+    """For ERROR from meshd to an attached endpoint (QUOTA_EXCEEDED over a message or byte rate quota): a
+    throttle. The endpoint should send no cast or call for this many milliseconds, then at most at the
+    quota's rate ("limit" per second); meshd drops what comes sooner and may mute an endpoint that keeps
+    sending far over its quota. 0: no advice. Honoured only from meshd (an ERROR without a sender).
+    """
     @_builtins.property
     def sender(self) -> _common_pb2.AgentRef:
         """The sending endpoint (tenant, node, agent); agent_id may be empty for anonymous senders."""
@@ -292,6 +323,12 @@ class Envelope(_message.Message):
     @_builtins.property
     def acked_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """For SYSTEM_OP_ACK: the ids acknowledged."""
+
+    @_builtins.property
+    def error_metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """For ERROR: the error's details, as the ErrorInfo metadata of the gRPC error (QUOTA_EXCEEDED: "tenant",
+        "quota", "limit", "used").
+        """
 
     def __init__(
         self,
@@ -317,10 +354,13 @@ class Envelope(_message.Message):
         total_size: _builtins.int = ...,
         sent_unix_ns: _builtins.int = ...,
         acked_ids: _abc.Iterable[_builtins.int] | None = ...,
+        error_reason: _builtins.str = ...,
+        error_metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        retry_after_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sender", b"sender", "to", b"to", "to_agent", b"to_agent", "to_group", b"to_group", "to_name", b"to_name"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_ids", b"acked_ids", "channel", b"channel", "chunk_count", b"chunk_count", "chunk_index", b"chunk_index", "correlation_id", b"correlation_id", "deadline_unix_ms", b"deadline_unix_ms", "error_code", b"error_code", "error_message", b"error_message", "flags", b"flags", "id", b"id", "kind", b"kind", "sender", b"sender", "sent_unix_ns", b"sent_unix_ns", "system_op", b"system_op", "tenant", b"tenant", "to", b"to", "to_agent", b"to_agent", "to_group", b"to_group", "to_name", b"to_name", "total_size", b"total_size", "traceparent", b"traceparent", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_ids", b"acked_ids", "channel", b"channel", "chunk_count", b"chunk_count", "chunk_index", b"chunk_index", "correlation_id", b"correlation_id", "deadline_unix_ms", b"deadline_unix_ms", "error_code", b"error_code", "error_message", b"error_message", "error_metadata", b"error_metadata", "error_reason", b"error_reason", "flags", b"flags", "id", b"id", "kind", b"kind", "retry_after_ms", b"retry_after_ms", "sender", b"sender", "sent_unix_ns", b"sent_unix_ns", "system_op", b"system_op", "tenant", b"tenant", "to", b"to", "to_agent", b"to_agent", "to_group", b"to_group", "to_name", b"to_name", "total_size", b"total_size", "traceparent", b"traceparent", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_to: _TypeAlias = _typing.Literal["to_name", "to_agent", "to_group"]  # noqa: Y015
     _WhichOneofArgType_to: _TypeAlias = _typing.Literal["to", b"to"]  # noqa: Y015

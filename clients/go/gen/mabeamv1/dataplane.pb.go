@@ -441,7 +441,17 @@ type Envelope struct {
 	// Sender's clock when the message was sent, nanoseconds since the Unix epoch (latency metric).
 	SentUnixNs int64 `protobuf:"varint,20,opt,name=sent_unix_ns,json=sentUnixNs,proto3" json:"sent_unix_ns,omitempty"`
 	// For SYSTEM_OP_ACK: the ids acknowledged.
-	AckedIds      []uint64 `protobuf:"fixed64,21,rep,packed,name=acked_ids,json=ackedIds,proto3" json:"acked_ids,omitempty"`
+	AckedIds []uint64 `protobuf:"fixed64,21,rep,packed,name=acked_ids,json=ackedIds,proto3" json:"acked_ids,omitempty"`
+	// For ERROR: the ErrorReason name of the failure (e.g. "QUOTA_EXCEEDED"); empty: the code's default.
+	ErrorReason string `protobuf:"bytes,22,opt,name=error_reason,json=errorReason,proto3" json:"error_reason,omitempty"`
+	// For ERROR: the error's details, as the ErrorInfo metadata of the gRPC error (QUOTA_EXCEEDED: "tenant",
+	// "quota", "limit", "used").
+	ErrorMetadata map[string]string `protobuf:"bytes,23,rep,name=error_metadata,json=errorMetadata,proto3" json:"error_metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// For ERROR from meshd to an attached endpoint (QUOTA_EXCEEDED over a message or byte rate quota): a
+	// throttle. The endpoint should send no cast or call for this many milliseconds, then at most at the
+	// quota's rate ("limit" per second); meshd drops what comes sooner and may mute an endpoint that keeps
+	// sending far over its quota. 0: no advice. Honoured only from meshd (an ERROR without a sender).
+	RetryAfterMs  uint32 `protobuf:"varint,24,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -634,6 +644,27 @@ func (x *Envelope) GetAckedIds() []uint64 {
 		return x.AckedIds
 	}
 	return nil
+}
+
+func (x *Envelope) GetErrorReason() string {
+	if x != nil {
+		return x.ErrorReason
+	}
+	return ""
+}
+
+func (x *Envelope) GetErrorMetadata() map[string]string {
+	if x != nil {
+		return x.ErrorMetadata
+	}
+	return nil
+}
+
+func (x *Envelope) GetRetryAfterMs() uint32 {
+	if x != nil {
+		return x.RetryAfterMs
+	}
+	return 0
 }
 
 type isEnvelope_To interface {
@@ -1297,7 +1328,7 @@ const file_mabeam_v1_dataplane_proto_rawDesc = "" +
 	"\x19mabeam/v1/dataplane.proto\x12\tmabeam.v1\x1a\x16mabeam/v1/common.proto\"N\n" +
 	"\fGroupAddress\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12(\n" +
-	"\x04mode\x18\x02 \x01(\x0e2\x14.mabeam.v1.GroupModeR\x04mode\"\xfb\x05\n" +
+	"\x04mode\x18\x02 \x01(\x0e2\x14.mabeam.v1.GroupModeR\x04mode\"\xd5\a\n" +
 	"\bEnvelope\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x06R\x02id\x12+\n" +
@@ -1325,7 +1356,13 @@ const file_mabeam_v1_dataplane_proto_rawDesc = "" +
 	"total_size\x18\x13 \x01(\x04R\ttotalSize\x12 \n" +
 	"\fsent_unix_ns\x18\x14 \x01(\x03R\n" +
 	"sentUnixNs\x12\x1b\n" +
-	"\tacked_ids\x18\x15 \x03(\x06R\backedIdsB\x04\n" +
+	"\tacked_ids\x18\x15 \x03(\x06R\backedIds\x12!\n" +
+	"\ferror_reason\x18\x16 \x01(\tR\verrorReason\x12M\n" +
+	"\x0eerror_metadata\x18\x17 \x03(\v2&.mabeam.v1.Envelope.ErrorMetadataEntryR\rerrorMetadata\x12$\n" +
+	"\x0eretry_after_ms\x18\x18 \x01(\rR\fretryAfterMs\x1a@\n" +
+	"\x12ErrorMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x04\n" +
 	"\x02to\"\x9a\x01\n" +
 	"\x05Batch\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1f\n" +
@@ -1426,7 +1463,7 @@ func file_mabeam_v1_dataplane_proto_rawDescGZIP() []byte {
 }
 
 var file_mabeam_v1_dataplane_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_mabeam_v1_dataplane_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_mabeam_v1_dataplane_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_mabeam_v1_dataplane_proto_goTypes = []any{
 	(Channel)(0),              // 0: mabeam.v1.Channel
 	(MessageKind)(0),          // 1: mabeam.v1.MessageKind
@@ -1442,31 +1479,33 @@ var file_mabeam_v1_dataplane_proto_goTypes = []any{
 	(*CallResponse)(nil),      // 11: mabeam.v1.CallResponse
 	(*SubscribeRequest)(nil),  // 12: mabeam.v1.SubscribeRequest
 	(*SubscribeResponse)(nil), // 13: mabeam.v1.SubscribeResponse
-	(*AgentRef)(nil),          // 14: mabeam.v1.AgentRef
+	nil,                       // 14: mabeam.v1.Envelope.ErrorMetadataEntry
+	(*AgentRef)(nil),          // 15: mabeam.v1.AgentRef
 }
 var file_mabeam_v1_dataplane_proto_depIdxs = []int32{
 	4,  // 0: mabeam.v1.GroupAddress.mode:type_name -> mabeam.v1.GroupMode
-	14, // 1: mabeam.v1.Envelope.sender:type_name -> mabeam.v1.AgentRef
-	14, // 2: mabeam.v1.Envelope.to_agent:type_name -> mabeam.v1.AgentRef
+	15, // 1: mabeam.v1.Envelope.sender:type_name -> mabeam.v1.AgentRef
+	15, // 2: mabeam.v1.Envelope.to_agent:type_name -> mabeam.v1.AgentRef
 	5,  // 3: mabeam.v1.Envelope.to_group:type_name -> mabeam.v1.GroupAddress
 	0,  // 4: mabeam.v1.Envelope.channel:type_name -> mabeam.v1.Channel
 	1,  // 5: mabeam.v1.Envelope.kind:type_name -> mabeam.v1.MessageKind
 	3,  // 6: mabeam.v1.Envelope.system_op:type_name -> mabeam.v1.SystemOp
-	6,  // 7: mabeam.v1.Batch.envelopes:type_name -> mabeam.v1.Envelope
-	14, // 8: mabeam.v1.SendRequest.to_agent:type_name -> mabeam.v1.AgentRef
-	5,  // 9: mabeam.v1.SendRequest.to_group:type_name -> mabeam.v1.GroupAddress
-	0,  // 10: mabeam.v1.SendRequest.channel:type_name -> mabeam.v1.Channel
-	14, // 11: mabeam.v1.CallRequest.to_agent:type_name -> mabeam.v1.AgentRef
-	5,  // 12: mabeam.v1.CallRequest.to_group:type_name -> mabeam.v1.GroupAddress
-	0,  // 13: mabeam.v1.CallRequest.channel:type_name -> mabeam.v1.Channel
-	14, // 14: mabeam.v1.CallResponse.responder:type_name -> mabeam.v1.AgentRef
-	14, // 15: mabeam.v1.SubscribeResponse.endpoint:type_name -> mabeam.v1.AgentRef
-	6,  // 16: mabeam.v1.SubscribeResponse.envelope:type_name -> mabeam.v1.Envelope
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	14, // 7: mabeam.v1.Envelope.error_metadata:type_name -> mabeam.v1.Envelope.ErrorMetadataEntry
+	6,  // 8: mabeam.v1.Batch.envelopes:type_name -> mabeam.v1.Envelope
+	15, // 9: mabeam.v1.SendRequest.to_agent:type_name -> mabeam.v1.AgentRef
+	5,  // 10: mabeam.v1.SendRequest.to_group:type_name -> mabeam.v1.GroupAddress
+	0,  // 11: mabeam.v1.SendRequest.channel:type_name -> mabeam.v1.Channel
+	15, // 12: mabeam.v1.CallRequest.to_agent:type_name -> mabeam.v1.AgentRef
+	5,  // 13: mabeam.v1.CallRequest.to_group:type_name -> mabeam.v1.GroupAddress
+	0,  // 14: mabeam.v1.CallRequest.channel:type_name -> mabeam.v1.Channel
+	15, // 15: mabeam.v1.CallResponse.responder:type_name -> mabeam.v1.AgentRef
+	15, // 16: mabeam.v1.SubscribeResponse.endpoint:type_name -> mabeam.v1.AgentRef
+	6,  // 17: mabeam.v1.SubscribeResponse.envelope:type_name -> mabeam.v1.Envelope
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_mabeam_v1_dataplane_proto_init() }
@@ -1496,7 +1535,7 @@ func file_mabeam_v1_dataplane_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mabeam_v1_dataplane_proto_rawDesc), len(file_mabeam_v1_dataplane_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

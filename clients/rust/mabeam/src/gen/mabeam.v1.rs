@@ -2265,7 +2265,7 @@ pub struct GroupAddress {
 }
 /// The header of one message. The payload is not in here: it is the frame that follows.
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Envelope {
     /// Wire format version; 1. Envelopes with another version are rejected and counted.
     #[prost(uint32, tag = "1")]
@@ -2315,6 +2315,22 @@ pub struct Envelope {
     /// For SYSTEM_OP_ACK: the ids acknowledged.
     #[prost(fixed64, repeated, tag = "21")]
     pub acked_ids: ::prost::alloc::vec::Vec<u64>,
+    /// For ERROR: the ErrorReason name of the failure (e.g. "QUOTA_EXCEEDED"); empty: the code's default.
+    #[prost(string, tag = "22")]
+    pub error_reason: ::prost::alloc::string::String,
+    /// For ERROR: the error's details, as the ErrorInfo metadata of the gRPC error (QUOTA_EXCEEDED: "tenant",
+    /// "quota", "limit", "used").
+    #[prost(map = "string, string", tag = "23")]
+    pub error_metadata: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    /// For ERROR from meshd to an attached endpoint (QUOTA_EXCEEDED over a message or byte rate quota): a
+    /// throttle. The endpoint should send no cast or call for this many milliseconds, then at most at the
+    /// quota's rate ("limit" per second); meshd drops what comes sooner and may mute an endpoint that keeps
+    /// sending far over its quota. 0: no advice. Honoured only from meshd (an ERROR without a sender).
+    #[prost(uint32, tag = "24")]
+    pub retry_after_ms: u32,
     /// Destination: a registered name, an agent, or a group (resolved by the sending node).
     #[prost(oneof = "envelope::To", tags = "4, 5, 6")]
     pub to: ::core::option::Option<envelope::To>,
@@ -2462,7 +2478,7 @@ pub struct SubscribeRequest {
     pub max_pending: u32,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SubscribeResponse {
     /// Set on the first response only: the endpoint's address.
     #[prost(message, optional, tag = "1")]
@@ -2722,7 +2738,7 @@ pub mod agent_stream_in {
 }
 /// From meshd to the agent.
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AgentStreamOut {
     #[prost(oneof = "agent_stream_out::Body", tags = "1, 2, 3")]
     pub body: ::core::option::Option<agent_stream_out::Body>,
@@ -2730,7 +2746,7 @@ pub struct AgentStreamOut {
 /// Nested message and enum types in `AgentStreamOut`.
 pub mod agent_stream_out {
     #[allow(clippy::all)]
-    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum Body {
         /// The first message: the agent is attached and its names and groups are registered.
         #[prost(message, tag = "1")]
@@ -2771,7 +2787,7 @@ pub struct AgentAttached {
     pub endpoint: ::core::option::Option<AgentRef>,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AgentDelivery {
     /// 1, 2, ... per stream; `handled` names it. Deliveries of kind ERROR need no `handled`.
     #[prost(uint64, tag = "1")]
