@@ -40,6 +40,17 @@ another owner meanwhile (while re-registering, or reported by meshd with
 SYSTEM_OP_NAME_LOST after this node's lease had lapsed) is dropped from the
 endpoint's names and reported to ``on_name_lost(name, why)``, never silently.
 ``events`` counts detachments, re-attaches and lost names.
+
+**Throttling** (tenant rate quotas, docs/security.md "Quota semantics"). When this endpoint's tenant is over
+its message or byte rate quota on the meshd, meshd drops the cast (or refuses the call) and answers with a
+QUOTA_EXCEEDED ERROR carrying a throttle (``retry_after_ms``) and the limit (``error_metadata``: ``tenant``,
+``quota``, ``limit``, ``used``). The endpoint then *paces* itself (:class:`_Pacer`, a mirror of meshd's
+token bucket): :meth:`send` and :meth:`call` wait until the message fits the quota (so a loop sending "as
+fast as it can" runs at the quota and sleeps instead of burning a core on casts meshd would drop);
+:meth:`send_nowait` raises :class:`QuotaExceeded` (with ``retry_after_s``) instead of waiting; replies are
+never paced (meshd does not count them). The refusal still arrives as an ERROR message (a call raises it).
+Pacing ends :data:`PACE_FOR` seconds after the last throttle, so a raised quota is found again. An endpoint
+that ignores throttles is muted by meshd (what it sends is dropped unread for a while).
 """
 
 from __future__ import annotations
@@ -64,8 +75,10 @@ from mabeam.dataplane.errors import (
     DeadlineExceeded,
     Detached,
     InvalidArgument,
+    QuotaExceeded,
     ResourceExhausted,
     error_from_code,
+    error_from_envelope,
 )
 from mabeam.dataplane.message import AgentRef, Destination, Group, Message, tenant_or_default
 from mabeam.dataplane.zmqio import SCHED_IDLE, sched_idle_ok, send_frames
@@ -74,6 +87,13 @@ from mabeam.v1 import dataplane_pb2 as pb
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY = 1.0
+#: Pacing by a learnt quota stops this many seconds after meshd's last throttle (see "Throttling").
+PACE_FOR = 5.0
+#: A paced endpoint may send this many seconds' worth of its quota at once (then it sleeps: fewer wake-ups).
+PACE_BURST = 0.02
+#: Longest throttle honoured from one ERROR (meshd asks 20 ms, or 1 s when it mutes an endpoint).
+_MAX_THROTTLE = 10.0
+_RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 #: Backoff between re-attach attempts: doubling from the first to the last, with jitter.
 REATTACH_BACKOFF = (0.05, 2.0)
 _FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION.value[0]
@@ -147,8 +167,11 @@ class AttachedEndpoint:
         self.on_name_lost: Callable[[str, str], None] | None = None
         #: Called after a re-attach, once names and groups are registered again.
         self.on_reattached: Callable[[], None] | None = None
-        #: Counts of "detached", "reattached" and "names_lost".
+        #: Counts of "detached", "reattached", "names_lost" and "throttled" (QUOTA_EXCEEDED throttles heard).
         self.events: Counter[str] = Counter()
+        #: Paces casts and calls while meshd throttles this endpoint (None: not throttled lately).
+        self.pacer: _Pacer | None = None
+        self._pace_from = 0
 
     def _socket(self, ctx: zmq.Context, routing_id: bytes, address: str | None = None) -> zmq.Socket:
         sock = ctx.socket(zmq.DEALER)
@@ -349,6 +372,9 @@ class AttachedEndpoint:
             if waiter is not None and not waiter.done():
                 waiter.set_result(env)
             return
+        if kind == wire.ERROR and env.retry_after_ms and env.error_code == _RESOURCE_EXHAUSTED \
+                and not env.sender.node_id:  # meshd's own throttle (forwarded envelopes always carry a sender)
+            self._throttled(env)
         if kind == wire.REPLY or kind == wire.ERROR:
             waiter = self._waiting.pop(env.correlation_id, None)
             if waiter is not None:
@@ -373,6 +399,40 @@ class AttachedEndpoint:
             if not receiver.done():
                 receiver.set_result(None)
                 break
+
+    def _throttled(self, env: pb.Envelope) -> None:
+        """meshd says this endpoint's tenant is over a rate quota: pace casts and calls by it (see "Throttling")."""
+        meta = env.error_metadata
+        try:
+            limit = float(meta.get("limit", "0"))
+        except ValueError:
+            limit = 0.0
+        self.events["throttled"] += 1
+        if self.pacer is not None and env.correlation_id and env.correlation_id < self._pace_from:
+            return  # about a message sent before this pace was set (it was in flight): the pace stands
+        pause = min(_MAX_THROTTLE, env.retry_after_ms / 1000)
+        if self.pacer is None:
+            self.pacer = _Pacer()
+        self.pacer.throttle(meta.get("quota", ""), limit, pause, time.monotonic())
+        self._pace_from = next(self._ids)  # ids grow by one per message: later ones were sent at this pace
+
+    def _pace(self, size: int) -> float:
+        """Seconds this cast or call must wait for the quota (0: it may go now, and its share was spent)."""
+        pacer = self.pacer
+        if pacer is None:
+            return 0.0
+        wait = pacer.spend(size, time.monotonic())
+        if wait < 0:  # pacing expired
+            self.pacer = None
+            return 0.0
+        return wait
+
+    async def _paced(self, size: int) -> None:
+        """Wait until a cast or call of ``size`` bytes fits the learnt quota (returns at once when not throttled)."""
+        while (wait := self._pace(size)) > 0:
+            await asyncio.sleep(wait)
+            if self.closed:
+                raise DataPlaneError("endpoint closed")
 
     # ------------------------------------------------------------------ healing
 
@@ -474,11 +534,24 @@ class AttachedEndpoint:
 
     def send_nowait(self, to: Destination, payload: bytes, *, channel: int | str | None = None,
                     acknowledged: bool = False) -> int:
-        """Queue a cast for meshd; returns its id (ResourceExhausted when ``max_queued`` are waiting)."""
+        """Queue a cast for meshd; returns its id (ResourceExhausted when ``max_queued`` are waiting).
+
+        While meshd throttles this endpoint's tenant, a cast that does not fit the quota yet raises
+        :class:`QuotaExceeded` at once (``retry_after_s``: when it would); :meth:`send` waits instead.
+        """
+        return self._cast(to, payload, channel, acknowledged, self.pacer is not None)
+
+    def _cast(self, to: Destination, payload: bytes, channel: int | str | None, acknowledged: bool,
+              pace: bool) -> int:
         ch = wire.parse_channel(channel)
         self._fail_fast()
         if len(self._out) >= self.max_queued or len(self._lane_out) >= self.max_queued:
             raise ResourceExhausted(f"{self.max_queued} messages are waiting for the connection to meshd")
+        if pace and (wait := self._pace(len(payload))) > 0:
+            pacer = self.pacer
+            raise QuotaExceeded(f"tenant {self.tenant!r} is over its rate quota on meshd (throttled): this cast "
+                                f"may go in {wait * 1000:.1f} ms; send() waits instead", self.tenant, pacer.quota,
+                                pacer.limit, None, wait)
         message_id = next(self._ids)
         self._queue(self._header(wire.CAST, to, ch, wire.FLAG_ACK if acknowledged else 0, message_id), payload, ch)
         return message_id
@@ -487,17 +560,32 @@ class AttachedEndpoint:
                    acknowledged: bool = False) -> int:
         """Send a cast through meshd; returns its id (errors arrive later as ERROR messages).
 
-        Waits only while ``max_queued`` messages are waiting for the connection to meshd.
+        Waits while ``max_queued`` messages are waiting for the connection to meshd, and while meshd throttles
+        this endpoint's tenant (over its rate quota: the cast waits until it fits, see "Throttling").
         """
         if len(self._out) >= self.max_queued or len(self._lane_out) >= self.max_queued:
             await self._wait_space()
-        return self.send_nowait(to, payload, channel=channel, acknowledged=acknowledged)
+        if self.pacer is not None:
+            await self._paced(len(payload))  # spent its share: _cast does not pace it again
+        return self._cast(to, payload, channel, acknowledged, False)
 
     async def call(self, to: Destination, payload: bytes, *, timeout: float = 5.0,
                    channel: int | str | None = None) -> Message:
-        """Call and wait for the reply; raises the typed error (DeadlineExceeded after ``timeout``)."""
+        """Call and wait for the reply; raises the typed error (DeadlineExceeded after ``timeout``).
+
+        While meshd throttles this endpoint's tenant (over its rate quota) the call first waits until it fits
+        the quota (that wait counts against ``timeout``).
+        """
         ch = wire.parse_channel(channel)
         self._fail_fast()
+        if self.pacer is not None:
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._paced(len(payload))
+            except TimeoutError:
+                raise DeadlineExceeded("no turn within the tenant's rate quota before the deadline") from None
+            timeout = max(0.001, timeout - (time.monotonic() - started))
         call_id = next(self._ids)
         deadline_ms = int((time.time() + timeout) * 1000)
         data = self._header(wire.CALL, to, ch, 0, call_id, 0, deadline_ms)
@@ -517,7 +605,7 @@ class AttachedEndpoint:
             raise error_from_code(result.error_code or grpc.StatusCode.UNAVAILABLE.value[0],
                                   result.error_message or "meshd refused the call")
         if result.kind == wire.ERROR:
-            raise error_from_code(result.envelope.error_code, result.envelope.error_message)
+            raise error_from_envelope(result.envelope)
         return result
 
     async def reply(self, request: Message, payload: bytes) -> None:
@@ -637,3 +725,61 @@ class AttachedEndpoint:
 def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(DeadlineExceeded("no reply before the deadline"))
+
+
+class _Pacer:
+    """This endpoint's mirror of meshd's rate-quota token buckets, learnt from its throttles (pure: time passed in).
+
+    One GCRA schedule per quota (messages, bytes): ``due`` is when the quota has paid for everything sent so
+    far; a message goes when ``due`` is at most :data:`PACE_BURST` ahead of now. A throttle restarts the
+    schedule ``pause`` seconds (meshd's ``retry_after``) plus one burst from now, so what the endpoint sends
+    afterwards never exceeds what meshd's bucket refilled meanwhile. A throttle heard while already pacing at
+    that limit means other endpoints of the tenant share the quota on this meshd: the pace halves (down to
+    1/64 of the limit) and grows back by 1/8 of the limit per second without a throttle.
+    """
+
+    def __init__(self) -> None:
+        self.quota = ""
+        self.limit = 0.0
+        self.rates: dict[str, float] = {}  # quota -> the pace (per second) this endpoint keeps
+        self.limits: dict[str, float] = {}  # quota -> meshd's limit
+        self.due: dict[str, float] = {}
+        self.until = 0.0
+        self.grown_at = 0.0
+
+    def throttle(self, quota: str, limit: float, pause: float, now: float) -> None:
+        """meshd refused a message over ``quota`` = ``limit`` per second and asked for ``pause`` seconds."""
+        if quota not in ("max_messages_per_second", "max_bytes_per_second") or not limit > 0:
+            quota, limit = "", 0.0  # a throttle without a (known) limit: just the pause
+        self.quota, self.limit = quota, limit
+        if quota:
+            pace = self.rates.get(quota)
+            if pace is not None and self.limits.get(quota) == limit and now < self.until:
+                self.rates[quota] = max(limit / 64, pace / 2)
+            else:
+                self.rates[quota] = limit
+            self.limits[quota] = limit
+        start = now + pause + PACE_BURST
+        for key in self.rates:
+            self.due[key] = max(self.due.get(key, 0.0), start)
+        self.due[""] = max(self.due.get("", 0.0), now + pause)
+        self.until = now + PACE_FOR
+        self.grown_at = now
+
+    def spend(self, size: int, now: float) -> float:
+        """Seconds to wait before a message of ``size`` bytes (0: go, spent; -1: pacing is over)."""
+        if now >= self.until:
+            return -1.0
+        if now - self.grown_at >= 1.0:
+            self.grown_at = now
+            for key, pace in self.rates.items():
+                self.rates[key] = min(self.limits[key], pace + self.limits[key] / 8)
+        wait = self.due.get("", 0.0) - now
+        for key in self.rates:
+            wait = max(wait, self.due[key] - now - PACE_BURST)
+        if wait > 0:
+            return max(wait, 0.001)
+        for key, pace in self.rates.items():
+            cost = 1.0 if key == "max_messages_per_second" else float(size)
+            self.due[key] = max(self.due[key], now) + cost / pace
+        return 0.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mabeam.dataplane import envelope as wire
-from mabeam.dataplane.errors import DataPlaneError, InvalidArgument, error_from_code
+from mabeam.dataplane.errors import DataPlaneError, InvalidArgument, error_from_envelope
 from mabeam.v1 import common_pb2, external_agent_pb2
 from mabeam.v1 import dataplane_pb2 as pb
 
@@ -117,7 +117,7 @@ class Message:
         """For ERROR messages (a bounced cast): the typed error; else None."""
         if self.envelope.kind != wire.ERROR:
             return None
-        return error_from_code(self.envelope.error_code, self.envelope.error_message)
+        return error_from_envelope(self.envelope)
 
     def __repr__(self) -> str:
         return f"Message(id={self.id}, kind={self.kind}, sender={self.sender}, {len(self.payload)} B)"

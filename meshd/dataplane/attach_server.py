@@ -49,7 +49,7 @@ import grpc
 import zmq
 
 from mabeam.dataplane import envelope as wire
-from mabeam.dataplane.errors import DataPlaneError, NotFound, QuotaExceeded
+from mabeam.dataplane.errors import DataPlaneError, NotFound, QuotaExceeded, fill_envelope
 from mabeam.dataplane.message import AgentRef, Destination, Message, destination_of, tenant_or_default
 from mabeam.errors import FieldViolation
 from mabeam.v1 import dataplane_pb2 as pb
@@ -84,6 +84,18 @@ _STEP = 256
 #: (casts are at-most-once: the rest are dropped and counted, ``drops["quota_exceeded_cast"]``). One error
 #: per refused cast made a flood cost meshd more than forwarding it. A call still gets its own error.
 _CAST_REFUSAL_EVERY = 0.1
+#: The throttle meshd asks of an endpoint over its rate quota (``Envelope.retry_after_ms``): send nothing for
+#: this long, then at most the quota's rate. The SDK (:class:`mabeam.dataplane.attach.AttachedEndpoint`)
+#: paces its casts and calls by it, so a tenant "flooding at full speed" through the SDK runs at its quota
+#: and idles instead of burning a core on casts meshd would read, decode and drop (bench/tenants.py).
+THROTTLE = 0.02
+#: An endpoint that ignores the throttle — more than ``max(MUTE_FLOOR, MUTE_FACTOR x its message rate
+#: quota)`` refused casts and calls within one second — is *muted* for :data:`MUTE_FOR` seconds: whatever
+#: it sends meanwhile is dropped before its batch is decoded (counted as ``rejected_frames[attach, muted]``),
+#: so a raw client flooding past its quota costs meshd a receive per ZeroMQ message, not a decode per cast.
+MUTE_FACTOR = 4
+MUTE_FLOOR = 10_000
+MUTE_FOR = 1.0
 _RETRY_BLOCKED = 0.002  # seconds before re-trying an endpoint whose connection was full
 #: Longest payload of a name or group operation worth decoding (names are at most 128 characters).
 _MAX_NAME_BYTES = 1024
@@ -115,6 +127,9 @@ class _AttachedMailbox:
         self.last_seen = time.monotonic()
         self.refused_at = 0.0  # when the last QUOTA_EXCEEDED for a refused cast was sent (_CAST_REFUSAL_EVERY)
         self.refused_step = -1  # the attach server's receive step in which a cast was last refused
+        self.over_since = 0.0  # start of the second in which ``over`` casts and calls were refused (muting)
+        self.over = 0
+        self.muted_until = 0.0  # everything it sends before this (monotonic) is dropped undecoded
 
     def offer(self, message: Message) -> bool:
         """Queue one message; False when the queue is full, NotFound when the endpoint is gone."""
@@ -169,6 +184,7 @@ class AttachServer:
         self._name_locks: dict[tuple[str, str], list[Any]] = {}  # (tenant, agent id) -> [lock, users]
         self.expired = 0
         self.names_lost = 0
+        self.muted = 0  # endpoints muted for ignoring their throttle (MUTE_FOR)
 
     def bind(self, address: str) -> str:
         """Bind the attach socket; returns the concrete address."""
@@ -268,17 +284,20 @@ class AttachServer:
     def _on_frames(self, frames: list[Any], tg: asyncio.TaskGroup, socket: str) -> int:
         """Handle one multipart message; returns how many envelopes it carried (at least 1: the step's budget)."""
         routing_id = frames[0]
-        try:
-            batch, payloads = wire.decode_frames(frames[1:])
-        except wire.FrameError as exc:
-            self._counters.reject(socket, exc.reason)
-            return 1
         lane = routing_id.endswith(LANE_SUFFIX)
         mailbox = self.by_routing_id.get(routing_id)
         if mailbox is None and lane:
             mailbox = self.by_routing_id.get(routing_id[:-len(LANE_SUFFIX)])  # the endpoint's bulk lane
         if mailbox is not None:
-            mailbox.last_seen = time.monotonic()
+            now = mailbox.last_seen = time.monotonic()
+            if mailbox.muted_until > now:  # it ignored the throttle: not even decoded (MUTE_FOR)
+                self._counters.reject(socket, "muted")
+                return 1
+        try:
+            batch, payloads = wire.decode_frames(frames[1:])
+        except wire.FrameError as exc:
+            self._counters.reject(socket, exc.reason)
+            return 1
         bounced: list[bytes] = []
         for env, payload in zip(batch.envelopes, payloads, strict=True):
             if env.kind == wire.SYSTEM:
@@ -323,19 +342,27 @@ class AttachServer:
             # endpoint's further casts in the step are dropped without asking the limiter again.
             if mailbox.refused_step == self._step:
                 self._counters.drops["quota_exceeded_cast"] += 1
+                mailbox.over += 1
                 return
             now = time.monotonic()
             refused = limiter.admit(ref.tenant, len(payload), now)
             if refused is not None:
                 mailbox.refused_step = self._step
                 self._counters.drops["quota_exceeded_cast"] += 1
+                if self._over_quota(mailbox, now, refused):
+                    return  # muted now: told so
                 if now - mailbox.refused_at >= _CAST_REFUSAL_EVERY:
                     mailbox.refused_at = now
-                    quota, limit = refused
-                    self._refuse(mailbox, env, QuotaExceeded(
-                        f"tenant {ref.tenant!r} is over its quota {quota} = {limit:g} on node {self.plane.node_id}; "
-                        f"casts over it are dropped (at most one such error per {_CAST_REFUSAL_EVERY:g} s)",
-                        ref.tenant, quota, limit))
+                    self._refuse(mailbox, env, self._throttle(mailbox, refused, now, "casts over it are dropped "
+                                 f"(at most one such error per {_CAST_REFUSAL_EVERY:g} s)"))
+                return
+            admitted = True
+        elif limiter is not None and env.kind == wire.CALL:
+            now = time.monotonic()
+            refused = limiter.admit(ref.tenant, len(payload), now)
+            if refused is not None:
+                if not self._over_quota(mailbox, now, refused):
+                    self._refuse(mailbox, env, self._throttle(mailbox, refused, now, "the call was not sent"))
                 return
             admitted = True
         else:
@@ -357,12 +384,54 @@ class AttachServer:
             if env.kind in (wire.CAST, wire.CALL):
                 self._refuse(mailbox, env, exc)
 
+    def _throttle(self, mailbox: _AttachedMailbox, refused: tuple[str, float], now: float,
+                  what: str) -> QuotaExceeded:
+        """The QUOTA_EXCEEDED answering a cast or call over the rate quota: the limit, the use, the throttle."""
+        quota, limit = refused
+        tenant = mailbox.ref.tenant
+        limiter = self._router.limiter
+        used = limiter.rates(tenant, now)[0 if quota == "max_messages_per_second" else 1] if limiter else None
+        return QuotaExceeded(
+            f"tenant {tenant!r} is over its quota {quota} = {limit:g} on node {self.plane.node_id}; {what}; "
+            f"send nothing for {THROTTLE * 1000:g} ms, then at most {limit:g} per second",
+            tenant, quota, limit, used, THROTTLE)
+
+    def _over_quota(self, mailbox: _AttachedMailbox, now: float, refused: tuple[str, float]) -> bool:
+        """Count a refused cast or call; mute the endpoint (True) when it keeps sending far over its quota."""
+        if now - mailbox.over_since >= 1.0:
+            mailbox.over_since, mailbox.over = now, 0
+        mailbox.over += 1
+        quotas = getattr(self._router.limiter, "book", None)
+        quota = quotas.quotas.get(mailbox.ref.tenant) if quotas is not None else None
+        rate = quota.max_messages_per_second if quota is not None else 0
+        if mailbox.over <= max(MUTE_FLOOR, MUTE_FACTOR * rate):
+            return False
+        mailbox.muted_until = now + MUTE_FOR
+        mailbox.over_since, mailbox.over = now, 0
+        self.muted += 1
+        quota_name, limit = refused
+        log.warning("attached endpoint %s (tenant %s) ignored its throttle (over %d casts and calls refused in "
+                    "a second, quota %s = %g); muted for %gs: what it sends meanwhile is dropped unread",
+                    mailbox.ref.agent_id, mailbox.ref.tenant, max(MUTE_FLOOR, MUTE_FACTOR * rate), quota_name,
+                    limit, MUTE_FOR)
+        error = QuotaExceeded(
+            f"endpoint {mailbox.ref.agent_id!r} ignored the throttle of its tenant's quota {quota_name} = "
+            f"{limit:g} on node {self.plane.node_id}: muted for {MUTE_FOR:g} s (everything it sends meanwhile "
+            "is dropped unread)", mailbox.ref.tenant, quota_name, limit, None, MUTE_FOR)
+        error.metadata["muted"] = "true"
+        back = pb.Envelope(version=wire.VERSION, kind=wire.ERROR, channel=wire.CONTROL, tenant=mailbox.ref.tenant)
+        fill_envelope(back, error)
+        back.to_agent.CopyFrom(mailbox.ref.to_proto())
+        mailbox.queue.append((back.SerializeToString(), b""))
+        self.mark_dirty(mailbox)
+        return True
+
     def _refuse(self, mailbox: _AttachedMailbox, env: pb.Envelope, exc: DataPlaneError) -> None:
         """Queue the ERROR envelope answering the endpoint's cast or call ``env``."""
         ref = mailbox.ref
         back = pb.Envelope(version=wire.VERSION, kind=wire.ERROR, channel=env.channel or wire.NORMAL,
-                           tenant=ref.tenant, correlation_id=env.id, error_code=exc.code_value,
-                           error_message=exc.message)
+                           tenant=ref.tenant, correlation_id=env.id)
+        fill_envelope(back, exc)
         back.to_agent.CopyFrom(ref.to_proto())
         mailbox.queue.append((back.SerializeToString(), b""))  # an error always fits: never lost
         self.mark_dirty(mailbox)
@@ -639,5 +708,6 @@ class AttachServer:
             self._loop.call_soon(self._on_readable)
 
     def statistics(self) -> dict[str, Any]:
-        """Snapshot: attached endpoints, endpoints detached as silent, names lost to another owner."""
-        return {"attached": len(self.by_routing_id), "expired": self.expired, "names_lost": self.names_lost}
+        """Snapshot: attached endpoints, endpoints detached as silent, names lost, endpoints muted (throttle ignored)."""
+        return {"attached": len(self.by_routing_id), "expired": self.expired, "names_lost": self.names_lost,
+                "muted": self.muted}

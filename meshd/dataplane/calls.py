@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Literal
 
 from mabeam.dataplane import envelope as wire
-from mabeam.dataplane.errors import DataPlaneError, DeadlineExceeded, error_from_code
+from mabeam.dataplane.errors import DataPlaneError, DeadlineExceeded, error_from_envelope
 from mabeam.dataplane.message import AgentRef, Message
 from mabeam.v1 import dataplane_pb2 as pb
 from meshd.dataplane.peers import PendingCall
@@ -78,7 +78,7 @@ class PendingCalls:
             if env.kind == wire.REPLY:
                 future.set_result(Message(env, payload))
             else:
-                future.set_exception(error_from_code(env.error_code, env.error_message))
+                future.set_exception(error_from_envelope(env))
         return "done"
 
     def _expire(self, call_id: int) -> None:

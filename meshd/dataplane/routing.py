@@ -31,6 +31,7 @@ from mabeam.dataplane.errors import (
     NotFound,
     QuotaExceeded,
     ResourceExhausted,
+    fill_envelope,
 )
 from mabeam.dataplane.message import AgentRef, Destination, Group, Message, tenant_or_default
 from mabeam.v1 import dataplane_pb2 as pb
@@ -44,6 +45,8 @@ from meshd.dataplane.registry import RegistryView
 if TYPE_CHECKING:
     from mabeam.security.quota import RateLimiter
 
+#: The throttle a QUOTA_EXCEEDED asks of its sender (seconds; ``retry_after``): as the attach server's.
+_THROTTLE = 0.02
 #: Cached serialized headers / suffixes per flow, at most (cleared when full: flows are few and hot).
 _MAX_CACHED_FLOWS = 4096
 
@@ -86,8 +89,9 @@ class Router:
         refused = self.limiter.admit(tenant, size, time.monotonic())
         if refused is not None:
             quota, limit = refused
+            used = self.limiter.rates(tenant, time.monotonic())[0 if quota == "max_messages_per_second" else 1]
             raise QuotaExceeded(f"tenant {tenant!r} is over its quota {quota} = {limit:g} on node {self.node_id}; "
-                                "nothing was sent", tenant, quota, limit)
+                                "nothing was sent", tenant, quota, limit, used, _THROTTLE)
 
     # ----------------------------------------------------------------- the verbs
 
@@ -378,8 +382,8 @@ class Router:
         if env.kind not in (wire.CAST, wire.CALL) or not env.sender.agent_id and env.kind == wire.CAST:
             return
         back = pb.Envelope(version=wire.VERSION, id=next(self.ids), kind=wire.ERROR, channel=env.channel,
-                           tenant=env.tenant, correlation_id=env.id, error_code=error.code_value,
-                           error_message=error.message, sent_unix_ns=time.time_ns())
+                           tenant=env.tenant, correlation_id=env.id, sent_unix_ns=time.time_ns())
+        fill_envelope(back, error)
         back.sender.CopyFrom(env.to_agent)
         back.to_agent.CopyFrom(env.sender)
         try:
