@@ -9,8 +9,12 @@ overhead ratios.
   node-2 (a child). ``quiet``: nothing else runs. ``noisy``: meanwhile tenant ``noisy`` floods 100 B casts at
   full speed from a child attached to node-1 to a sink attached to node-2 (another child), with a rate quota
   (``max_messages_per_second`` = :data:`NOISY_RATE`, set by the admin through ``SetTenantQuota``; meshd
-  refuses the rest). ``noisy_unlimited``: the same flood without a quota (what the quota prevents).
-  ``ratio_noisy_neighbour`` = p99 noisy / p99 quiet (target <= 2).
+  refuses the rest and throttles it: the SDK then paces its sends to the quota). ``noisy_raw``: the same
+  flood from a raw ZeroMQ client that ignores the throttle (meshd mutes it: its input is dropped unread).
+  ``noisy_unlimited``: the SDK flood without a quota (what the quota prevents).
+  ``ratio_noisy_neighbour`` = p99 noisy / p99 quiet (target <= 2); ``ratio_noisy_neighbour_raw`` the same
+  for the raw flood. ``flood_cpu_*``: the flooding process's CPU (share of one core) during the phase;
+  ``meshd1_cpu_*``: the flooded meshd's.
 - ``tls_overhead_call_p50``: p50 of a unary gRPC call (``MeshService.Ping``) over mTLS with a bearer token,
   divided by the same call on the plain cluster.
 - ``curve_overhead_100b``: p50 of a 100 B data-plane call node-1 -> node-2 with CURVE, divided by the same on
@@ -72,11 +76,41 @@ async def _flood(address: str, tenant: str, node: str, agent_id: str, per_second
     print(json.dumps({"ready": True}), flush=True)
     sent = 0
     while True:
-        await endpoint.send(target, PAYLOAD)
+        await endpoint.send(target, PAYLOAD)  # paced by the SDK once meshd throttles the tenant
         sent += 1
         if sent % 256 == 0:
             await asyncio.sleep(256 / float(per_second) if float(per_second) else 0)  # let the drainer run
     drainer.cancel()  # pragma: no cover - the parent kills this process
+
+
+def _raw_flood(address: str, tenant: str, node: str, agent_id: str) -> None:
+    """A raw ZeroMQ client (no SDK) attached as ``tenant``: batches of 256 casts of 100 B to ``agent_id`` on
+    ``node`` as fast as its connection takes them, ignoring every throttle (what a hostile client does)."""
+    import zmq
+
+    from mabeam.dataplane import envelope as wire
+    from mabeam.v1 import dataplane_pb2 as pb
+
+    sock = zmq.Context().socket(zmq.DEALER)
+    sock.connect(address)
+    prefix = wire.batch_prefix("")
+    attach = pb.Envelope(version=wire.VERSION, id=1, kind=wire.SYSTEM, channel=wire.CONTROL,
+                         system_op=pb.SYSTEM_OP_ATTACH, tenant=tenant)
+    attach.sender.agent_id = f"raw-{os.getpid()}"
+    sock.send_multipart([wire.encode_batch(prefix, [attach.SerializeToString()]), b"16"])
+    sock.recv_multipart()  # attached
+    cast = pb.Envelope(version=wire.VERSION, kind=wire.CAST, channel=wire.NORMAL, tenant=tenant)
+    cast.to_agent.tenant, cast.to_agent.node_id, cast.to_agent.agent_id = tenant, node, agent_id
+    envs = []
+    for i in range(256):
+        cast.id = 100 + i
+        envs.append(cast.SerializeToString())
+    frames = wire.batch_frames(prefix, envs, [PAYLOAD] * 256, True)
+    print(json.dumps({"ready": True}), flush=True)
+    while True:
+        sock.send_multipart(frames)  # blocks while its pipe to meshd is full
+        while sock.poll(0):  # throttles, mute notices: read and ignored
+            sock.recv_multipart()
 
 
 class _Child:
@@ -90,9 +124,23 @@ class _Child:
         if not line:
             raise RuntimeError(f"bench child {args} exited before it was ready")
 
+    def cpu(self) -> float:
+        """CPU seconds (user + system) this child used so far."""
+        return _cpu_seconds(self.proc.pid)
+
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` (Linux /proc; 0 when unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 # ---------------------------------------------------------------- measurements
@@ -178,14 +226,22 @@ async def _wait_quota(endpoint: str, security: Any, tenant: str, rate: int) -> N
         await async_wait_until(applied, 20, interval=0.05, what=f"{endpoint} follows {tenant}'s quota")
 
 
-async def _noisy_phase(cluster: Any, seconds: float, errors: list[str]) -> list[float]:
-    """The victim's calls while tenant ``noisy`` floods node-1 -> node-2."""
+async def _noisy_phase(cluster: Any, seconds: float, errors: list[str], cpu: dict[str, float],
+                       raw: bool = False) -> list[float]:
+    """The victim's calls while tenant ``noisy`` floods node-1 -> node-2 (through the SDK, or ``raw``).
+
+    ``cpu`` gets the flooder's and meshd-1's CPU (share of one core) over the phase.
+    """
     one, two = cluster.nodes
     sink = _Child("echo", two.attach_address, "noisy", "sink")
-    flood = _Child("flood", one.attach_address, "noisy", two.node_id, "sink")
+    flood = _Child("rawflood" if raw else "flood", one.attach_address, "noisy", two.node_id, "sink")
+    started, flood_cpu, meshd_cpu = time.monotonic(), flood.cpu(), _cpu_seconds(one.proc.pid)
     try:
         return await _calls(one.attach_address, "victim", two.node_id, "echo", seconds, errors)
     finally:
+        elapsed = time.monotonic() - started
+        cpu["flood"] = (flood.cpu() - flood_cpu) / elapsed
+        cpu["meshd1"] = (_cpu_seconds(one.proc.pid) - meshd_cpu) / elapsed
         flood.close()
         sink.close()
 
@@ -226,16 +282,28 @@ async def _measure(quick: bool) -> dict[str, Any]:
 
         # The noisy neighbour, on the secure cluster.
         quiet = await _calls(secure.nodes[0].attach_address, "victim", secure.nodes[1].node_id, "echo", seconds)
+        noisy_errors: list[str] = []
+        raw_errors: list[str] = []
+        unlimited_errors: list[str] = []
+        cpu_noisy: dict[str, float] = {}
+        cpu_raw: dict[str, float] = {}
+        cpu_unlimited: dict[str, float] = {}
         for rate in (NOISY_RATE, 0):  # with the quota, then without (last: it may upset the cluster)
             await _set_rate(secure.nodes[0].endpoint, admin, "noisy", rate)
             for node in secure.nodes:  # every meshd follows the quota through its watch
                 await _wait_quota(node.endpoint, admin, "noisy", rate)
             if rate:
-                noisy_errors: list[str] = []
-                noisy = await _noisy_phase(secure, seconds, noisy_errors)
+                noisy = await _noisy_phase(secure, seconds, noisy_errors, cpu_noisy)
+                raw = await _noisy_phase(secure, seconds, raw_errors, cpu_raw, raw=True)
             else:
-                unlimited_errors: list[str] = []
-                unlimited = await _noisy_phase(secure, seconds, unlimited_errors)
+                unlimited = await _noisy_phase(secure, seconds, unlimited_errors, cpu_unlimited)
+        result.update(
+            victim_call_p50_us_noisy_raw=percentile(raw, 50), victim_call_p99_us_noisy_raw=percentile(raw, 99),
+            victim_call_errors_noisy_raw=len(raw_errors), victim_calls_noisy_raw=len(raw),
+            ratio_noisy_neighbour_raw=percentile(raw, 99) / percentile(quiet, 99),
+            flood_cpu_noisy=cpu_noisy["flood"], flood_cpu_noisy_raw=cpu_raw["flood"],
+            flood_cpu_noisy_unlimited=cpu_unlimited["flood"], meshd1_cpu_noisy=cpu_noisy["meshd1"],
+            meshd1_cpu_noisy_raw=cpu_raw["meshd1"], meshd1_cpu_noisy_unlimited=cpu_unlimited["meshd1"])
         result.update(
             victim_calls_quiet=len(quiet), victim_calls_noisy=len(noisy),
             victim_call_p50_us_quiet=percentile(quiet, 50), victim_call_p99_us_quiet=percentile(quiet, 99),
@@ -260,6 +328,10 @@ def run(quick: bool) -> dict[str, Any]:
 
 def _child_main(argv: list[str]) -> None:
     role, *args = argv
+    if role == "rawflood":
+        with contextlib.suppress(KeyboardInterrupt):
+            _raw_flood(*args)
+        return
     coro = {"echo": _echo, "flood": _flood}[role](*args)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(coro)

@@ -94,7 +94,7 @@ THROTTLE = 0.02
 #: it sends meanwhile is dropped before its batch is decoded (counted as ``rejected_frames[attach, muted]``),
 #: so a raw client flooding past its quota costs meshd a receive per ZeroMQ message, not a decode per cast.
 MUTE_FACTOR = 4
-MUTE_FLOOR = 10_000
+MUTE_FLOOR = 20_000
 MUTE_FOR = 1.0
 _RETRY_BLOCKED = 0.002  # seconds before re-trying an endpoint whose connection was full
 #: Longest payload of a name or group operation worth decoding (names are at most 128 characters).
