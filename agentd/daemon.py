@@ -23,7 +23,7 @@ from agentd.models.ledger import EtcdLedger, Ledger, MemoryLedger
 from agentd.models.metrics import ModelCollector
 from agentd.models.router import ModelRouter
 from agentd.models.service import ModelService
-from agentd.quotas import AgentQuota
+from agentd.quotas import AgentQuota, RunQuota
 from agentd.runs.http import RunsHttp
 from agentd.runs.manager import RunManager
 from agentd.runs.service import RunServicer
@@ -158,6 +158,7 @@ class Daemon:
         self.quota = AgentQuota(self.etcd, config.cluster, node_id)
         await self.quota.start()
         self.pool.on_removed = self.quota.removed
+        self.runs.quota = RunQuota(self.etcd, config.cluster, self.quota.book, self.runs.run_status)
 
     async def stop(self) -> None:
         """Stop serving, hand executing runs back, then shut every worker (and agent) down."""

@@ -1,4 +1,4 @@
-"""agentd's share of the tenant quotas: the agents it starts count against ``max_agents``, exactly.
+"""agentd's share of the tenant quotas: ``max_agents`` (below), ``max_concurrent_runs`` (:class:`RunQuota`).
 
 Every agent started through ``AgentService.SpawnAgent`` holds one unit of its tenant's ``agents``
 resource — the key ``usage/<tenant>/agents/<node>:<serial>`` in etcd, taken by
@@ -20,8 +20,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
+from collections.abc import Awaitable, Callable
 
 from mabeam import keys
+from mabeam.errors import ServiceError
 from mabeam.etcd.client import EtcdClient, EtcdError, op_put
 from mabeam.etcd.session import Session
 from mabeam.security.quota import CountedQuota, QuotaBook
@@ -123,3 +126,68 @@ class AgentQuota:
                 await task
         if self.session is not None:
             await self.session.close()
+
+
+#: A unit of a run that does not exist this long after it was taken belongs to a StartRun that died between
+#: taking it and creating the run (ms); the next acquisition at the limit gives it back.
+ORPHAN_MS = 60_000
+
+
+class RunQuota:
+    """``max_concurrent_runs``, exactly and cluster-wide: one unit per run that has not ended.
+
+    The unit is the key ``usage/<tenant>/runs/<run id>`` (no lease: runs are durable, they outlive the
+    agentd that started them), taken by :class:`~mabeam.security.quota.CountedQuota` before the run is
+    created — a StartRun over the limit creates nothing — and keyed by the run id, so a replay of the
+    same StartRun holds the one unit its first attempt took. The unit is given back when the run ends
+    (its executor, on any node, sees it end), and, should that be missed (a crash between the end and
+    the release), by the next StartRun that finds the tenant at its limit: it reads the runs behind the
+    units and frees those that ended (``ended`` answers from the runs store). Its value is the time it
+    was taken (ms), so a unit whose run was never created is freed after :data:`ORPHAN_MS`.
+    """
+
+    def __init__(self, etcd: EtcdClient, cluster: str, book: QuotaBook,
+                 status: Callable[[str], Awaitable[tuple[str, bool] | None]],
+                 now_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+        self.counted = CountedQuota(etcd, cluster, "max_concurrent_runs", book)
+        #: run id -> (tenant, ended?) from the runs store, or None when there is no such run.
+        self.status = status
+        self.now_ms = now_ms
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def acquire(self, tenant: str, run_id: str, what: str) -> None:
+        """Take the unit of run ``run_id`` of ``tenant``, or raise QUOTA_EXCEEDED (a ServiceError)."""
+        stamp = str(self.now_ms()).encode()
+        async with self._locks.setdefault(tenant, asyncio.Lock()):
+            try:
+                await self.counted.acquire(tenant, run_id, 0, what, stamp)
+            except ServiceError as error:
+                if error.reason != "QUOTA_EXCEEDED" or not await self._free_ended(tenant):
+                    raise
+                await self.counted.acquire(tenant, run_id, 0, what, stamp)
+
+    async def _free_ended(self, tenant: str) -> bool:
+        """Give back the units of the tenant's runs that ended (or were never created); True if any was."""
+        freed = False
+        now = self.now_ms()
+        for run_id, value in (await self.counted.holders(tenant)).items():
+            found = await self.status(run_id)
+            if found is None:
+                try:
+                    stale = now - int(value or b"0") > ORPHAN_MS
+                except ValueError:
+                    stale = True
+            else:
+                owner, ended = found
+                stale = ended or owner != tenant
+            if stale:
+                await self.counted.release(tenant, run_id)
+                freed = True
+        return freed
+
+    async def release(self, tenant: str, run_id: str) -> None:
+        """Give back the unit of a run that ended (nothing if it holds none; etcd away: the next sweep)."""
+        try:
+            await self.counted.release(tenant, run_id)
+        except EtcdError as error:
+            log.warning("could not give back the run unit of %s (tenant %s): %s", run_id, tenant, error)

@@ -27,6 +27,7 @@ from agentd.runs.lease import RunLease, holder_of
 from agentd.runs.model import (
     POLICIES,
     STATUSES,
+    TERMINAL,
     ApprovalDecided,
     ApprovalExpired,
     ApprovalNotFound,
@@ -61,6 +62,7 @@ from mabeam.security.context import tenant_for, visible
 
 if TYPE_CHECKING:
     from agentd.models.router import ModelRouter
+    from agentd.quotas import RunQuota
 
 log = logging.getLogger("agentd.runs")
 
@@ -98,6 +100,8 @@ class RunManager:
         self.janitor: Any = None
         #: The daemon's model router (None without a [models] config): what a run's model op calls.
         self.models: ModelRouter | None = None
+        #: The tenants' ``max_concurrent_runs`` (agentd.quotas; None: not counted): a unit per run not ended.
+        self.quota: RunQuota | None = None
         #: run id -> tenant (immutable once a run exists): the tenant check of a request by run id costs a
         #: store read only the first time this node sees the run.
         self._tenants: dict[str, str] = {}
@@ -183,6 +187,8 @@ class RunManager:
         finally:
             if self.executors.get(executor.run_id) is executor:
                 del self.executors[executor.run_id]
+            if self.quota is not None and executor.outcome.removeprefix("run.") in TERMINAL:
+                await self.quota.release(executor.tenant, executor.run_id)  # the run's concurrent-runs slot
             log.info("run %s: executor on %s ended (%s)", executor.run_id, self.node_id, executor.outcome)
 
     async def _run_op(self, run_id: str, delivery_id: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -239,19 +245,43 @@ class RunManager:
             policy = "enqueue"
         spec = RunSpec(run_id=run_id or f"run-{uuid.uuid4().hex}", tenant=tenant or DEFAULT_TENANT,
                        agent_type=agent_type, input_policy=policy, labels=dict(labels), input=payload)
+        quota = self.quota
+        if quota is not None and (not run_id or await self.store.get(spec.run_id) is None):
+            # A new run takes a unit of the tenant's max_concurrent_runs first (a replay holds its own already).
+            await quota.acquire(spec.tenant, spec.run_id, f"starting run {spec.run_id!r} ({agent_type})")
+        else:
+            quota = None
         try:
             plan = await self.store.start(spec, self._now_ms())
-        except RunConflict:
-            owner = await self._run_tenant(spec.run_id)
-            if owner is not None and owner != spec.tenant:
-                # Run ids are one namespace: the id is taken, and nothing about the other tenant's run is told.
-                raise RunConflict(f"run id {spec.run_id!r} is taken; use a new run_id") from None
+        except Exception as error:
+            if quota is not None:
+                await self._give_back(quota, spec.tenant, spec.run_id)
+            if isinstance(error, RunConflict):
+                owner = await self._run_tenant(spec.run_id)
+                if owner is not None and owner != spec.tenant:
+                    # Run ids are one namespace: the id is taken, and nothing about the other tenant's run is told.
+                    raise RunConflict(f"run id {spec.run_id!r} is taken; use a new run_id") from None
             raise
         if plan.created and await self.execute(plan.row):
             row = await self.store.get(spec.run_id)  # claimed (or ended) by the executor just started here
             if row is not None:
                 return RunView(row, bool(row.executor_node)), True
         return await self.get(spec.run_id), plan.created
+
+    async def _give_back(self, quota: RunQuota, tenant: str, run_id: str) -> None:
+        """A StartRun that took a unit failed: the unit goes back, unless the run exists (an identical start
+        racing this one created it)."""
+        try:
+            row = await self.store.get(run_id)
+        except RunError:
+            row = None
+        if row is None or row.tenant != tenant:
+            await quota.release(tenant, run_id)
+
+    async def run_status(self, run_id: str) -> tuple[str, bool] | None:
+        """(tenant, ended?) of a run, None when there is none (the run quota's sweep asks)."""
+        row = await self.store.get(run_id)
+        return None if row is None else (row.tenant, row.terminal)
 
     async def append_frame(self, run_id: str, frame_id: str, type_: str, payload_json: str) -> tuple[bool, int]:
         """AppendFrame: (duplicate?, seq of its frame.received)."""

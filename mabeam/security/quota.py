@@ -154,8 +154,8 @@ class CountedQuota:
         self.resource = RESOURCES[quota]
         self.book = book
 
-    async def acquire(self, tenant: str, holder: str, lease: int = 0, what: str = "") -> None:
-        """Take one unit for ``holder``; QUOTA_EXCEEDED when the tenant holds ``limit`` already."""
+    async def acquire(self, tenant: str, holder: str, lease: int = 0, what: str = "", value: bytes = b"") -> None:
+        """Take one unit for ``holder`` (its key holds ``value``); QUOTA_EXCEEDED at the tenant's ``limit``."""
         version = keys.usage_version(self.cluster, tenant, self.resource)
         holders = keys.usage_holders(self.cluster, tenant, self.resource)
         mine = keys.usage_holder(self.cluster, tenant, self.resource, holder)
@@ -169,7 +169,7 @@ class CountedQuota:
                 raise quota_exceeded(tenant, self.quota, limit, count, what or f"another {self.resource[:-1]}")
             guard = cmp_mod_revision(version, seen[0].mod_revision) if seen else cmp_create_revision(version, 0)
             done = await self.etcd.txn([guard, cmp_create_revision(mine, 0)],
-                                       [op_put(version, str(count + 1).encode()), op_put(mine, b"", lease)])
+                                       [op_put(version, str(count + 1).encode()), op_put(mine, value, lease)])
             if done.succeeded:
                 return
             # Another acquisition (or release-and-acquire) got in between: read the count again.
@@ -180,6 +180,12 @@ class CountedQuota:
     async def release(self, tenant: str, holder: str) -> None:
         """Give back ``holder``'s unit (no error if it holds none)."""
         await self.etcd.delete(keys.usage_holder(self.cluster, tenant, self.resource, holder))
+
+    async def holders(self, tenant: str) -> dict[str, bytes]:
+        """Every unit the tenant holds now: holder -> the value its key holds."""
+        prefix = keys.usage_holders(self.cluster, tenant, self.resource)
+        kvs, _ = await self.etcd.get_prefix(prefix)
+        return {kv.key[len(prefix):].decode(errors="replace"): kv.value for kv in kvs}
 
     async def used(self, tenant: str) -> int:
         """How many units the tenant holds now."""

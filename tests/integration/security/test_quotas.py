@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import subprocess
 import sys
 import uuid
@@ -25,15 +26,16 @@ from mabeam_client.agents import AgentClient
 from mabeam_client.coordinator import CoordinatorClient
 from mabeam_client.errors import ResourceExhausted
 from mabeam_client.mesh import MeshClient
+from mabeam_client.runs import RunClient
 
 LIMIT = 30
 FIRST = LIMIT - 10  # then 50 spawns race for the last 10 slots
 RACERS = 50
 
 
-async def _used(mesh: MeshClient, tenant: str) -> float:
+async def _used(mesh: MeshClient, tenant: str, quota: str = "max_agents") -> float:
     usage = await mesh.tenant_usage(tenant)
-    return next(item.used for item in usage.usage if item.quota == "max_agents")
+    return next(item.used for item in usage.usage if item.quota == quota)
 
 
 async def test_fifty_spawns_race_for_the_last_ten_slots_and_none_overshoots(secure_cluster: DevCluster) -> None:
@@ -92,13 +94,13 @@ async def test_fifty_spawns_race_for_the_last_ten_slots_and_none_overshoots(secu
             assert error.reason == "QUOTA_EXCEEDED"
 
 
-async def _wait_used(mesh: MeshClient, tenant: str, expected: int) -> None:
-    """Until the tenant's max_agents use reads ``expected`` (meshd's view follows etcd's watch)."""
+async def _wait_used(mesh: MeshClient, tenant: str, expected: int, quota: str = "max_agents") -> None:
+    """Until the tenant's use of ``quota`` reads ``expected`` (meshd's view follows etcd's watch)."""
 
     async def reached() -> bool:
-        return await _used(mesh, tenant) == expected
+        return await _used(mesh, tenant, quota) == expected
 
-    await async_wait_until(reached, 20, what=f"max_agents use of {tenant} reads {expected}")
+    await async_wait_until(reached, 20, what=f"{quota} use of {tenant} reads {expected}")
 
 
 async def test_max_instances_refuses_the_instance_past_the_limit_and_a_cancelled_one_frees_its_slot(
@@ -122,3 +124,59 @@ async def test_max_instances_refuses_the_instance_past_the_limit_and_a_cancelled
         await ops.create_auction("sealed", config)  # the cancelled one's slot
         with pytest.raises(ResourceExhausted):
             await ops.create_auction("sealed", config)
+
+
+RUNS_LIMIT = 5
+RUNS_FIRST = 2  # then 12 StartRuns on both agentds race for the last 3 slots
+
+
+async def test_concurrent_runs_race_for_the_last_slots_a_replay_counts_once_and_an_ended_run_frees_its_slot(
+        secure_cluster: DevCluster) -> None:
+    security = secure_cluster.security
+    assert security is not None
+    tenant = f"q{uuid.uuid4().hex[:8]}"
+    agentds = [n.agentd for n in secure_cluster.nodes if n.agentd]
+    operator = security.client(tenant=tenant, roles=["operator"], subject="ops")
+    async with MeshClient(secure_cluster.nodes[0].endpoint, security=security.client()) as admin, \
+            RunClient(agentds[0].endpoint, security=operator) as near, \
+            RunClient(agentds[1].endpoint, security=operator) as far:
+        await admin.set_tenant_quota(mesh_pb2.TenantQuota(tenant=tenant, max_concurrent_runs=RUNS_LIMIT))
+        first = [await near.start("tasker", run_id=f"{tenant}-first-{i}") for i in range(RUNS_FIRST)]
+        again = await far.start("tasker", run_id=first[0].run.run_id)  # a replay: the same run, no new slot
+        assert not again.created
+
+        async def start(i: int) -> object:
+            try:
+                return await (near if i % 2 else far).start("tasker", run_id=f"{tenant}-racer-{i}")
+            except ResourceExhausted as refused:
+                return refused
+
+        outcomes = await asyncio.gather(*(start(i) for i in range(12)))
+        refused = [o for o in outcomes if isinstance(o, ResourceExhausted)]
+        assert len(refused) == 12 - (RUNS_LIMIT - RUNS_FIRST), f"{12 - len(refused)} racers started: overshot"
+        assert {(r.reason, r.metadata.get("quota"), r.metadata.get("limit"), r.metadata.get("used"))
+                for r in refused} == {("QUOTA_EXCEEDED", "max_concurrent_runs", str(RUNS_LIMIT), str(RUNS_LIMIT))}
+        runs, _ = await near.list()
+        assert len([r for r in runs if r.status not in ("completed", "failed", "canceled")]) == RUNS_LIMIT
+        await _wait_used(admin, tenant, RUNS_LIMIT, "max_concurrent_runs")
+
+        # The HTTP face answers 429 with the reason and the limit; nothing is created.
+        cert, key = security.certs["client"]
+        tls = ssl.create_default_context(cafile=str(security.ca))
+        tls.load_cert_chain(str(cert), str(key))
+        headers = {"Authorization": f"Bearer {security.token(tenant, ['operator'])}"}
+        async with httpx.AsyncClient(base_url=f"https://{agentds[1].http_endpoint}", verify=tls) as http:
+            answer = await http.post("/v1/runs", json={"run_id": f"{tenant}-http", "agent_type": "tasker"},
+                                     headers=headers)
+            assert answer.status_code == 429, answer.text
+            error = answer.json()["error"]
+            assert (error["reason"], error["metadata"]["quota"], error["metadata"]["limit"]) == \
+                ("QUOTA_EXCEEDED", "max_concurrent_runs", str(RUNS_LIMIT))
+        assert f"{tenant}-http" not in {r.run_id for r in (await near.list())[0]}
+
+        # A run that ends gives its slot back: one more starts, the next is refused again.
+        await near.append(first[1].run.run_id, "done", "finish", {})
+        await _wait_used(admin, tenant, RUNS_LIMIT - 1, "max_concurrent_runs")
+        await far.start("tasker", run_id=f"{tenant}-after-end")
+        with pytest.raises(ResourceExhausted):
+            await near.start("tasker", run_id=f"{tenant}-one-too-many")
