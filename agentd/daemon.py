@@ -158,7 +158,7 @@ class Daemon:
         self.quota = AgentQuota(self.etcd, config.cluster, node_id)
         await self.quota.start()
         self.pool.on_removed = self.quota.removed
-        self.runs.quota = RunQuota(self.etcd, config.cluster, self.quota.book, self.runs.run_status)
+        self.runs.quota = RunQuota(self.etcd, config.cluster, self.runs.run_status)
 
     async def stop(self) -> None:
         """Stop serving, hand executing runs back, then shut every worker (and agent) down."""

@@ -95,7 +95,9 @@ class AgentProcess:
         self.agent_id = agent_id
         self.spec = spec
         self.agent = agent
-        capacity = agent.mailbox_capacity or runtime.mailbox_capacity
+        capacity = spec.mailbox_capacity or agent.mailbox_capacity or runtime.mailbox_capacity
+        if spec.mailbox_bound and not spec.mailbox_capacity:  # a default over the tenant's max_mailbox is lowered
+            capacity = min(capacity, spec.mailbox_bound)
         self.mailbox = Mailbox(capacity, agent_id)
         self.parent = parent
         self.task: asyncio.Task[None] | None = None

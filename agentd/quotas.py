@@ -27,7 +27,8 @@ from mabeam import keys
 from mabeam.errors import ServiceError
 from mabeam.etcd.client import EtcdClient, EtcdError, op_put
 from mabeam.etcd.session import Session
-from mabeam.security.quota import CountedQuota, QuotaBook
+from mabeam.security.quota import CountedQuota, QuotaBook, read_quota
+from mabeam.v1 import mesh_pb2
 
 log = logging.getLogger("agentd.quotas")
 
@@ -44,7 +45,7 @@ class AgentQuota:
         self.node_id = node_id
         self.ttl = ttl
         self.book = QuotaBook()
-        self.counted = CountedQuota(etcd, cluster, "max_agents", self.book)
+        self.counted = CountedQuota(etcd, cluster, "max_agents")
         #: holder -> tenant, for every unit this agentd holds now.
         self.held: dict[str, str] = {}
         #: (tenant, agent id) -> holder, for the agents started.
@@ -79,6 +80,13 @@ class AgentQuota:
                 except EtcdError as error:
                     log.debug("agent quota units: %s; retrying", error)
                     await asyncio.sleep(1.0)
+
+    async def quota(self, tenant: str) -> mesh_pb2.TenantQuota:
+        """The tenant's quota as etcd holds it now (etcd away: as the watch last told)."""
+        try:
+            return await read_quota(self.etcd, self.cluster, tenant)
+        except EtcdError:
+            return self.book.get(tenant)
 
     def _key(self, tenant: str, holder: str) -> bytes:
         return keys.usage_holder(self.cluster, tenant, "agents", holder)
@@ -146,10 +154,10 @@ class RunQuota:
     was taken (ms), so a unit whose run was never created is freed after :data:`ORPHAN_MS`.
     """
 
-    def __init__(self, etcd: EtcdClient, cluster: str, book: QuotaBook,
+    def __init__(self, etcd: EtcdClient, cluster: str,
                  status: Callable[[str], Awaitable[tuple[str, bool] | None]],
                  now_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
-        self.counted = CountedQuota(etcd, cluster, "max_concurrent_runs", book)
+        self.counted = CountedQuota(etcd, cluster, "max_concurrent_runs")
         #: run id -> (tenant, ended?) from the runs store, or None when there is no such run.
         self.status = status
         self.now_ms = now_ms

@@ -24,6 +24,7 @@ from agentd.quotas import AgentQuota
 from agentd.supervision import ChildSpec, StartSpec
 from agentd.workers import WorkerPool
 from mabeam.security.context import tenant_for
+from mabeam.security.quota import quota_exceeded
 from mabeam.v1 import agent_pb2, agent_pb2_grpc
 
 #: Largest JSON argument or message accepted over gRPC.
@@ -82,6 +83,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                       "start": StartSpec(type=request.type, args=args), "name": request.name or None,
                       "restart": request.restart or "temporary", "shutdown": shutdown,
                       "isolation": request.isolation or "shared"}
+            fields.update(await self._mailbox(tenant, request.mailbox_capacity, spec_id=str(fields["id"])))
             spec = ChildSpec.model_validate(fields)
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
@@ -98,6 +100,18 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 raise
             self.quota.bind(holder, tenant, agent_id)
         return agent_pb2.SpawnAgentResponse(agent=_info(await self.pool.info(agent_id, tenant)))
+
+    async def _mailbox(self, tenant: str, asked: int, spec_id: str) -> dict[str, int]:
+        """The ChildSpec's mailbox fields for a spawn asking ``asked`` (0: the default) under the tenant's
+        ``max_mailbox``: asking more is QUOTA_EXCEEDED (nothing starts); a default is lowered to the bound."""
+        if asked < 0:
+            raise InvalidArgument("mailbox_capacity: must be >= 0 (0: the default)")
+        bound = int((await self.quota.quota(tenant)).max_mailbox) if self.quota is not None else 0
+        if bound and asked > bound:
+            raise quota_exceeded(tenant, "max_mailbox", bound, asked,
+                                 f"starting agent {spec_id!r} with a mailbox of {asked} messages")
+        fields = {"mailbox_capacity": asked} if asked else {}
+        return {**fields, "mailbox_bound": bound} if bound else fields
 
     async def StopAgent(self, request: agent_pb2.StopAgentRequest,  # noqa: N802
                         context: grpc.aio.ServicerContext) -> agent_pb2.StopAgentResponse:

@@ -71,6 +71,10 @@ class ChildSpec(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     #: ``process`` asks for an OS worker process of the child's own (see agentd.workers).
     isolation: Literal["shared", "process"] = "shared"
+    #: The mailbox capacity asked for (None: the agent type's own, else the runtime's default).
+    mailbox_capacity: int | None = Field(default=None, ge=1, le=10_000_000)
+    #: An upper bound on the capacity the defaults give (the tenant's ``max_mailbox`` quota at spawn).
+    mailbox_bound: int | None = Field(default=None, ge=1)
 
     @field_validator("shutdown")
     @classmethod

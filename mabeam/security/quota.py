@@ -127,6 +127,12 @@ def _parse(value: bytes) -> mesh_pb2.TenantQuota | None:
     return quota if quota.tenant else None
 
 
+async def read_quota(etcd: EtcdClient, cluster: str, tenant: str) -> mesh_pb2.TenantQuota:
+    """A tenant's quota as etcd holds it now (all unlimited when none is set)."""
+    kv = await etcd.get(keys.quota(cluster, tenant))
+    return (_parse(kv.value) if kv is not None else None) or mesh_pb2.TenantQuota(tenant=tenant)
+
+
 async def write_quota(etcd: EtcdClient, cluster: str, quota: mesh_pb2.TenantQuota) -> int:
     """Store a tenant's quota, and create the tenant if it does not exist (one transaction); its revision."""
     tenant_key = keys.tenant(cluster, quota.tenant)
@@ -141,18 +147,18 @@ class CountedQuota:
     """An exactly counted, cluster-wide quota (see the module docstring): holder keys and one etcd transaction.
 
     ``acquire`` takes one unit for ``holder`` (under ``lease``, 0 for none) or raises QUOTA_EXCEEDED;
-    ``release`` gives it back. Units are recorded even without a limit, so usage is always visible.
+    ``release`` gives it back. The limit is read in the same etcd read as the count, so a quota just set
+    holds from the next acquisition on, on every node. Units are recorded even without a limit, so usage is always visible.
     """
 
     #: Attempts before giving up under contention (each failed one means another acquisition won).
     MAX_ATTEMPTS = 500
 
-    def __init__(self, etcd: EtcdClient, cluster: str, quota: str, book: QuotaBook) -> None:
+    def __init__(self, etcd: EtcdClient, cluster: str, quota: str) -> None:
         self.etcd = etcd
         self.cluster = cluster
         self.quota = quota
         self.resource = RESOURCES[quota]
-        self.book = book
 
     async def acquire(self, tenant: str, holder: str, lease: int = 0, what: str = "", value: bytes = b"") -> None:
         """Take one unit for ``holder`` (its key holds ``value``); QUOTA_EXCEEDED at the tenant's ``limit``."""
@@ -160,11 +166,14 @@ class CountedQuota:
         holders = keys.usage_holders(self.cluster, tenant, self.resource)
         mine = keys.usage_holder(self.cluster, tenant, self.resource, holder)
         for attempt in range(self.MAX_ATTEMPTS):
-            read = await self.etcd.txn([], [op_get(version), op_get(mine), op_count(holders)])
+            read = await self.etcd.txn([], [op_get(version), op_get(mine), op_count(holders),
+                                            op_get(keys.quota(self.cluster, tenant))])
             seen, held, count = read.ranges[0], read.ranges[1], read.counts[2]
             if held:
                 return  # already holds a unit (a retried request): idempotent
-            limit = self.book.limit(tenant, self.quota)
+            # The quota as etcd holds it now (not as the watch last told): a limit just set holds at once.
+            stored = _parse(read.ranges[3][0].value) if read.ranges[3] else None
+            limit = float(getattr(stored, self.quota)) if stored is not None else 0.0
             if limit and count >= limit:
                 raise quota_exceeded(tenant, self.quota, limit, count, what or f"another {self.resource[:-1]}")
             guard = cmp_mod_revision(version, seen[0].mod_revision) if seen else cmp_create_revision(version, 0)

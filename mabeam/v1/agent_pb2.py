@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mabeam/v1/agent.proto\x12\tmabeam.v1\"\xcb\x01\n\x11SpawnAgentRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\nsupervisor\x18\x04 \x01(\t\x12\x11\n\tisolation\x18\x05 \x01(\t\x12\x0f\n\x07restart\x18\x06 \x01(\t\x12\x10\n\x08\x63hild_id\x18\x07 \x01(\t\x12\x18\n\x10shutdown_seconds\x18\x08 \x01(\x01\x12\x13\n\x0b\x62rutal_kill\x18\t \x01(\x08\x12\x0e\n\x06tenant\x18\n \x01(\t\"9\n\x12SpawnAgentResponse\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.mabeam.v1.AgentInfo\"\xae\x02\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\nsupervisor\x18\x05 \x01(\t\x12\x10\n\x08restarts\x18\x06 \x01(\x05\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x15\n\rmailbox_depth\x18\x08 \x01(\x03\x12\x18\n\x10mailbox_capacity\x18\t \x01(\x03\x12\x0f\n\x07handled\x18\n \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x0b \x01(\x03\x12\x1a\n\x12\x63heckpoint_version\x18\x0c \x01(\x03\x12\x15\n\ris_supervisor\x18\r \x01(\x08\x12\x0e\n\x06worker\x18\x0e \x01(\t\x12\x0e\n\x06tenant\x18\x0f \x01(\t\"1\n\x10StopAgentRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\x13\n\x11StopAgentResponse\"0\n\x0fGetAgentRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"7\n\x10GetAgentResponse\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.mabeam.v1.AgentInfo\"1\n\x11ListAgentsRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\":\n\x12ListAgentsResponse\x12$\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x14.mabeam.v1.AgentInfo\"6\n\x16SupervisionTreeRequest\x12\x0c\n\x04root\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"=\n\x17SupervisionTreeResponse\x12\"\n\x05roots\x18\x01 \x03(\x0b\x32\x13.mabeam.v1.TreeNode\"\xb3\x01\n\x08TreeNode\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x10\n\x08restarts\x18\x05 \x01(\x05\x12\x10\n\x08strategy\x18\x06 \x01(\t\x12\x0e\n\x06worker\x18\x07 \x01(\t\x12%\n\x08\x63hildren\x18\x08 \x03(\x0b\x32\x13.mabeam.v1.TreeNode\x12\x0e\n\x06tenant\x18\t \x01(\t\"G\n\x10\x41gentCastRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x14\n\x0cmessage_json\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"\x13\n\x11\x41gentCastResponse\"`\n\x10\x41gentCallRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x14\n\x0cmessage_json\x18\x02 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x03 \x01(\x01\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"\'\n\x11\x41gentCallResponse\x12\x12\n\nreply_json\x18\x01 \x01(\t\"Z\n\x15\x41gentCastGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x14\n\x0cmessage_json\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"2\n\x16\x41gentCastGroupResponse\x12\x18\n\x10local_deliveries\x18\x01 \x01(\x05\"9\n\x18\x41gentGroupMembersRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\".\n\x19\x41gentGroupMembersResponse\x12\x11\n\tagent_ids\x18\x01 \x03(\t2\xbe\x05\n\x0c\x41gentService\x12I\n\nSpawnAgent\x12\x1c.mabeam.v1.SpawnAgentRequest\x1a\x1d.mabeam.v1.SpawnAgentResponse\x12\x46\n\tStopAgent\x12\x1b.mabeam.v1.StopAgentRequest\x1a\x1c.mabeam.v1.StopAgentResponse\x12\x43\n\x08GetAgent\x12\x1a.mabeam.v1.GetAgentRequest\x1a\x1b.mabeam.v1.GetAgentResponse\x12I\n\nListAgents\x12\x1c.mabeam.v1.ListAgentsRequest\x1a\x1d.mabeam.v1.ListAgentsResponse\x12X\n\x0fSupervisionTree\x12!.mabeam.v1.SupervisionTreeRequest\x1a\".mabeam.v1.SupervisionTreeResponse\x12\x41\n\x04\x43\x61st\x12\x1b.mabeam.v1.AgentCastRequest\x1a\x1c.mabeam.v1.AgentCastResponse\x12\x41\n\x04\x43\x61ll\x12\x1b.mabeam.v1.AgentCallRequest\x1a\x1c.mabeam.v1.AgentCallResponse\x12P\n\tCastGroup\x12 .mabeam.v1.AgentCastGroupRequest\x1a!.mabeam.v1.AgentCastGroupResponse\x12Y\n\x0cGroupMembers\x12#.mabeam.v1.AgentGroupMembersRequest\x1a$.mabeam.v1.AgentGroupMembersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mabeam/v1/agent.proto\x12\tmabeam.v1\"\xe5\x01\n\x11SpawnAgentRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\nsupervisor\x18\x04 \x01(\t\x12\x11\n\tisolation\x18\x05 \x01(\t\x12\x0f\n\x07restart\x18\x06 \x01(\t\x12\x10\n\x08\x63hild_id\x18\x07 \x01(\t\x12\x18\n\x10shutdown_seconds\x18\x08 \x01(\x01\x12\x13\n\x0b\x62rutal_kill\x18\t \x01(\x08\x12\x0e\n\x06tenant\x18\n \x01(\t\x12\x18\n\x10mailbox_capacity\x18\x0b \x01(\x03\"9\n\x12SpawnAgentResponse\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.mabeam.v1.AgentInfo\"\xae\x02\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\nsupervisor\x18\x05 \x01(\t\x12\x10\n\x08restarts\x18\x06 \x01(\x05\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x15\n\rmailbox_depth\x18\x08 \x01(\x03\x12\x18\n\x10mailbox_capacity\x18\t \x01(\x03\x12\x0f\n\x07handled\x18\n \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x0b \x01(\x03\x12\x1a\n\x12\x63heckpoint_version\x18\x0c \x01(\x03\x12\x15\n\ris_supervisor\x18\r \x01(\x08\x12\x0e\n\x06worker\x18\x0e \x01(\t\x12\x0e\n\x06tenant\x18\x0f \x01(\t\"1\n\x10StopAgentRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\x13\n\x11StopAgentResponse\"0\n\x0fGetAgentRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"7\n\x10GetAgentResponse\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.mabeam.v1.AgentInfo\"1\n\x11ListAgentsRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\":\n\x12ListAgentsResponse\x12$\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x14.mabeam.v1.AgentInfo\"6\n\x16SupervisionTreeRequest\x12\x0c\n\x04root\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"=\n\x17SupervisionTreeResponse\x12\"\n\x05roots\x18\x01 \x03(\x0b\x32\x13.mabeam.v1.TreeNode\"\xb3\x01\n\x08TreeNode\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x10\n\x08restarts\x18\x05 \x01(\x05\x12\x10\n\x08strategy\x18\x06 \x01(\t\x12\x0e\n\x06worker\x18\x07 \x01(\t\x12%\n\x08\x63hildren\x18\x08 \x03(\x0b\x32\x13.mabeam.v1.TreeNode\x12\x0e\n\x06tenant\x18\t \x01(\t\"G\n\x10\x41gentCastRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x14\n\x0cmessage_json\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"\x13\n\x11\x41gentCastResponse\"`\n\x10\x41gentCallRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x14\n\x0cmessage_json\x18\x02 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x03 \x01(\x01\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"\'\n\x11\x41gentCallResponse\x12\x12\n\nreply_json\x18\x01 \x01(\t\"Z\n\x15\x41gentCastGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x14\n\x0cmessage_json\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"2\n\x16\x41gentCastGroupResponse\x12\x18\n\x10local_deliveries\x18\x01 \x01(\x05\"9\n\x18\x41gentGroupMembersRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\".\n\x19\x41gentGroupMembersResponse\x12\x11\n\tagent_ids\x18\x01 \x03(\t2\xbe\x05\n\x0c\x41gentService\x12I\n\nSpawnAgent\x12\x1c.mabeam.v1.SpawnAgentRequest\x1a\x1d.mabeam.v1.SpawnAgentResponse\x12\x46\n\tStopAgent\x12\x1b.mabeam.v1.StopAgentRequest\x1a\x1c.mabeam.v1.StopAgentResponse\x12\x43\n\x08GetAgent\x12\x1a.mabeam.v1.GetAgentRequest\x1a\x1b.mabeam.v1.GetAgentResponse\x12I\n\nListAgents\x12\x1c.mabeam.v1.ListAgentsRequest\x1a\x1d.mabeam.v1.ListAgentsResponse\x12X\n\x0fSupervisionTree\x12!.mabeam.v1.SupervisionTreeRequest\x1a\".mabeam.v1.SupervisionTreeResponse\x12\x41\n\x04\x43\x61st\x12\x1b.mabeam.v1.AgentCastRequest\x1a\x1c.mabeam.v1.AgentCastResponse\x12\x41\n\x04\x43\x61ll\x12\x1b.mabeam.v1.AgentCallRequest\x1a\x1c.mabeam.v1.AgentCallResponse\x12P\n\tCastGroup\x12 .mabeam.v1.AgentCastGroupRequest\x1a!.mabeam.v1.AgentCastGroupResponse\x12Y\n\x0cGroupMembers\x12#.mabeam.v1.AgentGroupMembersRequest\x1a$.mabeam.v1.AgentGroupMembersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,45 +32,45 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mabeam.v1.agent_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SPAWNAGENTREQUEST']._serialized_start=37
-  _globals['_SPAWNAGENTREQUEST']._serialized_end=240
-  _globals['_SPAWNAGENTRESPONSE']._serialized_start=242
-  _globals['_SPAWNAGENTRESPONSE']._serialized_end=299
-  _globals['_AGENTINFO']._serialized_start=302
-  _globals['_AGENTINFO']._serialized_end=604
-  _globals['_STOPAGENTREQUEST']._serialized_start=606
-  _globals['_STOPAGENTREQUEST']._serialized_end=655
-  _globals['_STOPAGENTRESPONSE']._serialized_start=657
-  _globals['_STOPAGENTRESPONSE']._serialized_end=676
-  _globals['_GETAGENTREQUEST']._serialized_start=678
-  _globals['_GETAGENTREQUEST']._serialized_end=726
-  _globals['_GETAGENTRESPONSE']._serialized_start=728
-  _globals['_GETAGENTRESPONSE']._serialized_end=783
-  _globals['_LISTAGENTSREQUEST']._serialized_start=785
-  _globals['_LISTAGENTSREQUEST']._serialized_end=834
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=836
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=894
-  _globals['_SUPERVISIONTREEREQUEST']._serialized_start=896
-  _globals['_SUPERVISIONTREEREQUEST']._serialized_end=950
-  _globals['_SUPERVISIONTREERESPONSE']._serialized_start=952
-  _globals['_SUPERVISIONTREERESPONSE']._serialized_end=1013
-  _globals['_TREENODE']._serialized_start=1016
-  _globals['_TREENODE']._serialized_end=1195
-  _globals['_AGENTCASTREQUEST']._serialized_start=1197
-  _globals['_AGENTCASTREQUEST']._serialized_end=1268
-  _globals['_AGENTCASTRESPONSE']._serialized_start=1270
-  _globals['_AGENTCASTRESPONSE']._serialized_end=1289
-  _globals['_AGENTCALLREQUEST']._serialized_start=1291
-  _globals['_AGENTCALLREQUEST']._serialized_end=1387
-  _globals['_AGENTCALLRESPONSE']._serialized_start=1389
-  _globals['_AGENTCALLRESPONSE']._serialized_end=1428
-  _globals['_AGENTCASTGROUPREQUEST']._serialized_start=1430
-  _globals['_AGENTCASTGROUPREQUEST']._serialized_end=1520
-  _globals['_AGENTCASTGROUPRESPONSE']._serialized_start=1522
-  _globals['_AGENTCASTGROUPRESPONSE']._serialized_end=1572
-  _globals['_AGENTGROUPMEMBERSREQUEST']._serialized_start=1574
-  _globals['_AGENTGROUPMEMBERSREQUEST']._serialized_end=1631
-  _globals['_AGENTGROUPMEMBERSRESPONSE']._serialized_start=1633
-  _globals['_AGENTGROUPMEMBERSRESPONSE']._serialized_end=1679
-  _globals['_AGENTSERVICE']._serialized_start=1682
-  _globals['_AGENTSERVICE']._serialized_end=2384
+  _globals['_SPAWNAGENTREQUEST']._serialized_end=266
+  _globals['_SPAWNAGENTRESPONSE']._serialized_start=268
+  _globals['_SPAWNAGENTRESPONSE']._serialized_end=325
+  _globals['_AGENTINFO']._serialized_start=328
+  _globals['_AGENTINFO']._serialized_end=630
+  _globals['_STOPAGENTREQUEST']._serialized_start=632
+  _globals['_STOPAGENTREQUEST']._serialized_end=681
+  _globals['_STOPAGENTRESPONSE']._serialized_start=683
+  _globals['_STOPAGENTRESPONSE']._serialized_end=702
+  _globals['_GETAGENTREQUEST']._serialized_start=704
+  _globals['_GETAGENTREQUEST']._serialized_end=752
+  _globals['_GETAGENTRESPONSE']._serialized_start=754
+  _globals['_GETAGENTRESPONSE']._serialized_end=809
+  _globals['_LISTAGENTSREQUEST']._serialized_start=811
+  _globals['_LISTAGENTSREQUEST']._serialized_end=860
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=862
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=920
+  _globals['_SUPERVISIONTREEREQUEST']._serialized_start=922
+  _globals['_SUPERVISIONTREEREQUEST']._serialized_end=976
+  _globals['_SUPERVISIONTREERESPONSE']._serialized_start=978
+  _globals['_SUPERVISIONTREERESPONSE']._serialized_end=1039
+  _globals['_TREENODE']._serialized_start=1042
+  _globals['_TREENODE']._serialized_end=1221
+  _globals['_AGENTCASTREQUEST']._serialized_start=1223
+  _globals['_AGENTCASTREQUEST']._serialized_end=1294
+  _globals['_AGENTCASTRESPONSE']._serialized_start=1296
+  _globals['_AGENTCASTRESPONSE']._serialized_end=1315
+  _globals['_AGENTCALLREQUEST']._serialized_start=1317
+  _globals['_AGENTCALLREQUEST']._serialized_end=1413
+  _globals['_AGENTCALLRESPONSE']._serialized_start=1415
+  _globals['_AGENTCALLRESPONSE']._serialized_end=1454
+  _globals['_AGENTCASTGROUPREQUEST']._serialized_start=1456
+  _globals['_AGENTCASTGROUPREQUEST']._serialized_end=1546
+  _globals['_AGENTCASTGROUPRESPONSE']._serialized_start=1548
+  _globals['_AGENTCASTGROUPRESPONSE']._serialized_end=1598
+  _globals['_AGENTGROUPMEMBERSREQUEST']._serialized_start=1600
+  _globals['_AGENTGROUPMEMBERSREQUEST']._serialized_end=1657
+  _globals['_AGENTGROUPMEMBERSRESPONSE']._serialized_start=1659
+  _globals['_AGENTGROUPMEMBERSRESPONSE']._serialized_end=1705
+  _globals['_AGENTSERVICE']._serialized_start=1708
+  _globals['_AGENTSERVICE']._serialized_end=2410
 # @@protoc_insertion_point(module_scope)

@@ -32,6 +32,7 @@ class SpawnAgentRequest(_message.Message):
     SHUTDOWN_SECONDS_FIELD_NUMBER: _builtins.int
     BRUTAL_KILL_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    MAILBOX_CAPACITY_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     """Registered agent type (the allow-list); never code."""
     args_json: _builtins.str
@@ -52,6 +53,10 @@ class SpawnAgentRequest(_message.Message):
     """Kill at shutdown without calling terminate."""
     tenant: _builtins.str
     """Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another."""
+    mailbox_capacity: _builtins.int
+    """The agent's mailbox capacity (messages). 0: the agent type's own, else agentd's mailbox_capacity, lowered
+    to the tenant's max_mailbox quota. Asking more than max_mailbox is RESOURCE_EXHAUSTED / QUOTA_EXCEEDED.
+    """
     def __init__(
         self,
         *,
@@ -65,10 +70,11 @@ class SpawnAgentRequest(_message.Message):
         shutdown_seconds: _builtins.float = ...,
         brutal_kill: _builtins.bool = ...,
         tenant: _builtins.str = ...,
+        mailbox_capacity: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "brutal_kill", b"brutal_kill", "child_id", b"child_id", "isolation", b"isolation", "name", b"name", "restart", b"restart", "shutdown_seconds", b"shutdown_seconds", "supervisor", b"supervisor", "tenant", b"tenant", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "brutal_kill", b"brutal_kill", "child_id", b"child_id", "isolation", b"isolation", "mailbox_capacity", b"mailbox_capacity", "name", b"name", "restart", b"restart", "shutdown_seconds", b"shutdown_seconds", "supervisor", b"supervisor", "tenant", b"tenant", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -820,8 +820,9 @@ class TenantQuota(_message.Message):
     max_agents: _builtins.int
     """Live agents of the tenant across the cluster (agentd; exact)."""
     max_mailbox: _builtins.int
-    """Bound on any one mailbox of the tenant: agentd agents' mailbox capacity, Subscribe and AttachAgent
-    max_pending (larger requests are clamped to it).
+    """Bound on any one mailbox of the tenant: agentd agents' mailbox capacity (a SpawnAgent asking more is
+    refused with QUOTA_EXCEEDED; a default capacity is lowered to it), and the max_pending of the tenant's
+    endpoints opened through meshd (Subscribe, AttachAgent, attached endpoints: lowered to it).
     """
     max_concurrent_runs: _builtins.int
     """Durable runs of the tenant not yet ended, across the cluster (exact)."""

@@ -225,9 +225,17 @@ class DataPlane:
         key = (ref.tenant, ref.agent_id)
         if key in self.endpoints:
             raise DataPlaneError(f"endpoint {ref.agent_id!r} exists", code=grpc.StatusCode.ALREADY_EXISTS)
-        ep = LocalEndpoint(self, ref, max_pending or self.config.default_max_pending, handler)
+        limit = max_pending or self.config.default_max_pending
+        bound = self.mailbox_bound(ref.tenant)
+        ep = LocalEndpoint(self, ref, min(limit, bound) if bound else limit, handler)
         self.endpoints[key] = ep
         return ep
+
+    def mailbox_bound(self, tenant: str) -> int:
+        """The tenant's ``max_mailbox`` quota (0: none): a mailbox opened here is lowered to it."""
+        limiter = self.router.limiter
+        quota = limiter.book.quotas.get(tenant) if limiter is not None else None
+        return int(quota.max_mailbox) if quota is not None else 0
 
     def close_endpoint(self, endpoint: Mailbox) -> None:
         """Forget an endpoint (called by its ``close``)."""

@@ -61,15 +61,17 @@ class AgentClient:
     async def spawn(self, agent_type: str, args: dict[str, Any] | None = None, *, name: str = "",
                     supervisor: str = "", isolation: str = "shared", restart: str = "temporary",
                     child_id: str = "", shutdown_seconds: float = 0.0,
-                    brutal_kill: bool = False, tenant: str = "") -> AgentInfo:
+                    brutal_kill: bool = False, tenant: str = "", mailbox_capacity: int = 0) -> AgentInfo:
         """Start an agent of an allow-listed type; returns its info.
 
         Every method acts in the token's tenant; ``tenant`` names another (admin tokens only).
+        ``mailbox_capacity`` (0: the default) over the tenant's ``max_mailbox`` quota is refused
+        (ResourceExhausted, reason QUOTA_EXCEEDED); the default is lowered to that quota.
         """
         request = agent_pb2.SpawnAgentRequest(
             type=agent_type, args_json=json.dumps(args or {}), name=name, supervisor=supervisor,
             isolation=isolation, restart=restart, child_id=child_id, shutdown_seconds=shutdown_seconds,
-            brutal_kill=brutal_kill, tenant=tenant)
+            brutal_kill=brutal_kill, tenant=tenant, mailbox_capacity=mailbox_capacity)
         response = await self._call(self._stub.SpawnAgent, request)
         return AgentInfo.from_proto(response.agent)
 

@@ -180,3 +180,21 @@ async def test_concurrent_runs_race_for_the_last_slots_a_replay_counts_once_and_
         await far.start("tasker", run_id=f"{tenant}-after-end")
         with pytest.raises(ResourceExhausted):
             await near.start("tasker", run_id=f"{tenant}-one-too-many")
+
+
+async def test_max_mailbox_refuses_a_larger_mailbox_and_lowers_the_default(secure_cluster: DevCluster) -> None:
+    security = secure_cluster.security
+    assert security is not None
+    tenant = f"q{uuid.uuid4().hex[:8]}"
+    agentd = next(n.agentd for n in secure_cluster.nodes if n.agentd)
+    async with MeshClient(secure_cluster.nodes[0].endpoint, security=security.client()) as admin, \
+            AgentClient(agentd.endpoint, security=security.client(tenant=tenant, roles=["operator"])) as agents:
+        await admin.set_tenant_quota(mesh_pb2.TenantQuota(tenant=tenant, max_mailbox=50))
+        with pytest.raises(ResourceExhausted) as refused:
+            await agents.spawn("counter", {"start": 0}, child_id="big", mailbox_capacity=51)
+        assert (refused.value.reason, refused.value.metadata["quota"], refused.value.metadata["limit"],
+                refused.value.metadata["used"]) == ("QUOTA_EXCEEDED", "max_mailbox", "50", "51")
+        assert await agents.list() == []
+        assert (await agents.spawn("counter", {"start": 0}, child_id="asked", mailbox_capacity=20)).mailbox_capacity \
+            == 20
+        assert (await agents.spawn("counter", {"start": 0}, child_id="default")).mailbox_capacity == 50

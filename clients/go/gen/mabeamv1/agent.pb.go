@@ -44,9 +44,12 @@ type SpawnAgentRequest struct {
 	// Kill at shutdown without calling terminate.
 	BrutalKill bool `protobuf:"varint,9,opt,name=brutal_kill,json=brutalKill,proto3" json:"brutal_kill,omitempty"`
 	// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
-	Tenant        string `protobuf:"bytes,10,opt,name=tenant,proto3" json:"tenant,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Tenant string `protobuf:"bytes,10,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// The agent's mailbox capacity (messages). 0: the agent type's own, else agentd's mailbox_capacity, lowered
+	// to the tenant's max_mailbox quota. Asking more than max_mailbox is RESOURCE_EXHAUSTED / QUOTA_EXCEEDED.
+	MailboxCapacity int64 `protobuf:"varint,11,opt,name=mailbox_capacity,json=mailboxCapacity,proto3" json:"mailbox_capacity,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *SpawnAgentRequest) Reset() {
@@ -147,6 +150,13 @@ func (x *SpawnAgentRequest) GetTenant() string {
 		return x.Tenant
 	}
 	return ""
+}
+
+func (x *SpawnAgentRequest) GetMailboxCapacity() int64 {
+	if x != nil {
+		return x.MailboxCapacity
+	}
+	return 0
 }
 
 type SpawnAgentResponse struct {
@@ -1285,7 +1295,7 @@ var File_mabeam_v1_agent_proto protoreflect.FileDescriptor
 
 const file_mabeam_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x15mabeam/v1/agent.proto\x12\tmabeam.v1\"\xaf\x02\n" +
+	"\x15mabeam/v1/agent.proto\x12\tmabeam.v1\"\xda\x02\n" +
 	"\x11SpawnAgentRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1b\n" +
 	"\targs_json\x18\x02 \x01(\tR\bargsJson\x12\x12\n" +
@@ -1300,7 +1310,8 @@ const file_mabeam_v1_agent_proto_rawDesc = "" +
 	"\vbrutal_kill\x18\t \x01(\bR\n" +
 	"brutalKill\x12\x16\n" +
 	"\x06tenant\x18\n" +
-	" \x01(\tR\x06tenant\"@\n" +
+	" \x01(\tR\x06tenant\x12)\n" +
+	"\x10mailbox_capacity\x18\v \x01(\x03R\x0fmailboxCapacity\"@\n" +
 	"\x12SpawnAgentResponse\x12*\n" +
 	"\x05agent\x18\x01 \x01(\v2\x14.mabeam.v1.AgentInfoR\x05agent\"\xd2\x03\n" +
 	"\tAgentInfo\x12\x19\n" +

@@ -1617,8 +1617,9 @@ type TenantQuota struct {
 	Tenant string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	// Live agents of the tenant across the cluster (agentd; exact).
 	MaxAgents int64 `protobuf:"varint,2,opt,name=max_agents,json=maxAgents,proto3" json:"max_agents,omitempty"`
-	// Bound on any one mailbox of the tenant: agentd agents' mailbox capacity, Subscribe and AttachAgent
-	// max_pending (larger requests are clamped to it).
+	// Bound on any one mailbox of the tenant: agentd agents' mailbox capacity (a SpawnAgent asking more is
+	// refused with QUOTA_EXCEEDED; a default capacity is lowered to it), and the max_pending of the tenant's
+	// endpoints opened through meshd (Subscribe, AttachAgent, attached endpoints: lowered to it).
 	MaxMailbox int64 `protobuf:"varint,3,opt,name=max_mailbox,json=maxMailbox,proto3" json:"max_mailbox,omitempty"`
 	// Durable runs of the tenant not yet ended, across the cluster (exact).
 	MaxConcurrentRuns int64 `protobuf:"varint,4,opt,name=max_concurrent_runs,json=maxConcurrentRuns,proto3" json:"max_concurrent_runs,omitempty"`

@@ -32,6 +32,10 @@ pub struct SpawnAgentRequest {
     /// Tenant whose agent this is; empty means the caller's (the token's). Only an admin may name another.
     #[prost(string, tag = "10")]
     pub tenant: ::prost::alloc::string::String,
+    /// The agent's mailbox capacity (messages). 0: the agent type's own, else agentd's mailbox_capacity, lowered
+    /// to the tenant's max_mailbox quota. Asking more than max_mailbox is RESOURCE_EXHAUSTED / QUOTA_EXCEEDED.
+    #[prost(int64, tag = "11")]
+    pub mailbox_capacity: i64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -3184,8 +3188,9 @@ pub struct TenantQuota {
     /// Live agents of the tenant across the cluster (agentd; exact).
     #[prost(int64, tag = "2")]
     pub max_agents: i64,
-    /// Bound on any one mailbox of the tenant: agentd agents' mailbox capacity, Subscribe and AttachAgent
-    /// max_pending (larger requests are clamped to it).
+    /// Bound on any one mailbox of the tenant: agentd agents' mailbox capacity (a SpawnAgent asking more is
+    /// refused with QUOTA_EXCEEDED; a default capacity is lowered to it), and the max_pending of the tenant's
+    /// endpoints opened through meshd (Subscribe, AttachAgent, attached endpoints: lowered to it).
     #[prost(int64, tag = "3")]
     pub max_mailbox: i64,
     /// Durable runs of the tenant not yet ended, across the cluster (exact).

@@ -751,8 +751,9 @@ export type TenantQuota = Message<"mabeam.v1.TenantQuota"> & {
   maxAgents: bigint;
 
   /**
-   * Bound on any one mailbox of the tenant: agentd agents' mailbox capacity, Subscribe and AttachAgent
-   * max_pending (larger requests are clamped to it).
+   * Bound on any one mailbox of the tenant: agentd agents' mailbox capacity (a SpawnAgent asking more is
+   * refused with QUOTA_EXCEEDED; a default capacity is lowered to it), and the max_pending of the tenant's
+   * endpoints opened through meshd (Subscribe, AttachAgent, attached endpoints: lowered to it).
    *
    * @generated from field: int64 max_mailbox = 3;
    */
