@@ -158,6 +158,8 @@ class Daemon:
         self.quota = AgentQuota(self.etcd, config.cluster, node_id)
         await self.quota.start()
         self.pool.on_removed = self.quota.removed
+        if self.models is not None:  # the tenants' model_max_* quotas tighten their model budgets
+            self.models.tenant_quota = self.quota.model_limits
         self.runs.quota = RunQuota(self.etcd, config.cluster, self.runs.run_status)
 
     async def stop(self) -> None:

@@ -88,6 +88,11 @@ class AgentQuota:
         except EtcdError:
             return self.book.get(tenant)
 
+    async def model_limits(self, tenant: str) -> tuple[int, int]:
+        """The tenant's (model_max_tokens, model_max_cost_nusd), 0 unlimited: the model router's tenant quota."""
+        quota = await self.quota(tenant)
+        return int(quota.model_max_tokens), int(quota.model_max_cost_nusd)
+
     def _key(self, tenant: str, holder: str) -> bytes:
         return keys.usage_holder(self.cluster, tenant, "agents", holder)
 

@@ -148,6 +148,8 @@ class Engine:
                 if self.ledger.holds_for(instance.id):
                     self._track(self._settle(instance))
             else:
+                # Its usage unit (instances opened before units were written get theirs now; a put is idempotent).
+                self._track(self.committer.stage({self._usage_key(instance): b""}))
                 try:
                     _, done = self._accept(instance, {"type": "tick"}, None)
                     self._track(done)
@@ -242,12 +244,18 @@ class Engine:
         instance = Instance(meta=meta, mechanism=mechanism)
         self.instances[instance_id] = instance
         try:
-            await self.committer.commit({keys.meta(self.cluster, instance_id): _dumps(meta)})
+            await self.committer.commit({keys.meta(self.cluster, instance_id): _dumps(meta),
+                                         self._usage_key(instance): b""})
         except CommitFailed as error:
             raise not_durable(error) from None
         for at in instance.config_deadlines():
             self._schedule(instance, at)
         return instance
+
+    def _usage_key(self, instance: Instance) -> bytes:
+        """The instance's unit of its tenant's ``max_instances`` use, kept while it is open (written in the
+        groups that open and end it), so meshd's GetTenantUsage and /metrics count open instances."""
+        return mabeam_keys.usage_holder(self.cluster, instance.tenant, "instances", instance.id)
 
     async def _instance_limit(self, tenant: str) -> float:
         """The tenant's ``max_instances`` as etcd holds it now (0: unlimited; the tenant's quota is read per
@@ -393,6 +401,7 @@ class Engine:
                 end["bind_error"] = f"variable {name!r} not set: {error}"
         instance.end = end
         group[keys.end(self.cluster, instance.id)] = _dumps(end)
+        group[self._usage_key(instance)] = None
 
     def _settle(self, instance: Instance) -> asyncio.Future[int]:
         """Pay winners out of their holds and release every other hold, one atomic group per agent."""
@@ -429,7 +438,8 @@ class Engine:
                          "INSTANCE_CLOSED")
         instance.state = "cancelled"
         instance.end = {"state": "cancelled", "reason": reason, "at": self.clock()}
-        done = self.committer.stage({keys.end(self.cluster, instance.id): _dumps(instance.end)})
+        done = self.committer.stage({keys.end(self.cluster, instance.id): _dumps(instance.end),
+                                     self._usage_key(instance): None})
         settled = self._settle(instance)
         try:
             await done

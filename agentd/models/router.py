@@ -111,7 +111,7 @@ class CallFailed(ModelError):
 
     def __init__(self, error: ModelError, receipt: Receipt, partial: ChatResponse | None = None) -> None:
         super().__init__(error.kind, error.message, status=error.status, retry_after_s=error.retry_after_s,
-                         provider=error.provider, model=error.model, local=error.local)
+                         provider=error.provider, model=error.model, local=error.local, metadata=error.metadata)
         self.receipt = receipt
         self.partial = partial
 
@@ -154,6 +154,13 @@ def _limits(limits: Limits) -> tuple[int | None, int | None]:
             round(limits.cost_usd * NANO_PER_USD) if limits.cost_usd else None)
 
 
+def _tighter(configured: int | None, quota: int) -> int | None:
+    """The tighter of a configured limit (None: unlimited) and a quota (0: unlimited)."""
+    if not quota:
+        return configured
+    return quota if configured is None else min(configured, quota)
+
+
 def _shown_id(scope: Scope) -> str:
     """A budget's id as the caller knows it (a run's scope id is ``<tenant>:<run id>``, see ``scopes``)."""
     return scope.id.partition(":")[2] if scope.kind == "run" else scope.id
@@ -193,6 +200,9 @@ class ModelRouter:
         self.usage_tokens: Counter[tuple[str, str]] = Counter()  # (model, input|output)
         self.cost_nusd: Counter[str] = Counter()
         self.latency: list[float] = []
+        #: The tenant's model quota, (model_max_tokens, model_max_cost_nusd) with 0 unlimited, as etcd holds
+        #: it (set by agentd when it runs with etcd; None: only the configured budgets apply).
+        self.tenant_quota: Callable[[str], Awaitable[tuple[int, int]]] | None = None
 
     async def close(self) -> None:
         """Close every provider's connections and the ledger."""
@@ -219,10 +229,15 @@ class ModelRouter:
             return BreakerState.HALF_OPEN
         return breaker.state
 
-    def scopes(self, options: CallOptions) -> list[Scope]:
-        """The budgets a call counts against: its tenant's, and its run's when it names one."""
+    def scopes(self, options: CallOptions, quota: tuple[int, int] = (0, 0)) -> list[Scope]:
+        """The budgets a call counts against: its tenant's, and its run's when it names one.
+
+        The tenant's budget is the tighter of ``[models.budgets]`` and the tenant's quota (``quota``:
+        model_max_tokens, model_max_cost_nusd; 0 unlimited) — one budget, one ledger entry, whichever sets it.
+        """
         budgets = self.config.budgets
         tokens, cost = _limits(budgets.tenants.get(options.tenant, budgets.default_tenant))
+        tokens, cost = _tighter(tokens, quota[0]), _tighter(cost, quota[1])
         scopes = [Scope("tenant", options.tenant, tokens, cost)]
         if options.run_id:
             tokens, cost = _limits(budgets.per_run)
@@ -329,10 +344,13 @@ class ModelRouter:
         for name, entry in entries:
             amount = worst_case(request, self.max_tokens(request, entry), self.prices[name])
             worst = Amount(max(worst.tokens, amount.tokens), max(worst.cost_nusd, amount.cost_nusd))
-        scopes = self.scopes(options)
         try:
+            quota = await self.tenant_quota(options.tenant) if self.tenant_quota is not None else (0, 0)
+            scopes = self.scopes(options, quota)
             self._tenant_limit(options.tenant, worst.tokens)
             reserved = await self.ledger.reserve(scopes, worst)
+            if not reserved and quota != (0, 0):
+                await self._over_quota(options.tenant, scopes[0], quota, worst)
         except ModelError as error:
             raise CallFailed(error, await finish(receipt(None, names[0], Amount(), Amount(), error))) from None
         except EtcdError as error:
@@ -390,6 +408,19 @@ class ModelRouter:
                             min(price.cost(prompt_token_bound(request), progress.emitted_bytes), worst.cost_nusd))
         await self.ledger.settle(scopes, worst, actual)
         raise CallFailed(failure, await finish(receipt(partial, model, worst, actual, failure)), partial)
+
+    async def _over_quota(self, tenant: str, scope: Scope, quota: tuple[int, int], worst: Amount) -> None:
+        """A refused reservation: QUOTA_EXCEEDED (a ModelError) when the tenant's quota is what it does not fit."""
+        state = await self.ledger.read(scope)
+        for name, limit, used, more in (
+                ("model_max_tokens", quota[0], state.spent_tokens + state.reserved_tokens, worst.tokens),
+                ("model_max_cost_nusd", quota[1], state.spent_cost_nusd + state.reserved_cost_nusd, worst.cost_nusd)):
+            if limit and used + more > limit:
+                raise ModelError(ErrorKind.QUOTA_EXCEEDED,
+                                 f"tenant {tenant!r} is at its quota {name} = {limit} ({used} used, this call may "
+                                 f"use up to {more}): nothing was sent; ask an admin to raise it "
+                                 "(meshctl tenant quota)", local=True,
+                                 metadata={"tenant": tenant, "quota": name, "limit": str(limit), "used": str(used)})
 
     def _tenant_limit(self, tenant: str, tokens: int) -> None:
         budgets = self.config.budgets

@@ -53,6 +53,7 @@ STATUS: dict[ErrorKind, tuple[grpc.StatusCode, str]] = {
     ErrorKind.STREAM_CUT: (grpc.StatusCode.UNAVAILABLE, "STREAM_CUT"),
     ErrorKind.TIMEOUT: (grpc.StatusCode.DEADLINE_EXCEEDED, "PROVIDER_TIMEOUT"),
     ErrorKind.LEDGER_UNAVAILABLE: (grpc.StatusCode.UNAVAILABLE, "ETCD_UNAVAILABLE"),
+    ErrorKind.QUOTA_EXCEEDED: (grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED"),
 }
 
 
@@ -62,7 +63,7 @@ def status_for(error: ModelError) -> ServiceError:
     retry = error.retry_after_s
     if retry is None and error.kind in (ErrorKind.CIRCUIT_OPEN, ErrorKind.LEDGER_UNAVAILABLE):
         retry = 1.0
-    return ServiceError(code, error.message, reason, retry_after_s=retry)
+    return ServiceError(code, error.message, reason, retry_after_s=retry, metadata=error.metadata or None)
 
 
 def _json_object(text: str, field: str, problems: list[FieldViolation]) -> dict[str, Any] | None:

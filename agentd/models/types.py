@@ -135,6 +135,7 @@ class ErrorKind(StrEnum):
     BUDGET_EXHAUSTED = "budget_exhausted"  # the reservation did not fit the budget
     INVALID = "invalid"  # our own validation: unknown model, bad fields
     LEDGER_UNAVAILABLE = "ledger_unavailable"  # the budget store (etcd) could not be reached: nothing was sent
+    QUOTA_EXCEEDED = "quota_exceeded"  # the tenant's model_max_tokens / model_max_cost_nusd quota (mesh TenantQuota)
 
 
 #: Kinds another attempt (after a backoff) may fix.
@@ -149,8 +150,11 @@ class ModelError(Exception):
     """A model call failed; ``kind`` says how (see :class:`ErrorKind`)."""
 
     def __init__(self, kind: ErrorKind, message: str, *, status: int = 0, retry_after_s: float | None = None,
-                 provider: str = "", model: str = "", local: bool = False) -> None:
+                 provider: str = "", model: str = "", local: bool = False,
+                 metadata: dict[str, str] | None = None) -> None:
         super().__init__(message)
+        #: ErrorInfo metadata for the caller (QUOTA_EXCEEDED: tenant, quota, limit, used).
+        self.metadata = dict(metadata or {})
         #: Raised by our own limits (rate limit, bulkhead), not by the provider: never counts against its breaker.
         self.local = local
         self.kind = kind

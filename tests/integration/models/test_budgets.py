@@ -108,3 +108,47 @@ async def test_budget_store_outage_refuses_calls_before_sending(fake_llm: FakeLL
         await router.complete(ask("small"))
     finally:
         await router.close()
+
+
+async def test_a_tenant_model_quota_in_etcd_tightens_its_budget_and_refuses_with_quota_exceeded(
+        fake_llm: FakeLLMProcess, etcd_server: EmbeddedEtcd, cluster_name: str) -> None:
+    """The tenant's model_max_tokens (a TenantQuota in etcd, read per call as agentd does) is its budget's
+    limit in the one ledger: the call that does not fit is QUOTA_EXCEEDED with the limit, and sends nothing."""
+    from agentd.models.service import status_for
+    from mabeam.etcd.client import EtcdClient
+    from mabeam.security.quota import read_quota, write_quota
+    from mabeam.v1 import mesh_pb2
+
+    fake_llm.reset({"rules": [{"generate": "fixed", "tokens": 20}]})
+    budgets = {"store": "etcd", "etcd_endpoints": [etcd_server.endpoint], "cluster": cluster_name,
+               "default_tenant": {"tokens": 1000}}  # the configured budget is looser: the quota binds
+    router = ModelRouter(models_config(fake_llm, budgets=budgets), EtcdLedger([etcd_server.endpoint], cluster_name))
+    etcd = EtcdClient([etcd_server.endpoint])
+
+    async def limits(tenant: str) -> tuple[int, int]:
+        quota = await read_quota(etcd, cluster_name, tenant)
+        return int(quota.model_max_tokens), int(quota.model_max_cost_nusd)
+
+    router.tenant_quota = limits
+    request = ask("small", "hello", max_tokens=20)  # worst case 37 tokens; actual 4 + 20 = 24
+    try:
+        await write_quota(etcd, cluster_name, mesh_pb2.TenantQuota(tenant="acme", model_max_tokens=60))
+        await router.complete(request, CallOptions(tenant="acme"))  # 37 fit in 60
+        try:
+            await router.complete(request, CallOptions(tenant="acme"))  # 24 spent + 37 > 60
+            raise AssertionError("a call over the tenant's model quota was sent")
+        except CallFailed as refused:
+            assert refused.kind == ErrorKind.QUOTA_EXCEEDED
+            status = status_for(refused)
+            assert (status.reason, dict(status.metadata)) == (
+                "QUOTA_EXCEEDED", {"tenant": "acme", "quota": "model_max_tokens", "limit": "60", "used": "24"})
+        assert fake_llm.requests_for("fake-small") == 1
+        state = await router.ledger.read(router.scopes(CallOptions(tenant="acme"), (60, 0))[0])
+        assert (state.spent_tokens, state.reserved_tokens) == (24, 0)
+        # Another tenant without a quota keeps the configured budget; raising the quota lets acme call again.
+        await router.complete(request, CallOptions(tenant="globex"))
+        await write_quota(etcd, cluster_name, mesh_pb2.TenantQuota(tenant="acme", model_max_tokens=100))
+        await router.complete(request, CallOptions(tenant="acme"))
+    finally:
+        await router.close()
+        await etcd.close()

@@ -120,7 +120,9 @@ async def test_max_instances_refuses_the_instance_past_the_limit_and_a_cancelled
         assert (refused.value.reason, refused.value.metadata["quota"], refused.value.metadata["limit"]) == \
             ("QUOTA_EXCEEDED", "max_instances", "2")
         assert len([i for i in await ops.list_instances() if i.state == "open"]) == 2
+        await _wait_used(admin, tenant, 2, "max_instances")  # open instances, in GetTenantUsage
         await ops.cancel(first.id)
+        await _wait_used(admin, tenant, 1, "max_instances")
         await ops.create_auction("sealed", config)  # the cancelled one's slot
         with pytest.raises(ResourceExhausted):
             await ops.create_auction("sealed", config)
