@@ -9,14 +9,17 @@ Which are exact (docs/security.md, "Quota semantics"):
 
 - **exact, cluster-wide** — ``max_agents`` and ``max_concurrent_runs``: each held unit is a key
   ``usage/<tenant>/<resource>/<holder>``, created by one etcd transaction that also bumps the
-  resource's version key and is conditioned on that key's revision being the one its count was
-  read at (:class:`CountedQuota`). Of any number of racing acquisitions, only those that read a
-  count below the limit *and* saw no other acquisition in between succeed; the rest read again.
-  Releases only lower the count, so nothing can overshoot. Agents' units live under their
-  agentd's lease (a dead agentd's agents stop counting when the lease expires);
+  resource's version key and is conditioned on that key's revision being the one its count (and the
+  limit) was read at (:class:`CountedQuota`). Of any number of racing acquisitions, only those that
+  read a count below the limit *and* saw no other acquisition in between succeed; the rest read
+  again. Releases only lower the count, so nothing can overshoot. Agents' units live under their
+  agentd's lease (a dead agentd's agents stop counting when the lease expires); runs' units have no
+  lease (runs are durable) and are keyed by run id (agentd/quotas.py, ``RunQuota``);
 - **exact** — ``max_instances`` (the one active coordinator counts its open instances and takes
-  new ones in one step, behind its fence), ``max_mailbox`` (a clamp), the model budget (the
-  models layer's compare-and-swap ledger);
+  new ones in one step, behind its fence; it keeps a usage unit per open instance for reports),
+  ``max_mailbox`` (agentd refuses a spawn asking more and lowers a default to it; meshd lowers
+  endpoints' max_pending), the model quotas (they tighten the tenant's model budget, whose ledger is
+  a compare-and-swap in etcd);
 - **rate-approximate, per node** — ``max_messages_per_second`` and ``max_bytes_per_second``: a
   token bucket per tenant in each meshd (:class:`RateLimiter`), so a tenant sending through N
   nodes may reach N times the rate.

@@ -19,8 +19,13 @@ import uuid
 import httpx
 import pytest
 
+from agentd.quotas import ORPHAN_MS, RunQuota
 from mabeam.dev.cluster import DevCluster
 from mabeam.dev.testing import async_wait_until
+from mabeam.errors import ServiceError
+from mabeam.etcd.client import EtcdClient
+from mabeam.etcd.embedded import EmbeddedEtcd
+from mabeam.security.quota import write_quota
 from mabeam.v1 import mesh_pb2
 from mabeam_client.agents import AgentClient
 from mabeam_client.coordinator import CoordinatorClient
@@ -200,3 +205,35 @@ async def test_max_mailbox_refuses_a_larger_mailbox_and_lowers_the_default(secur
         assert (await agents.spawn("counter", {"start": 0}, child_id="asked", mailbox_capacity=20)).mailbox_capacity \
             == 20
         assert (await agents.spawn("counter", {"start": 0}, child_id="default")).mailbox_capacity == 50
+
+
+async def test_run_units_whose_release_was_missed_are_swept_by_the_start_that_finds_the_limit(
+        etcd_server: EmbeddedEtcd, cluster_name: str) -> None:
+    """A run that ended without giving its unit back (a crash between the two), and a unit whose run was
+    never created (a StartRun that died after taking it), stop counting at the next start at the limit."""
+    etcd = EtcdClient([etcd_server.endpoint])
+    runs: dict[str, tuple[str, bool]] = {}
+    now = [10_000_000]
+
+    async def status(run_id: str) -> tuple[str, bool] | None:
+        return runs.get(run_id)
+
+    quota = RunQuota(etcd, cluster_name, status, now_ms=lambda: now[0])
+    try:
+        await write_quota(etcd, cluster_name, mesh_pb2.TenantQuota(tenant="t", max_concurrent_runs=2))
+        for run_id in ("a", "b"):
+            await quota.acquire("t", run_id, "a run")
+            runs[run_id] = ("t", False)
+        with pytest.raises(ServiceError) as refused:
+            await quota.acquire("t", "c", "a run")
+        assert (refused.value.reason, refused.value.metadata["limit"]) == ("QUOTA_EXCEEDED", "2")
+        runs["a"] = ("t", True)  # ended; its unit was not given back
+        await quota.acquire("t", "c", "a run")  # "c" is never created
+        assert set(await quota.counted.holders("t")) == {"b", "c"}
+        with pytest.raises(ServiceError):
+            await quota.acquire("t", "d", "a run")  # "c" may still be being created: it counts
+        now[0] += ORPHAN_MS + 1
+        await quota.acquire("t", "d", "a run")
+        assert set(await quota.counted.holders("t")) == {"b", "d"}
+    finally:
+        await etcd.close()
