@@ -16,7 +16,7 @@ import time
 
 from mabeam.daemon import Serving
 from mabeam.dataplane.errors import DataPlaneError
-from mabeam.security.quota import RESOURCES, RateLimiter
+from mabeam.security.quota import RateLimiter
 from mabeam.security.server import InsecureBindError, check_bind, is_loopback
 from mabeam.startup import StartupError
 from mabeam.v1 import mesh_pb2, mesh_pb2_grpc
@@ -27,7 +27,7 @@ from meshd.dataplane.metrics import register_all as register_dataplane_metrics
 from meshd.metrics import MeshdMetrics, TenantUsageCollector
 from meshd.node import MeshNode
 from meshd.registry_view import NodeRegistryView
-from meshd.service import MeshServicer
+from meshd.service import MeshServicer, tenant_used
 from meshd.view import MemberChange
 
 log = logging.getLogger("meshd")
@@ -71,11 +71,9 @@ class Daemon:
         limiter = self.dataplane.router.limiter
         now = time.monotonic()
         rows = []
-        for tenant in sorted(set(view.quotas) | {tenant for tenant, _ in view.holders}):
+        for tenant in sorted(set(view.quotas) | {tenant for tenant, _ in view.holders} | set(view.model_spend)):
             quota = view.quotas.get(tenant) or mesh_pb2.TenantQuota(tenant=tenant)
-            used = {name: float(len(view.holders.get((tenant, resource), ()))) for name, resource in RESOURCES.items()}
-            if isinstance(limiter, RateLimiter):
-                used["max_messages_per_second"], used["max_bytes_per_second"] = limiter.rates(tenant, now)
+            used = tenant_used(view, limiter, tenant, now)
             rows += [(tenant, name, used[name], float(getattr(quota, name))) for name in used]
         return rows
 

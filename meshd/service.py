@@ -8,14 +8,12 @@ and errors are raised as :class:`~mabeam.errors.ServiceError`; the daemon's
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import AsyncIterator, Mapping
 
 import grpc
 
-from mabeam import keys
 from mabeam.errors import FieldViolation, ServiceError, raise_if
 from mabeam.security.context import tenant_for
 from mabeam.security.quota import QUOTAS, RESOURCES, RateLimiter, write_quota
@@ -24,7 +22,7 @@ from meshd.dataplane import DataPlane
 from meshd.dataplane.grpc_face import DataPlaneServicerMixin
 from meshd.node import MESH_ROLE, MeshNode, Subscription
 from meshd.validation import check_agent_id, check_id, check_metadata, check_name
-from meshd.view import LeaderChange, MemberChange
+from meshd.view import ClusterView, LeaderChange, MemberChange
 
 
 def _check_target(field: str, ref: common_pb2.AgentRef, tenant: str, node_id: str,
@@ -51,6 +49,17 @@ def _checked_tenant(tenant: str, names: Mapping[str, str] | None = None, violati
         check_name(field, value, found)
     raise_if(found + (violations or []))
     return tenant
+
+
+def tenant_used(view: ClusterView, limiter: RateLimiter | None, tenant: str, now: float) -> dict[str, float]:
+    """What a tenant uses now, by quota (GetTenantUsage and /metrics): counted units cluster-wide from the
+    watch (agents, runs, open instances), model spend (spent + reserved) from its budget in etcd, and the
+    data-plane rates on this node. ``max_mailbox`` is a bound, not a count: 0."""
+    used = {name: float(len(view.holders.get((tenant, resource), ()))) for name, resource in RESOURCES.items()}
+    if limiter is not None:
+        used["max_messages_per_second"], used["max_bytes_per_second"] = limiter.rates(tenant, now)
+    used["model_max_tokens"], used["model_max_cost_nusd"] = view.model_spend.get(tenant, (0.0, 0.0))
+    return {name: used.get(name, 0.0) for name in QUOTAS}
 
 
 class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
@@ -230,26 +239,7 @@ class MeshServicer(DataPlaneServicerMixin, mesh_pb2_grpc.MeshServiceServicer):
         raise_if(violations)
         view = self.node.view
         quota = view.quotas.get(tenant) or mesh_pb2.TenantQuota(tenant=tenant)
-        used: dict[str, float] = {name: float(len(view.holders.get((tenant, resource), ())))
-                                  for name, resource in RESOURCES.items()}
-        limiter = self.dataplane.router.limiter
-        if isinstance(limiter, RateLimiter):
-            used["max_messages_per_second"], used["max_bytes_per_second"] = limiter.rates(tenant, time.monotonic())
-        budget = await self._budget(tenant)
-        used["model_max_tokens"], used["model_max_cost_nusd"] = budget
+        used = tenant_used(view, self.dataplane.router.limiter, tenant, time.monotonic())
         usage = [mesh_pb2.QuotaUsage(quota=name, used=used.get(name, 0.0), limit=float(getattr(quota, name)),
                                      exact=exact) for name, exact in QUOTAS.items()]
         return mesh_pb2.TenantUsage(tenant=tenant, quota=quota, usage=usage)
-
-    async def _budget(self, tenant: str) -> tuple[float, float]:
-        """(tokens, cost in nano-USD) the tenant's model budget has spent (0, 0 without one or without etcd)."""
-        if not self.node.etcd_connected:
-            return 0.0, 0.0
-        kv = await self.node.client.get(keys.budget(self.node.config.cluster, "tenant", tenant))
-        if kv is None:
-            return 0.0, 0.0
-        try:
-            state = json.loads(kv.value)
-            return float(state.get("spent_tokens", 0)), float(state.get("spent_cost_nusd", 0))
-        except (ValueError, AttributeError):
-            return 0.0, 0.0

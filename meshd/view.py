@@ -12,6 +12,7 @@ and counted in ``bad_values``, never fatal.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -60,6 +61,9 @@ class ClusterView:
     #: (``usage/<tenant>/<resource>/<holder>``): what GetTenantUsage answers from.
     quotas: dict[str, mesh_pb2.TenantQuota] = field(default_factory=dict)
     holders: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    #: Tenants' model spend, (tokens, cost in nano-USD) spent + reserved, from their model budgets in etcd
+    #: (``budgets/tenant/<tenant>``, agentd's shared ledger): the use of model_max_tokens / model_max_cost_nusd.
+    model_spend: dict[str, tuple[float, float]] = field(default_factory=dict)
     revision: int = 0
     bad_values: int = 0
 
@@ -108,7 +112,7 @@ class ClusterView:
                 changes.append(LeaderChange(after, revision))
         self.members, self.tenants, self.names = fresh.members, fresh.tenants, fresh.names
         self.groups, self.candidates, self.revision = fresh.groups, fresh.candidates, revision
-        self.quotas, self.holders = fresh.quotas, fresh.holders
+        self.quotas, self.holders, self.model_spend = fresh.quotas, fresh.holders, fresh.model_spend
         self.bad_values += fresh.bad_values
         return changes
 
@@ -177,6 +181,12 @@ class ClusterView:
                 self.quotas[parts[1]] = quota
         elif kind == "usage" and len(parts) == 4:
             self.holders.setdefault((parts[1], parts[2]), set()).add(parts[3])
+        elif kind == "budgets" and len(parts) == 3 and parts[1] == "tenant":
+            spend = _spend(kv.value)
+            if spend is None:
+                self.bad_values += 1
+            else:
+                self.model_spend[parts[2]] = spend
         return None
 
     def _delete(self, key: bytes) -> common_pb2.NodeInfo | None:
@@ -205,10 +215,22 @@ class ClusterView:
                     del self.candidates[parts[1]]
         elif kind == "quotas" and len(parts) == 2:
             self.quotas.pop(parts[1], None)
+        elif kind == "budgets" and len(parts) == 3 and parts[1] == "tenant":
+            self.model_spend.pop(parts[2], None)
         elif kind == "usage" and len(parts) == 4:
             held = self.holders.get((parts[1], parts[2]))
             if held is not None:
                 held.discard(parts[3])
                 if not held:
                     del self.holders[(parts[1], parts[2])]
+        return None
+
+
+def _spend(value: bytes) -> tuple[float, float] | None:
+    """(tokens, nano-USD) spent + reserved of a stored model budget (JSON), or None when it is not one."""
+    try:
+        state = json.loads(value)
+        return (float(state.get("spent_tokens", 0)) + float(state.get("reserved_tokens", 0)),
+                float(state.get("spent_cost_nusd", 0)) + float(state.get("reserved_cost_nusd", 0)))
+    except (ValueError, TypeError, AttributeError):
         return None

@@ -79,3 +79,20 @@ def test_names_groups_and_junk() -> None:
     view.apply(WatchBatch(9, (delete(kv(keys.group_member(C, "default", "g", "a", "1"), b"", 6), 9),
                               delete(kv(keys.group_member(C, "default", "g", "b", "2"), b"", 5), 9))))
     assert ("default", "g") not in view.groups
+
+
+def test_tenant_model_spend_and_usage_units_follow_their_keys() -> None:
+    """The use GetTenantUsage and /metrics report: model spend (spent + reserved) and counted units."""
+    view = ClusterView("c1")
+    budget = kv(keys.budget("c1", "tenant", "acme"), b'{"spent_tokens": 24, "reserved_tokens": 37, '
+                b'"spent_cost_nusd": 100, "reserved_cost_nusd": 50}', 2)
+    unit = kv(keys.usage_holder("c1", "acme", "instances", "i1"), b"", 3)
+    view.reload([budget, unit, kv(keys.budget("c1", "run", "acme:r1"), b"{}", 4)], 4)
+    assert view.model_spend == {"acme": (61.0, 150.0)}
+    assert view.holders == {("acme", "instances"): {"i1"}}
+    view.apply(WatchBatch(6, (put(kv(keys.budget("c1", "tenant", "acme"), b"not json", 2, 5)),
+                              delete(unit, 6))))
+    assert view.model_spend == {"acme": (61.0, 150.0)} and view.bad_values == 1  # a bad value keeps the last
+    assert view.holders == {}
+    view.apply(WatchBatch(7, (delete(budget, 7),)))
+    assert view.model_spend == {}
