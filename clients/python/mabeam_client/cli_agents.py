@@ -83,7 +83,8 @@ async def cmd_spawn(args: argparse.Namespace) -> int:
     """Spawn an agent."""
     async with AgentClient(_address(args)) as client:
         info = await client.spawn(args.type, json.loads(args.args), name=args.name, supervisor=args.supervisor,
-                                  isolation=args.isolation, restart=args.restart)
+                                  isolation=args.isolation, restart=args.restart,
+                                  mailbox_capacity=args.mailbox_capacity)
     if _json(args):
         _print_json(to_dict(info))
     else:
@@ -135,6 +136,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--supervisor", default="")
     p.add_argument("--isolation", choices=["shared", "process"], default="shared")
     p.add_argument("--restart", choices=["temporary", "transient", "permanent"], default="temporary")
+    p.add_argument("--mailbox-capacity", type=int, default=0,
+                   help="messages the agent's mailbox holds (0: the default; at most the tenant's max_mailbox)")
     p = add("agent-call", cmd_call, "call an agent on an agentd with a JSON message")
     p.add_argument("agent", help="agent id or registered name")
     p.add_argument("message", help="JSON message")
