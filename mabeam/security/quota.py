@@ -168,6 +168,7 @@ class CountedQuota:
         version = keys.usage_version(self.cluster, tenant, self.resource)
         holders = keys.usage_holders(self.cluster, tenant, self.resource)
         mine = keys.usage_holder(self.cluster, tenant, self.resource, holder)
+        limit, count = 0.0, 0
         for attempt in range(self.MAX_ATTEMPTS):
             read = await self.etcd.txn([], [op_get(version), op_get(mine), op_count(holders),
                                             op_get(keys.quota(self.cluster, tenant))])
@@ -187,7 +188,9 @@ class CountedQuota:
             # Another acquisition (or release-and-acquire) got in between: read the count again.
             await asyncio.sleep(random.random() * min(0.002 * (attempt + 1), 0.02))
         raise ServiceError(grpc.StatusCode.ABORTED, f"too much contention on tenant {tenant!r}'s {self.resource} "
-                           "quota; retry", "QUOTA_EXCEEDED", metadata={"tenant": tenant, "quota": self.quota})
+                           "quota; retry", "QUOTA_EXCEEDED", retry_after_s=0.1,
+                           metadata={"tenant": tenant, "quota": self.quota, "limit": f"{limit:g}",
+                                     "used": f"{count:g}"})
 
     async def release(self, tenant: str, holder: str) -> None:
         """Give back ``holder``'s unit (no error if it holds none)."""
