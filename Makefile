@@ -140,6 +140,8 @@ STRICT += mabeam/daemon.py mabeam/startup.py
 STRICT += meshd/dataplane/metrics.py
 # Tokens, rights, audit, quotas, TLS (security, issue 16).
 STRICT += mabeam/security mabeam/ids.py
+# Tenant quotas (issue 16 item 3): agentd's share (agents, runs).
+STRICT += agentd/quotas.py
 # Imports of the listed modules are read for their types, their own errors not reported: a core is strict
 # even when the package it sits in (meshd.dataplane) also holds I/O shells that are not.
 typecheck: setup
