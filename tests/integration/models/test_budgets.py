@@ -115,8 +115,9 @@ async def test_a_tenant_model_quota_in_etcd_tightens_its_budget_and_refuses_with
     """The tenant's model_max_tokens (a TenantQuota in etcd, read per call as agentd does) is its budget's
     limit in the one ledger: the call that does not fit is QUOTA_EXCEEDED with the limit, and sends nothing."""
     from agentd.models.service import status_for
+    from agentd.quotas import AgentQuota
     from mabeam.etcd.client import EtcdClient
-    from mabeam.security.quota import read_quota, write_quota
+    from mabeam.security.quota import write_quota
     from mabeam.v1 import mesh_pb2
 
     fake_llm.reset({"rules": [{"generate": "fixed", "tokens": 20}]})
@@ -124,12 +125,7 @@ async def test_a_tenant_model_quota_in_etcd_tightens_its_budget_and_refuses_with
                "default_tenant": {"tokens": 1000}}  # the configured budget is looser: the quota binds
     router = ModelRouter(models_config(fake_llm, budgets=budgets), EtcdLedger([etcd_server.endpoint], cluster_name))
     etcd = EtcdClient([etcd_server.endpoint])
-
-    async def limits(tenant: str) -> tuple[int, int]:
-        quota = await read_quota(etcd, cluster_name, tenant)
-        return int(quota.model_max_tokens), int(quota.model_max_cost_nusd)
-
-    router.tenant_quota = limits
+    router.tenant_quota = AgentQuota(etcd, cluster_name, "node-1").model_limits  # as agentd wires it
     request = ask("small", "hello", max_tokens=20)  # worst case 37 tokens; actual 4 + 20 = 24
     try:
         await write_quota(etcd, cluster_name, mesh_pb2.TenantQuota(tenant="acme", model_max_tokens=60))
