@@ -93,9 +93,13 @@ THROTTLE = 0.02
 #: quota)`` refused casts and calls within one second — is *muted* for :data:`MUTE_FOR` seconds: whatever
 #: it sends meanwhile is dropped before its batch is decoded (counted as ``rejected_frames[attach, muted]``),
 #: so a raw client flooding past its quota costs meshd a receive per ZeroMQ message, not a decode per cast.
+#: Muted again within :data:`MUTE_FORGIVEN_AFTER` seconds of its last mute, the mute doubles (up to
+#: :data:`MUTE_MAX`): a client that floods on costs meshd a decode of ``MUTE_FLOOR`` casts per mute, ever rarer.
 MUTE_FACTOR = 4
 MUTE_FLOOR = 20_000
 MUTE_FOR = 1.0
+MUTE_MAX = 30.0
+MUTE_FORGIVEN_AFTER = 10.0
 _RETRY_BLOCKED = 0.002  # seconds before re-trying an endpoint whose connection was full
 #: Longest payload of a name or group operation worth decoding (names are at most 128 characters).
 _MAX_NAME_BYTES = 1024
@@ -130,6 +134,7 @@ class _AttachedMailbox:
         self.over_since = 0.0  # start of the second in which ``over`` casts and calls were refused (muting)
         self.over = 0
         self.muted_until = 0.0  # everything it sends before this (monotonic) is dropped undecoded
+        self.mute = 0.0  # its last mute's length (doubles while it keeps flooding; MUTE_FORGIVEN_AFTER)
 
     def offer(self, message: Message) -> bool:
         """Queue one message; False when the queue is full, NotFound when the endpoint is gone."""
@@ -406,18 +411,20 @@ class AttachServer:
         rate = quota.max_messages_per_second if quota is not None else 0
         if mailbox.over <= max(MUTE_FLOOR, MUTE_FACTOR * rate):
             return False
-        mailbox.muted_until = now + MUTE_FOR
+        again = mailbox.mute and now - mailbox.muted_until < MUTE_FORGIVEN_AFTER
+        mute = mailbox.mute = min(MUTE_MAX, mailbox.mute * 2) if again else MUTE_FOR
+        mailbox.muted_until = now + mute
         mailbox.over_since, mailbox.over = now, 0
         self.muted += 1
         quota_name, limit = refused
         log.warning("attached endpoint %s (tenant %s) ignored its throttle (over %d casts and calls refused in "
                     "a second, quota %s = %g); muted for %gs: what it sends meanwhile is dropped unread",
                     mailbox.ref.agent_id, mailbox.ref.tenant, max(MUTE_FLOOR, MUTE_FACTOR * rate), quota_name,
-                    limit, MUTE_FOR)
+                    limit, mute)
         error = QuotaExceeded(
             f"endpoint {mailbox.ref.agent_id!r} ignored the throttle of its tenant's quota {quota_name} = "
-            f"{limit:g} on node {self.plane.node_id}: muted for {MUTE_FOR:g} s (everything it sends meanwhile "
-            "is dropped unread)", mailbox.ref.tenant, quota_name, limit, None, MUTE_FOR)
+            f"{limit:g} on node {self.plane.node_id}: muted for {mute:g} s (everything it sends meanwhile "
+            "is dropped unread)", mailbox.ref.tenant, quota_name, limit, None, mute)
         error.metadata["muted"] = "true"
         back = pb.Envelope(version=wire.VERSION, kind=wire.ERROR, channel=wire.CONTROL, tenant=mailbox.ref.tenant)
         fill_envelope(back, error)

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
 import time
 
 import pytest
-import zmq
 
-from mabeam.dataplane import envelope as wire
 from mabeam.dataplane.attach import AttachedEndpoint
 from mabeam.dataplane.errors import QuotaExceeded
 from mabeam.dev.testing import async_wait_until
-from mabeam.v1 import dataplane_pb2 as pb
 from meshd.dataplane import DataPlane
+from meshd.dataplane.testing import RawFlooder
 
 Pair = tuple[DataPlane, DataPlane]
 
@@ -104,48 +100,6 @@ async def test_a_call_over_the_quota_gets_quota_exceeded_with_the_limit_and_anot
         server.cancel()
         for endpoint in (noisy, sink, victim, echo):
             await endpoint.close()
-
-
-class RawFlooder:
-    """A raw ZeroMQ client that attaches and then casts as fast as it can, ignoring every throttle."""
-
-    def __init__(self, address: str, tenant: str, to: pb.AgentRef) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(address)
-        attach = pb.Envelope(version=wire.VERSION, id=1, kind=wire.SYSTEM, channel=wire.CONTROL,
-                             system_op=pb.SYSTEM_OP_ATTACH, tenant=tenant)
-        attach.sender.agent_id = "raw-flood"
-        prefix = wire.batch_prefix("")
-        self.sock.send_multipart([wire.encode_batch(prefix, [attach.SerializeToString()]), b"16"])
-        cast = pb.Envelope(version=wire.VERSION, kind=wire.CAST, channel=wire.NORMAL, tenant=tenant)
-        cast.to_agent.CopyFrom(to)
-        envs = []
-        for i in range(256):
-            cast.id = 100 + i
-            envs.append(cast.SerializeToString())
-        self.frames = wire.batch_frames(prefix, envs, [b"x" * 100] * 256, True)
-        self.stop = threading.Event()
-        self.batches = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                self.sock.send_multipart(self.frames, zmq.NOBLOCK)
-                self.batches += 1
-            except zmq.Again:
-                self.stop.wait(0.0005)  # its pipe to meshd is full: meshd reads it at its own pace
-            with contextlib.suppress(zmq.Again):
-                while True:  # throttles and notices: read, ignored
-                    self.sock.recv(zmq.NOBLOCK)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        self.sock.close(0)
-        self.ctx.term()
 
 
 async def test_a_raw_client_ignoring_its_throttle_is_muted_and_other_tenants_calls_still_succeed(pair: Pair) -> None:
