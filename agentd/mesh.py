@@ -219,12 +219,14 @@ class MeshLink:
                 elif op == "gcast":
                     group, msg, mode, sender = arg
                     body = {"group": group, "mode": mode, "msg": msg, "sender": sender, "origin": self.origin}
-                    self._remember(tenant, await endpoint.send(Group(group, mode), _pack(body)),
+                    # wait_for_quota=False: a throttled tenant's cast fails (QUOTA_EXCEEDED) rather than hold
+                    # every tenant's outbound behind it.
+                    self._remember(tenant, await endpoint.send(Group(group, mode), _pack(body), wait_for_quota=False),
                                    sender, f"group:{group}")
                 else:
                     to, msg, sender = arg
-                    self._remember(tenant, await endpoint.send(to, _pack({"to": to, "msg": msg, "sender": sender})),
-                                   sender, to)
+                    self._remember(tenant, await endpoint.send(to, _pack({"to": to, "msg": msg, "sender": sender}),
+                                                               wait_for_quota=False), sender, to)
             except (DataPlaneError, TimeoutError) as error:
                 self.failures += 1
                 log.warning("mesh %s %r failed: %s", op, arg[0] if op in ("cast", "gcast") else arg, error)

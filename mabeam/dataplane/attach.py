@@ -557,17 +557,20 @@ class AttachedEndpoint:
         return message_id
 
     async def send(self, to: Destination, payload: bytes, *, channel: int | str | None = None,
-                   acknowledged: bool = False) -> int:
+                   acknowledged: bool = False, wait_for_quota: bool = True) -> int:
         """Send a cast through meshd; returns its id (errors arrive later as ERROR messages).
 
         Waits while ``max_queued`` messages are waiting for the connection to meshd, and while meshd throttles
-        this endpoint's tenant (over its rate quota: the cast waits until it fits, see "Throttling").
+        this endpoint's tenant (over its rate quota: the cast waits until it fits, see "Throttling"); with
+        ``wait_for_quota=False`` such a cast raises :class:`QuotaExceeded` at once instead (a relay serving
+        several senders, as agentd's, must not hold the others behind one throttled tenant).
         """
         if len(self._out) >= self.max_queued or len(self._lane_out) >= self.max_queued:
             await self._wait_space()
-        if self.pacer is not None:
+        if self.pacer is not None and wait_for_quota:
             await self._paced(len(payload))  # spent its share: _cast does not pace it again
-        return self._cast(to, payload, channel, acknowledged, False)
+            return self._cast(to, payload, channel, acknowledged, False)
+        return self._cast(to, payload, channel, acknowledged, self.pacer is not None)
 
     async def call(self, to: Destination, payload: bytes, *, timeout: float = 5.0,
                    channel: int | str | None = None) -> Message:

@@ -100,6 +100,13 @@ MUTE_FLOOR = 20_000
 MUTE_FOR = 1.0
 MUTE_MAX = 30.0
 MUTE_FORGIVEN_AFTER = 10.0
+#: A muted endpoint's ZeroMQ message costs this much of a receive step's budget, and a step that read any
+#: pauses the attach socket for :data:`_MUTED_PAUSE` seconds before the next: a muted client flooding at
+#: full speed otherwise kept meshd's loop (and its I/O thread) busy reading and dropping, a core between
+#: them (bench/tenants.py, raw flood). Paced so, its pipe fills and its sends block (backpressure to it
+#: alone); another endpoint's message waits at most one pause (the ROUTER reads connections in turn).
+_MUTED_COST = 16
+_MUTED_PAUSE = 0.001
 _RETRY_BLOCKED = 0.002  # seconds before re-trying an endpoint whose connection was full
 #: Longest payload of a name or group operation worth decoding (names are at most 128 characters).
 _MAX_NAME_BYTES = 1024
@@ -179,6 +186,8 @@ class AttachServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._reading = False
+        self._paused = False  # a step read muted input: the next waits _MUTED_PAUSE
+        self._muted_seen = False
         self._step = 0  # receive steps so far (_AttachedMailbox.refused_step)
         self._retry_armed = False
         self._counters = plane.counters
@@ -238,6 +247,7 @@ class AttachServer:
 
     def _drain(self) -> None:
         """Read everything waiting on the attach socket now (several receive steps if need be)."""
+        self._paused = False
         for _ in range(64):
             self._on_readable()
             if not self.sock.getsockopt(_EVENTS) & _POLLIN:
@@ -247,7 +257,12 @@ class AttachServer:
         """Reader callback: one step of up to ``_STEP`` messages; the rest continues next loop turn."""
         if self._reading or self._tg is None:
             return
+        if self._paused:  # resumed by its timer; reading EVENTS clears the FD's signal (no busy loop meanwhile)
+            with contextlib.suppress(zmq.ZMQError):
+                self.sock.getsockopt(_EVENTS)
+            return
         self._reading = True
+        self._muted_seen = False
         self._step += 1
         outbound = self.plane.outbound
         outbound.hold()
@@ -270,7 +285,15 @@ class AttachServer:
             self._reading = False
             outbound.release()
         if taken >= _STEP and self._loop is not None:
-            self._loop.call_soon(self._on_readable)
+            if self._muted_seen:
+                self._paused = True
+                self._loop.call_later(_MUTED_PAUSE, self._resume)
+            else:
+                self._loop.call_soon(self._on_readable)
+
+    def _resume(self) -> None:
+        self._paused = False
+        self._on_readable()
 
     def _recv(self, sock: zmq.Socket) -> list[Any] | None:
         """One multipart message (routing id first), frames above 64 KiB as zero-copy buffers; None when empty."""
@@ -297,7 +320,8 @@ class AttachServer:
             now = mailbox.last_seen = time.monotonic()
             if mailbox.muted_until > now:  # it ignored the throttle: not even decoded (MUTE_FOR)
                 self._counters.reject(socket, "muted")
-                return 1
+                self._muted_seen = True
+                return _MUTED_COST
         try:
             batch, payloads = wire.decode_frames(frames[1:])
         except wire.FrameError as exc:

@@ -70,6 +70,9 @@ async def test_a_throttle_reaches_the_sdk_which_paces_a_full_speed_flood_to_the_
             for _ in range(100):
                 flood.send_nowait(sink.ref, b"x")
         assert now.value.retry_after_s is not None and now.value.retry_after_s > 0
+        with pytest.raises(QuotaExceeded):  # nor does send(wait_for_quota=False) (agentd's relay)
+            for _ in range(100):
+                await flood.send(sink.ref, b"x", wait_for_quota=False)
     finally:
         a.router.limiter = None
         for endpoint in (flood, sink):
