@@ -129,9 +129,9 @@ class RunManager:
             self.relay = EtcdRelay(self.etcd, self.cluster, self.node_id, self.wakeups)
         relay = self.relay
 
-        def committed(run_id: str, seq: int) -> None:
-            self.wakeups.notify(run_id, seq)
-            relay.published(run_id, seq)
+        def committed(row: RunRow, events: tuple[EventRow, ...]) -> None:
+            self.wakeups.committed(row, events)  # this node's followers: the events themselves
+            relay.published(row.run_id, row.last_seq)
 
         self.store.on_commit = committed
         self.pool.run_ops = self._run_op
@@ -408,7 +408,7 @@ class RunManager:
             violations["cursor"] = "must be >= 0"
         raise_if(violations)
         await self._check_visible(run_id)
-        sub = self.wakeups.subscribe(run_id)
+        sub = self.wakeups.subscribe(run_id, handoff=True)
         try:
             sub.clear()
             run, events = await self.store.read(run_id, cursor, PAGE)
@@ -432,7 +432,12 @@ class RunManager:
                     return
                 if cursor >= run.last_seq:
                     await sub.wait()
-                sub.clear()
+                # Events this node committed come straight from the commit, when they are exactly the next ones;
+                # anything else (a gap, another node's commit, a missed wake-up) is read from the log.
+                handed = sub.take(cursor)
+                if handed is not None:
+                    run, events = handed[0] or run, handed[1]
+                    continue
                 run, events = await self.store.read(run.run_id, cursor, PAGE)
 
     async def wait_ready(self) -> None:

@@ -38,8 +38,8 @@ from agentd.runs.retention import EventMeta, RetentionPlan, RetentionPolicy, che
 
 #: (run row or None, the frame's idempotency record or None) -> what to write.
 Planner = Callable[[RunRow | None, FrameRow | None], state.Plan]
-#: Called after a commit that appended events: (run_id, last seq).
-OnCommit = Callable[[str, int], None]
+#: Called after a commit that appended events: (the run's row after it, the events, in seq order).
+OnCommit = Callable[[RunRow, tuple[EventRow, ...]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +123,7 @@ class RunStore(abc.ABC):
     async def _run(self, run_id: str, frame_id: str | None, planner: Planner) -> state.Plan:
         plan = await self._transact(run_id, frame_id, planner)
         if plan.events and self.on_commit is not None:
-            self.on_commit(run_id, plan.events[-1].seq)
+            self.on_commit(plan.row, plan.events)
         return plan
 
     async def start(self, spec: RunSpec, now_ms: int) -> state.Plan:

@@ -4,8 +4,13 @@ The log stays the truth; a wake-up only says "run R has events up to seq S, read
 again". A follower subscribes *before* it reads (:meth:`Wakeups.subscribe`), so a
 commit between its read and its wait still wakes it.
 
-- In one process, every commit calls :meth:`Wakeups.notify` (the store's
-  ``on_commit`` hook).
+- In one process, every commit calls :meth:`Wakeups.committed` (the store's
+  ``on_commit`` hook) with the events it committed: a stream follower of the same
+  node takes them from its subscription when they are exactly the next stretch of
+  the log (:meth:`Subscription.take`), and reads the log otherwise (a gap, an
+  event committed by another process, a missed notification). That saves the read
+  — a hop to the store's reader thread — on the delivery path (``python -m bench
+  runs``, stream_delivery_same_node).
 - Between processes and hosts:
   - **PostgreSQL**: each commit sends ``NOTIFY`` in its transaction; every agentd
     ``LISTEN``\\ s on one connection (:class:`PostgresRelay`).
@@ -23,32 +28,95 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from agentd.runs.model import EventRow, RunRow
 from mabeam import keys
 from mabeam.etcd.client import EtcdClient, EtcdError
 
 log = logging.getLogger("agentd.runs.wake")
 
+#: Events a hand-off subscription keeps for a follower that has not taken them; past it, the follower reads the log.
+HANDOFF_LIMIT = 1024
+
 
 class Subscription:
-    """One follower's interest in one run: ``wait`` returns once something was appended since ``clear``."""
+    """One follower's interest in one run: ``wait`` returns once something was appended since ``clear``.
 
-    __slots__ = ("run_id", "_event", "_owner")
+    With ``handoff`` (a stream follower), the subscription also keeps the events this process committed
+    since the last :meth:`take`, so the follower can deliver them without reading the log again.
+    """
 
-    def __init__(self, owner: Wakeups, run_id: str) -> None:
+    __slots__ = ("run_id", "_event", "_owner", "_handoff", "_handed", "_row", "_known", "_doubt")
+
+    def __init__(self, owner: Wakeups, run_id: str, handoff: bool = False) -> None:
         self.run_id = run_id
         self._event = asyncio.Event()
         self._owner = owner
+        self._handoff = handoff
+        self._handed: list[EventRow] = []
+        self._row: RunRow | None = None
+        #: The highest seq anyone announced for the run (local commits and other nodes' relays).
+        self._known = 0
+        #: Set when something may have been missed (a relay reconnected, an announcement without a seq, an
+        #: overflowing hand-off): the follower must read the log.
+        self._doubt = False
 
     def clear(self) -> None:
         """Forget earlier wake-ups (call before reading the log)."""
         self._event.clear()
+        self._handed.clear()
+        self._row = None
+        self._doubt = False
 
     def set(self) -> None:
         """Wake the follower."""
         self._event.set()
+
+    def announce(self, seq: int) -> None:
+        """Events up to ``seq`` exist (0: unknown, so the log must be read): wake the follower."""
+        if seq <= 0:
+            self._doubt = True
+        elif seq > self._known:
+            self._known = seq
+        self._event.set()
+
+    def hand(self, row: RunRow, events: Sequence[EventRow]) -> None:
+        """This process committed ``events`` (the run's row after the commit is ``row``): keep them, wake."""
+        if self._handoff:
+            if len(self._handed) + len(events) > HANDOFF_LIMIT:
+                self._handed.clear()  # a follower that far behind reads the log
+                self._doubt = True
+            else:
+                self._handed.extend(events)
+                if self._row is None or row.last_seq > self._row.last_seq:
+                    self._row = row
+        self.announce(row.last_seq)
+
+    def take(self, cursor: int) -> tuple[RunRow | None, list[EventRow]] | None:
+        """After a wake-up: the run's row and the events after ``cursor`` handed since the last take; ``(None,
+        [])`` when nothing past ``cursor`` was announced (keep the row you have); None when the log must be
+        read instead. Clears the wake-up.
+
+        The hand-off is used only when it is exactly the next stretch of the log: its events are
+        ``cursor + 1`` .. ``row.last_seq`` without a gap, and nobody announced a later seq (a commit by another
+        process or node, which only the log has). Anything else — a gap, an event committed elsewhere, a missed
+        notification — answers None, so the log stays the only truth and the hand-off only saves a read.
+        """
+        handed, row, doubt = self._handed, self._row, self._doubt
+        self._handed = []
+        self.clear()
+        if doubt:
+            return None
+        if row is None:
+            return (None, []) if self._known <= cursor else None
+        if self._known > row.last_seq:
+            return None
+        events = sorted((e for e in handed if e.seq > cursor), key=lambda e: e.seq)
+        if [e.seq for e in events] != list(range(cursor + 1, row.last_seq + 1)):
+            return None
+        return row, events
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait for a wake-up (True) or the timeout (False)."""
@@ -81,9 +149,9 @@ class Wakeups:
         #: Wake-ups delivered (for metrics and tests).
         self.delivered = 0
 
-    def subscribe(self, run_id: str) -> Subscription:
-        """Follow ``run_id`` (use as a context manager, or ``close`` it)."""
-        sub = Subscription(self, run_id)
+    def subscribe(self, run_id: str, handoff: bool = False) -> Subscription:
+        """Follow ``run_id`` (use as a context manager, or ``close`` it); ``handoff``: keep local commits."""
+        sub = Subscription(self, run_id, handoff)
         self._subs.setdefault(run_id, set()).add(sub)
         return sub
 
@@ -98,17 +166,23 @@ class Wakeups:
         """True when someone here follows the run."""
         return run_id in self._subs
 
+    def committed(self, row: RunRow, events: Sequence[EventRow]) -> None:
+        """This process committed ``events`` to ``row.run_id`` (``row`` as after the commit): hand them over."""
+        for sub in self._subs.get(row.run_id, ()):
+            sub.hand(row, events)
+            self.delivered += 1
+
     def notify(self, run_id: str, seq: int = 0) -> None:
-        """Events up to ``seq`` were appended to ``run_id``: wake its followers."""
+        """Events up to ``seq`` were appended to ``run_id`` (elsewhere, or 0: unknown): wake its followers."""
         for sub in self._subs.get(run_id, ()):
-            sub.set()
+            sub.announce(seq)
             self.delivered += 1
 
     def notify_all(self) -> None:
         """Wake every follower (a relay reconnected and may have missed notifications)."""
         for subs in self._subs.values():
             for sub in subs:
-                sub.set()
+                sub.announce(0)
 
 
 class EtcdRelay:

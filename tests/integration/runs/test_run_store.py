@@ -101,7 +101,7 @@ async def test_a_deposed_executor_cannot_append(store):
 
 async def test_read_pages_and_the_commit_hook(store):
     seen: list[tuple[str, int]] = []
-    store.on_commit = lambda run_id, seq: seen.append((run_id, seq))
+    store.on_commit = lambda row, events: seen.append((row.run_id, events[-1].seq))
     await store.start(spec(input=None), NOW)
     await store.claim("r1", 1, "n", 1, NOW, 3)
     await store.append("r1", 1, [NewEvent("progress", str(i)) for i in range(10)], NOW, checkpoint='{"n":10}')
