@@ -109,7 +109,7 @@ class Subscription:
         self.clear()
         if doubt:
             return None
-        if row is None:
+        if row is None or row.last_seq <= cursor:  # nothing handed, or only what the follower has already
             return (None, []) if self._known <= cursor else None
         if self._known > row.last_seq:
             return None

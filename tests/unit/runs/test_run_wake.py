@@ -44,6 +44,16 @@ def test_events_already_delivered_are_dropped():
     assert handed is not None and [e.seq for e in handed[1]] == [4]
 
 
+def test_a_late_hand_off_older_than_the_cursor_is_nothing_new():
+    wakeups = Wakeups()
+    sub = wakeups.subscribe("r", handoff=True)
+    log = commits(3)
+    # The follower read up to 4 from the log (3-4 committed by another agentd) before this commit's hand-off ran:
+    # its older row must not replace the follower's (it would wait for events that already came).
+    wakeups.committed(*log[1])
+    assert sub.take(4) == (None, [])
+
+
 def test_a_gap_reads_the_log():
     wakeups = Wakeups()
     sub = wakeups.subscribe("r", handoff=True)
