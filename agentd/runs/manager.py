@@ -24,6 +24,7 @@ from agentd.runs.config import RunsConfig
 from agentd.runs.executor import Executor
 from agentd.runs.frames import APPROVAL_FRAME, approval_frame_id
 from agentd.runs.lease import RunLease, holder_of
+from agentd.runs.localwake import LocalRelay
 from agentd.runs.model import (
     POLICIES,
     STATUSES,
@@ -94,6 +95,8 @@ class RunManager:
         self.agent_types = dict(agent_types)
         self.wakeups = Wakeups()
         self.relay: EtcdRelay | PostgresRelay | None = None
+        #: SQLite: same-host datagram wake-ups beside the etcd relay (None with PostgreSQL).
+        self.local: LocalRelay | None = None
         self.executors: dict[str, Executor] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._relay_ready = asyncio.Event()
@@ -126,12 +129,19 @@ class RunManager:
             assert isinstance(self.store, PostgresRunStore)
             self.relay = PostgresRelay(self.store.listen, self.wakeups)
         else:
+            from agentd.runs.sqlite import SqliteRunStore
+
+            assert isinstance(self.store, SqliteRunStore)
             self.relay = EtcdRelay(self.etcd, self.cluster, self.node_id, self.wakeups)
-        relay = self.relay
+            self.local = LocalRelay(self.store.path, self.node_id, self.wakeups)
+            self.local.start()
+        relay, local = self.relay, self.local
 
         def committed(row: RunRow, events: tuple[EventRow, ...]) -> None:
             self.wakeups.committed(row, events)  # this node's followers: the events themselves
-            relay.published(row.run_id, row.last_seq)
+            if local is not None:
+                local.published(row.run_id, row.last_seq)  # the host's other agentd: a datagram
+            relay.published(row.run_id, row.last_seq)  # every node, reliably: etcd or NOTIFY
 
         self.store.on_commit = committed
         self.pool.run_ops = self._run_op
@@ -155,6 +165,8 @@ class RunManager:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.pool.run_ops = None
+        if self.local is not None:
+            self.local.close()
         await self.store.close()
 
     # --- executors --------------------------------------------------------------------------------------
@@ -435,7 +447,9 @@ class RunManager:
                 # Events this node committed come straight from the commit, when they are exactly the next ones;
                 # anything else (a gap, another node's commit, a missed wake-up) is read from the log.
                 handed = sub.take(cursor)
-                if handed is not None:
+                # "Nothing new" is believed only when the row we hold is as new as what we delivered (a read gets
+                # the row before the events, so it can be older: then the log says whether the run ended).
+                if handed is not None and (handed[0] is not None or cursor == run.last_seq):
                     run, events = handed[0] or run, handed[1]
                     continue
                 run, events = await self.store.read(run.run_id, cursor, PAGE)
