@@ -8,11 +8,15 @@
   server with fsync on. ``ratio_events_*`` = ours / raw (target ≥ 0.5).
 - **Start** (``start_run_p50_us``): StartRun over gRPC on a dev cluster (store insert, the
   run's etcd lease and the executor's claim).
-- **Delivery** (``stream_delivery_p50_us`` / ``p99_us``): an AppendFrame on node-1 until the
-  event arrives on an SSE stream, on node-1 (same node) and on node-2 (cross node: woken
-  through etcd with the SQLite store); the headline is the worse of the two, both are kept,
-  beside ``http_get_floor``: one HTTP round trip (a snapshot GET) to the same agentd in the
-  same run, the machine's floor for any request.
+- **Delivery** (``stream_delivery_p50_us`` / ``p99_us``): from the moment an AppendFrame (gRPC)
+  is issued to node-1 until its ``frame.received`` event has been read off an SSE stream, on
+  node-1 (same node) and on node-2 (cross node: the SQLite store, woken by a same-host datagram,
+  etcd behind it). The reader is a process of its own (``bench/_sse_reader.py``, a blocking
+  client, as a browser would be), stamping each event with ``time.perf_counter()`` (CLOCK_MONOTONIC,
+  one clock for every process on Linux); in one event loop with the appender it would first
+  handle the append's gRPC reply, which arrives at the same moment. The headline is the worse of
+  the two, both are kept, beside ``http_get_floor``: one HTTP round trip (a snapshot GET) to the
+  same agentd in the same run, paced the same way, the machine's floor for any request.
 - **Failover** (``resume_after_kill_s``): kill -9 of the agentd executing a run → the next
   event on a stream served by another node (lease TTL 2 s; target ≤ TTL + 1 s), and
   ``frames_exactly_once``: that crashed run applied every frame and step exactly once.
@@ -22,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -42,6 +48,7 @@ from mabeam_client.runs import RunClient
 
 BATCH = 16
 LEASE_TTL = 2
+ROOT = Path(__file__).resolve().parents[1]
 PAYLOAD = json.dumps({"token": "lorem ipsum dolor", "index": 0})
 
 
@@ -135,19 +142,25 @@ async def _appends(quick: bool) -> dict[str, Any]:
     return out
 
 
-async def _sse_events(url: str, queue: asyncio.Queue[tuple[int, str, float]], ready: asyncio.Event) -> None:
-    async with httpx.AsyncClient(timeout=None) as http, http.stream("GET", url) as response:
-        ready.set()
-        seq = 0
-        kind = ""
-        async for line in response.aiter_lines():
-            if line.startswith("id: "):
-                seq = int(line[4:])
-            elif line.startswith("event: "):
-                kind = line[7:]
-            elif line == "" and seq:
-                queue.put_nowait((seq, kind, time.perf_counter()))
-                seq = 0
+async def _sse_reader(url: str) -> tuple[asyncio.subprocess.Process, asyncio.Queue[tuple[int, float]],
+                                         asyncio.Task[None]]:
+    """An SSE reader in a process of its own (bench/_sse_reader.py) and the queue of its (seq, arrival time)."""
+    reader = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench._sse_reader", url, stdout=asyncio.subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert reader.stdout is not None
+    stdout = reader.stdout
+    first = await asyncio.wait_for(stdout.readline(), 60)
+    if first.strip() != b"ready":
+        raise RuntimeError(f"the SSE reader did not start: {first!r}")
+    queue: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
+
+    async def pump() -> None:
+        while line := await stdout.readline():
+            seq, at = line.split()
+            queue.put_nowait((int(seq), float(at)))
+
+    return reader, queue, asyncio.get_running_loop().create_task(pump())
 
 
 async def _delivery(cluster: DevCluster, quick: bool) -> dict[str, Any]:
@@ -159,23 +172,21 @@ async def _delivery(cluster: DevCluster, quick: bool) -> dict[str, Any]:
         for where, agentd in (("same_node", node1), ("cross_node", node2)):
             run_id = f"delivery-{where}"
             await runs.start("tasker", run_id=run_id)
-            queue: asyncio.Queue[tuple[int, str, float]] = asyncio.Queue()
-            ready = asyncio.Event()
-            reader = asyncio.get_running_loop().create_task(
-                _sse_events(f"http://{agentd.http_endpoint}/v1/runs/{run_id}/stream", queue, ready))
-            await ready.wait()
+            reader, queue, pump = await _sse_reader(f"http://{agentd.http_endpoint}/v1/runs/{run_id}/stream")
             latencies = []
             for i in range(n):
                 sent = time.perf_counter()
                 appended = await runs.append(run_id, f"f{i}", "msg", {"steps": 0})
                 while True:
-                    seq, _kind, at = await asyncio.wait_for(queue.get(), 30)
+                    seq, at = await asyncio.wait_for(queue.get(), 30)
                     if seq == appended.seq:
                         latencies.append((at - sent) * 1e6)
                         break
                 await asyncio.sleep(0.01)  # paced: latency, not throughput
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            reader.kill()
+            await reader.wait()
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
             out[f"stream_delivery_{where}"] = {"p50_us": round(percentile(latencies, 50)),
                                                "p99_us": round(percentile(latencies, 99)), "n": n}
         # The floor in the same run: one HTTP round trip to the same agentd (a snapshot GET), paced the same way.
