@@ -24,6 +24,11 @@ deletes a name its re-attached successor registered. When this node's lease
 lapsed and another owner took one of an endpoint's names meanwhile, meshd
 sends the endpoint SYSTEM_OP_NAME_LOST (:meth:`AttachServer.name_lost`).
 
+**Rate quotas** (docs/dataplane.md, "Rate quotas throttle the sender"): a cast or call over the sending
+tenant's rate quota is dropped (a call refused) and answered with QUOTA_EXCEEDED carrying the limit and a
+throttle (``retry_after_ms``, :data:`THROTTLE`), by which the SDK paces itself; an endpoint that keeps
+flooding past it is muted (:data:`MUTE_FOR`): its input is dropped before decoding and read at a bounded pace.
+
 **Bulk lane** (bench/hol.py through two meshd): an attached process may connect a second DEALER
 whose routing id is its main one + :data:`LANE_SUFFIX`. Messages it sends there count as the
 endpoint's own; messages for the endpoint on ``bulk`` or above ``chunk_size`` go back on it (the main
