@@ -68,6 +68,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentd.runs")
 
 DEFAULT_TENANT = "default"
+#: With same-host datagram wake-ups on, etcd wake-up puts coalesce this long (agentd/runs/wake.py, EtcdRelay.settle).
+ETCD_SETTLE_S = 0.02
 PAGE = 256
 
 
@@ -135,6 +137,8 @@ class RunManager:
             self.relay = EtcdRelay(self.etcd, self.cluster, self.node_id, self.wakeups)
             self.local = LocalRelay(self.store.path, self.node_id, self.wakeups)
             self.local.start()
+            if self.local.active:
+                self.relay.settle = ETCD_SETTLE_S
         relay, local = self.relay, self.local
 
         def committed(row: RunRow, events: tuple[EventRow, ...]) -> None:

@@ -48,13 +48,14 @@ class Subscription:
     since the last :meth:`take`, so the follower can deliver them without reading the log again.
     """
 
-    __slots__ = ("run_id", "_event", "_owner", "_handoff", "_handed", "_row", "_known", "_doubt")
+    __slots__ = ("run_id", "_event", "_owner", "handoff", "_handed", "_row", "_known", "_doubt")
 
     def __init__(self, owner: Wakeups, run_id: str, handoff: bool = False) -> None:
         self.run_id = run_id
         self._event = asyncio.Event()
         self._owner = owner
-        self._handoff = handoff
+        #: True for a stream follower: it keeps the events this process commits (see :meth:`take`).
+        self.handoff = handoff
         self._handed: list[EventRow] = []
         self._row: RunRow | None = None
         #: The highest seq anyone announced for the run (local commits and other nodes' relays).
@@ -84,7 +85,7 @@ class Subscription:
 
     def hand(self, row: RunRow, events: Sequence[EventRow]) -> None:
         """This process committed ``events`` (the run's row after the commit is ``row``): keep them, wake."""
-        if self._handoff:
+        if self.handoff:
             if len(self._handed) + len(events) > HANDOFF_LIMIT:
                 self._handed.clear()  # a follower that far behind reads the log
                 self._doubt = True
@@ -167,10 +168,17 @@ class Wakeups:
         return run_id in self._subs
 
     def committed(self, row: RunRow, events: Sequence[EventRow]) -> None:
-        """This process committed ``events`` to ``row.run_id`` (``row`` as after the commit): hand them over."""
-        for sub in self._subs.get(row.run_id, ()):
-            sub.hand(row, events)
-            self.delivered += 1
+        """This process committed ``events`` to ``row.run_id`` (``row`` as after the commit): hand them over.
+
+        Stream followers are woken first, so their tasks run before the executor's: what is committed goes out
+        to watchers before the next piece of work starts (the executor's read and its worker round trip).
+        """
+        subs = self._subs.get(row.run_id, ())
+        for first in (True, False):
+            for sub in subs:
+                if sub.handoff is first:
+                    sub.hand(row, events)
+                    self.delivered += 1
 
     def notify(self, run_id: str, seq: int = 0) -> None:
         """Events up to ``seq`` were appended to ``run_id`` (elsewhere, or 0: unknown): wake its followers."""
@@ -196,6 +204,11 @@ class EtcdRelay:
         self._dirty: dict[str, int] = {}
         self._pending = asyncio.Event()
         self.puts = 0
+        #: Seconds a put waits for more commits to coalesce. 0 (a put at once) unless something faster carries
+        #: the wake-ups: with same-host datagrams in front (agentd/runs/localwake.py) etcd is the safety net,
+        #: and one put per burst — not one per commit of a frame's handling — keeps its CPU (this agentd's
+        #: client, etcd, every watcher) off the two shared cores while the datagram's wake-up is delivered.
+        self.settle = 0.0
 
     def published(self, run_id: str, seq: int) -> None:
         """A local commit: relay it to the other nodes with the next put."""
@@ -213,6 +226,8 @@ class EtcdRelay:
         key = keys.run_wake(self.cluster, self.node_id)
         while True:
             await self._pending.wait()
+            if self.settle > 0:
+                await asyncio.sleep(self.settle)
             self._pending.clear()
             batch, self._dirty = self._dirty, {}
             try:
