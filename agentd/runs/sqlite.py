@@ -9,6 +9,13 @@ agentd processes sharing the file queue on ``busy_timeout`` instead of failing o
 a lock upgrade); reads use a second connection on another thread, so a stream's
 tail read never waits behind a write (WAL gives readers a snapshot).
 
+Likewise a transaction runs on the event loop, on that connection, when the writer
+thread has nothing outstanding and the write lock is free at once (another agentd
+writing: the writer thread waits for it as before). A commit in WAL mode with
+``synchronous=NORMAL`` is a write to the WAL, no fsync; the checkpoint, which
+syncs, stays with the writer thread's connection (``wal_autocheckpoint=0`` on the
+loop's; one transaction in :data:`CHECKPOINT_EVERY` goes through the thread).
+
 A tail read of at most :data:`INLINE_EVENTS` events (a follower woken by a commit,
 an executor reading what it just appended) runs on the event loop itself, on a
 third connection that never waits for a lock (``busy_timeout=0``: a busy answer
@@ -53,6 +60,8 @@ _EVENT_SELECT = (f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE run_id = 
                  "ORDER BY seq LIMIT ?")
 #: A tail read of at most this many events runs on the event loop (see the module docstring).
 INLINE_EVENTS = 32
+#: One transaction in this many goes through the writer thread, whose connection checkpoints the WAL.
+CHECKPOINT_EVERY = 64
 _FRAME_INSERT = f"INSERT INTO frames ({', '.join(FRAME_COLUMNS)}) VALUES ({', '.join('?' * len(FRAME_COLUMNS))})"
 _CHECKPOINT_INSERT = (f"INSERT INTO checkpoints ({', '.join(CHECKPOINT_COLUMNS)}) "
                       f"VALUES ({', '.join('?' * len(CHECKPOINT_COLUMNS))})")
@@ -109,8 +118,11 @@ class SqliteRunStore(RunStore):
         self._reader: ThreadPoolExecutor | None = None
         self._wdb: sqlite3.Connection | None = None
         self._rdb: sqlite3.Connection | None = None
-        #: The event loop's own connection, for small tail reads (never waits for a lock).
+        #: The event loop's own connection, for small tail reads and commits (never waits for a lock).
         self._ldb: sqlite3.Connection | None = None
+        #: Transactions on their way through the writer thread, and transactions so far (see _transact).
+        self._writing = 0
+        self._inline = 0
         #: The row each run had after this store's last write to it (the fast path's guess; writer thread only).
         self._rows: dict[str, RunRow] = {}
 
@@ -138,6 +150,7 @@ class SqliteRunStore(RunStore):
         self._rdb = await asyncio.get_running_loop().run_in_executor(self._reader, connect, self.path)
         self._ldb = await asyncio.get_running_loop().run_in_executor(self._reader, connect, self.path)
         self._ldb.execute("PRAGMA busy_timeout=0")
+        self._ldb.execute("PRAGMA wal_autocheckpoint=0")  # a checkpoint syncs the file: the writer thread's job
 
     def _migrate(self) -> None:
         db = self._wdb
@@ -174,10 +187,13 @@ class SqliteRunStore(RunStore):
 
     # --- transactions -------------------------------------------------------------------------------
 
-    def _transact_sync(self, run_id: str, frame_id: str | None, planner: Planner) -> Plan:
-        plan = self._fast_sync(run_id, frame_id, planner)
+    def _transact_sync(self, run_id: str, frame_id: str | None, planner: Planner,
+                       db: sqlite3.Connection | None = None) -> Plan:
+        db = db or self._wdb
+        assert db is not None
+        plan = self._fast_sync(db, run_id, frame_id, planner)
         if plan is None:
-            plan = self._locked_sync(run_id, frame_id, planner)
+            plan = self._locked_sync(db, run_id, frame_id, planner)
         self._remember(plan.row)
         return plan
 
@@ -186,7 +202,7 @@ class SqliteRunStore(RunStore):
         if len(self._rows) > 4096:
             del self._rows[next(iter(self._rows))]
 
-    def _fast_sync(self, run_id: str, frame_id: str | None, planner: Planner) -> Plan | None:
+    def _fast_sync(self, db: sqlite3.Connection, run_id: str, frame_id: str | None, planner: Planner) -> Plan | None:
         """An append planned on the row this store wrote last, if the row is still that one.
 
         The update is conditioned on ``last_seq``: if another writer (another agentd sharing the file)
@@ -202,8 +218,6 @@ class SqliteRunStore(RunStore):
             return None  # maybe only the cached row says so: let the locked path answer
         if plan.duplicate or plan.created or plan.frame is not None or not plan.events:
             return None
-        db = self._wdb
-        assert db is not None
         names, values = _changes(cached, plan.row)
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -228,9 +242,7 @@ class SqliteRunStore(RunStore):
         if plan.checkpoint is not None:
             db.execute(_CHECKPOINT_INSERT, tuple(getattr(plan.checkpoint, c) for c in CHECKPOINT_COLUMNS))
 
-    def _locked_sync(self, run_id: str, frame_id: str | None, planner: Planner) -> Plan:
-        db = self._wdb
-        assert db is not None
+    def _locked_sync(self, db: sqlite3.Connection, run_id: str, frame_id: str | None, planner: Planner) -> Plan:
         db.execute("BEGIN IMMEDIATE")
         try:
             raw = db.execute(_RUN_SELECT + " WHERE run_id = ?", (run_id,)).fetchone()
@@ -258,7 +270,21 @@ class SqliteRunStore(RunStore):
             raise
 
     async def _transact(self, run_id: str, frame_id: str | None, planner: Planner) -> Plan:
-        result: Plan = await self._write(self._transact_sync, run_id, frame_id, planner)
+        db = self._ldb
+        self._inline += 1
+        # On the loop when the writer thread has nothing outstanding (so this process's commits stay in order
+        # and the row cache has one user at a time) and the write lock is free at once; every
+        # CHECKPOINT_EVERY-th transaction goes through the writer thread, whose connection checkpoints the WAL.
+        if db is not None and not self._writing and self._inline % CHECKPOINT_EVERY:
+            try:
+                return self._transact_sync(run_id, frame_id, planner, db)
+            except sqlite3.OperationalError:
+                pass  # busy (another agentd writes): wait for the lock on the writer thread
+        self._writing += 1
+        try:
+            result: Plan = await self._write(self._transact_sync, run_id, frame_id, planner)
+        finally:
+            self._writing -= 1
         return result
 
     # --- reads --------------------------------------------------------------------------------------
