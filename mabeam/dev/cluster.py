@@ -21,7 +21,11 @@ the data plane's four channels, +6 agentd gRPC, +7 agentd metrics, +8
 coordinator gRPC, +9 coordinator metrics. Local attach is always ``ipc://<run dir>/<node>.attach``. A
 daemon restarted (:meth:`DevCluster.restart`, ``start_node``) binds the gRPC and
 metrics ports it had, as a daemon restarted on its host binds its configured
-port, so clients holding the address reconnect.
+port, so clients holding the address reconnect. Between a kill (or terminate) and
+that restart the harness keeps each of those ports bound (SO_REUSEADDR, not
+listening): the kernel never hands a bound port to an outgoing connection as its
+ephemeral source port, which it otherwise may do with any port the dead daemon
+left — the restarted daemon's bind then failed with "address already in use".
 
 Each daemon's output goes to ``<run dir>/<node>[-kind].log``, shown in the
 error when a daemon fails to start. Dev tooling: never imported by a daemon.
@@ -34,6 +38,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -72,6 +77,8 @@ class DaemonProcess:
     info: dict[str, Any] = field(default_factory=dict)
     exit_reported: bool = False
     paused: bool = False
+    #: Sockets keeping the ports of a stopped daemon bound until it is restarted (see the module docstring).
+    held: list[socket.socket] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
@@ -124,11 +131,38 @@ class DaemonProcess:
         self.signal(signal.SIGCONT)
 
     def kill(self) -> None:
-        """kill -9 and reap."""
+        """kill -9 and reap (keeping its gRPC, metrics and HTTP ports bound for a restart)."""
         if self.alive:
             assert self.proc is not None
             self.proc.kill()
             self.proc.wait()
+            self.hold_ports()
+
+    def hold_ports(self) -> None:
+        """Keep the gRPC, metrics and HTTP ports this (stopped) daemon had bound until :meth:`release_ports`.
+
+        A bound, non-listening socket with SO_REUSEADDR lets the restarted daemon bind and listen on the
+        port (gRPC and uvicorn set SO_REUSEADDR) while no outgoing connection can take it meanwhile.
+        """
+        for key in ("grpc", "metrics", "http"):
+            address = str(self.info.get(key) or "")
+            host, _, port = address.rpartition(":")
+            if not port.isdigit() or not host:
+                continue
+            host = host.strip("[]")
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, int(port)))
+            except OSError:  # taken already: a restart on it will say so
+                sock.close()
+                continue
+            self.held.append(sock)
+
+    def release_ports(self) -> None:
+        """Close the sockets :meth:`hold_ports` keeps (once the restarted daemon has bound, or at the end)."""
+        while self.held:
+            self.held.pop().close()
 
     def terminate(self, timeout: float = 10.0, send: bool = True) -> int | None:
         """SIGTERM (after SIGCONT, in case it is paused), wait up to ``timeout``, then SIGKILL; the exit code.
@@ -146,6 +180,8 @@ class DaemonProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if not self.held:
+            self.hold_ports()
         return self.proc.returncode
 
 
@@ -429,6 +465,7 @@ class DevCluster:
                     daemon.signal(signal.SIGTERM)
             for daemon in daemons:
                 daemon.terminate(10.0, send=False)
+                daemon.release_ports()
         if self.embedded is not None:
             self.embedded.stop()
 
@@ -469,4 +506,5 @@ def _pump(daemon: DaemonProcess, proc: subprocess.Popen[str], log: IO[str]) -> N
                 parsed = parse_ready_line(line)
                 if parsed is not None and parsed.kind == daemon.kind:
                     daemon.info = parsed.fields
+                    daemon.release_ports()  # it has bound them (a restart on the ports it had)
                     daemon.ready.set()

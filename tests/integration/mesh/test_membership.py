@@ -95,3 +95,33 @@ def test_kill9_leaves_within_ttl_plus_1s_with_its_names_and_groups(dev_cluster) 
     finally:
         for client in clients:
             client.close()
+
+
+def test_a_killed_daemon_keeps_its_ports_until_it_is_restarted_on_them(dev_cluster) -> None:
+    # Between kill -9 and restart the harness holds the gRPC and metrics ports bound, so no outgoing
+    # connection can be given one as its ephemeral port (the restart's "address already in use" in CI).
+    import socket
+
+    cluster = dev_cluster(1)
+    meshd = cluster.nodes[0].meshd
+    grpc_address, metrics_address = meshd.endpoint, meshd.metrics_address
+    cluster.kill_daemon(meshd)
+    for address in (grpc_address, metrics_address):
+        probe = socket.socket()
+        try:
+            try:
+                probe.bind(("127.0.0.1", int(address.rsplit(":", 1)[1])))
+            except OSError:
+                pass  # reserved: the outcome wanted
+            else:
+                raise AssertionError(f"{address} was free to anyone while meshd was down")
+        finally:
+            probe.close()
+    cluster.restart_daemon(meshd)
+    assert (meshd.endpoint, meshd.metrics_address) == (grpc_address, metrics_address)
+    assert not meshd.held  # released once the restarted meshd bound them
+    client = SyncMeshClient(meshd.endpoint)
+    try:
+        assert wait_until(lambda: "node-1" in member_ids(client), timeout=10.0, what="the restarted meshd serves")
+    finally:
+        client.close()
