@@ -255,6 +255,8 @@ class Harness:
                 outcome.passed.append(line[5:])
             elif line.startswith("FAIL "):
                 outcome.failed.append(line[5:])
+        if outcome.returncode != 0:  # what the daemons said, for the failure message (CI keeps no run dir)
+            outcome.output += self.daemon_tails()
         if self.cluster.restart_dead():
             self.write_json()
         self.wait_relays()
@@ -282,6 +284,15 @@ class Harness:
                 await async_wait_until(all_found, timeout, interval=0.2, what="the relay agents are attached")
 
         asyncio.run(registered())
+
+    def daemon_tails(self, chars: int = 1500) -> str:
+        """The end of every daemon's log, each headed by whether it still runs."""
+        parts = []
+        for node in self.cluster.nodes:
+            for daemon in node.daemons:
+                state = "running" if daemon.alive else f"EXITED {daemon.proc.returncode if daemon.proc else ''}"
+                parts.append(f"\n--- {daemon.kind} of {node.node_id} ({state}) ---\n{daemon.output()[-chars:]}")
+        return "".join(parts)
 
     def close(self) -> None:
         """Stop the relay agents (closing stdin detaches them) and the cluster."""
