@@ -12,6 +12,13 @@ while a datagram is one system call. The etcd relay stays: it is the reliable pa
 missing socket is dropped) and the one other hosts' agentd would hear. The follower dedups the two
 announcements by seq (:meth:`agentd.runs.wake.Subscription.take`), so the later one costs no read.
 
+Datagrams go only where someone listens: each agentd tells the others which runs it follows (a stream or an
+executor) — ``{"follow": [...]}`` when a run gets its first follower there, ``{"unfollow": [...]}`` when it
+loses its last, and every :data:`REFRESH_S` the whole list, which a sender forgets after
+:data:`INTEREST_TTL_S` without a refresh. So a commit wakes the agentd that serve or execute the run, not every
+agentd of the host (on two cores a useless wake-up competes with the one that delivers). An interest that is
+lost or not yet heard costs promptness only: etcd still wakes that follower.
+
 A path the socket cannot have (over the 107 bytes of ``sun_path``), or a directory that cannot be made, only
 turns this off (logged once): the etcd relay carries every wake-up then.
 """
@@ -31,8 +38,12 @@ from agentd.runs.wake import Wakeups
 
 log = logging.getLogger("agentd.runs.localwake")
 
-#: A datagram is ``["<run_id>", <seq>]``: run ids are at most 128 characters (validation.py), so this is ample.
-MAX_DATAGRAM = 1024
+#: A wake-up is ``["<run_id>", <seq>]``; an interest ``{"follow": [...]}`` or ``{"unfollow": [...]}``, cut to this.
+MAX_DATAGRAM = 32 * 1024
+#: How often an agentd sends the whole list of runs it follows; a sender forgets an interest not refreshed
+#: within INTEREST_TTL_S.
+REFRESH_S = 1.0
+INTEREST_TTL_S = 3.5
 #: How often the list of the other agentd's sockets is read again (a new node is heard through etcd meanwhile).
 PEERS_EVERY_S = 1.0
 _SUN_PATH_MAX = 107
@@ -53,6 +64,8 @@ class LocalRelay:
         self._sock: socket.socket | None = None
         self._peers: list[str] = []
         self._peers_at = 0.0
+        #: run id -> {peer socket path -> when its interest lapses (monotonic)}.
+        self._interest: dict[str, dict[str, float]] = {}
         #: Datagrams sent and received, and those ignored as malformed (for tests and metrics).
         self.sent = 0
         self.received = 0
@@ -94,11 +107,7 @@ class LocalRelay:
         with contextlib.suppress(OSError):
             self.path.unlink()
 
-    def published(self, run_id: str, seq: int) -> None:
-        """A local commit: tell every other agentd of the host (best effort; etcd follows anyway)."""
-        sock = self._sock
-        if sock is None:
-            return
+    def _peer_list(self) -> list[str]:
         now = time.monotonic()
         if now - self._peers_at > PEERS_EVERY_S:
             self._peers_at = now
@@ -106,40 +115,98 @@ class LocalRelay:
                 self._peers = [str(p) for p in self.directory.glob("*.sock") if p != self.path]
             except OSError:
                 self._peers = []
+        return self._peers
+
+    def _send(self, datagram: bytes, peer: str) -> bool:
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            sock.sendto(datagram, peer)
+        except OSError:
+            return False  # a busy, dead or gone peer: the etcd relay still reaches it
+        self.sent += 1
+        return True
+
+    def published(self, run_id: str, seq: int) -> None:
+        """A local commit: tell the agentd of the host that follow the run (best effort; etcd follows anyway)."""
+        peers = self._interest.get(run_id)
+        if not peers or self._sock is None:
+            return
+        now = time.monotonic()
         datagram = json.dumps([run_id, seq], separators=(",", ":")).encode()
-        for peer in self._peers:
-            try:
-                sock.sendto(datagram, peer)
-                self.sent += 1
-            except OSError:
-                continue  # a busy, dead or gone peer: the etcd relay still reaches it
+        for peer, lapses in list(peers.items()):
+            if lapses < now or not self._send(datagram, peer):
+                del peers[peer]
+        if not peers:
+            del self._interest[run_id]
+
+    def following(self, run_id: str, on: bool) -> None:
+        """This agentd's interest in ``run_id`` changed (Wakeups.on_follow): tell the others at once."""
+        datagram = json.dumps({"follow" if on else "unfollow": [run_id]}, separators=(",", ":")).encode()
+        for peer in self._peer_list():
+            self._send(datagram, peer)
+
+    async def run(self) -> None:
+        """Send the whole list of followed runs every REFRESH_S (new and restarted agentd learn it) until cancelled."""
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            if self._sock is None:
+                continue
+            runs, chunk, size = self.wakeups.runs(), [], 0
+            peers = self._peer_list()
+            for index, run_id in enumerate(runs):
+                chunk.append(run_id)
+                size += len(run_id) + 4
+                if size > MAX_DATAGRAM // 2 or index == len(runs) - 1:
+                    datagram = json.dumps({"follow": chunk}, separators=(",", ":")).encode()
+                    for peer in peers:
+                        self._send(datagram, peer)
+                    chunk, size = [], 0
 
     def _readable(self) -> None:
         sock = self._sock
         while sock is not None:
             try:
-                data = sock.recv(MAX_DATAGRAM + 1)
+                data, sender = sock.recvfrom(MAX_DATAGRAM + 1)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
                 log.info("same-host wake-up socket: %s", error)
                 return
             self.received += 1
-            announced = _parse(data)
-            if announced is None:
+            parsed = _parse(data)
+            if isinstance(parsed, tuple):
+                self.wakeups.notify(*parsed)
+            elif isinstance(parsed, dict) and isinstance(sender, str) and sender.startswith(f"{self.directory}/"):
+                lapses = time.monotonic() + INTEREST_TTL_S
+                for run_id in parsed.get("follow", ()):
+                    self._interest.setdefault(run_id, {})[sender] = lapses
+                for run_id in parsed.get("unfollow", ()):
+                    peers = self._interest.get(run_id)
+                    if peers is not None:
+                        peers.pop(sender, None)
+                        if not peers:
+                            del self._interest[run_id]
+            else:
                 self.malformed += 1
-                continue
-            self.wakeups.notify(*announced)
 
 
-def _parse(data: bytes) -> tuple[str, int] | None:
-    """``(run_id, seq)`` from a datagram, or None when it is not one of ours."""
+def _parse(data: bytes) -> tuple[str, int] | dict[str, list[str]] | None:
+    """``(run_id, seq)`` from a wake-up, ``{"follow"|"unfollow": [run ids]}`` from an interest, or None."""
     if len(data) > MAX_DATAGRAM:
         return None
     try:
         value = json.loads(data)
     except ValueError:
         return None
+    if isinstance(value, dict):
+        if not value or set(value) - {"follow", "unfollow"}:
+            return None
+        for ids in value.values():
+            if not isinstance(ids, list) or not all(isinstance(i, str) and 0 < len(i) <= 256 for i in ids):
+                return None
+        return value
     if (not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], str) or not value[0]
             or not isinstance(value[1], int) or isinstance(value[1], bool) or value[1] < 1):
         return None

@@ -139,6 +139,8 @@ class RunManager:
             self.local.start()
             if self.local.active:
                 self.relay.settle = ETCD_SETTLE_S
+                self.wakeups.on_follow = self.local.following
+                self._spawn(self.local.run())
         relay, local = self.relay, self.local
 
         def committed(row: RunRow, events: tuple[EventRow, ...]) -> None:
@@ -170,6 +172,7 @@ class RunManager:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.pool.run_ops = None
         if self.local is not None:
+            self.wakeups.on_follow = None
             self.local.close()
         await self.store.close()
 

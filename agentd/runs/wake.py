@@ -149,11 +149,17 @@ class Wakeups:
         self._subs: dict[str, set[Subscription]] = {}
         #: Wake-ups delivered (for metrics and tests).
         self.delivered = 0
+        #: Called with (run_id, True) when the run gets its first follower here, (run_id, False) when it loses
+        #: its last (the same-host relay tells the other agentd which runs to send datagrams about).
+        self.on_follow: Callable[[str, bool], None] | None = None
 
     def subscribe(self, run_id: str, handoff: bool = False) -> Subscription:
         """Follow ``run_id`` (use as a context manager, or ``close`` it); ``handoff``: keep local commits."""
         sub = Subscription(self, run_id, handoff)
-        self._subs.setdefault(run_id, set()).add(sub)
+        subs = self._subs.setdefault(run_id, set())
+        subs.add(sub)
+        if len(subs) == 1 and self.on_follow is not None:
+            self.on_follow(run_id, True)
         return sub
 
     def _drop(self, sub: Subscription) -> None:
@@ -162,10 +168,16 @@ class Wakeups:
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.run_id]
+                if self.on_follow is not None:
+                    self.on_follow(sub.run_id, False)
 
     def followed(self, run_id: str) -> bool:
         """True when someone here follows the run."""
         return run_id in self._subs
+
+    def runs(self) -> list[str]:
+        """The runs someone here follows."""
+        return list(self._subs)
 
     def committed(self, row: RunRow, events: Sequence[EventRow]) -> None:
         """This process committed ``events`` to ``row.run_id`` (``row`` as after the commit): hand them over.
