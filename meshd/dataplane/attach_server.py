@@ -527,6 +527,9 @@ class AttachServer:
         except ValueError:
             announced = 0
         limit = min(plane.config.max_outbound, max(announced, plane.config.default_max_pending))
+        bound = plane.mailbox_bound(tenant)  # the tenant's max_mailbox, as for meshd's own endpoints
+        if bound:
+            limit = min(limit, bound)
         ref = AgentRef(tenant, plane.node_id, agent_id)
         mailbox = _AttachedMailbox(self, routing_id, ref, limit)
         if isinstance(existing, _AttachedMailbox):  # the same connection attaching again: keep what it owns
