@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 #: The prev_hash of a run's first event.
 GENESIS = "0" * 64
@@ -40,6 +41,52 @@ def event_hash(run_id: str, seq: int, type_: str, version: int, payload_sha256: 
     else:
         material = _ENCODE([run_id, seq, type_, version, payload_sha256, prev_hash])
     return hashlib.sha256(material.encode()).hexdigest()
+
+
+class Linkable(Protocol):
+    """What :func:`chain_hashes` reads of an event to append."""
+
+    @property
+    def type(self) -> str:
+        """The event's type."""
+
+    @property
+    def version(self) -> int:
+        """The event's schema version."""
+
+    @property
+    def payload(self) -> str:
+        """The payload's JSON text."""
+
+
+def chain_hashes(run_id: str, last_seq: int, last_hash: str, events: Sequence[Linkable]) -> list[tuple[str, str]]:
+    """Chain ``events`` after event ``last_seq`` (hash ``last_hash``): each one's (payload_sha256, hash).
+
+    The same hashes as :func:`payload_digest` and :func:`event_hash` one by one, for a batch: the run id
+    and the chain's start are checked once, a digest is hex by construction, and one event type is
+    checked once per batch (an executor's append of 16 events spent a tenth of its time in these
+    checks, ``python -m bench runs``).
+    """
+    out: list[tuple[str, str]] = []
+    plain = _PLAIN(run_id) is not None and _PLAIN(last_hash) is not None
+    plain_types: dict[str, bool] = {}
+    seq = last_seq
+    prev = last_hash
+    sha256 = hashlib.sha256
+    for event in events:
+        seq += 1
+        type_ = event.type
+        digest = sha256(event.payload.encode()).hexdigest()
+        fast = plain and plain_types.get(type_)
+        if fast is None:
+            fast = plain_types[type_] = _PLAIN(type_) is not None
+        if fast:
+            material = f'["{run_id}",{seq},"{type_}",{int(event.version)},"{digest}","{prev}"]'
+        else:
+            material = _ENCODE([run_id, seq, type_, event.version, digest, prev])
+        prev = sha256(material.encode()).hexdigest()
+        out.append((digest, prev))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

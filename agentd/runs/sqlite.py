@@ -12,9 +12,19 @@ tail read never waits behind a write (WAL gives readers a snapshot).
 Likewise a transaction runs on the event loop, on that connection, when the writer
 thread has nothing outstanding and the write lock is free at once (another agentd
 writing: the writer thread waits for it as before). A commit in WAL mode with
-``synchronous=NORMAL`` is a write to the WAL, no fsync; the checkpoint, which
-syncs, stays with the writer thread's connection (``wal_autocheckpoint=0`` on the
-loop's; one transaction in :data:`CHECKPOINT_EVERY` goes through the thread).
+``synchronous=NORMAL`` is a write to the WAL, no fsync.
+
+Checkpoints (folding the WAL back into the database file, which syncs both files)
+run on a thread of their own, never on the way of a commit: SQLite's automatic
+checkpoint is off on every connection (``wal_autocheckpoint=0``) and the store
+starts a ``PASSIVE`` checkpoint, which neither waits for nor blocks writers, after
+every :data:`CHECKPOINT_EVERY` commits, one at a time. Inline, the commit that
+crossed SQLite's 1000-page threshold paid two fsyncs (4-13 ms here) and those
+stalls were 40% of an append's mean time (``python -m bench runs``). A passive
+checkpoint cannot reset a WAL that writers keep extending, so once the WAL holds
+more than :data:`WAL_MAX_FRAMES` frames the checkpointer runs a ``RESTART``
+checkpoint, which waits for the writer of the moment and holds writers off while
+it finishes: the WAL stays bounded under sustained appends.
 
 A tail read of at most :data:`INLINE_EVENTS` events (a follower woken by a commit,
 an executor reading what it just appended) runs on the event loop itself, on a
@@ -31,9 +41,10 @@ stream_delivery_cross_node: the woken node's read was ~1.5 ms of its ~6 ms).
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +64,8 @@ from agentd.runs.retention import RetentionPlan
 from agentd.runs.state import Plan
 from agentd.runs.store import Planner, RunStore, migrations
 
+log = logging.getLogger(__name__)
+
 _RUN_SELECT = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs"
 _RUN_INSERT = f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
 _EVENT_INSERT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
@@ -60,31 +73,33 @@ _EVENT_SELECT = (f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE run_id = 
                  "ORDER BY seq LIMIT ?")
 #: A tail read of at most this many events runs on the event loop (see the module docstring).
 INLINE_EVENTS = 32
-#: One transaction in this many goes through the writer thread, whose connection checkpoints the WAL.
+#: A passive checkpoint is started (on the checkpoint thread) after this many commits of this store.
 CHECKPOINT_EVERY = 64
+#: A WAL longer than this many frames (4 KiB pages: 40 MiB) is reset by a RESTART checkpoint.
+WAL_MAX_FRAMES = 10_000
 _FRAME_INSERT = f"INSERT INTO frames ({', '.join(FRAME_COLUMNS)}) VALUES ({', '.join('?' * len(FRAME_COLUMNS))})"
+_CANCEL_REQUESTED = RUN_COLUMNS.index("cancel_requested")
 _CHECKPOINT_INSERT = (f"INSERT INTO checkpoints ({', '.join(CHECKPOINT_COLUMNS)}) "
                       f"VALUES ({', '.join('?' * len(CHECKPOINT_COLUMNS))})")
 
 
 def _run(row: tuple[Any, ...]) -> RunRow:
     values = list(row)
-    values[RUN_COLUMNS.index("cancel_requested")] = bool(values[RUN_COLUMNS.index("cancel_requested")])
-    return RunRow(*values)
+    values[_CANCEL_REQUESTED] = bool(values[_CANCEL_REQUESTED])
+    return RunRow._make(values)
 
 
 def _run_values(run: RunRow) -> list[Any]:
-    return [int(v) if isinstance(v, bool) else v for v in (getattr(run, c) for c in RUN_COLUMNS)]
+    return [int(v) if isinstance(v, bool) else v for v in run]
 
 
 def _changes(before: RunRow, after: RunRow) -> tuple[list[str], list[Any]]:
     """The columns a plan changed and their new values (an append touches a few of the 26)."""
     names, values = [], []
-    for name in RUN_COLUMNS[1:]:
-        value = getattr(after, name)
-        if getattr(before, name) != value:
+    for name, old, new in zip(RUN_COLUMNS, before, after, strict=True):
+        if old != new:
             names.append(name)
-            values.append(int(value) if isinstance(value, bool) else value)
+            values.append(int(new) if isinstance(new, bool) else new)
     return names, values
 
 
@@ -103,6 +118,7 @@ def connect(path: str) -> sqlite3.Connection:
                 raise
             time.sleep(0.01)
     db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA wal_autocheckpoint=0")  # the store's checkpoint thread does it (module docstring)
     return db
 
 
@@ -116,13 +132,17 @@ class SqliteRunStore(RunStore):
         self.path = str(path)
         self._writer: ThreadPoolExecutor | None = None
         self._reader: ThreadPoolExecutor | None = None
+        self._checkpointer: ThreadPoolExecutor | None = None
+        self._cdb: sqlite3.Connection | None = None
+        #: The checkpoint under way (at most one), and commits since the last one started.
+        self._checkpointing: Future[None] | None = None
+        self._commits = 0
         self._wdb: sqlite3.Connection | None = None
         self._rdb: sqlite3.Connection | None = None
         #: The event loop's own connection, for small tail reads and commits (never waits for a lock).
         self._ldb: sqlite3.Connection | None = None
-        #: Transactions on their way through the writer thread, and transactions so far (see _transact).
+        #: Transactions on their way through the writer thread (see _transact).
         self._writing = 0
-        self._inline = 0
         #: The row each run had after this store's last write to it (the fast path's guess; writer thread only).
         self._rows: dict[str, RunRow] = {}
 
@@ -150,7 +170,29 @@ class SqliteRunStore(RunStore):
         self._rdb = await asyncio.get_running_loop().run_in_executor(self._reader, connect, self.path)
         self._ldb = await asyncio.get_running_loop().run_in_executor(self._reader, connect, self.path)
         self._ldb.execute("PRAGMA busy_timeout=0")
-        self._ldb.execute("PRAGMA wal_autocheckpoint=0")  # a checkpoint syncs the file: the writer thread's job
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="runs-sqlite-c")
+        self._cdb = await asyncio.get_running_loop().run_in_executor(self._checkpointer, connect, self.path)
+
+    def _committed(self) -> None:
+        """Count a commit; every CHECKPOINT_EVERY-th starts a checkpoint unless one is under way."""
+        self._commits += 1
+        if self._commits < CHECKPOINT_EVERY or self._checkpointer is None:
+            return
+        if self._checkpointing is not None and not self._checkpointing.done():
+            return
+        self._commits = 0
+        self._checkpointing = self._checkpointer.submit(self._checkpoint_wal_sync)
+
+    def _checkpoint_wal_sync(self) -> None:
+        db = self._cdb
+        if db is None:
+            return
+        try:
+            busy, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if frames > WAL_MAX_FRAMES:
+                db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        except sqlite3.Error as error:  # another process checkpoints, or the disk is full: the next one retries
+            log.warning("runs store %s: checkpoint failed: %s", self.path, error)
 
     def _migrate(self) -> None:
         db = self._wdb
@@ -177,13 +219,16 @@ class SqliteRunStore(RunStore):
         if self._ldb is not None:
             self._ldb.close()
             self._ldb = None
-        for pool, db in ((self._writer, self._wdb), (self._reader, self._rdb)):
+        if self._checkpointing is not None:
+            await asyncio.wrap_future(self._checkpointing)
+            self._checkpointing = None
+        for pool, db in ((self._writer, self._wdb), (self._reader, self._rdb), (self._checkpointer, self._cdb)):
             if pool is not None:
                 if db is not None:
                     await asyncio.get_running_loop().run_in_executor(pool, db.close)
                 pool.shutdown(wait=True)
-        self._writer = self._reader = None
-        self._wdb = self._rdb = None
+        self._writer = self._reader = self._checkpointer = None
+        self._wdb = self._rdb = self._cdb = None
 
     # --- transactions -------------------------------------------------------------------------------
 
@@ -236,7 +281,7 @@ class SqliteRunStore(RunStore):
 
     def _write_rows(self, db: sqlite3.Connection, plan: Plan) -> None:
         if plan.events:
-            db.executemany(_EVENT_INSERT, [tuple(getattr(e, c) for c in EVENT_COLUMNS) for e in plan.events])
+            db.executemany(_EVENT_INSERT, plan.events)  # rows are tuples in column order
         if plan.frame is not None:
             db.execute(_FRAME_INSERT, tuple(getattr(plan.frame, c) for c in FRAME_COLUMNS))
         if plan.checkpoint is not None:
@@ -271,20 +316,22 @@ class SqliteRunStore(RunStore):
 
     async def _transact(self, run_id: str, frame_id: str | None, planner: Planner) -> Plan:
         db = self._ldb
-        self._inline += 1
         # On the loop when the writer thread has nothing outstanding (so this process's commits stay in order
-        # and the row cache has one user at a time) and the write lock is free at once; every
-        # CHECKPOINT_EVERY-th transaction goes through the writer thread, whose connection checkpoints the WAL.
-        if db is not None and not self._writing and self._inline % CHECKPOINT_EVERY:
+        # and the row cache has one user at a time) and the write lock is free at once.
+        if db is not None and not self._writing:
             try:
-                return self._transact_sync(run_id, frame_id, planner, db)
+                plan = self._transact_sync(run_id, frame_id, planner, db)
             except sqlite3.OperationalError:
                 pass  # busy (another agentd writes): wait for the lock on the writer thread
+            else:
+                self._committed()
+                return plan
         self._writing += 1
         try:
             result: Plan = await self._write(self._transact_sync, run_id, frame_id, planner)
         finally:
             self._writing -= 1
+        self._committed()
         return result
 
     # --- reads --------------------------------------------------------------------------------------

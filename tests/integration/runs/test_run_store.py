@@ -140,3 +140,39 @@ async def test_retention_moves_the_floor_and_a_stale_cursor_is_refused(store):
     assert [e.seq for e in events] == [9]
     links = [Link(e.seq, e.type, e.version, e.payload, e.payload_sha256, e.prev_hash, e.hash) for e in events]
     assert verify("r1", links, first_seq=9, start_prev_hash=run.floor_prev_hash).ok
+
+
+async def test_sqlite_checkpoints_off_the_append_path_and_folds_the_wal_back(tmp_path, monkeypatch):
+    import sqlite3
+
+    from agentd.runs import sqlite as backend
+
+    # A checkpoint every 4 commits, so 200 commits start many of them.
+    monkeypatch.setattr(backend, "CHECKPOINT_EVERY", 4)
+    path = tmp_path / "runs.sqlite"
+    store = open_store(f"sqlite://{path}")
+    await store.open()
+    try:
+        await store.start(spec("wal"), NOW)
+        await store.claim("wal", 1, "n1", 1, NOW, 3)
+        started = set()
+        for i in range(200):
+            await store.append("wal", 1, [NewEvent("note", canonical_json({"i": i, "pad": "x" * 500}))], NOW)
+            if store._checkpointing is not None:
+                started.add(store._checkpointing)
+                # Wait for it here only to make the WAL's length deterministic: the append did not wait for it.
+                await asyncio.wrap_future(store._checkpointing)
+        assert len(started) >= 40
+        probe = sqlite3.connect(path)
+        try:
+            # A PASSIVE checkpoint reports the WAL's length in frames: 200 commits wrote at least 400 frames
+            # (the run's row and an events page each), so a short, fully folded log means the store's
+            # checkpoints folded the WAL back and writers restarted it (autocheckpoint is off on its connections).
+            busy, frames, done = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            assert busy == 0 and frames == done and frames < 40, (busy, frames, done)
+        finally:
+            probe.close()
+        run, events = await store.read("wal", 0)
+        assert run.last_seq == 203 and [e.seq for e in events] == list(range(1, 204))
+    finally:
+        await store.close()
