@@ -163,7 +163,7 @@ class PostgresRunStore(RunStore):
 
     async def _fast(self, run_id: str, frame_id: str | None, planner: Planner) -> Plan | None:
         """An append planned on the row this store wrote last, committed by one statement if the row is still
-        that one (``last_seq`` unchanged); None when it cannot be (no cached row, a frame or a checkpoint to
+        that one (``last_seq`` and the retention floor unchanged); None when it cannot be (no cached row, a frame or a checkpoint to
         write, or another writer got there first) — the locked path then reads the row and plans again.
 
         One round trip instead of five (BEGIN, SELECT ... FOR UPDATE, INSERT, UPDATE + NOTIFY, COMMIT): an
@@ -179,13 +179,15 @@ class PostgresRunStore(RunStore):
         if plan.duplicate or plan.created or plan.frame is not None or plan.checkpoint is not None or not plan.events:
             return None
         names = [c for c in RUN_COLUMNS[1:] if getattr(cached, c) != getattr(plan.row, c)]
-        args: list[Any] = [run_id, cached.last_seq, *(getattr(plan.row, n) for n in names)]
-        sets = ", ".join(f"{name} = ${i + 3}" for i, name in enumerate(names))
+        args: list[Any] = [run_id, cached.last_seq, cached.retention_floor, *(getattr(plan.row, n) for n in names)]
+        sets = ", ".join(f"{name} = ${i + 4}" for i, name in enumerate(names))
         base = len(args)
         arrays = ", ".join(f"${base + i + 1}::{kind}[]" for i, kind in enumerate(_EVENT_TYPES))
         args += [[getattr(e, c) for e in plan.events] for c in EVENT_COLUMNS]
         args += [CHANNEL, f"{run_id}:{plan.events[-1].seq}"]
-        sql = (f"WITH u AS (UPDATE runs SET {sets} WHERE run_id = $1 AND last_seq = $2 RETURNING 1), "
+        # Conditioned on the floor too: retention may have raised it since (the cached row would be stale).
+        sql = (f"WITH u AS (UPDATE runs SET {sets} WHERE run_id = $1 AND last_seq = $2 AND retention_floor = $3 "
+               "RETURNING 1), "
                f"e AS (INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT * FROM unnest({arrays}) AS t "
                "WHERE EXISTS (SELECT 1 FROM u)), "
                f"n AS (SELECT pg_notify(${len(args) - 1}, ${len(args)}) FROM u) "
@@ -303,5 +305,6 @@ class PostgresRunStore(RunStore):
                                        "last_hash) WHERE run_id = $1", run.run_id, plan.floor, prev)
                 await conn.executemany("UPDATE events SET payload = NULL WHERE run_id = $1 AND seq = $2",
                                        [(run.run_id, seq) for seq in plan.prune])
+            self._rows.pop(run.run_id, None)  # its floor moved: the next append reads the row
         except _UNAVAILABLE as error:
             raise self._unavailable(error) from None

@@ -250,7 +250,7 @@ class SqliteRunStore(RunStore):
     def _fast_sync(self, db: sqlite3.Connection, run_id: str, frame_id: str | None, planner: Planner) -> Plan | None:
         """An append planned on the row this store wrote last, if the row is still that one.
 
-        The update is conditioned on ``last_seq``: if another writer (another agentd sharing the file)
+        The update is conditioned on ``last_seq`` (and the retention floor): if another writer (another agentd sharing the file)
         appended meanwhile, nothing is written and the locked path reads the row and plans again. Saves
         the row's read and conversion per append (python -m bench runs, ratio_events_sqlite).
         """
@@ -266,8 +266,10 @@ class SqliteRunStore(RunStore):
         names, values = _changes(cached, plan.row)
         db.execute("BEGIN IMMEDIATE")
         try:
+            # Conditioned on the floor too: retention may have raised it since (the cached row would be stale).
             cursor = db.execute(f"UPDATE runs SET {', '.join(f'{n} = ?' for n in names)} "
-                                "WHERE run_id = ? AND last_seq = ?", (*values, run_id, cached.last_seq))
+                                "WHERE run_id = ? AND last_seq = ? AND retention_floor = ?",
+                                (*values, run_id, cached.last_seq, cached.retention_floor))
             if cursor.rowcount != 1:
                 db.execute("ROLLBACK")
                 self._rows.pop(run_id, None)
@@ -432,6 +434,7 @@ class SqliteRunStore(RunStore):
             db.executemany("UPDATE events SET payload = NULL WHERE run_id = ? AND seq = ?",
                            [(run_id, seq) for seq in plan.prune])
             db.execute("COMMIT")
+            self._rows.pop(run_id, None)  # its floor moved: the next append reads the row
         except BaseException:
             db.execute("ROLLBACK")
             raise

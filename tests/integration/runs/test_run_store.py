@@ -140,6 +140,9 @@ async def test_retention_moves_the_floor_and_a_stale_cursor_is_refused(store):
     assert [e.seq for e in events] == [9]
     links = [Link(e.seq, e.type, e.version, e.payload, e.payload_sha256, e.prev_hash, e.hash) for e in events]
     assert verify("r1", links, first_seq=9, start_prev_hash=run.floor_prev_hash).ok
+    # The next append answers with the row as it is now: the floor retention raised, not the one before it.
+    after = await store.append("r1", 1, [NewEvent("progress", "later")], NOW + 2000)
+    assert after.row.retention_floor == 9 and after.row.floor_prev_hash == run.floor_prev_hash
 
 
 async def test_sqlite_checkpoints_off_the_append_path_and_folds_the_wal_back(tmp_path, monkeypatch):
