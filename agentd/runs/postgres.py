@@ -178,12 +178,13 @@ class PostgresRunStore(RunStore):
             return None  # maybe only the cached row says so: let the locked path answer
         if plan.duplicate or plan.created or plan.frame is not None or plan.checkpoint is not None or not plan.events:
             return None
-        names = [c for c in RUN_COLUMNS[1:] if getattr(cached, c) != getattr(plan.row, c)]
-        args: list[Any] = [run_id, cached.last_seq, cached.retention_floor, *(getattr(plan.row, n) for n in names)]
+        changed = [(c, new) for c, old, new in zip(RUN_COLUMNS, cached, plan.row, strict=True) if old != new]
+        names = [c for c, _ in changed]
+        args: list[Any] = [run_id, cached.last_seq, cached.retention_floor, *(v for _, v in changed)]
         sets = ", ".join(f"{name} = ${i + 4}" for i, name in enumerate(names))
         base = len(args)
         arrays = ", ".join(f"${base + i + 1}::{kind}[]" for i, kind in enumerate(_EVENT_TYPES))
-        args += [[getattr(e, c) for e in plan.events] for c in EVENT_COLUMNS]
+        args += [list(column) for column in zip(*plan.events, strict=True)]  # rows are tuples in column order
         args += [CHANNEL, f"{run_id}:{plan.events[-1].seq}"]
         # Conditioned on the floor too: retention may have raised it since (the cached row would be stale).
         sql = (f"WITH u AS (UPDATE runs SET {sets} WHERE run_id = $1 AND last_seq = $2 AND retention_floor = $3 "
@@ -213,7 +214,7 @@ class PostgresRunStore(RunStore):
             if plan.duplicate:
                 return plan
             if plan.events:
-                await conn.executemany(_EVENT_INSERT, [_values(e, EVENT_COLUMNS) for e in plan.events])
+                await conn.executemany(_EVENT_INSERT, plan.events)
             notify = f"{run_id}:{plan.events[-1].seq}" if plan.events else ""
             if plan.created:
                 await conn.execute(_RUN_INSERT, *_values(plan.row, RUN_COLUMNS))
