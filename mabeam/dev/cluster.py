@@ -241,7 +241,8 @@ class DevCluster:
                  lease_ttl: int = 3, run_dir: str | os.PathLike[str] | None = None,
                  extra_args: list[str] | None = None, agentd: bool = False, coordinator: bool = False,
                  meshd: bool = True, node_prefix: str = "node-", runs_store: str = "",
-                 runs_config: dict[str, object] | None = None, secure: bool = False) -> None:
+                 runs_config: dict[str, object] | None = None, secure: bool = False,
+                 env: dict[str, str] | None = None) -> None:
         if agentd and not meshd:
             raise ValueError("agentd attaches to its node's meshd: agentd=True needs meshd=True")
         self.base_port = base_port
@@ -257,6 +258,8 @@ class DevCluster:
         self.runs_store = runs_store or f"sqlite://{self.run_dir.resolve() / 'runs.sqlite'}"
         #: Extra ``[runs]`` settings for every agentd (lease_ttl, cancel_grace_s, ...).
         self.runs_config = dict(runs_config or {})
+        #: Extra environment for every daemon (``AGENTD_MODELS``, ...): theirs, not this process's.
+        self.env = dict(env or {})
         self.nodes = [self._node_spec(f"{node_prefix}{i}", None if base_port is None else base_port + 10 * i,
                                       meshd, agentd, coordinator) for i in range(1, nodes + 1)]
         #: With ``secure``: token keys, mTLS certificates and CURVE on every daemon (docs/security.md).
@@ -353,7 +356,7 @@ class DevCluster:
         daemon.exit_reported = False
         daemon.paused = False
         log = open(daemon.log_path, "a")  # noqa: SIM115 - handed to the reader thread, closed there
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         if daemon.kind == "agentd" and self.runs_config:
             env["AGENTD_RUNS"] = json.dumps(self.runs_config)
         daemon.proc = subprocess.Popen(daemon.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

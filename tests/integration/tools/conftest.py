@@ -35,16 +35,15 @@ def bed(etcd_server, tmp_path_factory) -> Iterator[dict[str, Any]]:
                   "approval_timeout": 1},
         "payer": {"model": "helper-model", "tools": ["refund"]},
     }
-    env = pytest.MonkeyPatch()
-    env.setenv("AGENTD_MODELS", json.dumps(models))
-    env.setenv("AGENTD_LLM_AGENTS", json.dumps(agents))
-    env.setenv("MABEAM_TOOL_LEDGER", str(ledger))
+    # The daemons' environment, not the test process's: set for the session it reached every agentd that
+    # later tests started (tests/integration/models saw this bed's helper-model in its listing).
+    env = {"AGENTD_MODELS": json.dumps(models), "AGENTD_LLM_AGENTS": json.dumps(agents),
+           "MABEAM_TOOL_LEDGER": str(ledger)}
     cluster = DevCluster(2, etcd=etcd_server.endpoint, cluster=f"w{uuid.uuid4().hex[:10]}",
-                         lease_ttl=2, agentd=True, runs_config=RUNS)
+                         lease_ttl=2, agentd=True, runs_config=RUNS, env=env)
     try:
         cluster.start()
         yield {"cluster": cluster, "llm": llm, "ledger": ledger}
     finally:
         cluster.close()
         llm.close()
-        env.undo()
