@@ -148,6 +148,7 @@ async def _appends(quick: bool) -> dict[str, Any]:
         # The median of the pairs' ratios: each pair ran back to back under the same load.
         out["ratio_events_sqlite"] = round(statistics.median(o / r for o, r in zip(ours, raw, strict=True)), 3)
         out["ratio_events_sqlite_pairs"] = [round(o / r, 3) for o, r in zip(ours, raw, strict=True)]
+        out["events_per_s_sqlite_pairs"] = [[round(o), round(r)] for o, r in zip(ours, raw, strict=True)]
     with DevPostgres(fsync=True) as pg:
         dsn = pg.create_database()
         store = open_store(dsn)

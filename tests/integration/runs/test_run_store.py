@@ -145,6 +145,19 @@ async def test_retention_moves_the_floor_and_a_stale_cursor_is_refused(store):
     assert after.row.retention_floor == 9 and after.row.floor_prev_hash == run.floor_prev_hash
 
 
+async def test_appends_of_one_a_few_and_many_events_chain_alike(store):
+    await store.start(spec("sizes", input=None), NOW)
+    await store.claim("sizes", 1, "n", 1, NOW, 3)
+    for size in (1, 2, 16, 64, 65, 300):  # SQLite: one row, multi-row INSERTs, and executemany past 64
+        await store.append("sizes", 1, [NewEvent("note", canonical_json({"size": size, "i": i})) for i in range(size)],
+                           NOW)
+    run, events = await store.read("sizes", 0, limit=1000)
+    assert run.last_seq == 2 + 448 == len(events) and [e.seq for e in events] == list(range(1, 451))
+    assert [e.payload_value() for e in events[2:5]] == [{"size": 1, "i": 0}, {"size": 2, "i": 0}, {"size": 2, "i": 1}]
+    links = [Link(e.seq, e.type, e.version, e.payload, e.payload_sha256, e.prev_hash, e.hash) for e in events]
+    assert verify("sizes", links).ok and run.last_hash == events[-1].hash and run.emitted == 448
+
+
 async def test_sqlite_checkpoints_off_the_append_path_and_folds_the_wal_back(tmp_path, monkeypatch):
     import sqlite3
 
