@@ -24,7 +24,9 @@ stalls were 40% of an append's mean time (``python -m bench runs``). A passive
 checkpoint cannot reset a WAL that writers keep extending, so once the WAL holds
 more than :data:`WAL_MAX_FRAMES` frames the checkpointer runs a ``RESTART``
 checkpoint, which waits for the writer of the moment and holds writers off while
-it finishes: the WAL stays bounded under sustained appends.
+it finishes: the WAL stays bounded under sustained appends. It waits at most
+:data:`RESTART_WAIT_MS` for readers on an old snapshot, then tries again at the
+next checkpoint.
 
 A tail read of at most :data:`INLINE_EVENTS` events (a follower woken by a commit,
 an executor reading what it just appended) runs on the event loop itself, on a
@@ -82,6 +84,9 @@ INLINE_EVENTS = 32
 CHECKPOINT_EVERY = 64
 #: A WAL longer than this many frames (4 KiB pages: 40 MiB) is reset by a RESTART checkpoint.
 WAL_MAX_FRAMES = 10_000
+#: How long that RESTART may wait for readers on an old snapshot (holding writers off meanwhile) before it
+#: gives up until the next checkpoint: a reader left open elsewhere (a sqlite3 shell) never stalls appends.
+RESTART_WAIT_MS = 200
 _FRAME_INSERT = f"INSERT INTO frames ({', '.join(FRAME_COLUMNS)}) VALUES ({', '.join('?' * len(FRAME_COLUMNS))})"
 _CANCEL_REQUESTED = RUN_COLUMNS.index("cancel_requested")
 _CHECKPOINT_INSERT = (f"INSERT INTO checkpoints ({', '.join(CHECKPOINT_COLUMNS)}) "
@@ -184,6 +189,8 @@ class SqliteRunStore(RunStore):
         self._ldb.execute("PRAGMA busy_timeout=0")
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="runs-sqlite-c")
         self._cdb = await asyncio.get_running_loop().run_in_executor(self._checkpointer, connect, self.path)
+        # A RESTART checkpoint holds new writers off while it waits for readers: never for longer than this.
+        self._cdb.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
 
     def _committed(self) -> None:
         """Count a commit; every CHECKPOINT_EVERY-th starts a checkpoint unless one is under way."""

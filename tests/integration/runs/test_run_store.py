@@ -192,3 +192,46 @@ async def test_sqlite_checkpoints_off_the_append_path_and_folds_the_wal_back(tmp
         assert run.last_seq == 203 and [e.seq for e in events] == list(range(1, 204))
     finally:
         await store.close()
+
+
+async def test_sqlite_wal_restart_waits_for_no_reader_and_resets_once_it_is_gone(tmp_path, monkeypatch):
+    import sqlite3
+
+    from agentd.runs import sqlite as backend
+
+    monkeypatch.setattr(backend, "CHECKPOINT_EVERY", 4)
+    monkeypatch.setattr(backend, "WAL_MAX_FRAMES", 40)
+    monkeypatch.setattr(backend, "RESTART_WAIT_MS", 20)
+    path = tmp_path / "runs.sqlite"
+    store = open_store(f"sqlite://{path}")
+    await store.open()
+    reader = sqlite3.connect(path, isolation_level=None)
+    probe = sqlite3.connect(path, isolation_level=None)
+
+    async def append_some(start: int, count: int) -> None:
+        for i in range(start, start + count):
+            await store.append("held", 1, [NewEvent("note", canonical_json({"i": i, "pad": "x" * 500}))], NOW)
+            if store._checkpointing is not None:
+                await asyncio.wrap_future(store._checkpointing)  # deterministic WAL length (see the test above)
+
+    try:
+        await store.start(spec("held"), NOW)
+        await store.claim("held", 1, "n1", 1, NOW, 3)
+        # A reader on an old snapshot (a sqlite3 shell left open, say): no checkpoint can fold the WAL past it.
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM events WHERE run_id = 'held'").fetchone()[0] == 3
+        await append_some(0, 100)
+        # The appends went on (the RESTART gave up after RESTART_WAIT_MS each time) and the WAL kept growing.
+        _, frames, _ = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert frames >= 200
+        assert reader.execute("SELECT count(*) FROM events WHERE run_id = 'held'").fetchone()[0] == 3
+        reader.execute("COMMIT")
+        await append_some(100, 12)  # the next checkpoints fold it back and a writer restarts it
+        _, frames, done = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert frames == done and frames < 60, (frames, done)
+        run, events = await store.read("held", 0, limit=500)
+        assert run.last_seq == 115 and [e.seq for e in events] == list(range(1, 116))
+    finally:
+        reader.close()
+        probe.close()
+        await store.close()
