@@ -7,7 +7,8 @@
   the same run, on the same database. SQLite: a file in WAL mode (the bare loop with SQLite's
   default automatic checkpoint, inline in the commit that crosses 1000 pages; the store checkpoints
   on a thread of its own); PostgreSQL: a private server with fsync on. ``ratio_events_*`` = ours /
-  raw (target ≥ 0.5).
+  raw (target ≥ 0.5): for SQLite the median of alternated pairs' ratios (five with ``--quick``, seven
+  in the full run; each pair back to back under the same load), for PostgreSQL of three.
 - **Start** (``start_run_p50_us``): StartRun over gRPC on a dev cluster (store insert, the
   run's etcd lease and the executor's claim).
 - **Delivery** (``stream_delivery_p50_us`` / ``p99_us``): from the moment an AppendFrame (gRPC)
@@ -134,7 +135,7 @@ async def _appends(quick: bool) -> dict[str, Any]:
         await store.open()
         try:
             ours, raw = [], []
-            for attempt in range(3 if quick else 5):  # alternated pairs: the two cores are shared
+            for attempt in range(5 if quick else 7):  # alternated pairs: the two cores are shared (a pair is ~0.1-0.3 s)
                 # Each side starts from a folded-back WAL: a checkpoint left over from the other side's rows
                 # otherwise lands in whichever measurement comes next (the bare loop swung 64-169 k/s).
                 await asyncio.to_thread(_checkpoint, path)
