@@ -60,6 +60,7 @@ class RunRow(NamedTuple):
     output: str  # canonical JSON; "" until completed
     created_ms: int
     updated_ms: int
+    cancel_seq: int = 0  # the run.cancel_requested event (0: none); migration 0002
 
     @property
     def terminal(self) -> bool:

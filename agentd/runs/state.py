@@ -6,7 +6,7 @@ and writes what the :class:`Plan` says. The planner decides everything — seqs,
 hashes, idempotency, fencing, status — so both backends behave identically and
 the rules are tested without a database.
 
-The run's row is the projection of its log: :func:`apply` folds one event into it.
+The run's row is the projection of its log: :func:`chain` folds each new event into it.
 Statuses: ``pending`` (no executor) → ``running`` (an executor claimed it) →
 ``completed`` | ``canceled`` | ``failed`` (terminal: nothing is appended after).
 
@@ -92,7 +92,7 @@ def _payload(event: NewEvent) -> Any:
     return json.loads(event.payload)
 
 
-def _fold(run: dict[str, Any], event: NewEvent) -> None:
+def _fold(run: dict[str, Any], event: NewEvent, seq: int) -> None:
     """Fold one event into a run's fields (a dict: one RunRow is built per transaction, not per event —
     a new row per event was three quarters of an append's planning in ``python -m bench runs``)."""
     if run["status"] in TERMINAL_STATUSES:
@@ -112,6 +112,7 @@ def _fold(run: dict[str, Any], event: NewEvent) -> None:
         run["checkpoints"] += 1
     elif type_ == "run.cancel_requested":
         run["cancel_requested"] = True
+        run["cancel_seq"] = seq
     elif type_ == "run.executor_acquired":
         data = _payload(event)
         run.update(status=RUNNING, executor_token=int(data["token"]), executor_node=str(data["node_id"]),
@@ -130,13 +131,6 @@ def _fold(run: dict[str, Any], event: NewEvent) -> None:
             run["error_message"] = str(data.get("message", ""))
 
 
-def apply(row: RunRow, event: NewEvent) -> RunRow:
-    """Fold one event into the run's projection (seq and hash are set by :func:`chain`)."""
-    run = row._asdict()
-    _fold(run, event)
-    return RunRow(**run)
-
-
 def chain(row: RunRow, events: Sequence[NewEvent], now_ms: int) -> tuple[RunRow, tuple[EventRow, ...]]:
     """Give each event its seq and hash, folding it into the row; the row's last_seq/last_hash advance."""
     if not events:
@@ -152,7 +146,7 @@ def chain(row: RunRow, events: Sequence[NewEvent], now_ms: int) -> tuple[RunRow,
         out.append(EventRow(run_id, seq, event.type, event.version, now_ms, event.payload, digest, prev, hash_))
         prev = hash_
         if event.type.startswith(RESERVED_PREFIXES):
-            _fold(run, event)
+            _fold(run, event, seq)
         elif run["status"] in TERMINAL_STATUSES:
             raise RunTerminal(f"run {run_id!r} has ended ({run['status']}); nothing more is appended")
         else:
@@ -218,7 +212,7 @@ def plan_cancel(row: RunRow | None, run_id: str, reason: str, now_ms: int) -> Pl
     """CancelRun: append run.cancel_requested once; a replay (or an ended run) changes nothing."""
     run = _require(row, run_id)
     if run.terminal or run.cancel_requested:
-        return Plan(run, duplicate=True)
+        return Plan(run, duplicate=True, seq=run.cancel_seq)
     new_row, rows = chain(run, [_event("run.cancel_requested", {"reason": reason})], now_ms)
     return Plan(new_row, rows, seq=rows[0].seq)
 

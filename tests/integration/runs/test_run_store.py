@@ -39,7 +39,7 @@ async def store(runs_store_url):
 
 
 async def test_migrations_exist_for_both_dialects_and_apply_once(store, runs_store_url):
-    assert [m.version for m in migrations("sqlite")] == [m.version for m in migrations("postgres")] == [1]
+    assert [m.version for m in migrations("sqlite")] == [m.version for m in migrations("postgres")] == [1, 2]
     again = open_store(runs_store_url)
     await again.open()  # a second agentd opening the same store applies nothing twice
     await again.close()
@@ -234,4 +234,27 @@ async def test_sqlite_wal_restart_waits_for_no_reader_and_resets_once_it_is_gone
     finally:
         reader.close()
         probe.close()
+        await store.close()
+
+
+async def test_migration_2_fills_the_cancel_seq_of_runs_canceled_before_it(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "runs.sqlite"
+    store = open_store(f"sqlite://{path}")
+    await store.open()
+    await store.start(spec("old", input=None), NOW)
+    first = await store.cancel("old", "stop", NOW)
+    await store.close()
+    # The file as an agentd before migration 2 left it: no cancel_seq column, version 2 not applied.
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("ALTER TABLE runs DROP COLUMN cancel_seq")
+    db.execute("DELETE FROM schema_migrations WHERE version = 2")
+    db.close()
+    store = open_store(f"sqlite://{path}")
+    await store.open()
+    try:
+        again = await store.cancel("old", "again", NOW)
+        assert again.duplicate and again.seq == first.seq == 2
+    finally:
         await store.close()

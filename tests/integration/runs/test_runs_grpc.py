@@ -156,11 +156,13 @@ async def test_cancel_is_durable_idempotent_and_ends_the_run_canceled(runs, run_
     await async_wait_until(lambda: _has(one, run_id, "progress"), 20, what="the run is working")
     first = await two.cancel(run_id, "user pressed stop")
     assert not first.duplicate and first.seq > 0
-    assert (await one.cancel(run_id, "again")).duplicate
+    again = await one.cancel(run_id, "again")
+    assert again.duplicate and again.seq == first.seq  # a replay names the event the first one appended
     events = await events_of(two, run_id)
     types = [e.type for e in events]
     assert types[-1] == "run.canceled" and types.count("run.cancel_requested") == 1
     cancel_at = types.index("run.cancel_requested")
+    assert events[cancel_at].seq == first.seq
     after = events[cancel_at + 1:]  # the store refuses new work once cancellation is in the log
     assert "progress" not in types[cancel_at:] and "run.checkpoint" not in types[cancel_at:]
     assert all(not json.loads(e.payload_json)["authoritative"] for e in after if e.type == "step.completed")
@@ -169,7 +171,8 @@ async def test_cancel_is_durable_idempotent_and_ends_the_run_canceled(runs, run_
     with pytest.raises(FailedPrecondition) as raised:
         await one.append(run_id, "late", "msg", {})
     assert raised.value.reason == "RUN_TERMINAL"
-    assert (await one.cancel(run_id)).duplicate
+    ended = await one.cancel(run_id)
+    assert ended.duplicate and ended.seq == first.seq
 
 
 # --- GetRun / ListRuns --------------------------------------------------------------------------

@@ -144,9 +144,10 @@ async def test_cancel_202_then_200_and_the_run_ends_canceled(http, run_id):
     first = await two.post(f"/v1/runs/{run_id}/cancel", json={"reason": "stop"})
     assert first.status_code == 202 and first.json()["duplicate"] is False
     again = await one.post(f"/v1/runs/{run_id}/cancel")
-    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert again.status_code == 200 and again.json() == {"duplicate": True, "seq": first.json()["seq"]}
     _, events = await sse(two, f"/v1/runs/{run_id}/stream")
     assert events[-2]["event"] == "run.canceled" and events[-1]["data"] == "[DONE]"
+    assert [e["id"] for e in events if e.get("event") == "run.cancel_requested"] == [str(first.json()["seq"])]
     snapshot = await one.get(f"/v1/runs/{run_id}")
     assert snapshot.json()["status"] == "canceled"
 
