@@ -165,6 +165,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The server failed unexpectedly; the cause is in its log, not in the answer."""
     NOT_IMPLEMENTED: _ErrorReason.ValueType  # 152
     """The method is declared in the contract but this server does not implement it."""
+    UNKNOWN_ROUTE: _ErrorReason.ValueType  # 153
+    """An HTTP request for a path, or a method on a path, the server does not serve (404 / 405; the message
+    lists the routes it does serve).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Reasons carried in google.rpc.ErrorInfo.reason (as the enum value's name) with domain "mabeam.io"."""
@@ -309,6 +313,10 @@ INTERNAL_ERROR: ErrorReason.ValueType  # 151
 """The server failed unexpectedly; the cause is in its log, not in the answer."""
 NOT_IMPLEMENTED: ErrorReason.ValueType  # 152
 """The method is declared in the contract but this server does not implement it."""
+UNKNOWN_ROUTE: ErrorReason.ValueType  # 153
+"""An HTTP request for a path, or a method on a path, the server does not serve (404 / 405; the message
+lists the routes it does serve).
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

@@ -156,6 +156,9 @@ const (
 	ErrorReason_INTERNAL_ERROR ErrorReason = 151
 	// The method is declared in the contract but this server does not implement it.
 	ErrorReason_NOT_IMPLEMENTED ErrorReason = 152
+	// An HTTP request for a path, or a method on a path, the server does not serve (404 / 405; the message
+	// lists the routes it does serve).
+	ErrorReason_UNKNOWN_ROUTE ErrorReason = 153
 )
 
 // Enum value maps for ErrorReason.
@@ -218,6 +221,7 @@ var (
 		150: "MALFORMED_REQUEST",
 		151: "INTERNAL_ERROR",
 		152: "NOT_IMPLEMENTED",
+		153: "UNKNOWN_ROUTE",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -277,6 +281,7 @@ var (
 		"MALFORMED_REQUEST":        150,
 		"INTERNAL_ERROR":           151,
 		"NOT_IMPLEMENTED":          152,
+		"UNKNOWN_ROUTE":            153,
 	}
 )
 
@@ -572,7 +577,7 @@ const file_mabeam_v1_common_proto_rawDesc = "" +
 	"\bAgentRef\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x19\n" +
-	"\bagent_id\x18\x03 \x01(\tR\aagentId*\x8c\t\n" +
+	"\bagent_id\x18\x03 \x01(\tR\aagentId*\xa0\t\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -635,7 +640,8 @@ const file_mabeam_v1_common_proto_rawDesc = "" +
 	"\x13RUNTIME_UNAVAILABLE\x10\x8f\x01\x12\x16\n" +
 	"\x11MALFORMED_REQUEST\x10\x96\x01\x12\x13\n" +
 	"\x0eINTERNAL_ERROR\x10\x97\x01\x12\x14\n" +
-	"\x0fNOT_IMPLEMENTED\x10\x98\x01b\x06proto3"
+	"\x0fNOT_IMPLEMENTED\x10\x98\x01\x12\x12\n" +
+	"\rUNKNOWN_ROUTE\x10\x99\x01b\x06proto3"
 
 var (
 	file_mabeam_v1_common_proto_rawDescOnce sync.Once

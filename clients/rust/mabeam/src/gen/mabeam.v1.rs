@@ -765,6 +765,9 @@ pub enum ErrorReason {
     InternalError = 151,
     /// The method is declared in the contract but this server does not implement it.
     NotImplemented = 152,
+    /// An HTTP request for a path, or a method on a path, the server does not serve (404 / 405; the message
+    /// lists the routes it does serve).
+    UnknownRoute = 153,
 }
 impl ErrorReason {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -830,6 +833,7 @@ impl ErrorReason {
             Self::MalformedRequest => "MALFORMED_REQUEST",
             Self::InternalError => "INTERNAL_ERROR",
             Self::NotImplemented => "NOT_IMPLEMENTED",
+            Self::UnknownRoute => "UNKNOWN_ROUTE",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -892,6 +896,7 @@ impl ErrorReason {
             "MALFORMED_REQUEST" => Some(Self::MalformedRequest),
             "INTERNAL_ERROR" => Some(Self::InternalError),
             "NOT_IMPLEMENTED" => Some(Self::NotImplemented),
+            "UNKNOWN_ROUTE" => Some(Self::UnknownRoute),
             _ => None,
         }
     }
