@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -43,6 +44,7 @@ import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -56,6 +58,8 @@ from mabeam.security.asgi import AuthMiddleware, error_body, http_status
 from mabeam.security.audit import AUDITED_REASONS
 from mabeam.security.context import current
 from mabeam.security.server import ServerSecurity, check_bind
+
+log = logging.getLogger(__name__)
 
 RUN_SERVICE = "/mabeam.v1.RunService/"
 
@@ -176,7 +180,11 @@ class RunsHttp:
             Route("/v1/runs/{run_id}/tool-calls/{tool_call_id}/deny", self.deny, methods=["POST"]),
             Route("/v1/runs/{run_id}/stream", self.stream, methods=["GET"]),
         ], exception_handlers={RunError: self._run_error, EtcdError: self._etcd_error,
-                               ServiceError: self._service_error})
+                               ServiceError: self._service_error, HTTPException: self._http_error,
+                               Exception: self._internal_error})
+        #: What a 404 / 405 lists: every route this app serves.
+        self.routes = ", ".join(f"{method} {route.path}" for route in self.app.routes if isinstance(route, Route)
+                                for method in sorted((route.methods or set()) - {"HEAD"}))
         self.asgi: Any = self.app
         if security is not None and security.verifier is not None:
             self.asgi = AuthMiddleware(self.app, security.verifier, security.audit, route_rpc)
@@ -186,6 +194,24 @@ class RunsHttp:
     async def _run_error(self, request: Request, error: Exception) -> Response:
         assert isinstance(error, RunError)
         return error_response(error)
+
+    async def _http_error(self, request: Request, error: Exception) -> Response:
+        """Starlette's own refusals (no such path, a method the path does not take) in the contract's shape."""
+        assert isinstance(error, HTTPException)
+        if error.status_code in (404, 405):
+            what = "path" if error.status_code == 404 else "method for this path"
+            body = {"code": "NOT_FOUND" if error.status_code == 404 else "UNIMPLEMENTED", "reason": "UNKNOWN_ROUTE",
+                    "message": f"{request.method} {request.url.path[:200]}: no such {what}; this server serves "
+                               f"{self.routes}"}
+        else:
+            body = {"code": "INVALID_ARGUMENT", "reason": "MALFORMED_REQUEST", "message": str(error.detail)}
+        return JSONResponse({"error": body}, status_code=error.status_code, headers=error.headers)
+
+    async def _internal_error(self, request: Request, error: Exception) -> Response:
+        """Anything unexpected: a generic answer (the cause goes to the log, never to the client)."""
+        log.error("unexpected error in %s %s", request.method, request.url.path, exc_info=error)
+        return JSONResponse({"error": {"code": "INTERNAL", "reason": "INTERNAL_ERROR",
+                                       "message": "internal error; the server logged the cause"}}, status_code=500)
 
     async def _etcd_error(self, request: Request, error: Exception) -> Response:
         return error_response(RunsUnavailable(f"etcd: {error}"))

@@ -66,6 +66,18 @@ async def test_frames_202_then_200_then_409(http, run_id):
     assert missing.status_code == 404 and missing.json()["error"]["reason"] == "RUN_NOT_FOUND"
 
 
+async def test_unknown_paths_and_methods_get_the_contract_error_shape(http, run_id):
+    one, _ = http
+    missing = await one.get("/v1/nothing")
+    assert missing.status_code == 404
+    error = missing.json()["error"]
+    assert error["reason"] == "UNKNOWN_ROUTE" and error["code"] == "NOT_FOUND"
+    assert "GET /v1/nothing" in error["message"] and "POST /v1/runs/{run_id}/frames" in error["message"]
+    wrong = await one.delete(f"/v1/runs/{run_id}")
+    assert wrong.status_code == 405 and wrong.json()["error"]["reason"] == "UNKNOWN_ROUTE"
+    assert set(wrong.headers["allow"].split(", ")) == {"GET", "HEAD"}
+
+
 async def test_bad_input_gets_400_naming_the_problem(http, runs_cluster, run_id):
     one, _ = http
     bad_json = await one.post("/v1/runs", content=b"{nope", headers={"content-type": "application/json"})
