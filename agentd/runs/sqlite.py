@@ -269,9 +269,10 @@ class SqliteRunStore(RunStore):
     def _fast_sync(self, db: sqlite3.Connection, run_id: str, frame_id: str | None, planner: Planner) -> Plan | None:
         """An append planned on the row this store wrote last, if the row is still that one.
 
-        The update is conditioned on ``last_seq`` (and the retention floor): if another writer (another agentd sharing the file)
-        appended meanwhile, nothing is written and the locked path reads the row and plans again. Saves
-        the row's read and conversion per append (python -m bench runs, ratio_events_sqlite).
+        The update is conditioned on ``last_seq`` and the retention floor: if another writer (another agentd
+        sharing the file) appended meanwhile, or retention moved the floor, nothing is written and the locked
+        path reads the row and plans again. Saves the row's read and conversion per append (python -m bench
+        runs, ratio_events_sqlite).
         """
         cached = self._rows.get(run_id)
         if cached is None or frame_id is not None:
