@@ -16,6 +16,8 @@ Everything of one cluster lives under ``/mabeam/<cluster>/``:
   version key, bumped by every acquisition (mabeam/security/quota.py)
 - ``runs/wake/<node_id>`` → JSON {run_id: seq} of the runs a node appended to last (SQLite stores:
   how other nodes' followers learn of new events)
+- ``runs/assign/<node_id>/<run_id>`` → JSON {janitor} : the janitor asks that node's agentd to resume
+  the run (under the janitor's lease; the agentd deletes it once it acted)
 
 Identifiers never contain ``/`` (validation enforces it), so splitting a key
 on ``/`` is unambiguous.
@@ -62,6 +64,16 @@ def run_executors(cluster: str) -> bytes:
 def run_executor(cluster: str, run_id: str) -> bytes:
     """The key a run's executor holds under the run's lease."""
     return run_executors(cluster) + run_id.encode()
+
+
+def run_assignments(cluster: str, node_id: str) -> bytes:
+    """The prefix of the runs the janitor asked ``node_id``'s agentd to resume."""
+    return root(cluster) + f"runs/assign/{node_id}/".encode()
+
+
+def run_assignment(cluster: str, node_id: str, run_id: str) -> bytes:
+    """One such request."""
+    return run_assignments(cluster, node_id) + run_id.encode()
 
 
 def run_wakes(cluster: str) -> bytes:

@@ -58,6 +58,7 @@ from agentd.runs.validation import (
 )
 from agentd.runs.wake import EtcdRelay, PostgresRelay, Wakeups
 from agentd.workers import WorkerPool
+from mabeam import keys
 from mabeam.etcd.client import EtcdClient, EtcdError
 from mabeam.security.context import tenant_for, visible
 
@@ -159,6 +160,7 @@ class RunManager:
 
         self.janitor = Janitor(self)
         self._spawn(self.janitor.run())
+        self._spawn(self._take_assignments())
 
     async def stop(self) -> None:
         """Resign as janitor, hand every executing run back (another node resumes it), close the store."""
@@ -199,6 +201,34 @@ class RunManager:
             async with asyncio.timeout(wait_claimed):
                 await executor.claimed.wait()
         return True
+
+    async def _take_assignments(self) -> None:
+        """Resume the runs the janitor hands this node (``runs/assign/<node>/``: agentd/runs/janitor.py)."""
+        prefix = keys.run_assignments(self.cluster, self.node_id)
+        while True:
+            try:
+                found, revision = await self.etcd.get_prefix(prefix)
+                for kv in found:
+                    self._spawn(self._resume_assigned(kv.key))
+                async for batch in self.etcd.watch_prefix(prefix, revision + 1):
+                    for event in batch.events:
+                        if event.kind == "put":
+                            self._spawn(self._resume_assigned(event.kv.key))
+            except EtcdError:
+                await asyncio.sleep(0.2)
+
+    async def _resume_assigned(self, key: bytes) -> None:
+        run_id = key.rsplit(b"/", 1)[-1].decode()
+        try:
+            run = await self.store.get(run_id)
+            if run is not None and not run.terminal:
+                log.info("run %s: resuming it on %s, as the janitor asked", run_id, self.node_id)
+                await self.execute(run)  # the lease decides: False if another executor holds it meanwhile
+        except Exception:  # the janitor takes it back after its grace
+            log.exception("run %s: the janitor's request to resume it failed", run_id)
+        finally:
+            with contextlib.suppress(EtcdError):
+                await self.etcd.delete(key)
 
     async def _execute(self, executor: Executor) -> None:
         try:

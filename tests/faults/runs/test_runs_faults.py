@@ -74,6 +74,40 @@ async def test_kill_9_of_the_executor_mid_run_completes_on_another_node_gap_free
         await consumer.close()
 
 
+async def test_runs_of_a_killed_node_resume_spread_over_the_live_nodes(dev_cluster):
+    cluster = dev_cluster(nodes=3, agentd=True, runs_config=RUNS_CONFIG)
+    starter = RunClient(cluster.nodes[0].agentd.endpoint)
+    survivors = RunClient([cluster.nodes[1].agentd.endpoint, cluster.nodes[2].agentd.endpoint])
+    ids = [f"spread-{i}" for i in range(6)]
+    try:
+        for run_id in ids:
+            await starter.start("tasker", {"steps": 40, "delay": 0.05, "finish": True}, run_id=run_id)
+
+        async def all_working_on_node_1() -> bool:
+            runs = [await starter.get(run_id) for run_id in ids]
+            return all(r.executor.node_id == "node-1" and r.counters.steps >= 1 for r in runs)
+
+        await async_wait_until(all_working_on_node_1, 30, what="six runs working on node-1")
+        cluster.kill(0)  # kill -9 node-1: six runs lose their executor at once
+
+        async def all_completed() -> bool:
+            return all(r.status == "completed" for r in [await survivors.get(run_id) for run_id in ids])
+
+        await async_wait_until(all_completed, 90, what="every run completed after node-1 died")
+        resumed_on = Counter()
+        for run_id in ids:
+            events = [e async for e in survivors.stream(run_id, follow=False)]
+            check_exactly_once(events)
+            acquired = [json.loads(e.payload_json)["node_id"] for e in events if e.type == "run.executor_acquired"]
+            assert acquired[0] == "node-1" and len(acquired) == 2, acquired
+            resumed_on[acquired[1]] += 1
+        # The janitor resumes each run on the least loaded live agentd: both survivors take three, not one six.
+        assert resumed_on == {"node-2": 3, "node-3": 3}, resumed_on
+    finally:
+        await starter.close()
+        await survivors.close()
+
+
 async def test_graceful_shutdown_hands_the_run_over_without_a_recovery(dev_cluster):
     cluster = dev_cluster(nodes=2, agentd=True, runs_config=RUNS_CONFIG)
     client = RunClient([cluster.nodes[1].agentd.endpoint])
