@@ -6,11 +6,20 @@ may fix (meshd not attachable yet, etcd unreachable, a port held).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
 
-from agentd.config import AgentdConfig
-from agentd.daemon import run
-from mabeam import daemon
+# agentd forks only to exec a worker (a fresh interpreter). gRPC's fork handlers are for processes that go on
+# using gRPC after fork; gRPC's fork_support.md says to turn them off when every fork is followed by exec.
+# With them on, a worker started while an RPC was in flight (SpawnAgent of a new tenant) is the suspected cause
+# of that RPC's connection breaking ("UNAVAILABLE: transport error" in the Rust conformance runner in 3 of ~40
+# CI runs, each time as agentd forked; not reproduced on demand).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+from collections.abc import Sequence  # noqa: E402
+
+from agentd.config import AgentdConfig  # noqa: E402
+from agentd.daemon import run  # noqa: E402
+from mabeam import daemon  # noqa: E402
 
 #: agentd's command line (``--config`` names the TOML file); every flag sets the config field it names.
 FLAGS = (daemon.Flag("--grpc-address", "grpc_address", "HOST:PORT of the gRPC services (port 0 picks one)"),
