@@ -33,14 +33,20 @@ def payload_digest(payload: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def _material(run_id: str, seq: int, type_: str, version: int, payload_sha256: str, prev_hash: str,
+              plain: bool) -> bytes:
+    """The bytes an event's hash is taken of (the one definition of the chain's format); ``plain`` when the
+    four strings need no JSON escaping (the caller checked)."""
+    if plain:
+        # What json.dumps writes for strings that need no escaping, without the encoder's per-call cost.
+        return f'["{run_id}",{int(seq)},"{type_}",{int(version)},"{payload_sha256}","{prev_hash}"]'.encode()
+    return _ENCODE([run_id, seq, type_, version, payload_sha256, prev_hash]).encode()
+
+
 def event_hash(run_id: str, seq: int, type_: str, version: int, payload_sha256: str, prev_hash: str) -> str:
     """The hash of one event, chaining it to ``prev_hash``."""
-    if _PLAIN(run_id) and _PLAIN(type_) and _PLAIN(payload_sha256) and _PLAIN(prev_hash):
-        # What json.dumps writes for strings that need no escaping, without the encoder's per-call cost.
-        material = f'["{run_id}",{int(seq)},"{type_}",{int(version)},"{payload_sha256}","{prev_hash}"]'
-    else:
-        material = _ENCODE([run_id, seq, type_, version, payload_sha256, prev_hash])
-    return hashlib.sha256(material.encode()).hexdigest()
+    plain = bool(_PLAIN(run_id) and _PLAIN(type_) and _PLAIN(payload_sha256) and _PLAIN(prev_hash))
+    return hashlib.sha256(_material(run_id, seq, type_, version, payload_sha256, prev_hash, plain)).hexdigest()
 
 
 class Linkable(Protocol):
@@ -80,11 +86,7 @@ def chain_hashes(run_id: str, last_seq: int, last_hash: str, events: Sequence[Li
         fast = plain and plain_types.get(type_)
         if fast is None:
             fast = plain_types[type_] = _PLAIN(type_) is not None
-        if fast:
-            material = f'["{run_id}",{seq},"{type_}",{int(event.version)},"{digest}","{prev}"]'
-        else:
-            material = _ENCODE([run_id, seq, type_, event.version, digest, prev])
-        prev = sha256(material.encode()).hexdigest()
+        prev = sha256(_material(run_id, seq, type_, event.version, digest, prev, fast)).hexdigest()
         out.append((digest, prev))
     return out
 

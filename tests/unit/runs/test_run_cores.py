@@ -136,3 +136,16 @@ def test_json_text_is_canonical():
     violations: dict[str, str] = {}
     assert json_text("p", '{ "b": 1,  "a": [1, 2] }', violations) == '{"a":[1,2],"b":1}'
     assert json_text("p", "", violations) == "null" and not violations
+
+
+def test_chain_hashes_match_event_hash_one_by_one_plain_or_escaped():
+    from agentd.runs.model import NewEvent
+    from mabeam.runchain import GENESIS, chain_hashes, event_hash, payload_digest
+
+    events = [NewEvent("model.delta", '{"i":1}'), NewEvent('odd "type"\n', '"ü"'), NewEvent("note", "null")]
+    for run_id in ("run-1", 'weird "id"'):
+        prev, links = GENESIS, chain_hashes(run_id, 0, GENESIS, events)
+        for seq, (event, (digest, hash_)) in enumerate(zip(events, links, strict=True), start=1):
+            assert digest == payload_digest(event.payload)
+            assert hash_ == event_hash(run_id, seq, event.type, event.version, digest, prev)
+            prev = hash_
